@@ -1,0 +1,64 @@
+# kubefal: fal.ai-style serverless GPU apps on Kubernetes. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := -p kubefal_api -p kubefal_operator -p kubefal_gateway -p kubefal_runner -p kubefal_webhook -p kubefal_cli
+
+##@ General
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+.PHONY: install
+install: ## Create .venv and install kubefal with every extra and the dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U 'pip>=25.1'
+	$(BIN)/pip install -q -e '.[all]' --group dev
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: lint
+lint: ## ruff, mypy --strict and the import-linter contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/lint-imports
+
+.PHONY: manifests
+manifests: ## Regenerate crds/ from the kubefal_api models
+	$(BIN)/python -m kubefal_api.crds crds/
+
+.PHONY: unit
+unit: ## Fast tests, no cluster
+	$(BIN)/pytest tests -q
+
+.PHONY: e2e
+e2e: testbin ## End-to-end tests on the local control plane (or KUBEFAL_E2E_KUBECONFIG)
+	$(BIN)/pytest e2e -q
+
+.PHONY: test
+test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests
+	$(BIN)/pytest tests e2e -q
+
+##@ Local control plane
+.PHONY: testbin
+testbin: ## Build etcd, kube-apiserver, KCM, scheduler, kwok, helm (cached in ~/.cache/kubefal/testbin)
+	@bash e2e/testbin.sh
+
+.PHONY: cluster-up
+cluster-up: testbin ## Start the local control plane and print the KUBECONFIG line
+	@$(BIN)/python -m e2e.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane by PID
+	@$(BIN)/python -m e2e.cluster down
+
+.PHONY: cluster-status
+cluster-status: ## Is it running, and how much memory does it use
+	@$(BIN)/python -m e2e.cluster status
