@@ -1,1 +1,1 @@
-"""End-to-end tests against a real Kubernetes control plane (local, or any cluster by KUBEFAL_E2E_KUBECONFIG)."""
+"""End-to-end tests on a real Kubernetes control plane (local, or KUBEFAL_E2E_KUBECONFIG)."""

@@ -39,7 +39,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -246,6 +246,32 @@ class Pki:
                 self.path(name).chmod(0o600)
 
 
+def issue_serving_certificate(
+    directory: pathlib.Path, *, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()
+) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """A throwaway CA and a server certificate for it; returns (ca.crt, tls.crt, tls.key).
+
+    Used by tests that make the API server call a local process over TLS (aggregated APIs,
+    admission webhooks): the API server checks the name ``<service>.<namespace>.svc``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca = _certificate(subject=_name("kubefal-test-ca"), key=ca_key, issuer=None)
+    key = _key()
+    cert = _certificate(
+        subject=_name(dns_names[0][:64]),
+        key=key,
+        issuer=(ca, ca_key),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+    )
+    paths = (directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    for path, content in zip(paths, (_pem_cert(ca), _pem_cert(cert), _pem_key(key)), strict=True):
+        path.write_bytes(content)
+    return paths
+
+
 def kubeconfig_document(*, server: str, pki: Pki) -> dict[str, Any]:
     def b64(name: str) -> str:
         return base64.b64encode(pki.path(name).read_bytes()).decode()
@@ -269,7 +295,10 @@ def kubeconfig_document(*, server: str, pki: Pki) -> dict[str, Any]:
             }
         ],
         "contexts": [
-            {"name": "kubefal-local", "context": {"cluster": "kubefal-local", "user": "kubefal-admin"}}
+            {
+                "name": "kubefal-local",
+                "context": {"cluster": "kubefal-local", "user": "kubefal-admin"},
+            }
         ],
         "current-context": "kubefal-local",
     }
@@ -407,7 +436,9 @@ class LocalCluster:
         if not state_file.exists():
             return None
         state = json.loads(state_file.read_text())
-        components = [Component(c["name"], c["pid"], pathlib.Path(c["log"])) for c in state["components"]]
+        components = [
+            Component(c["name"], c["pid"], pathlib.Path(c["log"])) for c in state["components"]
+        ]
         if not components or not all(_alive(c.pid) for c in components):
             return None
         cluster = cls(state_dir)
@@ -562,7 +593,9 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        self._wait_http(f"{self.server}/readyz", timeout=90, name="kube-apiserver", component=apiserver)
+        self._wait_http(
+            f"{self.server}/readyz", timeout=90, name="kube-apiserver", component=apiserver
+        )
 
     def _write_kubeconfig(self) -> None:
         document = kubeconfig_document(server=self.server, pki=self.pki)
@@ -750,7 +783,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.cluster", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the local control plane in the background")

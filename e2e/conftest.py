@@ -138,9 +138,7 @@ def e2e_logs() -> list[pathlib.Path]:
 
 def _namespace_report(cluster: ClusterHandle, namespace: str) -> str:
     sections = [
-        cluster.kubectl(
-            "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
-        ),
+        cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False),
         cluster.kubectl("get", "all,falapps", "-n", namespace, "-o", "wide", check=False),
     ]
     return "\n".join(section for section in sections if section)
@@ -160,8 +158,7 @@ def namespace(
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     waiting.wait_for(
         lambda: any(
-            sa.metadata.name == "default"
-            for sa in core.list_namespaced_service_account(name).items
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
         ),
         timeout=60,
         description=f"the default ServiceAccount in {name}",

@@ -91,9 +91,7 @@ def test_deleting_an_owner_garbage_collects_its_dependents(
     )
     core.create_namespaced_config_map(
         namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name="dependent", owner_references=[reference])
-        ),
+        k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="dependent", owner_references=[reference])),
     )
     core.delete_namespaced_config_map("owner", namespace)
 

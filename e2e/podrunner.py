@@ -1,0 +1,229 @@
+"""Run the containers of kwok pods as local processes, so the whole system runs for real.
+
+kwok marks pods Running and gives them IPs in 127.64.0.0/16, but nothing runs there.
+This supervisor plays the container runtime for the pods it is asked to watch: when a
+pod is Running with an IP, it starts the pod's first container command as a local
+process bound to the pod's IP, with the pod's environment and its ConfigMap volumes
+materialised in a temporary directory; when the pod is deleted it sends SIGTERM (as the
+kubelet would) and SIGKILL after the grace period. The gateway then reaches "the pod" at
+its IP exactly as in a cluster.
+
+Only loopback pod IPs are accepted: traffic never leaves this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+
+
+@dataclasses.dataclass
+class PodProcess:
+    """A local process standing in for one pod's container."""
+
+    namespace: str
+    name: str
+    ip: str
+    process: subprocess.Popen[bytes]
+    log: pathlib.Path
+    workdir: pathlib.Path
+    grace_seconds: float
+
+
+class PodRunner:
+    """Start a process for every Running pod matching ``label_selector`` in ``namespace``.
+
+    Use as a context manager. ``processes`` maps pod name to its process; ``logs()``
+    returns the log files, which tests register for failure reports.
+    """
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        *,
+        namespace: str,
+        label_selector: str,
+        root: pathlib.Path | None = None,
+    ) -> None:
+        self.core = k8s.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.root = root or pathlib.Path(tempfile.mkdtemp(prefix="kubefal-pods-"))
+        self.processes: dict[str, PodProcess] = {}
+        self.started_total = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pod-runner", daemon=True)
+
+    def __enter__(self) -> PodRunner:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            names = list(self.processes)
+        for name in names:
+            self._terminate(name)
+
+    def logs(self) -> list[pathlib.Path]:
+        return sorted(self.root.glob("*/container.log"))
+
+    def running(self) -> dict[str, PodProcess]:
+        with self._lock:
+            return {n: p for n, p in self.processes.items() if p.process.poll() is None}
+
+    # -- the watch loop --
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._resync()
+                stream = k8s_watch.Watch()
+                for event in stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.label_selector,
+                    timeout_seconds=5,
+                ):
+                    if self._stop.is_set():
+                        stream.stop()
+                        break
+                    self._handle(event["type"], event["object"])
+            except Exception:  # the API may blip; resync and carry on
+                time.sleep(0.5)
+
+    def _resync(self) -> None:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector)
+        seen = set()
+        for pod in pods.items:
+            seen.add(pod.metadata.name)
+            self._handle("MODIFIED", pod)
+        with self._lock:
+            gone = [name for name in self.processes if name not in seen]
+        for name in gone:
+            self._terminate(name)
+
+    def _handle(self, event_type: str, pod: k8s.V1Pod) -> None:
+        name = pod.metadata.name
+        if event_type == "DELETED" or pod.metadata.deletion_timestamp is not None:
+            self._terminate(name)
+            return
+        with self._lock:
+            known = name in self.processes
+        if known or pod.status.phase != "Running" or not pod.status.pod_ip:
+            return
+        if not ipaddress.ip_address(pod.status.pod_ip).is_loopback:
+            return  # never bind or send to an address off this machine
+        self._start(pod)
+
+    # -- processes --
+
+    def _materialise_volumes(self, pod: k8s.V1Pod, workdir: pathlib.Path) -> dict[str, str]:
+        """Write ConfigMap volumes under ``workdir``; return mountPath -> local path."""
+        container = pod.spec.containers[0]
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        mounts: dict[str, str] = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            if volume is None or volume.config_map is None:
+                continue
+            local = workdir / mount.mount_path.strip("/")
+            local.mkdir(parents=True, exist_ok=True)
+            config_map = self.core.read_namespaced_config_map(
+                volume.config_map.name, self.namespace
+            )
+            for key, value in (config_map.data or {}).items():
+                (local / key).write_text(value)
+            mounts[mount.mount_path.rstrip("/")] = str(local)
+        return mounts
+
+    def _start(self, pod: k8s.V1Pod) -> None:
+        container = pod.spec.containers[0]
+        workdir = self.root / pod.metadata.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        mounts = self._materialise_volumes(pod, workdir)
+
+        def localise(value: str) -> str:
+            for mount_path, local in mounts.items():
+                value = value.replace(mount_path, local)
+            return value
+
+        argv = [localise(a) for a in [*(container.command or []), *(container.args or [])]]
+        if not argv:
+            return
+        if argv[0] in {"python", "python3"}:
+            argv[0] = sys.executable  # the venv's interpreter plays the image's
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("KUBEFAL_", "FAL_"))
+        }
+        for variable in container.env or []:
+            if variable.value is not None:
+                env[variable.name] = localise(variable.value)
+        env["KUBEFAL_RUNNER_HOST"] = pod.status.pod_ip
+        env["KUBEFAL_POD_NAME"] = pod.metadata.name
+        env["KUBEFAL_POD_IP"] = pod.status.pod_ip
+        log = workdir / "container.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        grace = float(pod.spec.termination_grace_period_seconds or 30)
+        with self._lock:
+            self.processes[pod.metadata.name] = PodProcess(
+                namespace=self.namespace,
+                name=pod.metadata.name,
+                ip=pod.status.pod_ip,
+                process=process,
+                log=log,
+                workdir=workdir,
+                grace_seconds=grace,
+            )
+            self.started_total += 1
+
+    def _terminate(self, name: str) -> None:
+        with self._lock:
+            entry = self.processes.pop(name, None)
+        if entry is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(entry.process.pid, signal.SIGTERM)
+        try:
+            entry.process.wait(timeout=entry.grace_seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry.process.pid, signal.SIGKILL)
+            entry.process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def describe(pod_runner: PodRunner) -> str:
+    """A short text of what runs, for failure messages."""
+    lines = []
+    for name, entry in pod_runner.running().items():
+        lines.append(f"{name} {entry.ip} pid={entry.process.pid}")
+    return "\n".join(lines) or "(no pod processes)"

@@ -1,0 +1,723 @@
+"""The operator against a real control plane: children, scheduling, status, self-healing.
+
+The operator runs as a subprocess (``python -m kubefal_operator``), exactly as it ships,
+against the e2e cluster: the scheduler places runner pods on kwok's fake GPU nodes, the
+garbage collector removes children, and the status comes from what really happened.
+Every wait polls the API with a generous deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from e2e import cluster as local_cluster
+from e2e import waiting
+from e2e.conftest import ClusterHandle
+from kubefal_api import crds, machines, naming, v1alpha1
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = REPO_ROOT / "examples"
+TIMEOUT = 120.0
+H100 = "NVIDIA-H100-80GB-HBM3"
+H200 = "NVIDIA-H200"
+A100 = "NVIDIA-A100-SXM4-40GB"
+
+
+# --- the operator process ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OperatorProcess:
+    """``python -m kubefal_operator`` as a child process with its log in a file."""
+
+    kubeconfig: pathlib.Path
+    log_path: pathlib.Path
+    catalogue_namespace: str
+    metrics_port: int = dataclasses.field(default_factory=local_cluster.free_port)
+    liveness_port: int = dataclasses.field(default_factory=local_cluster.free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBEFAL_OPERATOR_METRICS_HOST": "127.0.0.1",
+            "KUBEFAL_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "KUBEFAL_OPERATOR_NAMESPACE": self.catalogue_namespace,
+            "KUBEFAL_MACHINES_NAMESPACE": self.catalogue_namespace,
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubefal_operator",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.liveness_port}/healthz",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        waiting.wait_for(
+            self.healthy,
+            timeout=TIMEOUT,
+            description="the operator's liveness endpoint",
+            describe_last=self.log_tail,
+        )
+
+    def healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{self.log_tail()}")
+        return _http_ok(f"http://127.0.0.1:{self.liveness_port}/healthz")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies or the OOM killer strikes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self.process = None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def falapp_crd(api_client: k8s.ApiClient) -> None:
+    """Install (or update) the committed FalApp CRD; wait until its endpoint serves."""
+    crd = yaml.safe_load((REPO_ROOT / "crds" / crds.CRD_FILENAME).read_text(encoding="utf-8"))
+    extensions = k8s.ApiextensionsV1Api(api_client)
+    extensions.patch_custom_resource_definition(
+        name=v1alpha1.CRD_NAME,
+        body=crd,
+        field_manager="kubefal-e2e",
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+    def established() -> bool:
+        current = extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
+        reported = {c.type: c.status for c in (current.status.conditions or [])}
+        return reported.get("Established") == "True"
+
+    waiting.wait_for(established, timeout=TIMEOUT, description="the FalApp CRD Established")
+    objects = k8s.CustomObjectsApi(api_client)
+    waiting.wait_for(
+        lambda: objects.list_cluster_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, limit=1
+        ),
+        timeout=TIMEOUT,
+        description="the falapps endpoint to serve",
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
+    """The operator's own namespace for this module (where its catalogue ConfigMap lives)."""
+    core = k8s.CoreV1Api(api_client)
+    name = f"e2e-operator-system-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: ClusterHandle,
+    falapp_crd: None,
+    catalogue_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
+        catalogue_namespace=catalogue_namespace,
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(autouse=True)
+def operator_log_on_failure(operator: OperatorProcess, e2e_logs: list[pathlib.Path]) -> None:
+    """Print the operator's log with any failure (the conftest hook shows e2e_logs)."""
+    e2e_logs.append(operator.log_path)
+
+
+# --- API helpers --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Api:
+    objects: k8s.CustomObjectsApi
+    apps: k8s.AppsV1Api
+    core: k8s.CoreV1Api
+    networking: k8s.NetworkingV1Api
+    policy: k8s.PolicyV1Api
+
+    def create_app(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self.objects.create_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
+        )
+        return created
+
+    def app(self, namespace: str, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.objects.get_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+        )
+        return found
+
+    def patch_app(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.objects.patch_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, patch
+        )
+
+    def delete_app(self, namespace: str, name: str) -> None:
+        self.objects.delete_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+        )
+
+    def deployment(self, namespace: str, name: str) -> k8s.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace)
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def runner_pods(self, namespace: str, name: str) -> list[k8s.V1Pod]:
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{naming.LABEL_APP}={name}"
+        ).items
+        return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+
+    def node_products(self) -> dict[str, str]:
+        return {
+            node.metadata.name: (node.metadata.labels or {}).get(machines.GPU_PRODUCT_LABEL, "")
+            for node in self.core.list_node().items
+        }
+
+    def free_gpus(self, product: str) -> int:
+        """Free nvidia.com/gpu on every node of ``product``, counting all namespaces' pods."""
+        nodes = [name for name, found in self.node_products().items() if found == product]
+        used = dict.fromkeys(nodes, 0)
+        for pod in self.core.list_pod_for_all_namespaces().items:
+            node = pod.spec.node_name
+            if node not in used or pod.status.phase in {"Succeeded", "Failed"}:
+                continue
+            for container in pod.spec.containers:
+                limits = (container.resources.limits or {}) if container.resources else {}
+                used[node] += int(limits.get(machines.GPU_RESOURCE, 0))
+        return sum(8 - count for count in used.values())
+
+
+@pytest.fixture
+def api(api_client: k8s.ApiClient) -> Api:
+    return Api(
+        objects=k8s.CustomObjectsApi(api_client),
+        apps=k8s.AppsV1Api(api_client),
+        core=k8s.CoreV1Api(api_client),
+        networking=k8s.NetworkingV1Api(api_client),
+        policy=k8s.PolicyV1Api(api_client),
+    )
+
+
+def _example(name: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load(
+        (EXAMPLES / name / "falapp.yaml").read_text(encoding="utf-8")
+    )
+    return manifest
+
+
+def _install_example(api: Api, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    """The example's source ConfigMap and FalApp (with ``spec`` overrides)."""
+    manifest = _example(name)
+    source = manifest["spec"].get("source", {}).get("configMapRef", {}).get("name")
+    if source:
+        api.core.create_namespaced_config_map(
+            namespace,
+            k8s.V1ConfigMap(
+                metadata=k8s.V1ObjectMeta(name=source),
+                data={"app.py": (EXAMPLES / name / "app.py").read_text(encoding="utf-8")},
+            ),
+        )
+    manifest["spec"].update(spec)
+    return api.create_app(namespace, manifest)
+
+
+def _simple_app(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {"name": name},
+        "spec": {"app": "app.py::Demo", "machineTypes": ["XS"], **spec},
+    }
+
+
+def _condition(app: dict[str, Any], condition_type: str) -> dict[str, Any]:
+    for condition in (app.get("status") or {}).get("conditions") or []:
+        if condition["type"] == condition_type:
+            found: dict[str, Any] = condition
+            return found
+    return {}
+
+
+def _observed(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
+    """The FalApp once its status reports the current generation."""
+    app = api.app(namespace, name)
+    status = app.get("status") or {}
+    if status.get("observedGeneration") == app["metadata"]["generation"]:
+        return app
+    return None
+
+
+def _wait(
+    predicate: Callable[[], Any], description: str, operator: OperatorProcess, **kwargs: Any
+) -> Any:
+    return waiting.wait_for(
+        predicate,
+        timeout=kwargs.pop("timeout", TIMEOUT),
+        description=description,
+        describe_last=operator.log_tail,
+        **kwargs,
+    )
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_cpu_example_becomes_a_deployment_and_scales_onto_a_cpu_node(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    _install_example(api, namespace, "text-stats")
+    deployment = _wait(
+        lambda: api.deployment(namespace, "text-stats"), "the text-stats Deployment", operator
+    )
+    assert deployment.spec.replicas == 0
+    container = deployment.spec.template.spec.containers[0]
+    assert container.command == ["python", "-m", "kubefal_runner"]
+    assert container.resources.requests == {"cpu": "2", "memory": "2Gi"}
+    owner = deployment.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("FalApp", "text-stats", True)
+    assert api.core.read_namespaced_service("text-stats", namespace).spec.cluster_ip == "None"
+    assert api.networking.read_namespaced_network_policy("text-stats", namespace)
+    scaled_to_zero = _wait(
+        lambda: (
+            (app := _observed(api, namespace, "text-stats"))
+            and app["status"]["phase"] == "ScaledToZero"
+            and app
+        ),
+        "text-stats ScaledToZero",
+        operator,
+    )
+    assert scaled_to_zero["status"]["endpoints"]["queue"].endswith(f"/{namespace}/text-stats")
+
+    api.patch_app(namespace, "text-stats", {"spec": {"scaling": {"minConcurrency": 1}}})
+    pods = _wait(
+        lambda: [p for p in api.runner_pods(namespace, "text-stats") if p.spec.node_name],
+        "a scheduled text-stats runner",
+        operator,
+    )
+    assert pods[0].spec.node_name.startswith("cpu-")
+    _wait(
+        lambda: (
+            (app := _observed(api, namespace, "text-stats")) and app["status"]["phase"] == "Ready"
+        ),
+        "text-stats Ready with one runner",
+        operator,
+    )
+
+
+def test_h100_example_lands_on_an_h100_node_with_two_gpus(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    _wait(lambda: api.free_gpus(H100) >= 2, "two free H100 GPUs", operator)
+    _install_example(api, namespace, "h100-pair")
+    pods = _wait(
+        lambda: [p for p in api.runner_pods(namespace, "h100-pair") if p.spec.node_name],
+        "the h100-pair runner to be scheduled",
+        operator,
+    )
+    assert api.node_products()[pods[0].spec.node_name] == H100
+    limits = pods[0].spec.containers[0].resources.limits
+    assert limits[machines.GPU_RESOURCE] == "2"
+    ready = _wait(
+        lambda: (
+            (app := _observed(api, namespace, "h100-pair"))
+            and app["status"]["phase"] == "Ready"
+            and app
+        ),
+        "h100-pair Ready",
+        operator,
+    )
+    assert ready["status"]["machineType"] == "GPU-H100"
+    assert _condition(ready, "Scheduled")["status"] == "True"
+
+
+def test_fallback_example_fills_the_h100_nodes_then_uses_the_h200(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    _wait(
+        lambda: api.free_gpus(H100) == 16 and api.free_gpus(H200) == 8,
+        "every H100 and H200 GPU free",
+        operator,
+        timeout=240,
+    )
+    _install_example(
+        api,
+        namespace,
+        "gpu-fallback",
+        numGpus=8,
+        scaling={"minConcurrency": 3, "maxConcurrency": 3},
+    )
+
+    def placed() -> list[str] | None:
+        pods = api.runner_pods(namespace, "gpu-fallback")
+        nodes = [p.spec.node_name for p in pods if p.spec.node_name]
+        return nodes if len(nodes) == 3 else None
+
+    nodes = _wait(placed, "three gpu-fallback runners scheduled", operator)
+    products = api.node_products()
+    assert sorted(products[node] for node in nodes) == sorted([H100, H100, H200])
+    app = _wait(
+        lambda: (
+            (app := _observed(api, namespace, "gpu-fallback"))
+            and app["status"]["phase"] == "Ready"
+            and app
+        ),
+        "gpu-fallback Ready",
+        operator,
+    )
+    assert app["status"]["machineType"] == "GPU-H100,GPU-H200"
+    budget = api.policy.read_namespaced_pod_disruption_budget("gpu-fallback", namespace)
+    assert budget.spec.max_unavailable == 1
+
+
+def test_pending_runners_report_waiting_for_gpu_capacity_with_the_scheduler_message(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    _wait(lambda: api.free_gpus(A100) == 8, "the A100 node free", operator, timeout=240)
+    api.create_app(
+        namespace,
+        _simple_app(
+            "too-big",
+            machineTypes=["GPU-A100"],
+            numGpus=8,
+            scaling={"minConcurrency": 2, "maxConcurrency": 2},
+        ),
+    )
+    app = _wait(
+        lambda: (
+            (app := api.app(namespace, "too-big"))
+            and _condition(app, "Scheduled").get("status") == "False"
+            and app
+        ),
+        "Scheduled=False on too-big",
+        operator,
+    )
+    scheduled = _condition(app, "Scheduled")
+    assert scheduled["reason"] == "WaitingForGPUCapacity"
+    assert "Insufficient nvidia.com/gpu" in scheduled["message"]
+    assert app["status"]["phase"] == "WaitingForCapacity"
+    events = _wait(
+        lambda: [
+            event
+            for event in api.core.list_namespaced_event(namespace).items
+            if event.involved_object.name == "too-big" and event.reason == "WaitingForGPUCapacity"
+        ],
+        "a WaitingForGPUCapacity Event",
+        operator,
+    )
+    assert events[0].type == "Warning"
+
+
+def test_spec_changes_roll_the_runners_and_bounds_changes_do_not(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    api.create_app(
+        namespace, _simple_app("roll", scaling={"minConcurrency": 1, "maxConcurrency": 4})
+    )
+    _wait(
+        lambda: (app := _observed(api, namespace, "roll")) and app["status"]["phase"] == "Ready",
+        "roll Ready",
+        operator,
+    )
+
+    def replica_sets() -> set[str]:
+        found = api.apps.list_namespaced_replica_set(
+            namespace, label_selector=f"{naming.LABEL_APP}=roll"
+        ).items
+        return {rs.metadata.name for rs in found}
+
+    first = replica_sets()
+    assert len(first) == 1
+    # A scaler (here: a person) sets replicas within the bounds; a GitOps edit of the
+    # bounds must neither restart runners nor reset that count.
+    api.apps.patch_namespaced_deployment_scale("roll", namespace, {"spec": {"replicas": 3}})
+    api.patch_app(namespace, "roll", {"spec": {"scaling": {"maxConcurrency": 5}}})
+    _wait(lambda: _observed(api, namespace, "roll"), "generation 2 observed", operator)
+    deployment = api.deployment(namespace, "roll")
+    assert deployment is not None
+    assert deployment.spec.replicas == 3
+    assert replica_sets() == first
+
+    api.patch_app(namespace, "roll", {"spec": {"requestTimeout": 77}})
+    _wait(
+        lambda: len(replica_sets()) == 2,
+        "a second ReplicaSet for the new runner template",
+        operator,
+    )
+    updated = _wait(
+        lambda: (
+            (app := _observed(api, namespace, "roll"))
+            and app["status"]["observedGeneration"] == 3
+            and app
+        ),
+        "generation 3 observed",
+        operator,
+    )
+    assert updated["metadata"]["generation"] == 3
+    deployment = api.deployment(namespace, "roll")
+    assert deployment is not None
+    assert deployment.spec.template.spec.termination_grace_period_seconds == 77 + 30
+
+    api.patch_app(namespace, "roll", {"spec": {"scaling": {"maxConcurrency": 2}}})
+    _wait(
+        lambda: (d := api.deployment(namespace, "roll")) and d.spec.replicas == 2,
+        "replicas clamped to the lowered maxConcurrency",
+        operator,
+    )
+
+
+def test_deleted_and_hand_edited_children_are_put_back(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    api.create_app(namespace, _simple_app("heal", scaling={"minConcurrency": 2}))
+    original = _wait(lambda: api.deployment(namespace, "heal"), "the heal Deployment", operator)
+    container = original.spec.template.spec.containers[0]
+    service_uid = _wait(
+        lambda: api.core.read_namespaced_service("heal", namespace).metadata.uid,
+        "the heal Service",
+        operator,
+    )
+
+    api.core.delete_namespaced_service("heal", namespace)
+    _wait(
+        lambda: api.core.read_namespaced_service("heal", namespace).metadata.uid != service_uid,
+        "the Service to come back",
+        operator,
+    )
+
+    api.apps.patch_namespaced_deployment(
+        "heal",
+        namespace,
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "runner",
+                                "image": "someone/else:1",
+                                "resources": {"requests": {"cpu": "7"}},
+                            }
+                        ]
+                    }
+                }
+            }
+        },
+    )
+
+    def restored() -> bool:
+        deployment = api.deployment(namespace, "heal")
+        if deployment is None:
+            return False
+        now = deployment.spec.template.spec.containers[0]
+        return bool(
+            now.image == container.image and now.resources.requests == container.resources.requests
+        )
+
+    _wait(restored, "the Deployment's image and resources restored", operator)
+
+    api.policy.delete_namespaced_pod_disruption_budget("heal", namespace)
+    _wait(
+        lambda: api.policy.read_namespaced_pod_disruption_budget("heal", namespace),
+        "the PodDisruptionBudget to come back",
+        operator,
+    )
+    api.networking.delete_namespaced_network_policy("heal", namespace)
+    _wait(
+        lambda: api.networking.read_namespaced_network_policy("heal", namespace),
+        "the NetworkPolicy to come back",
+        operator,
+    )
+    reasons = {
+        event.reason
+        for event in api.core.list_namespaced_event(namespace).items
+        if event.involved_object.name == "heal"
+    }
+    assert "Restored" in reasons
+
+    api.patch_app(namespace, "heal", {"spec": {"scaling": {"minConcurrency": 1}}})
+    _wait(
+        lambda: not api.policy.list_namespaced_pod_disruption_budget(namespace).items,
+        "the PodDisruptionBudget removed below two runners",
+        operator,
+    )
+    assert 'kind="Service",result="changed"' in operator.metrics()
+
+
+def test_deleting_the_falapp_removes_every_child(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    api.create_app(namespace, _simple_app("gone", scaling={"minConcurrency": 2}))
+    _wait(lambda: _observed(api, namespace, "gone"), "gone reconciled", operator)
+    assert api.policy.read_namespaced_pod_disruption_budget("gone", namespace)
+    api.delete_app(namespace, "gone")
+
+    def nothing_left() -> bool:
+        selector = f"{naming.LABEL_APP}=gone"
+        return not any(
+            [
+                api.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+                api.core.list_namespaced_service(namespace, label_selector=selector).items,
+                api.networking.list_namespaced_network_policy(
+                    namespace, label_selector=selector
+                ).items,
+                api.policy.list_namespaced_pod_disruption_budget(
+                    namespace, label_selector=selector
+                ).items,
+                api.runner_pods(namespace, "gone"),
+            ]
+        )
+
+    _wait(nothing_left, "every child garbage-collected", operator)
+
+
+def test_unknown_machine_type_degrades_the_app_with_a_warning(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    api.create_app(namespace, _simple_app("odd", machineTypes=["GPU-TPU9"]))
+    app = _wait(
+        lambda: (
+            (app := _observed(api, namespace, "odd"))
+            and app["status"]["phase"] == "Degraded"
+            and app
+        ),
+        "odd Degraded",
+        operator,
+    )
+    assert _condition(app, "Degraded")["reason"] == "UnknownMachineType"
+    assert api.deployment(namespace, "odd") is None
+
+
+def test_a_catalogue_change_rerenders_the_apps_that_use_it(
+    api: Api, namespace: str, operator: OperatorProcess, catalogue_namespace: str
+) -> None:
+    api.create_app(namespace, _simple_app("sized", machineTypes=["XS"]))
+    _wait(
+        lambda: (
+            (d := api.deployment(namespace, "sized"))
+            and d.spec.template.spec.containers[0].resources.requests["cpu"] == "500m"
+        ),
+        "the Deployment sized by the default catalogue",
+        operator,
+    )
+    types = dict(machines.default_catalogue().machine_types)
+    types["XS"] = machines.MachineType(cpu="750m", memory="768Mi")
+    api.core.create_namespaced_config_map(
+        catalogue_namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=naming.MACHINE_CATALOGUE_CONFIGMAP),
+            data=machines.configmap_data(machines.MachineCatalogue(machine_types=types)),
+        ),
+    )
+    try:
+        _wait(
+            lambda: (
+                (d := api.deployment(namespace, "sized"))
+                and d.spec.template.spec.containers[0].resources.requests
+                == {"cpu": "750m", "memory": "768Mi"}
+            ),
+            "the Deployment re-rendered from the new catalogue",
+            operator,
+        )
+    finally:
+        api.core.delete_namespaced_config_map(
+            naming.MACHINE_CATALOGUE_CONFIGMAP, catalogue_namespace
+        )
+    _wait(
+        lambda: (
+            (d := api.deployment(namespace, "sized"))
+            and d.spec.template.spec.containers[0].resources.requests["cpu"] == "500m"
+        ),
+        "back to the built-in defaults once the ConfigMap is gone",
+        operator,
+    )
+
+
+def test_killing_the_operator_mid_work_leaves_no_duplicates(
+    api: Api, namespace: str, operator: OperatorProcess
+) -> None:
+    names = [f"burst-{index}" for index in range(8)]
+    for name in names[:4]:
+        api.create_app(namespace, _simple_app(name))
+    operator.kill()
+    for name in names[4:]:
+        api.create_app(namespace, _simple_app(name))
+    operator.start()
+
+    def all_reconciled() -> bool:
+        return all(_observed(api, namespace, name) for name in names)
+
+    _wait(all_reconciled, "every burst app reconciled after the restart", operator)
+    for name in names:
+        selector = f"{naming.LABEL_APP}={name}"
+        assert (
+            len(api.apps.list_namespaced_deployment(namespace, label_selector=selector).items) == 1
+        )
+        assert len(api.core.list_namespaced_service(namespace, label_selector=selector).items) == 1
+    deployments = api.apps.list_namespaced_deployment(namespace).items
+    assert sorted(d.metadata.name for d in deployments) == sorted(names)
