@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
@@ -44,7 +45,8 @@ class PodProcess:
 
 
 class PodRunner:
-    """Start a process for every Running pod matching ``label_selector`` in ``namespace``.
+    """Start a process for every Running pod matching ``label_selector`` in ``namespace``
+    (every namespace when it is None).
 
     Use as a context manager. ``processes`` maps pod name to its process; ``logs()``
     returns the log files, which tests register for failure reports.
@@ -54,7 +56,7 @@ class PodRunner:
         self,
         api_client: k8s.ApiClient,
         *,
-        namespace: str,
+        namespace: str | None,
         label_selector: str,
         root: pathlib.Path | None = None,
     ) -> None:
@@ -95,10 +97,7 @@ class PodRunner:
                 self._resync()
                 stream = k8s_watch.Watch()
                 for event in stream.stream(
-                    self.core.list_namespaced_pod,
-                    self.namespace,
-                    label_selector=self.label_selector,
-                    timeout_seconds=5,
+                    *self._list_call(), label_selector=self.label_selector, timeout_seconds=5
                 ):
                     if self._stop.is_set():
                         stream.stop()
@@ -107,11 +106,17 @@ class PodRunner:
             except Exception:  # the API may blip; resync and carry on
                 time.sleep(0.5)
 
+    def _list_call(self) -> tuple[Any, ...]:
+        if self.namespace is None:
+            return (self.core.list_pod_for_all_namespaces,)
+        return (self.core.list_namespaced_pod, self.namespace)
+
     def _resync(self) -> None:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector)
+        list_call, *args = self._list_call()
+        pods = list_call(*args, label_selector=self.label_selector)
         seen = set()
         for pod in pods.items:
-            seen.add(pod.metadata.name)
+            seen.add(_key(pod))
             self._handle("MODIFIED", pod)
         with self._lock:
             gone = [name for name in self.processes if name not in seen]
@@ -119,7 +124,7 @@ class PodRunner:
             self._terminate(name)
 
     def _handle(self, event_type: str, pod: k8s.V1Pod) -> None:
-        name = pod.metadata.name
+        name = _key(pod)
         if event_type == "DELETED" or pod.metadata.deletion_timestamp is not None:
             self._terminate(name)
             return
@@ -145,7 +150,7 @@ class PodRunner:
             local = workdir / mount.mount_path.strip("/")
             local.mkdir(parents=True, exist_ok=True)
             config_map = self.core.read_namespaced_config_map(
-                volume.config_map.name, self.namespace
+                volume.config_map.name, pod.metadata.namespace
             )
             for key, value in (config_map.data or {}).items():
                 (local / key).write_text(value)
@@ -154,7 +159,7 @@ class PodRunner:
 
     def _start(self, pod: k8s.V1Pod) -> None:
         container = pod.spec.containers[0]
-        workdir = self.root / pod.metadata.name
+        workdir = self.root / _key(pod).replace("/", "_")
         workdir.mkdir(parents=True, exist_ok=True)
         mounts = self._materialise_volumes(pod, workdir)
 
@@ -192,8 +197,8 @@ class PodRunner:
             )
         grace = float(pod.spec.termination_grace_period_seconds or 30)
         with self._lock:
-            self.processes[pod.metadata.name] = PodProcess(
-                namespace=self.namespace,
+            self.processes[_key(pod)] = PodProcess(
+                namespace=pod.metadata.namespace,
                 name=pod.metadata.name,
                 ip=pod.status.pod_ip,
                 process=process,
@@ -219,6 +224,10 @@ class PodRunner:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _key(pod: k8s.V1Pod) -> str:
+    return f"{pod.metadata.namespace}/{pod.metadata.name}"
 
 
 def describe(pod_runner: PodRunner) -> str:
