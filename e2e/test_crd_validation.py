@@ -4,7 +4,9 @@ The CRD under test is the committed ``crds/`` file, installed the way users inst
 side apply of the same YAML). Every invalid manifest of the corpus is POSTed for real: the API
 server must answer 422 (or 400 for an unknown field) with the offending field in the error, and
 nothing may be stored, so the operator never sees it. Valid manifests come back with the
-defaults of the models applied by the API server itself.
+defaults of the models applied by the API server itself. A property test (hypothesis) drives
+generated specs through both the API server (dry run) and the pydantic models: they must accept
+and reject the same specs and default them the same way.
 """
 
 from __future__ import annotations
