@@ -1,0 +1,376 @@
+"""The thin raw-ASGI layer between uvicorn and the SDK's own app: the guard and ``/_kubefal/*``.
+
+Everything the app serves (routes, validation, errors, OpenAPI, realtime WebSockets) stays the
+SDK's; this layer only adds what Kubernetes and the gateway need, at the cost of a header scan and a
+context variable per request:
+
+* the ``max_multiplexing`` guard: an HTTP request or a WebSocket session beyond the limit, during
+  ``setup()`` or while draining gets a 503 ``{"detail": ...}`` with ``x-fal-needs-retry: 1`` and
+  ``x-kubefal-rejected: busy|not-ready|draining`` so the gateway retries on another runner (the
+  SDK's ``GET /health`` and ``/_kubefal/*`` are never guarded);
+* a request cut off by the end of a drain gets the same 503 (not uvicorn's 500), so the gateway
+  retries it;
+* ``x-fal-request-id``: passed through, generated when absent, echoed on the response, and set as
+  the context under which the request's logs are captured (``x-fal-endpoint`` passes untouched);
+* ``GET /_kubefal/ready``, ``/_kubefal/health``, ``/_kubefal/info``, ``/_kubefal/logs/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+
+from kubefal_runner import lifespan, request_logs, state
+
+Scope = collections.abc.MutableMapping[str, Any]
+Message = lifespan.Message
+Receive = collections.abc.Callable[[], collections.abc.Awaitable[Message]]
+Send = collections.abc.Callable[[Message], collections.abc.Awaitable[None]]
+
+CONTROL_PREFIX = "/_kubefal/"
+LOGS_PREFIX = "/_kubefal/logs/"
+REQUEST_ID_HEADER = b"x-fal-request-id"
+DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
+WEBSOCKET_TRY_AGAIN_LATER = 1013
+WEBSOCKET_POLICY_VIOLATION = 1008
+
+RETRY_HEADERS = ((b"x-fal-needs-retry", b"1"), (b"retry-after", b"1"))
+"""On every 503 the runner makes: safe to resend, preferably to another runner."""
+
+REJECTION_DETAILS = {
+    state.Rejection.BUSY: "runner is at its max_multiplexing limit of {limit} requests",
+    state.Rejection.NOT_READY: "runner is not ready: setup() has not finished",
+    state.Rejection.DRAINING: "runner is draining before shutdown",
+}
+
+
+def _json_body(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def send_json(
+    send: Send,
+    *,
+    status: int,
+    payload: Any,
+    headers: collections.abc.Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a complete JSON HTTP response."""
+    body = _json_body(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HealthCheckResult:
+    """Outcome of one health check: healthy or not, and what the app answered."""
+
+    def __init__(self, *, healthy: bool, status_code: int | None, detail: str) -> None:
+        self.healthy = healthy
+        self.status_code = status_code
+        self.detail = detail
+
+
+async def call_in_process(
+    app: lifespan.ASGIApp, *, method: str, path: str, body: bytes
+) -> tuple[int, bytes]:
+    """Send one HTTP request straight to an ASGI app (no socket) and return status and body."""
+    request_sent = False
+    response_started = False
+    response_complete = asyncio.Event()
+    status = 500
+    chunks: list[bytes] = []
+
+    async def receive() -> Message:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await response_complete.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status, response_started
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+            response_started = True
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                response_complete.set()
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER, f"kubefal-health-{uuid.uuid4()}".encode()),
+        ],
+        "client": None,
+        "server": None,
+        "state": {},
+    }
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # Starlette re-raises an endpoint's exception after its error handler sent the 500.
+        if not response_started:
+            raise
+    finally:
+        response_complete.set()
+    return status, b"".join(chunks)
+
+
+class RunnerASGI:
+    """Wraps the SDK's ASGI app with the guard, request ids and the ``/_kubefal/*`` endpoints."""
+
+    def __init__(
+        self,
+        *,
+        app: lifespan.ASGIApp,
+        runner_state: state.RunnerState,
+        log_capture: request_logs.RequestLogCapture,
+        app_info: dict[str, Any],
+        health_check: dict[str, Any] | None,
+    ) -> None:
+        self._app = app
+        self._state = runner_state
+        self._log_capture = log_capture
+        self._app_info = app_info
+        self._health_check = health_check
+        self.startup_seconds: dict[str, float] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "lifespan":
+            # uvicorn runs with lifespan="off"; the LifespanDriver owns the app's lifespan.
+            return
+        path: str = scope["path"]
+        if path.startswith(CONTROL_PREFIX):
+            if scope_type == "http":
+                await self._serve_control(scope, send)
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION})
+            return
+        if path == "/health":
+            await self._app(scope, receive, send)
+            return
+
+        request_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                request_id = value
+                break
+        if request_id is None:
+            request_id = str(uuid.uuid4()).encode()
+            scope = {**scope, "headers": [*scope["headers"], (REQUEST_ID_HEADER, request_id)]}
+        request_id_header = (REQUEST_ID_HEADER, request_id)
+
+        rejection = self._state.try_admit()
+        if rejection is not None:
+            await self._reject(
+                scope_type=scope_type,
+                scope_extensions=scope.get("extensions") or {},
+                receive=receive,
+                send=send,
+                rejection=rejection,
+                request_id_header=request_id_header,
+            )
+            return
+
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+                response_started = True
+            await send(message)
+
+        request_id_text = request_id.decode("latin-1")
+        token = request_logs.CURRENT_REQUEST_ID.set(request_id_text)
+        try:
+            await self._app(scope, receive, send_with_request_id)
+        except asyncio.CancelledError:
+            # Cut off at the end of a drain: tell the gateway to run it elsewhere (not a 500).
+            if scope_type == "http" and not response_started:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await send_json(
+                        send,
+                        status=503,
+                        payload={"detail": "runner stopped before the request finished"},
+                        headers=[*RETRY_HEADERS, request_id_header],
+                    )
+            raise
+        finally:
+            request_logs.CURRENT_REQUEST_ID.reset(token)
+            self._state.release()
+            self._log_capture.finish_request(request_id_text)
+
+    async def _reject(
+        self,
+        *,
+        scope_type: str,
+        scope_extensions: collections.abc.Mapping[str, Any],
+        receive: Receive,
+        send: Send,
+        rejection: state.Rejection,
+        request_id_header: tuple[bytes, bytes],
+    ) -> None:
+        detail = REJECTION_DETAILS[rejection].format(limit=self._state.max_multiplexing)
+        headers = [
+            *RETRY_HEADERS,
+            (b"x-kubefal-rejected", rejection.value.encode()),
+            request_id_header,
+        ]
+        if scope_type == "http":
+            await send_json(send, status=503, payload={"detail": detail}, headers=headers)
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope_extensions:
+            await send({"type": "websocket.close", "code": WEBSOCKET_TRY_AGAIN_LATER})
+            return
+        body = _json_body({"detail": detail})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+
+    async def _serve_control(self, scope: Scope, send: Send) -> None:
+        path: str = scope["path"]
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_json(
+                send,
+                status=405,
+                payload={"detail": f"{scope['method']} is not allowed on {path}; use GET"},
+                headers=[(b"allow", b"GET")],
+            )
+            return
+        if path == "/_kubefal/ready":
+            await self._serve_ready(send)
+        elif path == "/_kubefal/health":
+            await self._serve_health(send)
+        elif path == "/_kubefal/info":
+            await send_json(send, status=200, payload=self.describe())
+        elif path.startswith(LOGS_PREFIX) and len(path) > len(LOGS_PREFIX):
+            request_id = path[len(LOGS_PREFIX) :]
+            entries = self._log_capture.store.entries(request_id)
+            await send_json(send, status=200, payload=entries)
+        else:
+            await send_json(send, status=404, payload={"detail": f"Path {path} not found"})
+
+    def describe(self) -> dict[str, Any]:
+        """The app's configuration plus the runner's live state."""
+        return {
+            **self._app_info,
+            "runner": {
+                "state": self._state.phase.value,
+                "in_flight": self._state.in_flight,
+                "max_multiplexing": self._state.max_multiplexing,
+                "admitted_total": self._state.admitted_total,
+                "rejected_total": {
+                    reason.value: count for reason, count in self._state.rejected_total.items()
+                },
+                "startup_seconds": self.startup_seconds,
+            },
+        }
+
+    async def _serve_ready(self, send: Send) -> None:
+        phase = self._state.phase.value
+        if self._state.ready:
+            await send_json(send, status=200, payload={"ready": True, "state": phase})
+        else:
+            await send_json(
+                send,
+                status=503,
+                payload={"ready": False, "state": phase, "detail": f"runner is {phase}"},
+            )
+
+    async def _serve_health(self, send: Send) -> None:
+        phase = self._state.phase
+        if phase in (state.Phase.SETUP, state.Phase.FAILED, state.Phase.STOPPED):
+            await send_json(
+                send,
+                status=503,
+                payload={"healthy": False, "state": phase.value, "detail": f"runner is {phase}"},
+            )
+            return
+        result = await self.check_health()
+        payload = {
+            "healthy": result.healthy,
+            "state": phase.value,
+            "path": self._health_check["path"] if self._health_check else "/health",
+            "status_code": result.status_code,
+            "detail": result.detail,
+        }
+        await send_json(send, status=200 if result.healthy else 503, payload=payload)
+
+    async def check_health(self) -> HealthCheckResult:
+        """Run the app's configured health check in-process, else the SDK's ``GET /health``."""
+        if self._health_check is None:
+            method, path, timeout, body = (
+                "GET",
+                "/health",
+                DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS,
+                b"",
+            )
+        else:
+            method = str(self._health_check["method"])
+            path = str(self._health_check["path"])
+            timeout = float(
+                self._health_check["timeout_seconds"] or DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS
+            )
+            body = b"" if method in ("GET", "HEAD") else b"{}"
+        started = time.monotonic()
+        try:
+            status, response_body = await asyncio.wait_for(
+                call_in_process(self._app, method=method, path=path, body=body), timeout=timeout
+            )
+        except TimeoutError:
+            return HealthCheckResult(
+                healthy=False,
+                status_code=None,
+                detail=f"{method} {path} did not answer within {timeout:g} s",
+            )
+        except Exception as error:
+            return HealthCheckResult(
+                healthy=False, status_code=None, detail=f"{method} {path} raised {error!r}"
+            )
+        elapsed = time.monotonic() - started
+        healthy = 200 <= status < 300
+        detail = f"{method} {path} answered {status} in {elapsed:.3f} s"
+        if not healthy:
+            detail += ": " + response_body[:500].decode("utf-8", "replace")
+        return HealthCheckResult(healthy=healthy, status_code=status, detail=detail)
