@@ -136,8 +136,10 @@ def falapp_crd(api_client: k8s.ApiClient) -> None:
     )
 
     def established() -> bool:
-        current = extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
-        reported = {c.type: c.status for c in (current.status.conditions or [])}
+        current = api_client.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
+        )
+        reported = {c["type"]: c["status"] for c in current["status"].get("conditions") or []}
         return reported.get("Established") == "True"
 
     waiting.wait_for(established, timeout=TIMEOUT, description="the FalApp CRD Established")
@@ -191,20 +193,21 @@ def operator_log_on_failure(operator: OperatorProcess, e2e_logs: list[pathlib.Pa
 
 @dataclasses.dataclass
 class Api:
+    client: k8s.ApiClient
     objects: k8s.CustomObjectsApi
     apps: k8s.AppsV1Api
     core: k8s.CoreV1Api
     networking: k8s.NetworkingV1Api
     policy: k8s.PolicyV1Api
 
-    def create_app(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = self.objects.create_namespaced_custom_object(
+    def create_app(self, namespace: str, manifest: dict[str, Any]) -> Any:
+        created = self.objects.create_namespaced_custom_object(
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
         )
         return created
 
-    def app(self, namespace: str, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.objects.get_namespaced_custom_object(
+    def app(self, namespace: str, name: str) -> Any:
+        found = self.objects.get_namespaced_custom_object(
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
         )
         return found
@@ -219,43 +222,62 @@ class Api:
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
         )
 
-    def deployment(self, namespace: str, name: str) -> k8s.V1Deployment | None:
+    def plain(self, obj: object) -> Any:
+        """A client model as the plain JSON dict the API sent (camelCase keys)."""
+        return self.client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+    def deployment(self, namespace: str, name: str) -> Any:
         try:
-            return self.apps.read_namespaced_deployment(name, namespace)
+            return self.plain(self.apps.read_namespaced_deployment(name, namespace))
         except k8s.ApiException as error:
             if error.status == 404:
                 return None
             raise
 
-    def runner_pods(self, namespace: str, name: str) -> list[k8s.V1Pod]:
-        pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{naming.LABEL_APP}={name}"
-        ).items
-        return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+    def runner_container(self, namespace: str, name: str) -> Any:
+        deployment = self.deployment(namespace, name)
+        return deployment["spec"]["template"]["spec"]["containers"][0] if deployment else None
+
+    def runner_pods(self, namespace: str, name: str) -> list[Any]:
+        listing = self.plain(
+            self.core.list_namespaced_pod(namespace, label_selector=f"{naming.LABEL_APP}={name}")
+        )
+        return [pod for pod in listing["items"] if not pod["metadata"].get("deletionTimestamp")]
+
+    def scheduled_nodes(self, namespace: str, name: str) -> list[str]:
+        pods = self.runner_pods(namespace, name)
+        return [str(pod["spec"]["nodeName"]) for pod in pods if pod["spec"].get("nodeName")]
 
     def node_products(self) -> dict[str, str]:
+        nodes = self.plain(self.core.list_node())["items"]
         return {
-            node.metadata.name: (node.metadata.labels or {}).get(machines.GPU_PRODUCT_LABEL, "")
-            for node in self.core.list_node().items
+            str(node["metadata"]["name"]): str(
+                (node["metadata"].get("labels") or {}).get(machines.GPU_PRODUCT_LABEL, "")
+            )
+            for node in nodes
         }
 
     def free_gpus(self, product: str) -> int:
         """Free nvidia.com/gpu on every node of ``product``, counting all namespaces' pods."""
         nodes = [name for name, found in self.node_products().items() if found == product]
         used = dict.fromkeys(nodes, 0)
-        for pod in self.core.list_pod_for_all_namespaces().items:
-            node = pod.spec.node_name
-            if node not in used or pod.status.phase in {"Succeeded", "Failed"}:
+        for pod in self.plain(self.core.list_pod_for_all_namespaces())["items"]:
+            node = pod["spec"].get("nodeName")
+            if node not in used or pod.get("status", {}).get("phase") in {"Succeeded", "Failed"}:
                 continue
-            for container in pod.spec.containers:
-                limits = (container.resources.limits or {}) if container.resources else {}
+            for container in pod["spec"]["containers"]:
+                limits = (container.get("resources") or {}).get("limits") or {}
                 used[node] += int(limits.get(machines.GPU_RESOURCE, 0))
         return sum(8 - count for count in used.values())
+
+    def names(self, listing: object) -> list[str]:
+        return sorted(str(item["metadata"]["name"]) for item in self.plain(listing)["items"])
 
 
 @pytest.fixture
 def api(api_client: k8s.ApiClient) -> Api:
     return Api(
+        client=api_client,
         objects=k8s.CustomObjectsApi(api_client),
         apps=k8s.AppsV1Api(api_client),
         core=k8s.CoreV1Api(api_client),
@@ -271,7 +293,7 @@ def _example(name: str) -> dict[str, Any]:
     return manifest
 
 
-def _install_example(api: Api, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+def _install_example(api: Api, namespace: str, name: str, **spec: Any) -> Any:
     """The example's source ConfigMap and FalApp (with ``spec`` overrides)."""
     manifest = _example(name)
     source = manifest["spec"].get("source", {}).get("configMapRef", {}).get("name")
@@ -304,7 +326,7 @@ def _condition(app: dict[str, Any], condition_type: str) -> dict[str, Any]:
     return {}
 
 
-def _observed(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
+def _observed(api: Api, namespace: str, name: str) -> Any:
     """The FalApp once its status reports the current generation."""
     app = api.app(namespace, name)
     status = app.get("status") or {}
@@ -335,13 +357,14 @@ def test_cpu_example_becomes_a_deployment_and_scales_onto_a_cpu_node(
     deployment = _wait(
         lambda: api.deployment(namespace, "text-stats"), "the text-stats Deployment", operator
     )
-    assert deployment.spec.replicas == 0
-    container = deployment.spec.template.spec.containers[0]
-    assert container.command == ["python", "-m", "kubefal_runner"]
-    assert container.resources.requests == {"cpu": "2", "memory": "2Gi"}
-    owner = deployment.metadata.owner_references[0]
-    assert (owner.kind, owner.name, owner.controller) == ("FalApp", "text-stats", True)
-    assert api.core.read_namespaced_service("text-stats", namespace).spec.cluster_ip == "None"
+    assert deployment["spec"]["replicas"] == 0
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "kubefal_runner"]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("FalApp", "text-stats", True)
+    service = api.plain(api.core.read_namespaced_service("text-stats", namespace))
+    assert service["spec"]["clusterIP"] == "None"
     assert api.networking.read_namespaced_network_policy("text-stats", namespace)
     scaled_to_zero = _wait(
         lambda: (
@@ -355,12 +378,12 @@ def test_cpu_example_becomes_a_deployment_and_scales_onto_a_cpu_node(
     assert scaled_to_zero["status"]["endpoints"]["queue"].endswith(f"/{namespace}/text-stats")
 
     api.patch_app(namespace, "text-stats", {"spec": {"scaling": {"minConcurrency": 1}}})
-    pods = _wait(
-        lambda: [p for p in api.runner_pods(namespace, "text-stats") if p.spec.node_name],
+    nodes = _wait(
+        lambda: api.scheduled_nodes(namespace, "text-stats"),
         "a scheduled text-stats runner",
         operator,
     )
-    assert pods[0].spec.node_name.startswith("cpu-")
+    assert nodes[0].startswith("cpu-")
     _wait(
         lambda: (
             (app := _observed(api, namespace, "text-stats")) and app["status"]["phase"] == "Ready"
@@ -375,14 +398,14 @@ def test_h100_example_lands_on_an_h100_node_with_two_gpus(
 ) -> None:
     _wait(lambda: api.free_gpus(H100) >= 2, "two free H100 GPUs", operator)
     _install_example(api, namespace, "h100-pair")
-    pods = _wait(
-        lambda: [p for p in api.runner_pods(namespace, "h100-pair") if p.spec.node_name],
+    nodes = _wait(
+        lambda: api.scheduled_nodes(namespace, "h100-pair"),
         "the h100-pair runner to be scheduled",
         operator,
     )
-    assert api.node_products()[pods[0].spec.node_name] == H100
-    limits = pods[0].spec.containers[0].resources.limits
-    assert limits[machines.GPU_RESOURCE] == "2"
+    assert api.node_products()[nodes[0]] == H100
+    pod = api.runner_pods(namespace, "h100-pair")[0]
+    assert pod["spec"]["containers"][0]["resources"]["limits"][machines.GPU_RESOURCE] == "2"
     ready = _wait(
         lambda: (
             (app := _observed(api, namespace, "h100-pair"))
@@ -414,8 +437,7 @@ def test_fallback_example_fills_the_h100_nodes_then_uses_the_h200(
     )
 
     def placed() -> list[str] | None:
-        pods = api.runner_pods(namespace, "gpu-fallback")
-        nodes = [p.spec.node_name for p in pods if p.spec.node_name]
+        nodes = api.scheduled_nodes(namespace, "gpu-fallback")
         return nodes if len(nodes) == 3 else None
 
     nodes = _wait(placed, "three gpu-fallback runners scheduled", operator)
@@ -431,8 +453,8 @@ def test_fallback_example_fills_the_h100_nodes_then_uses_the_h200(
         operator,
     )
     assert app["status"]["machineType"] == "GPU-H100,GPU-H200"
-    budget = api.policy.read_namespaced_pod_disruption_budget("gpu-fallback", namespace)
-    assert budget.spec.max_unavailable == 1
+    budget = api.plain(api.policy.read_namespaced_pod_disruption_budget("gpu-fallback", namespace))
+    assert budget["spec"]["maxUnavailable"] == 1
 
 
 def test_pending_runners_report_waiting_for_gpu_capacity_with_the_scheduler_message(
@@ -464,13 +486,14 @@ def test_pending_runners_report_waiting_for_gpu_capacity_with_the_scheduler_mess
     events = _wait(
         lambda: [
             event
-            for event in api.core.list_namespaced_event(namespace).items
-            if event.involved_object.name == "too-big" and event.reason == "WaitingForGPUCapacity"
+            for event in api.plain(api.core.list_namespaced_event(namespace))["items"]
+            if event["involvedObject"]["name"] == "too-big"
+            and event["reason"] == "WaitingForGPUCapacity"
         ],
         "a WaitingForGPUCapacity Event",
         operator,
     )
-    assert events[0].type == "Warning"
+    assert events[0]["type"] == "Warning"
 
 
 def test_spec_changes_roll_the_runners_and_bounds_changes_do_not(
@@ -486,10 +509,10 @@ def test_spec_changes_roll_the_runners_and_bounds_changes_do_not(
     )
 
     def replica_sets() -> set[str]:
-        found = api.apps.list_namespaced_replica_set(
+        listing = api.apps.list_namespaced_replica_set(
             namespace, label_selector=f"{naming.LABEL_APP}=roll"
-        ).items
-        return {rs.metadata.name for rs in found}
+        )
+        return set(api.names(listing))
 
     first = replica_sets()
     assert len(first) == 1
@@ -500,7 +523,7 @@ def test_spec_changes_roll_the_runners_and_bounds_changes_do_not(
     _wait(lambda: _observed(api, namespace, "roll"), "generation 2 observed", operator)
     deployment = api.deployment(namespace, "roll")
     assert deployment is not None
-    assert deployment.spec.replicas == 3
+    assert deployment["spec"]["replicas"] == 3
     assert replica_sets() == first
 
     api.patch_app(namespace, "roll", {"spec": {"requestTimeout": 77}})
@@ -521,11 +544,11 @@ def test_spec_changes_roll_the_runners_and_bounds_changes_do_not(
     assert updated["metadata"]["generation"] == 3
     deployment = api.deployment(namespace, "roll")
     assert deployment is not None
-    assert deployment.spec.template.spec.termination_grace_period_seconds == 77 + 30
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 77 + 30
 
     api.patch_app(namespace, "roll", {"spec": {"scaling": {"maxConcurrency": 2}}})
     _wait(
-        lambda: (d := api.deployment(namespace, "roll")) and d.spec.replicas == 2,
+        lambda: (d := api.deployment(namespace, "roll")) and d["spec"]["replicas"] == 2,
         "replicas clamped to the lowered maxConcurrency",
         operator,
     )
@@ -535,17 +558,19 @@ def test_deleted_and_hand_edited_children_are_put_back(
     api: Api, namespace: str, operator: OperatorProcess
 ) -> None:
     api.create_app(namespace, _simple_app("heal", scaling={"minConcurrency": 2}))
-    original = _wait(lambda: api.deployment(namespace, "heal"), "the heal Deployment", operator)
-    container = original.spec.template.spec.containers[0]
-    service_uid = _wait(
-        lambda: api.core.read_namespaced_service("heal", namespace).metadata.uid,
-        "the heal Service",
-        operator,
+    container = _wait(
+        lambda: api.runner_container(namespace, "heal"), "the heal Deployment", operator
     )
 
+    def service_uid() -> str:
+        return str(
+            api.plain(api.core.read_namespaced_service("heal", namespace))["metadata"]["uid"]
+        )
+
+    first_uid = _wait(service_uid, "the heal Service", operator)
     api.core.delete_namespaced_service("heal", namespace)
     _wait(
-        lambda: api.core.read_namespaced_service("heal", namespace).metadata.uid != service_uid,
+        lambda: service_uid() != first_uid,
         "the Service to come back",
         operator,
     )
@@ -571,12 +596,10 @@ def test_deleted_and_hand_edited_children_are_put_back(
     )
 
     def restored() -> bool:
-        deployment = api.deployment(namespace, "heal")
-        if deployment is None:
-            return False
-        now = deployment.spec.template.spec.containers[0]
+        now = api.runner_container(namespace, "heal")
         return bool(
-            now.image == container.image and now.resources.requests == container.resources.requests
+            now["image"] == container["image"]
+            and now["resources"]["requests"] == container["resources"]["requests"]
         )
 
     _wait(restored, "the Deployment's image and resources restored", operator)
@@ -594,15 +617,15 @@ def test_deleted_and_hand_edited_children_are_put_back(
         operator,
     )
     reasons = {
-        event.reason
-        for event in api.core.list_namespaced_event(namespace).items
-        if event.involved_object.name == "heal"
+        event["reason"]
+        for event in api.plain(api.core.list_namespaced_event(namespace))["items"]
+        if event["involvedObject"]["name"] == "heal"
     }
     assert "Restored" in reasons
 
     api.patch_app(namespace, "heal", {"spec": {"scaling": {"minConcurrency": 1}}})
     _wait(
-        lambda: not api.policy.list_namespaced_pod_disruption_budget(namespace).items,
+        lambda: not api.names(api.policy.list_namespaced_pod_disruption_budget(namespace)),
         "the PodDisruptionBudget removed below two runners",
         operator,
     )
@@ -619,18 +642,14 @@ def test_deleting_the_falapp_removes_every_child(
 
     def nothing_left() -> bool:
         selector = f"{naming.LABEL_APP}=gone"
-        return not any(
-            [
-                api.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
-                api.core.list_namespaced_service(namespace, label_selector=selector).items,
-                api.networking.list_namespaced_network_policy(
-                    namespace, label_selector=selector
-                ).items,
-                api.policy.list_namespaced_pod_disruption_budget(
-                    namespace, label_selector=selector
-                ).items,
-                api.runner_pods(namespace, "gone"),
-            ]
+        listings = [
+            api.apps.list_namespaced_deployment(namespace, label_selector=selector),
+            api.core.list_namespaced_service(namespace, label_selector=selector),
+            api.networking.list_namespaced_network_policy(namespace, label_selector=selector),
+            api.policy.list_namespaced_pod_disruption_budget(namespace, label_selector=selector),
+        ]
+        return not any(api.names(listing) for listing in listings) and not api.runner_pods(
+            namespace, "gone"
         )
 
     _wait(nothing_left, "every child garbage-collected", operator)
@@ -657,14 +676,13 @@ def test_a_catalogue_change_rerenders_the_apps_that_use_it(
     api: Api, namespace: str, operator: OperatorProcess, catalogue_namespace: str
 ) -> None:
     api.create_app(namespace, _simple_app("sized", machineTypes=["XS"]))
-    _wait(
-        lambda: (
-            (d := api.deployment(namespace, "sized"))
-            and d.spec.template.spec.containers[0].resources.requests["cpu"] == "500m"
-        ),
-        "the Deployment sized by the default catalogue",
-        operator,
-    )
+
+    def requests() -> Any:
+        container = api.runner_container(namespace, "sized")
+        return container["resources"]["requests"] if container else None
+
+    default = {"cpu": "500m", "memory": "512Mi"}
+    _wait(lambda: requests() == default, "the Deployment sized by the defaults", operator)
     types = dict(machines.default_catalogue().machine_types)
     types["XS"] = machines.MachineType(cpu="750m", memory="768Mi")
     api.core.create_namespaced_config_map(
@@ -676,11 +694,7 @@ def test_a_catalogue_change_rerenders_the_apps_that_use_it(
     )
     try:
         _wait(
-            lambda: (
-                (d := api.deployment(namespace, "sized"))
-                and d.spec.template.spec.containers[0].resources.requests
-                == {"cpu": "750m", "memory": "768Mi"}
-            ),
+            lambda: requests() == {"cpu": "750m", "memory": "768Mi"},
             "the Deployment re-rendered from the new catalogue",
             operator,
         )
@@ -688,20 +702,13 @@ def test_a_catalogue_change_rerenders_the_apps_that_use_it(
         api.core.delete_namespaced_config_map(
             naming.MACHINE_CATALOGUE_CONFIGMAP, catalogue_namespace
         )
-    _wait(
-        lambda: (
-            (d := api.deployment(namespace, "sized"))
-            and d.spec.template.spec.containers[0].resources.requests["cpu"] == "500m"
-        ),
-        "back to the built-in defaults once the ConfigMap is gone",
-        operator,
-    )
+    _wait(lambda: requests() == default, "the defaults again once the ConfigMap is gone", operator)
 
 
 def test_killing_the_operator_mid_work_leaves_no_duplicates(
     api: Api, namespace: str, operator: OperatorProcess
 ) -> None:
-    names = [f"burst-{index}" for index in range(8)]
+    names = sorted(f"burst-{index}" for index in range(8))
     for name in names[:4]:
         api.create_app(namespace, _simple_app(name))
     operator.kill()
@@ -713,11 +720,12 @@ def test_killing_the_operator_mid_work_leaves_no_duplicates(
         return all(_observed(api, namespace, name) for name in names)
 
     _wait(all_reconciled, "every burst app reconciled after the restart", operator)
+    assert api.names(api.apps.list_namespaced_deployment(namespace)) == names
+    assert api.names(api.core.list_namespaced_service(namespace)) == names
+    assert api.names(api.networking.list_namespaced_network_policy(namespace)) == names
     for name in names:
-        selector = f"{naming.LABEL_APP}={name}"
-        assert (
-            len(api.apps.list_namespaced_deployment(namespace, label_selector=selector).items) == 1
-        )
-        assert len(api.core.list_namespaced_service(namespace, label_selector=selector).items) == 1
-    deployments = api.apps.list_namespaced_deployment(namespace).items
-    assert sorted(d.metadata.name for d in deployments) == sorted(names)
+        owners = [
+            pod["metadata"]["ownerReferences"][0]["name"]
+            for pod in api.runner_pods(namespace, name)
+        ]
+        assert len(set(owners)) <= 1, f"{name} has runners from several ReplicaSets: {owners}"

@@ -1,0 +1,232 @@
+"""kopf handlers: decorators only, each delegating to ``reconcile``.
+
+What is watched, and why:
+
+* FalApps: create/update/resume render and apply; the DELETED event drops cached state.
+  Children go with the garbage collector through their owner references, so there is no
+  finalizer: a FalApp can be deleted even while the operator is down. (That is also why
+  there is no kopf timer as a safety net: kopf puts a finalizer on objects with timers.
+  Watches are re-listed on every reconnect and on restart, and event-driven repairs retry
+  transient API errors themselves.)
+* Deployments, Services, NetworkPolicies and PodDisruptionBudgets labelled
+  ``kubefal.io/app``: any change re-reconciles the owner, which puts back what drifted.
+* Runner pods: any change recomputes the owner's status (Scheduled, Ready, runners).
+* Nodes: their labels tell which machine type a runner landed on.
+* The machine catalogue ConfigMap: a change re-renders the apps using changed types.
+
+Every watch of children, pods and the ConfigMap is filtered on the server (label and field
+selectors set at startup), so the operator never lists unrelated objects. kopf indexes keep
+the live objects in memory; reconciles read them instead of the API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubefal_api import naming, v1alpha1
+from kubefal_operator import config as operator_config
+from kubefal_operator import kube, reconcile
+
+FALAPPS = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
+DEPLOYMENTS = ("apps", "v1", "deployments")
+SERVICES = ("v1", "services")
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+DISRUPTION_BUDGETS = ("policy", "v1", "poddisruptionbudgets")
+PODS = ("v1", "pods")
+NODES = ("v1", "nodes")
+CONFIG_MAPS = ("v1", "configmaps")
+CHILD_LABELS = {naming.LABEL_APP: kopf.PRESENT}
+REGISTRY = kopf.OperatorRegistry()
+"""The operator's handlers (kept out of kopf's global default registry)."""
+
+
+def _operator(memo: kopf.Memo) -> reconcile.Operator:
+    operator: reconcile.Operator = memo["operator"]
+    return operator
+
+
+def _indexes(kwargs: dict[str, Any]) -> reconcile.Indexes:
+    return reconcile.Indexes(
+        falapps=kwargs["falapps_index"],
+        deployments=kwargs["deployments_index"],
+        services=kwargs["services_index"],
+        network_policies=kwargs["network_policies_index"],
+        disruption_budgets=kwargs["disruption_budgets_index"],
+        pods=kwargs["runner_pods_index"],
+        nodes=kwargs["nodes_index"],
+    )
+
+
+def _kopf_error(error: reconcile.ReconcileError) -> Exception:
+    if error.retry:
+        return kopf.TemporaryError(str(error), delay=5)
+    return kopf.PermanentError(str(error))
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+@kopf.on.startup(registry=REGISTRY)
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """All kopf settings in one place, then the runtime: API client, metrics, catalogue."""
+    config: operator_config.OperatorConfig = (
+        memo.get("config") or operator_config.OperatorConfig.from_environment()
+    )
+    # No handler needs a finalizer today; should one ever, it carries kubefal's name.
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=v1alpha1.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=v1alpha1.GROUP, key="last-handled-configuration"
+    )
+    # kopf's own Events ("Handler succeeded") would drown ours: post only its warnings.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = kube.EVENT_SOURCE
+    settings.posting.event_name_prefix = "kubefal-"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    selector = naming.LABEL_APP
+    for resource in (DEPLOYMENTS, SERVICES, NETWORK_POLICIES, DISRUPTION_BUDGETS, PODS):
+        settings.watching.label_selectors[resource] = selector
+    settings.watching.field_selectors[CONFIG_MAPS] = (
+        f"metadata.name={config.catalogue_name},metadata.namespace={config.catalogue_namespace}"
+    )
+    memo["operator"] = await reconcile.start(config)
+
+
+@kopf.on.login(registry=REGISTRY)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches use the same credentials as ``kube`` (KUBECONFIG or service account)."""
+    info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+    return info
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await reconcile.stop(_operator(memo))
+
+
+@kopf.on.probe(id="catalogue", registry=REGISTRY)
+def catalogue_source(memo: kopf.Memo, **_: Any) -> str:
+    """The liveness endpoint reports where the machine catalogue came from."""
+    return _operator(memo).catalogue.source
+
+
+# --- indexes ------------------------------------------------------------------------------
+
+
+@kopf.index(*FALAPPS, registry=REGISTRY)
+def falapps_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]]:
+    return {reconcile.app_key(body): reconcile.object_view(body)}
+
+
+@kopf.index(*DEPLOYMENTS, labels=CHILD_LABELS, registry=REGISTRY)
+def deployments_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
+@kopf.index(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
+def services_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
+@kopf.index(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
+def network_policies_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
+@kopf.index(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
+def disruption_budgets_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
+@kopf.index(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
+def runner_pods_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.pod_view(body)} if key else None
+
+
+@kopf.index(*NODES, registry=REGISTRY)
+def nodes_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+# --- FalApps ------------------------------------------------------------------------------
+
+
+@kopf.on.resume(*FALAPPS, registry=REGISTRY)
+@kopf.on.create(*FALAPPS, registry=REGISTRY)
+@kopf.on.update(*FALAPPS, registry=REGISTRY)
+async def reconcile_falapp(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    indexes = _indexes(kwargs)
+    try:
+        await reconcile.reconcile_app(
+            _operator(memo), body=body, live=indexes.live(reconcile.app_key(body))
+        )
+    except reconcile.ReconcileError as error:
+        raise _kopf_error(error) from error
+
+
+@kopf.on.event(*FALAPPS, registry=REGISTRY)
+def forget_deleted_falapp(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        _operator(memo).forget(reconcile.app_key(body))
+
+
+# --- children, pods, catalogue ------------------------------------------------------------
+
+
+@kopf.on.event(*DEPLOYMENTS, labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
+async def child_changed(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    resource: kopf.Resource,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    await reconcile.child_changed(
+        _operator(memo),
+        kind=str(resource.kind),
+        event_type=event["type"],
+        child=reconcile.object_view(body),
+        indexes=_indexes(kwargs),
+    )
+
+
+@kopf.on.event(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
+async def runner_pod_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    await reconcile.pods_changed(_operator(memo), pod=dict(body), indexes=_indexes(kwargs))
+
+
+def _is_catalogue(**kwargs: Any) -> bool:
+    """Only the configured catalogue ConfigMap (the server-side field selector says so too)."""
+    config = _operator(kwargs["memo"]).config
+    return bool(
+        kwargs["name"] == config.catalogue_name
+        and kwargs["namespace"] == config.catalogue_namespace
+    )
+
+
+@kopf.on.event(*CONFIG_MAPS, when=_is_catalogue, registry=REGISTRY)
+async def catalogue_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    await reconcile.catalogue_changed(
+        _operator(memo),
+        config_map=None if event["type"] == "DELETED" else dict(body),
+        indexes=_indexes(kwargs),
+    )

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the operator: reconciles, errors and how long they take.
+
+Metrics live in a :class:`prometheus_client.CollectorRegistry` created at startup and
+served from there, not registered into the global registry at import time, so importing the
+package has no side effects and tests can build as many independent instances as they like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import TypeAlias
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+
+MetricsServer: TypeAlias = WSGIServer
+"""The HTTP server behind ``/metrics`` (stop it with ``shutdown()``)."""
+
+RESULT_CHANGED = "changed"
+RESULT_UNCHANGED = "unchanged"
+RESULT_ERROR = "error"
+
+
+@dataclasses.dataclass
+class Metrics:
+    """The operator's instruments, all in one registry."""
+
+    registry: prometheus_client.CollectorRegistry
+    reconciles: prometheus_client.Counter
+    errors: prometheus_client.Counter
+    durations: prometheus_client.Histogram
+    status_writes: prometheus_client.Counter
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        return cls(
+            registry=registry,
+            reconciles=prometheus_client.Counter(
+                "kubefal_operator_reconciles",
+                "Reconciles by the kind of object whose event triggered them and their result "
+                "(changed: something was applied or deleted; unchanged; error).",
+                labelnames=("kind", "result"),
+                registry=registry,
+            ),
+            errors=prometheus_client.Counter(
+                "kubefal_operator_reconcile_errors",
+                "Failed reconciles by triggering kind and error class.",
+                labelnames=("kind", "error"),
+                registry=registry,
+            ),
+            durations=prometheus_client.Histogram(
+                "kubefal_operator_reconcile_duration_seconds",
+                "Time spent in one reconcile, by triggering kind.",
+                labelnames=("kind",),
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                registry=registry,
+            ),
+            status_writes=prometheus_client.Counter(
+                "kubefal_operator_status_writes",
+                "FalApp status updates written (only when the computed status changed).",
+                registry=registry,
+            ),
+        )
+
+    @contextlib.contextmanager
+    def reconciling(self, kind: str) -> Iterator[list[str]]:
+        """Time a reconcile and count it; the body appends its result (default: unchanged)."""
+        result: list[str] = []
+        started = time.perf_counter()
+        try:
+            yield result
+        except Exception as error:
+            self.reconciles.labels(kind=kind, result=RESULT_ERROR).inc()
+            self.errors.labels(kind=kind, error=type(error).__name__).inc()
+            raise
+        else:
+            outcome = result[-1] if result else RESULT_UNCHANGED
+            self.reconciles.labels(kind=kind, result=outcome).inc()
+        finally:
+            self.durations.labels(kind=kind).observe(time.perf_counter() - started)
+
+    def serve(self, *, host: str, port: int) -> MetricsServer:
+        """Serve ``/metrics`` in a daemon thread; call ``shutdown()`` on the result when done."""
+        server, _thread = prometheus_client.start_http_server(
+            port=port, addr=host, registry=self.registry
+        )
+        return server

@@ -1,0 +1,87 @@
+"""What every rendered child shares: metadata, the owner reference, and content hashes.
+
+Children carry the FalApp's labels and a controller owner reference, so the garbage
+collector removes them with the FalApp and ``kubectl get all -l kubefal.io/app=<name>``
+finds them. Hashes are of canonical JSON, so the same input always gives the same value
+across processes and restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from kubefal_api import naming, v1alpha1
+
+Manifest = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSettings:
+    """Cluster-wide choices that are not part of a FalApp (set by the operator's config)."""
+
+    runner_image: str = "ghcr.io/kubefal/runner:0.1.0"
+    """Image of the generic runner, used when ``spec.image`` is unset."""
+    runner_port: int = 8080
+    """Port the runner serves the app on (named ``http``)."""
+    metrics_port: int = 9090
+    """Port the runner serves Prometheus metrics on (named ``metrics``)."""
+    drain_margin_seconds: int = 30
+    """Added to ``requestTimeout`` for the termination grace period: time to stop being
+    ready, run ``teardown()`` and exit after the last request finished."""
+    app_mount_path: str = "/app"
+    """Where the source ConfigMap is mounted in the runner container."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The FalApp a child belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+    @classmethod
+    def of(cls, app: v1alpha1.FalApp) -> Owner:
+        meta = app.metadata
+        if not meta.name or not meta.namespace or not meta.uid:
+            raise ValueError("a FalApp needs metadata.name, namespace and uid to own children")
+        return cls(
+            name=meta.name,
+            namespace=meta.namespace,
+            uid=meta.uid,
+            generation=meta.generation or 0,
+        )
+
+    def reference(self) -> Manifest:
+        """A controller owner reference: the garbage collector deletes the child with us."""
+        return {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def metadata(owner: Owner, *, name: str, annotations: dict[str, str] | None = None) -> Manifest:
+    """``metadata`` of a child: name, namespace, labels, owner reference."""
+    meta: Manifest = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": naming.child_labels(owner.name),
+        "ownerReferences": [owner.reference()],
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def content_hash(value: Any) -> str:
+    """A short stable hash of JSON-able ``value``."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

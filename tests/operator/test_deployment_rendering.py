@@ -1,0 +1,239 @@
+"""The runner Deployment rendered from a FalApp: container, resources, probes, rollout."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from kubefal_api import machines, naming, v1alpha1
+from kubefal_operator import annotations as operator_annotations
+from kubefal_operator.render import common, deployment
+
+MakeApp = Callable[..., v1alpha1.FalApp]
+"""The ``make_app`` fixture (tests/operator/conftest.py)."""
+
+
+def _render(
+    make_app: MakeApp,
+    catalogue: machines.MachineCatalogue,
+    settings: common.RenderSettings,
+    **spec: Any,
+) -> dict[str, Any]:
+    return deployment.deployment(make_app(**spec), catalogue=catalogue, settings=settings)
+
+
+def _container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = manifest["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def _env(manifest: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in _container(manifest)["env"]}
+
+
+def test_runner_container_runs_the_runner_module_with_its_configuration(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app,
+        catalogue,
+        settings,
+        requirements=["numpy==2.1.0", "scikit-learn"],
+        scaling={"maxMultiplexing": 4},
+        requestTimeout=120,
+    )
+    container = _container(manifest)
+    env = _env(manifest)
+    assert container["name"] == naming.RUNNER_CONTAINER
+    assert container["command"] == ["python", "-m", "kubefal_runner"]
+    assert env["KUBEFAL_RUNNER_APP"] == "app.py::Demo"
+    assert env["KUBEFAL_RUNNER_PORT"] == "8080"
+    assert env["KUBEFAL_RUNNER_METRICS_PORT"] == "9090"
+    assert env["KUBEFAL_MAX_MULTIPLEXING"] == "4"
+    assert json.loads(env["KUBEFAL_REQUIREMENTS"]) == ["numpy==2.1.0", "scikit-learn"]
+    assert env["KUBEFAL_DRAIN_TIMEOUT"] == "120"
+    assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
+        "http": 8080,
+        "metrics": 9090,
+    }
+
+
+def test_source_config_map_is_mounted_at_app_and_the_app_path_points_into_it(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app, catalogue, settings, source={"configMapRef": {"name": "demo-source"}}
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "app-source", "configMap": {"name": "demo-source"}}]
+    assert _container(manifest)["volumeMounts"] == [
+        {"name": "app-source", "mountPath": "/app", "readOnly": True}
+    ]
+    assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/app.py::Demo"
+
+
+def test_image_defaults_to_the_generic_runner_and_a_spec_image_wins(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue
+) -> None:
+    settings = common.RenderSettings(runner_image="registry.local/runner:7")
+    assert _container(_render(make_app, catalogue, settings))["image"] == "registry.local/runner:7"
+    custom = _render(make_app, catalogue, settings, image="registry.local/my-app:1")
+    assert _container(custom)["image"] == "registry.local/my-app:1"
+
+
+def test_user_env_and_env_from_are_passed_through_after_the_runner_settings(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app,
+        catalogue,
+        settings,
+        env=[
+            {"name": "MODEL", "value": "small"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
+        ],
+        envFrom=[{"secretRef": {"name": "hf-credentials"}}],
+    )
+    container = _container(manifest)
+    names = [item["name"] for item in container["env"]]
+    assert names[-2:] == ["MODEL", "TOKEN"]
+    assert container["env"][-1]["valueFrom"] == {"secretKeyRef": {"name": "s", "key": "token"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "hf-credentials"}}]
+
+
+def test_cpu_app_requests_its_machine_type_and_gets_no_gpu_or_toleration(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings, machineTypes=["M"])
+    resources = _container(manifest)["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+    assert "tolerations" not in manifest["spec"]["template"]["spec"]
+
+
+def test_gpu_app_gets_num_gpus_in_limits_and_the_gpu_toleration(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings, machineTypes=["GPU-H100"], numGpus=2)
+    resources = _container(manifest)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "2"
+    assert resources["requests"]["nvidia.com/gpu"] == "2"
+    assert resources["requests"]["cpu"] == "12"
+    assert manifest["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_gpu_app_without_num_gpus_gets_one_gpu(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings, machineTypes=["GPU-H200"])
+    assert _container(manifest)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_resources_come_from_the_smallest_listed_type(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings, machineTypes=["GPU-H100", "GPU-A100"])
+    requests = _container(manifest)["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("12", "60Gi")
+
+
+def test_probes_follow_startup_timeout_and_health_check(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app,
+        catalogue,
+        settings,
+        startupTimeout=301,
+        healthCheck={"path": "/healthy", "timeoutSeconds": 7, "failureThreshold": 5},
+    )
+    container = _container(manifest)
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/_kubefal/ready", "port": "http"}
+    assert startup["periodSeconds"] == 2
+    assert startup["failureThreshold"] == math.ceil(301 / 2)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/_kubefal/ready"
+    liveness = container["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/_kubefal/health", "port": "http"}
+    assert liveness["failureThreshold"] == 5
+    assert liveness["timeoutSeconds"] == 8
+    assert json.loads(_env(manifest)["KUBEFAL_HEALTH_CHECK"])["path"] == "/healthy"
+
+
+def test_grace_period_covers_the_request_timeout_plus_the_drain_margin(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue
+) -> None:
+    settings = common.RenderSettings(drain_margin_seconds=45)
+    manifest = _render(make_app, catalogue, settings, requestTimeout=900)
+    assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 945
+
+
+def test_rolling_strategy_surges_one_and_recreate_never_doubles(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    rolling = _render(make_app, catalogue, settings)["spec"]["strategy"]
+    assert rolling == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    recreate = _render(make_app, catalogue, settings, strategy="recreate")["spec"]["strategy"]
+    assert recreate == {"type": "Recreate"}
+
+
+def test_replicas_are_left_to_the_scaler(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings, scaling={"minConcurrency": 2})
+    assert "replicas" not in manifest["spec"]
+
+
+def test_labels_owner_reference_and_generation_annotation(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    app = make_app(name="fast", generation=7)
+    manifest = deployment.deployment(app, catalogue=catalogue, settings=settings)
+    meta = manifest["metadata"]
+    assert meta["labels"][naming.LABEL_APP] == "fast"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubefal"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "kubefal.io/v1alpha1",
+            "kind": "FalApp",
+            "name": "fast",
+            "uid": "uid-fast",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["annotations"][operator_annotations.GENERATION] == "7"
+    assert manifest["spec"]["selector"]["matchLabels"] == naming.runner_selector("fast")
+    template_labels = manifest["spec"]["template"]["metadata"]["labels"]
+    assert naming.runner_selector("fast").items() <= template_labels.items()
+
+
+def test_template_hash_changes_with_rendered_inputs_only(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    def template_hash(**spec: Any) -> str:
+        manifest = _render(make_app, catalogue, settings, **spec)
+        value: str = manifest["spec"]["template"]["metadata"]["annotations"][
+            naming.ANNOTATION_SPEC_HASH
+        ]
+        return value
+
+    base = template_hash(scaling={"maxConcurrency": 3})
+    assert template_hash(scaling={"maxConcurrency": 9}) == base
+    assert template_hash(scaling={"maxConcurrency": 3}, requestTimeout=30) != base
+
+
+def test_scaling_bounds_change_does_not_touch_the_pod_template(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    one = _render(make_app, catalogue, settings, scaling={"maxConcurrency": 2})
+    other = _render(make_app, catalogue, settings, scaling={"maxConcurrency": 20})
+    assert one["spec"]["template"] == other["spec"]["template"]

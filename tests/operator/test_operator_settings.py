@@ -1,0 +1,66 @@
+"""Operator settings from the environment, and the metrics it records about its work."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubefal_operator import config, metrics
+
+
+def test_environment_overrides_the_defaults() -> None:
+    settings = config.OperatorConfig.from_environment(
+        {
+            "KUBEFAL_OPERATOR_NAMESPACE": "platform",
+            "KUBEFAL_MACHINES_CONFIGMAP": "gpu-catalogue",
+            "KUBEFAL_OPERATOR_METRICS_PORT": "9300",
+            "KUBEFAL_RUNNER_IMAGE": "registry.local/runner:2",
+            "KUBEFAL_GATEWAY_QUEUE_URL": "https://queue.example",
+        }
+    )
+    assert settings.catalogue_namespace == "platform"
+    assert settings.catalogue_name == "gpu-catalogue"
+    assert settings.metrics_port == 9300
+    assert settings.render.runner_image == "registry.local/runner:2"
+    assert settings.gateway.queue_url == "https://queue.example"
+    assert settings.gateway.run_url == "http://kubefal-gateway-run.platform.svc"
+
+
+def test_defaults_fit_a_standard_install() -> None:
+    settings = config.OperatorConfig.from_environment({})
+    assert (settings.catalogue_namespace, settings.catalogue_name) == (
+        "kubefal-system",
+        "kubefal-machines",
+    )
+    assert settings.metrics_port == 8000
+
+
+def _sample(instruments: metrics.Metrics, name: str, **labels: str) -> float:
+    value = instruments.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_reconciles_are_counted_by_kind_and_result_and_timed() -> None:
+    instruments = metrics.Metrics.create()
+    with instruments.reconciling("FalApp") as result:
+        result.append(metrics.RESULT_CHANGED)
+    with instruments.reconciling("FalApp"):
+        pass
+    with pytest.raises(TimeoutError), instruments.reconciling("Service"):
+        raise TimeoutError("API too slow")
+    total = "kubefal_operator_reconciles_total"
+    assert _sample(instruments, total, kind="FalApp", result="changed") == 1
+    assert _sample(instruments, total, kind="FalApp", result="unchanged") == 1
+    assert _sample(instruments, total, kind="Service", result="error") == 1
+    errors = "kubefal_operator_reconcile_errors_total"
+    assert _sample(instruments, errors, kind="Service", error="TimeoutError") == 1
+    durations = "kubefal_operator_reconcile_duration_seconds_count"
+    assert _sample(instruments, durations, kind="FalApp") == 2
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    first, second = metrics.Metrics.create(), metrics.Metrics.create()
+    with first.reconciling("FalApp"):
+        pass
+    assert (
+        _sample(second, "kubefal_operator_reconciles_total", kind="FalApp", result="unchanged") == 0
+    )
