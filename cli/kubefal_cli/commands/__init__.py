@@ -1,0 +1,1 @@
+"""One module per verb group of the ``kubefal`` command line."""

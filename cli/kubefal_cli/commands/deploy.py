@@ -1,0 +1,286 @@
+"""``kubefal deploy`` and ``kubefal render``: a ``fal.App`` class → a FalApp on the cluster.
+
+Both read the class offline (``fal.app.wrap_app``) and build the same objects
+(:mod:`kubefal_cli.manifests`): a ConfigMap with the app files (unless ``--image``) and the FalApp.
+
+* ``render`` prints them as commented YAML for Git; it never contacts the cluster.
+* ``deploy --dry-run`` prints them as plain YAML without contacting the cluster;
+  ``deploy --server-dry-run`` sends them with ``dryRun=All`` so the API server validates them
+  (schema, CEL rules, admission webhook) without storing anything.
+* ``deploy`` applies them with server-side apply (field manager ``kubefal-cli``): the FalApp
+  first, then the ConfigMap owned by it (so deleting the FalApp deletes its files), and waits for
+  the FalApp's status: Ready or ScaledToZero, or WaitingForGPUCapacity/WaitingForCapacity with the
+  scheduler's message (the runners start once capacity appears). ``--no-wait`` returns at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import pathlib
+import time
+from typing import Any
+
+import click
+import rich.markup
+import yaml
+
+from kubefal_api import v1alpha1
+from kubefal_cli import appref, errors, kube, manifests, rendering, ui
+from kubefal_cli.commands import keys
+
+POLL_SECONDS = 1.0
+_CAPACITY_REASONS = {"WaitingForGPUCapacity", "WaitingForCapacity", "Unschedulable"}
+
+namespace_option = click.option(
+    "--namespace", "-n", help="Namespace of the FalApp (default: the kubeconfig context's)."
+)
+
+
+def _target(
+    *,
+    config: appref.AppConfig,
+    namespace: str,
+    name: str | None,
+    image: str | None,
+    strategy: str,
+) -> manifests.Target:
+    return manifests.Target(
+        namespace=namespace,
+        name=manifests.validate_name(name or config.app_name),
+        image=image,
+        strategy=v1alpha1.Strategy(strategy),
+    )
+
+
+def _read(app_ref: str) -> appref.AppConfig:
+    ref = appref.parse_ref(app_ref)
+    with ui.stderr.status(f"Reading {rich.markup.escape(str(ref))} ..."):
+        return appref.read_config(ref)
+
+
+_common_options = [
+    click.argument("app_ref", metavar="APP.py::CLASS"),
+    click.option("--name", help="FalApp name (default: the class's fal app name)."),
+    click.option("--image", help="Runner image with the app baked in (default: generic image)."),
+    click.option(
+        "--strategy",
+        type=click.Choice([strategy.value for strategy in v1alpha1.Strategy]),
+        default=v1alpha1.Strategy.ROLLING.value,
+        show_default=True,
+        help="rolling: new runners before old ones go; recreate: never doubles GPUs.",
+    ),
+]
+
+
+def _with_common_options(function: Any) -> Any:
+    for option in reversed(_common_options):
+        function = option(function)
+    return function
+
+
+@click.command("render")
+@_with_common_options
+@click.option(
+    "--namespace", "-n", default="default", show_default=True, help="Namespace of the FalApp."
+)
+def render_command(
+    *, app_ref: str, name: str | None, image: str | None, strategy: str, namespace: str
+) -> None:
+    """Print the FalApp (and ConfigMap) for a class as commented YAML, for Git.
+
+    \b
+    Example:
+      kubefal render app.py::MyApp -n team-a > falapp.yaml
+      kubectl apply -f falapp.yaml
+    """
+    config = _read(app_ref)
+    target = _target(config=config, namespace=namespace, name=name, image=image, strategy=strategy)
+    objects = manifests.manifests(config, target=target)
+    command = f"kubefal render {config.ref.path.name}::{config.class_name} -n {namespace}"
+    click.echo(rendering.render(config=config, objects=objects, command=command), nl=False)
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
+
+
+def _conditions_summary(status: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}"
+        for c in status.get("conditions", [])
+    )
+
+
+class Outcome(enum.Enum):
+    """Where a rollout stands, as far as ``kubefal deploy`` waits for it."""
+
+    WAITING = "waiting"
+    READY = "ready"
+    WAITING_FOR_CAPACITY = "waiting_for_capacity"
+    DEGRADED = "degraded"
+
+
+def rollout_outcome(falapp: dict[str, Any], *, generation: int) -> Outcome:
+    """Judge a FalApp's status; a status older than ``generation`` is still WAITING."""
+    status = falapp.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < generation:
+        return Outcome.WAITING
+    phase = status.get("phase")
+    if phase in (v1alpha1.Phase.READY, v1alpha1.Phase.SCALED_TO_ZERO):
+        return Outcome.READY
+    if (
+        phase == v1alpha1.Phase.WAITING_FOR_CAPACITY
+        or _condition(status, "Scheduled").get("reason") in _CAPACITY_REASONS
+    ):
+        return Outcome.WAITING_FOR_CAPACITY
+    if phase == v1alpha1.Phase.DEGRADED:
+        return Outcome.DEGRADED
+    return Outcome.WAITING
+
+
+def _wait(
+    client: kube.Kube, *, namespace: str, name: str, generation: int, timeout_seconds: float
+) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    describe = f"kubectl describe falapp -n {namespace} {name}"
+    with ui.stderr.status(f"Waiting for FalApp {namespace}/{name} ...") as status_line:
+        while True:
+            with kube.translated(client, action=f"reading FalApp {namespace}/{name}"):
+                falapp = kube.read_falapp(client, namespace=namespace, name=name)
+            status = falapp.get("status") or {}
+            phase = str(status.get("phase", "Pending"))
+            ready = status.get("readyReplicas", 0)
+            desired = status.get("desiredRunners", 0)
+            progressing = _condition(status, "Progressing").get("message", "")
+            status_line.update(
+                f"FalApp {namespace}/{name}: {phase}, {ready}/{desired} runners ready"
+                + (f" ({progressing})" if progressing else "")
+            )
+            outcome = rollout_outcome(falapp, generation=generation)
+            if outcome is Outcome.READY:
+                ui.stdout.print(
+                    f"[green]✓[/green] FalApp {namespace}/{name} is {phase} "
+                    f"({ready}/{desired} runners ready). "
+                    f"Call it as {namespace}/{name} through the gateway."
+                )
+                endpoints = status.get("endpoints") or {}
+                for kind in ("queue", "run"):
+                    if endpoints.get(kind):
+                        ui.stdout.print(f"  {kind:<5} {endpoints[kind]}")
+                return
+            if outcome is Outcome.WAITING_FOR_CAPACITY:
+                scheduled = _condition(status, "Scheduled")
+                ui.stdout.print(
+                    f"[yellow]![/yellow] FalApp {namespace}/{name} is waiting for capacity "
+                    f"({scheduled.get('reason')}): {scheduled.get('message', '')}\n"
+                    "Runners start as soon as a node of a listed machine type has room; "
+                    "requests queue meanwhile."
+                )
+                return
+            if outcome is Outcome.DEGRADED:
+                degraded = _condition(status, "Degraded")
+                raise errors.CliError(
+                    f"FalApp {namespace}/{name} is Degraded: "
+                    f"{degraded.get('reason', '')} {degraded.get('message', '')}".strip(),
+                    hint=f"see `kubefal runners {name} -n {namespace}` and `{describe}`",
+                    details=_conditions_summary(status),
+                )
+            if time.monotonic() > deadline:
+                raise errors.CliError(
+                    f"FalApp {namespace}/{name} is still {phase} after {timeout_seconds:.0f} s",
+                    hint=f"check `{describe}` and `kubefal runners {name} -n {namespace}`; "
+                    "if status stays empty, is the kubefal operator running? "
+                    "(or pass a larger --timeout, or --no-wait)",
+                    details=_conditions_summary(status),
+                )
+            time.sleep(POLL_SECONDS)
+
+
+@click.command("deploy")
+@_with_common_options
+@namespace_option
+@click.option(
+    "--dry-run", is_flag=True, help="Print the objects that would be applied; change nothing."
+)
+@click.option(
+    "--server-dry-run",
+    is_flag=True,
+    help="Send the objects with dryRun=All: the API server validates them, stores nothing.",
+)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the status.")
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for the FalApp to be Ready (or waiting for capacity).",
+)
+@keys.kubeconfig_option
+@keys.context_option
+def deploy_command(
+    *,
+    app_ref: str,
+    name: str | None,
+    image: str | None,
+    strategy: str,
+    namespace: str | None,
+    dry_run: bool,
+    server_dry_run: bool,
+    wait: bool,
+    timeout_seconds: float,
+    kubeconfig: pathlib.Path | None,
+    context: str | None,
+) -> None:
+    """Deploy a fal.App class as a FalApp (server-side apply) and wait until it is Ready.
+
+    \b
+    Example:
+      kubefal deploy app.py::MyApp -n team-a
+      kubefal deploy app.py::MyApp -n team-a --dry-run > falapp.yaml
+    """
+    config = _read(app_ref)
+    if namespace is None:
+        namespace = (
+            "default" if dry_run else kube.current_namespace(kubeconfig=kubeconfig, context=context)
+        )
+    target = _target(config=config, namespace=namespace, name=name, image=image, strategy=strategy)
+    objects = manifests.manifests(config, target=target)
+    if dry_run:
+        click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
+        return
+    client = kube.connect(kubeconfig=kubeconfig, context=context)
+    falapp_manifest = objects[-1]
+    with kube.translated(
+        client,
+        action=f"applying FalApp {namespace}/{target.name}",
+        not_found_hint="install the kubefal CRDs and control plane first (`make dev` locally, "
+        "or the Helm chart), and check that the namespace exists",
+    ):
+        applied = kube.apply_falapp(client, manifest=falapp_manifest, dry_run=server_dry_run)
+    if target.image is None:
+        owner_uid = None if server_dry_run else applied["metadata"]["uid"]
+        with kube.translated(
+            client,
+            action=f"applying ConfigMap {namespace}/{manifests.config_map_name(target.name)}",
+        ):
+            kube.apply_config_map(
+                client,
+                manifest=manifests.config_map_manifest(config, target=target, owner_uid=owner_uid),
+                dry_run=server_dry_run,
+            )
+    if server_dry_run:
+        ui.stdout.print(
+            f"[green]✓[/green] The API server accepts FalApp {namespace}/{target.name} "
+            "(dry run: nothing was stored)."
+        )
+        return
+    ui.stdout.print(f"FalApp {namespace}/{target.name} applied.")
+    if wait:
+        _wait(
+            client,
+            namespace=namespace,
+            name=target.name,
+            generation=int(applied["metadata"].get("generation", 1)),
+            timeout_seconds=timeout_seconds,
+        )

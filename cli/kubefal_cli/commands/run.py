@@ -1,0 +1,546 @@
+"""``kubefal run app.py::MyApp``: the app behind a real gateway on this machine, no cluster.
+
+Starts two processes, each in its own process group:
+
+* the runner, ``python -m kubefal_runner --app app.py::MyApp`` on a free loopback port
+  (readiness probes bypass any HTTP(S)_PROXY of the shell);
+* the gateway, ``python -m kubefal_gateway`` with TLS from a cached local CA, an SQLite queue and a
+  static config naming one app, ``local/<app-name>`` (auth ``shared``), served by that runner, and
+  one API key (only its hash is written to the config).
+
+When both are ready it prints the lines that point the unmodified ``fal_client`` at the gateway
+(``FAL_RUN_HOST``, ``FAL_QUEUE_RUN_HOST``, ``SSL_CERT_FILE``, ``FAL_KEY``) plus ``KUBEFAL_APP``,
+writes them to ``--env-file`` if asked, and follows the runner's log. Ctrl-C or SIGTERM stops both
+process groups; if either process dies, the other is stopped and its log tail is shown.
+
+The local key is kept in ``<state>/local/api-key`` (mode 0600) and the CA in
+``<state>/local/local-ca/``, so exported variables stay valid across runs with the same ports.
+Each run works in ``<state>/runs/run-*/`` (gateway config, logs, the queue unless ``--store``),
+removed on a clean stop and kept, with its logs, when a process failed. ``<state>`` is
+``$KUBEFAL_HOME``, else ``~/.cache/kubefal``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator, Sequence
+
+import click
+import httpx
+import rich.markup
+import rich.progress
+
+from kubefal_api import apikeys
+from kubefal_cli import appref, errors, localca, paths, processes, ui
+
+LOCAL_NAMESPACE = "local"
+DEFAULT_QUEUE_PORT = 8443
+READY_POLL_SECONDS = 0.25
+STOP_GRACE_SECONDS = 30.0
+_INTERNAL_PATH = " /_kubefal/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    queue: int
+    run: int
+    admin: int
+    runner: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvLines:
+    run_host: str
+    queue_run_host: str
+    ssl_cert_file: pathlib.Path
+    fal_key: str
+    app_id: str
+
+    def render(self) -> str:
+        return (
+            f"FAL_RUN_HOST={self.run_host}\n"
+            f"FAL_QUEUE_RUN_HOST={self.queue_run_host}\n"
+            f"SSL_CERT_FILE={self.ssl_cert_file}\n"
+            f"FAL_KEY={self.fal_key}\n"
+            f"KUBEFAL_APP={self.app_id}\n"
+        )
+
+
+class _StopRequested(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def choose_ports(requested: int) -> Ports:
+    """``requested`` is the queue port and ``requested + 1`` the run port; 0 picks free ones."""
+    if requested == 0:
+        queue, run, admin, runner = _free_ports(4)
+        return Ports(queue=queue, run=run, admin=admin, runner=runner)
+    if not 1 <= requested <= 65534:
+        raise errors.CliError(
+            f"--port {requested} is out of range",
+            hint="pass a port between 1024 and 65534, or --port 0 for free ports",
+        )
+    busy = [port for port in (requested, requested + 1) if not _port_is_free(port)]
+    if busy:
+        raise errors.CliError(
+            f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are already in use",
+            hint="stop the other `kubefal run` (or whatever holds the port), or pass "
+            "--port 0 to use free ports",
+        )
+    admin, runner = _free_ports(2)
+    return Ports(queue=requested, run=requested + 1, admin=admin, runner=runner)
+
+
+def load_or_create_local_key(path: pathlib.Path) -> apikeys.ApiKey:
+    """The key of local runs: read from ``path`` or generated once and saved there (0600)."""
+    with contextlib.suppress(OSError, apikeys.InvalidApiKeyError):
+        return apikeys.parse_key(path.read_text(encoding="utf-8"))
+    key = apikeys.generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private_atomically(path, str(key) + "\n")
+    return key
+
+
+def _write_private_atomically(path: pathlib.Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def static_config(
+    *, config: appref.AppConfig, runner_url: str, key_record: apikeys.KeyRecord
+) -> dict[str, object]:
+    """The gateway's static config (format: kubefal_gateway/settings.py) for one local app."""
+    app: dict[str, object] = {
+        "id": f"{LOCAL_NAMESPACE}/{config.app_name}",
+        "auth": "shared",
+        "runners": [runner_url],
+        "maxMultiplexing": config.max_multiplexing or 1,
+    }
+    if config.request_timeout is not None:
+        app["requestTimeout"] = config.request_timeout
+    if config.skip_retry_conditions:
+        app["skipRetryConditions"] = list(config.skip_retry_conditions)
+    return {
+        "apps": [app],
+        "keys": [
+            {
+                "id": key_record.id,
+                "hash": key_record.hash,
+                "namespaces": ",".join(key_record.namespaces),
+                "revoked": False,
+            }
+        ],
+    }
+
+
+def _require_local_components() -> None:
+    missing = [
+        module
+        for module in ("kubefal_runner", "kubefal_gateway", "fal")
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        raise errors.CliError(
+            f"`kubefal run` starts a runner and a gateway, but {', '.join(missing)} "
+            "is not installed in this Python environment",
+            hint=f"install them: {sys.executable} -m pip install 'kubefal[gateway,runner]'",
+        )
+
+
+def _is_ready(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _failure(child: processes.Child, *, what: str, hint: str) -> errors.CliError:
+    return errors.CliError(
+        f"the {child.name} {what}",
+        hint=f"{hint} (full log: {child.log_path})",
+        details=f"last lines of the {child.name} log:\n{child.log_tail()}",
+    )
+
+
+def _wait_until_ready(
+    *,
+    checks: Sequence[tuple[processes.Child, str, str]],
+    timeout_seconds: float,
+    stop: threading.Event,
+) -> None:
+    """Poll each ``(child, ready_url, description)`` with a progress line until all are ready."""
+    deadline = time.monotonic() + timeout_seconds
+    with (
+        httpx.Client(timeout=httpx.Timeout(2.0), trust_env=False) as client,
+        rich.progress.Progress(
+            rich.progress.SpinnerColumn(finished_text="[green]✓"),
+            rich.progress.TextColumn("{task.description}"),
+            rich.progress.TimeElapsedColumn(),
+            console=ui.stderr,
+            transient=False,
+        ) as progress,
+    ):
+        pending = {
+            child.name: (child, url, progress.add_task(description, total=1))
+            for child, url, description in checks
+        }
+        while pending:
+            for name, (child, url, task) in list(pending.items()):
+                if not child.running():
+                    raise _failure(
+                        child,
+                        what=f"exited with code {child.process.returncode} before it was ready",
+                        hint="fix the error in the log above and run again",
+                    )
+                if _is_ready(client, url):
+                    progress.update(task, completed=1)
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                child = next(iter(pending.values()))[0]
+                raise _failure(
+                    child,
+                    what=f"was not ready after {timeout_seconds:.0f} s",
+                    hint="if setup() is slow (model downloads), pass a larger --timeout",
+                )
+            if stop.wait(READY_POLL_SECONDS):
+                raise _StopRequested
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop``; the main loop notices and shuts down in order."""
+
+    def request_stop(signum: int, frame: types.FrameType | None) -> None:
+        stop.set()
+
+    previous = {
+        signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _example(app_id: str, arguments: dict[str, object]) -> str:
+    return (
+        'python -c "import fal_client; '
+        f"print(fal_client.subscribe('{app_id}', arguments={arguments!r}, with_logs=True))\""
+    )
+
+
+def readable_log_line(line: str) -> str | None:
+    """A runner log line as a person wants it: None for the access log of the gateway's probes
+    and log polls, ``[LEVEL] message`` for the structured lines of the app's own output."""
+    if _INTERNAL_PATH in line:
+        return None
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "message" in record:
+                return f"[{record.get('level', 'INFO')}] {record['message']}"
+    return line
+
+
+def _show_app_log_line(line: str) -> None:
+    readable = readable_log_line(line)
+    if readable is not None:
+        ui.stderr.print(rich.markup.escape(readable), soft_wrap=True, style="dim")
+
+
+def _watch(children: Sequence[processes.Child], stop: threading.Event) -> None:
+    while not stop.wait(READY_POLL_SECONDS):
+        for child in children:
+            if not child.running():
+                raise _failure(
+                    child,
+                    what=f"exited unexpectedly with code {child.process.returncode}",
+                    hint="fix the error in the log above and run again",
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    """Everything decided before a process starts: app, key, ports, TLS files, run directory."""
+
+    ref: appref.AppRef
+    config: appref.AppConfig
+    key: apikeys.ApiKey
+    ports: Ports
+    tls: localca.LocalTls
+    run_dir: pathlib.Path
+    store_path: pathlib.Path
+
+    @property
+    def app_id(self) -> str:
+        return f"{LOCAL_NAMESPACE}/{self.config.app_name}"
+
+    @property
+    def gateway_config_path(self) -> pathlib.Path:
+        return self.run_dir / "gateway.json"
+
+    def env_lines(self) -> EnvLines:
+        return EnvLines(
+            run_host=f"127.0.0.1:{self.ports.run}",
+            queue_run_host=f"127.0.0.1:{self.ports.queue}",
+            ssl_cert_file=self.tls.ca_bundle,
+            fal_key=str(self.key),
+            app_id=self.app_id,
+        )
+
+    def spawn_runner(self) -> processes.Child:
+        arguments = [
+            *("--app", f"{self.ref.path}::{self.config.class_name}"),
+            *("--host", "127.0.0.1"),
+            *("--port", str(self.ports.runner)),
+            *("--metrics-port", "0"),
+        ]
+        return processes.spawn(
+            name="runner",
+            argv=[sys.executable, "-m", "kubefal_runner", *arguments],
+            log_path=self.run_dir / "runner.log",
+            env=_child_environment(),
+            cwd=pathlib.Path.cwd(),
+        )
+
+    def spawn_gateway(self) -> processes.Child:
+        arguments = [
+            *("--host", "127.0.0.1"),
+            *("--queue-port", str(self.ports.queue)),
+            *("--run-port", str(self.ports.run)),
+            *("--admin-port", str(self.ports.admin)),
+            *("--tls-cert", str(self.tls.server_cert)),
+            *("--tls-key", str(self.tls.server_key)),
+            *("--store", f"sqlite://{self.store_path}"),
+            *("--static-config", str(self.gateway_config_path)),
+        ]
+        return processes.spawn(
+            name="gateway",
+            argv=[sys.executable, "-m", "kubefal_gateway", *arguments],
+            log_path=self.run_dir / "gateway.log",
+            env=_child_environment(),
+        )
+
+    def readiness_checks(
+        self, *, runner: processes.Child, gateway: processes.Child
+    ) -> list[tuple[processes.Child, str, str]]:
+        app = f"{rich.markup.escape(self.ref.path.name)}::{self.config.class_name}"
+        return [
+            (
+                runner,
+                f"http://127.0.0.1:{self.ports.runner}/_kubefal/ready",
+                f"runner   {app} (import, setup())",
+            ),
+            (
+                gateway,
+                f"http://127.0.0.1:{self.ports.admin}/readyz",
+                f"gateway  queue :{self.ports.queue}, run :{self.ports.run} (TLS)",
+            ),
+        ]
+
+
+def _child_environment() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def _plan(*, app_ref: str, port: int, store: pathlib.Path | None, key_text: str | None) -> LocalRun:
+    """Read the app, settle the key, ports and TLS files, and write the gateway's config."""
+    ref = appref.parse_ref(app_ref)
+    if key_text is not None:
+        try:
+            key = apikeys.parse_key(key_text)
+        except apikeys.InvalidApiKeyError as error:
+            raise errors.CliError(
+                f"--key is not a kubefal API key: {error}",
+                hint="pass --key <id>:<secret> as `kubefal keys create` prints it, or omit --key",
+            ) from error
+    else:
+        key = load_or_create_local_key(paths.local_dir() / "api-key")
+    with ui.stderr.status(f"Reading {rich.markup.escape(str(ref))} ..."):
+        config = appref.read_config(ref)
+    ports = choose_ports(port)
+    runs = paths.state_dir() / "runs"
+    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    plan = LocalRun(
+        ref=ref,
+        config=config,
+        key=key,
+        ports=ports,
+        tls=localca.ensure(paths.local_dir() / "local-ca"),
+        run_dir=run_dir,
+        store_path=store.resolve() if store is not None else run_dir / "queue.db",
+    )
+    record = apikeys.new_record(key=key, namespaces=[LOCAL_NAMESPACE], description="kubefal run")
+    gateway_config = static_config(
+        config=config, runner_url=f"http://127.0.0.1:{ports.runner}", key_record=record
+    )
+    plan.gateway_config_path.write_text(json.dumps(gateway_config, indent=2), encoding="utf-8")
+    return plan
+
+
+def _announce(plan: LocalRun, *, env_file: pathlib.Path | None) -> None:
+    """Print the env lines on stdout (and write them), and how to use them on stderr."""
+    lines = plan.env_lines().render()
+    if env_file is not None:
+        _write_private_atomically(env_file, lines)
+    click.echo(lines, nl=False)
+    ui.stderr.print()
+    if env_file is not None:
+        ui.note(f"Wrote {env_file}. Load it with:  set -a; . {env_file}; set +a")
+    example = _example(plan.app_id, plan.config.example_arguments)
+    ui.stderr.print(f"Then call the app:  {rich.markup.escape(example)}", soft_wrap=True)
+    ui.note(f"Logs: {plan.run_dir}/{{runner,gateway}}.log   Press Ctrl-C to stop.")
+
+
+def _serve_until_stopped(
+    *,
+    children: Sequence[processes.Child],
+    runner: processes.Child,
+    stop: threading.Event,
+    follow_logs: bool,
+) -> None:
+    """Follow the runner's log until a signal arrives; a child that dies ends it with an error."""
+    follower = processes.LogFollower(child=runner, emit=_show_app_log_line)
+    if follow_logs:
+        follower.start()
+    try:
+        _watch(children, stop)
+    finally:
+        if follow_logs:
+            follower.stop()
+
+
+@click.command("run")
+@click.argument("app_ref", metavar="APP.py::CLASS")
+@click.option(
+    "--port",
+    type=int,
+    default=DEFAULT_QUEUE_PORT,
+    show_default=True,
+    help="Queue API port (FAL_QUEUE_RUN_HOST); the run API (FAL_RUN_HOST) takes the next one. "
+    "0 picks free ports.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Also write the FAL_* lines to this file (mode 0600: it holds the key).",
+)
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="SQLite file for the queue, kept across runs (default: a temporary one).",
+)
+@click.option(
+    "--key",
+    "key_text",
+    metavar="ID:SECRET",
+    help="Use this API key instead of the saved local one.",
+)
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the runner (setup()) and the gateway to become ready.",
+)
+@click.option(
+    "--logs/--no-logs",
+    "follow_logs",
+    default=True,
+    show_default=True,
+    help="Show the app's log (stdout and stderr of setup() and requests) once ready.",
+)
+def run_command(
+    *,
+    app_ref: str,
+    port: int,
+    env_file: pathlib.Path | None,
+    store: pathlib.Path | None,
+    key_text: str | None,
+    timeout_seconds: float,
+    follow_logs: bool,
+) -> None:
+    """Serve a fal.App locally behind a kubefal gateway and print how to call it.
+
+    \b
+    Example:
+      kubefal run app.py::MyApp --env-file .env.kubefal
+      set -a; . ./.env.kubefal; set +a
+      python -c "import fal_client; print(fal_client.subscribe('local/my-app', arguments={}))"
+    """
+    _require_local_components()
+    plan = _plan(app_ref=app_ref, port=port, store=store, key_text=key_text)
+    stop = threading.Event()
+    children: list[processes.Child] = []
+    failed = True
+    with _stop_on_signals(stop):
+        try:
+            runner = plan.spawn_runner()
+            children.append(runner)
+            gateway = plan.spawn_gateway()
+            children.append(gateway)
+            _wait_until_ready(
+                checks=plan.readiness_checks(runner=runner, gateway=gateway),
+                timeout_seconds=timeout_seconds,
+                stop=stop,
+            )
+            _announce(plan, env_file=env_file)
+            _serve_until_stopped(
+                children=children, runner=runner, stop=stop, follow_logs=follow_logs
+            )
+            failed = False
+        except _StopRequested:
+            failed = False
+        finally:
+            if children:
+                with ui.stderr.status("Stopping the gateway and the runner ..."):
+                    processes.stop_all(list(reversed(children)), grace_seconds=STOP_GRACE_SECONDS)
+            if failed:
+                ui.note(f"Logs kept in {plan.run_dir}")
+            else:
+                shutil.rmtree(plan.run_dir, ignore_errors=True)
+    ui.note("Stopped; nothing is left running.")

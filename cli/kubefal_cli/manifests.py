@@ -1,0 +1,210 @@
+"""Pure builders: a ``fal.App``'s configuration → the FalApp and ConfigMap that deploy applies.
+
+The FalApp is validated through ``kubefal_api.v1alpha1`` (the models the CRD is generated from),
+so a value the API server would refuse is reported here, naming the fal attribute to change.
+The same dicts feed ``kubefal deploy`` (server-side apply) and ``kubefal render`` (commented YAML),
+which is how the two stay identical.
+
+App files: the app's file and the other ``.py`` files of its directory (not sub-directories; not
+hidden or ``test_*`` files, nor names a ConfigMap key cannot hold, which Python could not import
+anyway) go into one ConfigMap, key = file name, mounted into the runner's working directory.
+A ConfigMap holds at most 1 MiB; larger apps belong in an image (``--image``, files baked in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pydantic
+
+from kubefal_api import naming, v1alpha1
+from kubefal_cli import appref, errors
+
+MAX_CONFIG_MAP_BYTES = 1024 * 1024
+"""ConfigMaps are limited to 1 MiB of data (etcd's object size limit, with headroom)."""
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_SKIPPED_FILE_PREFIXES = (".", "test_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where and how to deploy: namespace, FalApp name, image and rollout strategy."""
+
+    namespace: str
+    name: str
+    image: str | None = None
+    strategy: v1alpha1.Strategy = v1alpha1.Strategy.ROLLING
+
+
+def config_map_name(app_name: str) -> str:
+    """Name of the ConfigMap holding a FalApp's files."""
+    return f"{app_name}-source"
+
+
+def validate_name(name: str) -> str:
+    if len(name) > naming.MAX_APP_NAME_LENGTH or not re.fullmatch(naming.APP_NAME_PATTERN, name):
+        raise errors.CliError(
+            f"{name!r} cannot be a FalApp name (a DNS-1035 label: lowercase letters, digits and "
+            f"'-', starting with a letter, at most {naming.MAX_APP_NAME_LENGTH} characters)",
+            hint="pass --name with a valid name, or set app_name on the class",
+        )
+    return name
+
+
+def app_files(ref: appref.AppRef) -> dict[str, str]:
+    """The app's file plus its directory's other ``.py`` files (hidden and test_ files skipped)."""
+    chosen = {ref.path}
+    chosen.update(
+        path
+        for path in ref.path.parent.glob("*.py")
+        if path.is_file() and not path.name.startswith(_SKIPPED_FILE_PREFIXES)
+    )
+    files: dict[str, str] = {}
+    for path in sorted(chosen):
+        if not _CONFIG_MAP_KEY.fullmatch(path.name):
+            continue
+        try:
+            files[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise errors.CliError(
+                f"cannot read {path}: {error}",
+                hint="make the file readable UTF-8 text, or move it out of the app's directory",
+            ) from error
+    total = sum(len(text.encode("utf-8")) for text in files.values())
+    if total > MAX_CONFIG_MAP_BYTES:
+        raise errors.CliError(
+            f"the app's files in {ref.path.parent} total {total} bytes; a ConfigMap holds "
+            f"at most {MAX_CONFIG_MAP_BYTES} (1 MiB)",
+            hint="move the app to a directory of its own, or bake it into an image (--image)",
+        )
+    return files
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppSpec:
+    """The FalApp spec for ``config``; unset fal attributes take the CRD's defaults."""
+    scaling = {
+        key: value
+        for key, value in {
+            "min_concurrency": config.min_concurrency,
+            "max_concurrency": config.max_concurrency,
+            "keep_alive": config.keep_alive,
+            "concurrency_buffer": config.concurrency_buffer,
+            "concurrency_buffer_perc": config.concurrency_buffer_perc,
+            "scaling_delay": config.scaling_delay,
+            "max_multiplexing": config.max_multiplexing,
+        }.items()
+        if value is not None
+    }
+    fields: dict[str, Any] = {
+        "app": f"{config.ref.path.name}::{config.class_name}",
+        "requirements": list(config.requirements),
+        "machine_types": list(config.machine_types),
+        "num_gpus": config.num_gpus,
+        "regions": list(config.regions or ()),
+        "auth": config.auth or v1alpha1.AuthMode.PRIVATE,
+        "scaling": scaling,
+        "strategy": target.strategy,
+        "skip_retry_conditions": list(config.skip_retry_conditions or ()),
+    }
+    if target.image is not None:
+        fields["image"] = target.image
+    else:
+        fields["source"] = {"config_map_ref": {"name": config_map_name(target.name)}}
+    if config.request_timeout is not None:
+        fields["request_timeout"] = config.request_timeout
+    if config.startup_timeout is not None:
+        fields["startup_timeout"] = config.startup_timeout
+    if config.health_check is not None:
+        health = config.health_check
+        fields["health_check"] = {
+            key: value
+            for key, value in {
+                "path": health.path,
+                "method": health.method,
+                "start_period_seconds": health.start_period_seconds,
+                "timeout_seconds": health.timeout_seconds,
+                "failure_threshold": health.failure_threshold,
+                "call_regularly": health.call_regularly,
+            }.items()
+            if value is not None
+        }
+    try:
+        return v1alpha1.FalAppSpec.model_validate(fields)
+    except pydantic.ValidationError as error:
+        problems = "\n".join(
+            f"spec.{_field_path(issue['loc'])}: {issue['msg']}" for issue in error.errors()
+        )
+        raise errors.CliError(
+            f"{config.class_name} cannot be expressed as a FalApp",
+            hint="change the fal.App attribute behind the field named above",
+            details=problems,
+        ) from error
+
+
+def _without_empty_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _without_empty_lists(item)
+            for key, item in value.items()
+            if not (isinstance(item, list) and not item)
+        }
+    return value
+
+
+def falapp_manifest(config: appref.AppConfig, *, target: Target) -> dict[str, Any]:
+    """The FalApp object to apply (empty lists left out, so the CRD's defaults apply)."""
+    spec = falapp_spec(config, target=target)
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {
+            "name": target.name,
+            "namespace": target.namespace,
+            "labels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
+        },
+        "spec": _without_empty_lists(spec.to_kube()),
+    }
+
+
+def config_map_manifest(
+    config: appref.AppConfig, *, target: Target, owner_uid: str | None = None
+) -> dict[str, Any]:
+    """The ConfigMap with the app's files; owned by the FalApp once its uid is known."""
+    metadata: dict[str, Any] = {
+        "name": config_map_name(target.name),
+        "namespace": target.namespace,
+        "labels": {
+            naming.LABEL_APP: target.name,
+            naming.LABEL_PART_OF: naming.PART_OF,
+            naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        },
+    }
+    if owner_uid is not None:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": v1alpha1.API_VERSION,
+                "kind": v1alpha1.KIND,
+                "name": target.name,
+                "uid": owner_uid,
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": app_files(config.ref),
+    }
+
+
+def manifests(config: appref.AppConfig, *, target: Target) -> list[dict[str, Any]]:
+    """What ``kubefal deploy`` applies, in order: the ConfigMap (unless --image), the FalApp."""
+    falapp = falapp_manifest(config, target=target)
+    if target.image is not None:
+        return [falapp]
+    return [config_map_manifest(config, target=target), falapp]

@@ -1,0 +1,185 @@
+"""`kubefal render` and `kubefal deploy --dry-run`: the same objects, from the class's config."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import click.testing
+import hypothesis
+import hypothesis.strategies as st
+import yaml
+
+from kubefal_api import v1alpha1
+from kubefal_cli import appref, main, manifests, rendering
+
+
+def _invoke(runner: click.testing.CliRunner, *args: str) -> str:
+    result = runner.invoke(main.cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _documents(text: str) -> list[dict[str, Any]]:
+    return [document for document in yaml.safe_load_all(text) if document is not None]
+
+
+def test_rendered_yaml_parses_to_exactly_what_deploy_dry_run_applies(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    app = str(apps_dir / "gpu_app.py::GpuImageApp")
+
+    rendered = _invoke(cli_runner, "render", app, "-n", "team-a")
+    dry_run = _invoke(cli_runner, "deploy", app, "-n", "team-a", "--dry-run")
+
+    assert _documents(rendered) == _documents(dry_run)
+    assert [document["kind"] for document in _documents(rendered)] == ["ConfigMap", "FalApp"]
+
+
+def test_rendered_falapp_carries_every_attribute_of_the_class(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    rendered = _invoke(cli_runner, "render", str(apps_dir / "gpu_app.py"), "-n", "team-a")
+
+    falapp = _documents(rendered)[-1]
+
+    assert falapp["metadata"] == {
+        "name": "gpu-image",
+        "namespace": "team-a",
+        "labels": {"app.kubernetes.io/managed-by": "kubefal"},
+    }
+    assert falapp["spec"] == {
+        "app": "gpu_app.py::GpuImageApp",
+        "source": {"configMapRef": {"name": "gpu-image-source"}},
+        "requirements": ["torch==2.5.1", "diffusers>=0.30"],
+        "machineTypes": ["GPU-H100", "GPU-A100"],
+        "numGpus": 2,
+        "regions": ["us-east", "eu-west"],
+        "auth": "public",
+        "scaling": {
+            "minConcurrency": 1,
+            "maxConcurrency": 6,
+            "keepAlive": 900,
+            "concurrencyBuffer": 1,
+            "concurrencyBufferPerc": 20,
+            "scalingDelay": 5,
+            "maxMultiplexing": 3,
+        },
+        "requestTimeout": 900,
+        "startupTimeout": 1200,
+        "healthCheck": {
+            "path": "/healthy",
+            "method": "POST",
+            "startPeriodSeconds": 45,
+            "timeoutSeconds": 7,
+            "failureThreshold": 4,
+            "callRegularly": True,
+        },
+        "strategy": "rolling",
+        "skipRetryConditions": ["timeout"],
+        "scaler": "builtin",
+    }
+    assert v1alpha1.FalApp.model_validate(falapp).spec.gpus_per_runner == 2
+
+
+def test_rendered_config_map_holds_the_app_files_byte_for_byte(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    rendered = _invoke(cli_runner, "render", str(apps_dir / "echo_app.py::CliEchoApp"))
+
+    config_map = _documents(rendered)[0]
+
+    assert config_map["metadata"]["name"] == "cli-echo-app-source"
+    assert config_map["data"]["echo_app.py"] == (apps_dir / "echo_app.py").read_text()
+    assert config_map["data"]["gpu_app.py"] == (apps_dir / "gpu_app.py").read_text()
+
+
+def test_every_rendered_spec_field_is_explained_with_its_fal_attribute(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    rendered = _invoke(cli_runner, "render", str(apps_dir / "gpu_app.py"))
+    lines = rendered.splitlines()
+    spec_start = lines.index("spec:")
+    top_level_fields = [
+        (number, line)
+        for number, line in enumerate(lines[spec_start + 1 :], start=spec_start + 1)
+        if line.startswith("  ") and not line.startswith("   ") and not line.startswith("  #")
+    ]
+
+    assert len(top_level_fields) == len(_documents(rendered)[-1]["spec"])
+    for number, line in top_level_fields:
+        assert lines[number - 1].lstrip().startswith("#"), f"no comment above {line!r}"
+    text = "\n".join(lines)
+    for attribute in (
+        "machine_type",
+        "num_gpus",
+        "regions",
+        "app_auth",
+        "requirements",
+        "min_concurrency",
+        "max_concurrency",
+        "keep_alive",
+        "concurrency_buffer",
+        "concurrency_buffer_perc",
+        "scaling_delay",
+        "max_multiplexing",
+        "request_timeout",
+        "startup_timeout",
+        "skip_retry_conditions",
+    ):
+        assert f"(fal: {attribute}" in text, attribute
+
+
+def test_image_deploys_render_without_a_config_map(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    rendered = _invoke(
+        cli_runner,
+        "render",
+        str(apps_dir / "echo_app.py"),
+        "--image",
+        "registry.example/echo:1",
+        "--name",
+        "echo",
+        "--strategy",
+        "recreate",
+    )
+
+    [falapp] = _documents(rendered)
+    assert falapp["metadata"]["name"] == "echo"
+    assert falapp["spec"]["image"] == "registry.example/echo:1"
+    assert falapp["spec"]["strategy"] == "recreate"
+    assert "source" not in falapp["spec"]
+
+
+def test_unset_fal_attributes_take_the_crd_defaults(apps_dir: pathlib.Path) -> None:
+    config = appref.read_config(appref.parse_ref(str(apps_dir / "echo_app.py::CliEchoApp")))
+
+    falapp = manifests.falapp_manifest(config, target=manifests.Target(namespace="ns", name="echo"))
+
+    assert falapp["spec"]["auth"] == "private"
+    assert falapp["spec"]["startupTimeout"] == v1alpha1.DEFAULT_STARTUP_TIMEOUT_SECONDS
+    assert falapp["spec"]["scaling"]["scalingDelay"] == v1alpha1.DEFAULT_SCALING_DELAY_SECONDS
+    assert "healthCheck" not in falapp["spec"]
+    assert "regions" not in falapp["spec"]
+
+
+@hypothesis.given(text=st.text(max_size=300))
+@hypothesis.settings(max_examples=400, deadline=None)
+def test_any_file_text_round_trips_through_the_rendered_yaml(text: str) -> None:
+    document = f"data:\n  file.py: {rendering.yaml_text_block(text, indent=4)}\n"
+
+    assert yaml.safe_load(document) == {"data": {"file.py": text}}
+
+
+@hypothesis.given(
+    value=st.one_of(
+        st.text(max_size=40),
+        st.integers(),
+        st.booleans(),
+        st.lists(st.text(max_size=10), max_size=4),
+    )
+)
+@hypothesis.settings(max_examples=400, deadline=None)
+def test_any_scalar_round_trips_through_the_yaml_filter(value: object) -> None:
+    assert yaml.safe_load(f"key: {rendering.yaml_scalar(value)}\n") == {"key": value}
