@@ -1,0 +1,241 @@
+"""Per-job CPU cost of the durable queue stores against a no-durability in-memory baseline.
+
+Each job does what the gateway does for one queued request: submit (the HTTP handler), lease and
+complete (the dispatcher), and one status view plus one result view (the client). Jobs run from
+``--concurrency`` concurrent coroutines on uvloop. The figure is the benchmark process's CPU time
+(user + system) per job; for Redis, redis-server's CPU per job is printed too. The baseline is a
+dict-and-deque store doing the same bookkeeping without durability, measured in the same run.
+
+Run: ``.venv/bin/python bench/queue_store.py [--jobs 20000] [--concurrency 1 64]``
+(starts its own redis-server on a free 127.0.0.1 port unless ``--redis-url`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psutil
+import uvloop
+
+from kubefal_gateway import queueing, store_redis, store_sqlite
+
+APP = "bench/echo"
+RESULT = queueing.Result(
+    status_code=200,
+    headers=(("content-type", "application/json"), ("x-fal-billable-units", "1")),
+    body=b'{"ok": true, "n": 1}',
+)
+
+
+class MemoryBaseline:
+    """The same operations on dicts, no durability: the floor the stores are compared with."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
+
+    async def submit(self, job: queueing.Job) -> int:
+        self.jobs[job.request_id] = {"job": job, "state": 0, "holder": None, "result": None}
+        queue = self.queues[job.app_id]
+        queue.append(job.request_id)
+        return len(queue) - 1
+
+    async def lease(self, app_id: str, *, holder: str, lease_seconds: float) -> queueing.Job | None:
+        queue = self.queues[app_id]
+        if not queue:
+            return None
+        entry = self.jobs[queue.popleft()]
+        entry["state"], entry["holder"] = 1, holder
+        job: queueing.Job = entry["job"]
+        return job
+
+    async def complete(self, request_id: str, *, holder: str, result: queueing.Result) -> bool:
+        entry = self.jobs[request_id]
+        if entry["state"] != 1 or entry["holder"] != holder:
+            return False
+        entry["state"], entry["result"] = 2, result
+        return True
+
+    async def view(self, request_id: str, *, with_body: bool = False) -> queueing.JobView | None:
+        entry = self.jobs.get(request_id)
+        if entry is None:
+            return None
+        state = (
+            queueing.JobState.IN_QUEUE,
+            queueing.JobState.IN_PROGRESS,
+            queueing.JobState.COMPLETED,
+        )[entry["state"]]
+        return queueing.JobView(
+            request_id=request_id,
+            app_id=entry["job"].app_id,
+            state=state,
+            queue_position=None,
+            logs=None,
+            result=entry["result"],
+        )
+
+    async def close(self) -> None:
+        self.jobs.clear()
+
+
+async def one_job(store: Any, index: int, holder: str) -> None:
+    request_id = f"{holder}-{index}"
+    await store.submit(
+        queueing.Job(
+            request_id=request_id,
+            app_id=APP,
+            path="/",
+            method="POST",
+            headers=(("content-type", "application/json"),),
+            body=b'{"prompt": "hello"}',
+            submitted_at=time.time(),
+        )
+    )
+    job = await store.lease(APP, holder=holder, lease_seconds=30.0)
+    assert job is not None
+    assert await store.complete(job.request_id, holder=holder, result=RESULT)
+    status = await store.view(request_id)
+    assert status is not None and status.state is queueing.JobState.COMPLETED
+    assert await store.view(request_id, with_body=True) is not None
+
+
+async def measure(
+    open_store: Callable[[], Awaitable[Any]],
+    *,
+    jobs: int,
+    concurrency: int,
+    redis_process: psutil.Process | None,
+) -> dict[str, float]:
+    store = await open_store()
+    per_worker = jobs // concurrency
+
+    async def worker(number: int) -> None:
+        for index in range(per_worker):
+            await one_job(store, index, f"w{number}")
+
+    # Warm-up: caches, scripts, first connections.
+    await asyncio.gather(*(one_job(store, index, "warm") for index in range(200)))
+    me = psutil.Process()
+    cpu_before = sum(me.cpu_times()[:2])
+    redis_before = sum(redis_process.cpu_times()[:2]) if redis_process else 0.0
+    wall_before = time.perf_counter()
+    await asyncio.gather(*(worker(number) for number in range(concurrency)))
+    wall = time.perf_counter() - wall_before
+    cpu = sum(me.cpu_times()[:2]) - cpu_before
+    redis_cpu = (sum(redis_process.cpu_times()[:2]) - redis_before) if redis_process else 0.0
+    await store.close()
+    done = per_worker * concurrency
+    return {
+        "us_per_job": cpu / done * 1e6,
+        "redis_us_per_job": redis_cpu / done * 1e6,
+        "jobs_per_s": done / wall,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def run(
+    args: argparse.Namespace, redis_url: str, redis_process: psutil.Process | None
+) -> None:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kubefal-bench-"))
+    counter = iter(range(1_000_000))
+    try:
+
+        async def memory() -> Any:
+            return MemoryBaseline()
+
+        async def sqlite() -> Any:
+            path = workdir / f"queue-{next(counter)}.db"
+            return await store_sqlite.SqliteQueueStore.open(str(path), housekeeping_interval=None)
+
+        async def redis() -> Any:
+            return await store_redis.RedisQueueStore.open(
+                redis_url, prefix=f"bench-{next(counter)}", housekeeping_interval=None
+            )
+
+        backends = {"memory (baseline)": memory, "sqlite": sqlite, "redis": redis}
+        print(f"{args.jobs} jobs per run; a job = submit + lease + complete + 2 views")
+        print(
+            f"{'backend':<18} {'conc':>5} {'CPU us/job':>11} {'x baseline':>11} "
+            f"{'redis us/job':>13} {'jobs/s':>9}"
+        )
+        for concurrency in args.concurrency:
+            baseline = None
+            for name, open_store in backends.items():
+                figures = await measure(
+                    open_store,
+                    jobs=args.jobs,
+                    concurrency=concurrency,
+                    redis_process=redis_process if name == "redis" else None,
+                )
+                baseline = baseline or figures["us_per_job"]
+                redis_cpu = f"{figures['redis_us_per_job']:.1f}" if name == "redis" else "-"
+                print(
+                    f"{name:<18} {concurrency:>5} {figures['us_per_job']:>11.1f} "
+                    f"{figures['us_per_job'] / baseline:>11.2f} {redis_cpu:>13} "
+                    f"{figures['jobs_per_s']:>9.0f}"
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--redis-url", default=None)
+    args = parser.parse_args()
+    server = None
+    redis_process = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        redis_process = psutil.Process(server.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+    try:
+        uvloop.run(run(args, redis_url, redis_process))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    print(f"pid {os.getpid()}: CPU is user+system of this process (psutil), loop: uvloop")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Shared fixtures of the gateway tests: a real redis-server and queue stores on both backends.
+
+* ``redis_url``: one redis-server per test session on a free 127.0.0.1 port, no persistence; each
+  test isolates itself with its own key prefix instead of flushing.
+* ``store_backend`` / ``open_queue_store``: parametrized over ``sqlite`` (a fresh file in the test's
+  temp dir) and ``redis``; calling ``open_queue_store()`` again opens another store object on the
+  same file or prefix (to test reopening and several gateways), and every store opened is closed
+  at teardown.
+* ``redis_server``: a redis-server of one test's own, to stop and restart it.
+* ``wait_for``: poll an (async) predicate until it holds or a generous timeout runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from kubefal_gateway import queueing, store_redis, store_sqlite
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+STARTUP_TIMEOUT = 30.0
+
+OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
+WaitFor = Callable[..., Awaitable[None]]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1 without persistence."""
+
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, port: int | None = None) -> RedisServer:
+        """Start on ``port`` (default: a free one, retried if another process takes it first)."""
+        if not pathlib.Path(REDIS_SERVER).exists():
+            pytest.fail(
+                f"redis-server not found at {REDIS_SERVER}: apt-get install -y redis-server"
+            )
+        for _attempt in range(5):
+            self.port = port or _free_port()
+            command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+            command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._wait_ready():
+                return self
+            self.stop()
+        pytest.fail("redis-server did not start")
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1.0)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        try:
+            while self.process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.ping():
+                        return True
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.05)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a throw-away redis-server (started once per session, killed at the end)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may stop and start again."""
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+async def open_queue_store(
+    store_backend: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[OpenStore]:
+    """Open stores of the parametrized backend, all on the same file or Redis key prefix."""
+    opened: list[queueing.QueueStore] = []
+    database = tmp_path / "queue.db"
+    prefix = f"test-{uuid.uuid4().hex}"
+    url = request.getfixturevalue("redis_url") if store_backend == "redis" else ""
+
+    async def open_store(**options: Any) -> queueing.QueueStore:
+        options.setdefault("housekeeping_interval", None)
+        store: queueing.QueueStore
+        if store_backend == "sqlite":
+            store = await store_sqlite.SqliteQueueStore.open(str(database), **options)
+        else:
+            store = await store_redis.RedisQueueStore.open(url, prefix=prefix, **options)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+    if store_backend == "redis":
+        cleaner = await store_redis.RedisQueueStore.open(
+            url, prefix=prefix, housekeeping_interval=None
+        )
+        await cleaner.flush_key_space()
+        await cleaner.close()
+
+
+@pytest.fixture
+def wait_for() -> WaitFor:
+    """``await wait_for(predicate, timeout=30, message=...)``; the predicate may be async."""
+
+    async def wait(
+        predicate: Callable[[], Any], *, timeout: float = 30.0, message: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            outcome = predicate()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            await asyncio.sleep(0.02)
+
+    return wait

@@ -1,0 +1,224 @@
+"""The scaling formula and the keep-alive state machine of kubefal_gateway.scaling."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubefal_api import v1alpha1
+from kubefal_gateway import queueing, scaling
+
+
+def spec(**fields: int) -> v1alpha1.ScalingSpec:
+    defaults = {"min_concurrency": 0, "max_concurrency": 100, "keep_alive": 60}
+    return v1alpha1.ScalingSpec(**(defaults | fields))
+
+
+def stats(
+    queued: int = 0, waiting: int | None = None, in_progress: int = 0
+) -> queueing.AppQueueStats:
+    return queueing.AppQueueStats(
+        app_id="team/app",
+        queued=queued,
+        queued_waiting=queued if waiting is None else waiting,
+        in_progress=in_progress,
+        oldest_queued_at=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "demand", "desired"),
+    [
+        ({}, 0, 0),
+        ({}, 1, 1),
+        ({}, 7, 7),
+        ({"max_multiplexing": 4}, 1, 1),
+        ({"max_multiplexing": 4}, 4, 1),
+        ({"max_multiplexing": 4}, 5, 2),
+        ({"max_multiplexing": 4}, 9, 3),
+        ({"concurrency_buffer": 2}, 0, 2),
+        ({"concurrency_buffer": 2}, 3, 5),
+        ({"concurrency_buffer_perc": 50}, 3, 5),  # needed 3, buffer ceil(1.5) = 2
+        ({"concurrency_buffer_perc": 10}, 1, 2),  # ceil(0.1) = 1
+        ({"concurrency_buffer_perc": 10, "concurrency_buffer": 3}, 10, 13),
+        ({"concurrency_buffer_perc": 50, "concurrency_buffer": 1}, 10, 15),
+        ({"min_concurrency": 2}, 0, 2),
+        ({"min_concurrency": 2}, 5, 5),
+        ({"max_concurrency": 3}, 10, 3),
+        ({"max_concurrency": 3, "concurrency_buffer": 5}, 0, 3),
+        ({"max_multiplexing": 2, "concurrency_buffer_perc": 100, "max_concurrency": 10}, 7, 8),
+    ],
+)
+def test_the_formula_matches_the_architecture_document(
+    fields: dict[str, int], demand: int, desired: int
+) -> None:
+    assert scaling.desired_for_demand(spec(**fields), demand) == desired
+
+
+def test_growth_is_immediate() -> None:
+    signal = scaling.ScalingSignal(spec())
+
+    assert signal.observe(stats(queued=3, in_progress=2), now=0.0) == 5
+
+
+def test_queued_requests_younger_than_the_scaling_delay_do_not_grow_the_app() -> None:
+    signal = scaling.ScalingSignal(spec(scaling_delay=30))
+
+    young = signal.observe(stats(queued=4, waiting=0), now=0.0)
+    aged = signal.observe(stats(queued=4, waiting=4), now=31.0)
+
+    assert (young, aged) == (0, 4)
+    assert signal.waiting_since(100.0) == 70.0
+
+
+def test_young_queued_requests_keep_the_runners_that_exist() -> None:
+    signal = scaling.ScalingSignal(spec(scaling_delay=30, keep_alive=0))
+    signal.observe(stats(in_progress=2), now=0.0)
+
+    desired = signal.observe(stats(queued=2, waiting=0), now=100.0)
+
+    assert desired == 2
+
+
+def test_runners_stay_for_keep_alive_after_the_last_request() -> None:
+    signal = scaling.ScalingSignal(spec(keep_alive=60))
+    signal.observe(stats(in_progress=3), now=0.0)
+    signal.observe(stats(in_progress=3), now=10.0)
+
+    # Demand counts as 3 until the observation at 11 saw it gone.
+    during = [signal.observe(stats(), now=now) for now in (11.0, 40.0, 70.9)]
+    after = signal.observe(stats(), now=71.0)
+
+    assert during == [3, 3, 3]
+    assert after == 0
+
+
+def test_scaling_down_steps_to_the_largest_demand_still_within_keep_alive() -> None:
+    signal = scaling.ScalingSignal(spec(keep_alive=60))
+    signal.observe(stats(in_progress=5), now=0.0)
+    signal.observe(stats(in_progress=2), now=30.0)
+    signal.observe(stats(), now=50.0)
+
+    assert signal.observe(stats(), now=89.0) == 5
+    assert signal.observe(stats(), now=90.0) == 2
+    assert signal.observe(stats(), now=110.0) == 0
+
+
+def test_a_rare_observation_does_not_shrink_the_app_early() -> None:
+    signal = scaling.ScalingSignal(spec(keep_alive=60))
+    signal.observe(stats(in_progress=4), now=0.0)
+
+    # Nothing observed in between: demand counts as 4 until this moment.
+    assert signal.observe(stats(), now=1000.0) == 4
+    assert signal.observe(stats(), now=1060.0) == 0
+
+
+def test_the_buffer_stays_on_top_of_demand_and_min_concurrency_is_a_floor() -> None:
+    signal = scaling.ScalingSignal(spec(min_concurrency=1, concurrency_buffer=1, keep_alive=0))
+
+    assert signal.desired == 1
+    assert signal.observe(stats(in_progress=3), now=0.0) == 4
+    assert signal.observe(stats(), now=1.0) == 1
+
+
+def test_a_new_spec_applies_at_the_next_observation() -> None:
+    signal = scaling.ScalingSignal(spec(max_concurrency=10))
+    signal.observe(stats(in_progress=8), now=0.0)
+
+    signal.spec = spec(max_concurrency=5)
+
+    assert signal.observe(stats(in_progress=8), now=1.0) == 5
+
+
+def test_a_clock_step_backwards_does_not_shrink_the_app() -> None:
+    signal = scaling.ScalingSignal(spec(keep_alive=60))
+    signal.observe(stats(in_progress=2), now=100.0)
+
+    assert signal.observe(stats(), now=50.0) == 2
+
+
+specs = st.builds(
+    lambda low, span, keep_alive, buffer, perc, multiplexing, delay: v1alpha1.ScalingSpec(
+        min_concurrency=low,
+        max_concurrency=max(1, low + span),
+        keep_alive=keep_alive,
+        concurrency_buffer=buffer,
+        concurrency_buffer_perc=perc,
+        max_multiplexing=multiplexing,
+        scaling_delay=delay,
+    ),
+    st.integers(0, 5),
+    st.integers(0, 20),
+    st.integers(0, 120),
+    st.integers(0, 4),
+    st.integers(0, 100),
+    st.integers(1, 8),
+    st.integers(0, 30),
+)
+observations = st.lists(
+    st.tuples(
+        st.floats(0.0, 50.0, allow_nan=False),  # seconds since the previous observation
+        st.integers(0, 40),  # queued
+        st.integers(0, 40),  # of which waiting longer than the scaling delay
+        st.integers(0, 40),  # in flight
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=specs, steps=observations)
+def test_desired_always_respects_bounds_demand_and_keep_alive(
+    policy: v1alpha1.ScalingSpec, steps: list[tuple[float, int, int, int]]
+) -> None:
+    signal = scaling.ScalingSignal(policy)
+    now = 0.0
+    history: list[tuple[float, int]] = []  # (time, hold) of every observation
+    previous = signal.desired
+    for gap, queued, waiting_part, in_flight in steps:
+        now += gap
+        waiting = min(queued, waiting_part)
+        decision = signal.decide(
+            queued=queued, queued_waiting=waiting, in_flight=in_flight, now=now
+        )
+        hold = scaling.desired_for_demand(policy, queued + in_flight)
+        history.append((now, hold))
+
+        assert policy.min_concurrency <= decision.desired <= policy.max_concurrency
+        assert decision.desired >= scaling.desired_for_demand(policy, waiting + in_flight)
+        assert decision.desired <= max(previous, decision.growth)
+        if decision.desired < previous:
+            # Shrinking: nothing held within keepAlive (including the figure in effect when
+            # the window opened) asks for more than the new count.
+            window_start = now - policy.keep_alive
+            in_window = [h for t, h in history if t > window_start]
+            in_effect = [h for t, h in history if t <= window_start][-1:]
+            assert max(in_window + in_effect) <= decision.desired
+        previous = decision.desired
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy=specs, busy_for=st.integers(0, 500), idle_steps=st.integers(1, 30))
+def test_an_app_scales_to_its_floor_exactly_when_keep_alive_runs_out(
+    policy: v1alpha1.ScalingSpec, busy_for: int, idle_steps: int
+) -> None:
+    signal = scaling.ScalingSignal(policy)
+    signal.observe(stats(in_progress=10), now=0.0)
+    signal.observe(stats(in_progress=10), now=busy_for)
+    busy = signal.desired
+    floor = scaling.desired_for_demand(policy, 0)
+
+    # Idle from the first observation that sees nothing; then observations strictly inside the
+    # keep-alive window (none when keepAlive is 0), then one exactly when it runs out.
+    idle_from = busy_for + 0.5
+    step = policy.keep_alive / idle_steps
+    idle_values = [
+        signal.observe(stats(), now=idle_from + index * step)
+        for index in range(idle_steps if policy.keep_alive else 0)
+    ]
+    final = signal.observe(stats(), now=idle_from + policy.keep_alive)
+
+    assert all(value == busy for value in idle_values)
+    assert final == floor
