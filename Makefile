@@ -31,8 +31,9 @@ lint: ## ruff, mypy --strict and the import-linter contracts
 	$(BIN)/lint-imports
 
 .PHONY: manifests
-manifests: ## Regenerate crds/ from the kubefal_api models
+manifests: ## Regenerate crds/ from the kubefal_api models (and the chart's copy)
 	$(BIN)/python -m kubefal_api.crds crds/
+	cp crds/kubefal.io_falapps.yaml charts/kubefal/files/crds/
 
 .PHONY: unit
 unit: ## Fast tests, no cluster

@@ -1,0 +1,244 @@
+{{/*
+Names, labels and the derived settings every template shares. Derived settings (which
+scaler features are on, where the TLS certificate comes from, the gateway's store URL)
+are computed here once, so the operator, the gateway and the APIService cannot disagree.
+*/}}
+
+{{- define "kubefal.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object name. Release "kubefal" gives "kubefal", so the default
+names match the operator's defaults (kubefal-gateway-queue, kubefal-machines, ...).
+Truncated to 40 characters so that the longest suffix ("-gateway-metrics-api") still
+fits a DNS-1035 label.
+*/}}
+{{- define "kubefal.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kubefal.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "kubefal.labels" -}}
+helm.sh/chart: {{ include "kubefal.chart" . }}
+app.kubernetes.io/name: {{ include "kubefal.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubefal
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of one component: call with (dict "root" $ "component" "gateway").
+The gateway's component label is a contract: the runners' NetworkPolicy admits pods
+labelled app.kubernetes.io/part-of=kubefal and app.kubernetes.io/component=gateway
+(kubefal_api.naming.gateway_selector).
+*/}}
+{{- define "kubefal.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubefal.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Labels of one component's objects: the common labels plus the component. */}}
+{{- define "kubefal.componentLabels" -}}
+{{ include "kubefal.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Image reference of one component: call with (dict "root" $ "image" .Values.x.image). */}}
+{{- define "kubefal.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{- define "kubefal.operator.fullname" -}}
+{{- printf "%s-operator" (include "kubefal.fullname" .) }}
+{{- end }}
+
+{{- define "kubefal.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "kubefal.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubefal.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "kubefal.fullname" .) }}
+{{- end }}
+
+{{- define "kubefal.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "kubefal.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The machine catalogue ConfigMap (read by the operator). */}}
+{{- define "kubefal.machines.name" -}}
+{{- printf "%s-machines" (include "kubefal.fullname" .) }}
+{{- end }}
+
+{{/* Services of the gateway: queue API, run API, and the in-cluster admin/scaler one. */}}
+{{- define "kubefal.gateway.queueService" -}}
+{{- printf "%s-queue" (include "kubefal.gateway.fullname" .) }}
+{{- end }}
+{{- define "kubefal.gateway.runService" -}}
+{{- printf "%s-run" (include "kubefal.gateway.fullname" .) }}
+{{- end }}
+{{- define "kubefal.gateway.adminService" -}}
+{{- printf "%s-admin" (include "kubefal.gateway.fullname" .) }}
+{{- end }}
+{{- define "kubefal.gateway.metricsApiService" -}}
+{{- printf "%s-metrics-api" (include "kubefal.gateway.fullname" .) }}
+{{- end }}
+
+{{/* host[:port] of the run and queue APIs as clients reach them (FAL_RUN_HOST, FAL_QUEUE_RUN_HOST). */}}
+{{- define "kubefal.gateway.runHost" -}}
+{{- if .Values.gateway.publicHosts.run }}
+{{- .Values.gateway.publicHosts.run }}
+{{- else }}
+{{- printf "%s.%s.svc" (include "kubefal.gateway.runService" .) .Release.Namespace }}
+{{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+{{- end }}
+{{- define "kubefal.gateway.queueHost" -}}
+{{- if .Values.gateway.publicHosts.queue }}
+{{- .Values.gateway.publicHosts.queue }}
+{{- else }}
+{{- printf "%s.%s.svc" (include "kubefal.gateway.queueService" .) .Release.Namespace }}
+{{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the gateway serves KEDA's external scaler and the operator manages ScaledObjects. */}}
+{{- define "kubefal.keda.enabled" -}}
+{{- if or (eq .Values.scaler.default "keda") .Values.keda.enabled }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the gateway serves external.metrics.k8s.io and the APIService is registered. */}}
+{{- define "kubefal.externalMetrics.enabled" -}}
+{{- if or (eq .Values.scaler.default "hpa") .Values.externalMetrics.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Where the gateway's TLS certificate comes from: secret | certManager | generated. */}}
+{{- define "kubefal.gateway.tls.source" -}}
+{{- if .Values.gateway.tls.existingSecret }}secret
+{{- else if .Values.gateway.tls.certManager.enabled }}certManager
+{{- else }}generated
+{{- end }}
+{{- end }}
+
+{{- define "kubefal.gateway.tls.secretName" -}}
+{{- default (printf "%s-tls" (include "kubefal.gateway.fullname" .)) .Values.gateway.tls.existingSecret }}
+{{- end }}
+
+{{/* Every DNS name the gateway's certificate must cover: its Services, then the extra ones. */}}
+{{- define "kubefal.gateway.tls.dnsNames" -}}
+{{- $names := list }}
+{{- range $service := list (include "kubefal.gateway.queueService" .) (include "kubefal.gateway.runService" .) (include "kubefal.gateway.metricsApiService" .) }}
+{{- $names = append $names $service }}
+{{- $names = append $names (printf "%s.%s" $service $.Release.Namespace) }}
+{{- $names = append $names (printf "%s.%s.svc" $service $.Release.Namespace) }}
+{{- $names = append $names (printf "%s.%s.svc.%s" $service $.Release.Namespace $.Values.clusterDomain) }}
+{{- end }}
+{{- range $host := list .Values.gateway.publicHosts.run .Values.gateway.publicHosts.queue }}
+{{- if $host }}
+{{- $names = append $names (regexReplaceAll ":[0-9]+$" $host "") }}
+{{- end }}
+{{- end }}
+{{- concat $names .Values.gateway.tls.extraDnsNames | uniq | toJson }}
+{{- end }}
+
+{{/* The gateway's queue store URL when it is not read from a Secret. */}}
+{{- define "kubefal.gateway.storeUrl" -}}
+{{- if eq .Values.gateway.store.type "sqlite" }}
+{{- printf "sqlite:///%s/queue.db" (trimSuffix "/" .Values.gateway.store.sqlite.mountPath | trimPrefix "/") }}
+{{- else }}
+{{- .Values.gateway.store.redis.url }}
+{{- end }}
+{{- end }}
+
+{{- define "kubefal.gateway.sqliteClaimName" -}}
+{{- default (printf "%s-queue" (include "kubefal.gateway.fullname" .)) .Values.gateway.store.sqlite.persistence.existingClaim }}
+{{- end }}
+
+{{/*
+Combinations values.schema.json cannot express. Each fails rendering with a message that
+names the values to change; every template that depends on them includes this check.
+*/}}
+{{- define "kubefal.validate" -}}
+{{- $gateway := .Values.gateway }}
+{{- if and (gt (int $gateway.replicas) 1) (eq $gateway.store.type "sqlite") }}
+{{- fail (printf "gateway.replicas=%d needs gateway.store.type=redis: the SQLite queue is one file on a ReadWriteOnce volume and allows one gateway replica. Set gateway.store.type=redis and gateway.store.redis.url (or gateway.store.redis.existingSecret), or set gateway.replicas=1." (int $gateway.replicas)) }}
+{{- end }}
+{{- $ports := list (int $gateway.ports.queue) (int $gateway.ports.run) (int $gateway.ports.admin) }}
+{{- if include "kubefal.keda.enabled" . }}{{ $ports = append $ports (int .Values.keda.port) }}{{ end }}
+{{- if include "kubefal.externalMetrics.enabled" . }}{{ $ports = append $ports (int .Values.externalMetrics.port) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "The gateway's ports must all differ (gateway.ports.queue, .run, .admin, keda.port, externalMetrics.port): got %v. The queue and run APIs need their own listeners because each has its own Service and host name." $ports) }}
+{{- end }}
+{{- if and (eq $gateway.store.type "redis") (not $gateway.store.redis.url) (not $gateway.store.redis.existingSecret) }}
+{{- fail "gateway.store.type=redis needs gateway.store.redis.url (redis://host:6379/0) or gateway.store.redis.existingSecret (a Secret holding that URL)." }}
+{{- end }}
+{{- if and $gateway.tls.existingSecret $gateway.tls.certManager.enabled }}
+{{- fail "gateway.tls.existingSecret and gateway.tls.certManager.enabled are exclusive: cert-manager writes its own Secret. Set one of them." }}
+{{- end }}
+{{- if and $gateway.tls.certManager.enabled (not $gateway.tls.certManager.issuerRef.name) }}
+{{- fail "gateway.tls.certManager.enabled needs gateway.tls.certManager.issuerRef.name (an Issuer or ClusterIssuer)." }}
+{{- end }}
+{{- if and (include "kubefal.externalMetrics.enabled" .) (eq (include "kubefal.gateway.tls.source" .) "secret") (not .Values.externalMetrics.caBundle) (not .Values.externalMetrics.insecureSkipTLSVerify) }}
+{{- fail "The external metrics APIService (scaler.default=hpa or externalMetrics.enabled) needs the CA of gateway.tls.existingSecret: set externalMetrics.caBundle to the base64 PEM CA that signed it." }}
+{{- end }}
+{{- if and .Values.externalMetrics.caBundle .Values.externalMetrics.insecureSkipTLSVerify }}
+{{- fail "externalMetrics.caBundle and externalMetrics.insecureSkipTLSVerify are exclusive (the API server rejects an APIService with both)." }}
+{{- end }}
+{{- end }}
+
+{{/*
+The generated TLS material (source "generated") as JSON {crt, key, ca}, base64 encoded.
+Reuses the Secret of a previous install when its DNS names are unchanged, so an upgrade
+does not rotate the CA clients trust; computed once per render and cached, because the
+Secret and the APIService's caBundle must carry the same CA.
+*/}}
+{{- define "kubefal.gateway.tls.generatedMaterial" -}}
+{{- if not (hasKey .Values "kubefalGeneratedTlsCache") }}
+{{- $secretName := include "kubefal.gateway.tls.secretName" . }}
+{{- $dnsNames := include "kubefal.gateway.tls.dnsNames" . | fromJsonArray }}
+{{- $ipAddresses := .Values.gateway.tls.extraIpAddresses }}
+{{- if .Values.gateway.tls.generated.includeLocalhost }}
+{{- $dnsNames = append $dnsNames "localhost" }}
+{{- $ipAddresses = append $ipAddresses "127.0.0.1" | uniq }}
+{{- end }}
+{{- $fingerprint := dict "dnsNames" $dnsNames "ipAddresses" $ipAddresses | toJson | sha256sum | trunc 16 }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $material := dict }}
+{{- if and $existing (eq (dig "metadata" "annotations" "kubefal.io/tls-names-hash" "" $existing) $fingerprint) (hasKey ($existing.data | default dict) "ca.crt") }}
+{{- $material = dict "crt" (index $existing.data "tls.crt") "key" (index $existing.data "tls.key") "ca" (index $existing.data "ca.crt") "fingerprint" $fingerprint }}
+{{- else }}
+{{- $days := int .Values.gateway.tls.generated.validityDays }}
+{{- $ca := genCA (printf "%s-ca" (include "kubefal.fullname" .)) $days }}
+{{- $cert := genSignedCert (include "kubefal.gateway.queueService" .) $ipAddresses $dnsNames $days $ca }}
+{{- $material = dict "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) "ca" ($ca.Cert | b64enc) "fingerprint" $fingerprint }}
+{{- end }}
+{{- $_ := set .Values "kubefalGeneratedTlsCache" $material }}
+{{- end }}
+{{- index .Values "kubefalGeneratedTlsCache" | toJson }}
+{{- end }}

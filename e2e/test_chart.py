@@ -1,0 +1,995 @@
+"""The Helm chart (charts/kubefal) renders what the processes and the API server expect.
+
+Platform teams install kubefal with this chart, so it is checked the way they use it: the
+real ``helm`` binary lints and renders it; every object of several value sets goes through
+the real API server (``kubectl apply --dry-run=server``); the RBAC it grants is asked of
+the API server (``kubectl auth can-i``, and dry-run writes as the operator's
+ServiceAccount); the settings it passes are parsed by the operator's and the gateway's own
+settings code; and ``helm install``/``upgrade``/``uninstall`` run against the cluster.
+
+Contracts with other parts of the repository are checked here too: the chart's CRD is the
+generated one in crds/, the default machine catalogue equals ``kubefal_api.machines``, and
+gateway pods carry the labels the runners' NetworkPolicy admits.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+
+from e2e import cluster as local_cluster
+from e2e import waiting
+from e2e.conftest import ClusterHandle
+from kubefal_api import crds, machines, naming
+from kubefal_gateway import settings as gateway_settings
+from kubefal_operator import config as operator_config
+
+REPO_ROOT = local_cluster.REPO_ROOT
+CHART = REPO_ROOT / "charts" / "kubefal"
+GENERATED_CRD = REPO_ROOT / "crds" / crds.CRD_FILENAME
+CHART_CRD_COPY = CHART / "files" / "crds" / crds.CRD_FILENAME
+SYNC_CRD_COMMAND = f"make manifests && cp crds/{crds.CRD_FILENAME} charts/kubefal/files/crds/"
+
+REDIS_VALUES: dict[str, Any] = {
+    "gateway": {
+        "replicas": 3,
+        "store": {"type": "redis", "redis": {"url": "redis://kubefal-redis:6379/0"}},
+    }
+}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "replicas-3-redis": REDIS_VALUES,
+    "scaler-hpa": {"scaler": {"default": "hpa"}},
+    "scaler-keda": {"scaler": {"default": "keda"}},
+    "crds-disabled": {"crds": {"enabled": False}},
+    "hardened-extras": {
+        "gateway": {
+            "networkPolicy": {
+                "enabled": True,
+                "adminFrom": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+                ],
+            },
+            "publicHosts": {"run": "run.kubefal.example", "queue": "queue.kubefal.example"},
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                }
+            ],
+            "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+        },
+        "operator": {"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"},
+        "keda": {"enabled": True},
+        "externalMetrics": {"enabled": True},
+    },
+}
+
+
+def _kubernetes_version() -> str:
+    text = (REPO_ROOT / "e2e" / "versions.env").read_text(encoding="utf-8")
+    match = re.search(r"^K8S_VERSION=(\S+)$", text, flags=re.MULTILINE)
+    if match is None:
+        raise AssertionError("e2e/versions.env has no K8S_VERSION")
+    return match.group(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Helm:
+    """The testbin's helm binary, run against the chart."""
+
+    binary: pathlib.Path
+    kubeconfig: pathlib.Path | None = None
+
+    def run(
+        self, *args: str, values: dict[str, Any] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(self.binary), *args]
+        if self.kubeconfig is not None:
+            command.append(f"--kubeconfig={self.kubeconfig}")
+        if values is not None:
+            command += ["--values", "-"]
+        return subprocess.run(
+            command,
+            input=None if values is None else yaml.safe_dump(values),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    def template_text(
+        self, values: dict[str, Any], *, namespace: str = "kubefal-system", release: str = "kubefal"
+    ) -> str:
+        result = self.run(
+            "template",
+            release,
+            str(CHART),
+            f"--namespace={namespace}",
+            f"--kube-version={_kubernetes_version()}",
+            values=values,
+        )
+        assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
+        return result.stdout
+
+    def template(
+        self, values: dict[str, Any], *, namespace: str = "kubefal-system", release: str = "kubefal"
+    ) -> list[dict[str, Any]]:
+        text = self.template_text(values, namespace=namespace, release=release)
+        return [document for document in yaml.safe_load_all(text) if document]
+
+    def template_error(self, values: dict[str, Any]) -> str:
+        result = self.run(
+            "template",
+            "kubefal",
+            str(CHART),
+            f"--kube-version={_kubernetes_version()}",
+            values=values,
+        )
+        assert result.returncode != 0, "helm template accepted values it should refuse"
+        return result.stderr
+
+
+@pytest.fixture(scope="module")
+def helm() -> Helm:
+    return Helm(binary=local_cluster.testbin_dir() / "helm")
+
+
+@pytest.fixture(scope="module")
+def cluster_helm(cluster: ClusterHandle) -> Helm:
+    return Helm(binary=cluster.testbin / "helm", kubeconfig=cluster.kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def keda_crds(cluster: ClusterHandle) -> None:
+    """KEDA's CRDs (from the KEDA module the testbin extracted), left installed: they are
+    cluster-wide, identical for every test, and other tests may be using them."""
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=kubefal-e2e",
+        "-f",
+        str(cluster.testbin / "crds"),
+    )
+    waiting.wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get",
+                "crd/scaledobjects.keda.sh",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            )
+            == "True"
+        ),
+        timeout=120,
+        description="KEDA's ScaledObject CRD to be established",
+    )
+
+
+def _find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [
+        item
+        for item in objects
+        if item["kind"] == kind and (name is None or item["metadata"]["name"] == name)
+    ]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, rendered {len(matches)}"
+    return matches[0]
+
+
+def _kinds(objects: list[dict[str, Any]]) -> set[str]:
+    return {item["kind"] for item in objects}
+
+
+def _deployment(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    matches = [
+        item
+        for item in objects
+        if item["kind"] == "Deployment"
+        and item["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _environment(container: dict[str, Any], *, namespace: str) -> dict[str, str]:
+    """The container's env as the process sees it (fieldRefs resolved, Secret refs stubbed)."""
+    environment: dict[str, str] = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            environment[variable["name"]] = variable["value"]
+        elif variable["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            environment[variable["name"]] = namespace
+        else:
+            environment[variable["name"]] = "from-a-secret"
+    return environment
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+def _container_port(container: dict[str, Any], name: str) -> int:
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    port: int = ports[name]
+    return port
+
+
+def _values_file() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    return document
+
+
+# --- lint and the values file ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_the_chart_passes_helm_lint_strict(helm: Helm, value_set: str) -> None:
+    result = helm.run(
+        "lint",
+        "--strict",
+        str(CHART),
+        f"--kube-version={_kubernetes_version()}",
+        values=VALUE_SETS[value_set],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+def test_every_key_in_values_yaml_has_a_comment_above_it() -> None:
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    uncommented: list[str] = []
+    list_item_indent: int | None = None
+    previous = ""
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            previous = line
+            continue
+        if list_item_indent is not None and indent > list_item_indent:
+            previous = line
+            continue  # keys inside a list item are example data, not chart settings
+        list_item_indent = None
+        if stripped.startswith("- "):
+            list_item_indent = indent
+        elif re.match(r"^[A-Za-z0-9_./-]+:", stripped):
+            above_indent = len(previous) - len(previous.lstrip())
+            if not (previous.strip().startswith("#") and above_indent == indent):
+                uncommented.append(f"values.yaml:{number}: {stripped}")
+        previous = line
+    assert not uncommented, "keys without a comment line above them:\n" + "\n".join(uncommented)
+
+
+def test_values_schema_covers_every_top_level_key_and_forbids_others() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    assert schema["additionalProperties"] is False
+    assert set(_values_file()) <= set(schema["properties"])
+    assert schema["properties"]["scaler"]["properties"]["default"]["enum"] == [
+        "builtin",
+        "keda",
+        "hpa",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"gateway": {"replicas": 3}},
+            "gateway.replicas=3 needs gateway.store.type=redis",
+            id="replicas-3-with-sqlite",
+        ),
+        pytest.param(
+            {"scaler": {"default": "foo"}},
+            "at '/scaler/default': value must be one of 'builtin', 'keda', 'hpa'",
+            id="unknown-scaler",
+        ),
+        pytest.param(
+            {"gateway": {"store": {"type": "redis"}}},
+            "gateway.store.type=redis needs gateway.store.redis.url",
+            id="redis-without-url",
+        ),
+        pytest.param(
+            {"gateway": {"replicaz": 2}},
+            "additional properties 'replicaz' not allowed",
+            id="misspelt-key",
+        ),
+        pytest.param(
+            {"machineCatalogue": {"machineTypes": {"S": {"cpu": 1, "memory": "1Gi"}}}},
+            "at '/machineCatalogue/machineTypes/S/cpu': got number, want string",
+            id="machine-cpu-not-a-string",
+        ),
+        pytest.param(
+            {"machineCatalogue": {"machineTypes": {"GPU-X": {"cpu": "4", "memory": "8Gi"}}}},
+            "at '/machineCatalogue/machineTypes/GPU-X': missing property 'gpuProducts'",
+            id="gpu-type-without-products",
+        ),
+        pytest.param(
+            {"scaler": {"default": "hpa"}, "gateway": {"tls": {"existingSecret": "my-tls"}}},
+            "set externalMetrics.caBundle",
+            id="hpa-with-own-certificate-but-no-ca",
+        ),
+        pytest.param(
+            {"gateway": {"ports": {"queue": 8443, "run": 8443}}},
+            "The gateway's ports must all differ",
+            id="queue-and-run-on-one-port",
+        ),
+        pytest.param(
+            {"gateway": {"tls": {"existingSecret": "a", "certManager": {"enabled": True}}}},
+            "are exclusive",
+            id="two-certificate-sources",
+        ),
+    ],
+)
+def test_invalid_values_fail_rendering_with_a_message_naming_the_fix(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    assert message in helm.template_error(values)
+
+
+# --- contracts with the rest of the repository ------------------------------------------------
+
+
+def test_the_chart_crd_copy_is_the_generated_crd() -> None:
+    assert CHART_CRD_COPY.read_bytes() == GENERATED_CRD.read_bytes(), (
+        f"{CHART_CRD_COPY.relative_to(REPO_ROOT)} differs from crds/{crds.CRD_FILENAME}; "
+        f"sync it with: {SYNC_CRD_COMMAND}"
+    )
+
+
+def test_the_rendered_crd_is_the_generated_crd_plus_release_labels_and_keep(helm: Helm) -> None:
+    rendered = _find(helm.template({}), "CustomResourceDefinition")
+    generated = yaml.safe_load(GENERATED_CRD.read_text(encoding="utf-8"))
+    assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    for key, value in generated["metadata"].get("labels", {}).items():
+        assert rendered["metadata"]["labels"][key] == value
+    stripped = {**rendered, "metadata": {**rendered["metadata"]}}
+    del stripped["metadata"]["annotations"]
+    stripped["metadata"]["labels"] = generated["metadata"].get("labels")
+    if stripped["metadata"]["labels"] is None:
+        del stripped["metadata"]["labels"]
+    assert stripped == generated, f"the chart's CRD drifted; sync it with: {SYNC_CRD_COMMAND}"
+
+
+def test_crds_can_be_left_out_or_left_deletable(helm: Helm) -> None:
+    assert "CustomResourceDefinition" not in _kinds(helm.template({"crds": {"enabled": False}}))
+    deletable = _find(helm.template({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in deletable["metadata"].get("annotations", {})
+
+
+def test_default_machine_catalogue_equals_kubefal_api_defaults(helm: Helm) -> None:
+    expected_yaml = machines.default_configmap_data()[naming.MACHINE_CATALOGUE_KEY]
+    assert _values_file()["machineCatalogue"] == yaml.safe_load(expected_yaml), (
+        "values.yaml machineCatalogue differs from kubefal_api.machines.default_catalogue()"
+    )
+    config_map = _find(helm.template({}), "ConfigMap", "kubefal-machines")
+    assert machines.load_from_configmap_data(config_map["data"]) == machines.default_catalogue()
+
+
+def test_a_default_machine_type_set_to_null_is_dropped_from_the_catalogue(helm: Helm) -> None:
+    config_map = _find(
+        helm.template({"machineCatalogue": {"machineTypes": {"XS": None}}}),
+        "ConfigMap",
+        "kubefal-machines",
+    )
+    catalogue = machines.load_from_configmap_data(config_map["data"])
+    assert "XS" not in catalogue.machine_types
+    assert catalogue.machine_types["S"] == machines.default_catalogue().machine_types["S"]
+
+
+def test_gateway_pods_carry_the_labels_the_runners_network_policy_admits(helm: Helm) -> None:
+    for value_set in VALUE_SETS.values():
+        gateway = _deployment(helm.template(value_set), "gateway")
+        labels = gateway["spec"]["template"]["metadata"]["labels"]
+        assert naming.gateway_selector().items() <= labels.items()
+
+
+def test_the_operator_reads_the_settings_the_chart_gives_it(helm: Helm) -> None:
+    objects = helm.template(
+        {"runner": {"image": {"repository": "registry.example/run", "tag": "7"}}}
+    )
+    container = _container(_deployment(objects, "operator"))
+    config = operator_config.OperatorConfig.from_environment(
+        _environment(container, namespace="kubefal-system")
+    )
+    config_map = _find(objects, "ConfigMap")
+    assert (config.catalogue_namespace, config.catalogue_name) == (
+        config_map["metadata"]["namespace"],
+        config_map["metadata"]["name"],
+    )
+    assert config.render.runner_image == "registry.example/run:7"
+    assert config.metrics_port == _container_port(container, "metrics")
+    assert config.gateway.queue_url == "https://kubefal-gateway-queue.kubefal-system.svc"
+    assert config.gateway.run_url == "https://kubefal-gateway-run.kubefal-system.svc"
+    liveness = container["livenessProbe"]["httpGet"]
+    assert liveness == {"path": "/healthz", "port": "health"}
+    health_port = _container_port(container, "health")
+    assert container_env(container)["KUBEFAL_OPERATOR_LIVENESS"].endswith(f":{health_port}/healthz")
+
+
+def test_the_gateway_reads_the_settings_the_chart_gives_it(helm: Helm) -> None:
+    objects = helm.template({})
+    deployment = _deployment(objects, "gateway")
+    container = _container(deployment)
+    settings = gateway_settings.load(
+        [], environ=_environment(container, namespace="kubefal-system")
+    )
+    assert settings.host == "0.0.0.0"
+    assert settings.queue_port == _container_port(container, "queue")
+    assert settings.run_port == _container_port(container, "run")
+    assert settings.admin_port == _container_port(container, "admin")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert settings.tls_cert == pathlib.Path(mounts["tls"]) / "tls.crt"
+    assert settings.tls_key == pathlib.Path(mounts["tls"]) / "tls.key"
+    assert settings.store == f"sqlite://{mounts['queue']}/queue.db"
+    assert settings.key_namespace == "kubefal-system"
+    volumes = {
+        volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]
+    }
+    claim = _find(objects, "PersistentVolumeClaim")
+    assert volumes["queue"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_several_gateway_replicas_share_redis_and_get_a_disruption_budget(helm: Helm) -> None:
+    objects = helm.template(REDIS_VALUES)
+    deployment = _deployment(objects, "gateway")
+    container = _container(deployment)
+    settings = gateway_settings.load([], environ=_environment(container, namespace="ns"))
+    assert settings.store == "redis://kubefal-redis:6379/0"
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "PersistentVolumeClaim" not in _kinds(objects)
+    budget = _find(objects, "PodDisruptionBudget")
+    assert (
+        budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    assert "PodDisruptionBudget" not in _kinds(helm.template({}))
+
+
+def test_the_redis_url_can_come_from_a_secret(helm: Helm) -> None:
+    values = {
+        "gateway": {"replicas": 2, "store": {"type": "redis", "redis": {"existingSecret": "r"}}}
+    }
+    container = _container(_deployment(helm.template(values), "gateway"))
+    store = next(item for item in container["env"] if item["name"] == "KUBEFAL_GATEWAY_STORE")
+    assert store["valueFrom"]["secretKeyRef"] == {"name": "r", "key": "url"}
+
+
+def test_services_route_port_443_to_the_gateway_listeners(helm: Helm) -> None:
+    objects = helm.template({"scaler": {"default": "keda"}, "externalMetrics": {"enabled": True}})
+    container = _container(_deployment(objects, "gateway"))
+    port_names = {port["name"] for port in container["ports"]}
+    services = {item["metadata"]["name"]: item for item in objects if item["kind"] == "Service"}
+    for name, target in [
+        ("kubefal-gateway-queue", "queue"),
+        ("kubefal-gateway-run", "run"),
+        ("kubefal-gateway-metrics-api", "metrics-api"),
+    ]:
+        [port] = services[name]["spec"]["ports"]
+        assert (port["port"], port["targetPort"]) == (443, target)
+    admin_ports = {
+        port["targetPort"] for port in services["kubefal-gateway-admin"]["spec"]["ports"]
+    }
+    assert admin_ports == {"admin", "keda-scaler"}
+    pod_labels = _deployment(objects, "gateway")["spec"]["template"]["metadata"]["labels"]
+    for service in services.values():
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+    operator_env = container_env(_container(_deployment(objects, "operator")))
+    assert operator_env["KUBEFAL_KEDA_SCALER_ADDRESS"] == (
+        f"kubefal-gateway-admin.kubefal-system.svc:{_container_port(container, 'keda-scaler')}"
+    )
+
+
+def test_scaler_features_render_only_when_chosen(helm: Helm) -> None:
+    default = helm.template({})
+    assert "APIService" not in _kinds(default)
+    operator_rules = _find(default, "ClusterRole", "kubefal-operator")["rules"]
+    groups = {group for rule in operator_rules for group in rule["apiGroups"]}
+    assert "keda.sh" not in groups and "autoscaling" not in groups
+    keda = _find(helm.template({"scaler": {"default": "keda"}}), "ClusterRole", "kubefal-operator")
+    assert any("keda.sh" in rule["apiGroups"] for rule in keda["rules"])
+    hpa = helm.template({"scaler": {"default": "hpa"}})
+    assert _find(hpa, "APIService")["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
+    hpa_rules = _find(hpa, "ClusterRole", "kubefal-operator")["rules"]
+    assert any("autoscaling" in rule["apiGroups"] for rule in hpa_rules)
+
+
+def test_the_generated_certificate_covers_every_service_and_the_apiservice_trusts_it(
+    helm: Helm,
+) -> None:
+    values = {"scaler": {"default": "hpa"}, "gateway": {"publicHosts": {"run": "run.example:8443"}}}
+    objects = helm.template(values, namespace="platform")
+    secret = _find(objects, "Secret", "kubefal-gateway-tls")
+    certificate = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    authority = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    certificate.verify_directly_issued_by(authority)
+    names = set(
+        certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    )
+    for service in (item for item in objects if item["kind"] == "Service"):
+        if service["metadata"]["name"] != "kubefal-gateway-admin":  # plain HTTP
+            assert f"{service['metadata']['name']}.platform.svc" in names
+    assert {"run.example", "localhost"} <= names
+    apiservice = _find(objects, "APIService")
+    assert apiservice["spec"]["caBundle"] == secret["data"]["ca.crt"]
+    assert apiservice["spec"]["service"] == {
+        "name": "kubefal-gateway-metrics-api",
+        "namespace": "platform",
+        "port": 443,
+    }
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_apiservice_ca(helm: Helm) -> None:
+    values = {
+        "scaler": {"default": "hpa"},
+        "gateway": {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+    }
+    objects = helm.template(values)
+    certificate = _find(objects, "Certificate")
+    assert "kubefal-gateway-metrics-api.kubefal-system.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["secretName"] == "kubefal-gateway-tls"
+    assert "Secret" not in {
+        item["kind"] for item in objects if item["metadata"]["name"] == "kubefal-gateway-tls"
+    }
+    apiservice = _find(objects, "APIService")
+    assert apiservice["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "kubefal-system/kubefal-gateway"
+    }
+
+
+def test_containers_are_hardened_by_default(helm: Helm) -> None:
+    objects = helm.template({})
+    for component in ("operator", "gateway"):
+        deployment = _deployment(objects, component)
+        pod = deployment["spec"]["template"]["spec"]
+        context = _container(deployment)["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    operator = _deployment(objects, "operator")
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_notes_tell_how_to_create_a_key_and_configure_fal_client(cluster_helm: Helm) -> None:
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    install = cluster_helm.run(
+        "install",
+        release,
+        str(CHART),
+        "--namespace=platform",
+        "--dry-run=client",
+        "--set=crds.enabled=false",
+    )
+    assert install.returncode == 0, install.stderr
+    notes = install.stdout.split("NOTES:", 1)[1]
+    assert "kubefal keys create --namespace <app-namespace> --secret-namespace platform" in notes
+    assert f"export FAL_RUN_HOST={release}-kubefal-gateway-run.platform.svc" in notes
+    assert f"export FAL_QUEUE_RUN_HOST={release}-kubefal-gateway-queue.platform.svc" in notes
+    assert "export SSL_CERT_FILE=" in notes
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certificate(
+    helm: Helm, cluster: ClusterHandle, tmp_path: pathlib.Path, e2e_logs: list[pathlib.Path]
+) -> None:
+    """The gateway process runs here with the Deployment's environment; only what is
+    pod-specific (bind address, ports, file paths, kubeconfig) is replaced. A client trusting
+    the generated ca.crt (what SSL_CERT_FILE points at) verifies both API listeners under
+    their Service names."""
+    objects = helm.template({}, namespace="platform")
+    secret = _find(objects, "Secret", "kubefal-gateway-tls")
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    container = _container(_deployment(objects, "gateway"))
+    assert container["command"] == ["python", "-m", "kubefal_gateway"]
+    environment = _environment(container, namespace="platform")
+    queue_port, run_port, admin_port = _free_ports(3)
+    environment.update(
+        KUBEFAL_GATEWAY_HOST="127.0.0.1",
+        KUBEFAL_GATEWAY_QUEUE_PORT=str(queue_port),
+        KUBEFAL_GATEWAY_RUN_PORT=str(run_port),
+        KUBEFAL_GATEWAY_ADMIN_PORT=str(admin_port),
+        KUBEFAL_GATEWAY_TLS_CERT=str(tmp_path / "tls.crt"),
+        KUBEFAL_GATEWAY_TLS_KEY=str(tmp_path / "tls.key"),
+        KUBEFAL_GATEWAY_STORE=f"sqlite://{tmp_path}/queue.db",
+        KUBEFAL_GATEWAY_KUBECONFIG=str(cluster.kubeconfig),
+    )
+    log_path = tmp_path / "gateway.log"
+    e2e_logs.append(log_path)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KUBEFAL_")}
+    with log_path.open("wb") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, *container["command"][1:], *container.get("args", [])],
+            env={**inherited, **environment},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waiting.wait_for(
+            lambda: gateway.poll() is not None or _ready(f"http://127.0.0.1:{admin_port}/readyz"),
+            timeout=120,
+            description="the gateway's /readyz",
+        )
+        assert gateway.poll() is None, log_path.read_text(errors="replace")
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        for port, service in [
+            (queue_port, "kubefal-gateway-queue"),
+            (run_port, "kubefal-gateway-run"),
+        ]:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=f"{service}.platform.svc") as tls,
+            ):
+                assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+    finally:
+        _stop(gateway)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_the_real_operator_starts_with_the_charts_settings_and_machine_catalogue(
+    helm: Helm,
+    cluster: ClusterHandle,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> None:
+    """The operator process runs here with the Deployment's arguments and environment,
+    scoped to this test's namespace (operator.watchNamespaces), against the catalogue
+    ConfigMap the chart renders; only its listening ports are replaced. kopf's liveness
+    endpoint answers once the catalogue is loaded and the handlers run."""
+    objects = helm.template({"operator": {"watchNamespaces": [namespace]}}, namespace=namespace)
+    config_map = _find(objects, "ConfigMap")
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(config_map))
+    container = _container(_deployment(objects, "operator"))
+    assert container["command"] == ["python", "-m", "kubefal_operator"]
+    assert container["args"] == [f"--namespace={namespace}"]
+    environment = _environment(container, namespace=namespace)
+    health_port, metrics_port = _free_ports(2)
+    environment.update(
+        KUBEFAL_OPERATOR_LIVENESS=f"http://127.0.0.1:{health_port}/healthz",
+        KUBEFAL_OPERATOR_METRICS_HOST="127.0.0.1",
+        KUBEFAL_OPERATOR_METRICS_PORT=str(metrics_port),
+    )
+    log_path = tmp_path / "operator.log"
+    e2e_logs.append(log_path)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KUBEFAL_")}
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [sys.executable, *container["command"][1:], *container["args"]],
+            env={**inherited, **environment, "KUBECONFIG": str(cluster.kubeconfig)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waiting.wait_for(
+            lambda: (
+                operator.poll() is not None or _ready(f"http://127.0.0.1:{health_port}/healthz")
+            ),
+            timeout=120,
+            description="the operator's /healthz",
+        )
+        assert operator.poll() is None, log_path.read_text(errors="replace")
+        probe = httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=10).json()
+        assert probe["catalogue"] == f"{namespace}/{config_map['metadata']['name']}"
+        assert _ready(f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        _stop(operator)
+
+
+# --- against the API server -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_every_rendered_object_is_accepted_by_the_api_server(
+    helm: Helm, cluster: ClusterHandle, namespace: str, keda_crds: None, value_set: str
+) -> None:
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    manifest = helm.template_text(VALUE_SETS[value_set], namespace=namespace, release=release)
+    objects = [document for document in yaml.safe_load_all(manifest) if document]
+    output = cluster.kubectl(
+        "apply", "--dry-run=server", f"--namespace={namespace}", "-f", "-", input_text=manifest
+    )
+    accepted = [line for line in output.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(objects), output
+
+
+def _can(cluster: ClusterHandle, verb: str, resource: str, *, who: str, namespace: str) -> bool:
+    answer = cluster.kubectl(
+        "auth", "can-i", verb, resource, f"--namespace={namespace}", f"--as={who}", check=False
+    )
+    return answer.strip() == "yes"
+
+
+@pytest.fixture
+def installed_rbac(cluster: ClusterHandle, namespace: str) -> Iterator[tuple[str, str, str]]:
+    """The chart's ServiceAccounts and RBAC (scaler keda and hpa on) applied for real.
+
+    Yields the operator's and the gateway's user names and another namespace; the
+    cluster-scoped objects are deleted afterwards (the namespace takes the rest)."""
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    values = {"keda": {"enabled": True}, "externalMetrics": {"enabled": True}}
+    objects = Helm(binary=cluster.testbin / "helm").template(
+        values, namespace=namespace, release=release
+    )
+    rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    selected = [item for item in objects if item["kind"] in rbac_kinds]
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(selected))
+    other = f"{namespace}-other"
+    cluster.kubectl("create", "namespace", other)
+    try:
+        yield (
+            f"system:serviceaccount:{namespace}:{release}-kubefal-operator",
+            f"system:serviceaccount:{namespace}:{release}-kubefal-gateway",
+            other,
+        )
+    finally:
+        cluster.kubectl(
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            f"app.kubernetes.io/instance={release}",
+            "--ignore-not-found",
+            check=False,
+        )
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
+    cluster: ClusterHandle, namespace: str, installed_rbac: tuple[str, str, str]
+) -> None:
+    operator, gateway, other = installed_rbac
+    operator_may = [
+        ("patch", "deployments.apps"),
+        ("delete", "services"),
+        ("create", "networkpolicies.networking.k8s.io"),
+        ("patch", "poddisruptionbudgets.policy"),
+        ("patch", "falapps.kubefal.io/status"),
+        ("watch", "pods"),
+        ("list", "nodes"),
+        ("watch", "configmaps"),
+        ("create", "events"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("watch", "namespaces"),
+        ("create", "scaledobjects.keda.sh"),
+        ("patch", "horizontalpodautoscalers.autoscaling"),
+    ]
+    operator_may_not = [
+        ("get", "secrets"),
+        ("delete", "pods"),
+        ("create", "configmaps"),
+        ("delete", "falapps.kubefal.io"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ]
+    gateway_may = [
+        ("watch", "falapps.kubefal.io", other),
+        ("watch", "pods", other),
+        ("list", "secrets", namespace),
+        ("watch", "secrets", namespace),
+    ]
+    gateway_may_not = [
+        ("list", "secrets", other),
+        ("patch", "falapps.kubefal.io", other),
+        ("create", "pods", other),
+        ("get", "configmaps", namespace),
+    ]
+    wrong = [
+        f"operator may not {verb} {resource}"
+        for verb, resource in operator_may
+        if not _can(cluster, verb, resource, who=operator, namespace=other)
+    ]
+    wrong += [
+        f"operator may {verb} {resource}"
+        for verb, resource in operator_may_not
+        if _can(cluster, verb, resource, who=operator, namespace=other)
+    ]
+    wrong += [
+        f"gateway may not {verb} {resource} in {where}"
+        for verb, resource, where in gateway_may
+        if not _can(cluster, verb, resource, who=gateway, namespace=where)
+    ]
+    wrong += [
+        f"gateway may {verb} {resource} in {where}"
+        for verb, resource, where in gateway_may_not
+        if _can(cluster, verb, resource, who=gateway, namespace=where)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def _scaled_object(*, namespace: str, gateway_namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "my-app", "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"name": "my-app"},
+            "minReplicaCount": 0,
+            "maxReplicaCount": 5,
+            "triggers": [
+                {
+                    "type": "external-push",
+                    "metadata": {
+                        "scalerAddress": f"kubefal-gateway-admin.{gateway_namespace}.svc:9091",
+                        "app": f"{namespace}/my-app",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _horizontal_pod_autoscaler(*, namespace: str, gateway_namespace: str) -> dict[str, Any]:
+    del gateway_namespace  # the HPA reaches the gateway through the APIService
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "my-app", "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "my-app"},
+            "minReplicas": 1,
+            "maxReplicas": 5,
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {
+                            "name": "kubefal-desired-runners",
+                            "selector": {"matchLabels": {naming.LABEL_APP: "my-app"}},
+                        },
+                        "target": {"type": "AverageValue", "averageValue": "1"},
+                    },
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("render", "created"),
+    [
+        (_scaled_object, "scaledobject.keda.sh/my-app created (server dry run)"),
+        (
+            _horizontal_pod_autoscaler,
+            "horizontalpodautoscaler.autoscaling/my-app created (server dry run)",
+        ),
+    ],
+    ids=["keda-scaledobject", "hpa"],
+)
+def test_the_operator_may_write_the_scaler_objects_of_its_actuators(
+    cluster: ClusterHandle,
+    namespace: str,
+    keda_crds: None,
+    installed_rbac: tuple[str, str, str],
+    render: Callable[..., dict[str, Any]],
+    created: str,
+) -> None:
+    operator, _, other = installed_rbac
+    manifest = render(namespace=other, gateway_namespace=namespace)
+    output = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        f"--as={operator}",
+        "-f",
+        "-",
+        input_text=yaml.safe_dump(manifest),
+    )
+    assert created in output
+
+
+def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
+    cluster_helm: Helm, cluster: ClusterHandle, namespace: str
+) -> None:
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    install = cluster_helm.run(
+        "install", release, str(CHART), f"--namespace={namespace}", "--set=crds.enabled=false"
+    )
+    assert install.returncode == 0, install.stderr
+    try:
+        tls_secret = f"{release}-kubefal-gateway-tls"
+        signing_secret = f"{release}-kubefal-gateway-webhook-signing"
+
+        def secret_data(name: str) -> dict[str, str]:
+            document = json.loads(
+                cluster.kubectl("get", "secret", name, f"--namespace={namespace}", "-o", "json")
+            )
+            data: dict[str, str] = document["data"]
+            return data
+
+        before_tls, before_signing = secret_data(tls_secret), secret_data(signing_secret)
+        upgrade = cluster_helm.run(
+            "upgrade",
+            release,
+            str(CHART),
+            f"--namespace={namespace}",
+            "--reuse-values",
+            "--set=gateway.logLevel=debug",
+        )
+        assert upgrade.returncode == 0, upgrade.stderr
+        assert secret_data(tls_secret) == before_tls, "an upgrade rotated the generated CA"
+        assert secret_data(signing_secret) == before_signing, "an upgrade changed the signing key"
+        changed_names = cluster_helm.run(
+            "upgrade",
+            release,
+            str(CHART),
+            f"--namespace={namespace}",
+            "--reuse-values",
+            "--set=gateway.tls.extraDnsNames[0]=kubefal.example",
+        )
+        assert changed_names.returncode == 0, changed_names.stderr
+        assert secret_data(tls_secret)["tls.crt"] != before_tls["tls.crt"]
+    finally:
+        uninstall = cluster_helm.run("uninstall", release, f"--namespace={namespace}", "--wait")
+    assert uninstall.returncode == 0, uninstall.stderr
+    left = cluster.kubectl(
+        "get",
+        "pvc,deploy,clusterrole",
+        "--all-namespaces",
+        "-l",
+        f"app.kubernetes.io/instance={release}",
+        "-o",
+        "name",
+    ).split()
+    assert left == [f"persistentvolumeclaim/{release}-kubefal-gateway-queue"]
