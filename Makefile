@@ -60,6 +60,10 @@ cluster-up: testbin ## Start the local control plane and print the KUBECONFIG li
 cluster-down: ## Stop the local control plane by PID
 	@$(BIN)/python -m e2e.cluster down
 
+.PHONY: dev
+dev: testbin ## kubefal on the local control plane: CRD, operator, gateway, runners, examples
+	@$(BIN)/python -m e2e.dev
+
 .PHONY: cluster-status
 cluster-status: ## Is it running, and how much memory does it use
 	@$(BIN)/python -m e2e.cluster status

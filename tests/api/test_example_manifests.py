@@ -12,6 +12,7 @@ import fal.app
 import httpx
 import pytest
 import yaml
+
 from kubefal_api import fal_options, v1alpha1
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"

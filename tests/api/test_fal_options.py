@@ -8,6 +8,7 @@ import fal
 import fal.app
 import pydantic
 import pytest
+
 from kubefal_api import fal_options, v1alpha1
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubefal_api import crds, v1alpha1
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]

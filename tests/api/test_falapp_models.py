@@ -8,6 +8,7 @@ from typing import Any
 
 import pydantic
 import pytest
+
 from kubefal_api import v1alpha1
 
 

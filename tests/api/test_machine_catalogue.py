@@ -7,6 +7,7 @@ import decimal
 import pydantic
 import pytest
 import yaml
+
 from kubefal_api import machines, naming
 
 

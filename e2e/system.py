@@ -1,0 +1,240 @@
+"""The whole of kubefal on one machine: operator, gateway, and runner processes for pods.
+
+Used by the full-system e2e tests, ``make dev`` and the scaling benchmarks. On top of a
+cluster (the local control plane, or any cluster by kubeconfig) it starts:
+
+* the FalApp CRD (applied from ``crds/``);
+* the gateway (``python -m kubefal_gateway``) with TLS from a throwaway CA, discovering
+  FalApps, runner pods and API keys through the Kubernetes API;
+* the operator (``python -m kubefal_operator``), pointed at the gateway's scaling stream so
+  the builtin actuator sets replicas from the gateway's desired runner count;
+* a :class:`~e2e.podrunner.PodRunner`, which runs each runner pod's container as a local
+  process bound to the pod's loopback IP.
+
+The real ``fal_client`` then reaches apps with the environment :meth:`System.client_env`
+returns, exactly as it would reach a cluster's gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from e2e import cluster as local_cluster
+from e2e import podrunner, waiting
+
+REPO_ROOT = local_cluster.REPO_ROOT
+RUNNER_SELECTOR = "kubefal.io/app,app.kubernetes.io/component=runner"
+
+
+@dataclasses.dataclass
+class Ports:
+    queue: int
+    run: int
+    admin: int
+    keda: int
+
+
+@dataclasses.dataclass
+class System:
+    """Handles on the running processes, and how a client reaches them."""
+
+    kubeconfig: pathlib.Path
+    workdir: pathlib.Path
+    ca: pathlib.Path
+    ports: Ports
+    gateway: subprocess.Popen[bytes]
+    operator: subprocess.Popen[bytes]
+    pods: podrunner.PodRunner
+    logs: list[pathlib.Path]
+
+    def client_env(self, key: str = "kf0000000000000000:unused") -> dict[str, str]:
+        """Environment for a subprocess running the unmodified ``fal_client``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+        env.update(
+            FAL_RUN_HOST=f"127.0.0.1:{self.ports.run}",
+            FAL_QUEUE_RUN_HOST=f"127.0.0.1:{self.ports.queue}",
+            SSL_CERT_FILE=str(self.ca),
+            FAL_KEY=key,
+            NO_PROXY="127.0.0.1,localhost",
+        )
+        return env
+
+    def admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports.admin}{path}"
+
+    def run_client(self, code: str, *, timeout: float = 120, key: str | None = None) -> str:
+        """Run ``code`` with the real fal_client in a fresh interpreter; return its stdout."""
+        env = self.client_env(key) if key else self.client_env()
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"fal_client failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def describe(self) -> str:
+        return podrunner.describe(self.pods)
+
+
+def _spawn(
+    argv: Sequence[str], *, log: pathlib.Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def apply_crds(kubeconfig: pathlib.Path) -> None:
+    subprocess.run(
+        [
+            "kubectl",
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO_ROOT / "crds"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "kubectl",
+            f"--kubeconfig={kubeconfig}",
+            "wait",
+            "--for=condition=Established",
+            "crd/falapps.kubefal.io",
+            "--timeout=60s",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def running_system(
+    kubeconfig: pathlib.Path,
+    *,
+    workdir: pathlib.Path,
+    namespaces: Sequence[str] = (),
+    key_namespace: str | None = None,
+    gateway_args: Sequence[str] = (),
+) -> Iterator[System]:
+    """Start gateway, operator and pod runner; stop them all on exit.
+
+    ``namespaces`` scopes the operator and the pod runner (all namespaces when empty).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    apply_crds(kubeconfig)
+    ca, cert, key = local_cluster.issue_serving_certificate(
+        workdir / "tls", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
+    ports = Ports(*(local_cluster.free_port() for _ in range(4)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
+    env["KUBECONFIG"] = str(kubeconfig)
+    gateway_log, operator_log = workdir / "gateway.log", workdir / "operator.log"
+    gateway_argv = [
+        sys.executable,
+        "-m",
+        "kubefal_gateway",
+        "--host=127.0.0.1",
+        f"--queue-port={ports.queue}",
+        f"--run-port={ports.run}",
+        f"--admin-port={ports.admin}",
+        f"--keda-port={ports.keda}",
+        f"--tls-cert={cert}",
+        f"--tls-key={key}",
+        f"--store=sqlite:///{workdir / 'queue.db'}",
+        f"--kubeconfig={kubeconfig}",
+        *([f"--key-namespace={key_namespace}"] if key_namespace else []),
+        *gateway_args,
+    ]
+    gateway = _spawn(gateway_argv, log=gateway_log, env=env)
+    operator_argv = [
+        sys.executable,
+        "-m",
+        "kubefal_operator",
+        f"--gateway-admin-url=http://127.0.0.1:{ports.admin}",
+        *[f"--namespace={ns}" for ns in namespaces],
+    ]
+    operator = _spawn(operator_argv, log=operator_log, env=env)
+    api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    pods = podrunner.PodRunner(
+        api_client,
+        namespace=namespaces[0] if len(namespaces) == 1 else None,
+        label_selector=RUNNER_SELECTOR,
+        root=workdir / "pods",
+    )
+    logs = [gateway_log, operator_log]
+    system = System(kubeconfig, workdir, ca, ports, gateway, operator, pods, logs)
+    try:
+
+        def gateway_up() -> bool:
+            if gateway.poll() is not None:
+                raise AssertionError(f"the gateway exited:\n{gateway_log.read_text()[-3000:]}")
+            return _ready(system.admin_url("/readyz"))
+
+        waiting.wait_for(gateway_up, timeout=60, description="the gateway to be ready")
+        pods.__enter__()
+        yield system
+    finally:
+        pods.__exit__(None, None, None)
+        local_cluster.stop_pids([operator.pid, gateway.pid], timeout=15)
+        logs.extend(pods.logs())
+
+
+def wait_for_runners(system: System, count: int, *, timeout: float = 120) -> None:
+    """Until ``count`` runner processes run and answer ready."""
+
+    def ready() -> bool:
+        running = system.pods.running()
+        if len(running) != count:
+            return False
+        return all(_ready(f"http://{p.ip}:8080/_kubefal/ready") for p in running.values())
+
+    waiting.wait_for(
+        ready,
+        timeout=timeout,
+        description=f"{count} ready runner processes",
+        describe_last=system.describe,
+    )
+
+
+def elapsed(start: float) -> float:
+    return time.monotonic() - start
+
+
+def core_api(kubeconfig: pathlib.Path) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))

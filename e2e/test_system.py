@@ -1,0 +1,191 @@
+"""The whole system, for real: FalApp → operator → pods → runner processes → gateway → fal_client.
+
+Every part is the shipped code: the CRD and the operator on the real control plane, the
+gateway discovering runner pods through the API, the runner serving an unmodified
+``fal.App`` in a process bound to each kwok pod's IP, and the unmodified ``fal_client``
+calling over TLS. Scaling is the builtin actuator: the operator sets replicas from the
+gateway's desired runner count.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from e2e import system as whole
+from e2e import waiting
+from e2e.conftest import ClusterHandle
+
+APP_SOURCE = pathlib.Path(__file__).with_name("apps") / "sleepy.py"
+
+
+@pytest.fixture
+def running(
+    cluster: ClusterHandle,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[whole.System]:
+    with whole.running_system(
+        cluster.kubeconfig, workdir=tmp_path / "system", namespaces=[namespace]
+    ) as system:
+        e2e_logs.extend(system.logs)
+        yield system
+        e2e_logs.extend(system.pods.logs())
+
+
+def _deploy(
+    api_client: k8s.ApiClient, namespace: str, *, name: str = "sleepy", **spec: Any
+) -> None:
+    core = k8s.CoreV1Api(api_client)
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=f"{name}-source"),
+            data={"app.py": APP_SOURCE.read_text()},
+        ),
+    )
+    body = {
+        "apiVersion": "kubefal.io/v1alpha1",
+        "kind": "FalApp",
+        "metadata": {"name": name},
+        "spec": {
+            "app": "app.py::Sleepy",
+            "source": {"configMapRef": {"name": f"{name}-source"}},
+            "auth": "public",
+            **spec,
+        },
+    }
+    k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "kubefal.io", "v1alpha1", namespace, "falapps", body
+    )
+
+
+def _replicas(api_client: k8s.ApiClient, namespace: str, name: str = "sleepy") -> int:
+    deployment = k8s.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
+    return int(deployment.spec.replicas or 0)
+
+
+def test_the_real_fal_client_calls_a_falapp_through_the_gateway(
+    running: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    _deploy(api_client, namespace, scaling={"minConcurrency": 1})
+    whole.wait_for_runners(running, 1)
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.run('{namespace}/sleepy', arguments={{'tag': 'run'}})))\n"
+        f"r = fal_client.subscribe('{namespace}/sleepy', arguments={{'tag': 'queued'}},"
+        " with_logs=True)\n"
+        "print(json.dumps(r))\n"
+    )
+    sync_result, queued_result = (json.loads(line) for line in output.strip().splitlines())
+    (pod,) = running.pods.running()
+    assert sync_result["tag"] == "run"
+    assert queued_result["tag"] == "queued"
+    assert {sync_result["pod"], queued_result["pod"]} == {pod.split("/")[1]}
+
+
+def test_an_app_scales_from_zero_on_a_request_and_back_to_zero_after_keep_alive(
+    running: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    _deploy(api_client, namespace, scaling={"minConcurrency": 0, "keepAlive": 3})
+    assert _replicas(api_client, namespace) == 0
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"r = fal_client.subscribe('{namespace}/sleepy', arguments={{'tag': 'cold'}})\n"
+        "print(json.dumps(r))\n",
+        timeout=180,
+    )
+    assert json.loads(output)["tag"] == "cold"
+    assert _replicas(api_client, namespace) == 1
+    finished = time.monotonic()
+    waiting.wait_for(
+        lambda: _replicas(api_client, namespace) == 0,
+        timeout=60,
+        description="scale back to zero after keepAlive",
+    )
+    assert time.monotonic() - finished >= 3 - 0.5  # not before keepAlive ran out
+    waiting.wait_for(lambda: not running.pods.running(), timeout=60, description="runner gone")
+
+
+def test_a_burst_gets_exactly_max_concurrency_runners_and_low_priority_goes_last(
+    running: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    _deploy(
+        api_client,
+        namespace,
+        scaling={"minConcurrency": 0, "maxConcurrency": 5, "maxMultiplexing": 2, "keepAlive": 5},
+    )
+    seen_replicas: list[int] = []
+    stop = threading.Event()
+
+    def watch_replicas() -> None:
+        while not stop.is_set():
+            seen_replicas.append(_replicas(api_client, namespace))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_replicas, daemon=True)
+    watcher.start()
+    try:
+        output = running.run_client(
+            "import fal_client, json, time\n"
+            "handles = []\n"
+            "for i in range(60):\n"
+            "    priority = 'low' if i % 6 == 0 else 'normal'\n"
+            f"    h = fal_client.submit('{namespace}/sleepy',"
+            " arguments={'seconds': 0.5, 'tag': priority}, priority=priority)\n"
+            "    handles.append((priority, time.time(), h))\n"
+            "out = [dict(h.get(), submitted=t) for _, t, h in handles]\n"
+            "print(json.dumps(out))\n",
+            timeout=300,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    results = json.loads(output)
+    assert len(results) == 60
+    assert max(seen_replicas) == 5
+    assert len({r["pod"] for r in results}) == 5
+    lows = [r for r in results if r["tag"] == "low"]
+    normals = [r for r in results if r["tag"] == "normal"]
+    for low in lows:
+        waiting_normals = [n for n in normals if n["submitted"] < low["started"]]
+        assert all(n["started"] <= low["started"] + 0.05 for n in waiting_normals), (
+            "a low-priority request started before a normal one that was already queued"
+        )
+
+
+def test_concurrency_buffer_keeps_a_spare_runner_warm(
+    running: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    _deploy(
+        api_client,
+        namespace,
+        scaling={"minConcurrency": 0, "concurrencyBuffer": 1, "keepAlive": 2},
+    )
+    waiting.wait_for(
+        lambda: _replicas(api_client, namespace) == 1,
+        timeout=60,
+        description="the buffer runner with no traffic",
+    )
+    whole.wait_for_runners(running, 1)
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"r = fal_client.subscribe('{namespace}/sleepy', arguments={{'seconds': 3, 'tag': 'b'}})\n"
+        "print(json.dumps(r))\n",
+        timeout=180,
+    )
+    assert json.loads(output)["tag"] == "b"
+    assert _replicas(api_client, namespace) >= 1
+    waiting.wait_for(
+        lambda: _replicas(api_client, namespace) == 1,
+        timeout=60,
+        description="back to just the buffer runner",
+    )

@@ -1,0 +1,76 @@
+"""Builders of FalApps, AdmissionReviews and cluster facts for the webhook's unit tests."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+from kubefal_api import machines, v1alpha1
+from kubefal_webhook import validation
+
+NAMESPACE = "team-a"
+GPU_NODES = {
+    "NVIDIA-H100-80GB-HBM3": 8,
+    "NVIDIA-H200": 8,
+    "NVIDIA-A100-SXM4-40GB": 4,
+}
+"""Largest GPU count per product in the fake cluster: H100 and H200 nodes, a 4-GPU A100."""
+
+
+def falapp(**spec: Any) -> dict[str, Any]:
+    """A FalApp document as the API server sends it (after schema defaulting)."""
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {"name": "sdxl", "namespace": NAMESPACE},
+        "spec": {"app": "app.py::MyApp", "scaling": {"keepAlive": 60}, **spec},
+    }
+
+
+def review_body(
+    obj: dict[str, Any] | None,
+    *,
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+    kind: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An AdmissionReview v1 request document."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": kind
+            or {"group": v1alpha1.GROUP, "version": v1alpha1.VERSION, "kind": "FalApp"},
+            "resource": {
+                "group": v1alpha1.GROUP,
+                "version": v1alpha1.VERSION,
+                "resource": "falapps",
+            },
+            "operation": operation,
+            "namespace": NAMESPACE,
+            "name": "sdxl",
+            "object": copy.deepcopy(obj),
+            "oldObject": copy.deepcopy(old),
+            "dryRun": False,
+        },
+    }
+
+
+def request(obj: dict[str, Any] | None, **options: Any) -> validation.AdmissionRequest:
+    return validation.parse_review(review_body(obj, **options))
+
+
+def facts(
+    *,
+    config_maps: set[str] | None = None,
+    secrets: set[str] | None = None,
+    gpus: dict[str, int] | None = GPU_NODES,
+) -> validation.ClusterFacts:
+    return validation.ClusterFacts(
+        catalogue=machines.default_catalogue(),
+        config_maps=frozenset(config_maps or ()),
+        secrets=frozenset(secrets or ()),
+        gpus_per_node_by_product=gpus,
+    )
