@@ -1,0 +1,167 @@
+"""The gateway's components and their lifecycle, independent of HTTP listeners.
+
+`Gateway.running()` is the lifespan: it opens the queue store, the upstream connection pools,
+app/runner/key discovery (static file or Kubernetes), the queue worker, the webhook delivery
+worker and the scaling signals, and closes them in reverse order. The HTTP layer (http_api.py)
+only reads these components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import yaml
+
+from kubefal_gateway import (
+    apps,
+    auth,
+    discovery,
+    dispatch,
+    metrics,
+    queue_worker,
+    queueing,
+    runners,
+    settings,
+    signals,
+    upstream,
+    webhooks,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+
+def load_static_config(path: pathlib.Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    data = orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the static config must be a mapping with 'apps' and 'keys'")
+    return data
+
+
+class Gateway:
+    """Everything one gateway process owns."""
+
+    def __init__(self, config: settings.Settings) -> None:
+        self.settings = config
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.metrics = metrics.Metrics()
+        self.registry = apps.AppRegistry()
+        self.keys = auth.KeyStore()
+        self.client = upstream.UpstreamClient()
+        self.runners = runners.RunnerTable(
+            client=self.client, probe_interval=config.runner_probe_interval
+        )
+        self.forwarder = dispatch.Forwarder(
+            table=self.runners,
+            client=self.client,
+            gauges=self.metrics,
+            max_attempts=config.max_attempts,
+        )
+        self.ready = False
+        self._store: queueing.QueueStore | None = None
+        self._signals: signals.Signals | None = None
+
+    @property
+    def store(self) -> queueing.QueueStore:
+        if self._store is None:
+            raise RuntimeError("the gateway is not running")
+        return self._store
+
+    @property
+    def signals(self) -> signals.Signals:
+        if self._signals is None:
+            raise RuntimeError("the gateway is not running")
+        return self._signals
+
+    def _load_static(self, path: pathlib.Path) -> None:
+        data = load_static_config(path)
+        for entry in data.get("apps") or ():
+            config = apps.from_static_entry(entry)
+            self.registry.put(config)
+            runners.add_static_runners(self.runners, app_id=config.app_id, urls=config.runner_urls)
+        self.keys.replace_all(
+            [auth.record_from_static_entry(entry) for entry in data.get("keys") or ()]
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        config = self.settings
+        self._store = await queueing.open_store(config.store, result_ttl=config.result_ttl)
+        store = self._store
+        self._signals = signals.Signals(
+            store=store,
+            registry=self.registry,
+            table=self.runners,
+            forwarder=self.forwarder,
+            gauges=self.metrics,
+        )
+        self._signals.always_compute = bool(config.keda_port or config.external_metrics_port)
+        self.forwarder.on_change = self._signals.changed
+        self.runners.listeners.append(self.forwarder.runners_changed)
+        self.runners.listeners.append(self._signals.changed)
+        worker = queue_worker.QueueWorker(
+            store=store,
+            forwarder=self.forwarder,
+            registry=self.registry,
+            client=self.client,
+            gauges=self.metrics,
+            holder=self.holder,
+            lease_seconds=config.lease_seconds,
+            max_result_bytes=config.max_result_bytes,
+            on_change=self._signals.changed,
+        )
+        self.registry.listeners.append(lambda _config, app_id: worker.wake(app_id))
+        kube: discovery.KubernetesDiscovery | None = None
+        if config.static_config is not None:
+            self._load_static(config.static_config)
+        else:
+            kube = discovery.KubernetesDiscovery(
+                registry=self.registry,
+                keys=self.keys,
+                table=self.runners,
+                kubeconfig=config.kubeconfig,
+                key_namespace=config.key_namespace,
+                runner_port=config.runner_port,
+            )
+            kube.start()
+        if not config.webhook_secret:
+            LOGGER.warning("no --webhook-secret: webhooks are delivered unsigned")
+        delivery = webhooks.WebhookWorker(
+            store,
+            settings=webhooks.WebhookSettings(
+                signing_secret=config.webhook_secret.encode() if config.webhook_secret else None
+            ),
+            on_outcome=lambda outcome: self.metrics.webhook_deliveries.labels(outcome).inc(),
+        )
+        tasks = [
+            asyncio.get_running_loop().create_task(worker.run(), name="queue-worker"),
+            asyncio.get_running_loop().create_task(self._signals.run(), name="scaling-signals"),
+            asyncio.get_running_loop().create_task(delivery.run(), name="webhook-worker"),
+        ]
+        self.ready = True
+        try:
+            yield self
+        finally:
+            self.ready = False
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            await worker.close()
+            await delivery.close()
+            if kube is not None:
+                await kube.stop()
+            self._signals.close()
+            self.runners.close()
+            self.client.close()
+            await store.close()

@@ -1,0 +1,139 @@
+"""Runner discovery: which runners each app has, at what address, and whether they are ready.
+
+Two sources feed the same `RunnerTable`: the Pods of each app, watched through the Kubernetes
+API (discovery.py), and the static file's runner URLs (local mode).
+
+In both cases the gateway confirms readiness itself with `GET /_kubefal/ready` on the runner (kwok
+marks pods Ready at once, and a Pod can be Ready in the API before its port answers), falling back
+to the SDK's `GET /health` for runners that are bare fal apps. A runner that fails a request
+with a connection error is marked unready until a probe succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import urllib.parse
+from collections.abc import Callable
+
+from kubefal_gateway import upstream
+
+READY_PATH = "/_kubefal/ready"
+FALLBACK_READY_PATH = "/health"
+
+
+@dataclasses.dataclass(eq=False)
+class Runner:
+    """One runner process as the dispatcher sees it."""
+
+    runner_id: str
+    app_id: str
+    host: str
+    port: int
+    ready: bool = False
+    in_flight: int = 0
+    hints: frozenset[str] = frozenset()
+    last_request_end: float = dataclasses.field(default_factory=time.monotonic)
+    probe_task: asyncio.Task[None] | None = None
+    recheck: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set when a request failed to reach the runner: probe again at once."""
+    gone: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+RunnerListener = Callable[[str], None]
+
+
+class RunnerTable:
+    """All known runners by app id, and the probes that confirm their readiness."""
+
+    def __init__(
+        self, *, client: upstream.UpstreamClient, probe_interval: float, probe_timeout: float = 5.0
+    ) -> None:
+        self.client = client
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.by_app: dict[str, dict[str, Runner]] = {}
+        self.listeners: list[RunnerListener] = []
+
+    def runners(self, app_id: str) -> dict[str, Runner]:
+        return self.by_app.get(app_id, {})
+
+    def _notify(self, app_id: str) -> None:
+        for listener in self.listeners:
+            listener(app_id)
+
+    def upsert(self, *, app_id: str, runner_id: str, host: str, port: int) -> None:
+        runners = self.by_app.setdefault(app_id, {})
+        existing = runners.get(runner_id)
+        if existing is not None and existing.host == host and existing.port == port:
+            return
+        if existing is not None:
+            self.remove(app_id=app_id, runner_id=runner_id)
+            runners = self.by_app.setdefault(app_id, {})
+        runner = Runner(runner_id=runner_id, app_id=app_id, host=host, port=port)
+        runners[runner_id] = runner
+        runner.probe_task = asyncio.get_running_loop().create_task(self._probe_loop(runner))
+        self._notify(app_id)
+
+    def remove(self, *, app_id: str, runner_id: str) -> None:
+        runner = self.by_app.get(app_id, {}).pop(runner_id, None)
+        if runner is None:
+            return
+        runner.gone = True
+        runner.ready = False
+        if runner.probe_task is not None:
+            runner.probe_task.cancel()
+        self.client.forget(runner.host, runner.port)
+        self._notify(app_id)
+
+    def mark_unready(self, runner: Runner) -> None:
+        """A request failed to reach the runner: stop dispatching until a probe succeeds."""
+        if runner.ready:
+            runner.ready = False
+            runner.recheck.set()
+            self._notify(runner.app_id)
+
+    async def probe(self, runner: Runner) -> bool:
+        pool = self.client.pool(runner.host, runner.port)
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                response = await pool.request("GET", READY_PATH, headers=[], body=b"")
+                if response.status == 404:
+                    response = await pool.request("GET", FALLBACK_READY_PATH, headers=[], body=b"")
+        except (upstream.UpstreamError, TimeoutError):
+            return False
+        return response.status == 200
+
+    async def _probe_loop(self, runner: Runner) -> None:
+        while not runner.gone:
+            ready = await self.probe(runner)
+            if ready != runner.ready and not runner.gone:
+                runner.ready = ready
+                self._notify(runner.app_id)
+            runner.recheck.clear()
+            delay = self.probe_interval if not ready else self.probe_interval * 5
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.recheck.wait(), timeout=delay)
+
+    def close(self) -> None:
+        for runners in self.by_app.values():
+            for runner in runners.values():
+                runner.gone = True
+                if runner.probe_task is not None:
+                    runner.probe_task.cancel()
+        self.by_app.clear()
+
+
+def add_static_runners(table: RunnerTable, *, app_id: str, urls: tuple[str, ...]) -> None:
+    """Register the static file's runner URLs of one app."""
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or parsed.hostname is None:
+            raise ValueError(f"runner URL must be http://host:port, got {url!r}")
+        table.upsert(app_id=app_id, runner_id=url, host=parsed.hostname, port=parsed.port or 80)

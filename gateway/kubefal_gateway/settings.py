@@ -1,0 +1,178 @@
+"""Gateway settings: one frozen object built at start-up from flags and environment variables.
+
+Every flag has an environment variable `KUBEFAL_GATEWAY_<FLAG>` (dashes become underscores, e.g.
+`KUBEFAL_GATEWAY_QUEUE_PORT`); a flag on the command line wins over the environment.
+
+Static configuration (`--static-config PATH`, YAML or JSON) is the local mode: apps, their runner
+URLs and API keys come from the file instead of the Kubernetes API. `kubefal run` writes one::
+
+    apps:
+      - id: local/my-app                # {namespace}/{name}, the id clients call
+        auth: shared                    # private | shared | public (default: private)
+        runners:                        # runner base URLs; readiness is probed on
+          - http://127.0.0.1:18080      #   GET <url>/_kubefal/ready
+        maxMultiplexing: 1              # concurrent requests per runner (default 1)
+        requestTimeout: 3600            # seconds a runner may spend on one request
+        skipRetryConditions: []         # any of: timeout, server_error, connection_error
+        scaling:                        # optional; camelCase as in the FalApp CRD
+          minConcurrency: 0
+          maxConcurrency: 10
+          keepAlive: 60
+    keys:
+      - key: kf0123456789abcdef:SECRET  # a full key (hashed in memory at start-up), or
+      - id: kf0123456789abcdef          # a stored record, as written by `kubefal keys create`
+        hash: scrypt$16384$8$1$...
+        namespaces: "*"                 # comma list or "*" (default "*")
+        revoked: false
+
+Without `--static-config` the gateway discovers apps (FalApp objects), runners (their Pods) and
+API keys (Secrets labelled `kubefal.io/api-key=true`) through the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import os
+import pathlib
+import textwrap
+from collections.abc import Mapping, Sequence
+
+ENV_PREFIX = "KUBEFAL_GATEWAY_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the gateway process is configured with."""
+
+    host: str = "127.0.0.1"
+    """Address every listener binds to (`0.0.0.0` in a pod)."""
+    queue_port: int = 8443
+    """Port of the queue API (`FAL_QUEUE_RUN_HOST`). 0 disables a separate queue listener."""
+    run_port: int = 8444
+    """Port of the sync/stream/realtime API (`FAL_RUN_HOST`). When it equals `queue_port`, one
+    listener serves both and picks the API by the Host header (`queue.` prefix → queue API)."""
+    admin_port: int = 9090
+    """Plain-HTTP port for /metrics, /healthz, /readyz and the scaling signals."""
+    keda_port: int = 0
+    """Port of KEDA's external scaler gRPC service (`externalscaler.ExternalScaler`, plain
+    gRPC); 0 disables it."""
+    external_metrics_port: int = 0
+    """Port of the `external.metrics.k8s.io/v1beta1` API for HPAs (served with `tls_cert`, as
+    the API aggregator requires HTTPS); 0 disables it."""
+    tls_cert: pathlib.Path | None = None
+    """PEM certificate chain served on the queue and run listeners (both or neither with key)."""
+    tls_key: pathlib.Path | None = None
+    """PEM private key matching `tls_cert`."""
+    store: str = "sqlite:///kubefal-queue.db"
+    """Queue backend: `sqlite:///path/to/file.db` or `redis://host:port/db`."""
+    static_config: pathlib.Path | None = None
+    """YAML/JSON file with apps, runners and keys (local mode); see the module docstring."""
+    kubeconfig: pathlib.Path | None = None
+    """Kubeconfig for discovery; without it and without `static_config`, in-cluster config."""
+    key_namespace: str | None = None
+    """Namespace holding API-key Secrets (default: the gateway pod's own namespace; outside a pod,
+    all namespaces the kubeconfig's user can list)."""
+    result_ttl: float = 24 * 3600.0
+    """Seconds a finished request's result stays readable."""
+    max_request_bytes: int = 32 * 1024 * 1024
+    """Largest accepted request body; larger ones get 413."""
+    max_result_bytes: int = 64 * 1024 * 1024
+    """Largest stored result of a queued request; larger ones complete with a 413 error."""
+    runner_port: int = 8080
+    """Port runners listen on inside their pods (Kubernetes mode)."""
+    runner_probe_interval: float = 1.0
+    """Seconds between readiness probes of a runner (`GET /_kubefal/ready`)."""
+    lease_seconds: float = 30.0
+    """A dispatched queued job is leased for this long and renewed while it runs, so another
+    gateway replica takes it over if this one dies."""
+    max_attempts: int = 10
+    """Attempts per request on retryable failures (fal's limit)."""
+    webhook_secret: str = ""
+    """HMAC-SHA256 key signing webhook deliveries (`X-Kubefal-Signature`, scheme in webhooks.py);
+    share it with the receivers. Empty: webhooks are sent unsigned (a warning is logged)."""
+    event_loop: str = "uvloop"
+    """`uvloop` (default, faster) or `asyncio` (the standard library loop)."""
+    log_level: str = "info"
+    """Level of the gateway's own log lines (no per-request log lines on the hot path)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def field_docs() -> dict[str, str]:
+    """Each Settings field's attribute docstring (the one documentation of every setting)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Settings)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    for previous, node in itertools.pairwise(body):
+        if (
+            isinstance(previous, ast.AnnAssign)
+            and isinstance(previous.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[previous.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kubefal_gateway",
+        description="kubefal queue gateway: fal's queue, sync and realtime API for your cluster.",
+    )
+    docs = field_docs()
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            default=None,
+            help=f"{docs.get(field.name, '')} [env {_env_name(field.name)}; "
+            f"default {field.default!s}]".replace("%", "%%"),
+        )
+    return parser
+
+
+def _convert(field: dataclasses.Field[object], raw: str) -> object:
+    kind = str(field.type)
+    if "pathlib.Path" in kind:
+        return pathlib.Path(raw) if raw else None
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    arguments = vars(build_parser().parse_args(argv))
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        raw = arguments.get(field.name)
+        if raw is None:
+            raw = environ.get(_env_name(field.name))
+        if raw is not None:
+            try:
+                values[field.name] = _convert(field, raw)
+            except ValueError as error:
+                raise SystemExit(f"invalid value for --{field.name}: {raw!r} ({error})") from error
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.event_loop not in ("uvloop", "asyncio"):
+        raise SystemExit("--event-loop must be uvloop or asyncio")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key must be given together")
+    if settings.external_metrics_port and not settings.tls:
+        raise SystemExit("--external-metrics-port needs --tls-cert and --tls-key")
+    return settings

@@ -1,0 +1,88 @@
+"""A fal.App for the gateway tests: echo, logs, slow work, failures, a crash, SSE and realtime.
+
+Executions are counted as files in `$GATEWAY_TEST_EXEC_DIR` (one file per execution, named after
+the input's `tag`), so tests can tell how often the app really ran a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import fal
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+
+class ProbeInput(BaseModel):
+    text: str = ""
+    tag: str = ""
+    sleep: float = 0.0
+    log_lines: int = 0
+    fail: bool = False
+    crash_once: bool = False
+
+
+class ProbeOutput(BaseModel):
+    text: str
+    tag: str
+    pid: int
+
+
+class RealtimeInput(BaseModel):
+    prompt: str
+
+
+class RealtimeOutput(BaseModel):
+    text: str
+
+
+def _exec_dir() -> pathlib.Path | None:
+    raw = os.environ.get("GATEWAY_TEST_EXEC_DIR")
+    return pathlib.Path(raw) if raw else None
+
+
+class ProbeApp(fal.App, keep_alive=30, name="probe"):
+    machine_type = "XS"
+
+    def provide_hints(self) -> list[str]:
+        return [os.environ.get("GATEWAY_TEST_HINT", "no-hint")]
+
+    @fal.endpoint("/")
+    def probe(self, request: ProbeInput) -> ProbeOutput:
+        exec_dir = _exec_dir()
+        if exec_dir is not None and request.tag:
+            (exec_dir / f"{request.tag}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+        if request.crash_once and exec_dir is not None:
+            marker = exec_dir / f"crashed-{request.tag}"
+            if not marker.exists():
+                marker.write_text("1")
+                os._exit(17)
+        for index in range(request.log_lines):
+            print(f"log line {index}", flush=True)  # noqa: T201 - the runner captures stdout
+        if request.sleep:
+            time.sleep(request.sleep)
+        if request.fail:
+            raise RuntimeError("the probe app was asked to fail")
+        return ProbeOutput(text=request.text, tag=request.tag, pid=os.getpid())
+
+    @fal.endpoint("/echo")
+    def echo(self, request: ProbeInput) -> ProbeOutput:
+        return ProbeOutput(text="echo:" + request.text, tag=request.tag, pid=os.getpid())
+
+    @fal.endpoint("/stream")
+    def stream(self, request: ProbeInput) -> StreamingResponse:
+        def events() -> Iterator[str]:
+            for index in range(3):
+                yield f"data: {json.dumps({'index': index, 'text': request.text})}\n\n"
+                time.sleep(0.05)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @fal.realtime("/realtime")
+    def realtime(self, request: RealtimeInput) -> RealtimeOutput:
+        return RealtimeOutput(text=request.prompt[::-1])

@@ -1,0 +1,365 @@
+"""Real processes for the gateway tests: runners, gateways over TLS, and the real fal_client.
+
+Everything binds to 127.0.0.1 on ports the OS hands out; every process writes its output into the
+test's temp dir (shown when a test fails) and is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+APPS_DIR = pathlib.Path(__file__).parent / "apps"
+PROBE_APP = f"{APPS_DIR / 'probe_app.py'}::ProbeApp"
+STARTUP_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(
+    predicate: collections.abc.Callable[[], object],
+    *,
+    timeout: float,
+    message: str = "condition",
+    interval: float = 0.05,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+# ---- TLS ---------------------------------------------------------------------------------------
+class Tls:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        now = datetime.datetime.now(tz=datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubefal test CA")])
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.DNSName("localhost"),
+                        x509.DNSName("queue.localhost"),
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca_path = directory / "ca.pem"
+        self.cert_path = directory / "gateway.pem"
+        self.key_path = directory / "gateway-key.pem"
+        self.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+# ---- processes ---------------------------------------------------------------------------------
+class Process:
+    """A subprocess with its output in files; `stop` is idempotent."""
+
+    def __init__(
+        self, *, name: str, command: list[str], workdir: pathlib.Path, env: dict[str, str]
+    ) -> None:
+        self.name = name
+        self.stdout_path = workdir / f"{name}.out"
+        self.stderr_path = workdir / f"{name}.err"
+        self.popen = subprocess.Popen(
+            command,
+            stdout=self.stdout_path.open("ab"),
+            stderr=self.stderr_path.open("ab"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        text = ""
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                text += f"--- {path.name} ---\n" + path.read_text(errors="replace")[-4000:]
+        return text
+
+    def kill(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=30)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Runner(Process):
+    def __init__(
+        self,
+        *,
+        workdir: pathlib.Path,
+        app_ref: str = PROBE_APP,
+        env: dict[str, str] | None = None,
+        max_multiplexing: int | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable,
+            "-m",
+            "kubefal_runner",
+            "--app",
+            app_ref,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            "0",
+        ]
+        if max_multiplexing is not None:
+            command += ["--max-multiplexing", str(max_multiplexing)]
+        super().__init__(
+            name=f"runner-{self.port}", command=command, workdir=workdir, env=env or {}
+        )
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                pytest.fail(f"runner exited early:\n{self.output()}")
+            try:
+                return httpx.get(self.url + "/_kubefal/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=STARTUP_TIMEOUT, message="runner ready", interval=0.2)
+
+
+class Gateway(Process):
+    def __init__(
+        self,
+        *,
+        workdir: pathlib.Path,
+        static_config: dict[str, Any],
+        tls: Tls | None,
+        store: str | None = None,
+        extra_args: list[str] | None = None,
+        name: str = "gateway",
+        ports: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.queue_port, self.run_port, self.admin_port = ports or (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+        self.tls = tls
+        self.config_path = workdir / f"{name}-static.yaml"
+        self.config_path.write_text(yaml.safe_dump(static_config))
+        self.store = store or f"sqlite:///{workdir / 'queue.db'}"
+        command = [
+            sys.executable,
+            "-m",
+            "kubefal_gateway",
+            "--host",
+            "127.0.0.1",
+            "--queue-port",
+            str(self.queue_port),
+            "--run-port",
+            str(self.run_port),
+            "--admin-port",
+            str(self.admin_port),
+            "--store",
+            self.store,
+            "--static-config",
+            str(self.config_path),
+            "--runner-probe-interval",
+            "0.2",
+            "--log-level",
+            "warning",
+            *(extra_args or []),
+        ]
+        if tls is not None:
+            command += ["--tls-cert", str(tls.cert_path), "--tls-key", str(tls.key_path)]
+        if os.environ.get("GATEWAY_TEST_EVENT_LOOP"):
+            command += ["--event-loop", os.environ["GATEWAY_TEST_EVENT_LOOP"]]
+        super().__init__(name=name, command=command, workdir=workdir, env={})
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
+    def queue_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.queue_port}"
+
+    @property
+    def run_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.run_port}"
+
+    def http(self) -> httpx.Client:
+        verify: Any = str(self.tls.ca_path) if self.tls is not None else False
+        return httpx.Client(verify=verify, timeout=60)
+
+    def scaling(self, app_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.admin_url}/_kubefal/apps/{app_id}/scaling", timeout=10)
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    def wait_ready(self, app_ids: collections.abc.Iterable[str] = ()) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                pytest.fail(f"gateway exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.admin_url + "/readyz", timeout=2).status_code != 200:
+                    return False
+                return all(self.scaling(app_id)["readyRunners"] > 0 for app_id in app_ids)
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=STARTUP_TIMEOUT, message="gateway ready", interval=0.1)
+
+    def client_env(self, key: str) -> dict[str, str]:
+        assert self.tls is not None
+        return {
+            "FAL_RUN_HOST": f"127.0.0.1:{self.run_port}",
+            "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{self.queue_port}",
+            "SSL_CERT_FILE": str(self.tls.ca_path),
+            "FAL_KEY": key,
+        }
+
+
+def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> Any:
+    """Run `script` with the real fal_client in a fresh interpreter; it prints one JSON value
+    through `emit(value)`. Returns that value."""
+    prelude = textwrap.dedent(
+        """
+        import json, sys
+        import fal_client
+        def emit(value):
+            sys.stdout.write("\\n@@RESULT@@" + json.dumps(value) + "\\n")
+        """
+    )
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("FAL_") and key not in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+    }
+    environment.update(env)
+    completed = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    marker = "@@RESULT@@"
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith(marker):
+            return json.loads(line[len(marker) :])
+    pytest.fail(
+        f"client script failed (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n"
+        f"{completed.stderr[-6000:]}"
+    )
+
+
+@contextlib.contextmanager
+def cleanup(*processes: Process) -> collections.abc.Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for process in processes:
+            sys.stderr.write(process.output())
+        raise
+    finally:
+        for process in processes:
+            process.stop()

@@ -1,0 +1,552 @@
+"""The unmodified fal_client against a real gateway over TLS and real runners serving a fal.App.
+
+One gateway and four runners serve the whole module (starting them is the slow part); each test
+talks to its own app id so tests do not share slots:
+
+* `team-a/probe` (private, 4 slots) and its `shared-`/`public-` twins on runner `main`;
+* `team-a/serial` (one slot) on runner `serial`, for ordering, cancel and timeouts;
+* `team-a/pair` (two runners `left`/`right`, one slot each), for retries and hints;
+* `team-a/nowhere` (a runner URL nobody listens on), for queue-wait timeouts.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import pathlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gwharness
+import httpx
+import pytest
+
+from kubefal_api import apikeys
+from kubefal_gateway import webhooks
+
+pytestmark = pytest.mark.slow
+
+
+class Stack:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        self.exec_dir = workdir / "executions"
+        self.exec_dir.mkdir()
+        self.tls = gwharness.Tls(workdir)
+        self.key_a = str(apikeys.generate_key())
+        self.key_b = str(apikeys.generate_key())
+        self.key_revoked = str(apikeys.generate_key())
+        env = {"GATEWAY_TEST_EXEC_DIR": str(self.exec_dir)}
+        self.main = gwharness.Runner(workdir=workdir, env=env, max_multiplexing=16)
+        self.serial = gwharness.Runner(workdir=workdir, env=env, max_multiplexing=1)
+        self.left = gwharness.Runner(
+            workdir=workdir, env={**env, "GATEWAY_TEST_HINT": "left"}, max_multiplexing=1
+        )
+        self.right = gwharness.Runner(
+            workdir=workdir, env={**env, "GATEWAY_TEST_HINT": "right"}, max_multiplexing=1
+        )
+        self.runners = [self.main, self.serial, self.left, self.right]
+        dead_url = f"http://127.0.0.1:{gwharness.free_port()}"
+        static = {
+            "apps": [
+                {
+                    "id": "team-a/probe",
+                    "auth": "private",
+                    "runners": [self.main.url],
+                    "maxMultiplexing": 4,
+                },
+                {
+                    "id": "team-a/shared-probe",
+                    "auth": "shared",
+                    "runners": [self.main.url],
+                    "maxMultiplexing": 4,
+                },
+                {
+                    "id": "team-a/public-probe",
+                    "auth": "public",
+                    "runners": [self.main.url],
+                    "maxMultiplexing": 4,
+                },
+                {"id": "team-a/serial", "auth": "private", "runners": [self.serial.url]},
+                {
+                    "id": "team-a/pair",
+                    "auth": "private",
+                    "runners": [self.left.url, self.right.url],
+                },
+                {"id": "team-a/nowhere", "auth": "private", "runners": [dead_url]},
+            ],
+            "keys": [
+                {"key": self.key_a, "namespaces": "team-a"},
+                {"key": self.key_b, "namespaces": ["team-b"]},
+                {"key": self.key_revoked, "namespaces": "*", "revoked": True},
+            ],
+        }
+        self.webhook_secret = "webhook-test-secret"
+        self.gateway = gwharness.Gateway(
+            workdir=workdir,
+            static_config=static,
+            tls=self.tls,
+            extra_args=["--webhook-secret", self.webhook_secret, "--max-request-bytes", "4096"],
+        )
+
+    def start(self) -> None:
+        for runner in self.runners:
+            runner.wait_ready()
+        self.gateway.wait_ready(["team-a/probe", "team-a/serial", "team-a/pair"])
+        gwharness.wait_for(
+            lambda: self.gateway.scaling("team-a/pair")["readyRunners"] == 2,
+            timeout=60,
+            message="both pair runners ready",
+        )
+
+    def client(self, script: str, *, key: str | None = None, timeout: float = 180) -> Any:
+        return gwharness.run_client(
+            script, env=self.gateway.client_env(key or self.key_a), timeout=timeout
+        )
+
+    def executions(self, tag: str) -> list[pathlib.Path]:
+        return sorted(
+            (path for path in self.exec_dir.iterdir() if path.name.startswith(tag + ".")),
+            key=lambda path: path.stat().st_mtime_ns,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    built = Stack(tmp_path_factory.mktemp("gateway-contract"))
+    with gwharness.cleanup(built.gateway, *built.runners):
+        built.start()
+        yield built
+
+
+def test_submit_status_result_follow_the_urls_the_gateway_returns(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        handle = fal_client.submit("team-a/probe", arguments={"text": "hello", "log_lines": 2})
+        status = handle.status(with_logs=True)
+        result = handle.get()
+        final = handle.status(with_logs=True)
+        emit({"id": handle.request_id, "status_url": handle.status_url,
+              "response_url": handle.response_url, "cancel_url": handle.cancel_url,
+              "first": type(status).__name__, "result": result,
+              "final": type(final).__name__, "logs": final.logs, "metrics": final.metrics,
+              "error": final.error})
+        """
+    )
+    base = f"https://127.0.0.1:{stack.gateway.queue_port}/team-a/probe/requests/{outcome['id']}"
+    assert outcome["response_url"] == base
+    assert outcome["status_url"] == base + "/status"
+    assert outcome["cancel_url"] == base + "/cancel"
+    assert outcome["first"] in ("Queued", "InProgress", "Completed")
+    assert outcome["result"]["text"] == "hello"
+    assert outcome["final"] == "Completed"
+    assert outcome["error"] is None
+    assert [line["message"] for line in outcome["logs"]] == ["log line 0", "log line 1"]
+    assert outcome["metrics"]["inference_time"] >= 0
+
+
+def test_subscribe_reports_queue_updates_with_logs(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        updates = []
+        result = fal_client.subscribe(
+            "team-a/probe", arguments={"text": "sub", "log_lines": 3, "sleep": 1.0},
+            with_logs=True, on_queue_update=lambda update: updates.append(
+                [type(update).__name__,
+                 [line["message"] for line in (getattr(update, "logs", None) or [])]]),
+        )
+        emit({"result": result, "updates": updates})
+        """
+    )
+    assert outcome["result"]["text"] == "sub"
+    kinds = [kind for kind, _ in outcome["updates"]]
+    assert "InProgress" in kinds
+    seen = {message for _, messages in outcome["updates"] for message in messages}
+    assert {"log line 0", "log line 1", "log line 2"} <= seen
+
+
+def test_submit_to_a_subpath_keeps_the_subpath_out_of_request_urls(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        handle = fal_client.submit("team-a/probe", arguments={"text": "sub"}, path="/echo")
+        emit({"status_url": handle.status_url, "result": handle.get(),
+              "run": fal_client.run("team-a/probe", arguments={"text": "r"}, path="echo")})
+        """
+    )
+    assert outcome["status_url"].endswith(
+        "/team-a/probe/requests/" + outcome["status_url"].split("/")[-2] + "/status"
+    )
+    assert "/echo" not in outcome["status_url"]
+    assert outcome["result"]["text"] == "echo:sub"
+    assert outcome["run"]["text"] == "echo:r"
+
+
+def test_run_returns_the_runner_answer(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        emit(fal_client.run("team-a/probe", arguments={"text": "sync"}))
+        """
+    )
+    assert outcome["text"] == "sync"
+
+
+def test_stream_passes_server_sent_events_through(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        emit(list(fal_client.stream("team-a/probe", arguments={"text": "s"})))
+        """
+    )
+    assert outcome == [{"index": i, "text": "s"} for i in range(3)]
+
+
+def test_realtime_without_jwt_round_trips_msgpack(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        with fal_client.realtime("team-a/probe", use_jwt=False) as connection:
+            connection.send({"prompt": "abc"})
+            first = connection.recv()
+            connection.send({"prompt": "xyz"})
+            second = connection.recv()
+        emit([first, second])
+        """
+    )
+    assert outcome == [{"text": "cba"}, {"text": "zyx"}]
+
+
+def test_a_failing_app_completes_with_an_error_and_the_result_raises(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        handle = fal_client.submit("team-a/probe", arguments={"fail": True})
+        try:
+            handle.get()
+            raised = None
+        except fal_client.client.FalClientHTTPError as error:
+            raised = {"status": error.status_code, "message": error.message}
+        status = handle.status()
+        try:
+            fal_client.run("team-a/probe", arguments={"fail": True})
+            run_raised = None
+        except fal_client.client.FalClientHTTPError as error:
+            run_raised = error.status_code
+        emit({"raised": raised, "status": type(status).__name__, "error": status.error,
+              "error_type": status.error_type, "run_raised": run_raised})
+        """
+    )
+    assert outcome["raised"]["status"] == 500
+    assert outcome["status"] == "Completed"
+    assert outcome["error"]
+    assert outcome["error_type"] == "runner_error"
+    assert outcome["run_raised"] == 500
+
+
+def test_cancel_of_a_queued_and_of_a_running_request(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        import time
+        running = fal_client.submit("team-a/serial", arguments={"sleep": 3, "tag": "cancel-run"})
+        queued = fal_client.submit("team-a/serial", arguments={"tag": "cancel-queued"})
+        queued.cancel()
+        while type(running.status()).__name__ != "InProgress":
+            time.sleep(0.05)
+        running.cancel()
+        results = {}
+        for name, handle in (("queued", queued), ("running", running)):
+            status = handle.status()
+            while type(status).__name__ != "Completed":
+                time.sleep(0.05)
+                status = handle.status()
+            try:
+                handle.get()
+                results[name] = None
+            except fal_client.client.FalClientHTTPError as error:
+                results[name] = [error.status_code, status.error_type]
+        emit(results)
+        """
+    )
+    assert outcome["queued"] == [400, "request_cancelled"]
+    assert outcome["running"] == [400, "request_cancelled"]
+    assert stack.executions("cancel-queued") == []
+
+
+def test_low_priority_waits_behind_normal_with_a_single_slot(stack: Stack) -> None:
+    gwharness.wait_for(
+        lambda: (
+            httpx.get(stack.serial.url + "/_kubefal/info", timeout=5).json()["runner"]["in_flight"]
+            == 0
+        ),
+        timeout=60,
+        message="the serial runner to be idle",
+    )
+    stack.client(
+        """
+        blocker = fal_client.submit("team-a/serial", arguments={"sleep": 3, "tag": "prio-block"})
+        low = fal_client.submit("team-a/serial", arguments={"tag": "prio-low"}, priority="low")
+        normal = fal_client.submit("team-a/serial", arguments={"tag": "prio-normal"},
+                                   priority="normal")
+        emit([low.get(), normal.get(), blocker.get()])
+        """
+    )
+    (normal,) = stack.executions("prio-normal")
+    (low,) = stack.executions("prio-low")
+    assert normal.stat().st_mtime_ns < low.stat().st_mtime_ns
+
+
+def test_queue_wait_timeout_gives_504_that_the_client_does_not_retry(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        import time
+        try:
+            fal_client.run("team-a/nowhere", arguments={}, start_timeout=2)
+            sync = None
+        except fal_client.client.FalClientHTTPError as error:
+            sync = [error.status_code, error.response_headers.get("x-fal-request-timeout-type")]
+        handle = fal_client.submit("team-a/nowhere", arguments={}, start_timeout=2)
+        status = handle.status()
+        while type(status).__name__ != "Completed":
+            time.sleep(0.1)
+            status = handle.status()
+        try:
+            handle.get()
+            queued = None
+        except fal_client.client.FalClientHTTPError as error:
+            queued = [error.status_code, error.response_headers.get("x-fal-request-timeout-type")]
+        emit({"sync": sync, "queued": queued, "error_type": status.error_type})
+        """
+    )
+    assert outcome["sync"] == [504, "user"]
+    assert outcome["queued"] == [504, "user"]
+    assert outcome["error_type"] == "request_timeout"
+    metrics = httpx.get(stack.gateway.admin_url + "/metrics", timeout=10).text
+    attempts = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("kubefal_gateway_request_latency_seconds_count")
+        and 'app="team-a/nowhere"' in line
+        and 'outcome="start_timeout"' in line
+    ]
+    assert attempts and attempts[0].endswith(" 1.0"), "the client must not have resent the run"
+
+
+def test_a_request_whose_runner_crashes_is_retried_on_the_other_runner(stack: Stack) -> None:
+    outcome = stack.client(
+        """
+        emit(fal_client.submit("team-a/pair", arguments={"tag": "crash", "crash_once": True,
+                                                          "text": "survived"}).get())
+        """
+    )
+    assert outcome["text"] == "survived"
+    assert len(stack.executions("crash")) == 2
+    crashed = [runner for runner in (stack.left, stack.right) if not runner.alive()]
+    assert len(crashed) == 1
+    assert outcome["pid"] != crashed[0].popen.pid
+
+
+def test_runner_hint_routes_to_the_runner_that_advertised_it(stack: Stack) -> None:
+    pair = [runner for runner in (stack.left, stack.right) if runner.alive()]
+    if len(pair) < 2:
+        survivor = pair[0]
+        hint = "left" if survivor is stack.left else "right"
+    else:
+        hint = "right"
+    outcome = stack.client(
+        f"""
+        first = [fal_client.run("team-a/pair", arguments={{"text": str(i)}})["pid"]
+                 for i in range(4)]
+        hinted = [fal_client.run("team-a/pair", arguments={{}}, hint={hint!r})["pid"]
+                  for _ in range(4)]
+        emit({{"hinted": hinted}})
+        """
+    )
+    expected = (stack.left if hint == "left" else stack.right).popen.pid
+    assert outcome["hinted"] == [expected] * 4
+
+
+class _WebhookReceiver(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.received.append({"headers": dict(self.headers), "body": json.loads(body), "raw": body})
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebhookReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        outcome = stack.client(
+            f"""
+            handle = fal_client.submit("team-a/probe", arguments={{"text": "hooked"}},
+                                       webhook_url={url!r})
+            emit({{"id": handle.request_id, "result": handle.get()}})
+            """
+        )
+        gwharness.wait_for(
+            lambda: any(
+                item["body"].get("request_id") == outcome["id"]
+                for item in _WebhookReceiver.received
+            ),
+            timeout=60,
+            message="webhook delivery",
+        )
+        delivery = next(
+            item
+            for item in _WebhookReceiver.received
+            if item["body"].get("request_id") == outcome["id"]
+        )
+        assert delivery["body"]["status"] == "OK"
+        assert delivery["body"]["payload"] == outcome["result"]
+        assert webhooks.verify_signature(
+            stack.webhook_secret.encode(),
+            delivery["headers"]["X-Kubefal-Signature"],
+            delivery["raw"],
+        )
+    finally:
+        server.shutdown()
+
+
+AUTH_SCRIPT = """
+import httpx
+outcomes = {}
+for app in ("team-a/probe", "team-a/shared-probe", "team-a/public-probe"):
+    for name, key in KEYS.items():
+        client = fal_client.SyncClient(key=key)
+        try:
+            client.run(app, arguments={"text": "auth"})
+            outcomes[f"{app} {name}"] = 200
+        except fal_client.client.FalClientHTTPError as error:
+            outcomes[f"{app} {name}"] = [error.status_code, error.message]
+emit(outcomes)
+"""
+
+
+def test_auth_matrix_of_private_shared_and_public_apps(stack: Stack) -> None:
+    bad_key = stack.key_a.split(":")[0] + ":wrong-secret"
+    keys = {
+        "good": stack.key_a,
+        "bad": bad_key,
+        "other-namespace": stack.key_b,
+        "revoked": stack.key_revoked,
+    }
+    outcome = stack.client(f"KEYS = {keys!r}\n" + AUTH_SCRIPT)
+    expected_status = {
+        "team-a/probe": {"good": 200, "bad": 401, "other-namespace": 403, "revoked": 401},
+        "team-a/shared-probe": {"good": 200, "bad": 401, "other-namespace": 200, "revoked": 401},
+        "team-a/public-probe": {"good": 200, "bad": 200, "other-namespace": 200, "revoked": 200},
+    }
+    for app, by_key in expected_status.items():
+        for name, status in by_key.items():
+            got = outcome[f"{app} {name}"]
+            assert (got if got == 200 else got[0]) == status, (app, name, got)
+            if status != 200:
+                assert got[1], "errors carry a JSON detail"
+    with stack.gateway.http() as http:
+        for app, status in (("probe", 401), ("shared-probe", 401), ("public-probe", 200)):
+            response = http.post(f"{stack.gateway.run_url}/team-a/{app}", json={"text": "x"})
+            assert response.status_code == status
+            if status == 401:
+                assert "detail" in response.json()
+            queued = http.post(f"{stack.gateway.queue_url}/team-a/{app}", json={"text": "x"})
+            assert queued.status_code == status
+
+
+def test_bad_requests_get_4xx_with_a_json_detail(stack: Stack) -> None:
+    auth = {"authorization": f"Key {stack.key_a}"}
+    gateway = stack.gateway
+    with gateway.http() as http:
+        cases = [
+            http.post(f"{gateway.run_url}/team-a/unknown", json={}, headers=auth),
+            http.post(f"{gateway.queue_url}/team-a/unknown", json={}, headers=auth),
+            http.post(f"{gateway.run_url}/", json={}, headers=auth),
+            http.post(
+                f"{gateway.queue_url}/team-a/probe",
+                json={},
+                headers={**auth, "x-fal-queue-priority": "urgent"},
+            ),
+            http.post(
+                f"{gateway.queue_url}/team-a/probe",
+                json={},
+                headers={**auth, "x-fal-request-timeout": "soon"},
+            ),
+            http.get(f"{gateway.queue_url}/team-a/probe/requests/nope/status", headers=auth),
+            http.get(f"{gateway.queue_url}/team-a/probe/requests/nope", headers=auth),
+            http.put(f"{gateway.queue_url}/team-a/probe/requests/nope/cancel", headers=auth),
+            http.delete(f"{gateway.queue_url}/team-a/probe/requests/nope", headers=auth),
+            http.post(
+                f"{gateway.queue_url}/team-a/probe?fal_webhook=ftp://x", json={}, headers=auth
+            ),
+            http.post(f"{gateway.run_url}/team-a/probe", content=b"x" * 5000, headers=auth),
+            http.post(f"{gateway.queue_url}/team-a/probe", content=b"x" * 5000, headers=auth),
+        ]
+        expected = [404, 404, 404, 400, 400, 404, 404, 404, 405, 400, 413, 413]
+        assert [response.status_code for response in cases] == expected
+        for response in cases:
+            assert "detail" in response.json()
+        head = http.head(f"{gateway.run_url}/team-a/probe", headers=auth)
+        assert head.status_code == 405
+
+
+def test_result_before_completion_is_400_still_in_progress(stack: Stack) -> None:
+    auth = {"authorization": f"Key {stack.key_a}"}
+    with stack.gateway.http() as http:
+        submitted = http.post(
+            f"{stack.gateway.queue_url}/team-a/serial", json={"sleep": 1.0}, headers=auth
+        ).json()
+        early = http.get(submitted["response_url"], headers=auth)
+        assert early.status_code == 400
+        assert early.json()["detail"] == "Request is still in progress"
+        gwharness.wait_for(
+            lambda: http.get(submitted["status_url"], headers=auth).json()["status"] == "COMPLETED",
+            timeout=60,
+            message="completion",
+        )
+        assert http.get(submitted["response_url"], headers=auth).status_code == 200
+
+
+def test_a_websocket_may_carry_the_key_in_fal_jwt_token_and_is_refused_without_one(
+    stack: Stack,
+) -> None:
+    outcome = stack.client(
+        f"""
+        import ssl, msgpack
+        from websockets.sync.client import connect
+        from websockets.exceptions import InvalidStatus
+        context = ssl.create_default_context(cafile={str(stack.tls.ca_path)!r})
+        base = "wss://127.0.0.1:{stack.gateway.run_port}/team-a/probe/realtime"
+        with connect(base + "?fal_jwt_token={stack.key_a}&max_buffering=5", ssl=context) as ws:
+            ws.send(msgpack.packb({{"prompt": "token"}}, use_bin_type=True))
+            answer = msgpack.unpackb(ws.recv())
+        try:
+            connect(base, ssl=context)
+            refused = None
+        except InvalidStatus as error:
+            refused = error.response.status_code
+        emit({{"answer": answer, "refused": refused}})
+        """
+    )
+    assert outcome == {"answer": {"text": "nekot"}, "refused": 401}
+
+
+def test_requests_after_an_app_500_succeed_on_the_reconnected_runner_connection(
+    stack: Stack,
+) -> None:
+    outcome = stack.client(
+        """
+        answers = []
+        for round in range(3):
+            try:
+                fal_client.run("team-a/serial", arguments={"fail": True})
+            except fal_client.client.FalClientHTTPError as error:
+                answers.append(error.status_code)
+            answers.append(fal_client.run("team-a/serial", arguments={"text": str(round)})["text"])
+        emit(answers)
+        """
+    )
+    assert outcome == [500, "0", 500, "1", 500, "2"]
