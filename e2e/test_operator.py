@@ -8,14 +8,7 @@ Every wait polls the API with a generous deadline; nothing sleeps.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,133 +17,23 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from e2e import cluster as local_cluster
+from e2e import operator_harness as harness
 from e2e import waiting
 from e2e.conftest import ClusterHandle
-from kubefal_api import crds, machines, naming, v1alpha1
+from e2e.operator_harness import Api, OperatorProcess
+from kubefal_api import machines, naming, v1alpha1
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXAMPLES = REPO_ROOT / "examples"
-TIMEOUT = 120.0
+EXAMPLES = harness.REPO_ROOT / "examples"
+TIMEOUT = harness.TIMEOUT
 H100 = "NVIDIA-H100-80GB-HBM3"
 H200 = "NVIDIA-H200"
 A100 = "NVIDIA-A100-SXM4-40GB"
 
 
-# --- the operator process ---------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class OperatorProcess:
-    """``python -m kubefal_operator`` as a child process with its log in a file."""
-
-    kubeconfig: pathlib.Path
-    log_path: pathlib.Path
-    catalogue_namespace: str
-    metrics_port: int = dataclasses.field(default_factory=local_cluster.free_port)
-    liveness_port: int = dataclasses.field(default_factory=local_cluster.free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "KUBEFAL_OPERATOR_METRICS_HOST": "127.0.0.1",
-            "KUBEFAL_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            "KUBEFAL_OPERATOR_NAMESPACE": self.catalogue_namespace,
-            "KUBEFAL_MACHINES_NAMESPACE": self.catalogue_namespace,
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubefal_operator",
-                    "--liveness",
-                    f"http://127.0.0.1:{self.liveness_port}/healthz",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        waiting.wait_for(
-            self.healthy,
-            timeout=TIMEOUT,
-            description="the operator's liveness endpoint",
-            describe_last=self.log_tail,
-        )
-
-    def healthy(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{self.log_tail()}")
-        return _http_ok(f"http://127.0.0.1:{self.liveness_port}/healthz")
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as when a node dies or the OOM killer strikes."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self.process = None
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return str(response.read().decode())
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def falapp_crd(api_client: k8s.ApiClient) -> None:
     """Install (or update) the committed FalApp CRD; wait until its endpoint serves."""
-    crd = yaml.safe_load((REPO_ROOT / "crds" / crds.CRD_FILENAME).read_text(encoding="utf-8"))
-    extensions = k8s.ApiextensionsV1Api(api_client)
-    extensions.patch_custom_resource_definition(
-        name=v1alpha1.CRD_NAME,
-        body=crd,
-        field_manager="kubefal-e2e",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        current = api_client.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
-        )
-        reported = {c["type"]: c["status"] for c in current["status"].get("conditions") or []}
-        return reported.get("Established") == "True"
-
-    waiting.wait_for(established, timeout=TIMEOUT, description="the FalApp CRD Established")
-    objects = k8s.CustomObjectsApi(api_client)
-    waiting.wait_for(
-        lambda: objects.list_cluster_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, limit=1
-        ),
-        timeout=TIMEOUT,
-        description="the falapps endpoint to serve",
-    )
+    harness.install_falapp_crd(api_client)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +57,9 @@ def operator(
         kubeconfig=cluster.kubeconfig,
         log_path=tmp_path_factory.mktemp("operator") / "operator.log",
         catalogue_namespace=catalogue_namespace,
+        # The per-test namespaces (conftest: e2e-<test name>) and the catalogue's, not the
+        # whole cluster: other modules run operators of their own on the same cluster.
+        arguments=("-n", "e2e-test-*", "-n", "e2e-operator-system-*"),
     )
     process.start()
     try:
@@ -186,92 +72,6 @@ def operator(
 def operator_log_on_failure(operator: OperatorProcess, e2e_logs: list[pathlib.Path]) -> None:
     """Print the operator's log with any failure (the conftest hook shows e2e_logs)."""
     e2e_logs.append(operator.log_path)
-
-
-# --- API helpers --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Api:
-    client: k8s.ApiClient
-    objects: k8s.CustomObjectsApi
-    apps: k8s.AppsV1Api
-    core: k8s.CoreV1Api
-    networking: k8s.NetworkingV1Api
-    policy: k8s.PolicyV1Api
-
-    def create_app(self, namespace: str, manifest: dict[str, Any]) -> Any:
-        created = self.objects.create_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
-        )
-        return created
-
-    def app(self, namespace: str, name: str) -> Any:
-        found = self.objects.get_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
-        )
-        return found
-
-    def patch_app(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.objects.patch_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, patch
-        )
-
-    def delete_app(self, namespace: str, name: str) -> None:
-        self.objects.delete_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
-        )
-
-    def plain(self, obj: object) -> Any:
-        """A client model as the plain JSON dict the API sent (camelCase keys)."""
-        return self.client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
-
-    def deployment(self, namespace: str, name: str) -> Any:
-        try:
-            return self.plain(self.apps.read_namespaced_deployment(name, namespace))
-        except k8s.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def runner_container(self, namespace: str, name: str) -> Any:
-        deployment = self.deployment(namespace, name)
-        return deployment["spec"]["template"]["spec"]["containers"][0] if deployment else None
-
-    def runner_pods(self, namespace: str, name: str) -> list[Any]:
-        listing = self.plain(
-            self.core.list_namespaced_pod(namespace, label_selector=f"{naming.LABEL_APP}={name}")
-        )
-        return [pod for pod in listing["items"] if not pod["metadata"].get("deletionTimestamp")]
-
-    def scheduled_nodes(self, namespace: str, name: str) -> list[str]:
-        pods = self.runner_pods(namespace, name)
-        return [str(pod["spec"]["nodeName"]) for pod in pods if pod["spec"].get("nodeName")]
-
-    def node_products(self) -> dict[str, str]:
-        nodes = self.plain(self.core.list_node())["items"]
-        return {
-            str(node["metadata"]["name"]): str(
-                (node["metadata"].get("labels") or {}).get(machines.GPU_PRODUCT_LABEL, "")
-            )
-            for node in nodes
-        }
-
-    def free_gpus(self, product: str) -> int:
-        """Free nvidia.com/gpu on every node of ``product``, counting all namespaces' pods."""
-        nodes = [name for name, found in self.node_products().items() if found == product]
-        used = dict.fromkeys(nodes, 0)
-        for pod in self.plain(self.core.list_pod_for_all_namespaces())["items"]:
-            node = pod["spec"].get("nodeName")
-            if node not in used or pod.get("status", {}).get("phase") in {"Succeeded", "Failed"}:
-                continue
-            for container in pod["spec"]["containers"]:
-                limits = (container.get("resources") or {}).get("limits") or {}
-                used[node] += int(limits.get(machines.GPU_RESOURCE, 0))
-        return sum(8 - count for count in used.values())
-
-    def names(self, listing: object) -> list[str]:
-        return sorted(str(item["metadata"]["name"]) for item in self.plain(listing)["items"])
 
 
 @pytest.fixture

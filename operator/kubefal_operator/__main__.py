@@ -9,6 +9,7 @@ replica with ``strategy: Recreate``), with kopf's liveness endpoint on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -38,6 +39,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("KUBEFAL_OPERATOR_PEERING") or None,
         help="kopf peering name for several replicas (default: standalone)",
     )
+    parser.add_argument(
+        "--gateway-admin-url",
+        default=None,
+        help="follow this gateway's scaling signals with the builtin actuator "
+        "(env KUBEFAL_GATEWAY_ADMIN_URL; default: replicas follow minConcurrency)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return parser.parse_args(argv)
@@ -50,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # One "Handler ... succeeded" line per watch event buries what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = operator_config.OperatorConfig.from_environment()
+    if arguments.gateway_admin_url:
+        config = dataclasses.replace(config, gateway_admin_url=arguments.gateway_admin_url)
     kopf.run(
         registry=handlers.REGISTRY,
         clusterwide=not arguments.namespace,

@@ -41,6 +41,18 @@ class OperatorConfig:
     """Gateway URLs reported as status.endpoints (KUBEFAL_GATEWAY_QUEUE_URL, _RUN_URL)."""
     catalogue_rollout_concurrency: int = 16
     """Apps re-rendered at once after a catalogue change."""
+    gateway_admin_url: str | None = None
+    """The gateway's admin listener (KUBEFAL_GATEWAY_ADMIN_URL, flag --gateway-admin-url),
+    e.g. ``http://kubefal-gateway-admin.kubefal-system.svc:9090``. When set, the builtin
+    actuator follows its scaling signals; unset, replicas follow minConcurrency."""
+    actuator_interval_seconds: float = 0.15
+    """At most one replicas write per app per this interval (KUBEFAL_ACTUATOR_INTERVAL);
+    bursts of signals converge to the latest one."""
+
+    @property
+    def actuated(self) -> bool:
+        """True when the builtin actuator runs (a gateway admin URL is configured)."""
+        return bool(self.gateway_admin_url)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -60,7 +72,18 @@ class OperatorConfig:
                 drain_margin_seconds=int(
                     env.get("KUBEFAL_DRAIN_MARGIN_SECONDS", str(defaults.drain_margin_seconds))
                 ),
+                keda_scaler_address=env.get(
+                    "KUBEFAL_KEDA_SCALER_ADDRESS", defaults.keda_scaler_address
+                ),
+                keda_polling_interval_seconds=int(
+                    env.get(
+                        "KUBEFAL_KEDA_POLLING_INTERVAL",
+                        str(defaults.keda_polling_interval_seconds),
+                    )
+                ),
             ),
+            gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
+            actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
             gateway=status.Gateway(
                 queue_url=env.get(
                     "KUBEFAL_GATEWAY_QUEUE_URL", f"http://kubefal-gateway-queue.{namespace}.svc"

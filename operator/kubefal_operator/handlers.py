@@ -8,11 +8,14 @@ What is watched, and why:
   there is no kopf timer as a safety net: kopf puts a finalizer on objects with timers.
   Watches are re-listed on every reconnect and on restart, and event-driven repairs retry
   transient API errors themselves.)
-* Deployments, Services, NetworkPolicies and PodDisruptionBudgets labelled
-  ``kubefal.io/app``: any change re-reconciles the owner, which puts back what drifted.
+* Deployments, Services, NetworkPolicies, PodDisruptionBudgets, KEDA ScaledObjects and
+  HorizontalPodAutoscalers labelled ``kubefal.io/app``: any change re-reconciles the owner,
+  which puts back what drifted (kopf watches ScaledObjects once KEDA's CRD exists).
 * Runner pods: any change recomputes the owner's status (Scheduled, Ready, runners).
 * Nodes: their labels tell which machine type a runner landed on.
 * The machine catalogue ConfigMap: a change re-renders the apps using changed types.
+* The gateway's scaling stream (not a Kubernetes watch): with a gateway admin URL the
+  startup handler starts the builtin actuator, the cleanup handler stops it.
 
 Every watch of children, pods and the ConfigMap is filtered on the server (label and field
 selectors set at startup), so the operator never lists unrelated objects. kopf indexes keep
@@ -38,6 +41,8 @@ DISRUPTION_BUDGETS = ("policy", "v1", "poddisruptionbudgets")
 PODS = ("v1", "pods")
 NODES = ("v1", "nodes")
 CONFIG_MAPS = ("v1", "configmaps")
+SCALED_OBJECTS = ("keda.sh", "v1alpha1", "scaledobjects")
+AUTOSCALERS = ("autoscaling", "v2", "horizontalpodautoscalers")
 CHILD_LABELS = {naming.LABEL_APP: kopf.PRESENT}
 REGISTRY = kopf.OperatorRegistry()
 """The operator's handlers (kept out of kopf's global default registry)."""
@@ -57,6 +62,8 @@ def _indexes(kwargs: dict[str, Any]) -> reconcile.Indexes:
         disruption_budgets=kwargs["disruption_budgets_index"],
         pods=kwargs["runner_pods_index"],
         nodes=kwargs["nodes_index"],
+        scaled_objects=kwargs["scaled_objects_index"],
+        autoscalers=kwargs["autoscalers_index"],
     )
 
 
@@ -70,8 +77,9 @@ def _kopf_error(error: reconcile.ReconcileError) -> Exception:
 
 
 @kopf.on.startup(registry=REGISTRY)
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """All kopf settings in one place, then the runtime: API client, metrics, catalogue."""
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """All kopf settings in one place, then the runtime: API client, metrics, catalogue,
+    and the builtin actuator when a gateway is configured."""
     config: operator_config.OperatorConfig = (
         memo.get("config") or operator_config.OperatorConfig.from_environment()
     )
@@ -91,12 +99,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     selector = naming.LABEL_APP
-    for resource in (DEPLOYMENTS, SERVICES, NETWORK_POLICIES, DISRUPTION_BUDGETS, PODS):
+    for resource in (
+        DEPLOYMENTS,
+        SERVICES,
+        NETWORK_POLICIES,
+        DISRUPTION_BUDGETS,
+        PODS,
+        SCALED_OBJECTS,
+        AUTOSCALERS,
+    ):
         settings.watching.label_selectors[resource] = selector
     settings.watching.field_selectors[CONFIG_MAPS] = (
         f"metadata.name={config.catalogue_name},metadata.namespace={config.catalogue_namespace}"
     )
-    memo["operator"] = await reconcile.start(config)
+    operator = await reconcile.start(config)
+    memo["operator"] = operator
+    reconcile.start_actuator(operator, indexes=_indexes(kwargs))
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -151,6 +169,18 @@ def disruption_budgets_index(
     return {key: reconcile.object_view(body)} if key else None
 
 
+@kopf.index(*SCALED_OBJECTS, labels=CHILD_LABELS, registry=REGISTRY)
+def scaled_objects_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
+@kopf.index(*AUTOSCALERS, labels=CHILD_LABELS, registry=REGISTRY)
+def autoscalers_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+    key = reconcile.owner_key(body)
+    return {key: reconcile.object_view(body)} if key else None
+
+
 @kopf.index(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
 def runner_pods_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
@@ -191,6 +221,8 @@ def forget_deleted_falapp(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
 @kopf.on.event(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
 @kopf.on.event(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
 @kopf.on.event(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event(*SCALED_OBJECTS, labels=CHILD_LABELS, registry=REGISTRY)
+@kopf.on.event(*AUTOSCALERS, labels=CHILD_LABELS, registry=REGISTRY)
 async def child_changed(
     event: kopf.RawEvent,
     body: kopf.Body,

@@ -41,6 +41,10 @@ Kept apart from :data:`FIELD_MANAGER` so the main apply can leave ``replicas`` o
 server-side apply deleting the field (and the Deployment defaulting to one replica): the
 field stays owned by this manager or by whichever scaler took it over.
 """
+BOUNDS_FIELD_MANAGER: Final = "kubefal-bounds"
+"""Field manager of ``spec.replicas`` when the operator only clamped another scaler's count
+into the FalApp's bounds: a write takes the field away from its previous manager, and this
+name (not one of the operator's own) keeps the record that someone else scales the app."""
 EVENT_SOURCE: Final = "kubefal-operator"
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,10 @@ CONFIG_MAPS: Final = ResourceKind("v1", "ConfigMap", "configmaps")
 PODS: Final = ResourceKind("v1", "Pod", "pods")
 EVENTS: Final = ResourceKind("v1", "Event", "events")
 FALAPPS: Final = ResourceKind(v1alpha1.API_VERSION, v1alpha1.KIND, v1alpha1.PLURAL)
+SCALED_OBJECTS: Final = ResourceKind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
+HORIZONTAL_POD_AUTOSCALERS: Final = ResourceKind(
+    "autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"
+)
 
 KINDS: Final[Mapping[tuple[str, str], ResourceKind]] = {
     (kind.api_version, kind.kind): kind
@@ -86,6 +94,8 @@ KINDS: Final[Mapping[tuple[str, str], ResourceKind]] = {
         PODS,
         EVENTS,
         FALAPPS,
+        SCALED_OBJECTS,
+        HORIZONTAL_POD_AUTOSCALERS,
     )
 }
 
@@ -258,6 +268,25 @@ class KubeClient:
                 return False
             raise
         return True
+
+    async def annotate(
+        self, kind: ResourceKind, *, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> Manifest | None:
+        """Set annotations of an existing object (a JSON merge patch); None when it is gone.
+
+        Not an apply: applying a pod that was deleted meanwhile would try to create it.
+        """
+        try:
+            return await self._request(
+                "PATCH",
+                kind.path(namespace=namespace, name=name),
+                body={"metadata": {"annotations": dict(annotations)}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
 
     async def patch_status(
         self, kind: ResourceKind, *, namespace: str, name: str, status: Mapping[str, Any]

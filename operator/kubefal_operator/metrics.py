@@ -33,6 +33,10 @@ class Metrics:
     errors: prometheus_client.Counter
     durations: prometheus_client.Histogram
     status_writes: prometheus_client.Counter
+    replica_changes: prometheus_client.Counter
+    deletion_cost_writes: prometheus_client.Counter
+    gateway_signals: prometheus_client.Counter
+    gateway_connected: prometheus_client.Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -62,6 +66,27 @@ class Metrics:
             status_writes=prometheus_client.Counter(
                 "kubefal_operator_status_writes",
                 "FalApp status updates written (only when the computed status changed).",
+                registry=registry,
+            ),
+            replica_changes=prometheus_client.Counter(
+                "kubefal_operator_replica_changes",
+                "Replica changes made by the builtin actuator (ScaledUp or ScaledDown).",
+                labelnames=("direction",),
+                registry=registry,
+            ),
+            deletion_cost_writes=prometheus_client.Counter(
+                "kubefal_operator_deletion_cost_writes",
+                "Runner pods annotated with pod-deletion-cost before a scale-down.",
+                registry=registry,
+            ),
+            gateway_signals=prometheus_client.Counter(
+                "kubefal_operator_gateway_signals",
+                "Scaling signals received from the gateway's stream.",
+                registry=registry,
+            ),
+            gateway_connected=prometheus_client.Gauge(
+                "kubefal_operator_gateway_connected",
+                "1 while the operator is subscribed to the gateway's scaling stream.",
                 registry=registry,
             ),
         )

@@ -8,7 +8,10 @@ in one of two functions:
   no longer wants, sets replicas by the rule of ``render.replicas``, posts an Event saying
   what it did, and writes the status;
 * :func:`refresh_status` recomputes the status from the Deployment and pods and writes it
-  when it changed.
+  when it changed;
+* :func:`actuate` (the builtin actuator, on each coalesced scaling signal of the gateway)
+  marks which runners a scale-down removes, sets replicas, posts a ScaledUp/ScaledDown
+  Event and writes the status.
 
 Both hold a per-app lock, so events for one app never interleave. The live objects come
 from kopf's in-memory indexes (passed in as plain mappings, see :class:`Indexes`), not from
@@ -29,10 +32,11 @@ import aiohttp
 import pydantic
 
 from kubefal_api import conditions, machines, naming, v1alpha1
+from kubefal_operator import actuator as builtin_actuator
 from kubefal_operator import config as operator_config
-from kubefal_operator import kube, metrics, status
+from kubefal_operator import kube, metrics, signals, status
 from kubefal_operator.render import children as render_children
-from kubefal_operator.render import drift, replicas
+from kubefal_operator.render import drift, replicas, scaledown, scalers
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]
@@ -47,6 +51,8 @@ CHILD_NAMES: Mapping[str, Callable[[str], str]] = {
     "Service": naming.service_name,
     "NetworkPolicy": naming.network_policy_name,
     "PodDisruptionBudget": naming.pod_disruption_budget_name,
+    scalers.SCALED_OBJECT: naming.scaled_object_name,
+    scalers.HORIZONTAL_POD_AUTOSCALER: naming.horizontal_pod_autoscaler_name,
 }
 """How each child kind is named after its FalApp."""
 OWN_MANAGERS = frozenset({kube.FIELD_MANAGER, kube.REPLICAS_FIELD_MANAGER})
@@ -63,6 +69,13 @@ class ReconcileError(Exception):
     def __init__(self, message: str, *, retry: bool) -> None:
         super().__init__(message)
         self.retry = retry
+
+
+class MissingApiError(ReconcileError):
+    """A child's kind is not served (KEDA's CRDs not installed): reported, retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry=True)
 
 
 # --- what the reconciler knows about the cluster --------------------------------------
@@ -100,6 +113,8 @@ class Indexes:
     disruption_budgets: IndexView
     pods: IndexView
     nodes: Mapping[str, Collection[Mapping[str, str]]]
+    scaled_objects: IndexView = dataclasses.field(default_factory=dict)
+    autoscalers: IndexView = dataclasses.field(default_factory=dict)
 
     def app(self, key: Key) -> Mapping[str, Any] | None:
         return next(iter(self.falapps.get(key, ())), None)
@@ -113,6 +128,8 @@ class Indexes:
             "Service": self.services,
             "NetworkPolicy": self.network_policies,
             "PodDisruptionBudget": self.disruption_budgets,
+            scalers.SCALED_OBJECT: self.scaled_objects,
+            scalers.HORIZONTAL_POD_AUTOSCALER: self.autoscalers,
         }
         found = {
             kind: child
@@ -126,17 +143,21 @@ class Indexes:
 
 
 def pod_view(pod: Mapping[str, Any]) -> Manifest:
-    """The parts of a runner pod the status needs (what the pod index keeps in memory)."""
+    """The parts of a runner pod the status and the actuator need (what the pod index keeps
+    in memory): its state, its IP (how the gateway knows it) and its deletion cost."""
     meta = pod.get("metadata", {})
     pod_status = pod.get("status", {})
+    cost = (meta.get("annotations") or {}).get(naming.ANNOTATION_POD_DELETION_COST)
     return {
         "metadata": {
             "name": meta.get("name"),
             "deletionTimestamp": meta.get("deletionTimestamp"),
+            "annotations": {} if cost is None else {naming.ANNOTATION_POD_DELETION_COST: cost},
         },
         "spec": {"nodeName": pod.get("spec", {}).get("nodeName")},
         "status": {
             "phase": pod_status.get("phase"),
+            "podIP": pod_status.get("podIP"),
             "conditions": list(pod_status.get("conditions") or []),
             "containerStatuses": list(pod_status.get("containerStatuses") or []),
         },
@@ -230,6 +251,8 @@ class Operator:
     instruments: metrics.Metrics
     catalogue: CatalogueState
     metrics_server: metrics.MetricsServer | None = None
+    actuator: builtin_actuator.Actuator | None = None
+    """The builtin actuator, when the operator follows a gateway."""
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written_status: dict[Key, tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
     """Last status written per app (with the app's uid), newer than the index can be."""
@@ -241,6 +264,8 @@ class Operator:
     watch events while it is ahead of kopf's indexes (dropped once they catch up)."""
     versions: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     """Newest resourceVersion seen of each child (kept: a few bytes per child)."""
+    scaling_signals: dict[Key, signals.ScalingSignal] = dataclasses.field(default_factory=dict)
+    """The gateway's latest scaling signal per app (builtin actuator)."""
 
     def saw(self, obj: Mapping[str, Any]) -> bool:
         """Remember ``obj`` if it is the newest version seen; True when it is.
@@ -286,6 +311,7 @@ class Operator:
         """Drop what is cached about a deleted FalApp."""
         self.locks.pop(key, None)
         self.written_status.pop(key, None)
+        self.scaling_signals.pop(key, None)
         for child in [child for child in self.versions if child[1:] == key]:
             self.versions.pop(child, None)
             self.newest.pop(child, None)
@@ -315,7 +341,32 @@ async def start(config: operator_config.OperatorConfig) -> Operator:
     )
 
 
+def start_actuator(op: Operator, *, indexes: Indexes) -> None:
+    """Follow the gateway's scaling stream (when configured) for the operator's lifetime."""
+    admin_url = op.config.gateway_admin_url
+    if not admin_url:
+        return
+
+    async def on_signal(signal: signals.ScalingSignal) -> None:
+        try:
+            await actuate(op, signal=signal, indexes=indexes)
+        except ReconcileError as error:
+            if error.retry:
+                raise  # the coalescer tries again unless a newer signal came
+            logger.warning("scaling %s/%s: %s", signal.namespace, signal.name, error)
+
+    op.actuator = builtin_actuator.Actuator(
+        admin_url=admin_url,
+        on_signal=on_signal,
+        instruments=op.instruments,
+        interval=op.config.actuator_interval_seconds,
+    )
+    op.actuator.start()
+
+
 async def stop(op: Operator) -> None:
+    if op.actuator is not None:
+        await op.actuator.stop()
     await op.kube.close()
     if op.metrics_server is not None:
         op.metrics_server.shutdown()
@@ -384,6 +435,12 @@ async def reconcile_app(
                 done, live = await _apply_children(
                     op, app=app, rendered=rendered, live=live, kinds=kinds
                 )
+            except MissingApiError as missing:
+                problem = status.Problem(
+                    reason=conditions.Reason.RECONCILE_FAILED, message=str(missing)
+                )
+                await _report_problem(op, app=app, body=body, live=live, problem=problem)
+                raise
             except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
                 if isinstance(error, kube.ApiError) and error.namespace_terminating:
                     logger.debug("%s/%s: namespace is being deleted, nothing to do", *key)
@@ -437,9 +494,16 @@ async def _apply_children(
         if current is not None and not drift.drifted(manifest, current):
             continue
         if kind == "Deployment" and current is None:
-            # Create with the minimum, then co-own replicas with the replicas manager so the
-            # next main apply (which leaves replicas out) does not reset them.
-            count = app.spec.scaling.min_concurrency
+            # Create with the replicas rule's start value, then co-own replicas with the
+            # replicas manager so the next main apply (which leaves them out) keeps them.
+            count = replicas.desired_replicas(
+                app.spec,
+                live=None,
+                own_managers=OWN_MANAGERS,
+                signalled=_signalled(op, app),
+                actuated=op.config.actuated,
+            )
+            assert count is not None  # the rule always starts a new Deployment somewhere
             applied, changed = await _apply(
                 op, {**manifest, "spec": {**manifest["spec"], "replicas": count}}
             )
@@ -450,20 +514,38 @@ async def _apply_children(
             )
             description = f"created Deployment {manifest['metadata']['name']} ({count} runner(s))"
         else:
-            applied, changed = await _apply(op, manifest)
+            try:
+                applied, changed = await _apply(op, manifest)
+            except kube.ApiError as error:
+                if error.status == 404 and kind in scalers.SCALER_KINDS_BY_KIND:
+                    raise MissingApiError(
+                        f"spec.scaler needs {kind} ({manifest['apiVersion']}), which the API "
+                        "server does not serve: install its CRDs (KEDA) or pick another scaler"
+                    ) from error
+                raise
             description = _describe_apply(manifest, current)
         if changed:
             done.append(description)
         live = live.replace(kind, applied)
     deployment = live.deployment
     if deployment is not None and (kinds is None or "Deployment" in kinds):
-        target = replicas.desired_replicas(app.spec, live=deployment, own_managers=OWN_MANAGERS)
+        target = replicas.desired_replicas(
+            app.spec,
+            live=deployment,
+            own_managers=OWN_MANAGERS,
+            signalled=_signalled(op, app),
+            actuated=op.config.actuated,
+        )
         if target is not None:
             before = deployment.get("spec", {}).get("replicas")
+            # Clamping another scaler's count must not erase that it scales the app.
+            manager = (
+                kube.BOUNDS_FIELD_MANAGER
+                if replicas.scaled_by_others(deployment, own_managers=OWN_MANAGERS)
+                else kube.REPLICAS_FIELD_MANAGER
+            )
             applied, changed = await _apply(
-                op,
-                _replicas_patch(rendered.deployment, target),
-                field_manager=kube.REPLICAS_FIELD_MANAGER,
+                op, _replicas_patch(rendered.deployment, target), field_manager=manager
             )
             live = live.replace("Deployment", applied)
             scaling = app.spec.scaling
@@ -488,6 +570,12 @@ async def _apply_children(
         if deleted:
             done.append(f"deleted {kind} {meta['name']} (no longer wanted by the spec)")
     return done, live
+
+
+def _signalled(op: Operator, app: v1alpha1.FalApp) -> int | None:
+    """The gateway's desired runner count for ``app``, when the actuator has one."""
+    signal = op.scaling_signals.get((app.metadata.namespace or "", app.metadata.name or ""))
+    return None if signal is None else signal.desired_runners
 
 
 async def _apply(
@@ -600,6 +688,7 @@ async def _write_status(
         now=_now(),
         node_labels=live.node_labels,
         catalogue=op.catalogue.catalogue,
+        signal=op.scaling_signals.get(key),
     )
     document = status.status_document(computed)
     if previous is not None and status.status_document(previous) == document:
@@ -632,6 +721,147 @@ async def _post_transition_events(
     await op.kube.post_event(
         involved=body, event_type="Warning", reason=new.reason, message=new.message, now=_now()
     )
+
+
+# --- the builtin actuator ----------------------------------------------------------------
+
+
+async def actuate(op: Operator, *, signal: signals.ScalingSignal, indexes: Indexes) -> None:
+    """Act on the gateway's latest signal for one app: replicas (builtin scaler only, and
+    the idle runners marked to go first before a scale-down), an Event, the status."""
+    key = signal.key
+    op.scaling_signals[key] = signal
+    body = indexes.app(key)
+    if body is None:
+        return  # not an app this operator serves (or not known yet: its create will read it)
+    try:
+        await _prepare_scale_down(op, body=body, signal=signal, indexes=indexes)
+    except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
+        raise _classify(error, doing="marking runners for a scale-down") from error
+    async with op.lock(key):
+        live = op.freshen(indexes.live(key), key=key)
+        app = _parse(body)
+        try:
+            live = await _scale(op, app=app, body=body, live=live, signal=signal)
+            previous = _previous_status(op, app=app, key=key)
+            observed = previous.observed_generation if previous else None
+            if observed is None:
+                observed = status.applied_generation(live.deployment)
+            await _write_status(
+                op,
+                app=app,
+                body=body,
+                live=live,
+                observed_generation=observed,
+                problem=status.carried_problem(previous),
+            )
+        except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
+            if isinstance(error, kube.ApiError) and error.namespace_terminating:
+                return
+            raise _classify(error, doing="scaling") from error
+
+
+async def _scale(
+    op: Operator,
+    *,
+    app: v1alpha1.FalApp,
+    body: Mapping[str, Any],
+    live: LiveState,
+    signal: signals.ScalingSignal,
+) -> LiveState:
+    deployment = live.deployment
+    if deployment is None or not op.config.actuated:
+        return live
+    target = replicas.desired_replicas(
+        app.spec,
+        live=deployment,
+        own_managers=OWN_MANAGERS,
+        signalled=signal.desired_runners,
+        actuated=True,
+    )
+    if target is None:
+        return live
+    before = int(deployment.get("spec", {}).get("replicas", 0))
+    if target < before:
+        await _mark_deletion_costs(op, pods=live.pods, signal=signal)
+    applied, changed = await _apply(
+        op, _replicas_patch(deployment, target), field_manager=kube.REPLICAS_FIELD_MANAGER
+    )
+    if changed:
+        reason, message = replicas.scale_event(
+            before=before, after=target, spec=app.spec, signal=signal
+        )
+        op.instruments.replica_changes.labels(direction=reason).inc()
+        logger.info("%s/%s %s: %s", signal.namespace, signal.name, reason, message)
+        await op.kube.post_event(
+            involved=body, event_type="Normal", reason=reason, message=message, now=_now()
+        )
+    return live.replace("Deployment", applied)
+
+
+COSTS_VISIBLE_TIMEOUT_SECONDS = 2.0
+"""How long a scale-down waits for the operator's own pod watch to show the new deletion
+costs (a proxy for the ReplicaSet controller's informer, which must see them first)."""
+
+
+async def _prepare_scale_down(
+    op: Operator, *, body: Mapping[str, Any], signal: signals.ScalingSignal, indexes: Indexes
+) -> None:
+    """Before replicas go down, annotate the runners' deletion costs and wait (bounded) until
+    the pod watch shows them: the ReplicaSet controller ranks pods from its own watch cache,
+    and a cost it has not seen yet cannot protect a busy runner.
+
+    Runs outside the app's lock: pod events wait on that lock, and kopf feeds an object's
+    events to its index one at a time, so waiting under the lock could only time out."""
+    if not op.config.actuated:
+        return
+    key = signal.key
+    live = op.freshen(indexes.live(key), key=key)
+    deployment = live.deployment
+    if deployment is None:
+        return
+    target = replicas.desired_replicas(
+        _parse(body).spec,
+        live=deployment,
+        own_managers=OWN_MANAGERS,
+        signalled=signal.desired_runners,
+        actuated=True,
+    )
+    if target is None or target >= int(deployment.get("spec", {}).get("replicas", 0)):
+        return
+    written = await _mark_deletion_costs(op, pods=live.pods, signal=signal)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + COSTS_VISIBLE_TIMEOUT_SECONDS
+    while written and not scaledown.costs_visible(indexes.live(key).pods, costs=written):
+        if loop.time() >= deadline:
+            logger.warning(
+                "%s/%s: the pod watch does not show the new deletion costs yet; scaling down",
+                *key,
+            )
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _mark_deletion_costs(
+    op: Operator, *, pods: Sequence[Mapping[str, Any]], signal: signals.ScalingSignal
+) -> dict[str, str]:
+    """Annotate runners with their deletion cost (idle lowest) before replicas go down;
+    returns the costs written, by pod name."""
+    changes = scaledown.annotations_to_write(pods, signal=signal)
+    if not changes:
+        return changes
+
+    async def annotate(pod_name: str, cost: str) -> None:
+        await op.kube.annotate(
+            kube.PODS,
+            namespace=signal.namespace,
+            name=pod_name,
+            annotations={naming.ANNOTATION_POD_DELETION_COST: cost},
+        )
+
+    await asyncio.gather(*(annotate(name, cost) for name, cost in changes.items()))
+    op.instruments.deletion_cost_writes.inc(len(changes))
+    return changes
 
 
 # --- triggers other than the FalApp itself --------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from kubefal_api import conditions, machines, naming, v1alpha1
 from kubefal_operator import annotations as operator_annotations
+from kubefal_operator import signals
 
 SETUP_FAILED_EXIT_CODE: Final = 3
 """The runner exits with 3 when the app's setup() raised."""
@@ -127,9 +128,18 @@ def _crash_looping(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def runner_counts(pods: Sequence[Mapping[str, Any]]) -> v1alpha1.RunnerCounts:
-    """Runners by fal state, as far as pods show it (the gateway knows busy from idle)."""
+def runner_counts(
+    pods: Sequence[Mapping[str, Any]], *, signal: signals.ScalingSignal | None = None
+) -> v1alpha1.RunnerCounts:
+    """Runners by fal state: pods tell pending, setup, ready and draining; the gateway tells
+    busy (running) from idle among the ready ones.
+
+    With the gateway's ``runnerDetails``, a ready pod is running when the gateway lists it
+    with requests in flight and idle otherwise. With only its counts, ``idleRunners`` of the
+    ready pods are idle. Without a signal, ready pods count as running.
+    """
     counts = {"pending": 0, "setup": 0, "running": 0, "idle": 0, "draining": 0}
+    ready: list[Mapping[str, Any]] = []
     for pod in pods:
         if _is_terminating(pod):
             counts["draining"] += 1
@@ -139,9 +149,21 @@ def runner_counts(pods: Sequence[Mapping[str, Any]]) -> v1alpha1.RunnerCounts:
         ):
             counts["pending"] += 1
         elif _is_ready(pod):
-            counts["running"] += 1
+            ready.append(pod)
         else:
             counts["setup"] += 1
+    if signal is None:
+        counts["running"] = len(ready)
+    elif signal.runner_details is None:
+        counts["idle"] = min(signal.idle_runners, len(ready))
+        counts["running"] = len(ready) - counts["idle"]
+    else:
+        for pod in ready:
+            detail = signal.detail_of(
+                pod_name=str(pod.get("metadata", {}).get("name", "")),
+                pod_ip=pod.get("status", {}).get("podIP"),
+            )
+            counts["running" if detail is not None and detail.busy else "idle"] += 1
     return v1alpha1.RunnerCounts(**counts)
 
 
@@ -198,8 +220,10 @@ def compute(
     now: datetime.datetime,
     node_labels: Mapping[str, Mapping[str, str]] | None = None,
     catalogue: machines.MachineCatalogue | None = None,
+    signal: signals.ScalingSignal | None = None,
 ) -> v1alpha1.FalAppStatus:
-    """The status ``app`` should show, given its Deployment and runner pods."""
+    """The status ``app`` should show, given its Deployment, runner pods and the gateway's
+    scaling ``signal`` (when the operator follows a gateway and it reported the app)."""
     previous = app.status or v1alpha1.FalAppStatus()
     namespace, name = app.metadata.namespace or "", app.metadata.name or ""
     live_pods = [pod for pod in pods if not _is_terminating(pod)]
@@ -351,10 +375,26 @@ def compute(
         machine_type=",".join(in_use) if in_use else app.spec.machine_types[0],
         replicas=replicas,
         ready_replicas=ready,
-        desired_runners=desired,
-        runners=runner_counts(pods),
+        desired_runners=desired_runners(app.spec, deployment=deployment, signal=signal),
+        runners=runner_counts(pods, signal=signal),
         endpoints=gateway.endpoints(namespace=namespace, name=name),
     )
+
+
+def desired_runners(
+    spec: v1alpha1.FalAppSpec,
+    *,
+    deployment: Mapping[str, Any] | None,
+    signal: signals.ScalingSignal | None,
+) -> int:
+    """The gateway's desired count (within the app's bounds) when known, else the
+    Deployment's replicas."""
+    if signal is not None:
+        scaling = spec.scaling
+        return min(max(signal.desired_runners, scaling.min_concurrency), scaling.max_concurrency)
+    if deployment is None:
+        return 0
+    return int(deployment.get("spec", {}).get("replicas", 0))
 
 
 def _phase(

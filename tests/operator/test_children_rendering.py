@@ -59,7 +59,11 @@ def test_children_list_puts_the_deployment_last_and_marks_an_unwanted_budget(
 ) -> None:
     cold = children.children(make_app(), catalogue=catalogue, settings=settings)
     assert [child["kind"] for child in cold.wanted] == ["Service", "NetworkPolicy", "Deployment"]
-    assert cold.unwanted == (("policy/v1", "PodDisruptionBudget"),)
+    assert cold.unwanted == (
+        ("policy/v1", "PodDisruptionBudget"),
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    )
     warm = children.children(
         make_app(scaling={"minConcurrency": 3}), catalogue=catalogue, settings=settings
     )
@@ -69,7 +73,10 @@ def test_children_list_puts_the_deployment_last_and_marks_an_unwanted_budget(
         "PodDisruptionBudget",
         "Deployment",
     ]
-    assert warm.unwanted == ()
+    assert warm.unwanted == (
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    )
 
 
 def test_every_child_is_owned_by_the_falapp(

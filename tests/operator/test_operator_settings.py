@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kubefal_operator import __main__ as entry_point
 from kubefal_operator import config, metrics
 
 
@@ -32,6 +33,31 @@ def test_defaults_fit_a_standard_install() -> None:
         "kubefal-machines",
     )
     assert settings.metrics_port == 8000
+
+
+def test_a_gateway_admin_url_turns_the_builtin_actuator_on() -> None:
+    assert not config.OperatorConfig.from_environment({}).actuated
+    settings = config.OperatorConfig.from_environment(
+        {
+            "KUBEFAL_GATEWAY_ADMIN_URL": "http://gw-admin.kubefal.svc:9090",
+            "KUBEFAL_ACTUATOR_INTERVAL": "0.5",
+            "KUBEFAL_KEDA_SCALER_ADDRESS": "gw-admin.kubefal.svc:9191",
+        }
+    )
+    assert settings.actuated
+    assert settings.gateway_admin_url == "http://gw-admin.kubefal.svc:9090"
+    assert settings.actuator_interval_seconds == 0.5
+    assert settings.render.keda_scaler_address == "gw-admin.kubefal.svc:9191"
+    default = config.OperatorConfig.from_environment({}).render.keda_scaler_address
+    assert default == "kubefal-gateway.kubefal-system.svc:9091"
+
+
+def test_the_gateway_admin_url_flag_is_parsed() -> None:
+    arguments = entry_point.parse_arguments(
+        ["-n", "team-a", "--gateway-admin-url", "http://127.0.0.1:9090"]
+    )
+    assert arguments.gateway_admin_url == "http://127.0.0.1:9090"
+    assert arguments.namespace == ["team-a"]
 
 
 def _sample(instruments: metrics.Metrics, name: str, **labels: str) -> float:

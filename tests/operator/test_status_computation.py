@@ -8,7 +8,7 @@ from typing import Any
 
 from kubefal_api import conditions, machines, v1alpha1
 from kubefal_operator import annotations as operator_annotations
-from kubefal_operator import status
+from kubefal_operator import signals, status
 
 MakeApp = Callable[..., v1alpha1.FalApp]
 """The ``make_app`` fixture (tests/operator/conftest.py)."""
@@ -221,3 +221,58 @@ def test_machine_type_in_use_comes_from_the_nodes_runners_landed_on(make_app: Ma
 def test_applied_generation_is_read_from_the_deployment_annotation() -> None:
     assert status.applied_generation(_deployment(desired=1, ready=1, app_generation=5)) == 5
     assert status.applied_generation(None) is None
+
+
+def _ready_pod(name: str, ip: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"nodeName": "cpu-0"},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def test_the_gateway_tells_busy_runners_from_idle_ones() -> None:
+    pods = [_ready_pod("a", "10.0.0.1"), _ready_pod("b", "10.0.0.2"), _ready_pod("c", "10.0.0.3")]
+    signal = signals.parse_signal(
+        {
+            "app": "team-a/demo",
+            "desiredRunners": 2,
+            "runnerDetails": [
+                {"id": "a", "ip": "10.0.0.1", "inFlight": 1, "idleSeconds": 0, "ready": True},
+                {"id": "b", "ip": "10.0.0.2", "inFlight": 0, "idleSeconds": 3, "ready": True},
+            ],
+        }
+    )
+    counts = status.runner_counts(pods, signal=signal)
+    assert (counts.running, counts.idle) == (1, 2)
+    only_counts = signals.parse_signal({"app": "team-a/demo", "idleRunners": 1})
+    counts = status.runner_counts(pods, signal=only_counts)
+    assert (counts.running, counts.idle) == (2, 1)
+
+
+def test_desired_runners_come_from_the_gateway_within_the_bounds(make_app: MakeApp) -> None:
+    app = make_app(scaling={"minConcurrency": 1, "maxConcurrency": 4})
+    deployment = _deployment(desired=1, ready=1)
+
+    def desired(count: int | None) -> int:
+        signal = (
+            None
+            if count is None
+            else signals.parse_signal({"app": "team-a/demo", "desiredRunners": count})
+        )
+        return status.compute(
+            app,
+            deployment=deployment,
+            pods=[],
+            observed_generation=1,
+            problem=None,
+            gateway=GATEWAY,
+            now=NOW,
+            signal=signal,
+        ).desired_runners
+
+    assert (desired(None), desired(3), desired(12), desired(0)) == (1, 3, 4, 1)

@@ -1,7 +1,9 @@
 """Every child of a FalApp in one call: the ones it wants and the kinds it must not have.
 
 Order matters for the reconciler: the Deployment comes last, so by the time it carries the
-new generation annotation every other child of that generation is applied.
+new generation annotation every other child of that generation is applied (the scaler object
+of ``spec.scaler`` included; a scaler briefly pointing at a Deployment that does not exist yet
+only retries).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from kubefal_api import machines, v1alpha1
-from kubefal_operator.render import common, deployment, disruption, network
+from kubefal_operator.render import common, deployment, disruption, network, scalers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,5 +44,8 @@ def children(
         wanted.append(disruption.pod_disruption_budget(app))
     else:
         unwanted.append(("policy/v1", "PodDisruptionBudget"))
+    wanted_scalers, unwanted_scalers = scalers.scaler_objects(app, settings=settings)
+    wanted.extend(wanted_scalers)
+    unwanted.extend(unwanted_scalers)
     wanted.append(deployment.deployment(app, catalogue=catalogue, settings=settings))
     return Children(wanted=tuple(wanted), unwanted=tuple(unwanted))
