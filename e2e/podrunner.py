@@ -164,9 +164,14 @@ class PodRunner:
         mounts = self._materialise_volumes(pod, workdir)
 
         def localise(value: str) -> str:
-            for mount_path, local in mounts.items():
-                value = value.replace(mount_path, local)
-            return value
+            """Map a path under a ConfigMap mount (or a path list of them) to the local copy."""
+            parts = value.split(":")
+            for index, part in enumerate(parts):
+                for mount_path, local in mounts.items():
+                    if part == mount_path or part.startswith(mount_path + "/"):
+                        parts[index] = local + part[len(mount_path) :]
+                        break
+            return ":".join(parts)
 
         argv = [localise(a) for a in [*(container.command or []), *(container.args or [])]]
         if not argv:
@@ -188,7 +193,7 @@ class PodRunner:
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,
-                cwd=workdir,
+                cwd=localise(container.working_dir) if container.working_dir else workdir,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

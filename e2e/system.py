@@ -187,9 +187,14 @@ def running_system(
         "-m",
         "kubefal_operator",
         f"--gateway-admin-url=http://127.0.0.1:{ports.admin}",
+        f"--liveness=http://127.0.0.1:{local_cluster.free_port()}/healthz",
         *[f"--namespace={ns}" for ns in namespaces],
     ]
-    operator = _spawn(operator_argv, log=operator_log, env=env)
+    operator_env = env | {
+        "KUBEFAL_OPERATOR_METRICS_HOST": "127.0.0.1",
+        "KUBEFAL_OPERATOR_METRICS_PORT": str(local_cluster.free_port()),
+    }
+    operator = _spawn(operator_argv, log=operator_log, env=operator_env)
     api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     pods = podrunner.PodRunner(
         api_client,

@@ -73,6 +73,30 @@ def _replicas(api_client: k8s.ApiClient, namespace: str, name: str = "sleepy") -
     return int(deployment.spec.replicas or 0)
 
 
+def _watch_replicas(
+    api_client: k8s.ApiClient, namespace: str, stop: threading.Event
+) -> tuple[threading.Thread, list[int]]:
+    """Sample the Deployment's replicas until ``stop`` is set (it must exist already)."""
+    seen: list[int] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.append(_replicas(api_client, namespace))
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def _deployment_exists(api_client: k8s.ApiClient, namespace: str) -> None:
+    waiting.wait_for(
+        lambda: _replicas(api_client, namespace) >= 0,
+        timeout=60,
+        description="the operator to create the runner Deployment",
+    )
+
+
 def test_the_real_fal_client_calls_a_falapp_through_the_gateway(
     running: whole.System, api_client: k8s.ApiClient, namespace: str
 ) -> None:
@@ -90,12 +114,16 @@ def test_the_real_fal_client_calls_a_falapp_through_the_gateway(
     assert sync_result["tag"] == "run"
     assert queued_result["tag"] == "queued"
     assert {sync_result["pod"], queued_result["pod"]} == {pod.split("/")[1]}
+    operator_log = running.logs[1].read_text()
+    assert "subscribed to the gateway's scaling stream" in operator_log
+    assert "the stream ended" not in operator_log  # the gateway keeps the stream open
 
 
 def test_an_app_scales_from_zero_on_a_request_and_back_to_zero_after_keep_alive(
     running: whole.System, api_client: k8s.ApiClient, namespace: str
 ) -> None:
     _deploy(api_client, namespace, scaling={"minConcurrency": 0, "keepAlive": 3})
+    _deployment_exists(api_client, namespace)
     assert _replicas(api_client, namespace) == 0
     output = running.run_client(
         "import fal_client, json\n"
@@ -123,16 +151,9 @@ def test_a_burst_gets_exactly_max_concurrency_runners_and_low_priority_goes_last
         namespace,
         scaling={"minConcurrency": 0, "maxConcurrency": 5, "maxMultiplexing": 2, "keepAlive": 5},
     )
-    seen_replicas: list[int] = []
+    _deployment_exists(api_client, namespace)
     stop = threading.Event()
-
-    def watch_replicas() -> None:
-        while not stop.is_set():
-            seen_replicas.append(_replicas(api_client, namespace))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch_replicas, daemon=True)
-    watcher.start()
+    watcher, seen_replicas = _watch_replicas(api_client, namespace, stop)
     try:
         output = running.run_client(
             "import fal_client, json, time\n"
@@ -176,14 +197,21 @@ def test_concurrency_buffer_keeps_a_spare_runner_warm(
         description="the buffer runner with no traffic",
     )
     whole.wait_for_runners(running, 1)
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"r = fal_client.subscribe('{namespace}/sleepy', arguments={{'seconds': 3, 'tag': 'b'}})\n"
-        "print(json.dumps(r))\n",
-        timeout=180,
-    )
+    stop = threading.Event()
+    watcher, seen_replicas = _watch_replicas(api_client, namespace, stop)
+    try:
+        output = running.run_client(
+            "import fal_client, json\n"
+            f"r = fal_client.subscribe('{namespace}/sleepy',"
+            " arguments={'seconds': 3, 'tag': 'b'})\n"
+            "print(json.dumps(r))\n",
+            timeout=180,
+        )
+    finally:
+        stop.set()
+        watcher.join()
     assert json.loads(output)["tag"] == "b"
-    assert _replicas(api_client, namespace) >= 1
+    assert max(seen_replicas) == 2  # the busy runner plus one spare
     waiting.wait_for(
         lambda: _replicas(api_client, namespace) == 1,
         timeout=60,

@@ -69,6 +69,12 @@ STRIPPED_WS_QUERY = frozenset({"fal_jwt_token", "max_buffering"})
 
 
 # ---- small ASGI helpers ---------------------------------------------------------------------
+async def _until_disconnect(receive: Receive) -> None:
+    """Return when the client goes away; the request's (empty) body messages come first."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def send_json(
     send: Send,
     status: int,
@@ -680,7 +686,7 @@ class Api:
             }
         )
         subscription = self.gateway.signals.subscribe()
-        disconnected = asyncio.ensure_future(receive())
+        disconnected = asyncio.ensure_future(_until_disconnect(receive))
         try:
             for app in list(self.gateway.registry.apps.values()):
                 signal = await self.gateway.signals.compute(app)
