@@ -43,6 +43,7 @@ class Ports:
     run: int
     admin: int
     keda: int
+    external_metrics: int
 
 
 @dataclasses.dataclass
@@ -151,17 +152,20 @@ def running_system(
     namespaces: Sequence[str] = (),
     key_namespace: str | None = None,
     gateway_args: Sequence[str] = (),
+    service_names: Sequence[str] = (),
 ) -> Iterator[System]:
     """Start gateway, operator and pod runner; stop them all on exit.
 
     ``namespaces`` scopes the operator and the pod runner (all namespaces when empty).
+    ``service_names`` are extra DNS names for the gateway's certificate, such as the
+    ``<service>.<namespace>.svc`` an APIService makes the API server check.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     apply_crds(kubeconfig)
     ca, cert, key = local_cluster.issue_serving_certificate(
-        workdir / "tls", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+        workdir / "tls", dns_names=["localhost", *service_names], ip_addresses=["127.0.0.1"]
     )
-    ports = Ports(*(local_cluster.free_port() for _ in range(4)))
+    ports = Ports(*(local_cluster.free_port() for _ in range(5)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
     env["KUBECONFIG"] = str(kubeconfig)
     gateway_log, operator_log = workdir / "gateway.log", workdir / "operator.log"
@@ -174,6 +178,7 @@ def running_system(
         f"--run-port={ports.run}",
         f"--admin-port={ports.admin}",
         f"--keda-port={ports.keda}",
+        f"--external-metrics-port={ports.external_metrics}",
         f"--tls-cert={cert}",
         f"--tls-key={key}",
         f"--store=sqlite:///{workdir / 'queue.db'}",

@@ -9,6 +9,8 @@ gateway's desired runner count.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import pathlib
 import threading
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
 from e2e import system as whole
 from e2e import waiting
@@ -216,4 +219,171 @@ def test_concurrency_buffer_keeps_a_spare_runner_warm(
         lambda: _replicas(api_client, namespace) == 1,
         timeout=60,
         description="back to just the buffer runner",
+    )
+
+
+def _gpu_nodes_free(api_client: k8s.ApiClient) -> None:
+    """Earlier tests' namespaces are deleted in the background; wait for their GPU pods."""
+    core = k8s.CoreV1Api(api_client)
+    gpu_nodes = {
+        node.metadata.name for node in core.list_node(label_selector="nvidia.com/gpu.present").items
+    }
+
+    def free() -> bool:
+        pods = core.list_pod_for_all_namespaces().items
+        return not any(pod.spec.node_name in gpu_nodes for pod in pods)
+
+    waiting.wait_for(free, timeout=180, description="GPU nodes without pods")
+
+
+def test_under_load_runners_fall_back_from_h100_to_h200_when_h100_nodes_are_full(
+    running: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    _gpu_nodes_free(api_client)
+    _deploy(
+        api_client,
+        namespace,
+        machineTypes=["GPU-H100", "GPU-H200"],
+        numGpus=8,
+        scaling={"minConcurrency": 0, "maxConcurrency": 3, "maxMultiplexing": 1, "keepAlive": 2},
+    )
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"hs = [fal_client.submit('{namespace}/sleepy', arguments={{'seconds': 4, 'tag': str(i)}})"
+        " for i in range(3)]\n"
+        "print(json.dumps([h.get() for h in hs]))\n",
+        timeout=240,
+    )
+    results = json.loads(output)
+    assert sorted(r["tag"] for r in results) == ["0", "1", "2"]
+    core = k8s.CoreV1Api(api_client)
+    products = {
+        node.metadata.name: node.metadata.labels["nvidia.com/gpu.product"]
+        for node in core.list_node(label_selector="nvidia.com/gpu.present").items
+    }
+    placed = {
+        pod.metadata.name: products[pod.spec.node_name]
+        for pod in core.list_namespaced_pod(namespace).items
+        if pod.metadata.name in {r["pod"] for r in results}
+    }
+    assert sorted(placed.values()) == [
+        "NVIDIA-H100-80GB-HBM3",
+        "NVIDIA-H100-80GB-HBM3",
+        "NVIDIA-H200",
+    ]
+
+
+APISERVICE = "v1beta1.external.metrics.k8s.io"
+
+
+@pytest.fixture
+def running_with_metrics(
+    cluster: ClusterHandle,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[whole.System]:
+    """The system plus the APIService that routes external metrics to its gateway."""
+    service = f"kubefal-gateway.{namespace}.svc"
+    with whole.running_system(
+        cluster.kubeconfig,
+        workdir=tmp_path / "system",
+        namespaces=[namespace],
+        service_names=[service],
+    ) as system:
+        e2e_logs.extend(system.logs)
+        port = system.ports.external_metrics
+        k8s.CoreV1Api(api_client).create_namespaced_service(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kubefal-gateway"},
+                "spec": {
+                    "type": "ExternalName",
+                    "externalName": "localhost",
+                    "ports": [{"name": "https", "port": port, "targetPort": port}],
+                },
+            },
+        )
+        registration = k8s.CustomObjectsApi(api_client)
+        with contextlib.suppress(ApiException):
+            registration.delete_cluster_custom_object(
+                "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
+            )
+        registration.create_cluster_custom_object(
+            "apiregistration.k8s.io",
+            "v1",
+            "apiservices",
+            {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": APISERVICE},
+                "spec": {
+                    "group": "external.metrics.k8s.io",
+                    "version": "v1beta1",
+                    "service": {"namespace": namespace, "name": "kubefal-gateway", "port": port},
+                    "caBundle": base64.b64encode(system.ca.read_bytes()).decode(),
+                    "groupPriorityMinimum": 100,
+                    "versionPriority": 100,
+                },
+            },
+        )
+        try:
+            yield system
+        finally:
+            registration.delete_cluster_custom_object(
+                "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
+            )
+            e2e_logs.extend(system.pods.logs())
+
+
+def test_the_hpa_actuator_scales_runners_from_the_gateways_external_metric(
+    running_with_metrics: whole.System, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    running = running_with_metrics
+    registration = k8s.CustomObjectsApi(api_client)
+
+    def available() -> bool:
+        service = registration.get_cluster_custom_object(
+            "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
+        )
+        conditions = service.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+    waiting.wait_for(available, timeout=90, description="the APIService to be Available")
+    _deploy(
+        api_client,
+        namespace,
+        scaler="hpa",
+        scaling={"minConcurrency": 1, "maxConcurrency": 4, "maxMultiplexing": 1, "keepAlive": 2},
+    )
+    waiting.wait_for(
+        lambda: k8s.AutoscalingV2Api(api_client).read_namespaced_horizontal_pod_autoscaler(
+            "sleepy", namespace
+        ),
+        timeout=60,
+        description="the operator to render the HPA",
+    )
+    whole.wait_for_runners(running, 1)
+    stop = threading.Event()
+    watcher, seen_replicas = _watch_replicas(api_client, namespace, stop)
+    try:
+        output = running.run_client(
+            "import fal_client, json\n"
+            f"hs = [fal_client.submit('{namespace}/sleepy',"
+            " arguments={'seconds': 6, 'tag': str(i)}) for i in range(4)]\n"
+            "print(json.dumps([h.get() for h in hs]))\n",
+            timeout=240,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert sorted(r["tag"] for r in json.loads(output)) == ["0", "1", "2", "3"]
+    assert max(seen_replicas) == 4
+    waiting.wait_for(
+        lambda: _replicas(api_client, namespace) == 1,
+        timeout=120,
+        description="the HPA to scale back to minConcurrency after keepAlive",
     )
