@@ -119,9 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\"import fal_client; print(fal_client.subscribe('{args.namespace}/text-stats', "
             "arguments={'text': 'the cat and the hat'}, with_logs=True))\""
         )
-        print(
-            "# Ctrl-C stops the gateway, the operator and the runners (make cluster-down: the rest)"
-        )
+        print("# Ctrl-C removes the examples and stops the gateway, operator and runners")
         try:
             while not stop.wait(1):
                 if system.gateway.poll() is not None or system.operator.poll() is not None:
@@ -129,6 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 1
         except KeyboardInterrupt:
             pass
+        finally:
+            # Without the operator and the runners the examples would hold (fake) GPUs.
+            subprocess.run(
+                [
+                    "kubectl",
+                    f"--kubeconfig={kubeconfig}",
+                    "-n",
+                    args.namespace,
+                    "delete",
+                    "falapps",
+                    *apps,
+                    "--wait=false",
+                ],
+                check=False,
+                capture_output=True,
+            )
     return 0
 
 
