@@ -227,6 +227,12 @@ def _printer_columns() -> list[dict[str, Any]]:
             "description": "Maximum runners",
         },
         {
+            "name": "Desired",
+            "type": "integer",
+            "jsonPath": ".status.desiredRunners",
+            "description": "Runners the scaler wants now (from the gateway's queue)",
+        },
+        {
             "name": "Runners",
             "type": "integer",
             "jsonPath": ".status.replicas",
@@ -243,6 +249,13 @@ def _printer_columns() -> list[dict[str, Any]]:
             "type": "string",
             "jsonPath": ".spec.auth",
             "description": "Who may call the app",
+        },
+        {
+            "name": "Scaler",
+            "type": "string",
+            "jsonPath": ".spec.scaler",
+            "description": "What sets the runner count: builtin, keda or hpa",
+            "priority": 1,
         },
         {
             "name": "Phase",

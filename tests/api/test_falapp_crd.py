@@ -207,9 +207,11 @@ def test_printer_columns_show_machine_gpus_scaling_runners_auth_and_age(
         "GPUs": ".spec.numGpus",
         "Min": ".spec.scaling.minConcurrency",
         "Max": ".spec.scaling.maxConcurrency",
+        "Desired": ".status.desiredRunners",
         "Runners": ".status.replicas",
         "Ready": ".status.readyReplicas",
         "Auth": ".spec.auth",
+        "Scaler": ".spec.scaler",
         "Phase": ".status.phase",
         "Age": ".metadata.creationTimestamp",
     }
