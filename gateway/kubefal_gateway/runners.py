@@ -21,6 +21,12 @@ from collections.abc import Callable
 from kubefal_gateway import upstream
 
 READY_PATH = "/_kubefal/ready"
+FIRST_PROBE_DELAY = 0.02
+"""Seconds before re-probing a runner that is not ready yet; grows by PROBE_BACKOFF."""
+PROBE_BACKOFF = 1.5
+STARTING_SECONDS = 60.0
+"""For this long after a runner appears, it is probed at least every STARTING_PROBE_CAP."""
+STARTING_PROBE_CAP = 0.1
 FALLBACK_READY_PATH = "/health"
 
 
@@ -111,13 +117,23 @@ class RunnerTable:
         return response.status == 200
 
     async def _probe_loop(self, runner: Runner) -> None:
+        # A runner that is not ready yet is usually starting: probe it often at first (a cold
+        # start waits on this), backing off to the probe interval; a ready one is probed
+        # rarely, since a failed request re-probes it at once (`recheck`).
+        unready_delay = FIRST_PROBE_DELAY
+        started = time.monotonic()
         while not runner.gone:
             ready = await self.probe(runner)
             if ready != runner.ready and not runner.gone:
                 runner.ready = ready
                 self._notify(runner.app_id)
             runner.recheck.clear()
-            delay = self.probe_interval if not ready else self.probe_interval * 5
+            if ready:
+                delay, unready_delay = self.probe_interval * 5, FIRST_PROBE_DELAY
+            else:
+                starting = time.monotonic() - started < STARTING_SECONDS
+                delay = min(unready_delay, STARTING_PROBE_CAP if starting else self.probe_interval)
+                unready_delay *= PROBE_BACKOFF
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runner.recheck.wait(), timeout=delay)
 
