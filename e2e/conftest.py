@@ -18,6 +18,7 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -128,6 +129,14 @@ def cluster() -> Iterator[ClusterHandle]:
 @pytest.fixture(scope="session")
 def api_client(cluster: ClusterHandle) -> k8s.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def falapp_crd(api_client: k8s.ApiClient) -> dict[str, Any]:
+    """The committed FalApp CRD, installed (or updated) and serving."""
+    from e2e import operator_harness
+
+    return operator_harness.install_falapp_crd(api_client)
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def install_falapp_crd(api_client: k8s.ApiClient) -> None:
+def install_falapp_crd(api_client: k8s.ApiClient) -> dict[str, Any]:
     """Install (or update) the committed FalApp CRD; wait until its endpoint serves."""
     crd = yaml.safe_load((REPO_ROOT / "crds" / crds.CRD_FILENAME).read_text(encoding="utf-8"))
     extensions = k8s.ApiextensionsV1Api(api_client)
@@ -139,7 +139,7 @@ def install_falapp_crd(api_client: k8s.ApiClient) -> None:
             extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
         )
         reported = {c["type"]: c["status"] for c in current["status"].get("conditions") or []}
-        return reported.get("Established") == "True"
+        return reported.get("Established") == "True" and reported.get("NamesAccepted") == "True"
 
     waiting.wait_for(established, timeout=TIMEOUT, description="the FalApp CRD Established")
     objects = k8s.CustomObjectsApi(api_client)
@@ -150,6 +150,7 @@ def install_falapp_crd(api_client: k8s.ApiClient) -> None:
         timeout=TIMEOUT,
         description="the falapps endpoint to serve",
     )
+    return crd
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ returns, exactly as it would reach a cluster's gateway.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import os
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Sequence
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import podrunner, waiting
@@ -248,3 +250,65 @@ def elapsed(start: float) -> float:
 
 def core_api(kubeconfig: pathlib.Path) -> k8s.CoreV1Api:
     return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+
+
+EXTERNAL_METRICS_APISERVICE = "v1beta1.external.metrics.k8s.io"
+
+
+def register_external_metrics(
+    api_client: k8s.ApiClient, *, namespace: str, port: int, ca: pathlib.Path
+) -> None:
+    """Route ``external.metrics.k8s.io`` to a local server on ``port`` (TLS, signed by ``ca``).
+
+    There is no kube-proxy here, so the APIService names an ``ExternalName`` Service for
+    localhost; the server's certificate must cover ``kubefal-gateway.<namespace>.svc``.
+    """
+    k8s.CoreV1Api(api_client).create_namespaced_service(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kubefal-gateway"},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "localhost",
+                "ports": [{"name": "https", "port": port, "targetPort": port}],
+            },
+        },
+    )
+    registration = k8s.CustomObjectsApi(api_client)
+    unregister_external_metrics(api_client)
+    registration.create_cluster_custom_object(
+        "apiregistration.k8s.io",
+        "v1",
+        "apiservices",
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": EXTERNAL_METRICS_APISERVICE},
+            "spec": {
+                "group": "external.metrics.k8s.io",
+                "version": "v1beta1",
+                "service": {"namespace": namespace, "name": "kubefal-gateway", "port": port},
+                "caBundle": base64.b64encode(ca.read_bytes()).decode(),
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    )
+
+    def available() -> bool:
+        service = registration.get_cluster_custom_object(
+            "apiregistration.k8s.io", "v1", "apiservices", EXTERNAL_METRICS_APISERVICE
+        )
+        conditions = service.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+    waiting.wait_for(available, timeout=90, description="the metrics APIService to be Available")
+
+
+def unregister_external_metrics(api_client: k8s.ApiClient) -> None:
+    with contextlib.suppress(ApiException):
+        k8s.CustomObjectsApi(api_client).delete_cluster_custom_object(
+            "apiregistration.k8s.io", "v1", "apiservices", EXTERNAL_METRICS_APISERVICE
+        )

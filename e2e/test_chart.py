@@ -15,6 +15,7 @@ gateway pods carry the labels the runners' NetworkPolicy admits.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,6 +40,8 @@ from e2e.conftest import ClusterHandle
 from kubefal_api import crds, machines, naming
 from kubefal_gateway import settings as gateway_settings
 from kubefal_operator import config as operator_config
+from kubefal_operator import handlers as operator_handlers
+from kubefal_webhook import settings as webhook_settings
 
 REPO_ROOT = local_cluster.REPO_ROOT
 CHART = REPO_ROOT / "charts" / "kubefal"
@@ -56,9 +59,10 @@ REDIS_VALUES: dict[str, Any] = {
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "replicas-3-redis": REDIS_VALUES,
-    "scaler-hpa": {"scaler": {"default": "hpa"}},
-    "scaler-keda": {"scaler": {"default": "keda"}},
+    "scaler-hpa": {"externalMetrics": {"enabled": True}},
+    "scaler-keda": {"keda": {"enabled": True}},
     "crds-disabled": {"crds": {"enabled": False}},
+    "webhook-disabled": {"webhook": {"enabled": False}},
     "hardened-extras": {
         "gateway": {
             "networkPolicy": {
@@ -81,6 +85,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "operator": {"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"},
         "keda": {"enabled": True},
         "externalMetrics": {"enabled": True},
+        "webhook": {
+            "replicas": 3,
+            "podDisruptionBudget": {"minAvailable": 2},
+            "namespaceSelector": {"matchLabels": {"kubefal.io/apps": "true"}},
+            "priorityClassName": "system-cluster-critical",
+        },
     },
 }
 
@@ -292,12 +302,8 @@ def test_every_key_in_values_yaml_has_a_comment_above_it() -> None:
 def test_values_schema_covers_every_top_level_key_and_forbids_others() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     assert schema["additionalProperties"] is False
-    assert set(_values_file()) <= set(schema["properties"])
-    assert schema["properties"]["scaler"]["properties"]["default"]["enum"] == [
-        "builtin",
-        "keda",
-        "hpa",
-    ]
+    assert set(_values_file()) == set(schema["properties"]) - {"global"}
+    assert set(_values_file()["webhook"]) == set(schema["properties"]["webhook"]["properties"])
 
 
 @pytest.mark.parametrize(
@@ -309,9 +315,24 @@ def test_values_schema_covers_every_top_level_key_and_forbids_others() -> None:
             id="replicas-3-with-sqlite",
         ),
         pytest.param(
-            {"scaler": {"default": "foo"}},
-            "at '/scaler/default': value must be one of 'builtin', 'keda', 'hpa'",
-            id="unknown-scaler",
+            {"scaler": {"default": "keda"}},
+            "additional properties 'scaler' not allowed",
+            id="cluster-wide-default-scaler-does-not-exist",
+        ),
+        pytest.param(
+            {"webhook": {"replicas": 1}},
+            "at '/webhook/replicas': minimum: got 1, want 2",
+            id="single-webhook-replica",
+        ),
+        pytest.param(
+            {"webhook": {"tls": {"existingSecret": "my-webhook-tls"}}},
+            "webhook.tls.existingSecret needs webhook.tls.caBundle",
+            id="webhook-own-certificate-but-no-ca",
+        ),
+        pytest.param(
+            {"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}}},
+            "must be below webhook.replicas=2",
+            id="webhook-budget-blocking-every-drain",
         ),
         pytest.param(
             {"gateway": {"store": {"type": "redis"}}},
@@ -334,7 +355,10 @@ def test_values_schema_covers_every_top_level_key_and_forbids_others() -> None:
             id="gpu-type-without-products",
         ),
         pytest.param(
-            {"scaler": {"default": "hpa"}, "gateway": {"tls": {"existingSecret": "my-tls"}}},
+            {
+                "externalMetrics": {"enabled": True},
+                "gateway": {"tls": {"existingSecret": "my-tls"}},
+            },
             "set externalMetrics.caBundle",
             id="hpa-with-own-certificate-but-no-ca",
         ),
@@ -431,6 +455,8 @@ def test_the_operator_reads_the_settings_the_chart_gives_it(helm: Helm) -> None:
     assert config.metrics_port == _container_port(container, "metrics")
     assert config.gateway.queue_url == "https://kubefal-gateway-queue.kubefal-system.svc"
     assert config.gateway.run_url == "https://kubefal-gateway-run.kubefal-system.svc"
+    assert config.gateway_admin_url == "http://kubefal-gateway-admin.kubefal-system.svc:9090"
+    assert config.actuated
     liveness = container["livenessProbe"]["httpGet"]
     assert liveness == {"path": "/healthz", "port": "health"}
     health_port = _container_port(container, "health")
@@ -472,11 +498,15 @@ def test_several_gateway_replicas_share_redis_and_get_a_disruption_budget(helm: 
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert "PersistentVolumeClaim" not in _kinds(objects)
-    budget = _find(objects, "PodDisruptionBudget")
+    budget = _find(objects, "PodDisruptionBudget", "kubefal-gateway")
     assert (
         budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     )
-    assert "PodDisruptionBudget" not in _kinds(helm.template({}))
+    assert not [
+        item
+        for item in helm.template({})
+        if item["kind"] == "PodDisruptionBudget" and item["metadata"]["name"] == "kubefal-gateway"
+    ]
 
 
 def test_the_redis_url_can_come_from_a_secret(helm: Helm) -> None:
@@ -489,10 +519,14 @@ def test_the_redis_url_can_come_from_a_secret(helm: Helm) -> None:
 
 
 def test_services_route_port_443_to_the_gateway_listeners(helm: Helm) -> None:
-    objects = helm.template({"scaler": {"default": "keda"}, "externalMetrics": {"enabled": True}})
+    objects = helm.template({"keda": {"enabled": True}, "externalMetrics": {"enabled": True}})
     container = _container(_deployment(objects, "gateway"))
     port_names = {port["name"] for port in container["ports"]}
-    services = {item["metadata"]["name"]: item for item in objects if item["kind"] == "Service"}
+    services = {
+        item["metadata"]["name"]: item
+        for item in objects
+        if item["kind"] == "Service" and item["metadata"]["name"].startswith("kubefal-gateway-")
+    }
     for name, target in [
         ("kubefal-gateway-queue", "queue"),
         ("kubefal-gateway-run", "run"),
@@ -514,24 +548,135 @@ def test_services_route_port_443_to_the_gateway_listeners(helm: Helm) -> None:
     )
 
 
-def test_scaler_features_render_only_when_chosen(helm: Helm) -> None:
+def _verbs(role: dict[str, Any], group: str, resource: str) -> set[str]:
+    return {
+        verb
+        for rule in role["rules"]
+        if group in rule["apiGroups"] and resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_scaler_objects_are_always_watched_but_written_only_when_their_actuator_is_on(
+    helm: Helm,
+) -> None:
     default = helm.template({})
     assert "APIService" not in _kinds(default)
-    operator_rules = _find(default, "ClusterRole", "kubefal-operator")["rules"]
-    groups = {group for rule in operator_rules for group in rule["apiGroups"]}
-    assert "keda.sh" not in groups and "autoscaling" not in groups
-    keda = _find(helm.template({"scaler": {"default": "keda"}}), "ClusterRole", "kubefal-operator")
-    assert any("keda.sh" in rule["apiGroups"] for rule in keda["rules"])
-    hpa = helm.template({"scaler": {"default": "hpa"}})
+    role = _find(default, "ClusterRole", "kubefal-operator")
+    assert _verbs(role, "keda.sh", "scaledobjects") == {"list", "watch"}
+    assert _verbs(role, "autoscaling", "horizontalpodautoscalers") == {"list", "watch"}
+    writes = {"create", "patch", "delete"}
+    keda = helm.template({"keda": {"enabled": True}})
+    keda_role = _find(keda, "ClusterRole", "kubefal-operator")
+    assert _verbs(keda_role, "keda.sh", "scaledobjects") == {"list", "watch", *writes}
+    assert _verbs(keda_role, "autoscaling", "horizontalpodautoscalers") == {"list", "watch"}
+    assert "APIService" not in _kinds(keda)
+    hpa = helm.template({"externalMetrics": {"enabled": True}})
     assert _find(hpa, "APIService")["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
-    hpa_rules = _find(hpa, "ClusterRole", "kubefal-operator")["rules"]
-    assert any("autoscaling" in rule["apiGroups"] for rule in hpa_rules)
+    hpa_role = _find(hpa, "ClusterRole", "kubefal-operator")
+    assert _verbs(hpa_role, "autoscaling", "horizontalpodautoscalers") == {"list", "watch", *writes}
+    assert _verbs(hpa_role, "keda.sh", "scaledobjects") == {"list", "watch"}
+
+
+def _operator_source() -> str:
+    package = REPO_ROOT / "operator" / "kubefal_operator"
+    return "\n".join(path.read_text(encoding="utf-8") for path in package.rglob("*.py"))
+
+
+def test_every_environment_variable_the_chart_sets_is_read_by_its_process(helm: Helm) -> None:
+    """No dead settings: the operator's names are read somewhere in its package (it reads
+    no KUBEFAL_DEFAULT_SCALER: spec.scaler defaults to builtin in the CRD, so a cluster-wide
+    default could never apply); the gateway's and the webhook's are KUBEFAL_<PROCESS>_<FIELD>
+    of a field of their Settings."""
+    operator_source = _operator_source()
+    gateway_names = {
+        gateway_settings.ENV_PREFIX + field.name.upper()
+        for field in dataclasses.fields(gateway_settings.Settings)
+    }
+    webhook_names = {
+        webhook_settings.ENV_PREFIX + field.name.upper()
+        for field in dataclasses.fields(webhook_settings.Settings)
+    }
+    dead: list[str] = []
+    for value_set in VALUE_SETS.values():
+        objects = helm.template(value_set)
+        for name in container_env(_container(_deployment(objects, "operator"))):
+            if f'"{name}"' not in operator_source:
+                dead.append(f"operator: {name}")
+        dead += [
+            f"gateway: {name}"
+            for name in container_env(_container(_deployment(objects, "gateway")))
+            if name not in gateway_names
+        ]
+        if value_set.get("webhook", {}).get("enabled", True):
+            dead += [
+                f"webhook: {name}"
+                for name in container_env(_container(_deployment(objects, "webhook")))
+                if name not in webhook_names
+            ]
+    assert not dead, "environment variables no process reads:\n" + "\n".join(sorted(set(dead)))
+    keda_env = container_env(
+        _container(_deployment(helm.template({"keda": {"enabled": True}}), "operator"))
+    )
+    assert "KUBEFAL_KEDA_SCALER_ADDRESS" in keda_env
+    assert "KUBEFAL_KEDA_SCALER_ADDRESS" not in container_env(
+        _container(_deployment(helm.template({}), "operator"))
+    )
+
+
+def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(helm: Helm) -> None:
+    """Every resource kopf watches for the operator can be listed and watched; the role names
+    no other resource than those, their status, Events and kopf's CRD scanning."""
+    role = _find(
+        helm.template({"operator": {"watchNamespaces": ["team-a"]}}),
+        "ClusterRole",
+        "kubefal-operator",
+    )
+    watched = {
+        (resource[0] if len(resource) == 3 else "", resource[-1])
+        for resource in (
+            operator_handlers.FALAPPS,
+            operator_handlers.DEPLOYMENTS,
+            operator_handlers.SERVICES,
+            operator_handlers.NETWORK_POLICIES,
+            operator_handlers.DISRUPTION_BUDGETS,
+            operator_handlers.PODS,
+            operator_handlers.NODES,
+            operator_handlers.CONFIG_MAPS,
+            operator_handlers.SCALED_OBJECTS,
+            operator_handlers.AUTOSCALERS,
+        )
+    }
+    for group, resource in watched:
+        assert {"list", "watch"} <= _verbs(role, group, resource), f"{group}/{resource}"
+    granted = {
+        (group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    kopf_scanning = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert granted == watched | kopf_scanning | {("kubefal.io", "falapps/status"), ("", "events")}
+    assert not any("update" in rule["verbs"] or "*" in rule["verbs"] for rule in role["rules"])
+
+
+def test_namespaces_are_watched_only_when_the_operator_is_scoped_to_some(helm: Helm) -> None:
+    role = _find(helm.template({}), "ClusterRole", "kubefal-operator")
+    assert _verbs(role, "", "namespaces") == set()
+    scoped = helm.template({"operator": {"watchNamespaces": ["team-a"]}})
+    assert _verbs(_find(scoped, "ClusterRole", "kubefal-operator"), "", "namespaces") == {
+        "list",
+        "watch",
+    }
 
 
 def test_the_generated_certificate_covers_every_service_and_the_apiservice_trusts_it(
     helm: Helm,
 ) -> None:
-    values = {"scaler": {"default": "hpa"}, "gateway": {"publicHosts": {"run": "run.example:8443"}}}
+    values = {
+        "externalMetrics": {"enabled": True},
+        "gateway": {"publicHosts": {"run": "run.example:8443"}},
+    }
     objects = helm.template(values, namespace="platform")
     secret = _find(objects, "Secret", "kubefal-gateway-tls")
     certificate = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
@@ -542,7 +687,12 @@ def test_the_generated_certificate_covers_every_service_and_the_apiservice_trust
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.DNSName)
     )
-    for service in (item for item in objects if item["kind"] == "Service"):
+    gateway_services = (
+        item
+        for item in objects
+        if item["kind"] == "Service" and item["metadata"]["name"].startswith("kubefal-gateway-")
+    )
+    for service in gateway_services:
         if service["metadata"]["name"] != "kubefal-gateway-admin":  # plain HTTP
             assert f"{service['metadata']['name']}.platform.svc" in names
     assert {"run.example", "localhost"} <= names
@@ -557,7 +707,7 @@ def test_the_generated_certificate_covers_every_service_and_the_apiservice_trust
 
 def test_cert_manager_issues_the_certificate_and_injects_the_apiservice_ca(helm: Helm) -> None:
     values = {
-        "scaler": {"default": "hpa"},
+        "externalMetrics": {"enabled": True},
         "gateway": {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
     }
     objects = helm.template(values)
@@ -573,9 +723,127 @@ def test_cert_manager_issues_the_certificate_and_injects_the_apiservice_ca(helm:
     }
 
 
+def test_the_webhook_reads_the_settings_the_chart_gives_it(helm: Helm) -> None:
+    objects = helm.template({"operator": {"image": {"repository": "registry.example/cp"}}})
+    deployment = _deployment(objects, "webhook")
+    container = _container(deployment)
+    assert container["command"] == ["python", "-m", "kubefal_webhook"]
+    assert container["image"] == "registry.example/cp:" + _chart_app_version()
+    settings = webhook_settings.load([], environ=_environment(container, namespace="ns"))
+    assert settings.host == "0.0.0.0"
+    assert settings.port == _container_port(container, "https")
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert settings.tls_cert == pathlib.Path(mounts["tls"]) / "tls.crt"
+    assert settings.tls_key == pathlib.Path(mounts["tls"]) / "tls.key"
+    catalogue = _find(objects, "ConfigMap")
+    assert (settings.catalogue_namespace, settings.catalogue_name) == (
+        catalogue["metadata"]["namespace"],
+        catalogue["metadata"]["name"],
+    )
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    assert deployment["spec"]["replicas"] == 2
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = _find(objects, "Service", "kubefal-webhook")
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    budget = _find(objects, "PodDisruptionBudget", "kubefal-webhook")
+    assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert (
+        budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    secret_volume = next(
+        volume
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]
+        if volume["name"] == "tls"
+    )
+    assert secret_volume["secret"]["secretName"] == "kubefal-webhook-tls"
+
+
+def _chart_app_version() -> str:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    return str(chart["appVersion"])
+
+
+def test_the_webhook_configuration_sends_falapp_writes_to_a_service_it_trusts(
+    helm: Helm,
+) -> None:
+    objects = helm.template({}, namespace="platform")
+    configuration = _find(objects, "ValidatingWebhookConfiguration")
+    [webhook] = configuration["webhooks"]
+    assert webhook["rules"] == [
+        {
+            "apiGroups": ["kubefal.io"],
+            "apiVersions": ["v1alpha1"],
+            "resources": ["falapps"],
+            "operations": ["CREATE", "UPDATE"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert (webhook["sideEffects"], webhook["failurePolicy"], webhook["timeoutSeconds"]) == (
+        "None",
+        "Fail",
+        10,
+    )
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["clientConfig"]["service"] == {
+        "name": "kubefal-webhook",
+        "namespace": "platform",
+        "path": "/validate",
+        "port": 443,
+    }
+    secret = _find(objects, "Secret", "kubefal-webhook-tls")
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    certificate = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    authority = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    certificate.verify_directly_issued_by(authority)
+    names = certificate.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+    assert "kubefal-webhook.platform.svc" in names
+    gateway_ca = _find(objects, "Secret", "kubefal-gateway-tls")["data"]["ca.crt"]
+    assert gateway_ca != secret["data"]["ca.crt"], "the webhook's CA must be its own"
+
+
+def test_the_webhook_certificate_can_come_from_cert_manager_or_an_existing_secret(
+    helm: Helm,
+) -> None:
+    issued = helm.template(
+        {"webhook": {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}}
+    )
+    certificate = _find(issued, "Certificate", "kubefal-webhook")
+    assert certificate["spec"]["secretName"] == "kubefal-webhook-tls"
+    assert "kubefal-webhook.kubefal-system.svc" in certificate["spec"]["dnsNames"]
+    injected = _find(issued, "ValidatingWebhookConfiguration")
+    assert injected["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "kubefal-system/kubefal-webhook"
+    }
+    assert "caBundle" not in injected["webhooks"][0]["clientConfig"]
+    own = helm.template(
+        {"webhook": {"tls": {"existingSecret": "my-webhook-tls", "caBundle": "Q0E="}}}
+    )
+    assert not [item for item in own if item["metadata"]["name"] == "kubefal-webhook-tls"]
+    [webhook] = _find(own, "ValidatingWebhookConfiguration")["webhooks"]
+    assert webhook["clientConfig"]["caBundle"] == "Q0E="
+    volumes = _deployment(own, "webhook")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "my-webhook-tls"}} in volumes
+
+
+def test_the_webhook_can_be_left_out(helm: Helm) -> None:
+    objects = helm.template({"webhook": {"enabled": False}})
+    assert "ValidatingWebhookConfiguration" not in _kinds(objects)
+    assert not [
+        item
+        for item in objects
+        if item["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "webhook"
+    ]
+
+
 def test_containers_are_hardened_by_default(helm: Helm) -> None:
     objects = helm.template({})
-    for component in ("operator", "gateway"):
+    for component in ("operator", "gateway", "webhook"):
         deployment = _deployment(objects, component)
         pod = deployment["spec"]["template"]["spec"]
         context = _container(deployment)["securityContext"]
@@ -681,6 +949,74 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
         _stop(gateway)
 
 
+def _ready_over_tls(url: str, *, context: ssl.SSLContext) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0, verify=context).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certificate(
+    helm: Helm, cluster: ClusterHandle, tmp_path: pathlib.Path, e2e_logs: list[pathlib.Path]
+) -> None:
+    """The webhook process runs here with the Deployment's environment (only its address,
+    port, certificate paths and kubeconfig replaced) and the generated certificate; a client
+    trusting the ValidatingWebhookConfiguration's caBundle verifies it under the Service's
+    name, as the API server does, and its readiness probe path answers."""
+    objects = helm.template({}, namespace="platform")
+    secret = _find(objects, "Secret", "kubefal-webhook-tls")
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    [webhook] = _find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(webhook["clientConfig"]["caBundle"]))
+    container = _container(_deployment(objects, "webhook"))
+    environment = _environment(container, namespace="platform")
+    [port] = _free_ports(1)
+    environment.update(
+        KUBEFAL_WEBHOOK_HOST="127.0.0.1",
+        KUBEFAL_WEBHOOK_PORT=str(port),
+        KUBEFAL_WEBHOOK_TLS_CERT=str(tmp_path / "tls.crt"),
+        KUBEFAL_WEBHOOK_TLS_KEY=str(tmp_path / "tls.key"),
+        KUBEFAL_WEBHOOK_KUBECONFIG=str(cluster.kubeconfig),
+    )
+    log_path = tmp_path / "webhook.log"
+    e2e_logs.append(log_path)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KUBEFAL_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, *container["command"][1:]],
+            env={**inherited, **environment},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # The probe path over TLS without verification first: readiness, not trust, is awaited.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        probe = container["readinessProbe"]["httpGet"]
+        waiting.wait_for(
+            lambda: (
+                process.poll() is not None
+                or _ready_over_tls(f"https://127.0.0.1:{port}{probe['path']}", context=insecure)
+            ),
+            timeout=120,
+            description="the webhook's /readyz",
+        )
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        service = webhook["clientConfig"]["service"]
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(
+                raw, server_hostname=f"{service['name']}.{service['namespace']}.svc"
+            ) as tls,
+        ):
+            assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+    finally:
+        _stop(process)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -740,6 +1076,103 @@ def test_the_real_operator_starts_with_the_charts_settings_and_machine_catalogue
         _stop(operator)
 
 
+def _service_account_kubeconfig(
+    cluster: ClusterHandle, *, namespace: str, service_account: str, path: pathlib.Path
+) -> pathlib.Path:
+    """A kubeconfig that authenticates as ``service_account`` with a short-lived token."""
+    token = cluster.kubectl(
+        "create", "token", service_account, f"--namespace={namespace}", "--duration=1h"
+    ).strip()
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text(encoding="utf-8"))
+    context = next(
+        item for item in kubeconfig["contexts"] if item["name"] == kubeconfig["current-context"]
+    )
+    kubeconfig["users"] = [{"name": context["context"]["user"], "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(kubeconfig), encoding="utf-8")
+    return path
+
+
+PERMISSION_ERRORS = re.compile(r"Forbidden|forbidden|Not enough permissions|\b403\b")
+
+
+def test_the_real_operator_reconciles_as_its_service_account_without_permission_errors(
+    cluster: ClusterHandle,
+    namespace: str,
+    falapp_crd: dict[str, Any],
+    keda_crds: None,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> None:
+    """The operator runs with the chart's RBAC only (a token of its ServiceAccount), scoped
+    to this namespace: it creates a FalApp's children and kopf's watches of every resource
+    it uses (ScaledObjects and HPAs included, with both actuators off) raise no 403."""
+    del falapp_crd  # installed for the FalApp below
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    values = {"operator": {"watchNamespaces": [namespace]}}
+    objects = Helm(binary=cluster.testbin / "helm").template(
+        values, namespace=namespace, release=release
+    )
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_find(objects, "ConfigMap")))
+    container = _container(_deployment(objects, "operator"))
+    environment = _environment(container, namespace=namespace)
+    health_port, metrics_port = _free_ports(2)
+    environment.update(
+        KUBEFAL_OPERATOR_LIVENESS=f"http://127.0.0.1:{health_port}/healthz",
+        KUBEFAL_OPERATOR_METRICS_HOST="127.0.0.1",
+        KUBEFAL_OPERATOR_METRICS_PORT=str(metrics_port),
+    )
+    del environment["KUBEFAL_GATEWAY_ADMIN_URL"]  # no gateway runs here
+    log_path = tmp_path / "operator.log"
+    e2e_logs.append(log_path)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KUBEFAL_")}
+    with _applied_rbac(cluster, namespace, values, release=release) as accounts:
+        kubeconfig = _service_account_kubeconfig(
+            cluster,
+            namespace=namespace,
+            service_account=accounts.operator.rsplit(":", 1)[1],
+            path=tmp_path / "operator.kubeconfig",
+        )
+        with log_path.open("wb") as log:
+            operator = subprocess.Popen(
+                [sys.executable, *container["command"][1:], *container["args"]],
+                env={**inherited, **environment, "KUBECONFIG": str(kubeconfig)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            falapp = {
+                "apiVersion": "kubefal.io/v1alpha1",
+                "kind": "FalApp",
+                "metadata": {"name": "rbac-probe", "namespace": namespace},
+                "spec": {"app": "app.py::MyApp", "image": "registry.example/app:1"},
+            }
+            cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(falapp))
+            deployment = naming.deployment_name("rbac-probe")
+            waiting.wait_for(
+                lambda: (
+                    operator.poll() is not None
+                    or bool(
+                        cluster.kubectl(
+                            "get",
+                            "deployment",
+                            deployment,
+                            f"--namespace={namespace}",
+                            "--ignore-not-found",
+                            "-o",
+                            "name",
+                        )
+                    )
+                ),
+                timeout=120,
+                description="the operator to create the FalApp's Deployment",
+            )
+            assert operator.poll() is None, log_path.read_text(errors="replace")
+        finally:
+            _stop(operator)
+    log_text = log_path.read_text(errors="replace")
+    assert not PERMISSION_ERRORS.search(log_text), log_text
+
+
 # --- against the API server -----------------------------------------------------------------
 
 
@@ -764,27 +1197,38 @@ def _can(cluster: ClusterHandle, verb: str, resource: str, *, who: str, namespac
     return answer.strip() == "yes"
 
 
-@pytest.fixture
-def installed_rbac(cluster: ClusterHandle, namespace: str) -> Iterator[tuple[str, str, str]]:
-    """The chart's ServiceAccounts and RBAC (scaler keda and hpa on) applied for real.
+@dataclasses.dataclass(frozen=True)
+class Accounts:
+    """User names of the chart's ServiceAccounts, and a namespace that is not the release's."""
 
-    Yields the operator's and the gateway's user names and another namespace; the
-    cluster-scoped objects are deleted afterwards (the namespace takes the rest)."""
-    release = f"kf-{uuid.uuid4().hex[:6]}"
-    values = {"keda": {"enabled": True}, "externalMetrics": {"enabled": True}}
+    operator: str
+    gateway: str
+    webhook: str
+    other_namespace: str
+
+
+@contextlib.contextmanager
+def _applied_rbac(
+    cluster: ClusterHandle, namespace: str, values: dict[str, Any], *, release: str = ""
+) -> Iterator[Accounts]:
+    """The chart's ServiceAccounts and RBAC for ``values`` applied for real; the
+    cluster-scoped objects are deleted afterwards (the namespaces take the rest)."""
+    release = release or f"kf-{uuid.uuid4().hex[:6]}"
     objects = Helm(binary=cluster.testbin / "helm").template(
         values, namespace=namespace, release=release
     )
     rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     selected = [item for item in objects if item["kind"] in rbac_kinds]
-    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(selected))
-    other = f"{namespace}-other"
-    cluster.kubectl("create", "namespace", other)
+    other = f"{namespace}-{release}"
     try:
-        yield (
-            f"system:serviceaccount:{namespace}:{release}-kubefal-operator",
-            f"system:serviceaccount:{namespace}:{release}-kubefal-gateway",
-            other,
+        cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(selected))
+        cluster.kubectl("create", "namespace", other)
+        user = f"system:serviceaccount:{namespace}:{release}-kubefal"
+        yield Accounts(
+            operator=f"{user}-operator",
+            gateway=f"{user}-gateway",
+            webhook=f"{user}-webhook",
+            other_namespace=other,
         )
     finally:
         cluster.kubectl(
@@ -798,64 +1242,150 @@ def installed_rbac(cluster: ClusterHandle, namespace: str) -> Iterator[tuple[str
         cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
+@pytest.fixture
+def installed_rbac(cluster: ClusterHandle, namespace: str) -> Iterator[Accounts]:
+    """The RBAC of a release with both the keda and the hpa actuator on."""
+    values = {"keda": {"enabled": True}, "externalMetrics": {"enabled": True}}
+    with _applied_rbac(cluster, namespace, values) as accounts:
+        yield accounts
+
+
+def _wrong_grants(
+    cluster: ClusterHandle,
+    *,
+    who: str,
+    label: str,
+    namespace: str,
+    allowed: list[tuple[str, str]],
+    denied: list[tuple[str, str]],
+) -> list[str]:
+    wrong = [
+        f"{label} may not {verb} {resource} in {namespace}"
+        for verb, resource in allowed
+        if not _can(cluster, verb, resource, who=who, namespace=namespace)
+    ]
+    wrong += [
+        f"{label} may {verb} {resource} in {namespace}"
+        for verb, resource in denied
+        if _can(cluster, verb, resource, who=who, namespace=namespace)
+    ]
+    return wrong
+
+
 def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
-    cluster: ClusterHandle, namespace: str, installed_rbac: tuple[str, str, str]
+    cluster: ClusterHandle, namespace: str, installed_rbac: Accounts
 ) -> None:
-    operator, gateway, other = installed_rbac
+    other = installed_rbac.other_namespace
     operator_may = [
+        ("get", "falapps.kubefal.io"),
+        ("watch", "falapps.kubefal.io"),
+        ("patch", "falapps.kubefal.io"),
+        ("patch", "falapps.kubefal.io/status"),
+        ("create", "deployments.apps"),
         ("patch", "deployments.apps"),
         ("delete", "services"),
         ("create", "networkpolicies.networking.k8s.io"),
         ("patch", "poddisruptionbudgets.policy"),
-        ("patch", "falapps.kubefal.io/status"),
         ("watch", "pods"),
+        ("patch", "pods"),
         ("list", "nodes"),
+        ("get", "configmaps"),
         ("watch", "configmaps"),
         ("create", "events"),
-        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-        ("watch", "namespaces"),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("watch", "scaledobjects.keda.sh"),
         ("create", "scaledobjects.keda.sh"),
+        ("delete", "scaledobjects.keda.sh"),
+        ("list", "horizontalpodautoscalers.autoscaling"),
         ("patch", "horizontalpodautoscalers.autoscaling"),
+        ("delete", "horizontalpodautoscalers.autoscaling"),
     ]
     operator_may_not = [
         ("get", "secrets"),
+        ("create", "pods"),
         ("delete", "pods"),
+        ("update", "pods"),
+        ("update", "deployments.apps"),
+        ("update", "falapps.kubefal.io"),
         ("create", "configmaps"),
         ("delete", "falapps.kubefal.io"),
+        ("patch", "events"),
+        ("patch", "nodes"),
+        ("list", "namespaces"),  # only with operator.watchNamespaces
         ("create", "clusterroles.rbac.authorization.k8s.io"),
     ]
-    gateway_may = [
-        ("watch", "falapps.kubefal.io", other),
-        ("watch", "pods", other),
-        ("list", "secrets", namespace),
-        ("watch", "secrets", namespace),
-    ]
+    gateway_may = [("watch", "falapps.kubefal.io"), ("watch", "pods")]
     gateway_may_not = [
-        ("list", "secrets", other),
-        ("patch", "falapps.kubefal.io", other),
-        ("create", "pods", other),
-        ("get", "configmaps", namespace),
+        ("list", "secrets"),
+        ("patch", "falapps.kubefal.io"),
+        ("create", "pods"),
     ]
-    wrong = [
-        f"operator may not {verb} {resource}"
-        for verb, resource in operator_may
-        if not _can(cluster, verb, resource, who=operator, namespace=other)
+    webhook_may = [("get", "configmaps"), ("get", "secrets"), ("list", "nodes")]
+    webhook_may_not = [
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("list", "configmaps"),
+        ("patch", "configmaps"),
+        ("get", "pods"),
+        ("patch", "falapps.kubefal.io"),
+        ("watch", "nodes"),
     ]
-    wrong += [
-        f"operator may {verb} {resource}"
-        for verb, resource in operator_may_not
-        if _can(cluster, verb, resource, who=operator, namespace=other)
-    ]
-    wrong += [
-        f"gateway may not {verb} {resource} in {where}"
-        for verb, resource, where in gateway_may
-        if not _can(cluster, verb, resource, who=gateway, namespace=where)
-    ]
-    wrong += [
-        f"gateway may {verb} {resource} in {where}"
-        for verb, resource, where in gateway_may_not
-        if _can(cluster, verb, resource, who=gateway, namespace=where)
-    ]
+    wrong = _wrong_grants(
+        cluster,
+        who=installed_rbac.operator,
+        label="operator",
+        namespace=other,
+        allowed=operator_may,
+        denied=operator_may_not,
+    )
+    wrong += _wrong_grants(
+        cluster,
+        who=installed_rbac.gateway,
+        label="gateway",
+        namespace=other,
+        allowed=gateway_may,
+        denied=gateway_may_not,
+    )
+    wrong += _wrong_grants(
+        cluster,
+        who=installed_rbac.gateway,
+        label="gateway",
+        namespace=namespace,
+        allowed=[("list", "secrets"), ("watch", "secrets")],
+        denied=[("get", "configmaps")],
+    )
+    wrong += _wrong_grants(
+        cluster,
+        who=installed_rbac.webhook,
+        label="webhook",
+        namespace=other,
+        allowed=webhook_may,
+        denied=webhook_may_not,
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_without_their_actuators_the_operator_only_watches_scaler_objects(
+    cluster: ClusterHandle, namespace: str, keda_crds: None
+) -> None:
+    with _applied_rbac(cluster, namespace, {}) as accounts:
+        wrong = _wrong_grants(
+            cluster,
+            who=accounts.operator,
+            label="operator",
+            namespace=accounts.other_namespace,
+            allowed=[
+                ("list", "scaledobjects.keda.sh"),
+                ("watch", "scaledobjects.keda.sh"),
+                ("list", "horizontalpodautoscalers.autoscaling"),
+                ("watch", "horizontalpodautoscalers.autoscaling"),
+            ],
+            denied=[
+                (verb, resource)
+                for verb in ("create", "patch", "delete")
+                for resource in ("scaledobjects.keda.sh", "horizontalpodautoscalers.autoscaling")
+            ],
+        )
     assert not wrong, "\n".join(wrong)
 
 
@@ -910,10 +1440,10 @@ def _horizontal_pod_autoscaler(*, namespace: str, gateway_namespace: str) -> dic
 @pytest.mark.parametrize(
     ("render", "created"),
     [
-        (_scaled_object, "scaledobject.keda.sh/my-app created (server dry run)"),
+        (_scaled_object, "scaledobject.keda.sh/my-app serverside-applied (server dry run)"),
         (
             _horizontal_pod_autoscaler,
-            "horizontalpodautoscaler.autoscaling/my-app created (server dry run)",
+            "horizontalpodautoscaler.autoscaling/my-app serverside-applied (server dry run)",
         ),
     ],
     ids=["keda-scaledobject", "hpa"],
@@ -922,16 +1452,20 @@ def test_the_operator_may_write_the_scaler_objects_of_its_actuators(
     cluster: ClusterHandle,
     namespace: str,
     keda_crds: None,
-    installed_rbac: tuple[str, str, str],
+    installed_rbac: Accounts,
     render: Callable[..., dict[str, Any]],
     created: str,
 ) -> None:
-    operator, _, other = installed_rbac
-    manifest = render(namespace=other, gateway_namespace=namespace)
+    """Written the way the operator writes them: server-side apply as its field manager
+    (an apply that creates needs create and patch, never get or update)."""
+    manifest = render(namespace=installed_rbac.other_namespace, gateway_namespace=namespace)
     output = cluster.kubectl(
         "apply",
+        "--server-side",
+        "--field-manager=kubefal-operator",
+        "--force-conflicts",
         "--dry-run=server",
-        f"--as={operator}",
+        f"--as={installed_rbac.operator}",
         "-f",
         "-",
         input_text=yaml.safe_dump(manifest),
@@ -943,13 +1477,25 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
     cluster_helm: Helm, cluster: ClusterHandle, namespace: str
 ) -> None:
     release = f"kf-{uuid.uuid4().hex[:6]}"
+    # The webhook's failurePolicy is Fail and no webhook pod serves here: it must review
+    # FalApps of this test's namespace only, not those of tests running alongside.
     install = cluster_helm.run(
-        "install", release, str(CHART), f"--namespace={namespace}", "--set=crds.enabled=false"
+        "install",
+        release,
+        str(CHART),
+        f"--namespace={namespace}",
+        "--set=crds.enabled=false",
+        values={
+            "webhook": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            }
+        },
     )
     assert install.returncode == 0, install.stderr
     try:
         tls_secret = f"{release}-kubefal-gateway-tls"
         signing_secret = f"{release}-kubefal-gateway-webhook-signing"
+        webhook_secret = f"{release}-kubefal-webhook-tls"
 
         def secret_data(name: str) -> dict[str, str]:
             document = json.loads(
@@ -959,6 +1505,13 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
             return data
 
         before_tls, before_signing = secret_data(tls_secret), secret_data(signing_secret)
+        before_webhook = secret_data(webhook_secret)
+        configuration = json.loads(
+            cluster.kubectl(
+                "get", "validatingwebhookconfiguration", f"{release}-kubefal-webhook", "-o", "json"
+            )
+        )
+        assert configuration["webhooks"][0]["clientConfig"]["caBundle"] == before_webhook["ca.crt"]
         upgrade = cluster_helm.run(
             "upgrade",
             release,
@@ -970,6 +1523,7 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
         assert upgrade.returncode == 0, upgrade.stderr
         assert secret_data(tls_secret) == before_tls, "an upgrade rotated the generated CA"
         assert secret_data(signing_secret) == before_signing, "an upgrade changed the signing key"
+        assert secret_data(webhook_secret) == before_webhook, "an upgrade rotated the webhook CA"
         changed_names = cluster_helm.run(
             "upgrade",
             release,
@@ -985,7 +1539,7 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
     assert uninstall.returncode == 0, uninstall.stderr
     left = cluster.kubectl(
         "get",
-        "pvc,deploy,clusterrole",
+        "pvc,deploy,clusterrole,validatingwebhookconfiguration",
         "--all-namespaces",
         "-l",
         f"app.kubernetes.io/instance={release}",

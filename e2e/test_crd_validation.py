@@ -29,46 +29,9 @@ from kubernetes import client as k8s
 
 from e2e import waiting
 from e2e.conftest import ClusterHandle
-from kubefal_api import conditions, crds, v1alpha1
+from kubefal_api import conditions, v1alpha1
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRD_PATH = REPO_ROOT / "crds" / crds.CRD_FILENAME
-FIELD_MANAGER = "kubefal-e2e"
-
-
-@pytest.fixture(scope="module")
-def falapp_crd(api_client: k8s.ApiClient) -> dict[str, Any]:
-    """Install (or update) the committed FalApp CRD and wait until it is Established."""
-    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text(encoding="utf-8"))
-    extensions = k8s.ApiextensionsV1Api(api_client)
-    extensions.patch_custom_resource_definition(
-        name=v1alpha1.CRD_NAME,
-        body=crd,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        current = extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
-        reported = current.status.conditions if current.status else None
-        conditions = {c.type: c.status for c in reported or []}
-        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
-
-    waiting.wait_for(established, timeout=60, description="the FalApp CRD to be Established")
-    # The CRD's REST endpoint appears shortly after Established; wait until it answers.
-    objects = k8s.CustomObjectsApi(api_client)
-    waiting.wait_for(
-        lambda: (
-            objects.list_cluster_custom_object(
-                v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, limit=1
-            )
-            is not None
-        ),
-        timeout=60,
-        description="the falapps endpoint to serve",
-    )
-    return crd
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ kube-controller-manager reads the desired runner count and sets the replicas.
 
 from __future__ import annotations
 
-import base64
 import pathlib
 import socket
 import threading
@@ -18,10 +17,9 @@ from typing import Any
 import pytest
 import uvicorn
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
-from e2e import waiting
+from e2e import system, waiting
 from e2e.conftest import ClusterHandle
 from kubefal_gateway import external_metrics
 
@@ -40,7 +38,7 @@ class DesiredCounts:
 def metrics_server(
     tmp_path: pathlib.Path, namespace: str
 ) -> Iterator[tuple[DesiredCounts, int, pathlib.Path]]:
-    service_host = f"kubefal-metrics.{namespace}.svc"
+    service_host = f"kubefal-gateway.{namespace}.svc"
     ca, cert, key = local_cluster.issue_serving_certificate(
         tmp_path / "tls", dns_names=[service_host, "localhost"], ip_addresses=["127.0.0.1"]
     )
@@ -64,46 +62,6 @@ def metrics_server(
     server.should_exit = True
     thread.join(timeout=10)
     sock.close()
-
-
-def _register_apiservice(
-    api_client: k8s.ApiClient, namespace: str, port: int, ca: pathlib.Path
-) -> None:
-    k8s.CoreV1Api(api_client).create_namespaced_service(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "kubefal-metrics"},
-            "spec": {
-                "type": "ExternalName",
-                "externalName": "localhost",
-                "ports": [{"name": "https", "port": port, "targetPort": port}],
-            },
-        },
-    )
-    body = {
-        "apiVersion": "apiregistration.k8s.io/v1",
-        "kind": "APIService",
-        "metadata": {"name": APISERVICE},
-        "spec": {
-            "group": external_metrics.GROUP,
-            "version": external_metrics.VERSION,
-            "service": {"namespace": namespace, "name": "kubefal-metrics", "port": port},
-            "caBundle": base64.b64encode(ca.read_bytes()).decode(),
-            "groupPriorityMinimum": 100,
-            "versionPriority": 100,
-        },
-    }
-    registration = k8s.CustomObjectsApi(api_client)
-    try:
-        registration.delete_cluster_custom_object(
-            "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-        )
-    except ApiException as error:
-        if error.status != 404:
-            raise
-    registration.create_cluster_custom_object("apiregistration.k8s.io", "v1", "apiservices", body)
 
 
 def _deployment(name: str) -> dict[str, Any]:
@@ -160,18 +118,8 @@ def test_the_hpa_controller_scales_a_deployment_to_the_gateways_desired_runners(
 ) -> None:
     counts, port, ca = metrics_server
     counts.counts[f"{namespace}/sdxl"] = 3
-    _register_apiservice(api_client, namespace, port, ca)
+    system.register_external_metrics(api_client, namespace=namespace, port=port, ca=ca)
     try:
-        registration = k8s.CustomObjectsApi(api_client)
-
-        def available() -> bool:
-            service = registration.get_cluster_custom_object(
-                "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-            )
-            conditions = service.get("status", {}).get("conditions", [])
-            return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
-
-        waiting.wait_for(available, timeout=90, description="the APIService to be Available")
         listing = cluster.kubectl(
             "get",
             "--raw",
@@ -193,6 +141,4 @@ def test_the_hpa_controller_scales_a_deployment_to_the_gateways_desired_runners(
         counts.counts[f"{namespace}/sdxl"] = 1
         waiting.wait_for(lambda: replicas(1), timeout=120, description="HPA scale back to 1")
     finally:
-        k8s.CustomObjectsApi(api_client).delete_cluster_custom_object(
-            "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-        )
+        system.unregister_external_metrics(api_client)

@@ -31,12 +31,6 @@ A100 = "NVIDIA-A100-SXM4-40GB"
 
 
 @pytest.fixture(scope="module")
-def falapp_crd(api_client: k8s.ApiClient) -> None:
-    """Install (or update) the committed FalApp CRD; wait until its endpoint serves."""
-    harness.install_falapp_crd(api_client)
-
-
-@pytest.fixture(scope="module")
 def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """The operator's own namespace for this module (where its catalogue ConfigMap lives)."""
     core = k8s.CoreV1Api(api_client)
@@ -49,7 +43,7 @@ def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def operator(
     cluster: ClusterHandle,
-    falapp_crd: None,
+    falapp_crd: dict[str, Any],
     catalogue_namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:

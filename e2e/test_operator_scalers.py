@@ -39,11 +39,6 @@ KEDA_SCALER_ADDRESS = "kubefal-gateway-admin.kubefal-system.svc:9091"
 
 
 @pytest.fixture(scope="module")
-def falapp_crd(api_client: k8s.ApiClient) -> None:
-    harness.install_falapp_crd(api_client)
-
-
-@pytest.fixture(scope="module")
 def keda_crds(cluster: ClusterHandle) -> None:
     """KEDA's own CRDs (the release the testbin pins), applied server-side: the
     ScaledJob CRD is too big for client-side apply's last-applied annotation."""
@@ -71,7 +66,7 @@ def scaling_stream() -> Iterator[ScalingStream]:
 @pytest.fixture(scope="module")
 def operator(
     cluster: ClusterHandle,
-    falapp_crd: None,
+    falapp_crd: dict[str, Any],
     keda_crds: None,
     scaling_stream: ScalingStream,
     tmp_path_factory: pytest.TempPathFactory,

@@ -9,8 +9,6 @@ gateway's desired runner count.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import pathlib
 import threading
@@ -20,7 +18,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from e2e import system as whole
 from e2e import waiting
@@ -273,9 +270,6 @@ def test_under_load_runners_fall_back_from_h100_to_h200_when_h100_nodes_are_full
     ]
 
 
-APISERVICE = "v1beta1.external.metrics.k8s.io"
-
-
 @pytest.fixture
 def running_with_metrics(
     cluster: ClusterHandle,
@@ -293,49 +287,13 @@ def running_with_metrics(
         service_names=[service],
     ) as system:
         e2e_logs.extend(system.logs)
-        port = system.ports.external_metrics
-        k8s.CoreV1Api(api_client).create_namespaced_service(
-            namespace,
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "kubefal-gateway"},
-                "spec": {
-                    "type": "ExternalName",
-                    "externalName": "localhost",
-                    "ports": [{"name": "https", "port": port, "targetPort": port}],
-                },
-            },
-        )
-        registration = k8s.CustomObjectsApi(api_client)
-        with contextlib.suppress(ApiException):
-            registration.delete_cluster_custom_object(
-                "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-            )
-        registration.create_cluster_custom_object(
-            "apiregistration.k8s.io",
-            "v1",
-            "apiservices",
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": APISERVICE},
-                "spec": {
-                    "group": "external.metrics.k8s.io",
-                    "version": "v1beta1",
-                    "service": {"namespace": namespace, "name": "kubefal-gateway", "port": port},
-                    "caBundle": base64.b64encode(system.ca.read_bytes()).decode(),
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                },
-            },
+        whole.register_external_metrics(
+            api_client, namespace=namespace, port=system.ports.external_metrics, ca=system.ca
         )
         try:
             yield system
         finally:
-            registration.delete_cluster_custom_object(
-                "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-            )
+            whole.unregister_external_metrics(api_client)
             e2e_logs.extend(system.pods.logs())
 
 
@@ -343,16 +301,6 @@ def test_the_hpa_actuator_scales_runners_from_the_gateways_external_metric(
     running_with_metrics: whole.System, api_client: k8s.ApiClient, namespace: str
 ) -> None:
     running = running_with_metrics
-    registration = k8s.CustomObjectsApi(api_client)
-
-    def available() -> bool:
-        service = registration.get_cluster_custom_object(
-            "apiregistration.k8s.io", "v1", "apiservices", APISERVICE
-        )
-        conditions = service.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
-
-    waiting.wait_for(available, timeout=90, description="the APIService to be Available")
     _deploy(
         api_client,
         namespace,

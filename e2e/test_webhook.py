@@ -28,44 +28,10 @@ from kubernetes.client.exceptions import ApiException
 from e2e import cluster as local_cluster
 from e2e import waiting
 from e2e.conftest import ClusterHandle
-from kubefal_api import crds, machines, naming, v1alpha1
+from kubefal_api import machines, naming, v1alpha1
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRD_PATH = REPO_ROOT / "crds" / crds.CRD_FILENAME
-FIELD_MANAGER = "kubefal-e2e"
 SELECTOR_LABEL = "kubefal.io/webhook-e2e"
-
-
-@pytest.fixture(scope="module")
-def falapp_crd(api_client: k8s.ApiClient) -> None:
-    """Install (or replace) the committed FalApp CRD and wait until FalApps are served."""
-    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text(encoding="utf-8"))
-    extensions = k8s.ApiextensionsV1Api(api_client)
-    extensions.patch_custom_resource_definition(
-        name=v1alpha1.CRD_NAME,
-        body=crd,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        current = extensions.read_custom_resource_definition(v1alpha1.CRD_NAME)
-        reported = current.status.conditions if current.status else None
-        return {c.type: c.status for c in reported or []}.get("Established") == "True"
-
-    waiting.wait_for(established, timeout=60, description="the FalApp CRD to be Established")
-    objects = k8s.CustomObjectsApi(api_client)
-    waiting.wait_for(
-        lambda: (
-            objects.list_cluster_custom_object(
-                v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, limit=1
-            )
-            is not None
-        ),
-        timeout=60,
-        description="the falapps endpoint to serve",
-    )
 
 
 @pytest.fixture
@@ -162,7 +128,7 @@ def webhook(
     cluster: ClusterHandle,
     api_client: k8s.ApiClient,
     namespace: str,
-    falapp_crd: None,
+    falapp_crd: dict[str, Any],
     webhook_server: tuple[int, pathlib.Path],
 ) -> Iterator[str]:
     """The webhook registered for FalApps in ``namespace`` only; yields its name."""
