@@ -23,8 +23,6 @@ from e2e import system, waiting
 from e2e.conftest import ClusterHandle
 from kubefal_gateway import external_metrics
 
-APISERVICE = "v1beta1.external.metrics.k8s.io"
-
 
 class DesiredCounts:
     def __init__(self) -> None:

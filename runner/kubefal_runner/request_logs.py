@@ -93,6 +93,12 @@ class RequestLogStore:
             self._sink.write(line)
             self._sink.flush()
 
+    def count(self, request_id: str) -> int:
+        """How many entries are kept for ``request_id``."""
+        with self._lock:
+            entries = self._entries.get(request_id)
+            return 0 if entries is None else len(entries)
+
     def entries(self, request_id: str) -> list[dict[str, str]]:
         """The entries kept for ``request_id``, oldest first (empty when none are known)."""
         with self._lock:
@@ -134,6 +140,10 @@ class RequestCapturingStream:
             rest = self._partial_lines.pop(request_id, "")
         if rest:
             self._store.append(request_id=request_id, level=self._level, message=rest)
+
+    def has_partial_line(self, request_id: str) -> bool:
+        """True when text without a final newline waits to be kept for ``request_id``."""
+        return request_id in self._partial_lines
 
     def flush(self) -> None:
         self._original.flush()
@@ -182,6 +192,11 @@ class RequestLogCapture:
         sys.stdout = cast(TextIO, stdout)
         sys.stderr = cast(TextIO, stderr)
         self._streams = [stdout, stderr]
+
+    def line_count(self, request_id: str) -> int:
+        """Lines kept for ``request_id`` so far, counting a pending unterminated one."""
+        pending = sum(stream.has_partial_line(request_id) for stream in self._streams)
+        return self.store.count(request_id) + pending
 
     def finish_request(self, request_id: str) -> None:
         for stream in self._streams:

@@ -130,12 +130,12 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* "true" when the gateway serves KEDA's external scaler and the operator manages ScaledObjects. */}}
 {{- define "kubefal.keda.enabled" -}}
-{{- if or (eq .Values.scaler.default "keda") .Values.keda.enabled }}true{{ end }}
+{{- if .Values.keda.enabled }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the gateway serves external.metrics.k8s.io and the APIService is registered. */}}
 {{- define "kubefal.externalMetrics.enabled" -}}
-{{- if or (eq .Values.scaler.default "hpa") .Values.externalMetrics.enabled }}true{{ end }}
+{{- if .Values.externalMetrics.enabled }}true{{ end }}
 {{- end }}
 
 {{/* Where the gateway's TLS certificate comes from: secret | certManager | generated. */}}
@@ -205,7 +205,22 @@ names the values to change; every template that depends on them includes this ch
 {{- fail "gateway.tls.certManager.enabled needs gateway.tls.certManager.issuerRef.name (an Issuer or ClusterIssuer)." }}
 {{- end }}
 {{- if and (include "kubefal.externalMetrics.enabled" .) (eq (include "kubefal.gateway.tls.source" .) "secret") (not .Values.externalMetrics.caBundle) (not .Values.externalMetrics.insecureSkipTLSVerify) }}
-{{- fail "The external metrics APIService (scaler.default=hpa or externalMetrics.enabled) needs the CA of gateway.tls.existingSecret: set externalMetrics.caBundle to the base64 PEM CA that signed it." }}
+{{- fail "The external metrics APIService (externalMetrics.enabled) needs the CA of gateway.tls.existingSecret: set externalMetrics.caBundle to the base64 PEM CA that signed it." }}
+{{- end }}
+{{- $webhook := .Values.webhook }}
+{{- if $webhook.enabled }}
+{{- if and $webhook.tls.existingSecret $webhook.tls.certManager.enabled }}
+{{- fail "webhook.tls.existingSecret and webhook.tls.certManager.enabled are exclusive: cert-manager writes its own Secret. Set one of them." }}
+{{- end }}
+{{- if and $webhook.tls.certManager.enabled (not $webhook.tls.certManager.issuerRef.name) }}
+{{- fail "webhook.tls.certManager.enabled needs webhook.tls.certManager.issuerRef.name (an Issuer or ClusterIssuer)." }}
+{{- end }}
+{{- if and $webhook.tls.existingSecret (not $webhook.tls.caBundle) }}
+{{- fail "webhook.tls.existingSecret needs webhook.tls.caBundle: the API server verifies the webhook with it. Set it to the base64 PEM CA that signed the Secret's certificate." }}
+{{- end }}
+{{- if ge (int $webhook.podDisruptionBudget.minAvailable) (int $webhook.replicas) }}
+{{- fail (printf "webhook.podDisruptionBudget.minAvailable=%d must be below webhook.replicas=%d, or no node could ever be drained." (int $webhook.podDisruptionBudget.minAvailable) (int $webhook.replicas)) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.externalMetrics.caBundle .Values.externalMetrics.insecureSkipTLSVerify }}
 {{- fail "externalMetrics.caBundle and externalMetrics.insecureSkipTLSVerify are exclusive (the API server rejects an APIService with both)." }}
@@ -241,4 +256,67 @@ Secret and the APIService's caBundle must carry the same CA.
 {{- $_ := set .Values "kubefalGeneratedTlsCache" $material }}
 {{- end }}
 {{- index .Values "kubefalGeneratedTlsCache" | toJson }}
+{{- end }}
+
+{{- define "kubefal.webhook.fullname" -}}
+{{- printf "%s-webhook" (include "kubefal.fullname" .) }}
+{{- end }}
+
+{{- define "kubefal.webhook.serviceAccountName" -}}
+{{- if .Values.webhook.serviceAccount.create }}
+{{- default (include "kubefal.webhook.fullname" .) .Values.webhook.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.webhook.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The webhook runs the control-plane image (the operator's) unless given its own. */}}
+{{- define "kubefal.webhook.image" -}}
+{{- $repository := default .Values.operator.image.repository .Values.webhook.image.repository }}
+{{- $tag := .Values.webhook.image.tag | default .Values.operator.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* Where the webhook's certificate comes from: secret | certManager | generated. */}}
+{{- define "kubefal.webhook.tls.source" -}}
+{{- if .Values.webhook.tls.existingSecret }}secret
+{{- else if .Values.webhook.tls.certManager.enabled }}certManager
+{{- else }}generated
+{{- end }}
+{{- end }}
+
+{{- define "kubefal.webhook.tls.secretName" -}}
+{{- default (printf "%s-tls" (include "kubefal.webhook.fullname" .)) .Values.webhook.tls.existingSecret }}
+{{- end }}
+
+{{/* The names the API server dials: <service>.<namespace>.svc (and the longer forms). */}}
+{{- define "kubefal.webhook.tls.dnsNames" -}}
+{{- $service := include "kubefal.webhook.fullname" . }}
+{{- list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) (printf "%s.%s.svc.%s" $service .Release.Namespace .Values.clusterDomain) | toJson }}
+{{- end }}
+
+{{/*
+The webhook's generated TLS material (source "generated") as JSON {crt, key, ca}, base64
+encoded, with its own CA: the same rules as the gateway's (reused from the previous
+install's Secret while its names are unchanged; cached, because the Secret and the
+ValidatingWebhookConfiguration's caBundle must carry the same CA).
+*/}}
+{{- define "kubefal.webhook.tls.generatedMaterial" -}}
+{{- if not (hasKey .Values "kubefalGeneratedWebhookTlsCache") }}
+{{- $secretName := include "kubefal.webhook.tls.secretName" . }}
+{{- $dnsNames := include "kubefal.webhook.tls.dnsNames" . | fromJsonArray }}
+{{- $fingerprint := $dnsNames | toJson | sha256sum | trunc 16 }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $material := dict }}
+{{- if and $existing (eq (dig "metadata" "annotations" "kubefal.io/tls-names-hash" "" $existing) $fingerprint) (hasKey ($existing.data | default dict) "ca.crt") }}
+{{- $material = dict "crt" (index $existing.data "tls.crt") "key" (index $existing.data "tls.key") "ca" (index $existing.data "ca.crt") "fingerprint" $fingerprint }}
+{{- else }}
+{{- $days := int .Values.webhook.tls.generatedValidityDays }}
+{{- $ca := genCA (printf "%s-webhook-ca" (include "kubefal.fullname" .)) $days }}
+{{- $cert := genSignedCert (index $dnsNames 2) nil $dnsNames $days $ca }}
+{{- $material = dict "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) "ca" ($ca.Cert | b64enc) "fingerprint" $fingerprint }}
+{{- end }}
+{{- $_ := set .Values "kubefalGeneratedWebhookTlsCache" $material }}
+{{- end }}
+{{- index .Values "kubefalGeneratedWebhookTlsCache" | toJson }}
 {{- end }}
