@@ -63,6 +63,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--load-keep-alive", type=float, default=5.0, help="keepAlive of the steady-load app (s)"
     )
+    parser.add_argument(
+        "--scaling-delay",
+        type=float,
+        default=0.0,
+        help="scalingDelay of the steady-load app (s): fal's knob against growing on a backlog "
+        "that runners already starting will serve (default 0, fal's default)",
+    )
     parser.add_argument("--skip-keep-alive", action="store_true", help="only the steady load")
     parser.add_argument("--skip-load", action="store_true", help="only keep-alive accuracy")
     parser.add_argument("--kubeconfig", default=None, help="use this cluster, not the local one")
@@ -184,6 +191,7 @@ def measure_stability(
             "minConcurrency": 0,
             "maxMultiplexing": 1,
             "keepAlive": arguments.load_keep_alive,
+            "scalingDelay": arguments.scaling_delay,
         },
     )
     harness.wait_scaled_to_zero(system, recorder, name)

@@ -138,3 +138,13 @@ class ScalingSignal:
         self.desired = desired
         self.last_decision = decision
         return decision
+
+    def next_decrease_at(self, now: float) -> float | None:
+        """The next moment the keep-alive hold may drop (a change point leaves the window).
+
+        Observing the app again at that moment makes a scale-down happen right when
+        ``keepAlive`` runs out, instead of at the next periodic observation.
+        """
+        moments = [when + self.spec.keep_alive for when, _ in self._holds[1:]]
+        later = [moment for moment in moments if moment > now]
+        return min(later) if later else None

@@ -22,6 +22,8 @@ import orjson
 from kubefal_gateway import apps, dispatch, metrics, queueing, runners, scaling
 
 LOGGER = logging.getLogger(__name__)
+KEEP_ALIVE_EPSILON = 0.01
+"""Seconds past a keep-alive expiry at which the app is observed again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Signals:
         self.flushing: asyncio.Task[None] | None = None
         self.last_flush = 0.0
         self.machines: dict[str, scaling.ScalingSignal] = {}
+        self.expiry_timers: dict[str, asyncio.TimerHandle] = {}
         self.always_compute = False
         """Keep `last` current even without subscribers (KEDA or the external metrics API read
         it synchronously)."""
@@ -132,7 +135,19 @@ class Signals:
             runner_details=details,
         )
         self._export(signal, busy=len(ready) - len(idle), unready=len(app_runners) - len(ready))
+        self._schedule_keep_alive_expiry(app.app_id, machine.next_decrease_at(now), now)
         return signal
+
+    def _schedule_keep_alive_expiry(self, app_id: str, moment: float | None, now: float) -> None:
+        """Re-observe the app when its keep-alive hold can drop, not a second later."""
+        previous = self.expiry_timers.pop(app_id, None)
+        if previous is not None:
+            previous.cancel()
+        if moment is not None:
+            delay = moment - now + KEEP_ALIVE_EPSILON
+            self.expiry_timers[app_id] = asyncio.get_running_loop().call_later(
+                delay, self.changed, app_id
+            )
 
     def _export(self, signal: AppSignal, *, busy: int, unready: int) -> None:
         app_id = signal.app_id

@@ -222,3 +222,16 @@ def test_an_app_scales_to_its_floor_exactly_when_keep_alive_runs_out(
 
     assert all(value == busy for value in idle_values)
     assert final == floor
+
+
+def test_the_next_decrease_moment_is_when_the_last_demand_leaves_the_keep_alive_window() -> None:
+    signal = scaling.ScalingSignal(spec(keep_alive=60))
+    signal.observe(stats(in_progress=3), now=0.0)
+    assert signal.next_decrease_at(0.0) is None  # nothing can drop while demand lasts
+    signal.observe(stats(), now=11.0)
+    moment = signal.next_decrease_at(11.0)
+
+    assert moment == 71.0
+    assert signal.observe(stats(), now=moment - 0.001) == 3
+    assert signal.observe(stats(), now=moment) == 0
+    assert signal.next_decrease_at(moment) is None
