@@ -262,6 +262,9 @@ class QueueEvent:
     app_id: str = ""
     request_id: str = ""
     """Empty for SUBMITTED (coalesced per app) and RESYNC."""
+    webhook: bool = True
+    """COMPLETED only: a webhook delivery may have been queued (False when surely not), so
+    the webhook worker sleeps through completions that have nothing for it."""
 
 
 class QueueError(Exception):

@@ -456,7 +456,10 @@ class SqliteQueueStore:
             )
         self._emit(
             queueing.QueueEvent(
-                kind=queueing.EventKind.COMPLETED, app_id=app_id, request_id=request_id
+                kind=queueing.EventKind.COMPLETED,
+                app_id=app_id,
+                request_id=request_id,
+                webhook=bool(webhook_url),
             )
         )
 

@@ -186,9 +186,19 @@ class WebhookWorker:
                     await self.deliver_due()
                 except queueing.QueueError as error:
                     LOG.warning("webhook outbox unavailable: %s", error)
-                await self._events.next(timeout=self._settings.poll_interval)
+                await self._wait_for_work(self._events)
         finally:
             self._events.close()
+
+    async def _wait_for_work(self, events: queueing.EventSubscription) -> None:
+        """Until a completion may have queued a delivery, a resync, or the poll interval."""
+        deadline = time.monotonic() + self._settings.poll_interval
+        while (remaining := deadline - time.monotonic()) > 0:
+            event = await events.next(timeout=remaining)
+            if event is None or event.kind is queueing.EventKind.RESYNC:
+                return
+            if event.kind is queueing.EventKind.COMPLETED and event.webhook:
+                return
 
     async def deliver_due(self) -> int:
         """Lease the deliveries due now and start them; returns how many were started."""

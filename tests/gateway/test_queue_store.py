@@ -477,7 +477,12 @@ async def test_subscribers_are_woken_by_submits_and_completions(
     events.close()
 
     assert submitted == queueing.QueueEvent(queueing.EventKind.SUBMITTED, APP)
-    assert completed == queueing.QueueEvent(queueing.EventKind.COMPLETED, APP, "job")
+    assert completed is not None
+    assert (completed.kind, completed.app_id, completed.request_id) == (
+        queueing.EventKind.COMPLETED,
+        APP,
+        "job",
+    )
     assert await events.next(timeout=0.01) is None
 
 
