@@ -12,6 +12,15 @@ context variable per request:
   retries it;
 * ``x-fal-request-id``: passed through, generated when absent, echoed on the response, and set as
   the context under which the request's logs are captured (``x-fal-endpoint`` passes untouched);
+* ``x-kubefal-log-lines: N`` on every app response whose length is declared: the log lines kept
+  for the request so far, so the gateway skips fetching logs when there are none (a streamed
+  response, without ``content-length``, gets no count: lines may still follow);
+* ``POST /_kubefal/cancel/{id}`` (see `cancellation`): 200 ``{"status":"OK"}`` when the request
+  stopped and freed its slot, 202 ``{"status":"CANCELLATION_REQUESTED"}`` when work goes on (a
+  threadpool endpoint keeps its slot until its thread returns), 404 for an id not in flight; a
+  cancelled request whose connection is still open ends with fal's 499;
+* a client that hangs up before its answer started cancels an async request the same way
+  (`disconnects`); a threadpool one runs to its end, as under the SDK alone;
 * ``GET /_kubefal/ready``, ``/_kubefal/health``, ``/_kubefal/info``, ``/_kubefal/logs/{id}``.
 """
 
@@ -25,7 +34,7 @@ import time
 import uuid
 from typing import Any
 
-from kubefal_runner import lifespan, request_logs, state
+from kubefal_runner import cancellation, disconnects, lifespan, request_logs, state
 
 Scope = collections.abc.MutableMapping[str, Any]
 Message = lifespan.Message
@@ -34,7 +43,13 @@ Send = collections.abc.Callable[[Message], collections.abc.Awaitable[None]]
 
 CONTROL_PREFIX = "/_kubefal/"
 LOGS_PREFIX = "/_kubefal/logs/"
+CANCEL_PREFIX = "/_kubefal/cancel/"
 REQUEST_ID_HEADER = b"x-fal-request-id"
+LOG_LINES_HEADER = b"x-kubefal-log-lines"
+CONTENT_LENGTH_HEADER = b"content-length"
+REQUEST_CANCELLED_STATUS = 499
+"""fal's status for a request cancelled by its client (``RequestCancelledException``)."""
+REQUEST_CANCELLED_DETAIL = "Request cancelled by the client."
 DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
 WEBSOCKET_TRY_AGAIN_LATER = 1013
 WEBSOCKET_POLICY_VIOLATION = 1008
@@ -161,6 +176,7 @@ class RunnerASGI:
         self._log_capture = log_capture
         self._app_info = app_info
         self._health_check = health_check
+        self.in_flight = cancellation.InFlightRegistry()
         self.startup_seconds: dict[str, float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,22 +218,59 @@ class RunnerASGI:
             )
             return
 
+        request_id_text = request_id.decode("latin-1")
+        if scope_type != "http":
+            await self._serve_session(
+                scope=scope,
+                receive=receive,
+                send=send,
+                request_id_text=request_id_text,
+                request_id_header=request_id_header,
+            )
+            return
+
         response_started = False
+        in_flight = cancellation.InFlightRequest(
+            request_id=request_id_text, task=asyncio.current_task(), scope=scope
+        )
+        log_capture = self._log_capture
+
+        def cancel_unless_answering() -> None:
+            if not response_started:  # a streamed answer is stopped by Starlette itself
+                in_flight.cancel_if_async()
+
+        watch = disconnects.DisconnectWatch(receive=receive, on_disconnect=cancel_unless_answering)
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal response_started
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                message["headers"] = [*message.get("headers", ()), request_id_header]
+            if in_flight.cancel_requested:
+                return  # a threadpool endpoint finished after its cancel: the 499 follows
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                watch.response_complete = True
+            elif message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), request_id_header]
+                if any(name.lower() == CONTENT_LENGTH_HEADER for name, _ in headers):
+                    count = log_capture.line_count(request_id_text)
+                    headers.append((LOG_LINES_HEADER, str(count).encode()))
+                message["headers"] = headers
                 response_started = True
             await send(message)
 
-        request_id_text = request_id.decode("latin-1")
         token = request_logs.CURRENT_REQUEST_ID.set(request_id_text)
+        self.in_flight.add(in_flight)
         try:
-            await self._app(scope, receive, send_with_request_id)
+            await self._app(scope, watch.receive, send_with_request_id)
         except asyncio.CancelledError:
+            task = in_flight.task
+            if in_flight.cancel_requested and task is not None and task.cancelling() <= 1:
+                # Our own cancel (not the end of a drain): handled here, uvicorn sees a return.
+                if task.cancelling():
+                    task.uncancel()
+                if not response_started:
+                    await self._send_cancelled(send, request_id_header, request_id_text)
+                return
             # Cut off at the end of a drain: tell the gateway to run it elsewhere (not a 500).
-            if scope_type == "http" and not response_started:
+            if not response_started:
                 with contextlib.suppress(Exception):  # the client may be gone already
                     await send_json(
                         send,
@@ -226,6 +279,47 @@ class RunnerASGI:
                         headers=[*RETRY_HEADERS, request_id_header],
                     )
             raise
+        finally:
+            watch.close()
+            request_logs.CURRENT_REQUEST_ID.reset(token)
+            self._state.release()
+            self.in_flight.remove(in_flight)
+            self._log_capture.finish_request(request_id_text)
+        if in_flight.cancel_requested and not response_started:
+            await self._send_cancelled(send, request_id_header, request_id_text)
+
+    async def _send_cancelled(
+        self, send: Send, request_id_header: tuple[bytes, bytes], request_id_text: str
+    ) -> None:
+        """fal's 499 for a cancelled request, if its client still listens."""
+        count = self._log_capture.line_count(request_id_text)
+        with contextlib.suppress(Exception):  # the client (usually the gateway) may be gone
+            await send_json(
+                send,
+                status=REQUEST_CANCELLED_STATUS,
+                payload={"detail": REQUEST_CANCELLED_DETAIL},
+                headers=[request_id_header, (LOG_LINES_HEADER, str(count).encode())],
+            )
+
+    async def _serve_session(
+        self,
+        *,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id_text: str,
+        request_id_header: tuple[bytes, bytes],
+    ) -> None:
+        """A WebSocket session holds a slot for its whole life; it is not cancellable by id."""
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        token = request_logs.CURRENT_REQUEST_ID.set(request_id_text)
+        try:
+            await self._app(scope, receive, send_with_request_id)
         finally:
             request_logs.CURRENT_REQUEST_ID.reset(token)
             self._state.release()
@@ -270,6 +364,17 @@ class RunnerASGI:
 
     async def _serve_control(self, scope: Scope, send: Send) -> None:
         path: str = scope["path"]
+        if path.startswith(CANCEL_PREFIX) and len(path) > len(CANCEL_PREFIX):
+            if scope["method"] != "POST":
+                await send_json(
+                    send,
+                    status=405,
+                    payload={"detail": f"{scope['method']} is not allowed on {path}; use POST"},
+                    headers=[(b"allow", b"POST")],
+                )
+                return
+            await self._serve_cancel(send, request_id=path[len(CANCEL_PREFIX) :])
+            return
         if scope["method"] not in ("GET", "HEAD"):
             await send_json(
                 send,
@@ -290,6 +395,19 @@ class RunnerASGI:
             await send_json(send, status=200, payload=entries)
         else:
             await send_json(send, status=404, payload={"detail": f"Path {path} not found"})
+
+    async def _serve_cancel(self, send: Send, *, request_id: str) -> None:
+        outcome = await self.in_flight.cancel(request_id)
+        if outcome is cancellation.CancelOutcome.CANCELLED:
+            await send_json(send, status=200, payload={"status": "OK"})
+        elif outcome is cancellation.CancelOutcome.REQUESTED:
+            await send_json(send, status=202, payload={"status": "CANCELLATION_REQUESTED"})
+        else:
+            await send_json(
+                send,
+                status=404,
+                payload={"detail": f"request {request_id} is not in flight on this runner"},
+            )
 
     def describe(self) -> dict[str, Any]:
         """The app's configuration plus the runner's live state."""
