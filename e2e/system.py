@@ -308,7 +308,18 @@ def register_external_metrics(
 
 
 def unregister_external_metrics(api_client: k8s.ApiClient) -> None:
+    """Remove the APIService, and wait until API discovery no longer lists the group.
+
+    A group whose server is gone but still listed makes every discovery client (kopf's
+    resource scanning, kubectl) wait on it, so the next test must not start before that.
+    """
     with contextlib.suppress(ApiException):
         k8s.CustomObjectsApi(api_client).delete_cluster_custom_object(
             "apiregistration.k8s.io", "v1", "apiservices", EXTERNAL_METRICS_APISERVICE
         )
+
+    def gone() -> bool:
+        groups = k8s.ApisApi(api_client).get_api_versions().groups
+        return all(group.name != "external.metrics.k8s.io" for group in groups)
+
+    waiting.wait_for(gone, timeout=60, description="external.metrics.k8s.io to leave discovery")
