@@ -65,9 +65,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     funcargs = getattr(item, "funcargs", {})
     if report.when == "call" and report.failed and "namespace" in funcargs:
-        handle: ClusterHandle = funcargs["cluster"]
         namespace: str = funcargs["namespace"]
-        text = [f"===== namespace {namespace} =====", _namespace_report(handle, namespace)]
+        text = [f"===== namespace {namespace} ====="]
+        handle = funcargs.get("cluster") or item._request.getfixturevalue("cluster")  # type: ignore[attr-defined]
+        text.append(_namespace_report(handle, namespace))
         for path in funcargs.get("e2e_logs", []):
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-80:]

@@ -9,14 +9,13 @@
 * hpa: the API server accepts the autoscaling/v2 HPA; switching ``spec.scaler`` deletes the
   other scaler's object.
 
-The operator serves only this module's namespaces (``e2e-scalers-*``): other modules run
-their own operators on the same cluster.
+The operator serves only this module's namespaces (``e2e-scalers-*``, by exact name): other
+modules run their own operators on the same cluster.
 """
 
 from __future__ import annotations
 
 import pathlib
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -64,11 +63,37 @@ def scaling_stream() -> Iterator[ScalingStream]:
 
 
 @pytest.fixture(scope="module")
+def served_namespaces(
+    request: pytest.FixtureRequest, api_client: k8s.ApiClient
+) -> Iterator[list[str]]:
+    """One fresh namespace per test of this module, created before the operator starts.
+
+    The operator is given their exact names: it then lists them at start-up instead of
+    having to notice them appear through a namespace watch, and serves no other module's.
+    """
+    tests = [item for item in request.session.items if item.module is request.module]
+    core = k8s.CoreV1Api(api_client)
+    names = [f"{NAMESPACE_PREFIX}{index}-{uuid.uuid4().hex[:5]}" for index in range(len(tests))]
+    for name in names:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    for name in names:
+        waiting.wait_for(
+            lambda name=name: core.read_namespaced_service_account("default", name),
+            timeout=60,
+            description=f"the default ServiceAccount in {name}",
+        )
+    yield list(names)
+    for name in names:
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="module")
 def operator(
     cluster: ClusterHandle,
     falapp_crd: dict[str, Any],
     keda_crds: None,
     scaling_stream: ScalingStream,
+    served_namespaces: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
@@ -76,8 +101,7 @@ def operator(
         log_path=tmp_path_factory.mktemp("operator-scalers") / "operator.log",
         catalogue_namespace=f"{NAMESPACE_PREFIX}system-{uuid.uuid4().hex[:5]}",
         arguments=(
-            "-n",
-            f"{NAMESPACE_PREFIX}*",
+            *(argument for name in served_namespaces for argument in ("-n", name)),
             "--gateway-admin-url",
             scaling_stream.url,
             "--verbose",
@@ -99,24 +123,11 @@ def operator(
 
 @pytest.fixture
 def namespace(
-    request: pytest.FixtureRequest,
-    api_client: k8s.ApiClient,
-    operator: OperatorProcess,
-    e2e_logs: list[pathlib.Path],
-) -> Iterator[str]:
+    operator: OperatorProcess, served_namespaces: list[str], e2e_logs: list[pathlib.Path]
+) -> str:
     """A fresh namespace this module's operator serves (and no other module's)."""
     e2e_logs.append(operator.log_path)
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"{NAMESPACE_PREFIX}{slug}-{uuid.uuid4().hex[:5]}"
-    core = k8s.CoreV1Api(api_client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    waiting.wait_for(
-        lambda: core.read_namespaced_service_account("default", name),  # 404 until it exists
-        timeout=60,
-        description=f"the default ServiceAccount in {name}",
-    )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    return served_namespaces.pop(0)
 
 
 @pytest.fixture
