@@ -21,8 +21,11 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client as k8s
 
@@ -336,3 +339,32 @@ class ScalingStream:
                 inbox.put(None)
         self.server.shutdown()
         self.server.server_close()
+
+
+def served_namespaces(
+    request: pytest.FixtureRequest, api_client: k8s.ApiClient, *, prefix: str
+) -> Iterator[list[str]]:
+    """One fresh namespace per test of the requesting module, created before its operator.
+
+    The operator is then given their exact names, so it lists them at start-up instead of
+    having to notice them appear through a namespace watch (in the full suite, kopf with
+    namespace globs sometimes never started its watchers for a namespace created after it).
+    """
+    tests = [item for item in request.session.items if item.module is request.module]
+    core = k8s.CoreV1Api(api_client)
+    names = [f"{prefix}{index}-{uuid.uuid4().hex[:5]}" for index in range(len(tests))]
+    for name in names:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    for name in names:
+        waiting.wait_for(
+            lambda name=name: core.read_namespaced_service_account("default", name),
+            timeout=60,
+            description=f"the default ServiceAccount in {name}",
+        )
+    yield list(names)
+    for name in names:
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+def exact_namespace_arguments(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(argument for name in names for argument in ("-n", name))

@@ -41,19 +41,33 @@ def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def served_namespaces(
+    request: pytest.FixtureRequest, api_client: k8s.ApiClient
+) -> Iterator[list[str]]:
+    yield from harness.served_namespaces(request, api_client, prefix="e2e-operator-")
+
+
+@pytest.fixture
+def namespace(served_namespaces: list[str], operator: OperatorProcess) -> str:
+    """A fresh namespace, one of those the module's operator serves by exact name."""
+    return served_namespaces.pop(0)
+
+
+@pytest.fixture(scope="module")
 def operator(
     cluster: ClusterHandle,
     falapp_crd: dict[str, Any],
     catalogue_namespace: str,
+    served_namespaces: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
         kubeconfig=cluster.kubeconfig,
         log_path=tmp_path_factory.mktemp("operator") / "operator.log",
         catalogue_namespace=catalogue_namespace,
-        # The per-test namespaces (conftest: e2e-<test name>) and the catalogue's, not the
-        # whole cluster: other modules run operators of their own on the same cluster.
-        arguments=("-n", "e2e-test-*", "-n", "e2e-operator-system-*"),
+        # The per-test namespaces and the catalogue's, by exact name, not the whole cluster:
+        # other modules run operators of their own on the same cluster.
+        arguments=harness.exact_namespace_arguments([*served_namespaces, catalogue_namespace]),
     )
     process.start()
     try:

@@ -66,25 +66,7 @@ def scaling_stream() -> Iterator[ScalingStream]:
 def served_namespaces(
     request: pytest.FixtureRequest, api_client: k8s.ApiClient
 ) -> Iterator[list[str]]:
-    """One fresh namespace per test of this module, created before the operator starts.
-
-    The operator is given their exact names: it then lists them at start-up instead of
-    having to notice them appear through a namespace watch, and serves no other module's.
-    """
-    tests = [item for item in request.session.items if item.module is request.module]
-    core = k8s.CoreV1Api(api_client)
-    names = [f"{NAMESPACE_PREFIX}{index}-{uuid.uuid4().hex[:5]}" for index in range(len(tests))]
-    for name in names:
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    for name in names:
-        waiting.wait_for(
-            lambda name=name: core.read_namespaced_service_account("default", name),
-            timeout=60,
-            description=f"the default ServiceAccount in {name}",
-        )
-    yield list(names)
-    for name in names:
-        core.delete_namespace(name, propagation_policy="Background")
+    yield from harness.served_namespaces(request, api_client, prefix=NAMESPACE_PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +83,7 @@ def operator(
         log_path=tmp_path_factory.mktemp("operator-scalers") / "operator.log",
         catalogue_namespace=f"{NAMESPACE_PREFIX}system-{uuid.uuid4().hex[:5]}",
         arguments=(
-            *(argument for name in served_namespaces for argument in ("-n", name)),
+            *harness.exact_namespace_arguments(served_namespaces),
             "--gateway-admin-url",
             scaling_stream.url,
             "--verbose",
