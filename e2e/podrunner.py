@@ -76,7 +76,8 @@ class PodRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # never entered: nothing to join
+            self._thread.join(timeout=10)
         with self._lock:
             names = list(self.processes)
         for name in names:

@@ -218,7 +218,7 @@ def running_system(
                 raise AssertionError(f"the gateway exited:\n{gateway_log.read_text()[-3000:]}")
             return _ready(system.admin_url("/readyz"))
 
-        waiting.wait_for(gateway_up, timeout=60, description="the gateway to be ready")
+        waiting.wait_for(gateway_up, timeout=120, description="the gateway to be ready")
         pods.__enter__()
         yield system
     finally:
