@@ -24,7 +24,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 
@@ -33,7 +32,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
-from e2e import podrunner, waiting
+from e2e import operator_harness, podrunner, waiting
 
 REPO_ROOT = local_cluster.REPO_ROOT
 RUNNER_SELECTOR = "kubefal.io/app,app.kubernetes.io/component=runner"
@@ -118,34 +117,6 @@ def _ready(url: str) -> bool:
         return False
 
 
-def apply_crds(kubeconfig: pathlib.Path) -> None:
-    subprocess.run(
-        [
-            "kubectl",
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(REPO_ROOT / "crds"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            "kubectl",
-            f"--kubeconfig={kubeconfig}",
-            "wait",
-            "--for=condition=Established",
-            "crd/falapps.kubefal.io",
-            "--timeout=60s",
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 @contextlib.contextmanager
 def running_system(
     kubeconfig: pathlib.Path,
@@ -163,7 +134,8 @@ def running_system(
     ``<service>.<namespace>.svc`` an APIService makes the API server check.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    apply_crds(kubeconfig)
+    api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    operator_harness.install_falapp_crd(api_client)
     ca, cert, key = local_cluster.issue_serving_certificate(
         workdir / "tls", dns_names=["localhost", *service_names], ip_addresses=["127.0.0.1"]
     )
@@ -202,7 +174,6 @@ def running_system(
         "KUBEFAL_OPERATOR_METRICS_PORT": str(local_cluster.free_port()),
     }
     operator = _spawn(operator_argv, log=operator_log, env=operator_env)
-    api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     pods = podrunner.PodRunner(
         api_client,
         namespace=namespaces[0] if len(namespaces) == 1 else None,
@@ -242,14 +213,6 @@ def wait_for_runners(system: System, count: int, *, timeout: float = 120) -> Non
         description=f"{count} ready runner processes",
         describe_last=system.describe,
     )
-
-
-def elapsed(start: float) -> float:
-    return time.monotonic() - start
-
-
-def core_api(kubeconfig: pathlib.Path) -> k8s.CoreV1Api:
-    return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
 
 
 EXTERNAL_METRICS_APISERVICE = "v1beta1.external.metrics.k8s.io"
