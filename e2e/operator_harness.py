@@ -9,6 +9,7 @@ endpoint speaking the gateway's scaling wire format for the builtin actuator to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -362,8 +363,17 @@ def served_namespaces(
             description=f"the default ServiceAccount in {name}",
         )
     yield list(names)
-    for name in names:
-        core.delete_namespace(name, propagation_policy="Background")
+    for name in names:  # those no test took; the others went with their test
+        with contextlib.suppress(k8s.ApiException):
+            core.delete_namespace(name, propagation_policy="Background")
+
+
+def take_namespace(served: list[str], api_client: k8s.ApiClient) -> Iterator[str]:
+    """The next pre-created namespace for one test; deleted when the test ends, so what the
+    test ran (GPU runners above all) does not hold capacity the next test needs."""
+    name = served.pop(0)
+    yield name
+    k8s.CoreV1Api(api_client).delete_namespace(name, propagation_policy="Background")
 
 
 def exact_namespace_arguments(names: Iterable[str]) -> tuple[str, ...]:

@@ -48,9 +48,11 @@ def served_namespaces(
 
 
 @pytest.fixture
-def namespace(served_namespaces: list[str], operator: OperatorProcess) -> str:
+def namespace(
+    served_namespaces: list[str], operator: OperatorProcess, api_client: k8s.ApiClient
+) -> Iterator[str]:
     """A fresh namespace, one of those the module's operator serves by exact name."""
-    return served_namespaces.pop(0)
+    yield from harness.take_namespace(served_namespaces, api_client)
 
 
 @pytest.fixture(scope="module")

@@ -105,11 +105,14 @@ def operator(
 
 @pytest.fixture
 def namespace(
-    operator: OperatorProcess, served_namespaces: list[str], e2e_logs: list[pathlib.Path]
-) -> str:
+    operator: OperatorProcess,
+    served_namespaces: list[str],
+    e2e_logs: list[pathlib.Path],
+    api_client: k8s.ApiClient,
+) -> Iterator[str]:
     """A fresh namespace this module's operator serves (and no other module's)."""
     e2e_logs.append(operator.log_path)
-    return served_namespaces.pop(0)
+    yield from harness.take_namespace(served_namespaces, api_client)
 
 
 @pytest.fixture
