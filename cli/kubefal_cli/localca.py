@@ -4,8 +4,15 @@
 with a certificate the client trusts: it trusts this CA through ``SSL_CERT_FILE``. Both are cached
 in the state directory and reused while valid, so an exported ``SSL_CERT_FILE`` keeps working
 across restarts. The CA key never leaves the directory (mode 0600) and signs only certificates for
-``127.0.0.1``, ``::1`` and ``localhost``; its name constraints make clients refuse anything else
-it might sign.
+``127.0.0.1``, ``::1`` and ``localhost``; its name constraint (DNS name ``localhost`` only) makes
+clients refuse any other host name it might sign.
+
+The same CA serves gRPC clients (the fal CLI trusts it through
+``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``). gRPC's TLS stack (BoringSSL) rejects a CA whose name
+constraints contain IP address subtrees ("unsupported name constraint type"), critical or not,
+so the constraint names the DNS subtree alone: host names stay confined to ``localhost``; IP
+address SANs are not constrained by it. A cached CA with the older, IP-constrained form is
+replaced on the next :func:`ensure`.
 
 Files: ``ca.pem`` (the CA alone), ``ca-bundle.pem`` (the CA followed by the public roots, so the
 shell that exports ``SSL_CERT_FILE`` can still reach other HTTPS sites), ``ca-key.pem``,
@@ -32,15 +39,12 @@ RENEW_BEFORE = datetime.timedelta(days=7)
 SERVER_DNS_NAMES = ("localhost",)
 SERVER_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 _LOOPBACK_ONLY = x509.NameConstraints(
-    permitted_subtrees=[
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-        x509.IPAddress(ipaddress.ip_network("::1/128")),
-    ],
+    permitted_subtrees=[x509.DNSName("localhost")],
     excluded_subtrees=None,
 )
-"""The CA can only vouch for loopback names: even a stolen CA key cannot impersonate another host
-to a shell that trusts it through SSL_CERT_FILE."""
+"""The CA can only vouch for the host name ``localhost``: even a stolen CA key cannot impersonate
+another named host to a shell that trusts it through SSL_CERT_FILE. DNS only, because gRPC's TLS
+stack refuses IP address name constraints (see the module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True)
