@@ -95,7 +95,9 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         config = self.settings
-        self._store = await queueing.open_store(config.store, result_ttl=config.result_ttl)
+        self._store = await queueing.open_store(
+            config.store, result_ttl=config.result_ttl, max_attempts=config.max_attempts
+        )
         store = self._store
         self._signals = signals.Signals(
             store=store,

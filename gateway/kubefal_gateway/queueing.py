@@ -18,8 +18,13 @@ The model (fal's queue contract, fal-compat.md §1.3-1.5 and §4):
 * Dispatch uses leases: `QueueStore.lease` atomically moves the next job to ``IN_PROGRESS`` under a
   *holder* (one id per gateway process) until ``now + lease_seconds``; the holder extends it with
   `QueueStore.renew`. A lease that runs out (the gateway died) returns the job to the queue with
-  ``attempts + 1`` (done by `QueueStore.expire`, which every gateway calls periodically). A job is
-  never leased to two holders at once, even across processes sharing a Redis.
+  ``attempts + 1`` (done by `QueueStore.expire`, which every gateway calls periodically; SQLite
+  does the same at open for jobs its previous process left in progress). A job is never leased to
+  two holders at once, even across processes sharing a Redis.
+* Poison jobs: such crash re-dispatches count against the same budget as retries
+  (``max_attempts``, the gateway's ``--max-attempts``). A job whose lease runs out for the
+  ``max_attempts``-th time is not queued again: it completes with `attempts_exhausted_result`
+  (a 503 error), so a request that kills whatever runs it cannot crash gateways forever.
 * Completion is exactly once: `QueueStore.complete` is accepted only from the current lease holder
   of an ``IN_PROGRESS`` job and returns False otherwise (lease lost, cancelled, already done).
 * Durability: ``submit``, ``complete``, ``cancel``, ``expire`` and the webhook outbox calls return
@@ -437,8 +442,9 @@ class QueueStore(Protocol):
     async def expire(self, *, now: float | None = None) -> int:
         """Housekeeping, called periodically by every gateway.
 
-        Returns expired leases to the queue (attempts + 1), completes queued jobs past their
-        start deadline with `start_timeout_result`, deletes results older than ``result_ttl``.
+        Returns expired leases to the queue (attempts + 1; a job whose attempts reach
+        ``max_attempts`` completes with `attempts_exhausted_result`), completes queued jobs past
+        their start deadline with `start_timeout_result`, deletes results older than ``result_ttl``.
         Returns the number of jobs changed.
         """
         ...
@@ -483,6 +489,9 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
+DEFAULT_MAX_ATTEMPTS = 10
+"""Dispatches of one job, retries and lost leases together (the gateway's ``--max-attempts``)."""
+
 JSON_CONTENT_TYPE: Headers = (("content-type", "application/json"),)
 
 
@@ -519,6 +528,20 @@ def cancelled_result(*, now: float | None = None) -> Result:
     )
 
 
+def attempts_exhausted_result(*, max_attempts: int, now: float | None = None) -> Result:
+    """The result of a job whose dispatch was interrupted ``max_attempts`` times (the gateway
+    handling it died or lost its lease each time): a 503 error instead of yet another run."""
+    return error_result(
+        status_code=503,
+        detail=(
+            f"Request was dispatched {max_attempts} times without completing (the gateway"
+            " handling it stopped each time); it will not be run again"
+        ),
+        error_type="attempts_exhausted",
+        now=now,
+    )
+
+
 def start_timeout_result(*, now: float | None = None) -> Result:
     """The result of a job that did not start before its ``X-Fal-Request-Timeout``.
 
@@ -540,8 +563,11 @@ async def open_store(
     result_ttl: float = 3600.0,
     max_logs_per_job: int = 1000,
     housekeeping_interval: float | None = 1.0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> QueueStore:
     """Open a backend from a URL; with ``housekeeping_interval`` it calls `expire` that often.
+
+    ``max_attempts`` bounds the dispatches of a job, lost leases included (see "Poison jobs").
 
     * ``sqlite:///abs/path/queue.db`` or ``sqlite://relative.db`` (``sqlite://:memory:`` for tests);
     * ``redis://[user:pass@]host:port/db?prefix=kubefal`` (also ``rediss://`` and ``unix://``).
@@ -556,6 +582,7 @@ async def open_store(
             result_ttl=result_ttl,
             max_logs_per_job=max_logs_per_job,
             housekeeping_interval=housekeeping_interval,
+            max_attempts=max_attempts,
         )
     if parsed.scheme in {"redis", "rediss", "unix"}:
         from kubefal_gateway import store_redis
@@ -570,5 +597,6 @@ async def open_store(
             result_ttl=result_ttl,
             max_logs_per_job=max_logs_per_job,
             housekeeping_interval=housekeeping_interval,
+            max_attempts=max_attempts,
         )
     raise ValueError(f"unsupported queue store URL {url!r}: use sqlite:// or redis://")

@@ -178,25 +178,33 @@ local ttl = redis.call('PTTL', jk)
 if ttl > 0 then redis.call('PEXPIRE', lk, ttl) end
 return 1
 """,
-    # ARGV: p now limit -> list of app ids whose jobs went back to the queue
+    # ARGV: p now limit max_attempts rmeta rbody ttl_ms -> flat list of {requeued 0|1, rid, app}:
+    # expired leases go back to the queue, or complete as exhausted at max_attempts
     "expire_leases": """
 local p = ARGV[1]
-local apps = {}
+local out = {}
 for _, rid in ipairs(redis.call('ZRANGEBYSCORE', p .. ':leases', '-inf', '(' .. ARGV[2],
                                 'LIMIT', 0, tonumber(ARGV[3]))) do
   redis.call('ZREM', p .. ':leases', rid)
   local jk = p .. ':j:' .. rid
-  local f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'seq', 'sub', 'dl')
+  local f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'seq', 'sub', 'dl', 'wh')
   if f[1] == '1' then
-    redis.call('HSET', jk, 'state', 0)
-    redis.call('HDEL', jk, 'holder', 'lease')
-    redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('SREM', p .. ':ip:' .. f[2], rid)
-    enqueue(p, rid, jk, f[2], f[3], f[4], f[5], f[6])
-    table.insert(apps, f[2])
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    if attempts >= tonumber(ARGV[4]) then
+      finish(p, rid, jk, f[2], f[7], ARGV[5], ARGV[6], ARGV[2], ARGV[7])
+      table.insert(out, 0)
+    else
+      redis.call('HSET', jk, 'state', 0)
+      redis.call('HDEL', jk, 'holder', 'lease')
+      redis.call('SREM', p .. ':ip:' .. f[2], rid)
+      enqueue(p, rid, jk, f[2], f[3], f[4], f[5], f[6])
+      table.insert(out, 1)
+    end
+    table.insert(out, rid)
+    table.insert(out, f[2])
   end
 end
-return apps
+return out
 """,
     # ARGV: p now limit rmeta rbody ttl_ms -> list of {rid, app} timed out
     "expire_deadlines": """
@@ -464,8 +472,10 @@ class RedisQueueStore:
         result_ttl: float,
         max_logs_per_job: int,
         share_completions: bool,
+        max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.prefix = prefix
+        self.max_attempts = max_attempts
         self.result_ttl = result_ttl
         self._client = client
         self._prefix = "{" + prefix + "}"
@@ -493,6 +503,7 @@ class RedisQueueStore:
         max_logs_per_job: int = 1000,
         housekeeping_interval: float | None = 1.0,
         share_completions: bool = False,
+        max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
     ) -> RedisQueueStore:
         """Connect to ``url`` (``redis://host:port/db``), load the scripts, start listening."""
         client = redis.asyncio.Redis.from_url(url, decode_responses=False)
@@ -503,6 +514,7 @@ class RedisQueueStore:
             result_ttl=result_ttl,
             max_logs_per_job=max_logs_per_job,
             share_completions=share_completions,
+            max_attempts=max_attempts,
         )
         try:
             await store._load_scripts()
@@ -782,7 +794,16 @@ class RedisQueueStore:
     async def expire(self, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
         timeout = queueing.start_timeout_result(now=now)
-        leases = self._script("expire_leases", repr(now), _EXPIRE_BATCH)
+        exhausted = queueing.attempts_exhausted_result(max_attempts=self.max_attempts, now=now)
+        leases = self._script(
+            "expire_leases",
+            repr(now),
+            _EXPIRE_BATCH,
+            self.max_attempts,
+            store_codec.encode_result_meta(exhausted),
+            exhausted.body,
+            self._ttl_ms,
+        )
         deadlines = self._script(
             "expire_deadlines",
             repr(now),
@@ -791,15 +812,21 @@ class RedisQueueStore:
             timeout.body,
             self._ttl_ms,
         )
-        requeued_apps: list[bytes] = await leases
+        expired: list[Any] = await leases
         timed_out: list[bytes] = await deadlines
-        for app_id in dict.fromkeys(requeued_apps):
-            self._emit(
-                queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id.decode())
-            )
+        requeued_apps: dict[str, None] = {}
+        for index in range(0, len(expired), 3):
+            requeued, request_id, app_id = expired[index : index + 3]
+            if requeued:
+                requeued_apps[app_id.decode()] = None
+            else:
+                LOG.warning("job %s used up its attempts", request_id.decode())
+                self._emit_completed(app_id.decode(), request_id.decode())
+        for app_id in requeued_apps:
+            self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
         for index in range(0, len(timed_out), 2):
             self._emit_completed(timed_out[index + 1].decode(), timed_out[index].decode())
-        return len(requeued_apps) + len(timed_out) // 2
+        return len(expired) // 3 + len(timed_out) // 2
 
     async def stats(self, app_id: str, *, waiting_since: float) -> queueing.AppQueueStats:
         queued, waiting, in_progress, oldest = await self._script(

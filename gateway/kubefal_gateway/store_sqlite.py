@@ -149,8 +149,10 @@ class SqliteQueueStore:
         path: str,
         result_ttl: float,
         max_logs_per_job: int,
+        max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.path = path
+        self.max_attempts = max_attempts
         self.result_ttl = result_ttl
         self._db = connection
         self._max_logs_per_job = max_logs_per_job
@@ -173,10 +175,12 @@ class SqliteQueueStore:
         result_ttl: float = 3600.0,
         max_logs_per_job: int = 1000,
         housekeeping_interval: float | None = 1.0,
+        max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
     ) -> SqliteQueueStore:
         """Open (or create) the database at ``path``; ``":memory:"`` gives a throw-away store.
 
-        Jobs a previous process left IN_PROGRESS go back to the queue (attempts + 1). With a
+        Jobs a previous process left IN_PROGRESS go back to the queue (attempts + 1), or complete
+        with `queueing.attempts_exhausted_result` once that reaches ``max_attempts``. With a
         ``housekeeping_interval`` a task calls `expire` that often.
         """
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -184,12 +188,18 @@ class SqliteQueueStore:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA busy_timeout=5000")
         connection.executescript(_SCHEMA)
-        store = cls(connection, path=path, result_ttl=result_ttl, max_logs_per_job=max_logs_per_job)
-        connection.execute(
-            "UPDATE jobs SET state = 0, holder = NULL, lease_until = NULL,"
-            " attempts = attempts + 1 WHERE state = 1"
+        store = cls(
+            connection,
+            path=path,
+            result_ttl=result_ttl,
+            max_logs_per_job=max_logs_per_job,
+            max_attempts=max_attempts,
         )
         store._load_index()
+        # The previous process's leases: this process is the file's only user, so they are lost.
+        store._begin()
+        store._return_leases(now=time.time(), expired_before=None)
+        await store._durable()
         if housekeeping_interval is not None:
             store._housekeeping = asyncio.create_task(
                 store._housekeep(housekeeping_interval), name="kubefal-queue-housekeeping"
@@ -540,18 +550,8 @@ class SqliteQueueStore:
     async def expire(self, *, now: float | None = None) -> int:
         now = time.time() if now is None else now
         self._check_open()
-        changed = 0
         self._begin()
-        expired_leases = self._db.execute(
-            "UPDATE jobs SET state = 0, holder = NULL, lease_until = NULL,"
-            " attempts = attempts + 1 WHERE state = 1 AND lease_until < ?"
-            " RETURNING app_id, priority, seq, submitted_at",
-            (now,),
-        ).fetchall()
-        for app_id, priority, seq, submitted_at in expired_leases:
-            self._queued.add(app_id, priority, seq, submitted_at)
-            self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
-        changed += len(expired_leases)
+        changed = self._return_leases(now=now, expired_before=now)
         overdue = self._db.execute(
             "SELECT request_id, app_id, priority, seq, webhook_url FROM jobs"
             " WHERE state = 0 AND start_deadline IS NOT NULL AND start_deadline < ?",
@@ -571,6 +571,33 @@ class SqliteQueueStore:
         changed += len(gone)
         await self._durable()
         return changed
+
+    def _return_leases(self, *, now: float, expired_before: float | None) -> int:
+        """Lost leases (all, or those running out before ``expired_before``): back to the queue
+        with attempts + 1, or completed as exhausted when that reaches ``max_attempts``."""
+        where = "state = 1" if expired_before is None else "state = 1 AND lease_until < ?"
+        arguments: tuple[float, ...] = () if expired_before is None else (expired_before,)
+        exhausted = self._db.execute(
+            f"UPDATE jobs SET attempts = attempts + 1 WHERE {where} AND attempts + 1 >= ?"
+            " RETURNING request_id, app_id, webhook_url",
+            (*arguments, self.max_attempts),
+        ).fetchall()
+        if exhausted:
+            result = queueing.attempts_exhausted_result(max_attempts=self.max_attempts, now=now)
+            for request_id, app_id, webhook_url in exhausted:
+                LOG.warning(
+                    "job %s of %s used up its %d attempts", request_id, app_id, self.max_attempts
+                )
+                self._finish(request_id, app_id, webhook_url, result, now=now)
+        requeued = self._db.execute(
+            f"UPDATE jobs SET state = 0, holder = NULL, lease_until = NULL,"
+            f" attempts = attempts + 1 WHERE {where} RETURNING app_id, priority, seq, submitted_at",
+            arguments,
+        ).fetchall()
+        for app_id, priority, seq, submitted_at in requeued:
+            self._queued.add(app_id, priority, seq, submitted_at)
+            self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
+        return len(exhausted) + len(requeued)
 
     async def stats(self, app_id: str, *, waiting_since: float) -> queueing.AppQueueStats:
         self._check_open()

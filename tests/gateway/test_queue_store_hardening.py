@@ -1,0 +1,122 @@
+"""The queue stores under faults and abuse (issue 9): poison jobs, queue-depth limits, failed
+commits, deleted apps. Real SQLite files and a real redis-server (conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from kubefal_gateway import queueing, store_sqlite
+
+OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
+
+APP = "team-a/poison"
+HOLDER = "gateway-1"
+LEASE = 30.0
+
+
+def make_job(
+    request_id: str | None = None, *, app_id: str = APP, webhook_url: str | None = None
+) -> queueing.Job:
+    return queueing.Job(
+        request_id=request_id or queueing.new_request_id(),
+        app_id=app_id,
+        path="/",
+        method="POST",
+        headers=(("content-type", "application/json"),),
+        body=b"{}",
+        submitted_at=time.time(),
+        webhook_url=webhook_url,
+    )
+
+
+def ok_result() -> queueing.Result:
+    return queueing.Result(
+        status_code=200, headers=(("content-type", "application/json"),), body=b"{}"
+    )
+
+
+# ---- item 5: poison jobs ------------------------------------------------------------------------
+async def test_a_job_whose_lease_is_lost_max_attempts_times_completes_with_an_error(
+    open_queue_store: OpenStore,
+) -> None:
+    store = await open_queue_store(max_attempts=3)
+    job = make_job(webhook_url="http://127.0.0.1:9/hook")
+    await store.submit(job)
+    now = time.time()
+    dispatches = 0
+    for _ in range(10):  # a gateway dies with the job in flight, again and again
+        if await store.lease(APP, holder=f"gw-{dispatches}", lease_seconds=LEASE, now=now) is None:
+            break
+        dispatches += 1
+        now += LEASE + 1
+        await store.expire(now=now)
+
+    view = await store.view(job.request_id, with_body=True)
+    deliveries = await store.lease_webhooks(limit=10, lease_seconds=30, now=now + 1)
+
+    assert dispatches == 3
+    assert view is not None and view.state is queueing.JobState.COMPLETED
+    assert view.attempts == 3
+    assert view.result is not None
+    assert view.result.status_code == 503
+    assert view.result.error_type == "attempts_exhausted"
+    assert orjson.loads(view.result.body)["error_type"] == "attempts_exhausted"
+    assert [delivery.request_id for delivery in deliveries] == [job.request_id]
+    assert await store.apps() == []
+
+
+async def test_retries_and_lost_leases_share_one_attempt_budget(
+    open_queue_store: OpenStore,
+) -> None:
+    store = await open_queue_store(max_attempts=3)
+    job = make_job()
+    await store.submit(job)
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+    assert leased is not None
+    await store.requeue(job.request_id, holder=HOLDER, reason="runner 503")  # attempts 1
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+    assert leased is not None and leased.attempts == 1
+    now = time.time() + LEASE + 1
+    await store.expire(now=now)  # attempts 2: one dispatch left
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE, now=now)
+    assert leased is not None and leased.attempts == 2
+    await store.expire(now=now + LEASE + 1)  # attempts 3: exhausted
+
+    view = await store.view(job.request_id)
+    assert view is not None and view.state is queueing.JobState.COMPLETED
+    assert view.result is not None and view.result.error_type == "attempts_exhausted"
+
+
+async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
+    tmp_path: object,
+) -> None:
+    path = f"{tmp_path}/queue.db"
+    job = make_job()
+    opened = 0
+    dispatches = 0
+    store = await store_sqlite.SqliteQueueStore.open(
+        path, housekeeping_interval=None, max_attempts=3
+    )
+    await store.submit(job)
+    while opened < 10:
+        leased = await store.lease(APP, holder=f"gw-{opened}", lease_seconds=LEASE)
+        await store.close()  # the process dies with the job in flight
+        if leased is None:
+            break
+        dispatches += 1
+        opened += 1
+        store = await store_sqlite.SqliteQueueStore.open(
+            path, housekeeping_interval=None, max_attempts=3
+        )
+    else:
+        await store.close()
+    store = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    view = await store.view(job.request_id)
+    await store.close()
+
+    assert dispatches == 3
+    assert view is not None and view.state is queueing.JobState.COMPLETED
+    assert view.result is not None and view.result.status_code == 503
