@@ -47,6 +47,10 @@ e2e: testbin ## End-to-end tests on the local control plane (or KUBEFAL_E2E_KUBE
 test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests
 	$(BIN)/pytest tests e2e -q
 
+.PHONY: chaos
+chaos: testbin ## Reliability suite: kill -9, stalls, hostile clients; prints lost/wrong/run-twice per case
+	$(BIN)/python -m e2e.chaos
+
 ##@ Local control plane
 .PHONY: testbin
 testbin: ## Build etcd, kube-apiserver, KCM, scheduler, kwok, helm (cached in ~/.cache/kubefal/testbin)

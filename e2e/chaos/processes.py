@@ -1,0 +1,180 @@
+"""Processes the chaos suite kills, stalls and restarts: runners on fixed ports, redis-server.
+
+`gwharness` (tests/gateway) already runs gateways and one-shot runners; the chaos suite also
+needs a runner that comes back on the same port after it crashed (what the kubelet does for a
+pod's container) and a redis-server with an append-only file that survives kill -9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+
+from e2e.chaos import CHAOS_APP, free_port, wait_until
+
+
+class SupervisedRunner:
+    """A runner on a fixed port, restarted whenever it exits, like a container under a kubelet."""
+
+    def __init__(
+        self, workdir: pathlib.Path, *, exec_dir: pathlib.Path, max_multiplexing: int
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.exec_dir = exec_dir
+        self.max_multiplexing = max_multiplexing
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+
+    def _spawn(self) -> None:
+        log = (self.workdir / f"runner-{self.port}.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubefal_runner",
+                "--app",
+                CHAOS_APP,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                "0",
+                "--max-multiplexing",
+                str(self.max_multiplexing),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "CHAOS_EXEC_DIR": str(self.exec_dir)},
+            start_new_session=True,
+        )
+
+    def start(self) -> SupervisedRunner:
+        self._spawn()
+        self._supervisor.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.1):
+            process = self.process
+            if process is not None and process.poll() is not None and not self._stopping.is_set():
+                self.restarts += 1
+                self._spawn()
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/_kubefal/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self) -> None:
+        wait_until(self.ready, timeout=120, what=f"runner {self.url} ready")
+
+    def kill(self) -> None:
+        """SIGKILL; the supervisor starts it again."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join()
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class Redis:
+    """redis-server on 127.0.0.1 with `appendfsync always`, so kill -9 loses nothing acked."""
+
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir / "redis"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Redis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: apt-get install -y redis-server")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=(self.workdir / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, timeout=30, what="redis-server")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stall(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
