@@ -25,7 +25,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubefal_gateway import queueing, store_codec
@@ -164,6 +164,9 @@ class SqliteQueueStore:
         self._commit_soon_scheduled = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._pending_events: dict[queueing.QueueEvent, None] = {}
+        self._redo: list[Callable[[], None]] = []
+        """Writes of the open transaction that nobody waits for (lease, renew, requeue): if its
+        commit fails they are applied again, since the jobs they concern go on running."""
         self._housekeeping: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -250,10 +253,14 @@ class SqliteQueueStore:
             return
         waiters, self._commit_waiters = self._commit_waiters, []
         events, self._pending_events = self._pending_events, {}
+        redo, self._redo = self._redo, []
         self._in_transaction = False
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as error:
+            # The batch is lost: its durable calls (submit, complete, cancel, ...) fail to their
+            # callers. Leases, renewals and requeues of the batch are applied again, so a job
+            # that runs stays IN_PROGRESS instead of going back to the queue and running twice.
             LOG.error("queue store commit failed, rolled back: %s", error)
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
@@ -262,6 +269,13 @@ class SqliteQueueStore:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(failure)
+            if redo and not self._closed:
+                try:
+                    self._begin()
+                    for write in redo:
+                        write()
+                except sqlite3.Error as redo_error:
+                    LOG.error("queue store could not re-apply leases: %s", redo_error)
             return
         for waiter in waiters:
             if not waiter.done():
@@ -372,6 +386,7 @@ class SqliteQueueStore:
                 LOG.error("queued job #%d of %s is missing; dropped from the index", seq, app_id)
                 continue
             request_id, meta, body, attempts = row
+            self._redo_lease(seq, holder, now + lease_seconds)
             job = store_codec.decode_job(request_id, meta, body, attempts)
             if job.start_deadline is not None and job.start_deadline < now:
                 self._finish(
@@ -384,6 +399,19 @@ class SqliteQueueStore:
                 self._commit_soon()
                 continue
             return job
+
+    def _redo_lease(self, seq: int, holder: str, lease_until: float) -> None:
+        def redo() -> None:
+            row = self._db.execute(
+                "UPDATE jobs SET state = 1, holder = ?, lease_until = ? WHERE seq = ? AND state = 0"
+                " RETURNING app_id, priority",
+                (holder, lease_until, seq),
+            ).fetchone()
+            if row is not None:
+                self._queued.remove(row[0], row[1], seq)
+                self._redo.append(redo)
+
+        self._redo.append(redo)
 
     async def renew(
         self,
@@ -402,6 +430,16 @@ class SqliteQueueStore:
         ).fetchone()
         if row is None:
             return queueing.LeaseStatus.LOST
+        lease_until = now + lease_seconds
+
+        def redo() -> None:
+            self._db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE request_id = ? AND state = 1 AND holder = ?",
+                (lease_until, request_id, holder),
+            )
+            self._redo.append(redo)
+
+        self._redo.append(redo)
         return queueing.LeaseStatus.CANCEL_REQUESTED if row[0] else queueing.LeaseStatus.HELD
 
     async def complete(
@@ -492,6 +530,20 @@ class SqliteQueueStore:
             return False
         app_id, priority, seq, submitted_at = row
         LOG.debug("requeued %s (%s)", request_id, reason)
+        increment = 1 if count_attempt else 0
+
+        def redo() -> None:
+            again = self._db.execute(
+                "UPDATE jobs SET state = 0, holder = NULL, lease_until = NULL,"
+                " attempts = attempts + ? WHERE request_id = ? AND state = 1 AND holder = ?",
+                (increment, request_id, holder),
+            )
+            if again.rowcount:
+                self._queued.add(app_id, priority, seq, submitted_at)
+                self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
+                self._redo.append(redo)
+
+        self._redo.append(redo)
         self._queued.add(app_id, priority, seq, submitted_at)
         self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
         self._commit_soon()  # wake the dispatchers without waiting for a lazy commit

@@ -120,3 +120,46 @@ async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
     assert dispatches == 3
     assert view is not None and view.state is queueing.JobState.COMPLETED
     assert view.result is not None and view.result.status_code == 503
+
+
+# ---- item 12: a failed SQLite group commit ------------------------------------------------------
+async def test_a_failed_sqlite_commit_fails_its_batch_but_keeps_running_jobs_leased(
+    tmp_path: object,
+) -> None:
+    store = await store_sqlite.SqliteQueueStore.open(
+        f"{tmp_path}/queue.db", housekeeping_interval=None
+    )
+    # A real COMMIT failure: a deferred foreign key that is violated when the batch commits.
+    store._db.execute("PRAGMA foreign_keys = ON")
+    store._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store._db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    running, requeued = make_job("running"), make_job("requeued")
+    await store.submit(running)
+    await store.submit(requeued)
+    assert (await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)) is not None
+    assert (await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)) is not None
+    await store.renew("running", holder=HOLDER, lease_seconds=LEASE)
+    assert await store.requeue("requeued", holder=HOLDER, reason="retry")
+    store._db.execute("INSERT INTO child VALUES (42)")  # poisons the open batch
+    late = make_job("late")
+
+    failed = False
+    try:
+        await store.submit(late)
+    except queueing.QueueError:
+        failed = True
+    running_view = await store.view("running")
+    requeued_view = await store.view("requeued")
+    next_leased = await store.lease(APP, holder="other", lease_seconds=LEASE)
+    completed = await store.complete("running", holder=HOLDER, result=ok_result())
+    late_view = await store.view("late")
+    await store.close()
+
+    assert failed, "the submit of the failed batch must fail"
+    assert late_view is None
+    assert running_view is not None and running_view.state is queueing.JobState.IN_PROGRESS
+    assert requeued_view is not None and requeued_view.state is queueing.JobState.IN_QUEUE
+    assert next_leased is not None and next_leased.request_id == "requeued"
+    assert completed
