@@ -4,8 +4,12 @@ fal returns an in-progress request's logs in ``status(with_logs=True)``. On fal 
 collects the process's stdout and stderr; here the runner does it in-process: ``sys.stdout`` and
 ``sys.stderr`` are replaced by streams that look up the current request id (a context variable the
 ASGI wrapper sets, which Starlette copies into the threadpool that runs sync endpoints). Text
-written outside a request passes through untouched. Text written inside one is split into lines,
-each kept in a bounded in-memory store in fal's log shape
+written outside a request passes through untouched. Text written inside one is split into lines
+(``\n``, ``\r\n`` and a lone ``\r`` each end one, so a progress bar redrawn with ``\r`` gives
+one line per redraw; a line longer than the message limit is cut into pieces of that size, so
+the text held per request while its line is unfinished is bounded and each write costs time
+linear in its own length, however long the output runs without a newline), each kept in a
+bounded in-memory store in fal's log shape
 ``{"message","level","source":"USER","timestamp"}`` and written to the real stdout as one JSON line
 carrying the request id, for the cluster's log collector. ``logging`` output reaches the same
 streams through its handlers; records of an app that configured no handler at all (Python's "last
@@ -19,6 +23,7 @@ import contextvars
 import datetime
 import json
 import logging
+import re
 import sys
 import threading
 from typing import Any, TextIO, cast
@@ -59,7 +64,8 @@ class RequestLogStore:
         self._sink = sink
         self._max_requests = max_requests
         self._max_entries_per_request = max_entries_per_request
-        self._max_message_chars = max_message_chars
+        self.max_message_chars = max_message_chars
+        """Longest message kept; the capturing streams cut longer lines into pieces this long."""
         self._max_total_chars = max_total_chars
         self._total_chars = 0
         self._entries: collections.OrderedDict[str, collections.deque[dict[str, str]]] = (
@@ -70,7 +76,7 @@ class RequestLogStore:
     def append(self, *, request_id: str, level: str, message: str) -> None:
         """Keep one entry and write it to the sink as a JSON line."""
         entry = {
-            "message": message[: self._max_message_chars],
+            "message": message[: self.max_message_chars],
             "level": level,
             "source": "USER",
             "timestamp": _fal_timestamp(),
@@ -105,6 +111,27 @@ class RequestLogStore:
             return list(self._entries.get(request_id, ()))
 
 
+class _PartialLine:
+    """The unfinished line of one request: its pieces, their length, and a pending ``\r``."""
+
+    __slots__ = ("after_carriage_return", "chunks", "length")
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.length = 0
+        self.after_carriage_return = False
+        """The last text ended with ``\r``: a ``\n`` right after it ends no second line."""
+
+    def take(self) -> str:
+        text = "".join(self.chunks)
+        self.chunks.clear()
+        self.length = 0
+        return text
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 class RequestCapturingStream:
     """A stand-in for ``sys.stdout``/``sys.stderr`` that files in-request text under its request."""
 
@@ -112,7 +139,8 @@ class RequestCapturingStream:
         self._original = original
         self._level = level
         self._store = store
-        self._partial_lines: dict[str, str] = {}
+        self._max_line_chars = store.max_message_chars
+        self._partial_lines: dict[str, _PartialLine] = {}
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -120,13 +148,60 @@ class RequestCapturingStream:
         if request_id is None:
             return self._original.write(text)
         with self._lock:
-            pending = self._partial_lines.pop(request_id, "") + text
-            *complete_lines, rest = pending.split("\n")
-            if rest:
-                self._partial_lines[request_id] = rest
+            complete_lines = self._split(request_id, text)
         for line in complete_lines:
             self._store.append(request_id=request_id, level=self._level, message=line)
         return len(text)
+
+    def _split(self, request_id: str, text: str) -> list[str]:
+        """Lines completed by ``text``; the unfinished rest stays with the request (lock held).
+
+        Each character of ``text`` is looked at a bounded number of times and the kept rest is
+        never longer than the message limit, so writing N characters in any number of pieces
+        costs O(N) time and O(limit) memory.
+        """
+        partial = self._partial_lines.get(request_id)
+        if partial is None:
+            partial = self._partial_lines[request_id] = _PartialLine()
+        limit = self._max_line_chars
+        complete: list[str] = []
+        position = 0
+        if partial.after_carriage_return and text.startswith("\n"):
+            position = 1  # the "\r\n" of a line already ended at its "\r"
+        partial.after_carriage_return = False
+        for match in _LINE_BREAK.finditer(text, position):
+            self._append_piece(partial, text[position : match.start()], complete, limit)
+            line = partial.take()
+            # An empty segment ended by "\r" (a redraw that starts with "\r") is no line.
+            if line or match.group() != "\r":
+                complete.append(line)
+            position = match.end()
+        if position < len(text):
+            self._append_piece(partial, text[position:], complete, limit)
+        elif text.endswith("\r"):
+            partial.after_carriage_return = True
+        if not partial.chunks and not partial.after_carriage_return:
+            del self._partial_lines[request_id]
+        return complete
+
+    @staticmethod
+    def _append_piece(partial: _PartialLine, piece: str, complete: list[str], limit: int) -> None:
+        """Add ``piece`` to the unfinished line, cutting off a full line beyond ``limit`` chars."""
+        while partial.length + len(piece) > limit:
+            room = limit - partial.length
+            partial.chunks.append(piece[:room])
+            partial.length = limit
+            complete.append(partial.take())
+            piece = piece[room:]
+        if piece:
+            partial.chunks.append(piece)
+            partial.length += len(piece)
+
+    def pending_chars(self, request_id: str) -> int:
+        """Characters of ``request_id``'s unfinished line held in memory."""
+        with self._lock:
+            partial = self._partial_lines.get(request_id)
+            return 0 if partial is None else partial.length
 
     def writelines(self, lines: list[str]) -> None:
         for line in lines:
@@ -137,13 +212,16 @@ class RequestCapturingStream:
         if not self._partial_lines:
             return
         with self._lock:
-            rest = self._partial_lines.pop(request_id, "")
+            partial = self._partial_lines.pop(request_id, None)
+            rest = "" if partial is None else partial.take()
         if rest:
             self._store.append(request_id=request_id, level=self._level, message=rest)
 
     def has_partial_line(self, request_id: str) -> bool:
         """True when text without a final newline waits to be kept for ``request_id``."""
-        return request_id in self._partial_lines
+        with self._lock:
+            partial = self._partial_lines.get(request_id)
+            return partial is not None and bool(partial.chunks)
 
     def flush(self) -> None:
         self._original.flush()

@@ -2,13 +2,17 @@
 
 We test these aspects: entries come back in fal's shape and order; a request keeps only its newest
 lines beyond the per-request limit; the oldest requests are forgotten beyond the request and the
-character limits; every entry is also written to the sink as a JSON line with its request id.
+character limits; every entry is also written to the sink as a JSON line with its request id; the
+capturing stream ends lines at ``\n``, ``\r\n`` and ``\r`` and holds a bounded unfinished line
+however much output arrives without a line break.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import tracemalloc
 
 from kubefal_runner import request_logs
 
@@ -64,3 +68,87 @@ def test_the_oldest_requests_are_forgotten_beyond_the_character_limit() -> None:
 
     assert store.entries("old") == []
     assert store.entries("new")[0]["message"] == "y" * 6
+
+
+class _DiscardingSink(io.StringIO):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _capturing_stream(
+    **bounds: int,
+) -> tuple[request_logs.RequestCapturingStream, request_logs.RequestLogStore]:
+    # The sink is the process's stdout in the runner; here it discards, so memory is the store's.
+    store = request_logs.RequestLogStore(sink=_DiscardingSink(), **bounds)
+    stream = request_logs.RequestCapturingStream(
+        original=io.StringIO(), level="STDERR", store=store
+    )
+    return stream, store
+
+
+def _write_in_request(
+    stream: request_logs.RequestCapturingStream, request_id: str, *texts: str
+) -> None:
+    token = request_logs.CURRENT_REQUEST_ID.set(request_id)
+    try:
+        for text in texts:
+            stream.write(text)
+    finally:
+        request_logs.CURRENT_REQUEST_ID.reset(token)
+
+
+def test_carriage_returns_end_lines_and_a_split_crlf_ends_one() -> None:
+    stream, store = _capturing_stream()
+
+    _write_in_request(stream, "r1", "\r 10%", "\r 20%", "\r 30%\n", "a\r", "\nb\r\n", "tail")
+    stream.finish_request("r1")
+
+    assert [entry["message"] for entry in store.entries("r1")] == [
+        " 10%",
+        " 20%",
+        " 30%",
+        "a",
+        "b",
+        "tail",
+    ]
+
+
+def test_output_without_line_breaks_is_kept_in_bounded_pieces() -> None:
+    """16 MiB without a newline: never more than one message limit held, nothing lost."""
+    limit = 1000
+    stream, store = _capturing_stream(max_message_chars=limit, max_entries_per_request=100_000)
+    chunk = "x" * (64 * 1024)
+    writes = 256  # 16 MiB in all
+    token = request_logs.CURRENT_REQUEST_ID.set("r1")
+    try:
+        most_pending = 0
+        for _ in range(writes):
+            stream.write(chunk)
+            most_pending = max(most_pending, stream.pending_chars("r1"))
+    finally:
+        request_logs.CURRENT_REQUEST_ID.reset(token)
+    stream.finish_request("r1")
+
+    assert most_pending <= limit
+    messages = [entry["message"] for entry in store.entries("r1")]
+    assert sum(len(message) for message in messages) == writes * len(chunk)
+    assert {len(message) for message in messages[:-1]} == {limit}
+
+
+def test_sixteen_mebibytes_of_progress_redraws_hold_bounded_memory() -> None:
+    """Peak memory while 16 MiB of ``\\r`` redraws are captured stays far below their size."""
+    stream, store = _capturing_stream()
+    redraw = "\r" + "#" * 1023
+    batch = redraw * 64  # written as a progress bar library would, many redraws per write
+    batches = 16 * 1024 * 1024 // len(batch)
+
+    tracemalloc.start()
+    try:
+        _write_in_request(stream, "r1", *itertools.repeat(batch, batches))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 2 * 1024 * 1024
+    assert stream.pending_chars("r1") == 1023
+    assert store.count("r1") == request_logs.DEFAULT_MAX_ENTRIES_PER_REQUEST

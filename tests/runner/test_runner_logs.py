@@ -3,7 +3,9 @@
 We test these aspects, with a real runner: print() (stdout), sys.stderr writes (even split across
 several writes) and `logging` records are captured per request and returned by
 ``/_kubefal/logs/{request_id}``; concurrent requests do not mix their lines; each line is also
-written to the real stdout as JSON with its request id; output outside requests passes untouched.
+written to the real stdout as JSON with its request id; output outside requests passes untouched;
+16 MiB of ``\r`` progress redraws are captured one entry per redraw, and SIGTERM still starts the
+drain while an endpoint writes progress.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import json
+import pathlib
+import signal
 
 import httpx
 
-from kubefal_runner import testing
+from kubefal_runner import request_logs, testing
 
 WORDS_PER_REQUEST = 40
 
@@ -107,3 +111,63 @@ def test_captured_lines_reach_stdout_as_json_and_other_output_passes_untouched(
         "source": "USER",
     }.items() <= next(line for line in json_lines if line["message"] == "print gamma").items()
     assert "[debug] Python packages installed" in runner.stdout()
+
+
+def test_sixteen_mebibytes_of_carriage_return_progress_are_captured_per_redraw(
+    start_runner: testing.RunnerFactory,
+) -> None:
+    runner = start_runner("progress_app.py::ProgressApp")
+    runner.wait_ready()
+
+    response = httpx.post(
+        f"{runner.base_url}/progress",
+        json={"mebibytes": 16},
+        headers={"x-fal-request-id": "progress-16"},
+        timeout=120,
+    )
+    entries = _logs(runner=runner, request_id="progress-16")
+
+    assert response.status_code == 200
+    assert response.json()["redraws"] == 16 * 1024 * 1024 // 4096
+    # One entry per redraw and the store keeps the newest ones; the last redraw, never ended by
+    # a line break, is kept when the request ends, after the final print.
+    assert len(entries) == request_logs.DEFAULT_MAX_ENTRIES_PER_REQUEST
+    assert [(entry["level"], entry["message"]) for entry in entries[-2:]] == [
+        ("STDOUT", "done"),
+        ("STDERR", "#" * 4093 + " |"),
+    ]
+    assert {entry["message"] for entry in entries[:-2]} == {"#" * 4093 + " |"}
+
+
+def test_sigterm_drains_while_an_endpoint_writes_progress(
+    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+) -> None:
+    gate = tmp_path / "release"
+    runner = start_runner(
+        "progress_app.py::ProgressApp", extra_env={"KUBEFAL_TEST_RELEASE_GATE": str(gate)}
+    )
+    runner.wait_ready()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(httpx.post, f"{runner.base_url}/progress-until", json={}, timeout=120)
+        testing.wait_for(
+            lambda: (
+                runner.get("/_kubefal/info") is not None
+                and runner.get("/_kubefal/info").json()["runner"]["in_flight"] == 1
+            ),  # type: ignore[union-attr]
+            timeout=30,
+            message="the progress request to be in flight",
+        )
+        runner.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            response = runner.get("/_kubefal/ready")
+            return response is not None and response.json()["state"] == "draining"
+
+        testing.wait_for(draining, timeout=30, message="the runner to start draining")
+        gate.touch()
+        response = pending.result(timeout=60)
+
+    assert response.status_code == 200
+    assert response.json()["redraws"] > 0
+    assert runner.wait_exit() == 0
