@@ -72,6 +72,10 @@ APP_REFERENCE_PATTERN: Final = r"^[A-Za-z0-9_./-]+::[A-Za-z_][A-Za-z0-9_]*$"
 """``file.py::Class`` or ``package.module::Class``."""
 MACHINE_TYPE_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$"
 HEALTH_CHECK_PATH_PATTERN: Final = r"^/[^\s]*$"
+SERVICE_ACCOUNT_NAME_PATTERN: Final = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+"""A DNS-1123 subdomain, as Kubernetes names ServiceAccounts."""
 
 MachineTypeName = Annotated[
     str, pydantic.StringConstraints(pattern=MACHINE_TYPE_PATTERN, max_length=63)
@@ -275,9 +279,20 @@ class HealthCheckSpec(KubeModel):
         default=DEFAULT_HEALTH_CHECK_FAILURE_THRESHOLD, ge=1, le=100
     )
     """Consecutive failures after which the runner is restarted."""
-    call_regularly: bool = False
-    """Call the check every 15 s; when false it runs only after a response carrying the
-    ``x-fal-runner-health-check`` header."""
+    call_regularly: bool = True
+    """Call the check every 15 s (fal's default). When false, failureThreshold and
+    startPeriodSeconds are ignored and the check runs only after an app response carrying the
+    ``x-fal-runner-health-check`` header; one failure of that check makes the runner unready
+    and unhealthy, so Kubernetes restarts it."""
+
+
+class SecretKeyReference(KubeModel):
+    """One key of a Secret in the FalApp's namespace."""
+
+    name: str = pydantic.Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+    key: str = pydantic.Field(default="FAL_KEY", min_length=1, max_length=253)
+    """Key in the Secret whose value is used."""
 
 
 class EnvVar(KubeModel):
@@ -430,6 +445,19 @@ class FalAppSpec(KubeModel):
     """Environment variables of the runner container."""
     env_from: list[EnvFromSource] = pydantic.Field(default_factory=list, max_length=64)
     """ConfigMaps and Secrets exposed as environment variables (fal ``secrets``)."""
+    service_account_name: str | None = pydantic.Field(
+        default=None, pattern=SERVICE_ACCOUNT_NAME_PATTERN, max_length=253
+    )
+    """ServiceAccount the runner pods run as; unset means the namespace's "default". Its API
+    token is mounted only when automountServiceAccountToken is true."""
+    automount_service_account_token: bool = False
+    """Mount the ServiceAccount's API token into the runner, where the app's code (and
+    everything it installs) can call the Kubernetes API with that account's permissions.
+    Default false: runner pods get no token."""
+    fal_key_secret_ref: SecretKeyReference | None = None
+    """Secret key holding the FAL_KEY the app presents when it calls other apps through the
+    gateway with fal_client (FAL_RUN_HOST and FAL_QUEUE_RUN_HOST point at the gateway);
+    unset means the runner gets no key (calls to public apps still work)."""
     strategy: Strategy = Strategy.ROLLING
     """rolling (new runners before old ones go) or recreate (never doubles GPUs); fal
     ``deploy --strategy``."""

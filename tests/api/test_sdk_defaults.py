@@ -114,5 +114,5 @@ def test_health_check_defaults_follow_fals_documented_values() -> None:
         start_period_seconds=30,
         timeout_seconds=5,
         failure_threshold=3,
-        call_regularly=False,
+        call_regularly=True,
     )
