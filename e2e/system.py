@@ -157,7 +157,7 @@ def running_system(
         f"--tls-key={key}",
         f"--store=sqlite:///{workdir / 'queue.db'}",
         f"--kubeconfig={kubeconfig}",
-        *([f"--key-namespace={key_namespace}"] if key_namespace else []),
+        f"--key-namespace={key_namespace or '*'}",
         *gateway_args,
     ]
     gateway = _spawn(gateway_argv, log=gateway_log, env=env)

@@ -1,32 +1,118 @@
 """API-key authentication and the per-app auth modes (private, shared, public).
 
 Keys are `<id>:<secret>` (kubefal_api.apikeys); the gateway holds only their hashed records,
-loaded from Kubernetes Secrets labelled `kubefal.io/api-key=true` or from the static file. A hash
-verification costs about 0.1 s of CPU on purpose, so a successful verification is remembered by
-the key's SHA-256 fingerprint for `cache_ttl` seconds and the hot path costs one dict lookup; the
-hash itself is checked in a worker thread so a burst of bad keys cannot stall the event loop.
+loaded from Kubernetes Secrets labelled `kubefal.io/api-key=true` or from the static file.
+
+A hash verification costs tens of milliseconds of CPU on purpose (scrypt: 38 ms on the reference
+machine), which makes the verifier itself the target: unthrottled wrong secrets burned the
+gateway's CPU and slowed every valid caller, and a known key id answered 60x slower than an
+unknown one, revealing which ids exist. So `KeyStore.verify`:
+
+* remembers successful verifications in memory, keyed by a keyed BLAKE2b digest of the full key
+  (a per-process random key, so the cache is no offline oracle); a hit costs one dict lookup and
+  the entry's lifetime slides with use, so a valid caller pays scrypt once, not once per
+  `key_cache_ttl`. A hit is checked against the current record (hash and revocation), so a
+  rotated or revoked key stops working at once;
+* throttles verifications that reach the hash per client IP and per key id (token buckets of
+  `auth_failures_per_ip` / `auth_failures_per_key` per minute; a token is given back when the
+  verification succeeds, so only failures count) and answers 429 with `Retry-After`;
+* verifies an unknown key id against a dummy hash with the default parameters, on the same code
+  path as a known id (same throttles, one hash computation each), so failures do not reveal
+  which ids exist;
+* runs the hash in a small thread pool of its own (`key_verify_concurrency` threads) with at most
+  `key_verify_queue` verifications waiting; beyond that a caller gets 429 at once, so a flood
+  cannot queue unbounded work nor stall the event loop.
+
+`admit` is the per-key request rate limit (`key_rate_limit` per second, burst `key_rate_burst`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import secrets
 import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector as _CollectorBase
 
 from kubefal_api import apikeys
-from kubefal_gateway import apps, errors
+from kubefal_gateway import apps, errors, ratelimit, settings
 
 FAILED_CACHE_TTL = 5.0
+MAX_CACHE_ENTRIES = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthLimits:
+    """The knobs of `KeyStore` (settings.py documents each as a flag)."""
+
+    cache_ttl: float = 300.0
+    verify_concurrency: int = 2
+    verify_queue: int = 64
+    failures_per_key: int = 10
+    """Hash verifications per minute (burst as large) per key id; 0: unlimited."""
+    failures_per_ip: int = 60
+    """Hash verifications per minute (burst as large) per client IP; 0: unlimited."""
+    rate_limit: float = 1000.0
+    """Requests per second per API key; 0: unlimited."""
+    rate_burst: int = 2000
+
+
+def limits_from_settings(config: settings.Settings) -> AuthLimits:
+    return AuthLimits(
+        cache_ttl=config.key_cache_ttl,
+        verify_concurrency=config.key_verify_concurrency,
+        verify_queue=config.key_verify_queue,
+        failures_per_key=config.auth_failures_per_key,
+        failures_per_ip=config.auth_failures_per_ip,
+        rate_limit=config.key_rate_limit,
+        rate_burst=config.key_rate_burst,
+    )
+
+
+def _buckets(per_minute: int) -> ratelimit.TokenBuckets | None:
+    if per_minute <= 0:
+        return None
+    return ratelimit.TokenBuckets(rate=per_minute / 60.0, burst=per_minute)
 
 
 class KeyStore:
-    """The known key records, and a cache of recent verification outcomes."""
+    """The known key records, a cache of successful verifications, and the throttles."""
 
-    def __init__(self, *, cache_ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        limits: AuthLimits | None = None,
+        verifier: Callable[..., bool] = apikeys.verify_secret,
+    ) -> None:
+        self.limits = limits or AuthLimits()
         self.records: dict[str, apikeys.KeyRecord] = {}
-        self.cache_ttl = cache_ttl
-        # fingerprint of the full key -> (key id, hash it was verified against, expiry)
-        self._verified: dict[str, tuple[str, str, float]] = {}
-        self._failed: dict[str, float] = {}
+        self.hash_verifications = 0
+        """Hash computations started (a counter for metrics and tests)."""
+        self.throttled = 0
+        """Verifications refused with 429."""
+        self._verifier = verifier
+        self._cache_key = secrets.token_bytes(32)
+        # digest of the full key -> (key id, hash it was verified against, expiry)
+        self._verified: dict[bytes, tuple[str, str, float]] = {}
+        self._failed: dict[bytes, float] = {}
+        self._dummy_hash = apikeys.hash_secret(secrets.token_urlsafe(32))
+        self._per_key = _buckets(self.limits.failures_per_key)
+        self._per_ip = _buckets(self.limits.failures_per_ip)
+        self._rate = (
+            ratelimit.TokenBuckets(
+                rate=self.limits.rate_limit, burst=max(1, self.limits.rate_burst)
+            )
+            if self.limits.rate_limit > 0
+            else None
+        )
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
 
     def put(self, record: apikeys.KeyRecord) -> None:
         self.records[record.id] = record
@@ -37,57 +123,154 @@ class KeyStore:
     def replace_all(self, records: list[apikeys.KeyRecord]) -> None:
         self.records = {record.id: record for record in records}
 
-    async def verify(self, header: str) -> apikeys.KeyRecord:
-        """The record of a valid, unrevoked key; raise MissingCredentials otherwise."""
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _digest(self, key: apikeys.ApiKey) -> bytes:
+        raw = str(key).encode("utf-8")
+        return hashlib.blake2b(raw, key=self._cache_key, digest_size=32).digest()
+
+    def admit(self, record: apikeys.KeyRecord) -> None:
+        """The per-key request rate limit: 429 with `Retry-After` when the key's bucket is empty."""
+        if self._rate is None:
+            return
+        wait = self._rate.take(record.id)
+        if wait:
+            raise errors.TooManyRequests(
+                "Rate limit of this API key exceeded", retry_after=self._rate.retry_after(wait)
+            )
+
+    async def verify(self, header: str, *, client: str | None = None) -> apikeys.KeyRecord:
+        """The record of a valid, unrevoked key; 401 otherwise, 429 when throttled."""
         try:
             key = apikeys.parse_authorization(header)
         except apikeys.InvalidApiKeyError as error:
             raise errors.MissingCredentials(f"Invalid API key: {error}") from error
         now = time.monotonic()
-        fingerprint = apikeys.fingerprint(key)
+        digest = self._digest(key)
         record = self.records.get(key.id)
-        if record is None:
-            raise errors.MissingCredentials("Invalid API key")
-        cached = self._verified.get(fingerprint)
+        cached = self._verified.get(digest)
         if (
             cached is not None
+            and record is not None
             and cached[0] == key.id
             and cached[1] == record.hash
             and cached[2] > now
         ):
             if record.revoked:
                 raise errors.MissingCredentials("API key revoked")
+            self._verified[digest] = (key.id, record.hash, now + self.limits.cache_ttl)
             return record
-        failed_until = self._failed.get(fingerprint)
+        failed_until = self._failed.get(digest)
         if failed_until is not None and failed_until > now:
             raise errors.MissingCredentials("Invalid API key")
-        ok = await asyncio.to_thread(
-            apikeys.verify_secret, secret=key.secret, encoded_hash=record.hash
-        )
+        self._take_throttles(key.id, client)
+        encoded_hash = record.hash if record is not None else self._dummy_hash
+        ok = await self._verify_hash(key.secret, encoded_hash) and record is not None
         if not ok:
-            if len(self._failed) > 10_000:
+            if len(self._failed) >= MAX_CACHE_ENTRIES:
                 self._failed.clear()
-            self._failed[fingerprint] = now + FAILED_CACHE_TTL
+            self._failed[digest] = time.monotonic() + FAILED_CACHE_TTL
             raise errors.MissingCredentials("Invalid API key")
-        if len(self._verified) > 100_000:
+        assert record is not None
+        self._refund_throttles(key.id, client)
+        if len(self._verified) >= MAX_CACHE_ENTRIES:
             self._verified.clear()
-        self._verified[fingerprint] = (key.id, record.hash, now + self.cache_ttl)
+        self._verified[digest] = (key.id, record.hash, time.monotonic() + self.limits.cache_ttl)
         if record.revoked:
             raise errors.MissingCredentials("API key revoked")
         return record
 
+    def _take_throttles(self, key_id: str, client: str | None) -> None:
+        if self._per_ip is not None and client:
+            wait = self._per_ip.take(client)
+            if wait:
+                self.throttled += 1
+                raise errors.TooManyRequests(
+                    "Too many failed API-key attempts from this address",
+                    retry_after=self._per_ip.retry_after(wait),
+                )
+        if self._per_key is not None:
+            wait = self._per_key.take(key_id)
+            if wait:
+                if self._per_ip is not None and client:
+                    self._per_ip.refund(client)
+                self.throttled += 1
+                raise errors.TooManyRequests(
+                    "Too many failed attempts for this API key id",
+                    retry_after=self._per_key.retry_after(wait),
+                )
+
+    def _refund_throttles(self, key_id: str, client: str | None) -> None:
+        if self._per_ip is not None and client:
+            self._per_ip.refund(client)
+        if self._per_key is not None:
+            self._per_key.refund(key_id)
+
+    async def _verify_hash(self, secret: str, encoded_hash: str) -> bool:
+        """One hash computation in the key pool; 429 when too many are already waiting."""
+        if self._waiting >= self.limits.verify_queue:
+            self.throttled += 1
+            raise errors.TooManyRequests(
+                "Too many API-key verifications in progress", retry_after=1
+            )
+        if self._pool is None or self._slots is None:
+            workers = max(1, self.limits.verify_concurrency)
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="kubefal-keys"
+            )
+            self._slots = asyncio.Semaphore(workers)
+        self._waiting += 1
+        try:
+            async with self._slots:
+                self.hash_verifications += 1
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(
+                    self._pool,
+                    lambda: self._verifier(secret=secret, encoded_hash=encoded_hash),
+                )
+        finally:
+            self._waiting -= 1
+
+
+class Collector(_CollectorBase):
+    """`kubefal_gateway_key_hash_verifications_total` and `..._auth_throttled_total`."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "kubefal_gateway_key_hash_verifications",
+            "API-key hash computations (cache misses, known and unknown key ids alike)",
+            value=self.keys.hash_verifications,
+        )
+        yield CounterMetricFamily(
+            "kubefal_gateway_auth_throttled",
+            "API-key verifications refused with 429 (failed-attempt throttles, busy verifier)",
+            value=self.keys.throttled,
+        )
+
 
 async def authorize(
-    keys: KeyStore, *, app: apps.AppConfig, authorization: str | None
+    keys: KeyStore,
+    *,
+    app: apps.AppConfig,
+    authorization: str | None,
+    client: str | None = None,
 ) -> apikeys.KeyRecord | None:
-    """Apply the app's auth mode; 401 for a missing or bad key, 403 for another namespace's key."""
+    """Apply the app's auth mode; 401 for a missing or bad key, 403 for another namespace's key,
+    429 when throttled or over the key's rate limit. `client` is the caller's IP address."""
     if app.auth is apps.AuthMode.PUBLIC:
         return None
     if not authorization:
         raise errors.MissingCredentials("Missing API key: send 'Authorization: Key <id>:<secret>'")
-    record = await keys.verify(authorization)
+    record = await keys.verify(authorization, client=client)
     if app.auth is apps.AuthMode.PRIVATE and not record.allows_namespace(app.namespace):
         raise errors.Forbidden(f"This API key is not allowed to call apps in {app.namespace!r}")
+    keys.admit(record)
     return record
 
 

@@ -55,7 +55,8 @@ class Gateway:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.metrics = metrics.Metrics()
         self.registry = apps.AppRegistry()
-        self.keys = auth.KeyStore()
+        self.keys = auth.KeyStore(limits=auth.limits_from_settings(config))
+        self.metrics.registry.register(auth.Collector(self.keys))
         self.client = upstream.UpstreamClient()
         self.runners = runners.RunnerTable(
             client=self.client, probe_interval=config.runner_probe_interval
@@ -131,7 +132,7 @@ class Gateway:
                 keys=self.keys,
                 table=self.runners,
                 kubeconfig=config.kubeconfig,
-                key_namespace=config.key_namespace,
+                key_namespace="" if config.key_namespace == "*" else config.key_namespace,
                 runner_port=config.runner_port,
             )
             kube.start()
@@ -139,9 +140,7 @@ class Gateway:
             LOGGER.warning("no --webhook-secret: webhooks are delivered unsigned")
         delivery = webhooks.WebhookWorker(
             store,
-            settings=webhooks.WebhookSettings(
-                signing_secret=config.webhook_secret.encode() if config.webhook_secret else None
-            ),
+            settings=webhooks.settings_from(config),
             on_outcome=lambda outcome: self.metrics.webhook_deliveries.labels(outcome).inc(),
         )
         tasks = [
@@ -166,4 +165,5 @@ class Gateway:
             self._signals.close()
             self.runners.close()
             self.client.close()
+            self.keys.close()
             await store.close()

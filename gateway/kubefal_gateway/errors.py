@@ -52,6 +52,19 @@ class PayloadTooLarge(GatewayError):
     error_type = "payload_too_large"
 
 
+class TooManyRequests(GatewayError):
+    """A throttle or rate limit refused the request; `Retry-After` says when to come back.
+
+    fal_client resends 429s with backoff, which is what a throttled caller should do."""
+
+    status = 429
+    error_type = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers=((b"retry-after", str(max(1, retry_after)).encode()),))
+        self.retry_after = max(1, retry_after)
+
+
 class StillInProgress(GatewayError):
     status = 400
     error_type = "in_progress"

@@ -139,6 +139,12 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def client_host(scope: Scope) -> str | None:
+    """The caller's IP address (the TCP peer), for per-address throttles."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def split_app_path(path: str) -> tuple[str, str, str]:
     """`/ns/name/rest...` → (ns, name, "/rest..."); raises NotFound for a path without an app."""
     parts = path.split("/", 3)
@@ -226,6 +232,7 @@ class Api:
             self.gateway.keys,
             app=app,
             authorization=None if authorization is None else authorization.decode("latin-1"),
+            client=client_host(scope),
         )
         return app
 
@@ -524,6 +531,7 @@ class Api:
                 authorization=authorization.decode("latin-1")
                 if authorization is not None
                 else (f"Key {token}" if token else None),
+                client=client_host(scope),
             )
         except errors.GatewayError as error:
             await receive()  # websocket.connect

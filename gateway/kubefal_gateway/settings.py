@@ -42,6 +42,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 
 ENV_PREFIX = "KUBEFAL_GATEWAY_"
+SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +75,9 @@ class Settings:
     kubeconfig: pathlib.Path | None = None
     """Kubeconfig for discovery; without it and without `static_config`, in-cluster config."""
     key_namespace: str | None = None
-    """Namespace holding API-key Secrets (default: the gateway pod's own namespace; outside a pod,
-    all namespaces the kubeconfig's user can list)."""
+    """Namespace holding API-key Secrets. Default: the gateway pod's own namespace; outside a pod
+    (Kubernetes discovery without a service account) it must be given: a namespace, or `*` for
+    every namespace the kubeconfig's user can list (the gateway refuses to start otherwise)."""
     result_ttl: float = 24 * 3600.0
     """Seconds a finished request's result stays readable."""
     max_request_bytes: int = 32 * 1024 * 1024
@@ -94,6 +96,69 @@ class Settings:
     webhook_secret: str = ""
     """HMAC-SHA256 key signing webhook deliveries (`X-Kubefal-Signature`, scheme in webhooks.py);
     share it with the receivers. Empty: webhooks are sent unsigned (a warning is logged)."""
+    webhook_allow: str = ""
+    """Comma list of CIDRs (`127.0.0.1/32`, `10.1.0.0/16`) and host names (`hooks.internal`)
+    webhooks may be delivered to although they are loopback, link-local, private, CGNAT,
+    multicast, unspecified, IPv6 ULA or in `webhook_deny` (all refused by default)."""
+    webhook_deny: str = ""
+    """Comma list of extra CIDRs webhooks are never delivered to unless allowed: the cluster's
+    service and pod CIDRs when they are not private ranges."""
+    webhook_timeout: float = 10.0
+    """Seconds one webhook attempt may take in total (DNS, connect, send, answer)."""
+    webhook_max_attempts: int = 10
+    """Delivery attempts of one webhook before it is given up."""
+    webhook_base_delay: float = 15.0
+    """Seconds before the second attempt; doubles per attempt (times a 0.5-1.5 jitter)."""
+    webhook_max_delay: float = 1800.0
+    """Cap of the delay between two attempts, in seconds."""
+    webhook_concurrency: int = 64
+    """Webhook attempts in flight at once per gateway, all tenants together."""
+    webhook_tenant_concurrency: int = 4
+    """Webhook attempts in flight at once per tenant (an app's namespace), so a slow receiver
+    only slows its own tenant's webhooks."""
+    webhook_tenant_queue: int = 32
+    """Webhooks held per tenant waiting for one of its slots; more are put back in the outbox
+    for a second."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request line plus headers of one request, in bytes; larger ones get 431 and the
+    connection is closed (queue, run and admin listeners)."""
+    max_headers: int = 128
+    """Most header fields in one request; more get 431 and the connection is closed."""
+    header_timeout: float = 10.0
+    """Seconds from a connection's start (or the first byte of a following request) to the end
+    of the request's headers; slower connections get 408 and are closed (slowloris)."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds a client may take to complete the TLS handshake."""
+    idle_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = 4096
+    """Open connections per listener; further ones are closed at once."""
+    max_connections_per_ip: int = 0
+    """Open connections per client IP address and listener; 0: no per-address cap (a load
+    balancer in front may make every client the same address)."""
+    key_cache_ttl: float = 300.0
+    """Seconds a successful API-key verification is remembered without use (each use renews it;
+    a changed or revoked key Secret ends it at once)."""
+    key_verify_concurrency: int = 2
+    """Threads computing API-key hashes (each costs tens of milliseconds of CPU)."""
+    key_verify_queue: int = 64
+    """API-key verifications allowed to wait for those threads; beyond, callers get 429."""
+    auth_failures_per_key: int = 10
+    """Hash verifications per minute (and burst) per API-key id, known or not, that may fail;
+    then 429 with Retry-After. 0: unlimited."""
+    auth_failures_per_ip: int = 60
+    """Hash verifications per minute (and burst) per client IP that may fail; then 429 with
+    Retry-After. 0: unlimited."""
+    key_rate_limit: float = 1000.0
+    """Requests per second per API key (token bucket); over it, 429 with Retry-After. 0: no
+    limit."""
+    key_rate_burst: int = 2000
+    """Burst of the per-key rate limit (bucket size)."""
+    admin_token: str = ""
+    """Bearer token required on the admin listener's non-probe endpoints (scaling signals, and
+    /metrics with `admin_token_metrics`); /healthz and /readyz stay open. Empty: no auth."""
+    admin_token_metrics: bool = False
+    """Require `admin_token` on /metrics too."""
     event_loop: str = "uvloop"
     """`uvloop` (default, faster) or `asyncio` (the standard library loop)."""
     log_level: str = "info"
@@ -151,6 +216,11 @@ def _convert(field: dataclasses.Field[object], raw: str) -> object:
         return int(raw)
     if kind == "float":
         return float(raw)
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError("expected true or false")
+        return lowered in ("1", "true", "yes", "on")
     return raw
 
 
@@ -175,4 +245,20 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raise SystemExit("--tls-cert and --tls-key must be given together")
     if settings.external_metrics_port and not settings.tls:
         raise SystemExit("--external-metrics-port needs --tls-cert and --tls-key")
+    if (
+        settings.static_config is None
+        and settings.key_namespace is None
+        and not SERVICE_ACCOUNT_NAMESPACE.exists()
+    ):
+        raise SystemExit(
+            "--key-namespace is required outside a pod: name the namespace holding the API-key "
+            "Secrets, or pass --key-namespace '*' to read key Secrets in every namespace the "
+            "kubeconfig's user can list"
+        )
+    for name in ("max_header_bytes", "max_headers", "max_connections"):
+        if getattr(settings, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("header_timeout", "tls_handshake_timeout", "idle_timeout", "webhook_timeout"):
+        if not getattr(settings, name) > 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be a positive number of seconds")
     return settings

@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 import orjson
 
-from kubefal_gateway import queueing
+from kubefal_gateway import queueing, settings
 
 LOG = logging.getLogger(__name__)
 
@@ -86,6 +86,18 @@ class WebhookSettings:
     """How long a leased delivery stays hidden from other gateways (must exceed ``timeout``)."""
     poll_interval: float = 1.0
     """How often the outbox is checked when nothing wakes the worker."""
+
+
+def settings_from(config: settings.Settings) -> WebhookSettings:
+    """The worker's settings from the gateway's flags."""
+    return WebhookSettings(
+        signing_secret=config.webhook_secret.encode() if config.webhook_secret else None,
+        timeout=config.webhook_timeout,
+        max_attempts=config.webhook_max_attempts,
+        base_delay=config.webhook_base_delay,
+        max_delay=config.webhook_max_delay,
+        concurrency=config.webhook_concurrency,
+    )
 
 
 def webhook_body(delivery: queueing.WebhookDelivery) -> bytes:
