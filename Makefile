@@ -35,6 +35,10 @@ manifests: ## Regenerate crds/ from the kubefal_api models (and the chart's copy
 	$(BIN)/python -m kubefal_api.crds crds/
 	cp crds/kubefal.io_falapps.yaml charts/kubefal/files/crds/
 
+.PHONY: protos
+protos: ## Regenerate the gRPC code in gateway/kubefal_gateway/_generated from gateway/protos
+	$(BIN)/python gateway/protos/generate.py
+
 .PHONY: unit
 unit: ## Fast tests, no cluster
 	$(BIN)/pytest tests -q

@@ -1,26 +1,23 @@
 """The gateway's KEDA external scaler, called by a client compiled from KEDA's own proto.
 
-The stubs are generated at test time from ``externalscaler.proto`` taken out of the KEDA
-module by ``make testbin``, so the test proves wire compatibility with what KEDA sends,
-not with our own description of it.
+The client is the stub grpcio-tools generates from KEDA's own ``externalscaler.proto``
+(vendored unchanged under ``gateway/protos/keda/``; ``e2e/test_keda_proto.py`` checks it
+against the KEDA module itself), so the test proves wire compatibility with what KEDA sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import pathlib
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
-from grpc_tools import protoc
 
-from e2e import cluster
 from kubefal_gateway import keda_scaler
+from kubefal_gateway._generated import externalscaler_pb2, externalscaler_pb2_grpc
 
 
 class DesiredCounts:
@@ -43,27 +40,9 @@ class DesiredCounts:
 
 
 @pytest.fixture(scope="module")
-def keda_stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, ModuleType]]:
-    proto = cluster.testbin_dir() / "externalscaler.proto"
-    out = tmp_path_factory.mktemp("keda-stubs")
-    status = protoc.main(
-        [
-            "protoc",
-            f"-I{proto.parent}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(proto),
-        ]
-    )
-    assert status == 0
-    sys.path.insert(0, str(out))
-    try:
-        yield (
-            importlib.import_module("externalscaler_pb2"),
-            importlib.import_module("externalscaler_pb2_grpc"),
-        )
-    finally:
-        sys.path.remove(str(out))
+def keda_stubs() -> tuple[ModuleType, ModuleType]:
+    """KEDA's client side: the stubs generated from KEDA's own proto (vendored unchanged)."""
+    return externalscaler_pb2, externalscaler_pb2_grpc
 
 
 async def _serve(source: DesiredCounts) -> tuple[grpc.aio.Server, int]:
