@@ -70,6 +70,17 @@ class StillInProgress(GatewayError):
     error_type = "in_progress"
 
 
+class QueueFull(GatewayError):
+    """The app already has `--max-queued-per-app` queued requests; nothing was accepted, so the
+    client may resend (fal_client retries 429) after `Retry-After` seconds."""
+
+    status = 429
+    error_type = "queue_full"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers=((b"retry-after", str(retry_after).encode()),))
+
+
 class QueueWaitTimeout(GatewayError):
     """The caller's `X-Fal-Request-Timeout` ran out before a runner took the request.
 

@@ -344,7 +344,14 @@ class Api:
             webhook_url=webhook,
             runner_hint=parse_hint(scope),
         )
-        position = await self.gateway.store.submit(job)
+        try:
+            position = await self.gateway.store.submit(
+                job, max_queued=self.settings.max_queued_per_app
+            )
+        except queueing.QueueFullError as full:
+            raise errors.QueueFull(
+                f"Too many queued requests: {full}; try again later", retry_after=1
+            ) from None
         base = f"{base_url(scope)}/{app.app_id}/requests/{request_id}"
         await send_json(
             send,

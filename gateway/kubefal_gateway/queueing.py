@@ -280,6 +280,17 @@ class DuplicateRequestError(QueueError):
     """A job with this request id already exists."""
 
 
+class QueueFullError(Exception):
+    """The app already has ``max_queued`` queued jobs; the job was not accepted (HTTP 429).
+
+    Not a `QueueError`: the store works, the caller may try again later."""
+
+    def __init__(self, app_id: str, max_queued: int) -> None:
+        super().__init__(f"{app_id} already has {max_queued} queued requests")
+        self.app_id = app_id
+        self.max_queued = max_queued
+
+
 class EventSubscription:
     """A bounded inbox of `QueueEvent`s; overflow collapses into one RESYNC event."""
 
@@ -382,11 +393,12 @@ class QueueStore(Protocol):
     result_ttl: float
     """Seconds a completed job (state, result, logs) is kept after completion."""
 
-    async def submit(self, job: Job) -> int:
+    async def submit(self, job: Job, *, max_queued: int = 0) -> int:
         """Accept ``job`` (state IN_QUEUE); durable when this returns.
 
         Returns its 0-based queue position at submission. Raises DuplicateRequestError if the
-        request id exists.
+        request id exists, and QueueFullError if ``max_queued`` > 0 and the app has that many
+        queued jobs already (checked atomically with the insert, across gateways).
         """
         ...
 

@@ -82,6 +82,10 @@ class Settings:
     """Seconds a finished request's result stays readable."""
     max_request_bytes: int = 32 * 1024 * 1024
     """Largest accepted request body; larger ones get 413."""
+    max_queued_per_app: int = 10_000
+    """Most queued (not yet started) requests one app may have; a submit beyond that gets 429
+    with `Retry-After` and is not accepted. Enforced atomically by the store, across gateway
+    replicas sharing a Redis. 0: no limit."""
     max_result_bytes: int = 64 * 1024 * 1024
     """Largest stored result of a queued request; larger ones complete with a 413 error."""
     runner_port: int = 8080

@@ -82,11 +82,17 @@ end
 """
 
 _SCRIPTS = {
-    # ARGV: p rid app prio sub dl wh attempts meta body -> queue position, or -1 if duplicate
+    # ARGV: p rid app prio sub dl wh attempts meta body max_queued
+    # -> queue position, -1 if duplicate, -2 if the app has max_queued (> 0) queued jobs
     "submit": """
 local p, rid, app, prio = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = p .. ':j:' .. rid
 if redis.call('EXISTS', jk) == 1 then return -1 end
+local max_queued = tonumber(ARGV[11])
+if max_queued > 0 and redis.call('ZCARD', p .. ':q:' .. app .. ':0')
+    + redis.call('ZCARD', p .. ':q:' .. app .. ':1') >= max_queued then
+  return -2
+end
 local seq = redis.call('INCR', p .. ':seq')
 redis.call('HSET', jk, 'state', 0, 'app', app, 'prio', prio, 'seq', seq, 'sub', ARGV[5],
            'dl', ARGV[6], 'wh', ARGV[7], 'attempts', ARGV[8], 'meta', ARGV[9], 'body', ARGV[10])
@@ -614,7 +620,7 @@ class RedisQueueStore:
 
     # ------------------------------------------------------------------ jobs
 
-    async def submit(self, job: queueing.Job) -> int:
+    async def submit(self, job: queueing.Job, *, max_queued: int = 0) -> int:
         position: int = await self._script(
             "submit",
             job.request_id,
@@ -626,7 +632,10 @@ class RedisQueueStore:
             job.attempts,
             store_codec.encode_job_meta(job),
             job.body,
+            max_queued,
         )
+        if position == -2:
+            raise queueing.QueueFullError(job.app_id, max_queued)
         if position < 0:
             raise queueing.DuplicateRequestError(job.request_id)
         self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=job.app_id))

@@ -288,7 +288,11 @@ class SqliteQueueStore:
 
     # ------------------------------------------------------------------ jobs
 
-    async def submit(self, job: queueing.Job) -> int:
+    async def submit(self, job: queueing.Job, *, max_queued: int = 0) -> int:
+        if max_queued > 0:
+            normal, low = self._queued.by_app.get(job.app_id, ((), ()))
+            if len(normal) + len(low) >= max_queued:
+                raise queueing.QueueFullError(job.app_id, max_queued)
         self._begin()
         try:
             cursor = self._db.execute(

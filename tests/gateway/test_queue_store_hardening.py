@@ -3,10 +3,12 @@ commits, deleted apps. Real SQLite files and a real redis-server (conftest.py)."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
 import orjson
+import pytest
 
 from kubefal_gateway import queueing, store_sqlite
 
@@ -163,3 +165,34 @@ async def test_a_failed_sqlite_commit_fails_its_batch_but_keeps_running_jobs_lea
     assert requeued_view is not None and requeued_view.state is queueing.JobState.IN_QUEUE
     assert next_leased is not None and next_leased.request_id == "requeued"
     assert completed
+
+
+# ---- item 12: queue-depth limit -----------------------------------------------------------------
+async def test_the_queue_depth_limit_refuses_the_submit_beyond_it_atomically(
+    open_queue_store: OpenStore, store_backend: str
+) -> None:
+    store = await open_queue_store()
+    # Redis: a second gateway on the same queue (SQLite has one gateway per file).
+    other = await open_queue_store() if store_backend == "redis" else store
+    outcomes = await asyncio.gather(
+        *(
+            (store if index % 2 else other).submit(make_job(f"job-{index}"), max_queued=5)
+            for index in range(12)
+        ),
+        return_exceptions=True,
+    )
+    accepted = [outcome for outcome in outcomes if isinstance(outcome, int)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, queueing.QueueFullError)]
+    refused_view = await store.view("job-11")
+    other_app = await store.submit(make_job(app_id="team-b/other"), max_queued=5)
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+    after_lease = await store.submit(make_job("after-lease"), max_queued=5)
+
+    assert len(accepted) == 5 and len(refused) == 7
+    assert sorted(accepted) == [0, 1, 2, 3, 4]
+    assert refused_view is None
+    assert other_app == 0  # the limit is per app
+    assert leased is not None
+    assert after_lease == 4  # a started job frees its place
+    with pytest.raises(queueing.QueueFullError):
+        await store.submit(make_job(), max_queued=5)
