@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
+import re
 from collections.abc import Mapping
 
 from kubefal_api import naming
@@ -56,6 +58,18 @@ class OperatorConfig:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read the settings; a malformed value raises `ConfigError` naming the variable.
+
+        Runner hardening and the gateway as runners see it (all optional):
+        ``KUBEFAL_RUNNER_RUN_AS_USER`` / ``_RUN_AS_GROUP`` (10001, the runner image's user),
+        ``KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM`` (true), ``KUBEFAL_GATEWAY_NAMESPACE``
+        (the operator's namespace) and ``KUBEFAL_GATEWAY_POD_LABELS`` (``k=v,k=v``; default
+        ``app.kubernetes.io/part-of=kubefal,app.kubernetes.io/component=gateway``) for the
+        runners' NetworkPolicy, ``KUBEFAL_RUNNER_FAL_RUN_HOST`` /
+        ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners, and
+        ``KUBEFAL_GATEWAY_CA_FILE`` (unset; a missing file means no CA) for the CA that
+        signed the gateway's certificate.
+        """
         env = os.environ if environ is None else environ
         namespace = env.get("KUBEFAL_OPERATOR_NAMESPACE", "kubefal-system")
         defaults = common.RenderSettings()
@@ -81,6 +95,24 @@ class OperatorConfig:
                         str(defaults.keda_polling_interval_seconds),
                     )
                 ),
+                runner_run_as_user=_user_id(
+                    env, "KUBEFAL_RUNNER_RUN_AS_USER", defaults.runner_run_as_user
+                ),
+                runner_run_as_group=_user_id(
+                    env, "KUBEFAL_RUNNER_RUN_AS_GROUP", defaults.runner_run_as_group
+                ),
+                runner_read_only_root_filesystem=_boolean(
+                    env,
+                    "KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM",
+                    defaults.runner_read_only_root_filesystem,
+                ),
+                gateway_namespace=env.get("KUBEFAL_GATEWAY_NAMESPACE") or namespace,
+                gateway_pod_labels=_labels(
+                    env, "KUBEFAL_GATEWAY_POD_LABELS", defaults.gateway_pod_labels
+                ),
+                fal_run_host=env.get("KUBEFAL_RUNNER_FAL_RUN_HOST") or None,
+                fal_queue_run_host=env.get("KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST") or None,
+                gateway_ca_pem=_read_ca(env.get("KUBEFAL_GATEWAY_CA_FILE") or None),
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
             actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
@@ -93,3 +125,70 @@ class OperatorConfig:
                 ),
             ),
         )
+
+
+class ConfigError(ValueError):
+    """An environment variable of the operator has a value it cannot use."""
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+LABEL_KEY_PATTERN = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+MAX_CA_BYTES = 256 * 1024
+"""A CA bundle larger than this is a configuration mistake (it lands in every runner pod)."""
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false")
+
+
+def _user_id(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
+        raise ConfigError(f"{name}={value!r}: expected a non-root numeric id (1 or more)")
+    return int(value)
+
+
+def _labels(
+    env: Mapping[str, str], name: str, default: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    labels: dict[str, str] = {}
+    for item in value.split(","):
+        key, separator, label_value = item.strip().partition("=")
+        if (
+            not separator
+            or not LABEL_KEY_PATTERN.match(key)
+            or not LABEL_VALUE_PATTERN.match(label_value)
+        ):
+            raise ConfigError(f"{name}: {item!r} is not a label key=value")
+        labels[key] = label_value
+    return tuple(sorted(labels.items()))
+
+
+def _read_ca(path: str | None) -> str | None:
+    """The PEM text of the gateway's CA, or None when no file is configured or present."""
+    if path is None:
+        return None
+    ca_file = pathlib.Path(path)
+    if not ca_file.is_file():
+        return None
+    text = ca_file.read_bytes()[: MAX_CA_BYTES + 1].decode("ascii", "replace")
+    if len(text) > MAX_CA_BYTES or "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError(f"KUBEFAL_GATEWAY_CA_FILE={path}: not a PEM certificate bundle")
+    return text.strip() + "\n"

@@ -37,10 +37,38 @@ def test_network_policy_admits_the_app_port_only_from_gateway_pods(
     ]
     assert len(app_rules) == 1
     assert app_rules[0]["from"] == [
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": naming.gateway_selector()}}
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubefal-system"}},
+            "podSelector": {"matchLabels": naming.gateway_selector()},
+        }
     ]
     metrics_rules = [rule for rule in spec["ingress"] if rule not in app_rules]
     assert all(rule["ports"] == [{"protocol": "TCP", "port": 9090}] for rule in metrics_rules)
+
+
+def test_network_policy_admits_only_the_configured_gateway_pods_in_their_namespace(
+    make_app: MakeApp,
+) -> None:
+    gateway_labels = {
+        "app.kubernetes.io/instance": "edge",
+        "app.kubernetes.io/component": "gateway",
+    }
+    settings = common.RenderSettings(
+        gateway_namespace="edge-system", gateway_pod_labels=tuple(sorted(gateway_labels.items()))
+    )
+    policy = network.network_policy(make_app(name="np"), settings=settings)
+    (app_rule,) = [
+        rule
+        for rule in policy["spec"]["ingress"]
+        if {"protocol": "TCP", "port": 8080} in rule["ports"]
+    ]
+    # One peer holding both selectors: a pod must match both (two peers would admit either).
+    assert app_rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge-system"}},
+            "podSelector": {"matchLabels": gateway_labels},
+        }
+    ]
 
 
 def test_disruption_budget_exists_only_from_two_warm_runners(make_app: MakeApp) -> None:

@@ -1,4 +1,5 @@
-"""The runner Deployment rendered from a FalApp: container, resources, probes, rollout."""
+"""The runner Deployment rendered from a FalApp: container, resources, probes, rollout, and
+the hardening of the pod (security contexts, writable scratch, no token, gateway env)."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def test_source_config_map_is_mounted_at_app_and_the_app_path_points_into_it(
         make_app, catalogue, settings, source={"configMapRef": {"name": "demo-source"}}
     )
     pod = manifest["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "app-source", "configMap": {"name": "demo-source"}}]
-    assert _container(manifest)["volumeMounts"] == [
-        {"name": "app-source", "mountPath": "/app", "readOnly": True}
+    assert {"name": "app-source", "configMap": {"name": "demo-source"}} in pod["volumes"]
+    assert {"name": "app-source", "mountPath": "/app", "readOnly": True} in _container(manifest)[
+        "volumeMounts"
     ]
     assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/app.py::Demo"
 
@@ -237,3 +238,141 @@ def test_scaling_bounds_change_does_not_touch_the_pod_template(
     one = _render(make_app, catalogue, settings, scaling={"maxConcurrency": 2})
     other = _render(make_app, catalogue, settings, scaling={"maxConcurrency": 20})
     assert one["spec"]["template"] == other["spec"]["template"]
+
+
+def test_runner_pod_is_non_root_without_privileges_capabilities_or_token(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(make_app, catalogue, settings)
+    pod = manifest["spec"]["template"]["spec"]
+    container = _container(manifest)
+
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    # The read-only root leaves /tmp and the requirements cache writable, and HOME points there.
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for path in ("/tmp", "/var/cache/kubefal"):
+        assert volumes[mounts[path]]["emptyDir"] == {}
+    env = _env(manifest)
+    assert env["KUBEFAL_REQUIREMENTS_CACHE"].startswith("/var/cache/kubefal/")
+    assert env["HOME"] == "/tmp"
+
+
+def test_a_falapp_asks_for_its_service_account_and_token(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app,
+        catalogue,
+        settings,
+        serviceAccountName="model-reader",
+        automountServiceAccountToken=True,
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-reader"
+    assert pod["automountServiceAccountToken"] is True
+
+
+def test_hardening_follows_the_operator_settings(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue
+) -> None:
+    settings = common.RenderSettings(
+        runner_run_as_user=2000, runner_run_as_group=3000, runner_read_only_root_filesystem=False
+    )
+    manifest = _render(make_app, catalogue, settings)
+    pod = manifest["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["fsGroup"]) == (2000, 3000)
+    assert _container(manifest)["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "HOME" not in _env(manifest)
+
+
+def test_fal_client_in_the_runner_reaches_the_gateway_with_its_ca_and_only_a_named_key(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue
+) -> None:
+    settings = common.RenderSettings(
+        fal_run_host="kubefal-gateway-run.kubefal-system.svc:8443",
+        fal_queue_run_host="kubefal-gateway-queue.kubefal-system.svc:8443",
+        gateway_ca_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    without_key = _container(_render(make_app, catalogue, settings))
+    env = {item["name"]: item for item in without_key["env"]}
+    assert env["FAL_RUN_HOST"]["value"] == "kubefal-gateway-run.kubefal-system.svc:8443"
+    assert env["FAL_QUEUE_RUN_HOST"]["value"] == "kubefal-gateway-queue.kubefal-system.svc:8443"
+    assert env["KUBEFAL_GATEWAY_CA"]["value"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "FAL_KEY" not in env
+
+    with_key = _container(
+        _render(make_app, catalogue, settings, falKeySecretRef={"name": "caller-key"})
+    )
+    key = next(item for item in with_key["env"] if item["name"] == "FAL_KEY")
+    assert key == {
+        "name": "FAL_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "caller-key", "key": "FAL_KEY"}},
+    }
+
+
+def test_gateway_variables_are_unset_without_settings_and_spec_env_overrides_them(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    env = _env(_render(make_app, catalogue, settings))
+    assert not {"FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "KUBEFAL_GATEWAY_CA", "FAL_KEY"} & set(env)
+
+    configured = common.RenderSettings(fal_run_host="gateway.internal")
+    container = _container(
+        _render(
+            make_app,
+            catalogue,
+            configured,
+            env=[{"name": "FAL_RUN_HOST", "value": "elsewhere.example"}],
+        )
+    )
+    names = [item["name"] for item in container["env"]]
+    assert names.count("FAL_RUN_HOST") == 1
+    assert (
+        _env({"spec": {"template": {"spec": {"containers": [container]}}}})["FAL_RUN_HOST"]
+        == "elsewhere.example"
+    )
+
+
+def test_a_health_check_called_only_on_request_restarts_the_runner_on_one_failure(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    regular = _container(
+        _render(
+            make_app,
+            catalogue,
+            settings,
+            healthCheck={"path": "/healthz", "failureThreshold": 4, "startPeriodSeconds": 40},
+        )
+    )
+    assert (
+        regular["livenessProbe"]["failureThreshold"],
+        regular["livenessProbe"]["initialDelaySeconds"],
+    ) == (4, 40)
+    on_request = _container(
+        _render(
+            make_app,
+            catalogue,
+            settings,
+            healthCheck={"path": "/healthz", "failureThreshold": 4, "callRegularly": False},
+        )
+    )
+    assert (
+        on_request["livenessProbe"]["failureThreshold"],
+        on_request["livenessProbe"]["initialDelaySeconds"],
+    ) == (1, 0)

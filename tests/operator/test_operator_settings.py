@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from kubefal_operator import __main__ as entry_point
@@ -24,6 +26,58 @@ def test_environment_overrides_the_defaults() -> None:
     assert settings.render.runner_image == "registry.local/runner:2"
     assert settings.gateway.queue_url == "https://queue.example"
     assert settings.gateway.run_url == "http://kubefal-gateway-run.platform.svc"
+
+
+def test_runner_hardening_and_gateway_settings_come_from_the_environment(
+    tmp_path: pathlib.Path,
+) -> None:
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    settings = config.OperatorConfig.from_environment(
+        {
+            "KUBEFAL_OPERATOR_NAMESPACE": "platform",
+            "KUBEFAL_RUNNER_RUN_AS_USER": "2000",
+            "KUBEFAL_RUNNER_RUN_AS_GROUP": "3000",
+            "KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM": "false",
+            "KUBEFAL_GATEWAY_NAMESPACE": "edge",
+            "KUBEFAL_GATEWAY_POD_LABELS": "app.kubernetes.io/instance=edge,"
+            "app.kubernetes.io/component=gateway",
+            "KUBEFAL_RUNNER_FAL_RUN_HOST": "edge-gateway-run.edge.svc:8443",
+            "KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST": "edge-gateway-queue.edge.svc:8443",
+            "KUBEFAL_GATEWAY_CA_FILE": str(ca_file),
+        }
+    ).render
+    assert (settings.runner_run_as_user, settings.runner_run_as_group) == (2000, 3000)
+    assert settings.runner_read_only_root_filesystem is False
+    assert settings.gateway_namespace == "edge"
+    assert dict(settings.gateway_pod_labels) == {
+        "app.kubernetes.io/instance": "edge",
+        "app.kubernetes.io/component": "gateway",
+    }
+    assert settings.fal_run_host == "edge-gateway-run.edge.svc:8443"
+    assert settings.fal_queue_run_host == "edge-gateway-queue.edge.svc:8443"
+    assert settings.gateway_ca_pem == ca_file.read_text()
+
+
+def test_runner_hardening_defaults_and_bad_values() -> None:
+    settings = config.OperatorConfig.from_environment(
+        {"KUBEFAL_OPERATOR_NAMESPACE": "platform", "KUBEFAL_GATEWAY_CA_FILE": "/nonexistent"}
+    ).render
+    assert (settings.runner_run_as_user, settings.runner_read_only_root_filesystem) == (10001, True)
+    assert settings.gateway_namespace == "platform"
+    assert dict(settings.gateway_pod_labels) == {
+        "app.kubernetes.io/part-of": "kubefal",
+        "app.kubernetes.io/component": "gateway",
+    }
+    assert (settings.fal_run_host, settings.gateway_ca_pem) == (None, None)
+    for name, value in (
+        ("KUBEFAL_RUNNER_RUN_AS_USER", "0"),
+        ("KUBEFAL_RUNNER_RUN_AS_USER", "root"),
+        ("KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM", "maybe"),
+        ("KUBEFAL_GATEWAY_POD_LABELS", "component gateway"),
+    ):
+        with pytest.raises(config.ConfigError, match=name):
+            config.OperatorConfig.from_environment({name: value})
 
 
 def test_defaults_fit_a_standard_install() -> None:

@@ -37,6 +37,30 @@ class RenderSettings:
     """``host:port`` of the gateway's KEDA external scaler (``spec.scaler: keda``)."""
     keda_polling_interval_seconds: int = 5
     """ScaledObject ``pollingInterval``: how often KEDA asks ``IsActive`` besides the push."""
+    runner_run_as_user: int = 10001
+    """UID runner containers run as (the runner image's ``runner`` user); never root."""
+    runner_run_as_group: int = 10001
+    """GID runner containers run as, also their ``fsGroup`` (owner of mounted volumes)."""
+    runner_read_only_root_filesystem: bool = True
+    """Mount the runner's root filesystem read-only; ``/tmp`` and the requirements cache are
+    writable emptyDir volumes."""
+    gateway_namespace: str = "kubefal-system"
+    """Namespace of the gateway pods: the only namespace the runners' NetworkPolicy admits
+    traffic to the app port from."""
+    gateway_pod_labels: tuple[tuple[str, str], ...] = tuple(
+        sorted(naming.gateway_selector().items())
+    )
+    """Labels that select the gateway's own pods in ``gateway_namespace``."""
+    fal_run_host: str | None = None
+    """``FAL_RUN_HOST`` of runner pods (``host[:port]`` of the gateway's run API inside the
+    cluster), so an app calling another app with fal_client stays on this cluster; None
+    leaves it unset."""
+    fal_queue_run_host: str | None = None
+    """``FAL_QUEUE_RUN_HOST`` of runner pods (the gateway's queue API); None leaves it unset."""
+    gateway_ca_pem: str | None = None
+    """PEM CA that signed the gateway's certificate, handed to runners (``KUBEFAL_GATEWAY_CA``),
+    which trust it besides the usual CAs; None when the gateway's certificate needs no extra
+    trust."""
 
 
 @dataclasses.dataclass(frozen=True)

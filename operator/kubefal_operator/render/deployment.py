@@ -8,6 +8,14 @@ fall back to. Probes map fal's timeouts onto Kubernetes: the startup probe gives
 liveness runs the app's health check. The grace period outlasts ``requestTimeout`` so a
 runner being replaced finishes its requests.
 
+The pod runs user code, so it gets as little as the runner needs: a non-root user, no
+privilege escalation, no capabilities, the RuntimeDefault seccomp profile, a read-only root
+filesystem with emptyDir volumes for ``/tmp`` and the requirements cache, and no
+ServiceAccount token unless the FalApp asks for one (``automountServiceAccountToken``).
+fal_client inside the app reaches this cluster's gateway (``FAL_RUN_HOST``,
+``FAL_QUEUE_RUN_HOST``, the gateway's CA) and presents a key only when the FalApp names a
+Secret holding one (``falKeySecretRef``); the operator never invents a key.
+
 ``spec.replicas`` is deliberately absent: the scaler owns it (see ``render.replicas``).
 """
 
@@ -31,6 +39,14 @@ LIVENESS_PROBE_PERIOD_SECONDS: Final = 15
 PROGRESS_DEADLINE_MARGIN_SECONDS: Final = 120
 """A rollout is stalled when a new runner is not ready this long after its startupTimeout."""
 SOURCE_VOLUME: Final = "app-source"
+TMP_VOLUME: Final = "tmp"
+TMP_PATH: Final = "/tmp"
+CACHE_VOLUME: Final = "kubefal-cache"
+CACHE_PATH: Final = "/var/cache/kubefal"
+REQUIREMENTS_CACHE_PATH: Final = f"{CACHE_PATH}/venvs"
+"""Where the runner keeps requirement environments (the runner image's default too)."""
+GATEWAY_CA_VARIABLE: Final = "KUBEFAL_GATEWAY_CA"
+"""PEM CA of the gateway; the runner adds it to the CAs the app trusts (SSL_CERT_FILE)."""
 REVISION_HISTORY_LIMIT: Final = 3
 
 
@@ -61,8 +77,53 @@ def _environment(
         )
     if spec.source is not None:
         environment.append({"name": "PYTHONPATH", "value": settings.app_mount_path})
+    # Defaults the FalApp may override with its own spec.env entry of the same name.
+    defaults: list[dict[str, Any]] = [
+        {"name": "KUBEFAL_REQUIREMENTS_CACHE", "value": REQUIREMENTS_CACHE_PATH},
+    ]
+    if settings.runner_read_only_root_filesystem:
+        # The image's home directory is read-only; libraries that cache under ~ write to /tmp.
+        defaults.append({"name": "HOME", "value": TMP_PATH})
+    if settings.fal_run_host:
+        defaults.append({"name": "FAL_RUN_HOST", "value": settings.fal_run_host})
+    if settings.fal_queue_run_host:
+        defaults.append({"name": "FAL_QUEUE_RUN_HOST", "value": settings.fal_queue_run_host})
+    if settings.gateway_ca_pem:
+        defaults.append({"name": GATEWAY_CA_VARIABLE, "value": settings.gateway_ca_pem})
+    if spec.fal_key_secret_ref is not None:
+        reference = spec.fal_key_secret_ref
+        defaults.append(
+            {
+                "name": "FAL_KEY",
+                "valueFrom": {"secretKeyRef": {"name": reference.name, "key": reference.key}},
+            }
+        )
+    own = {variable.name for variable in spec.env}
+    environment.extend(variable for variable in defaults if variable["name"] not in own)
     environment.extend(variable.to_kube() for variable in spec.env)
     return environment
+
+
+def pod_security_context(settings: common.RenderSettings) -> dict[str, Any]:
+    """Non-root, the runner image's user and group, RuntimeDefault seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.runner_run_as_user,
+        "runAsGroup": settings.runner_run_as_group,
+        "fsGroup": settings.runner_run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context(settings: common.RenderSettings) -> dict[str, Any]:
+    """No privilege escalation, no capabilities, read-only root filesystem (by default)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": settings.runner_read_only_root_filesystem,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def resources(spec: v1alpha1.FalAppSpec, *, catalogue: machines.MachineCatalogue) -> dict[str, Any]:
@@ -80,6 +141,12 @@ def resources(spec: v1alpha1.FalAppSpec, *, catalogue: machines.MachineCatalogue
 def probes(spec: v1alpha1.FalAppSpec) -> dict[str, Any]:
     """startupProbe, readinessProbe and livenessProbe of the runner container."""
     health = spec.health_check or v1alpha1.HealthCheckSpec(path="/health")
+    if health.call_regularly:
+        initial_delay, failure_threshold = health.start_period_seconds, health.failure_threshold
+    else:
+        # The runner calls the check only after a response carrying x-fal-runner-health-check
+        # and then stays unhealthy: one failed probe restarts it, as fal kills such a runner.
+        initial_delay, failure_threshold = 0, 1
     return {
         "startupProbe": {
             "httpGet": {"path": READY_PATH, "port": "http"},
@@ -97,11 +164,11 @@ def probes(spec: v1alpha1.FalAppSpec) -> dict[str, Any]:
         },
         "livenessProbe": {
             "httpGet": {"path": HEALTH_PATH, "port": "http"},
-            "initialDelaySeconds": health.start_period_seconds,
+            "initialDelaySeconds": initial_delay,
             "periodSeconds": LIVENESS_PROBE_PERIOD_SECONDS,
             # The runner calls the app's check with its own timeout; allow one more second.
             "timeoutSeconds": health.timeout_seconds + 1,
-            "failureThreshold": health.failure_threshold,
+            "failureThreshold": failure_threshold,
         },
     }
 
@@ -151,23 +218,39 @@ def pod_template(
         ],
         "resources": resources(spec, catalogue=catalogue),
         **probes(spec),
+        "securityContext": container_security_context(settings),
     }
     if spec.env_from:
         container["envFrom"] = [source.to_kube() for source in spec.env_from]
+    volume_mounts: list[dict[str, Any]] = [
+        {"name": TMP_VOLUME, "mountPath": TMP_PATH},
+        {"name": CACHE_VOLUME, "mountPath": CACHE_PATH},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": TMP_VOLUME, "emptyDir": {}},
+        {"name": CACHE_VOLUME, "emptyDir": {}},
+    ]
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": termination_grace_period(spec, settings=settings),
         # Hundreds of apps per namespace would otherwise inject thousands of variables.
         "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+        # Set either way, so a ServiceAccount that automounts cannot hand user code a token.
+        "automountServiceAccountToken": spec.automount_service_account_token,
     }
+    if spec.service_account_name is not None:
+        pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.source is not None:
         container["workingDir"] = settings.app_mount_path
-        container["volumeMounts"] = [
+        volume_mounts.append(
             {"name": SOURCE_VOLUME, "mountPath": settings.app_mount_path, "readOnly": True}
-        ]
-        pod_spec["volumes"] = [
+        )
+        volumes.append(
             {"name": SOURCE_VOLUME, "configMap": {"name": spec.source.config_map_ref.name}}
-        ]
+        )
+    container["volumeMounts"] = volume_mounts
+    pod_spec["volumes"] = volumes
     pod_affinity = scheduling.affinity(spec, catalogue=catalogue)
     if pod_affinity is not None:
         pod_spec["affinity"] = pod_affinity
