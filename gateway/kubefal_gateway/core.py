@@ -83,6 +83,14 @@ class Gateway:
             raise RuntimeError("the gateway is not running")
         return self._signals
 
+    async def store_unavailable(self) -> str | None:
+        """Why the queue store cannot be used right now (for /readyz), or None when it answers."""
+        try:
+            await self.store.ping()
+        except queueing.QueueError as error:
+            return str(error)
+        return None
+
     def _load_static(self, path: pathlib.Path) -> None:
         data = load_static_config(path)
         for entry in data.get("apps") or ():
@@ -97,7 +105,10 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         config = self.settings
         self._store = await queueing.open_store(
-            config.store, result_ttl=config.result_ttl, max_attempts=config.max_attempts
+            config.store,
+            result_ttl=config.result_ttl,
+            max_attempts=config.max_attempts,
+            redis_timeout=config.redis_timeout,
         )
         store = self._store
         self._signals = signals.Signals(

@@ -663,7 +663,11 @@ class Api:
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             ready = gateway.ready
-            await send_json(send, 200 if ready else 503, {"ready": ready})
+            store_error = await gateway.store_unavailable() if ready else None
+            body: dict[str, object] = {"ready": ready and store_error is None}
+            if store_error is not None:
+                body["detail"] = f"Queue store unavailable: {store_error}"
+            await send_json(send, 200 if body["ready"] else 503, body)
         elif path == "/metrics":
             await gateway.signals.refresh_all()
             await send(

@@ -473,6 +473,11 @@ class QueueStore(Protocol):
         """Subscribe to `QueueEvent`s (from this process and, for Redis, from all gateways)."""
         ...
 
+    async def ping(self) -> None:
+        """Raise QueueError unless the backend answers now (readiness; Redis: within its
+        command timeout)."""
+        ...
+
     async def enqueue_webhook(self, delivery: WebhookDelivery, *, now: float | None = None) -> None:
         """Add a delivery to the outbox, due at once (complete() does this by itself)."""
         ...
@@ -576,10 +581,12 @@ async def open_store(
     max_logs_per_job: int = 1000,
     housekeeping_interval: float | None = 1.0,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    redis_timeout: float = 2.0,
 ) -> QueueStore:
     """Open a backend from a URL; with ``housekeeping_interval`` it calls `expire` that often.
 
     ``max_attempts`` bounds the dispatches of a job, lost leases included (see "Poison jobs").
+    ``redis_timeout`` bounds Redis connects and replies (store_redis).
 
     * ``sqlite:///abs/path/queue.db`` or ``sqlite://relative.db`` (``sqlite://:memory:`` for tests);
     * ``redis://[user:pass@]host:port/db?prefix=kubefal`` (also ``rediss://`` and ``unix://``).
@@ -610,5 +617,6 @@ async def open_store(
             max_logs_per_job=max_logs_per_job,
             housekeeping_interval=housekeeping_interval,
             max_attempts=max_attempts,
+            command_timeout=redis_timeout,
         )
     raise ValueError(f"unsupported queue store URL {url!r}: use sqlite:// or redis://")

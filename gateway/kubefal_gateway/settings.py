@@ -96,7 +96,13 @@ class Settings:
     """A dispatched queued job is leased for this long and renewed while it runs, so another
     gateway replica takes it over if this one dies."""
     max_attempts: int = 10
-    """Attempts per request on retryable failures (fal's limit)."""
+    """Attempts per request on retryable failures (fal's limit). Queued jobs whose dispatch was
+    interrupted (the gateway died, the lease ran out) count against it too: a job interrupted
+    this often completes with a 503 `attempts_exhausted` error instead of running again."""
+    redis_timeout: float = 2.0
+    """Redis store: seconds to connect, and seconds Redis may stay silent while replies are
+    outstanding, before the connection is dropped; calls then fail (submits answer 503 JSON) and
+    /readyz reports not ready until Redis answers again (reconnects back off 0.05 s to 1 s)."""
     webhook_secret: str = ""
     """HMAC-SHA256 key signing webhook deliveries (`X-Kubefal-Signature`, scheme in webhooks.py);
     share it with the receivers. Empty: webhooks are sent unsigned (a warning is logged)."""

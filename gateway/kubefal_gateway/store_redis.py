@@ -12,7 +12,7 @@ once; ``complete`` checks the lease holder and stores the result in one step (ex
 completion); ``expire`` returns expired leases (a crashed gateway's jobs) to the queue.
 
 Keys (``P`` is ``{prefix}`` in braces, a hash tag keeping one queue in one slot; Redis Cluster is
-not supported, use a standalone server or Sentinel):
+not supported, use a standalone server):
 
 * ``P:seq`` sequence counter; ``P:j:<id>`` job hash (state 0/1/2, app, prio, seq, attempts, holder,
   lease, cancel, sub, dl, wh, meta, body, rmeta, rbody); ``P:logs:<id>`` list of log lines;
@@ -25,6 +25,11 @@ not supported, use a standalone server or Sentinel):
 
 Completed jobs and their logs get a Redis TTL of ``result_ttl``, so Redis deletes them by itself.
 Durability is redis-server's (configure AOF with ``appendfsync everysec`` or ``always``).
+
+Faults (`_AutoPipeline`): every connect and every wait for a reply is bounded by the command
+timeout (the gateway's ``--redis-timeout``); a stalled or vanished server fails the calls with
+QueueError (submits answer 503, nothing is acknowledged before Redis confirmed the write),
+`RedisQueueStore.ping` fails so /readyz reports not ready, and reconnects back off.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 import ssl
 import time
 import typing
@@ -319,6 +325,12 @@ return 1
 
 _EXPIRE_BATCH = 1000
 
+DEFAULT_COMMAND_TIMEOUT = 2.0
+"""Seconds Redis may stay silent with replies outstanding (or take to connect) before the
+connection is dropped and the calls fail (the gateway's ``--redis-timeout``)."""
+RECONNECT_BACKOFF_MIN = 0.05
+RECONNECT_BACKOFF_MAX = 1.0
+
 
 class _AutoPipeline(asyncio.Protocol):
     """One Redis connection on which every command issued in a loop turn goes out in one write.
@@ -329,10 +341,31 @@ class _AutoPipeline(asyncio.Protocol):
     flight at once (true pipelining). redis-py is used only for the rare paths (script loading,
     pub/sub); this is the hot path (performance.md: redis-py costs ~220 µs per request, this
     design ~10-16 µs).
+
+    Faults are bounded: connecting (TCP, AUTH/SELECT and a PING) must finish within
+    ``command_timeout``; while replies are outstanding, a server that sends nothing for
+    ``command_timeout`` (stalled, or a dead peer) gets its connection aborted, which fails every
+    outstanding call with QueueError; the socket has TCP keepalive. After a failed or aborted
+    connection, reconnecting waits a backoff that doubles from `RECONNECT_BACKOFF_MIN` to
+    `RECONNECT_BACKOFF_MAX`; calls made meanwhile fail at once (the HTTP layer answers 503).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        address: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+    ) -> None:
         self._options: dict[str, Any] = dict(redis.asyncio.connection.parse_url(url))
+        self._command_timeout = command_timeout
+        self._address = address
+        """Where to connect, asked at each (re)connect (Sentinel); None: the URL's host/port."""
+        self._progress_at = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._backoff = RECONNECT_BACKOFF_MIN
+        self._retry_at = 0.0
+        self._last_error = ""
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._ready = False
@@ -357,50 +390,92 @@ class _AutoPipeline(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         return reply
 
+    @property
+    def connected(self) -> bool:
+        return self._ready and self._transport is not None
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._outbox:
             return
         if self._transport is None or not self._ready:
             if self._connecting is None:
+                if time.monotonic() < self._retry_at:
+                    self._fail_outbox(
+                        queueing.QueueError(f"redis unavailable (reconnecting): {self._last_error}")
+                    )
+                    return
                 self._connecting = self._loop.create_task(self._connect())
             return
         self._transport.write(b"".join(self._outbox))
+        if not self._sent:
+            self._progress_at = time.monotonic()
         self._sent.extend(self._outbox_replies)
         self._outbox, self._outbox_replies = [], []
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._command_timeout, self._check_progress)
+
+    def _check_progress(self) -> None:
+        """Abort a connection on which outstanding replies made no progress for too long."""
+        self._watchdog = None
+        if not self._sent or self._transport is None:
+            return
+        silent = time.monotonic() - self._progress_at
+        if silent < self._command_timeout:
+            self._watchdog = self._loop.call_later(
+                self._command_timeout - silent, self._check_progress
+            )
+            return
+        self._last_error = f"no reply within {self._command_timeout:g} s"
+        LOG.warning("redis sent no reply for %.1f s: dropping the connection", silent)
+        self._transport.abort()
+
+    def _schedule_retry(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF_MAX)
 
     async def _connect(self) -> None:
         options = self._options
         try:
-            if "path" in options:
-                await self._loop.create_unix_connection(lambda: self, options["path"])
-            else:
-                tls = None
-                if options.get("connection_class") is redis.asyncio.connection.SSLConnection:
-                    tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-                await self._loop.create_connection(
-                    lambda: self,
-                    options.get("host", "localhost"),
-                    options.get("port", 6379),
-                    ssl=tls,
-                )
-            if self._transport is None:
-                raise queueing.QueueError("the connection closed while it was being set up")
-            handshake = []
-            if options.get("password"):
-                credentials = [options["username"]] if options.get("username") else []
-                handshake.append(self._send_now("AUTH", *credentials, options["password"]))
-            if options.get("db"):
-                handshake.append(self._send_now("SELECT", options["db"]))
-            await asyncio.gather(*handshake)
+            async with asyncio.timeout(self._command_timeout):
+                if "path" in options:
+                    await self._loop.create_unix_connection(lambda: self, options["path"])
+                else:
+                    tls = None
+                    if options.get("connection_class") is redis.asyncio.connection.SSLConnection:
+                        tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+                    if self._address is not None:
+                        host, port = await self._address()
+                    else:
+                        host, port = options.get("host", "localhost"), options.get("port", 6379)
+                    await self._loop.create_connection(lambda: self, host, port, ssl=tls)
+                    _keepalive(self._transport)
+                if self._transport is None:
+                    raise queueing.QueueError("the connection closed while it was being set up")
+                handshake = []
+                if options.get("password"):
+                    credentials = [options["username"]] if options.get("username") else []
+                    handshake.append(self._send_now("AUTH", *credentials, options["password"]))
+                if options.get("db"):
+                    handshake.append(self._send_now("SELECT", options["db"]))
+                handshake.append(self._send_now("PING"))  # a stalled server accepts TCP
+                if self._address is not None:
+                    handshake.append(self._send_now("ROLE"))
+                replies = await asyncio.gather(*handshake)
+                if self._address is not None and replies[-1][0] != b"master":
+                    raise queueing.QueueError("the Sentinel-named server is not a master")
         except Exception as error:  # any failure fails the waiting calls; the next call retries
+            self._last_error = str(error) or type(error).__name__
+            self._schedule_retry()
             if self._transport is not None:
-                self._transport.close()
-            self._fail_outbox(queueing.QueueError(f"redis unavailable: {error}"))
+                self._transport.abort()
+            self._fail_outbox(queueing.QueueError(f"redis unavailable: {self._last_error}"))
             return
         finally:
             self._connecting = None
         self._ready = True
+        self._backoff = RECONNECT_BACKOFF_MIN
+        self._retry_at = 0.0
         self._flush()
 
     def _send_now(self, *args: Any) -> asyncio.Future[Any]:
@@ -424,6 +499,7 @@ class _AutoPipeline(asyncio.Protocol):
         self._parser = hiredis.Reader()
 
     def data_received(self, data: bytes) -> None:
+        self._progress_at = time.monotonic()
         self._parser.feed(data)
         while (response := self._parser.gets()) is not False:
             reply = self._sent.popleft()
@@ -442,8 +518,11 @@ class _AutoPipeline(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._ready and not self._closed:
+            self._schedule_retry()
+            self._last_error = str(exc or self._last_error or "connection closed")
         self._ready = False
-        failure = queueing.QueueError(f"redis connection lost: {exc or 'closed'}")
+        failure = queueing.QueueError(f"redis connection lost: {exc or self._last_error}")
         sent, self._sent = self._sent, collections.deque()
         for reply in sent:
             if not reply.done():
@@ -462,8 +541,23 @@ class _AutoPipeline(asyncio.Protocol):
             await asyncio.wait(pending, timeout=5.0)
         if self._connecting is not None:
             self._connecting.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._transport is not None:
             self._transport.close()
+
+
+def _keepalive(transport: asyncio.BaseTransport | None) -> None:
+    """TCP keepalive on the connection, so a vanished server (host down, network cut) is noticed
+    even while nothing is outstanding: probes after 10 s idle, every 5 s, 3 unanswered = dead."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 class RedisQueueStore:
@@ -479,6 +573,7 @@ class RedisQueueStore:
         max_logs_per_job: int,
         share_completions: bool,
         max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.prefix = prefix
         self.max_attempts = max_attempts
@@ -488,7 +583,8 @@ class RedisQueueStore:
         self._ttl_ms = max(1, int(result_ttl * 1000))
         self._max_logs_per_job = max_logs_per_job
         self._share_completions = share_completions
-        self._pipeline = _AutoPipeline(url)
+        self._command_timeout = command_timeout
+        self._pipeline = _AutoPipeline(url, command_timeout=command_timeout)
         self._shas: dict[str, str] = {}
         self._events = queueing.EventHub()
         self._origin = uuid.uuid4().hex.encode()
@@ -510,9 +606,19 @@ class RedisQueueStore:
         housekeeping_interval: float | None = 1.0,
         share_completions: bool = False,
         max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> RedisQueueStore:
-        """Connect to ``url`` (``redis://host:port/db``), load the scripts, start listening."""
-        client = redis.asyncio.Redis.from_url(url, decode_responses=False)
+        """Connect to ``url`` (``redis://host:port/db``), load the scripts, start listening.
+
+        ``command_timeout`` bounds connecting and each wait for a reply (see `_AutoPipeline`).
+        """
+        # redis-py serves the event subscription only (a blocking read, so no read timeout).
+        client = redis.asyncio.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=command_timeout,
+            socket_keepalive=True,
+        )
         store = cls(
             client,
             url=url,
@@ -521,12 +627,14 @@ class RedisQueueStore:
             max_logs_per_job=max_logs_per_job,
             share_completions=share_completions,
             max_attempts=max_attempts,
+            command_timeout=command_timeout,
         )
         try:
             await store._load_scripts()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(store._channel)
-        except (redis.exceptions.RedisError, OSError) as error:
+        except (redis.exceptions.RedisError, OSError, queueing.QueueError) as error:
+            await store._pipeline.close()
             await client.aclose()
             raise queueing.QueueError(f"cannot open the Redis queue store: {error}") from error
         store._listener = asyncio.create_task(store._listen(pubsub), name="kubefal-queue-events")
@@ -537,9 +645,24 @@ class RedisQueueStore:
         return store
 
     async def _load_scripts(self) -> None:
-        for name, body in _SCRIPTS.items():
-            sha = await self._client.script_load(_FINISH + body)
+        replies = [
+            self._pipeline.call("SCRIPT", "LOAD", _FINISH + body) for body in _SCRIPTS.values()
+        ]
+        for name, reply in zip(_SCRIPTS, replies, strict=True):
+            sha = await reply
             self._shas[name] = sha if isinstance(sha, str) else sha.decode()
+
+    async def ping(self) -> None:
+        """Raise QueueError unless Redis answers a PING within the command timeout."""
+        if self._closed:
+            raise queueing.QueueError("the queue store is closed")
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                await self._pipeline.call("PING")
+        except TimeoutError:
+            raise queueing.QueueError("redis did not answer PING in time") from None
+        except redis.exceptions.ResponseError as error:
+            raise queueing.QueueError(f"redis PING failed: {error}") from error
 
     async def _script(self, name: str, *args: Any) -> Any:
         """Run a script through the auto-pipeline (reloading the scripts after a Redis restart)."""
@@ -550,7 +673,7 @@ class RedisQueueStore:
         except redis.exceptions.NoScriptError:
             try:
                 await self._load_scripts()
-            except (redis.exceptions.RedisError, OSError) as error:
+            except redis.exceptions.RedisError as error:
                 raise queueing.QueueError(f"redis unavailable: {error}") from error
             return await self._pipeline.call("EVALSHA", self._shas[name], 0, self._prefix, *args)
         except redis.exceptions.ResponseError as error:

@@ -680,6 +680,13 @@ class SqliteQueueStore:
     def subscribe(self, *, max_pending: int = 10_000) -> queueing.EventSubscription:
         return self._events.subscribe(max_pending=max_pending)
 
+    async def ping(self) -> None:
+        self._check_open()
+        try:
+            self._db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as error:
+            raise queueing.QueueError(f"queue database unreadable: {error}") from error
+
     # ------------------------------------------------------------------ webhook outbox
 
     async def enqueue_webhook(

@@ -3,11 +3,14 @@ the per-app queue-depth limit (429 + Retry-After), and a stalled Redis (503 fast
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
 from typing import Any
 
 import gwharness
 import httpx
+from conftest import RedisServer
 
 APP = "team-a/limited"
 
@@ -44,3 +47,63 @@ def test_a_submit_beyond_the_queue_depth_limit_gets_429_with_retry_after(
     assert "queued requests" in refused.json()["detail"]
     assert refused.json()["error_type"] == "queue_full"
     assert [status.json()["status"] for status in statuses] == ["IN_QUEUE", "IN_QUEUE"]
+
+
+def test_a_stalled_redis_makes_submits_fail_fast_with_503_and_readyz_not_ready(
+    tmp_path: pathlib.Path, redis_server: RedisServer
+) -> None:
+    runner = gwharness.Runner(workdir=tmp_path, max_multiplexing=2)
+    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
+    gateway = gwharness.Gateway(
+        workdir=tmp_path,
+        static_config=static,
+        tls=None,
+        store=redis_server.url,
+        extra_args=["--redis-timeout", "0.5"],
+    )
+    assert redis_server.process is not None
+    redis_pid = redis_server.process.pid
+    with gwharness.cleanup(gateway, runner), httpx.Client(timeout=30) as client:
+        runner.wait_ready()
+        gateway.wait_ready([APP])
+        before = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "before"})
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            # The client's 30 s timeout bounds these calls; without the fix a submit hangs.
+            during = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "during"})
+            readyz: list[httpx.Response] = []
+
+            def not_ready() -> bool:
+                readyz.append(client.get(f"{gateway.admin_url}/readyz"))
+                return readyz[-1].status_code == 503
+
+            gwharness.wait_for(not_ready, timeout=30, message="/readyz reporting 503")
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        gwharness.wait_for(
+            lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 200,
+            timeout=30,
+            message="/readyz ready again",
+        )
+        after = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "after"})
+        results = [_wait_result(client, gateway, response) for response in (before, after)]
+    assert before.status_code == 200
+    assert during.status_code == 503
+    assert during.headers["content-type"] == "application/json"
+    assert "Queue store unavailable" in during.json()["detail"]
+    assert "Queue store unavailable" in readyz[-1].json()["detail"]
+    assert readyz[-1].json()["ready"] is False
+    assert after.status_code == 200
+    assert [result.json()["tag"] for result in results] == ["before", "after"]
+
+
+def _wait_result(
+    client: httpx.Client, gateway: gwharness.Gateway, submitted: httpx.Response
+) -> httpx.Response:
+    base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
+    gwharness.wait_for(
+        lambda: client.get(base + "/status").json()["status"] == "COMPLETED",
+        timeout=60,
+        message="the job completing",
+    )
+    return client.get(base)

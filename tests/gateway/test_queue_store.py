@@ -609,8 +609,16 @@ def test_the_store_works_on_uvloop_as_the_gateway_runs_it(
     assert view.result.body == b'{"ok": true}'
 
 
+async def _answers(store: queueing.QueueStore) -> bool:
+    try:
+        await store.ping()
+    except queueing.QueueError:
+        return False
+    return True
+
+
 async def test_a_redis_outage_fails_calls_fast_and_the_store_recovers_after_it(
-    redis_server: Any,
+    redis_server: Any, wait_for: WaitFor
 ) -> None:
     store = await store_redis.RedisQueueStore.open(
         redis_server.url, prefix="outage", housekeeping_interval=None
@@ -623,7 +631,9 @@ async def test_a_redis_outage_fails_calls_fast_and_the_store_recovers_after_it(
             await asyncio.wait_for(store.submit(make_job("during")), timeout=30)
 
         # The new server is empty: no queued job and no loaded scripts (NOSCRIPT is handled).
+        # Reconnects back off (at most a second), so the store answers again shortly after.
         redis_server.start(port=redis_server.port)
+        await wait_for(lambda: _answers(store), message="the store reconnecting")
         position = await asyncio.wait_for(store.submit(make_job("after")), timeout=30)
         leased = await drain(store)
     finally:

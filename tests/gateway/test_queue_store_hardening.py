@@ -4,15 +4,20 @@ commits, deleted apps. Real SQLite files and a real redis-server (conftest.py)."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from conftest import RedisServer
 
-from kubefal_gateway import queueing, store_sqlite
+from kubefal_gateway import queueing, store_redis, store_sqlite
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
+WaitFor = Callable[..., Awaitable[None]]
 
 APP = "team-a/poison"
 HOLDER = "gateway-1"
@@ -196,3 +201,67 @@ async def test_the_queue_depth_limit_refuses_the_submit_beyond_it_atomically(
     assert after_lease == 4  # a started job frees its place
     with pytest.raises(queueing.QueueFullError):
         await store.submit(make_job(), max_queued=5)
+
+
+# ---- item 11: Redis faults ----------------------------------------------------------------------
+async def _ping_ok(store: queueing.QueueStore) -> bool:
+    try:
+        await store.ping()
+    except queueing.QueueError:
+        return False
+    return True
+
+
+async def test_a_stalled_redis_fails_calls_fast_and_the_store_recovers(
+    redis_server: RedisServer, wait_for: WaitFor
+) -> None:
+    store = await store_redis.RedisQueueStore.open(
+        redis_server.url,
+        prefix=f"stall-{uuid.uuid4().hex}",
+        housekeeping_interval=None,
+        command_timeout=0.5,
+    )
+    try:
+        accepted = make_job("before-the-stall")
+        await store.submit(accepted)
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # A bound, not a timing assertion: without command timeouts these calls hang forever.
+            async with asyncio.timeout(30):
+                with pytest.raises(queueing.QueueError):
+                    await store.submit(make_job("during-the-stall"))
+                with pytest.raises(queueing.QueueError):
+                    await store.ping()
+                with pytest.raises(queueing.QueueError):  # reconnecting to a stalled server
+                    await store.submit(make_job("still-stalled"))
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        await wait_for(lambda: _ping_ok(store), message="the store answering again")
+        after = await store.submit(make_job("after-the-stall"))
+        view = await store.view(accepted.request_id)
+    finally:
+        await store.close()
+    assert after >= 1
+    assert view is not None and view.state is queueing.JobState.IN_QUEUE
+
+
+async def test_a_redis_that_is_down_fails_calls_at_once_and_is_reconnected(
+    redis_server: RedisServer, wait_for: WaitFor
+) -> None:
+    store = await store_redis.RedisQueueStore.open(
+        redis_server.url, prefix=f"down-{uuid.uuid4().hex}", housekeeping_interval=None
+    )
+    try:
+        port = redis_server.port
+        redis_server.stop()
+        async with asyncio.timeout(30):
+            for _ in range(20):  # refused connections back off instead of looping hot
+                with pytest.raises(queueing.QueueError):
+                    await store.submit(make_job())
+        redis_server.start(port)
+        await wait_for(lambda: _ping_ok(store), message="the store reconnected")
+        position = await store.submit(make_job("after-restart"))
+    finally:
+        await store.close()
+    assert position == 0
