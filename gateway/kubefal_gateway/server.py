@@ -1,67 +1,130 @@
 """The gateway process: one event loop, one `core.Gateway`, several uvicorn listeners.
 
-Listeners: the queue API (`--queue-port`, TLS when configured), the run API (`--run-port`, TLS),
-the plain-HTTP admin API (`--admin-port`: metrics, health, scaling signals) and, when enabled,
-KEDA's external scaler (`--keda-port`, gRPC) and the external metrics API for HPAs
-(`--external-metrics-port`, TLS). When the queue
-and run ports are equal, one listener serves both and picks the API by the Host header. uvicorn's
-access log is off (it costs ~80 us per request, performance.md); signals are handled here once
-for all listeners, and the core's lifespan wraps them all.
+Listeners: the queue API (`--queue-port`, TLS when configured), the run API (`--run-port`,
+TLS), the plain-HTTP admin API (`--admin-port`: metrics, health, scaling signals) and, when
+enabled, KEDA's external scaler (`--keda-port`, gRPC) and the external metrics API for HPAs
+(`--external-metrics-port`, TLS). When the queue and run ports are equal, one listener serves
+both and picks the API by the Host header. Every HTTP listener uses `limits.GuardedProtocol`
+(header size and count caps, header-read and idle timeouts, connection caps) and a bounded TLS
+handshake (`--tls-handshake-timeout`). uvicorn's access log is off (it costs ~80 us per
+request); signals are handled here once for all listeners, and the core's lifespan wraps them
+all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import uvicorn
 
-from kubefal_gateway import core, external_metrics, http_api, keda_scaler, settings, tls
+from kubefal_gateway import core, external_metrics, http_api, keda_scaler, limits, settings, tls
+from kubefal_gateway.storage import runtime as storage_runtime
 
 LOGGER = logging.getLogger(__name__)
 
 
 class _Listener(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to `serve` below."""
+    """A uvicorn server that leaves signal handling to `serve` below, guards its connections
+    (limits.py) and bounds the TLS handshake (`--tls-handshake-timeout`)."""
+
+    def __init__(self, config: uvicorn.Config, *, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up for a host and port, plus `ssl_handshake_timeout`, which uvicorn
+        does not pass (the event loop's default is 60 s)."""
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if config.ssl is not None:
+            extra["ssl_handshake_timeout"] = self.handshake_timeout
+        try:
+            server = await loop.create_server(
+                create_protocol,
+                host=config.host,
+                port=config.port,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                **extra,
+            )
+        except OSError as error:
+            LOGGER.error("cannot listen on %s:%s: %s", config.host, config.port, error)
+            await self.lifespan.shutdown()
+            raise SystemExit(3) from error
+        self.servers = [server]
+        self.started = True
+
 
 def _listener(
-    app: Any, *, host: str, port: int, log_level: str, ssl_options: dict[str, Any]
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    ssl_options: dict[str, Any],
+    gateway_settings: settings.Settings,
 ) -> _Listener:
+    limiter = limits.ConnectionLimiter(
+        limits.ListenerLimits(
+            max_header_bytes=gateway_settings.max_header_bytes,
+            max_headers=gateway_settings.max_headers,
+            header_timeout=gateway_settings.header_timeout,
+            max_connections=gateway_settings.max_connections,
+            max_connections_per_ip=gateway_settings.max_connections_per_ip,
+        )
+    )
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=functools.partial(limits.GuardedProtocol, limiter=limiter),  # type: ignore[arg-type]
         ws="websockets-sansio",
         lifespan="off",
         interface="asgi3",
         proxy_headers=False,
         access_log=False,
         log_level=log_level,
-        timeout_keep_alive=75,
+        timeout_keep_alive=gateway_settings.idle_timeout,  # type: ignore[arg-type]
         server_header=False,
         date_header=False,
         ws_max_size=64 * 1024 * 1024,
         **ssl_options,
     )
-    return _Listener(config)
+    return _Listener(config, handshake_timeout=gateway_settings.tls_handshake_timeout)
 
 
-def build_listeners(gateway: core.Gateway) -> list[_Listener]:
+def build_listeners(gateway: core.Gateway, rest_app: Any = None) -> list[_Listener]:
     config = gateway.settings
     api = http_api.Api(gateway)
     ssl_options = tls.uvicorn_options(config)
-    common = {"host": config.host, "log_level": config.log_level}
+    common: dict[str, Any] = {
+        "host": config.host,
+        "log_level": config.log_level,
+        "gateway_settings": config,
+    }
     listeners = []
     if config.queue_port == config.run_port or config.queue_port == 0:
         listeners.append(
@@ -85,6 +148,10 @@ def build_listeners(gateway: core.Gateway) -> list[_Listener]:
                 **common,
             )
         )
+    if rest_app is not None:
+        listeners.append(
+            _listener(rest_app, port=config.rest_port, ssl_options=ssl_options, **common)
+        )
     return listeners
 
 
@@ -102,8 +169,8 @@ async def serve(config: settings.Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_exit)
-    async with gateway.running():
-        listeners.extend(build_listeners(gateway))
+    async with gateway.running(), storage_runtime.serving(gateway) as rest_app:
+        listeners.extend(build_listeners(gateway, rest_app))
         async with _keda_scaler(gateway):
             tasks = [loop.create_task(listener.serve()) for listener in listeners]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,254 @@
+"""Connection-level limits of the gateway's HTTP listeners: header size and count, header-read
+and idle timeouts, and caps on open connections (per listener and per client address).
+
+Why it exists: uvicorn's httptools protocol has no cap on the size of a request's headers and
+no timeout before a request's headers are complete, so unauthenticated connections sending
+endless headers grew the gateway by 400 MiB, and a connection that sends its headers slowly
+(slowloris) or nothing at all after the TLS handshake stayed open forever. `GuardedProtocol` is a
+thin subclass of uvicorn's `HttpToolsProtocol` that adds, before the ASGI app ever sees a request:
+
+* `max_header_bytes`: the request line and headers of one request may take at most this many
+  bytes; the bytes of a head are counted as they arrive (so the parser's buffers stay bounded
+  too), and a longer head gets `431` with a JSON `detail` and the connection is closed;
+* `max_headers`: more header fields get `431` likewise;
+* `header_timeout`: from the connection's start (after the TLS handshake), and from the first
+  byte of each following request, the head must be complete within this many seconds, else
+  `408` and the connection is closed;
+* `idle_timeout`: uvicorn's keep-alive timeout between requests;
+* `max_connections` / `max_connections_per_ip`: a connection over either cap gets `503` and is
+  closed at once (`ConnectionLimiter`, one per listener).
+
+The TLS handshake timeout is the event loop's `ssl_handshake_timeout`, set by server.py. Bodies
+are bounded by the handlers (`--max-request-bytes`). On the hot path the guard adds a counter
+update per received chunk and a timer per connection (not per request on a busy keep-alive
+connection: the timer is re-armed only when a new head starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+LOGGER = logging.getLogger(__name__)
+
+ABORT_GRACE = 2.0
+"""Seconds a refused connection gets to take its error response before it is aborted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerLimits:
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 128
+    header_timeout: float = 10.0
+    max_connections: int = 4096
+    max_connections_per_ip: int = 0
+
+
+class ConnectionLimiter:
+    """Open connections of one listener, in total and per client address."""
+
+    def __init__(self, limits: ListenerLimits) -> None:
+        self.limits = limits
+        self.open = 0
+        self.refused = 0
+        self._per_ip: dict[str, int] = {}
+
+    def acquire(self, address: str | None) -> bool:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            return False
+        per_ip = self.limits.max_connections_per_ip
+        if per_ip > 0 and address is not None:
+            count = self._per_ip.get(address, 0)
+            if count >= per_ip:
+                self.refused += 1
+                return False
+            self._per_ip[address] = count + 1
+        self.open += 1
+        return True
+
+    def release(self, address: str | None) -> None:
+        self.open -= 1
+        if self.limits.max_connections_per_ip > 0 and address is not None:
+            count = self._per_ip.get(address, 0) - 1
+            if count > 0:
+                self._per_ip[address] = count
+            else:
+                self._per_ip.pop(address, None)
+
+
+class _HeadRefused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def error_response(status: int, detail: str) -> bytes:
+    """A complete HTTP/1.1 error response with a JSON `detail`, closing the connection."""
+    body = orjson.dumps({"detail": detail})
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of the module docstring."""
+
+    def __init__(self, *args: Any, limiter: ConnectionLimiter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limiter = limiter
+        self._limits = limiter.limits
+        self._address: str | None = None
+        self._counted = False
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._skip_chunk = False
+
+    # ---- connection lifecycle ----
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if not self._limiter.acquire(self._address):
+            self.transport = transport
+            self._refuse(503, "Too many open connections; retry later")
+            return
+        self._counted = True
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._counted:
+            self._counted = False
+            self._limiter.release(self._address)
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The WebSocket protocol takes the transport over; this connection stops counting here.
+        self._cancel_head_timer()
+        if self._counted:
+            self._counted = False
+            self._limiter.release(self._address)
+        super().handle_websocket_upgrade()
+
+    # ---- data ----
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head and self._head_timer is None:
+            self._arm_head_timer()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, _HeadRefused):
+                self._refuse(cause.status, cause.detail)
+            else:
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserError:
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._skip_chunk:
+            # A head that began after a body in this chunk: its bytes here are at most one chunk.
+            self._skip_chunk = False
+        elif self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    f"Request line and headers exceed {self._limits.max_header_bytes} bytes",
+                )
+
+    # ---- parser callbacks ----
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._header_count = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            raise _HeadRefused(431, f"More than {self._limits.max_headers} header fields")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+        self._skip_chunk = True
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, msg)
+
+    # ---- refusing ----
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self._limits.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._refused:
+            self._refuse(
+                408, f"Request headers not received within {self._limits.header_timeout} s"
+            )
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer `status` when no response is under way, and close the connection."""
+        self._refused = True
+        self._cancel_head_timer()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            transport.write(error_response(status, detail))
+        transport.close()
+        # A TLS close waits for the peer's close_notify; a hostile peer gets a bounded grace.
+        self.loop.call_later(ABORT_GRACE, _abort, transport)
+
+
+def _abort(transport: asyncio.Transport) -> None:
+    with contextlib.suppress(Exception):
+        transport.abort()

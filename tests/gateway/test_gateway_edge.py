@@ -1,0 +1,233 @@
+"""A real gateway over TLS against hostile connections and callers (issue 9, items 3, 10, 12):
+header floods, slowloris, silent and handshake-less connections, connection caps, wrong-secret
+floods and the admin listener's token.
+
+Raw sockets play the attacker; the real fal_client plays the legitimate caller at the same time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gwharness
+import httpx
+import orjson
+import psutil
+import pytest
+
+from kubefal_api import apikeys
+
+pytestmark = pytest.mark.slow
+
+MAX_HEADER_BYTES = 16 * 1024
+HEADER_TIMEOUT = 2.0
+ADMIN_TOKEN = "admin-token-for-tests"
+
+
+class Edge:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.tls = gwharness.Tls(workdir)
+        self.key_a = apikeys.generate_key()
+        self.key_b = apikeys.generate_key()
+        self.runner = gwharness.Runner(workdir=workdir, max_multiplexing=8)
+        static = {
+            "apps": [
+                {
+                    "id": "edge/probe",
+                    "auth": "shared",
+                    "runners": [self.runner.url],
+                    "maxMultiplexing": 8,
+                },
+            ],
+            "keys": [{"key": str(self.key_a)}, {"key": str(self.key_b)}],
+        }
+        self.gateway = gwharness.Gateway(
+            workdir=workdir,
+            static_config=static,
+            tls=self.tls,
+            extra_args=[
+                f"--max-header-bytes={MAX_HEADER_BYTES}",
+                "--max-headers=40",
+                f"--header-timeout={HEADER_TIMEOUT}",
+                "--tls-handshake-timeout=2",
+                "--auth-failures-per-key=5",
+                "--auth-failures-per-ip=1000",
+                f"--admin-token={ADMIN_TOKEN}",
+            ],
+        )
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.tls.ca_path))
+
+    def tls_socket(self, port: int | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port or self.gateway.run_port), timeout=30)
+        return self.context().wrap_socket(raw, server_hostname="127.0.0.1")
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.gateway.popen.pid).memory_info().rss)
+
+    def fal_run(self, key: apikeys.ApiKey, text: str) -> Any:
+        return gwharness.run_client(
+            f"emit(fal_client.run('edge/probe', arguments={{'text': {text!r}}}))",
+            env=self.gateway.client_env(str(key)),
+        )
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    stack = Edge(tmp_path_factory.mktemp("gateway-edge"))
+    with gwharness.cleanup(stack.gateway, stack.runner):
+        stack.runner.wait_ready()
+        stack.gateway.wait_ready(["edge/probe"])
+        yield stack
+
+
+def read_until_closed(sock: socket.socket, *, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails after `timeout`)."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+        pass
+    except TimeoutError:
+        pytest.fail(f"the gateway kept the connection open for {timeout} s: {received[:200]!r}")
+    return received
+
+
+def status_and_detail(response: bytes) -> tuple[int, str]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, orjson.loads(body)["detail"]
+
+
+# ---- item 3: headers and connections -----------------------------------------------------------
+def test_a_header_flood_from_many_sockets_is_cut_off_and_memory_stays_bounded(edge: Edge) -> None:
+    sockets = 40
+    per_socket = 4 * 1024 * 1024  # 160 MiB in all, if the gateway took it
+    line = b"x-flood: " + b"a" * 1000 + b"\r\n"
+    baseline = edge.rss()
+    peak = baseline
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, edge.rss())
+            time.sleep(0.02)
+
+    def flood(index: int) -> tuple[int, int]:
+        # Returns (bytes sent, status received); the kernel's socket buffers may absorb the
+        # whole flood, so what counts is the answer and the gateway's memory.
+        sock = edge.tls_socket()
+        sent = 0
+        try:
+            sock.sendall(f"POST /edge/probe HTTP/1.1\r\nhost: h{index}\r\n".encode())
+            while sent < per_socket:
+                sock.sendall(line * 16)
+                sent += len(line) * 16
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, TimeoutError):
+            pass
+        response = read_until_closed(sock, timeout=30)
+        sock.close()
+        return sent, status_and_detail(response)[0] if response else 0
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=sockets) as pool:
+            outcomes = list(pool.map(flood, range(sockets)))
+    finally:
+        stop.set()
+        sampler.join()
+    assert [status for _, status in outcomes] == [431] * sockets
+    # Each connection may hold one head (16 KiB) plus a couple of read chunks before it is cut
+    # off; 64 MiB over the baseline is far above that and far below what the flood carries.
+    growth = peak - baseline
+    assert growth < 64 * 1024 * 1024, f"gateway RSS grew by {growth / 2**20:.0f} MiB"
+    assert edge.gateway.alive()
+
+
+def test_too_many_header_fields_get_431_with_a_json_detail(edge: Edge) -> None:
+    with edge.tls_socket() as sock:
+        headers = "".join(f"x-h{index}: v\r\n" for index in range(60))
+        sock.sendall(f"GET /edge/probe HTTP/1.1\r\nhost: a\r\n{headers}\r\n".encode())
+        status, detail = status_and_detail(read_until_closed(sock, timeout=30))
+    assert status == 431
+    assert "40 header fields" in detail
+
+
+def test_slow_silent_and_handshake_less_connections_are_closed_while_a_client_is_served(
+    edge: Edge,
+) -> None:
+    slowloris = edge.tls_socket()
+    slowloris.sendall(b"POST /edge/probe HTTP/1.1\r\nhost: a\r\n")
+    silent = edge.tls_socket()
+    handshake_less = socket.create_connection(("127.0.0.1", edge.gateway.run_port), timeout=30)
+    closed = threading.Event()
+
+    def trickle() -> None:
+        # One header byte every 0.2 s: never a complete head, never idle for long.
+        try:
+            while not closed.is_set():
+                slowloris.sendall(b"x")
+                time.sleep(0.2)
+        except (OSError, ssl.SSLError):
+            pass
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        result = edge.fal_run(edge.key_a, "served")
+        assert result["text"] == "served"
+        status, detail = status_and_detail(read_until_closed(slowloris, timeout=30))
+        assert status == 408
+        assert "not received within" in detail
+        assert status_and_detail(read_until_closed(silent, timeout=30))[0] == 408
+        # No TLS handshake at all: the TCP connection is dropped without a byte.
+        assert read_until_closed(handshake_less, timeout=30) == b""
+    finally:
+        closed.set()
+        trickler.join()
+        for sock in (slowloris, silent, handshake_less):
+            sock.close()
+
+
+def test_connections_over_the_cap_are_refused_with_503(tmp_path: pathlib.Path) -> None:
+    tls = gwharness.Tls(tmp_path)
+    gateway = gwharness.Gateway(
+        workdir=tmp_path,
+        static_config={"apps": []},
+        tls=tls,
+        extra_args=["--max-connections=8", "--max-connections-per-ip=5", "--header-timeout=60"],
+    )
+    with gwharness.cleanup(gateway):
+        gateway.wait_ready()
+        context = ssl.create_default_context(cafile=str(tls.ca_path))
+        held = []
+        try:
+            for _ in range(5):
+                raw = socket.create_connection(("127.0.0.1", gateway.run_port), timeout=30)
+                held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+            raw = socket.create_connection(("127.0.0.1", gateway.run_port), timeout=30)
+            extra = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            status, detail = status_and_detail(read_until_closed(extra, timeout=30))
+            assert (status, detail) == (503, "Too many open connections; retry later")
+            held.pop().close()
+
+            def admitted() -> bool:
+                with httpx.Client(verify=str(tls.ca_path), timeout=10) as client:
+                    return client.get(f"{gateway.run_url}/a/b").status_code == 404
+
+            gwharness.wait_for(admitted, timeout=30, message="a freed slot admits a client")
+        finally:
+            for sock in held:
+                sock.close()
