@@ -5,9 +5,10 @@ SDK's; this layer only adds what Kubernetes and the gateway need, at the cost of
 context variable per request:
 
 * the ``max_multiplexing`` guard: an HTTP request or a WebSocket session beyond the limit, during
-  ``setup()`` or while draining gets a 503 ``{"detail": ...}`` with ``x-fal-needs-retry: 1`` and
-  ``x-kubefal-rejected: busy|not-ready|draining`` so the gateway retries on another runner (the
-  SDK's ``GET /health`` and ``/_kubefal/*`` are never guarded);
+  ``setup()``, while draining or once unhealthy gets a 503 ``{"detail": ...}`` with
+  ``x-fal-needs-retry: 1`` and ``x-kubefal-rejected: busy|not-ready|draining|unhealthy`` so the
+  gateway retries on another runner (the SDK's ``GET /health`` and ``/_kubefal/*`` are never
+  guarded);
 * a request cut off by the end of a drain gets the same 503 (not uvicorn's 500), so the gateway
   retries it;
 * ``x-fal-request-id``: passed through, generated when absent, echoed on the response, and set as
@@ -21,7 +22,13 @@ context variable per request:
   cancelled request whose connection is still open ends with fal's 499;
 * a client that hangs up before its answer started cancels an async request the same way
   (`disconnects`); a threadpool one runs to its end, as under the SDK alone;
-* ``GET /_kubefal/ready``, ``/_kubefal/health``, ``/_kubefal/info``, ``/_kubefal/logs/{id}``.
+* ``GET /_kubefal/ready``, ``/_kubefal/health``, ``/_kubefal/info``, ``/_kubefal/logs/{id}``;
+* the app's health check as fal runs it: ``/_kubefal/health`` (the liveness probe) calls it when
+  it is to be called regularly (fal's default); an app response carrying
+  ``x-fal-runner-health-check`` (removed from the response, it is meant for the platform) runs it
+  once more in the background. A failure of that requested check makes the runner ``unhealthy``
+  for good: it admits nothing new and both probes fail, so Kubernetes takes it out of traffic and
+  restarts it, as fal kills such a runner.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import asyncio
 import collections.abc
 import contextlib
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -41,12 +49,16 @@ Message = lifespan.Message
 Receive = collections.abc.Callable[[], collections.abc.Awaitable[Message]]
 Send = collections.abc.Callable[[Message], collections.abc.Awaitable[None]]
 
+logger = logging.getLogger(__name__)
+
 CONTROL_PREFIX = "/_kubefal/"
 LOGS_PREFIX = "/_kubefal/logs/"
 CANCEL_PREFIX = "/_kubefal/cancel/"
 REQUEST_ID_HEADER = b"x-fal-request-id"
 LOG_LINES_HEADER = b"x-kubefal-log-lines"
 CONTENT_LENGTH_HEADER = b"content-length"
+HEALTH_CHECK_REQUEST_HEADER = b"x-fal-runner-health-check"
+"""On an app response: run the health check now (fal's manual health checks)."""
 REQUEST_CANCELLED_STATUS = 499
 """fal's status for a request cancelled by its client (``RequestCancelledException``)."""
 REQUEST_CANCELLED_DETAIL = "Request cancelled by the client."
@@ -61,6 +73,7 @@ REJECTION_DETAILS = {
     state.Rejection.BUSY: "runner is at its max_multiplexing limit of {limit} requests",
     state.Rejection.NOT_READY: "runner is not ready: setup() has not finished",
     state.Rejection.DRAINING: "runner is draining before shutdown",
+    state.Rejection.UNHEALTHY: "runner is unhealthy: its health check failed",
 }
 
 
@@ -176,6 +189,11 @@ class RunnerASGI:
         self._log_capture = log_capture
         self._app_info = app_info
         self._health_check = health_check
+        call_regularly = None if health_check is None else health_check.get("call_regularly")
+        self._call_regularly = call_regularly is not False  # fal's default is True
+        self._requested_check: asyncio.Task[None] | None = None
+        self.unhealthy_detail: str | None = None
+        """Why the runner is unhealthy (a requested health check failed); None while healthy."""
         self.in_flight = cancellation.InFlightRegistry()
         self.startup_seconds: dict[str, float] = {}
 
@@ -249,6 +267,9 @@ class RunnerASGI:
                 watch.response_complete = True
             elif message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), request_id_header]
+                if any(name.lower() == HEALTH_CHECK_REQUEST_HEADER for name, _ in headers):
+                    headers = [h for h in headers if h[0].lower() != HEALTH_CHECK_REQUEST_HEADER]
+                    self.request_health_check()
                 if any(name.lower() == CONTENT_LENGTH_HEADER for name, _ in headers):
                     count = log_capture.line_count(request_id_text)
                     headers.append((LOG_LINES_HEADER, str(count).encode()))
@@ -425,24 +446,66 @@ class RunnerASGI:
             },
         }
 
+    def request_health_check(self) -> None:
+        """Run the health check in the background (one at a time); a failure is final."""
+        if self._requested_check is not None and not self._requested_check.done():
+            return
+        self._requested_check = asyncio.get_running_loop().create_task(
+            self._run_requested_check(), name="kubefal-requested-health-check"
+        )
+
+    async def _run_requested_check(self) -> None:
+        result = await self.check_health()
+        if result.healthy or self.unhealthy_detail is not None:
+            return
+        self.unhealthy_detail = f"requested health check failed: {result.detail}"
+        self._state.mark_unhealthy()
+        logger.warning("runner is unhealthy and takes no new requests: %s", self.unhealthy_detail)
+
+    def _phase_detail(self, phase: state.Phase) -> str:
+        if phase is state.Phase.UNHEALTHY and self.unhealthy_detail:
+            return self.unhealthy_detail
+        return f"runner is {phase}"
+
     async def _serve_ready(self, send: Send) -> None:
-        phase = self._state.phase.value
+        phase = self._state.phase
         if self._state.ready:
-            await send_json(send, status=200, payload={"ready": True, "state": phase})
+            await send_json(send, status=200, payload={"ready": True, "state": phase.value})
         else:
             await send_json(
                 send,
                 status=503,
-                payload={"ready": False, "state": phase, "detail": f"runner is {phase}"},
+                payload={"ready": False, "state": phase.value, "detail": self._phase_detail(phase)},
             )
 
     async def _serve_health(self, send: Send) -> None:
         phase = self._state.phase
-        if phase in (state.Phase.SETUP, state.Phase.FAILED, state.Phase.STOPPED):
+        if phase in (
+            state.Phase.SETUP,
+            state.Phase.FAILED,
+            state.Phase.STOPPED,
+            state.Phase.UNHEALTHY,
+        ):
             await send_json(
                 send,
                 status=503,
-                payload={"healthy": False, "state": phase.value, "detail": f"runner is {phase}"},
+                payload={
+                    "healthy": False,
+                    "state": phase.value,
+                    "detail": self._phase_detail(phase),
+                },
+            )
+            return
+        if not self._call_regularly:
+            # Checked only when a response asks for it (request_health_check).
+            await send_json(
+                send,
+                status=200,
+                payload={
+                    "healthy": True,
+                    "state": phase.value,
+                    "detail": "health check runs only when a response asks for it",
+                },
             )
             return
         result = await self.check_health()

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from kubefal_runner import exit_codes, installing, settings
+from kubefal_runner import exit_codes, installing, settings, trust
 
 logger = logging.getLogger("kubefal_runner.start")
 
@@ -57,6 +57,14 @@ def main(argv: collections.abc.Sequence[str] | None = None) -> int:
     except settings.SettingsError as error:
         logger.error("%s", error)
         return exit_codes.BAD_SETTINGS
+
+    try:
+        bundle = trust.install_gateway_ca()
+    except (trust.TrustError, OSError) as error:
+        logger.error("cannot trust the gateway's CA: %s", error)
+        return exit_codes.BAD_SETTINGS
+    if bundle is not None:
+        logger.info("trusting the gateway's CA besides the default roots (%s)", bundle)
 
     requirements_seconds = 0.0
     if runner_settings.requirement_layers:

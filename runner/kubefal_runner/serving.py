@@ -143,7 +143,7 @@ class Runner:
             runner_state=self.state,
             log_capture=log_capture,
             app_info=_describe_or_explain(app_class),
-            health_check=describing.health_check_of(app_class),
+            health_check=runner_settings.health_check or describing.health_check_of(app_class),
         )
         self._server = _RunnerServer(
             uvicorn_config(

@@ -32,6 +32,15 @@ Environment variables (each has the flag named in brackets):
     the pod's ``terminationGracePeriodSeconds`` minus those 5 s and ``teardown()``. Default 25.
 ``KUBEFAL_RUNNER_TLS_CERT`` / ``KUBEFAL_RUNNER_TLS_KEY`` [``--tls-cert`` / ``--tls-key``]
     PEM certificate chain and key: when both are set the app server speaks HTTPS and WSS.
+``KUBEFAL_HEALTH_CHECK`` (no flag)
+    The FalApp's ``spec.healthCheck`` as JSON (``{"path": "/healthz", "method": "POST",
+    "timeoutSeconds": 5, "callRegularly": true, ...}``), which the operator renders the probes
+    from: it replaces the health check the app class declares. Unset: the app's own.
+``KUBEFAL_GATEWAY_CA`` (no flag)
+    PEM CA of the gateway's certificate. The runner writes it, after the CAs already trusted
+    (``SSL_CERT_FILE``'s, else certifi's or the system's), to a bundle in the temp directory and
+    points ``SSL_CERT_FILE`` (and an unset ``REQUESTS_CA_BUNDLE``) at it before the app loads,
+    so fal_client in the app reaches the gateway over TLS. Unset: trust is left alone.
 """
 
 from __future__ import annotations
@@ -73,6 +82,36 @@ class RunnerSettings:
     drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
+    health_check: dict[str, object] | None = None
+    """The FalApp's health check (snake_case keys), replacing the app class's; None: the app's."""
+
+
+HEALTH_CHECK_KEYS = {
+    "path": "path",
+    "method": "method",
+    "startPeriodSeconds": "start_period_seconds",
+    "timeoutSeconds": "timeout_seconds",
+    "failureThreshold": "failure_threshold",
+    "callRegularly": "call_regularly",
+}
+
+
+def parse_health_check(text: str) -> dict[str, object] | None:
+    """Parse ``KUBEFAL_HEALTH_CHECK`` (the FalApp's camelCase ``healthCheck``)."""
+    if not text.strip():
+        return None
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"KUBEFAL_HEALTH_CHECK is not valid JSON: {error}") from error
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("path"), str):
+        raise SettingsError("KUBEFAL_HEALTH_CHECK must be a JSON object with a string path")
+    parsed = {
+        snake: decoded[camel] for camel, snake in HEALTH_CHECK_KEYS.items() if camel in decoded
+    }
+    parsed.setdefault("method", "POST")
+    parsed.setdefault("timeout_seconds", None)
+    return parsed
 
 
 def default_requirements_cache(environ: collections.abc.Mapping[str, str]) -> pathlib.Path:
@@ -213,4 +252,5 @@ def load_settings(
         ),
         tls_cert=pathlib.Path(tls_cert_text) if tls_cert_text else None,
         tls_key=pathlib.Path(tls_key_text) if tls_key_text else None,
+        health_check=parse_health_check(environ.get("KUBEFAL_HEALTH_CHECK", "")),
     )

@@ -1,8 +1,9 @@
 """The runner's lifecycle and admission state, free of HTTP: what probes and the guard consult.
 
-A runner goes ``setup`` → ``ready`` → ``draining`` → ``stopped`` (or ``setup`` → ``failed``). It
-admits a request only while ready and below ``max_multiplexing``, which the SDK never enforces. All
-methods run on the event loop thread, so plain integers are enough.
+A runner goes ``setup`` → ``ready`` → ``draining`` → ``stopped`` (or ``setup`` → ``failed``), and
+from ``ready`` to ``unhealthy`` when the app's health check failed (for good: Kubernetes restarts
+it). It admits a request only while ready and below ``max_multiplexing``, which the SDK never
+enforces. All methods run on the event loop thread, so plain integers are enough.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class Phase(enum.StrEnum):
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
+    UNHEALTHY = "unhealthy"
+    """The app's health check failed: no new requests, probes fail until the pod restarts."""
 
 
 class Rejection(enum.StrEnum):
@@ -27,6 +30,10 @@ class Rejection(enum.StrEnum):
     NOT_READY = "not-ready"
     DRAINING = "draining"
     BUSY = "busy"
+    UNHEALTHY = "unhealthy"
+
+
+_PHASE_REJECTIONS = {Phase.DRAINING: Rejection.DRAINING, Phase.UNHEALTHY: Rejection.UNHEALTHY}
 
 
 class RunnerState:
@@ -49,7 +56,7 @@ class RunnerState:
     def try_admit(self) -> Rejection | None:
         """Take a slot and return None, or return why no slot is given."""
         if self.phase is not Phase.READY:
-            rejection = Rejection.DRAINING if self.phase is Phase.DRAINING else Rejection.NOT_READY
+            rejection = _PHASE_REJECTIONS.get(self.phase, Rejection.NOT_READY)
         elif self.in_flight >= self.max_multiplexing:
             rejection = Rejection.BUSY
         else:
@@ -70,6 +77,11 @@ class RunnerState:
         if self.phase is Phase.SETUP:
             self.phase = Phase.READY
 
+    def mark_unhealthy(self) -> None:
+        """The health check failed: stop admitting; requests already admitted carry on."""
+        if self.phase is Phase.READY:
+            self.phase = Phase.UNHEALTHY
+
     def mark_failed(self) -> None:
         self.phase = Phase.FAILED
 
@@ -78,7 +90,7 @@ class RunnerState:
 
     def begin_drain(self) -> None:
         """Stop admitting; requests already admitted carry on."""
-        if self.phase in (Phase.SETUP, Phase.READY):
+        if self.phase in (Phase.SETUP, Phase.READY, Phase.UNHEALTHY):
             self.phase = Phase.DRAINING
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -90,3 +90,26 @@ def test_unusable_settings_are_rejected_with_the_setting_named(
 ) -> None:
     with pytest.raises(settings.SettingsError, match=message):
         settings.load_settings(argv=argv, environ=environ)
+
+
+def test_the_falapp_health_check_is_read_from_its_json() -> None:
+    loaded = settings.load_settings(
+        argv=["--app", "app.py::MyApp"],
+        environ={
+            "KUBEFAL_HEALTH_CHECK": '{"path": "/healthz", "method": "GET", "timeoutSeconds": 3,'
+            ' "failureThreshold": 2, "callRegularly": false}'
+        },
+    )
+
+    assert loaded.health_check == {
+        "path": "/healthz",
+        "method": "GET",
+        "timeout_seconds": 3,
+        "failure_threshold": 2,
+        "call_regularly": False,
+    }
+    for bad in ("{", '{"method": "GET"}', "[1]"):
+        with pytest.raises(settings.SettingsError, match="KUBEFAL_HEALTH_CHECK"):
+            settings.load_settings(
+                argv=["--app", "app.py::MyApp"], environ={"KUBEFAL_HEALTH_CHECK": bad}
+            )

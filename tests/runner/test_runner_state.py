@@ -34,7 +34,22 @@ def test_admission_follows_phase_and_limit() -> None:
         state.Rejection.NOT_READY: 1,
         state.Rejection.BUSY: 1,
         state.Rejection.DRAINING: 1,
+        state.Rejection.UNHEALTHY: 0,
     }
+
+
+def test_an_unhealthy_runner_admits_nothing_and_still_drains() -> None:
+    runner_state = state.RunnerState(max_multiplexing=2)
+    runner_state.mark_ready()
+    assert runner_state.try_admit() is None
+
+    runner_state.mark_unhealthy()
+
+    assert not runner_state.ready
+    assert runner_state.try_admit() is state.Rejection.UNHEALTHY
+    assert runner_state.in_flight == 1
+    runner_state.begin_drain()
+    assert runner_state.phase is state.Phase.DRAINING
 
 
 def test_a_drain_that_began_during_setup_never_becomes_ready() -> None:

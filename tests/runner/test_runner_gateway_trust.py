@@ -1,0 +1,86 @@
+"""fal_client inside a runner reaches the gateway over TLS with the CA the operator hands over.
+
+We test these aspects, with real runners and the real fal_client: a runner given
+``KUBEFAL_GATEWAY_CA`` (and ``FAL_RUN_HOST``) calls another app through a TLS endpoint whose
+certificate comes from that private CA; without the CA the same call fails verification; the
+bundle keeps the default roots before the gateway's CA (pure logic).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import httpx
+
+from e2e import cluster
+from kubefal_runner import testing, trust
+
+
+def _callee(
+    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+) -> tuple[testing.RunnerProcess, pathlib.Path]:
+    ca_path, cert_path, key_path = cluster.issue_serving_certificate(
+        tmp_path / "pki", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
+    callee = start_runner(
+        "caller_app.py::CalleeApp",
+        extra_args=["--tls-cert", str(cert_path), "--tls-key", str(key_path)],
+        tls_ca=ca_path,
+    )
+    callee.wait_ready()
+    return callee, ca_path
+
+
+def _call(caller: testing.RunnerProcess) -> dict[str, object]:
+    response = httpx.post(f"{caller.base_url}/", json={"name": "ada"}, timeout=60)
+    assert response.status_code == 200
+    outcome: dict[str, object] = response.json()
+    return outcome
+
+
+def test_fal_client_in_a_runner_trusts_the_gateway_ca_it_is_given(
+    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+) -> None:
+    callee, ca_path = _callee(start_runner, tmp_path)
+    caller = start_runner(
+        "caller_app.py::CallerApp",
+        extra_env={
+            "FAL_RUN_HOST": f"localhost:{callee.port}",
+            "FAL_KEY": "key-id:key-secret",
+            "KUBEFAL_GATEWAY_CA": ca_path.read_text(),
+            "TMPDIR": str(tmp_path),
+        },
+    )
+    caller.wait_ready()
+
+    assert _call(caller) == {"result": {"greeting": "hello ada"}}
+
+
+def test_without_the_gateway_ca_the_call_is_not_trusted(
+    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+) -> None:
+    callee, _ = _callee(start_runner, tmp_path)
+    caller = start_runner(
+        "caller_app.py::CallerApp",
+        extra_env={"FAL_RUN_HOST": f"localhost:{callee.port}", "FAL_KEY": "key-id:key-secret"},
+    )
+    caller.wait_ready()
+
+    outcome = _call(caller)
+
+    assert "CERTIFICATE_VERIFY_FAILED" in str(outcome.get("error"))
+
+
+def test_the_bundle_keeps_the_default_roots_before_the_gateway_ca(tmp_path: pathlib.Path) -> None:
+    roots = tmp_path / "roots.pem"
+    roots.write_text("-----BEGIN CERTIFICATE-----\nROOTS\n-----END CERTIFICATE-----\n")
+    gateway_ca = "-----BEGIN CERTIFICATE-----\nGATEWAY\n-----END CERTIFICATE-----"
+    environ = {"SSL_CERT_FILE": str(roots), "KUBEFAL_GATEWAY_CA": gateway_ca}
+
+    bundle = trust.install_gateway_ca(environ, directory=tmp_path)
+
+    assert bundle is not None
+    assert environ["SSL_CERT_FILE"] == environ["REQUESTS_CA_BUNDLE"] == str(bundle)
+    text = bundle.read_text()
+    assert text.index("ROOTS") < text.index("GATEWAY")
+    assert trust.install_gateway_ca({}, directory=tmp_path) is None
