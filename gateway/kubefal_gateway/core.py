@@ -35,6 +35,7 @@ from kubefal_gateway import (
     upstream,
     webhooks,
 )
+from kubefal_gateway.storage import signing
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class Gateway:
             max_attempts=config.max_attempts,
         )
         self.ready = False
+        self.signer: signing.Signer | None = None
+        """Signs file URLs and realtime tokens; set by storage/runtime.py once the REST
+        listener has its key (realtime tokens are refused on WebSockets until then)."""
         self._store: queueing.QueueStore | None = None
         self._signals: signals.Signals | None = None
 

@@ -46,6 +46,7 @@ from kubefal_gateway import (
     runners,
     upstream,
 )
+from kubefal_gateway.storage import realtime, signing
 
 LOGGER = logging.getLogger(__name__)
 
@@ -532,14 +533,24 @@ class Api:
             app = self.gateway.registry.get(f"{namespace}/{name}")
             if app is None:
                 raise errors.NotFound(f"App {namespace}/{name} not found")
-            await auth.authorize(
-                self.gateway.keys,
-                app=app,
-                authorization=authorization.decode("latin-1")
-                if authorization is not None
-                else (f"Key {token}" if token else None),
-                client=client_host(scope),
-            )
+            signer = self.gateway.signer
+            if (
+                authorization is None
+                and token
+                and signer is not None
+                and signing.is_realtime_token(token)
+            ):
+                # A token from POST /tokens/ (fal_client's default realtime(use_jwt=True)).
+                realtime.authorize(self.gateway.keys, signer, token=token, app=app)
+            else:
+                await auth.authorize(
+                    self.gateway.keys,
+                    app=app,
+                    authorization=authorization.decode("latin-1")
+                    if authorization is not None
+                    else (f"Key {token}" if token else None),
+                    client=client_host(scope),
+                )
         except errors.GatewayError as error:
             await receive()  # websocket.connect
             status, headers, body = errors.to_http(error)

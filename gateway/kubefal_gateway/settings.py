@@ -169,6 +169,33 @@ class Settings:
     /metrics with `admin_token_metrics`); /healthz and /readyz stay open. Empty: no auth."""
     admin_token_metrics: bool = False
     """Require `admin_token` on /metrics too."""
+    rest_port: int = 0
+    """Port of fal's REST/CDN API (files, upload tokens, realtime tokens): what clients reach
+    as `FAL_REST_HOST` / fal_client's REST_URL and CDN_URL (TLS when configured); 0 disables
+    it. Protocol: docs/fal-storage.md."""
+    storage: str = "kubefal-files"
+    """Object store of uploaded files: a directory (embedded store, local disk or a volume) or
+    `s3://bucket[/prefix]?endpoint=URL&region=R` (credentials from the usual AWS variables)."""
+    storage_max_file_bytes: int = 1024**3
+    """Largest stored file in bytes; larger uploads get 413 and nothing is kept."""
+    storage_url_ttl: float = 7 * 86400.0
+    """Seconds a returned file URL works without credentials; then 403. 0: until the file's
+    retention ends."""
+    storage_retention: float = 30 * 86400.0
+    """Seconds an uploaded file is kept (an uploader may ask for less); 0: forever."""
+    storage_sweep_interval: float = 600.0
+    """Seconds between retention sweeps deleting expired files and abandoned uploads; 0: none."""
+    storage_signing_key: str = ""
+    """Key (16+ chars) signing file URLs, upload and realtime tokens; share it between
+    replicas. Empty: a random key kept in the object store (`_kubefal/signing-key`)."""
+    storage_namespace: str = "default"
+    """Namespace of files uploaded with a key valid in every namespace (`*`) that sends no
+    `X-Kubefal-Namespace`; a key of one namespace always stores in that namespace."""
+    storage_public_url: str = ""
+    """Base of the file URLs handed out (`https://files.example.com`); empty: the scheme and
+    Host the uploader called."""
+    realtime_token_max_ttl: float = 3600.0
+    """Longest lifetime of a realtime token issued on `POST /tokens/`, in seconds."""
     event_loop: str = "uvloop"
     """`uvloop` (default, faster) or `asyncio` (the standard library loop)."""
     log_level: str = "info"

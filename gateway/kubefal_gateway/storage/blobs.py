@@ -1,0 +1,102 @@
+"""The one protocol every object-store backend implements, and the errors they raise.
+
+Keys are `/`-separated paths whose segments match `names`' patterns (checked again by each
+backend: defence in depth). Values are written from an async stream of chunks with a size limit
+checked while the bytes arrive, so a too-large upload is cut off at the limit rather than
+buffered; a failed or refused write leaves nothing behind (no partial object becomes visible).
+Metadata is a small str→str mapping stored with the object (content type, expiry, file name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from typing import Protocol
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+MAX_KEY_SEGMENTS = 6
+
+
+class BlobError(Exception):
+    """Base class of backend failures."""
+
+
+class BlobNotFound(BlobError):
+    pass
+
+
+class BlobTooLarge(BlobError):
+    """The stream exceeded the write's limit; nothing was stored."""
+
+
+class StoreFull(BlobError):
+    """The backend has no space left (ENOSPC, EDQUOT, EFBIG, S3 quota); nothing was stored."""
+
+
+class StoreUnavailable(BlobError):
+    """The backend cannot be reached or failed; the operation may be retried."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    meta: Mapping[str, str]
+
+
+def check_key(key: str) -> str:
+    """A key whose every segment is a safe name: no `..`, no empty segment, no absolute path."""
+    segments = key.split("/")
+    if not 1 <= len(segments) <= MAX_KEY_SEGMENTS or not all(
+        _SEGMENT.fullmatch(segment) for segment in segments
+    ):
+        raise ValueError(f"invalid object key {key[:120]!r}")
+    return key
+
+
+class BlobStore(Protocol):
+    """An object store: write-once objects with metadata, streamed reads, prefix listings."""
+
+    kind: str
+
+    async def write(
+        self, key: str, chunks: AsyncIterable[bytes], *, limit: int, meta: Mapping[str, str]
+    ) -> int:
+        """Store the stream under `key` (replacing any object there) and return its size;
+        BlobTooLarge beyond `limit` bytes, StoreFull, StoreUnavailable."""
+        ...
+
+    async def stat(self, key: str) -> BlobInfo:
+        """Size and metadata; BlobNotFound."""
+        ...
+
+    def read(self, key: str, *, chunk_size: int = ...) -> AsyncGenerator[bytes, None]:
+        """The object's bytes; BlobNotFound on the first iteration when it is absent."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; absent objects are fine."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[str]:
+        """Keys starting with `prefix` (a whole-segment prefix ending in `/`, or empty)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def read_all(store: BlobStore, key: str, *, limit: int) -> bytes:
+    """A small object's bytes (upload records, the signing key); BlobTooLarge beyond `limit`."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in store.read(key):
+        total += len(chunk)
+        if total > limit:
+            raise BlobTooLarge(f"{key} exceeds {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
