@@ -58,7 +58,7 @@ class Gateway:
         self.registry = apps.AppRegistry()
         self.keys = auth.KeyStore(limits=auth.limits_from_settings(config))
         self.metrics.registry.register(auth.Collector(self.keys))
-        self.client = upstream.UpstreamClient()
+        self.client = upstream.UpstreamClient(idle_seconds=config.upstream_idle_seconds)
         self.runners = runners.RunnerTable(
             client=self.client, probe_interval=config.runner_probe_interval
         )
@@ -67,6 +67,7 @@ class Gateway:
             client=self.client,
             gauges=self.metrics,
             max_attempts=config.max_attempts,
+            retry_budget=config.retry_budget,
         )
         self.ready = False
         self.signer: signing.Signer | None = None

@@ -52,6 +52,25 @@ class PayloadTooLarge(GatewayError):
     error_type = "payload_too_large"
 
 
+class ResultTooLarge(GatewayError):
+    """A runner's answer exceeds `--max-result-bytes`; it was not buffered past the limit."""
+
+    status = 413
+    error_type = "result_too_large"
+
+
+class UriTooLong(GatewayError):
+    status = 414
+    error_type = "uri_too_long"
+
+
+class HeadersTooLarge(GatewayError):
+    """The headers a queued request would store exceed their per-job limit."""
+
+    status = 431
+    error_type = "headers_too_large"
+
+
 class TooManyRequests(GatewayError):
     """A throttle or rate limit refused the request; `Retry-After` says when to come back.
 

@@ -13,7 +13,10 @@ Contract (fal-compat.md §1.3, §1.4, §4):
   `GET /{ns}/{name}/requests/{id}/status[?logs=1]`, `GET /{ns}/{name}/requests/{id}` and
   `PUT /{ns}/{name}/requests/{id}/cancel` follow; the URLs returned never contain the subpath,
   and use the Host the client called and `https` when served over TLS.
-* run: any method on `/{ns}/{name}[/{subpath}]` runs synchronously and forwards `/{subpath}`;
+* run: any method on `/{ns}/{name}[/{subpath}]` runs synchronously and forwards `/{subpath}` and
+  the query raw, as the client encoded them (checked by `targets.py`; subpaths under
+  `/_kubefal` are 404); a run is sent to one runner and never retried (dispatch.py); a client
+  that hangs up gets its runner told to cancel and its slot freed (`HangUpWatch`);
   `.../stream` or `Accept: text/event-stream` streams the answer unbuffered; WebSockets are
   proxied verbatim. A WebSocket authenticates with `Authorization: Key ...` (fal_client's
   `use_jwt=False`) or with `?fal_jwt_token=<id>:<secret>` (kubefal issues no JWTs, so the token
@@ -44,6 +47,7 @@ from kubefal_gateway import (
     queue_worker,
     queueing,
     runners,
+    targets,
     upstream,
 )
 from kubefal_gateway.storage import realtime, signing
@@ -74,6 +78,49 @@ async def _until_disconnect(receive: Receive) -> None:
     """Return when the client goes away; the request's (empty) body messages come first."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+HANG_UP_WATCH_AFTER = 0.1
+"""A run still waiting for its answer after this many seconds gets its client connection watched
+(most answer sooner, and cost only a timer)."""
+
+
+class HangUpWatch:
+    """Cancels the task serving a run when its client hangs up before the answer is complete.
+
+    uvicorn reports a dropped connection only to a `receive()` call, and drops what is sent
+    after it silently: without this, a runner would finish the work of a caller long gone and
+    an abandoned stream would hold its slot until the runner ends it. The handler catches the
+    cancellation (`hung_up` is then True), and the runner is told to cancel the request.
+    Call `close` before sending the final body part (uvicorn's `receive()` then reports a
+    disconnect too)."""
+
+    __slots__ = ("_pump", "_receive", "_task", "_timer", "closed", "hung_up")
+
+    def __init__(self, receive: Receive, *, delay: float = HANG_UP_WATCH_AFTER) -> None:
+        self._receive = receive
+        self._task = asyncio.current_task()
+        self._pump: asyncio.Task[None] | None = None
+        self.hung_up = False
+        self.closed = False
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+
+    def _start(self) -> None:
+        if not self.closed:
+            self._pump = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        await _until_disconnect(self._receive)
+        if not self.closed and self._task is not None:
+            self.hung_up = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._timer.cancel()
+            if self._pump is not None:
+                self._pump.cancel()
 
 
 async def send_json(
@@ -153,6 +200,14 @@ def split_app_path(path: str) -> tuple[str, str, str]:
         raise errors.NotFound(f"Path {path!r} does not name an app: use /<namespace>/<name>/...")
     rest = "/" + parts[3] if len(parts) == 4 else "/"
     return parts[1], parts[2], rest
+
+
+def raw_path(scope: Scope) -> bytes:
+    """The path as the client sent it, still percent-encoded (what is forwarded)."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:  # optional in ASGI; re-encoding the decoded path is as safe
+        return urllib.parse.quote(scope["path"]).encode("ascii")
+    return raw
 
 
 def parse_start_timeout(scope: Scope) -> float | None:
@@ -318,7 +373,18 @@ class Api:
     async def _submit(
         self, scope: Scope, receive: Receive, send: Send, *, namespace: str, name: str, subpath: str
     ) -> None:
+        # What is stored and forwarded comes from the raw path, checked (`subpath` is decoded).
+        namespace, name, subpath = self._forward_path(scope)
+        query = targets.without_parameter(self._forward_query(scope), "fal_webhook")
         app = await self._app_and_auth(scope, namespace, name)
+        # Stored headers count against --max-request-bytes with the body, and have a cap.
+        stored_headers = forwarded_headers(scope)
+        header_bytes = sum(len(key) + len(value) for key, value in stored_headers)
+        if header_bytes > self.settings.max_job_header_bytes:
+            raise errors.HeadersTooLarge(
+                f"Headers of {header_bytes} bytes exceed the {self.settings.max_job_header_bytes}"
+                " bytes a queued request may store"
+            )
         priority = parse_priority(scope)
         start_timeout = parse_start_timeout(scope)
         webhook = query_params(scope).get("fal_webhook")
@@ -326,17 +392,18 @@ class Api:
             parsed = urllib.parse.urlsplit(webhook)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise errors.BadRequest("fal_webhook must be an http(s) URL")
-        body = await read_body(scope, receive, limit=self.settings.max_request_bytes)
+        body = await read_body(
+            scope, receive, limit=max(0, self.settings.max_request_bytes - header_bytes)
+        )
         now = time.time()
         request_id = queueing.new_request_id()
         job = queueing.Job(
             request_id=request_id,
             app_id=app.app_id,
-            path=subpath,
+            path=f"{subpath}?{query}" if query else subpath,
             method="POST",
             headers=tuple(
-                (key.decode("latin-1"), value.decode("latin-1"))
-                for key, value in forwarded_headers(scope)
+                (key.decode("latin-1"), value.decode("latin-1")) for key, value in stored_headers
             ),
             body=body,
             priority=priority,
@@ -435,12 +502,13 @@ class Api:
 
     # ---- run API ----
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        namespace, name, subpath = split_app_path(scope["path"])
+        namespace, name, subpath = self._forward_path(scope)
         if scope["method"] == "HEAD":
             raise errors.MethodNotAllowed("HEAD is not supported; fal endpoints take POST")
+        query = self._forward_query(scope)
         app = await self._app_and_auth(scope, namespace, name)
         priority = parse_priority(scope)
-        start_timeout = parse_start_timeout(scope)
+        wait_timeout = self._run_wait(scope)
         body = await read_body(scope, receive, limit=self.settings.max_request_bytes)
         request_id = queueing.new_request_id()
         headers = forwarded_headers(scope)
@@ -448,27 +516,31 @@ class Api:
         headers.append(
             (b"x-fal-endpoint", queue_worker.endpoint_name(app.app_id, subpath).encode())
         )
-        target = subpath
-        query = scope.get("query_string")
-        if query:
-            target = f"{subpath}?{query.decode('latin-1')}"
+        target = f"{subpath}?{query}" if query else subpath
         stream = wants_stream(scope, subpath)
         accepted = time.monotonic()
         metrics = self.gateway.metrics
-        slots = self.gateway.forwarder.slots_for(app)
+        forwarder = self.gateway.forwarder
+        slots = forwarder.slots_for(app)
         slots.sync_requests += 1
+        hang_up = HangUpWatch(receive)
+        forwarded: dispatch.ForwardResult | None = None
         try:
             try:
-                forwarded = await self.gateway.forwarder.forward(
+                forwarded = await forwarder.forward(
                     app=app,
                     method=scope["method"],
                     target=target,
                     headers=headers,
                     body=body,
+                    request_id=request_id,
+                    retry=False,
                     priority=priority.name.lower(),
                     hint=parse_hint(scope),
-                    wait_timeout=start_timeout,
+                    wait_timeout=wait_timeout,
                     stream=stream,
+                    max_body=None if stream else self.settings.max_result_bytes,
+                    cancel_abandoned=True,
                 )
             except errors.QueueWaitTimeout:
                 metrics.observe_request(
@@ -476,42 +548,68 @@ class Api:
                 )
                 raise
             metrics.observe_dispatch(app.app_id, "run", forwarded.started - accepted)
-            try:
-                response = forwarded.response
-                response_headers = [
-                    (key, value)
-                    for key, value in response.headers
-                    if key not in DROPPED_RESPONSE_HEADERS
-                ]
-                response_headers.append((b"x-fal-request-id", request_id.encode()))
-                if not stream:
-                    response_headers.append((b"content-length", str(len(response.body)).encode()))
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": response.status,
-                            "headers": response_headers,
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": response.body})
-                else:
-                    await self._relay_stream(send, response, response_headers)
-            finally:
-                forwarded.release()
-                metrics.observe_request(
-                    app.app_id,
-                    "run",
-                    "ok" if forwarded.response.status < 400 else "error",
-                    time.monotonic() - accepted,
+            response = forwarded.response
+            response_headers = [
+                (key, value)
+                for key, value in response.headers
+                if key not in DROPPED_RESPONSE_HEADERS
+            ]
+            response_headers.append((b"x-fal-request-id", request_id.encode()))
+            if not stream:
+                hang_up.close()
+                response_headers.append((b"content-length", str(len(response.body)).encode()))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": response_headers,
+                    }
                 )
+                await send({"type": "http.response.body", "body": response.body})
+            else:
+                await self._relay_stream(send, response, response_headers, hang_up)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not hang_up.hung_up or task is None or task.cancelling() > 1:
+                raise
+            task.uncancel()  # the client hung up: nobody to answer, the runner is told
+            if forwarded is not None:
+                forwarder.cancel_later(forwarded.runner, request_id)
+            metrics.observe_request(app.app_id, "run", "client_gone", time.monotonic() - accepted)
         finally:
+            hang_up.close()
             slots.sync_requests -= 1
+            if forwarded is not None:
+                forwarded.release()
+                if not hang_up.hung_up:
+                    metrics.observe_request(
+                        app.app_id,
+                        "run",
+                        "ok" if forwarded.response.status < 400 else "error",
+                        time.monotonic() - accepted,
+                    )
+
+    def _forward_path(self, scope: Scope) -> tuple[str, str, str]:
+        """(namespace, name, raw subpath) of a request whose subpath goes to a runner."""
+        return targets.forward_path(raw_path(scope), max_url_bytes=self.settings.max_url_bytes)
+
+    def _forward_query(self, scope: Scope) -> str:
+        return targets.forward_query(
+            scope.get("query_string", b""), limit=self.settings.max_url_bytes
+        )
+
+    def _run_wait(self, scope: Scope) -> float:
+        """How long a sync request may wait for a runner: its start timeout, at most the cap."""
+        start_timeout = parse_start_timeout(scope)
+        limit = self.settings.run_start_timeout
+        return limit if start_timeout is None else min(start_timeout, limit)
 
     async def _relay_stream(
         self,
         send: Send,
         response: upstream.UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
+        hang_up: HangUpWatch,
     ) -> None:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         try:
@@ -521,12 +619,13 @@ class Api:
             LOGGER.warning("runner stream broke off")
         finally:
             response.abandon()
+        hang_up.close()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ---- WebSockets ----
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            namespace, name, subpath = split_app_path(scope["path"])
+            namespace, name, subpath = self._forward_path(scope)
             params = query_params(scope)
             authorization = header_value(scope, b"authorization")
             token = params.get("fal_jwt_token")
@@ -580,7 +679,7 @@ class Api:
         params: dict[str, str],
     ) -> None:
         try:
-            runner = await slots.acquire(timeout=parse_start_timeout(scope))
+            runner = await slots.acquire(timeout=self._run_wait(scope))
         except errors.GatewayError as error:
             await receive()
             await send({"type": "websocket.close", "code": 1013, "reason": error.detail[:120]})

@@ -7,6 +7,11 @@ if this one dies), follows the runner's logs into the store, honours cancel requ
 request is dropped and `POST /_kubefal/cancel/{request_id}` is sent to it) and ends with exactly
 one `complete` (the store rejects a second one). Wake-ups come from the store's events; a periodic
 rescan covers events lost across processes, and `expire` housekeeping runs on the same tick.
+
+Retries follow dispatch.py (fal's policy within `--retry-budget`); a job submitted with
+`x-fal-no-retry: 1` (or `true`) is sent to a runner at most once that may run it. The runner's
+answer is read up to `--max-result-bytes` and no further. A job's path carries its query string
+(`/sub?x=1`), as submitted.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 
 import orjson
 
-from kubefal_gateway import apps, dispatch, errors, metrics, queueing, runners, upstream
+from kubefal_gateway import apps, dispatch, errors, metrics, queueing, runners, targets, upstream
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,17 +35,28 @@ LOG_LINES_HEADER = b"x-kubefal-log-lines"
 """A runner that announces how many log lines a request wrote lets the gateway skip fetching
 them when there are none (one runner round trip less per job)."""
 KEPT_RESULT_HEADERS = frozenset({"content-type", "x-fal-billable-units", "x-fal-runner-hints"})
+NO_RETRY_HEADER = "x-fal-no-retry"
+LOGS_PREFIX = targets.RESERVED_PREFIX + "/logs/"
+
+
+def no_retry(job: queueing.Job) -> bool:
+    """The job was submitted with `x-fal-no-retry: 1|true`: never run it twice."""
+    for name, value in job.headers:
+        if name == NO_RETRY_HEADER:
+            return value.strip().lower() in ("1", "true", "yes")
+    return False
 
 
 def runner_headers(job: queueing.Job) -> list[tuple[bytes, bytes]]:
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in job.headers]
     headers.append((b"x-fal-request-id", job.request_id.encode()))
-    headers.append((b"x-fal-endpoint", endpoint_name(job.app_id, job.path).encode()))
+    path = job.path.split("?", 1)[0]
+    headers.append((b"x-fal-endpoint", endpoint_name(job.app_id, path).encode()))
     return headers
 
 
 def endpoint_name(app_id: str, path: str) -> str:
-    """The `x-fal-endpoint` value: the app id plus the subpath, as clients address it."""
+    """The `x-fal-endpoint` value: the app id plus the subpath (raw, as the client sent it)."""
     return app_id if path == "/" else app_id + path
 
 
@@ -272,9 +288,12 @@ class QueueWorker:
                 target=job.path,
                 headers=runner_headers(job),
                 body=job.body,
+                request_id=request_id,
+                retry=not no_retry(job),
                 hint=job.runner_hint,
                 first_runner=runner,
                 attempts_done=min(job.attempts, self.forwarder.max_attempts - 1),
+                max_body=self.max_result_bytes,
             )
             forwarded.release()
             result = result_from_response(
@@ -308,12 +327,7 @@ class QueueWorker:
 
     async def _forward_cancel(self, job: queueing.Job, runner: runners.Runner) -> None:
         """Tell the runner that holds the request to cancel it (best effort)."""
-        headers = [(b"x-fal-request-id", job.request_id.encode())]
-        with contextlib.suppress(upstream.UpstreamError, TimeoutError):
-            async with asyncio.timeout(2.0):
-                await self.client.pool(runner.host, runner.port).request(
-                    "POST", f"/_kubefal/cancel/{job.request_id}", headers=headers, body=b""
-                )
+        await self.forwarder.cancel_at_runner(runner, job.request_id)
 
     async def _renew(self, job: queueing.Job) -> None:
         interval = self.lease_seconds / 3
@@ -340,9 +354,13 @@ class QueueWorker:
         try:
             async with asyncio.timeout(2.0):
                 response = await self.client.pool(runner.host, runner.port).request(
-                    "GET", f"/_kubefal/logs/{job.request_id}", headers=[], body=b""
+                    "GET",
+                    LOGS_PREFIX + job.request_id,
+                    headers=[],
+                    body=b"",
+                    max_body=self.max_result_bytes,
                 )
-        except (upstream.UpstreamError, TimeoutError):
+        except (upstream.UpstreamError, upstream.ResponseTooLarge, TimeoutError):
             return []
         if response.status != 200:
             return []

@@ -18,9 +18,9 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from kubefal_gateway import upstream
+from kubefal_gateway import targets, upstream
 
-READY_PATH = "/_kubefal/ready"
+READY_PATH = targets.RESERVED_PREFIX + "/ready"
 FIRST_PROBE_DELAY = 0.02
 """Seconds before re-probing a runner that is not ready yet; grows by PROBE_BACKOFF."""
 PROBE_BACKOFF = 1.5
@@ -40,6 +40,8 @@ class Runner:
     port: int
     ready: bool = False
     in_flight: int = 0
+    elsewhere: int = 0
+    """Slots of this runner other gateway replicas hold (shared slot ledger; 0 with SQLite)."""
     hints: frozenset[str] = frozenset()
     last_request_end: float = dataclasses.field(default_factory=time.monotonic)
     probe_task: asyncio.Task[None] | None = None

@@ -87,7 +87,25 @@ class Settings:
     with `Retry-After` and is not accepted. Enforced atomically by the store, across gateway
     replicas sharing a Redis. 0: no limit."""
     max_result_bytes: int = 64 * 1024 * 1024
-    """Largest stored result of a queued request; larger ones complete with a 413 error."""
+    """Largest runner answer the gateway buffers: a queued request's stored result or a sync
+    run's (not streamed) answer. A larger one is not read further and becomes a 413
+    `result_too_large` error."""
+    max_job_header_bytes: int = 64 * 1024
+    """Largest sum of header names and values a queued request stores (431 beyond); they count
+    against `max_request_bytes` together with the body."""
+    max_url_bytes: int = 8192
+    """Longest raw path plus query string of a run or a submit (414 beyond)."""
+    run_start_timeout: float = 300.0
+    """Longest a sync request (run, stream, realtime) waits for a runner slot, also at zero
+    runners; a smaller `X-Fal-Request-Timeout` wins. Then 504 `request_timeout` (with
+    `x-fal-request-timeout-type`, so fal_client does not resend it)."""
+    retry_budget: float = 30.0
+    """Seconds after a queued job's first attempt in which retries may start (with the app's
+    `requestTimeout` per attempt, a job's dispatch ends within `requestTimeout + retry_budget`).
+    Sync requests are never retried."""
+    upstream_idle_seconds: float = 60.0
+    """A pooled connection to a runner idle longer than this is closed instead of reused (keep
+    it below the runners' keep-alive timeout, 300 s)."""
     runner_port: int = 8080
     """Port runners listen on inside their pods (Kubernetes mode)."""
     runner_probe_interval: float = 1.0

@@ -7,10 +7,27 @@ tiny JSON bodies at thousands of requests per second, so the hop must stay near 
 What it does: one pool of idle connections per runner origin (LIFO, so warm sockets are reused),
 requests written in one `transport.write`, responses parsed by httptools either buffered (the hot
 path: one future resolved when the message is complete) or streamed (SSE: headers first, then body
-chunks as they arrive). A reused connection that dies before any response byte arrives is stale
-(uvicorn closes the connection after an unhandled 500 in the app, fal-compat §2.3): the request
-is resent once on a fresh connection. Any other failure surfaces as `UpstreamError` for the
-dispatcher's retry policy.
+chunks as they arrive). Any failure surfaces as `UpstreamError` for the dispatcher's policy.
+
+Resending (decided here, documented in the dispatcher): a request is written to a runner at most
+once unless that is provably harmless. It is resent on a fresh connection only when
+
+* the pooled connection was found closed before a byte of the request was written, or
+* the method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and the reused connection
+  died before any byte of the answer arrived.
+
+A POST whose reused connection dies is not resent: the runner may have read and started it (its
+uvicorn reads pipelined bytes before it closes), and resending would run it twice behind the
+back of the app's `skipRetryConditions`. It surfaces as `UpstreamError(sent=True)`. To keep that
+rare, the pool never reuses a connection that uvicorn is about to close: none after a 500
+(uvicorn closes the connection after an unhandled exception, once its traceback is logged, so a
+request sent meanwhile would be lost), none with `connection: close`, and none idle for longer
+than `idle_seconds` (below the runner's keep-alive timeout of 300 s).
+
+Every request line and header is checked before it is written (`targets.check_target`, no CR,
+LF or NUL anywhere in the head, header names are tokens): `InvalidRequest` otherwise. A buffered
+answer longer than `max_body` is not read further: `ResponseTooLarge`, and the connection is
+closed.
 """
 
 from __future__ import annotations
@@ -18,10 +35,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 import typing
 from collections.abc import AsyncIterator
 
 import httptools
+
+from kubefal_gateway import targets
 
 HOP_BY_HOP = frozenset(
     {
@@ -39,21 +59,47 @@ HOP_BY_HOP = frozenset(
 )
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+DEFAULT_IDLE_SECONDS = 60.0
+"""A pooled connection idle longer than this is closed instead of reused (runners keep idle
+connections for 300 s, fal's SDK the same)."""
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+NO_REUSE_STATUS = 500
+"""uvicorn closes the connection after an app's unhandled exception (which answers 500)."""
+
 STREAM_HIGH_WATER = 64
 """Streamed chunks buffered before the runner connection stops being read (back-pressure)."""
 STREAM_LOW_WATER = 16
 
 
 class UpstreamError(Exception):
-    """The runner could not be reached, or the connection broke during the exchange."""
+    """The runner could not be reached, or the connection broke during the exchange.
 
-    def __init__(self, message: str, *, response_started: bool = False) -> None:
+    `sent` is False only when no byte of the request can have reached the runner (the connection
+    could not be made): then it provably did not run the request."""
+
+    def __init__(self, message: str, *, response_started: bool = False, sent: bool = True) -> None:
         super().__init__(message)
         self.response_started = response_started
+        self.sent = sent
 
 
 class _StaleConnection(UpstreamError):
-    """A pooled connection failed before any byte of the response: safe to resend once."""
+    """A pooled connection failed before any byte of the response."""
+
+
+class InvalidRequest(ValueError):
+    """The request line or a header holds bytes that must never be written to a runner."""
+
+
+class ResponseTooLarge(Exception):
+    """A buffered answer exceeded the caller's `max_body`; the connection was closed."""
+
+    def __init__(self, limit: int, size: int | None) -> None:
+        shown = "more than" if size is None else f"{size} bytes,"
+        super().__init__(f"Result of {shown} exceeds the limit of {limit} bytes")
+        self.limit = limit
+        self.size = size
 
 
 class UpstreamResponse:
@@ -126,6 +172,9 @@ class _Connection(asyncio.Protocol):
         self.message_done = False
         self.keep_alive = True
         self.reading_paused = False
+        self.max_body: int | None = None
+        self.body_size = 0
+        self.idle_since = 0.0
 
     def chunk_taken(self) -> None:
         """A streamed chunk was consumed: resume reading once the backlog is small again."""
@@ -163,7 +212,18 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
+        self.keep_alive = self.parser.should_keep_alive() and self.status != NO_REUSE_STATUS
+        limit = self.max_body
+        if limit is not None and not self.streaming:
+            for name, value in self.headers:
+                if name == b"content-length":
+                    try:
+                        size = int(value)
+                    except ValueError:
+                        break
+                    if size > limit:
+                        self._too_large(size)
+                    break
         if self.streaming and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(
                 UpstreamResponse(
@@ -178,8 +238,24 @@ class _Connection(asyncio.Protocol):
             if self.chunks.qsize() >= STREAM_HIGH_WATER and self.transport is not None:
                 self.transport.pause_reading()  # the client reads slower than the runner writes
                 self.reading_paused = True
-        else:
+        elif self.waiter is not None:
+            limit = self.max_body
+            if limit is not None:
+                self.body_size += len(body)
+                if self.body_size > limit:
+                    self._too_large(None)
+                    return
             self.body_parts.append(body)
+
+    def _too_large(self, size: int | None) -> None:
+        assert self.max_body is not None
+        waiter = self.waiter
+        self.waiter = None
+        self.body_parts = []
+        self.keep_alive = False
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ResponseTooLarge(self.max_body, size))
+        self.close()
 
     def on_message_complete(self) -> None:
         self.message_done = True
@@ -187,6 +263,9 @@ class _Connection(asyncio.Protocol):
             self.chunks.put_nowait(None)
             return
         waiter = self.waiter
+        if waiter is None:  # abandoned (too large): nothing to deliver, nothing to reuse
+            self.close()
+            return
         self.waiter = None
         body = self.body_parts[0] if len(self.body_parts) == 1 else b"".join(self.body_parts)
         response = UpstreamResponse(
@@ -207,9 +286,13 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    def start(self, payload: bytes, *, streaming: bool) -> asyncio.Future[UpstreamResponse]:
+    def start(
+        self, payload: bytes, *, streaming: bool, max_body: int | None = None
+    ) -> asyncio.Future[UpstreamResponse]:
         self.waiter = asyncio.get_running_loop().create_future()
         self.streaming = streaming
+        self.max_body = max_body
+        self.body_size = 0
         self.got_bytes = False
         self.message_done = False
         self.status = 0
@@ -218,8 +301,8 @@ class _Connection(asyncio.Protocol):
         self.failure = None
         if streaming:
             self.chunks = asyncio.Queue()
-        if self.transport is None or self.closed:
-            raise _StaleConnection("connection closed before the request was sent")
+        if self.transport is None or self.closed or self.transport.is_closing():
+            raise _StaleConnection("connection closed before the request was sent", sent=False)
         self.transport.write(payload)
         return self.waiter
 
@@ -249,8 +332,10 @@ class OriginPool:
         connect_timeout: float,
         max_idle: int,
         ssl_context: ssl.SSLContext | None = None,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
     ) -> None:
         self.ssl_context = ssl_context
+        self.idle_seconds = idle_seconds
         self.host = host
         self.port = port
         self.host_header = f"{host}:{port}".encode()
@@ -262,6 +347,7 @@ class OriginPool:
         if len(self.idle) >= self.max_idle:
             connection.close()
         else:
+            connection.idle_since = time.monotonic()
             self.idle.append(connection)
 
     async def _connect(self) -> _Connection:
@@ -277,20 +363,32 @@ class OriginPool:
                 )
         except (OSError, TimeoutError) as error:
             raise UpstreamError(
-                f"cannot connect to runner {self.host}:{self.port}: {error}"
+                f"cannot connect to runner {self.host}:{self.port}: {error}", sent=False
             ) from error
         return protocol
 
     async def _acquire(self) -> _Connection:
-        while self.idle:
-            connection = self.idle.pop()
-            if not connection.closed:
+        if self.idle:
+            oldest_usable = time.monotonic() - self.idle_seconds
+            while self.idle:
+                connection = self.idle.pop()
+                if connection.closed:
+                    continue
+                if connection.idle_since < oldest_usable:
+                    connection.close()  # the runner may be closing it right now
+                    continue
                 return connection
         return await self._connect()
 
     def _payload(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
+        if not method.isalpha() or not method.isascii():
+            raise InvalidRequest(f"invalid method {method[:20]!r}")
+        try:
+            targets.check_target(target)
+        except targets.InvalidTarget as error:
+            raise InvalidRequest(str(error)) from None
         lines = [
             f"{method} {target} HTTP/1.1\r\n".encode(),
             b"host: ",
@@ -300,10 +398,16 @@ class OriginPool:
             b"\r\n",
         ]
         for name, value in headers:
+            if not name or name.translate(None, _TOKEN_BYTES):
+                raise InvalidRequest(f"invalid header name {name[:40]!r}")
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        lines.append(body)
-        return b"".join(lines)
+        head = b"".join(lines)
+        # Exactly the line breaks written above, and no NUL: no header value can add a line.
+        expected = len(headers) + 4
+        if head.count(b"\n") != expected or head.count(b"\r") != expected or b"\0" in head:
+            raise InvalidRequest("a header value contains CR, LF or NUL")
+        return head + body if body else head
 
     async def request(
         self,
@@ -313,15 +417,22 @@ class OriginPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         stream: bool = False,
+        max_body: int | None = None,
     ) -> UpstreamResponse:
-        """Send one request; headers must already exclude hop-by-hop ones."""
+        """Send one request; headers must already exclude hop-by-hop ones.
+
+        `max_body` bounds a buffered answer (ResponseTooLarge beyond it). See the module
+        docstring for when a request is resent."""
         payload = self._payload(method, target, headers, body)
+        resendable = method in IDEMPOTENT_METHODS
         for _ in range(2):
             connection = await self._acquire()
             try:
-                return await connection.start(payload, streaming=stream)
-            except _StaleConnection:
+                return await connection.start(payload, streaming=stream, max_body=max_body)
+            except _StaleConnection as error:
                 connection.close()
+                if error.sent and not resendable:
+                    raise UpstreamError(str(error)) from None
                 continue
             except BaseException:
                 connection.close()
@@ -342,9 +453,11 @@ class UpstreamClient:
         connect_timeout: float = 5.0,
         max_idle_per_origin: int = 256,
         ssl_context: ssl.SSLContext | None = None,
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
     ) -> None:
         self.ssl_context = ssl_context
         """When set, every origin is spoken to over TLS (runners serving HTTPS)."""
+        self.idle_seconds = idle_seconds
         self.connect_timeout = connect_timeout
         self.max_idle_per_origin = max_idle_per_origin
         self.pools: dict[tuple[str, int], OriginPool] = {}
@@ -359,6 +472,7 @@ class UpstreamClient:
                 connect_timeout=self.connect_timeout,
                 max_idle=self.max_idle_per_origin,
                 ssl_context=self.ssl_context,
+                idle_seconds=self.idle_seconds,
             )
             self.pools[key] = pool
         return pool

@@ -1,17 +1,22 @@
 """A fal.App for the gateway tests: echo, logs, slow work, failures, a crash, SSE and realtime.
 
+`/async-sleep` (an `async def` endpoint, so the runner can stop it) leaves `done-<tag>` or
+`cancelled-<tag>` in the executions directory; `/forever` streams until its client goes away and
+then leaves `stream-stopped-<tag>`.
+
 Executions are counted as files in `$GATEWAY_TEST_EXEC_DIR` (one file per execution, named after
 the input's `tag`), so tests can tell how often the app really ran a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import fal
 from fastapi.responses import StreamingResponse
@@ -80,6 +85,36 @@ class ProbeApp(fal.App, keep_alive=30, name="probe"):
             for index in range(3):
                 yield f"data: {json.dumps({'index': index, 'text': request.text})}\n\n"
                 time.sleep(0.05)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @fal.endpoint("/async-sleep")
+    async def async_sleep(self, request: ProbeInput) -> ProbeOutput:
+        exec_dir = _exec_dir()
+        assert exec_dir is not None and request.tag
+        (exec_dir / f"{request.tag}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+        try:
+            await asyncio.sleep(request.sleep)
+        except asyncio.CancelledError:
+            (exec_dir / f"cancelled-{request.tag}").write_text("1")
+            raise
+        (exec_dir / f"done-{request.tag}").write_text("1")
+        return ProbeOutput(text=request.text, tag=request.tag, pid=os.getpid())
+
+    @fal.endpoint("/forever")
+    def forever(self, request: ProbeInput) -> StreamingResponse:
+        exec_dir = _exec_dir()
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                index = 0
+                while True:
+                    yield f"data: {json.dumps({'index': index, 'tag': request.tag})}\n\n"
+                    index += 1
+                    await asyncio.sleep(0.05)
+            finally:
+                if exec_dir is not None:
+                    (exec_dir / f"stream-stopped-{request.tag}").write_text("1")
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
