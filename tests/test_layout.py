@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMPONENT_FOLDERS = ("api", "operator", "gateway", "runner", "webhook", "cli")
+COMPONENT_FOLDERS = ("api", "operator", "gateway", "runner", "webhook", "cli", "controlplane")
 
 
 @pytest.mark.parametrize("folder", COMPONENT_FOLDERS)

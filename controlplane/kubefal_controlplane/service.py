@@ -1,0 +1,340 @@
+"""The ``IsolateController`` servicer: each fal RPC mapped onto the cluster.
+
+Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps runners``),
+``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``). Every other
+RPC answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
+
+Every served call is authenticated first (:mod:`kubefal_controlplane.auth`), then checked
+against the key's namespaces. Changes are merge patches with the object's resourceVersion
+(a concurrent writer makes the call retry, never lose an update), and each change leaves an
+Event naming the API key that made it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import grpc
+import isolate_proto
+from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
+from kubernetes.client.exceptions import ApiException
+
+from kubefal_api import naming, v1alpha1
+from kubefal_controlplane import auth, cluster, errors, gateway_admin, mapping
+from kubefal_controlplane import settings as settings_module
+
+logger = logging.getLogger(__name__)
+
+ANNOTATION_CHANGED_BY: Final = f"{v1alpha1.GROUP}/last-changed-by"
+"""On a FalApp: the API key id behind the last change made through the control plane."""
+CONFLICT_RETRIES: Final = 5
+
+
+UNIMPLEMENTED: Final[dict[str, str]] = {
+    "Run": "fal run",
+    "InteractiveRun": "fal run",
+    "Map": "fal.function(...).map",
+    "RegisterApplication": "fal deploy",
+    "ListApplications": "fal apps list-rev",
+    "DeleteApplication": "fal apps delete-rev",
+    "RolloutApplication": "fal apps rollout",
+    "SetAlias": "fal apps set-rev",
+    "StopRunner": "fal runners stop",
+    "KillRunner": "fal runners kill",
+    "ShellRunner": "fal runners shell",
+    "ListEnvironments": "fal environments list",
+    "CreateEnvironment": "fal environments create",
+    "DeleteEnvironment": "fal environments delete",
+    "BuildEnvironment": "fal deploy (environment build)",
+    "DeleteAlias": "fal apps delete",
+    "CreateUserKey": "fal keys create",
+    "ListUserKeys": "fal keys list",
+    "RevokeUserKey": "fal keys revoke",
+    "SetSecret": "fal secrets set",
+    "ListSecrets": "fal secrets list",
+}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+def _api_failure(error: ApiException, what: str) -> errors.RpcFailure:
+    try:
+        message = json.loads(error.body or "{}").get("message") or error.reason
+    except (ValueError, AttributeError):
+        message = error.reason
+    if error.status == 404:
+        return errors.not_found(f"{what}: not found")
+    if error.status == 409:
+        return errors.RpcFailure(grpc.StatusCode.ABORTED, f"{what}: changed concurrently; retry")
+    if error.status in (400, 422):
+        return errors.RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {message}")
+    if error.status == 403:
+        logger.error("the control plane's ServiceAccount may not: %s (%s)", what, message)
+        return errors.RpcFailure(
+            grpc.StatusCode.INTERNAL,
+            f"{what}: the control plane lacks the Kubernetes permission (see its log)",
+        )
+    logger.error("Kubernetes API error during %s: %s %s", what, error.status, message)
+    return errors.RpcFailure(grpc.StatusCode.UNAVAILABLE, f"{what}: Kubernetes API error")
+
+
+def _rpc(
+    method: Callable[[Controller, Any, auth.Caller], Any],
+) -> Callable[[Controller, Any, grpc.ServicerContext], Any]:
+    """Authenticate, run, and turn every failure into a status with a message."""
+
+    @functools.wraps(method)
+    def wrapper(self: Controller, request: Any, context: grpc.ServicerContext) -> Any:
+        failure: errors.RpcFailure
+        try:
+            caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            return method(self, request, caller)
+        except errors.RpcFailure as raised:
+            failure = raised
+        except ApiException as error:
+            failure = _api_failure(error, method.__name__)
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            failure = errors.RpcFailure(
+                grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the control-plane log"
+            )
+        context.abort(failure.code, failure.message)
+
+    return wrapper
+
+
+def _unimplemented(rpc: str, fal_command: str) -> Callable[..., Any]:
+    def handler(self: Controller, request: Any, context: grpc.ServicerContext) -> Any:
+        failure = errors.unimplemented(fal_command, rpc)
+        context.abort(failure.code, failure.message)
+
+    handler.__name__ = rpc
+    return handler
+
+
+class Controller(IsolateControllerServicer):
+    """fal's control-plane API on top of :class:`kubefal_controlplane.cluster.Cluster`."""
+
+    def __init__(
+        self,
+        *,
+        cluster: cluster.Cluster,
+        authenticator: auth.Authenticator,
+        settings: settings_module.Settings,
+    ) -> None:
+        self.cluster = cluster
+        self.authenticator = authenticator
+        self.settings = settings
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _scope(self, caller: auth.Caller, environment_name: str | None) -> tuple[str, ...] | None:
+        """Namespaces a call looks at: the environment's, else all the key may see."""
+        namespace = mapping.environment_namespace(environment_name, field="environment_name")
+        if namespace is not None:
+            caller.require(namespace)
+            return (namespace,)
+        return None if caller.all_namespaces else caller.namespaces
+
+    def _resolve(
+        self, caller: auth.Caller, alias: str, environment_name: str | None, *, field: str
+    ) -> dict[str, Any]:
+        ref = mapping.parse_app_ref(alias, environment_name, field=field)
+        if ref.namespace is not None:
+            caller.require(ref.namespace)
+            app = self.cluster.get_falapp(ref.namespace, ref.name)
+            if app is None:
+                raise errors.not_found(f"App {ref} not found")
+            return app
+        scope = None if caller.all_namespaces else caller.namespaces
+        found = [
+            app
+            for app in self.cluster.find_falapps_named(ref.name, scope)
+            if caller.allows(str(app["metadata"]["namespace"]))
+        ]
+        if not found:
+            raise errors.not_found(
+                f"App {ref.name!r} not found in the namespaces API key {caller.key_id} may see"
+            )
+        if len(found) > 1:
+            ids = ", ".join(sorted(mapping.app_id(app) for app in found))
+            raise errors.failed_precondition(
+                f"{field}: {ref.name!r} is ambiguous ({ids}); name the app as <namespace>/<name>"
+            )
+        return found[0]
+
+    def _pods_by_app(
+        self, scope: tuple[str, ...] | None
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pod in self.cluster.list_runner_pods(scope):
+            meta = pod.get("metadata") or {}
+            key = (
+                str(meta.get("namespace")),
+                str((meta.get("labels") or {}).get(naming.LABEL_APP)),
+            )
+            grouped.setdefault(key, []).append(pod)
+        return grouped
+
+    def _alias_info(
+        self, app: Mapping[str, Any], pods: list[dict[str, Any]]
+    ) -> isolate_proto.AliasInfo | None:
+        try:
+            return mapping.alias_info(app, pods)
+        except ValueError as error:
+            logger.warning("FalApp %s does not parse, left out: %s", mapping.app_id(app), error)
+            return None
+
+    def _runner_infos(
+        self,
+        app: Mapping[str, Any] | None,
+        pods: Iterable[Mapping[str, Any]],
+        *,
+        since: datetime.datetime | None,
+        list_pending: bool,
+    ) -> list[isolate_proto.RunnerInfo]:
+        selected = [
+            pod
+            for pod in pods
+            if mapping.runner_selected(pod, since=since, list_pending=list_pending)
+        ]
+        if not selected:
+            return []
+        details: dict[str, mapping.RunnerDetail] = {}
+        if app is not None:
+            meta = app.get("metadata") or {}
+            details = gateway_admin.runner_details(
+                self.settings.gateway_admin_url,
+                namespace=str(meta.get("namespace")),
+                name=str(meta.get("name")),
+                timeout=self.settings.gateway_timeout,
+            )
+        now = _now()
+        return [
+            mapping.runner_info(
+                pod, app, details.get(str((pod.get("metadata") or {}).get("name"))), now=now
+            )
+            for pod in selected
+        ]
+
+    @staticmethod
+    def _since(request: Any) -> datetime.datetime | None:
+        if not request.HasField("start_time"):
+            return None
+        started: datetime.datetime = isolate_proto.datetime_from_timestamp(request.start_time)
+        return started.astimezone(datetime.UTC)
+
+    # ---- apps ------------------------------------------------------------------------------
+
+    @_rpc
+    def ListAliases(
+        self, request: isolate_proto.ListAliasesRequest, caller: auth.Caller
+    ) -> isolate_proto.ListAliasesResult:
+        scope = self._scope(
+            caller, request.environment_name if request.HasField("environment_name") else None
+        )
+        apps = [
+            app
+            for app in self.cluster.list_falapps(scope)
+            if caller.allows(str(app["metadata"]["namespace"]))
+        ]
+        pods = self._pods_by_app(scope)
+        infos = []
+        for app in sorted(apps, key=mapping.app_id):
+            meta = app["metadata"]
+            info = self._alias_info(app, pods.get((meta["namespace"], meta["name"]), []))
+            if info is not None:
+                infos.append(info)
+        return isolate_proto.ListAliasesResult(aliases=infos)
+
+    @_rpc
+    def ListAliasRunners(
+        self, request: isolate_proto.ListAliasRunnersRequest, caller: auth.Caller
+    ) -> isolate_proto.ListAliasRunnersResponse:
+        env = request.environment_name if request.HasField("environment_name") else None
+        app = self._resolve(caller, request.alias, env, field="alias")
+        meta = app["metadata"]
+        pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
+        list_pending = request.list_pending if request.HasField("list_pending") else True
+        runners = self._runner_infos(
+            app, pods, since=self._since(request), list_pending=list_pending
+        )
+        return isolate_proto.ListAliasRunnersResponse(runners=runners)
+
+    @_rpc
+    def ListRunners(
+        self, request: isolate_proto.ListRunnersRequest, caller: auth.Caller
+    ) -> isolate_proto.ListRunnersResponse:
+        scope = None if caller.all_namespaces else caller.namespaces
+        apps = {
+            (app["metadata"]["namespace"], app["metadata"]["name"]): app
+            for app in self.cluster.list_falapps(scope)
+        }
+        list_pending = request.list_pending if request.HasField("list_pending") else True
+        since = self._since(request)
+        runners: list[isolate_proto.RunnerInfo] = []
+        for key, pods in sorted(self._pods_by_app(scope).items()):
+            if not caller.allows(key[0]):
+                continue
+            runners += self._runner_infos(
+                apps.get(key), pods, since=since, list_pending=list_pending
+            )
+        return isolate_proto.ListRunnersResponse(runners=runners)
+
+    @_rpc
+    def UpdateApplication(
+        self, request: isolate_proto.UpdateApplicationRequest, caller: auth.Caller
+    ) -> isolate_proto.UpdateApplicationResult:
+        env = request.environment_name if request.HasField("environment_name") else None
+        app = self._resolve(caller, request.application_name, env, field="application_name")
+        meta = app["metadata"]
+        for attempt in range(CONFLICT_RETRIES):
+            spec_patch = mapping.scale_patch(request, app.get("spec") or {})
+            body = {
+                "metadata": {
+                    "resourceVersion": meta["resourceVersion"],
+                    "annotations": {ANNOTATION_CHANGED_BY: caller.key_id},
+                },
+                "spec": spec_patch,
+            }
+            try:
+                app = self.cluster.patch_falapp(meta["namespace"], meta["name"], body)
+                break
+            except ApiException as error:
+                if error.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                fresh = self.cluster.get_falapp(meta["namespace"], meta["name"])
+                if fresh is None:
+                    raise errors.not_found(f"App {mapping.app_id(app)} was deleted") from error
+                app, meta = fresh, fresh["metadata"]
+        self.cluster.record_event(
+            namespace=meta["namespace"],
+            involved=_involved(app),
+            reason="Scaled",
+            message=f"API key {caller.key_id} set {json.dumps(spec_patch, sort_keys=True)} "
+            "through the fal API (fal apps scale)",
+        )
+        pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
+        info = mapping.alias_info(app, pods)
+        return isolate_proto.UpdateApplicationResult(alias_info=info)
+
+
+def _involved(app: Mapping[str, Any]) -> dict[str, Any]:
+    meta = app.get("metadata") or {}
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+    }
+
+
+for _rpc_name, _fal_command in UNIMPLEMENTED.items():
+    setattr(Controller, _rpc_name, _unimplemented(_rpc_name, _fal_command))

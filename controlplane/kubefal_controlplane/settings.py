@@ -1,0 +1,196 @@
+"""The control plane's settings: command-line flags, each with an environment variable.
+
+Every limit the server applies (worker threads, message size, list sizes, Kubernetes and
+gateway timeouts) has a default here and a flag, so an operator can see and change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+from collections.abc import Sequence
+
+DEFAULT_PORT = 50051
+DEFAULT_KEY_NAMESPACE = "kubefal-system"
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_KUBE_TIMEOUT_SECONDS = 10.0
+DEFAULT_GATEWAY_TIMEOUT_SECONDS = 2.0
+DEFAULT_AUTH_CACHE_SECONDS = 60.0
+DEFAULT_MAX_LIST_ITEMS = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything :class:`kubefal_controlplane.server.ControlPlane` needs to start."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = DEFAULT_PORT
+    """Port to listen on (0: any free port; :attr:`ControlPlane.port` tells which)."""
+    tls_cert: pathlib.Path | None = None
+    """PEM server certificate (with its chain); required unless ``local_credentials``."""
+    tls_key: pathlib.Path | None = None
+    """PEM private key of ``tls_cert``."""
+    local_credentials: bool = False
+    """Serve gRPC local credentials instead of TLS (clients with ``ISOLATE_TEST_MODE=1``)."""
+    kubeconfig: pathlib.Path | None = None
+    """Kubeconfig file; unset means the pod's in-cluster ServiceAccount."""
+    context: str | None = None
+    """Kubeconfig context (default: the current one)."""
+    key_namespace: str = DEFAULT_KEY_NAMESPACE
+    """Namespace of the API-key Secrets (the same the gateway and ``kubefal keys`` use)."""
+    gateway_admin_url: str | None = None
+    """The gateway's admin listener, for each runner's in-flight requests and idle time."""
+    max_workers: int = DEFAULT_MAX_WORKERS
+    """Calls served at once; further calls wait in gRPC's queue."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest request and response message, in bytes."""
+    kube_timeout: float = DEFAULT_KUBE_TIMEOUT_SECONDS
+    """Seconds one Kubernetes API request may take."""
+    gateway_timeout: float = DEFAULT_GATEWAY_TIMEOUT_SECONDS
+    """Seconds one request to the gateway's admin listener may take."""
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
+    """How long a verified key's hash check is remembered (revocation is read on every call)."""
+    max_list_items: int = DEFAULT_MAX_LIST_ITEMS
+    """Most objects one list call reads from the Kubernetes API (apps, pods, keys)."""
+
+    def __post_init__(self) -> None:
+        if not self.local_credentials and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key are required (or --local-credentials)")
+        if not 1 <= self.max_workers <= 256:
+            raise ValueError("--max-workers must be 1-256")
+        if not 1024 <= self.max_message_bytes <= 512 * 1024 * 1024:
+            raise ValueError("--max-message-bytes must be 1 KiB - 512 MiB")
+        if not 1 <= self.max_list_items <= 100_000:
+            raise ValueError("--max-list-items must be 1-100000")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m kubefal_controlplane``."""
+    p = argparse.ArgumentParser(
+        prog="python -m kubefal_controlplane",
+        description=(
+            "Serve fal's IsolateController gRPC API (the `fal` CLI and SyncServerlessClient, "
+            "via FAL_GRPC_HOST) from FalApps, runner pods, API-key Secrets and Secrets. "
+            "Every flag also reads the environment variable named in its help."
+        ),
+    )
+    p.add_argument(
+        "--host",
+        default=_env("KUBEFAL_CONTROLPLANE_HOST") or "127.0.0.1",
+        help="address to listen on (KUBEFAL_CONTROLPLANE_HOST; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("KUBEFAL_CONTROLPLANE_PORT") or DEFAULT_PORT),
+        help=f"port (KUBEFAL_CONTROLPLANE_PORT; default {DEFAULT_PORT}; 0: any)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        type=pathlib.Path,
+        default=_env("KUBEFAL_CONTROLPLANE_TLS_CERT"),
+        help="PEM server certificate (KUBEFAL_CONTROLPLANE_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        type=pathlib.Path,
+        default=_env("KUBEFAL_CONTROLPLANE_TLS_KEY"),
+        help="PEM private key (KUBEFAL_CONTROLPLANE_TLS_KEY)",
+    )
+    p.add_argument(
+        "--local-credentials",
+        action="store_true",
+        default=_env("KUBEFAL_CONTROLPLANE_LOCAL_CREDENTIALS") == "1",
+        help="gRPC local credentials instead of TLS, for ISOLATE_TEST_MODE=1 clients "
+        "on this host (KUBEFAL_CONTROLPLANE_LOCAL_CREDENTIALS=1)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=pathlib.Path,
+        default=_env("KUBECONFIG"),
+        help="kubeconfig file (KUBECONFIG; default: in-cluster ServiceAccount)",
+    )
+    p.add_argument("--context", default=None, help="kubeconfig context")
+    p.add_argument(
+        "--key-namespace",
+        default=_env("KUBEFAL_KEY_NAMESPACE") or DEFAULT_KEY_NAMESPACE,
+        help="namespace of the API-key Secrets (KUBEFAL_KEY_NAMESPACE; default "
+        f"{DEFAULT_KEY_NAMESPACE})",
+    )
+    p.add_argument(
+        "--gateway-admin-url",
+        default=_env("KUBEFAL_GATEWAY_ADMIN_URL"),
+        help="the gateway's admin listener, e.g. http://127.0.0.1:9090, for runners' "
+        "in-flight requests and idle time (KUBEFAL_GATEWAY_ADMIN_URL; default: none)",
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=DEFAULT_MAX_WORKERS,
+        help=f"calls served at once (default {DEFAULT_MAX_WORKERS})",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help=f"largest message in bytes (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument(
+        "--kube-timeout",
+        type=float,
+        default=DEFAULT_KUBE_TIMEOUT_SECONDS,
+        help=f"seconds per Kubernetes request (default {DEFAULT_KUBE_TIMEOUT_SECONDS})",
+    )
+    p.add_argument(
+        "--gateway-timeout",
+        type=float,
+        default=DEFAULT_GATEWAY_TIMEOUT_SECONDS,
+        help=f"seconds per gateway admin request (default {DEFAULT_GATEWAY_TIMEOUT_SECONDS})",
+    )
+    p.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=DEFAULT_AUTH_CACHE_SECONDS,
+        help=f"seconds a verified key hash is remembered (default {DEFAULT_AUTH_CACHE_SECONDS})",
+    )
+    p.add_argument(
+        "--max-list-items",
+        type=int,
+        default=DEFAULT_MAX_LIST_ITEMS,
+        help=f"most objects one list reads (default {DEFAULT_MAX_LIST_ITEMS})",
+    )
+    return p
+
+
+def from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Parse flags; a bad combination exits with the parser's usage message."""
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return Settings(
+            host=args.host,
+            port=args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            local_credentials=args.local_credentials,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            key_namespace=args.key_namespace,
+            gateway_admin_url=args.gateway_admin_url,
+            max_workers=args.max_workers,
+            max_message_bytes=args.max_message_bytes,
+            kube_timeout=args.kube_timeout,
+            gateway_timeout=args.gateway_timeout,
+            auth_cache_seconds=args.auth_cache_seconds,
+            max_list_items=args.max_list_items,
+        )
+    except ValueError as error:
+        p.error(str(error))

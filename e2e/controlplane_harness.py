@@ -1,0 +1,275 @@
+"""The control plane as it ships, run against the e2e API server, and what its tests share.
+
+``python -m kubefal_controlplane`` runs as a child process with TLS from the same local CA
+``kubefal run`` makes (``kubefal_cli.localca``); the real ``fal`` package talks to it, in
+process (``SyncServerlessClient``) or as the ``fal`` CLI in a subprocess, configured only by
+the environment a user would set: ``FAL_GRPC_HOST``, ``FAL_KEY`` and
+``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``. API keys are Secrets written exactly as
+``kubefal keys create`` writes them; runner pods are real pods on the fake (kwok) nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from kubernetes import client as k8s
+
+from e2e import cluster as local_cluster
+from e2e import waiting
+from e2e.conftest import ClusterHandle
+from kubefal_api import apikeys, naming, v1alpha1
+from kubefal_cli import localca
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+FAL_CLI = pathlib.Path(sys.executable).parent / "fal"
+
+
+@dataclasses.dataclass
+class ControlPlaneProcess:
+    """``python -m kubefal_controlplane`` as a child process with its log in a file."""
+
+    kubeconfig: pathlib.Path
+    tls: localca.LocalTls
+    key_namespace: str
+    log_path: pathlib.Path
+    port: int = dataclasses.field(default_factory=local_cluster.free_port)
+    arguments: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"localhost:{self.port}"
+
+    def start(self) -> ControlPlaneProcess:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("KUBEFAL_") and name != "KUBECONFIG"
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubefal_controlplane",
+                    "--port",
+                    str(self.port),
+                    "--tls-cert",
+                    str(self.tls.server_cert),
+                    "--tls-key",
+                    str(self.tls.server_key),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--key-namespace",
+                    self.key_namespace,
+                    *self.arguments,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        credentials = grpc.ssl_channel_credentials(self.tls.ca_bundle.read_bytes())
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"control plane exited with {self.process.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-4000:]
+                )
+            with grpc.secure_channel(self.host, credentials) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=1.0)
+                    return
+                except grpc.FutureTimeoutError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError("control plane did not accept TLS connections in time")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            local_cluster.stop_pids([self.process.pid])
+            self.process = None
+
+
+def client_environment(
+    plane: ControlPlaneProcess, *, key: apikeys.ApiKey | None, home: pathlib.Path
+) -> dict[str, str]:
+    """Only what a user sets: the host, the key and the CA bundle (plus a clean HOME)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FAL_", "KUBEFAL_", "GRPC_", "ISOLATE_")) and name != "KUBECONFIG"
+    }
+    env.update(
+        {
+            "HOME": str(home),
+            "FAL_GRPC_HOST": plane.host,
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(plane.tls.ca_bundle),
+            "COLUMNS": "250",
+            "NO_COLOR": "1",
+        }
+    )
+    if key is not None:
+        env["FAL_KEY"] = str(key)
+    return env
+
+
+def run_fal(
+    plane: ControlPlaneProcess,
+    *args: str,
+    key: apikeys.ApiKey | None,
+    home: pathlib.Path,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """The unmodified ``fal`` CLI as a subprocess."""
+    return subprocess.run(
+        [str(FAL_CLI), *args],
+        env=client_environment(plane, key=key, home=home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def create_key(
+    api_client: k8s.ApiClient,
+    *,
+    key_namespace: str,
+    namespaces: list[str],
+    revoked: bool = False,
+) -> apikeys.ApiKey:
+    """A key stored the way ``kubefal keys create`` stores it (a Secret with its hash)."""
+    key = apikeys.generate_key()
+    record = apikeys.new_record(key=key, namespaces=namespaces, description="e2e")
+    if revoked:
+        record = dataclasses.replace(record, revoked=True)
+    k8s.CoreV1Api(api_client).create_namespaced_secret(
+        key_namespace, apikeys.secret_manifest(record, namespace=key_namespace)
+    )
+    return key
+
+
+def create_falapp(
+    api_client: k8s.ApiClient, *, namespace: str, name: str, **spec: Any
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"app": "app.py::App", **spec},
+    }
+    created: dict[str, Any] = k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, body
+    )
+    return created
+
+
+def get_falapp(api_client: k8s.ApiClient, *, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = k8s.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+    )
+    return found
+
+
+def create_runner_pod(
+    api_client: k8s.ApiClient,
+    *,
+    namespace: str,
+    app: str,
+    pod: str,
+    schedulable: bool = True,
+) -> dict[str, Any]:
+    """A runner pod labelled as the operator labels them; on a kwok node it becomes ready.
+
+    ``schedulable=False`` asks for a node no fake node matches, so the pod stays Pending.
+    """
+    spec: dict[str, Any] = {
+        "containers": [{"name": naming.RUNNER_CONTAINER, "image": "kubefal/runner:e2e"}],
+        "tolerations": [
+            {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+        "nodeSelector": {"type": "kwok"} if schedulable else {"kubefal.io/no-such-node": "x"},
+    }
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "namespace": namespace, "labels": naming.child_labels(app)},
+        "spec": spec,
+    }
+    core = k8s.CoreV1Api(api_client)
+    core.create_namespaced_pod(namespace, body)
+    return body
+
+
+def wait_pod_ready(api_client: k8s.ApiClient, *, namespace: str, pod: str) -> None:
+    core = k8s.CoreV1Api(api_client)
+
+    def ready() -> bool:
+        status = core.read_namespaced_pod(pod, namespace).status
+        return any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+
+    waiting.wait_for(ready, timeout=60, description=f"pod {namespace}/{pod} ready")
+
+
+# ---- fixtures (import them into a test module to use them) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def cp_tls(tmp_path_factory: pytest.TempPathFactory) -> localca.LocalTls:
+    """The session's local CA (one for all modules: ``localca.ensure`` reuses it).
+
+    In-process gRPC clients trust it through ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``, which gRPC
+    reads once per process.
+    """
+    tls = localca.ensure(tmp_path_factory.getbasetemp() / "controlplane-ca")
+    shared = pathlib.Path(
+        os.environ.setdefault(
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            str(tmp_path_factory.getbasetemp() / "controlplane-roots.pem"),
+        )
+    )
+    shared.write_bytes(tls.ca_bundle.read_bytes())
+    return tls
+
+
+@pytest.fixture(scope="module")
+def key_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
+    """A namespace of its own for the module's API-key Secrets."""
+    name = f"e2e-cp-keys-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(api_client)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="module")
+def plane(
+    cluster: ClusterHandle,
+    falapp_crd: dict[str, Any],
+    cp_tls: localca.LocalTls,
+    key_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ControlPlaneProcess]:
+    log_path = tmp_path_factory.mktemp("controlplane-log") / "controlplane.log"
+    process = ControlPlaneProcess(
+        kubeconfig=cluster.kubeconfig, tls=cp_tls, key_namespace=key_namespace, log_path=log_path
+    ).start()
+    yield process
+    process.stop()
