@@ -4,12 +4,24 @@ The `kubernetes` client is synchronous, so each watch runs in its own daemon thr
 watch from the list's resourceVersion, re-list on any error or expiry) and hands every object to
 the event loop with `call_soon_threadsafe`; the registry, runner table and key store are only
 ever touched on the loop. This module is the only one in the gateway that talks to the API.
+
+Labels alone do not make a runner: any pod in the namespace could carry them and would then
+receive the app's traffic, keys and inputs included. A pod becomes a runner of app ``a`` only
+when it is Ready and its controller is a ReplicaSet this gateway has seen (matched by uid, so
+a made-up owner reference to a name fails) whose own controller is the Deployment the operator
+renders for ``a``, with the pod's ``pod-template-hash`` in the ReplicaSet's name, as the
+Deployment controller creates them. ReplicaSets are watched by the runner labels (the
+Deployment controller copies the pod template's labels onto them), so the check costs one
+more label-selected watch and a dictionary lookup per pod event. Someone who may create
+ReplicaSets in the app's namespace may also edit the app's Deployment, so the chain is as
+strong as that namespace's RBAC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import pathlib
@@ -24,6 +36,44 @@ LOGGER = logging.getLogger(__name__)
 SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 """In a pod, API-key Secrets are read from the gateway's own namespace unless configured."""
 RUNNER_SELECTOR = f"{naming.LABEL_APP},{naming.LABEL_COMPONENT}={naming.COMPONENT_RUNNER}"
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+"""Set by the Deployment controller on its pods; their ReplicaSet is named ``<deploy>-<hash>``."""
+
+
+def _controller(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The owner reference marked ``controller: true``, if any."""
+    for reference in metadata.get("ownerReferences") or ():
+        if isinstance(reference, dict) and reference.get("controller") is True:
+            return reference
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReplicaSet:
+    """What the ownership check needs of a ReplicaSet that a Deployment controls."""
+
+    namespace: str
+    name: str
+    deployment: str
+
+
+def _replica_set_view(replica_set: dict[str, Any]) -> tuple[str, _ReplicaSet] | None:
+    """(uid, view) of a ReplicaSet controlled by an apps/v1 Deployment; None otherwise."""
+    metadata = replica_set.get("metadata") or {}
+    controller = _controller(metadata)
+    uid = metadata.get("uid")
+    if (
+        not uid
+        or controller is None
+        or controller.get("apiVersion") != "apps/v1"
+        or controller.get("kind") != "Deployment"
+    ):
+        return None
+    return str(uid), _ReplicaSet(
+        namespace=str(metadata.get("namespace")),
+        name=str(metadata.get("name")),
+        deployment=str(controller.get("name")),
+    )
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
@@ -109,6 +159,11 @@ class KubernetesDiscovery:
         self.runner_port = runner_port
         self.stop_event = threading.Event()
         self.watches: list[_Watch] = []
+        self._replica_sets: dict[str, _ReplicaSet] = {}
+        """ReplicaSets with runner labels that a Deployment controls, by uid."""
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        """Every runner-labelled pod seen, by (app id, runner id): re-checked when its
+        ReplicaSet shows up after it (watches deliver in no particular order)."""
 
     def start(self) -> None:
         from kubernetes import client, config
@@ -122,6 +177,7 @@ class KubernetesDiscovery:
             api_client = client.ApiClient()
         core = client.CoreV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
+        apps_api = client.AppsV1Api(api_client)
         loop = asyncio.get_running_loop()
         if self.key_namespace is None and SERVICE_ACCOUNT_NAMESPACE.exists():
             self.key_namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
@@ -141,6 +197,13 @@ class KubernetesDiscovery:
                 {"group": v1alpha1.GROUP, "version": v1alpha1.VERSION, "plural": v1alpha1.PLURAL},
                 self._on_falapp,
                 self._relist_falapps,
+            ),
+            (
+                "replicasets",
+                apps_api.list_replica_set_for_all_namespaces,
+                {"label_selector": RUNNER_SELECTOR},
+                self._on_replica_set,
+                self._relist_replica_sets,
             ),
             (
                 "pods",
@@ -198,9 +261,34 @@ class KubernetesDiscovery:
         app_name = (metadata.get("labels") or {}).get(naming.LABEL_APP, "")
         return naming.app_id(namespace, app_name), f"{namespace}/{metadata.get('name')}"
 
+    def owned_by_app(self, pod: dict[str, Any]) -> bool:
+        """True when the pod belongs to its app's Deployment (see the module docstring)."""
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        controller = _controller(metadata)
+        if controller is None or controller.get("kind") != "ReplicaSet":
+            return False
+        replica_set = self._replica_sets.get(str(controller.get("uid")))
+        app_name = labels.get(naming.LABEL_APP, "")
+        template_hash = labels.get(POD_TEMPLATE_HASH_LABEL)
+        return (
+            replica_set is not None
+            and bool(app_name)
+            and bool(template_hash)
+            and controller.get("apiVersion") == "apps/v1"
+            and replica_set.namespace == metadata.get("namespace")
+            and replica_set.name == controller.get("name")
+            and replica_set.deployment == naming.deployment_name(app_name)
+            and replica_set.name == f"{replica_set.deployment}-{template_hash}"
+        )
+
     def _on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         app_id, runner_id = self._pod_ids(pod)
-        if event_type == "DELETED" or not _pod_ready(pod):
+        if event_type == "DELETED":
+            self._pods.pop((app_id, runner_id), None)
+        else:
+            self._pods[(app_id, runner_id)] = pod
+        if event_type == "DELETED" or not _pod_ready(pod) or not self.owned_by_app(pod):
             self.table.remove(app_id=app_id, runner_id=runner_id)
         else:
             self.table.upsert(
@@ -215,10 +303,37 @@ class KubernetesDiscovery:
         for pod in items:
             seen.add(self._pod_ids(pod))
             self._on_pod("ADDED", pod)
+        for key in set(self._pods) - seen:
+            del self._pods[key]
         for app_id, known in list(self.table.by_app.items()):
             for runner_id in list(known):
                 if (app_id, runner_id) not in seen:
                     self.table.remove(app_id=app_id, runner_id=runner_id)
+
+    # ---- ReplicaSets (the ownership chain of runner pods) ----
+    def _recheck_pods(self, uids: set[str] | None) -> None:
+        """Re-evaluate the known pods controlled by ``uids`` (None: every known pod)."""
+        for pod in list(self._pods.values()):
+            controller = _controller(pod.get("metadata") or {})
+            if uids is None or (controller is not None and str(controller.get("uid")) in uids):
+                self._on_pod("MODIFIED", pod)
+
+    def _on_replica_set(self, event_type: str, replica_set: dict[str, Any]) -> None:
+        uid = str((replica_set.get("metadata") or {}).get("uid"))
+        view = None if event_type == "DELETED" else _replica_set_view(replica_set)
+        if view is None:
+            if self._replica_sets.pop(uid, None) is not None:
+                self._recheck_pods({uid})
+            return
+        if self._replica_sets.get(uid) != view[1]:
+            self._replica_sets[uid] = view[1]
+            self._recheck_pods({uid})
+
+    def _relist_replica_sets(self, items: list[dict[str, Any]]) -> None:
+        views = dict(filter(None, (_replica_set_view(item) for item in items)))
+        if views != self._replica_sets:
+            self._replica_sets = views
+            self._recheck_pods(None)
 
     # ---- API keys ----
     def _on_secret(self, event_type: str, secret: dict[str, Any]) -> None:

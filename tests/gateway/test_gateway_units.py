@@ -357,12 +357,38 @@ def test_a_result_over_the_size_limit_becomes_a_413_error() -> None:
 
 
 # ---- Kubernetes discovery events -----------------------------------------------------------------
+_REPLICA_SET = {
+    "metadata": {
+        "namespace": "team",
+        "name": "gen-5d8f",
+        "uid": "rs-uid",
+        "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gen", "controller": True}
+        ],
+    }
+}
+
+
 def _pod(name: str, *, ip: str | None, ready: bool, deleting: bool = False) -> dict[str, object]:
+    """A runner pod of the ReplicaSet above (discovery accepts only pods its Deployment owns)."""
     return {
         "metadata": {
             "namespace": "team",
             "name": name,
-            "labels": {"kubefal.io/app": "gen", "app.kubernetes.io/component": "runner"},
+            "labels": {
+                "kubefal.io/app": "gen",
+                "app.kubernetes.io/component": "runner",
+                "pod-template-hash": "5d8f",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "gen-5d8f",
+                    "uid": "rs-uid",
+                    "controller": True,
+                }
+            ],
             **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {}),
         },
         "status": {
@@ -383,6 +409,7 @@ async def test_pod_events_add_and_remove_runners_by_ip_and_readiness() -> None:
         runner_port=8080,
     )
     try:
+        watcher._on_replica_set("ADDED", _REPLICA_SET)
         watcher._on_pod("ADDED", _pod("gen-1", ip="10.0.0.1", ready=True))
         watcher._on_pod("ADDED", _pod("gen-2", ip=None, ready=False))
         assert [(r.host, r.port) for r in table.runners("team/gen").values()] == [
@@ -438,3 +465,74 @@ def test_503_is_retried_unless_skipped_and_x_fal_needs_retry_overrides_both_ways
     assert not dispatch.needs_retry(_answer(500), frozenset())
     assert dispatch.needs_retry(_answer(500, (b"x-fal-needs-retry", b"1")), frozenset())
     assert not dispatch.needs_retry(_answer(503, (b"x-fal-needs-retry", b"0")), frozenset())
+
+
+async def test_a_pod_with_runner_labels_is_a_runner_only_under_its_apps_deployment() -> None:
+    table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
+    watcher = discovery.KubernetesDiscovery(
+        registry=apps.AppRegistry(),
+        keys=auth.KeyStore(),
+        table=table,
+        kubeconfig=None,
+        key_namespace=None,
+        runner_port=8080,
+    )
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": "gen-5d8f",
+        "uid": "rs-uid",
+        "controller": True,
+    }
+    labels = {
+        "kubefal.io/app": "gen",
+        "app.kubernetes.io/component": "runner",
+        "pod-template-hash": "5d8f",
+    }
+
+    def impostor(
+        name: str, *, owners: list[dict[str, object]], pod_labels: dict[str, str]
+    ) -> dict[str, object]:
+        return {
+            "metadata": {
+                "namespace": "team",
+                "name": name,
+                "labels": pod_labels,
+                "ownerReferences": owners,
+            },
+            "status": {"podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+
+    other_apps_set = {
+        "metadata": {
+            "namespace": "team",
+            "uid": "other-uid",
+            "name": "other-5d8f",
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "controller": True}
+            ],
+        }
+    }
+    try:
+        # A pod arriving before its ReplicaSet waits for it, then becomes a runner.
+        watcher._on_pod("ADDED", _pod("gen-1", ip="10.0.0.1", ready=True))
+        assert table.runners("team/gen") == {}
+        watcher._on_replica_set("ADDED", _REPLICA_SET)
+        watcher._on_replica_set("ADDED", other_apps_set)
+        assert list(table.runners("team/gen")) == ["team/gen-1"]
+
+        for name, owners, pod_labels in (
+            ("bare", [], labels),
+            ("made-up-uid", [{**owner, "uid": "nope"}], labels),
+            ("other-apps-set", [{**owner, "uid": "other-uid", "name": "other-5d8f"}], labels),
+            ("wrong-hash", [owner], {**labels, "pod-template-hash": "zz"}),
+            ("not-controller", [{**owner, "controller": False}], labels),
+        ):
+            watcher._on_pod("ADDED", impostor(name, owners=owners, pod_labels=pod_labels))
+        assert list(table.runners("team/gen")) == ["team/gen-1"]
+
+        # The ReplicaSet going away takes its pods out of traffic.
+        watcher._on_replica_set("DELETED", _REPLICA_SET)
+        assert table.runners("team/gen") == {}
+    finally:
+        table.close()
