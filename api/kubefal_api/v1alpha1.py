@@ -457,7 +457,7 @@ class FalAppSpec(KubeModel):
     fal_key_secret_ref: SecretKeyReference | None = None
     """Secret key holding the FAL_KEY the app presents when it calls other apps through the
     gateway with fal_client (FAL_RUN_HOST and FAL_QUEUE_RUN_HOST point at the gateway);
-    unset means the runner gets no key (calls to public apps still work)."""
+    unset means the runner gets no FAL_KEY (kubefal never hands out a key of its own)."""
     strategy: Strategy = Strategy.ROLLING
     """rolling (new runners before old ones go) or recreate (never doubles GPUs); fal
     ``deploy --strategy``."""
