@@ -32,6 +32,7 @@ from kubefal_gateway import (
     runners,
     settings,
     signals,
+    slot_ledger,
     upstream,
     webhooks,
 )
@@ -124,6 +125,15 @@ class Gateway:
             gauges=self.metrics,
         )
         self._signals.always_compute = bool(config.keda_port or config.external_metrics_port)
+        ledger = slot_ledger.for_store(
+            store,
+            table=self.runners,
+            forwarder=self.forwarder,
+            holder=self.holder,
+            on_change=self._signals.changed,
+        )
+        self.forwarder.ledger = ledger
+        self._signals.ledger = ledger
         self.forwarder.on_change = self._signals.changed
         self.runners.listeners.append(self.forwarder.runners_changed)
         self.runners.listeners.append(self._signals.changed)
@@ -164,6 +174,8 @@ class Gateway:
             asyncio.get_running_loop().create_task(self._signals.run(), name="scaling-signals"),
             asyncio.get_running_loop().create_task(delivery.run(), name="webhook-worker"),
         ]
+        if ledger is not None:
+            tasks.append(asyncio.get_running_loop().create_task(ledger.run(), name="slot-ledger"))
         self.ready = True
         try:
             yield self

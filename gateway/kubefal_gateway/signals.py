@@ -7,6 +7,11 @@ runner starts a scale-up immediately instead of at the next poll; every app is a
 each second, because the scaling delay and keep-alive move with time. The desired count comes from
 the per-app state machine in `scaling.py` (fal's formula plus keep-alive); sync requests waiting
 for or holding a slot count as in flight.
+
+Several gateway replicas on one Redis each serve the same signal, counted once: queued and
+in-progress jobs come from the shared store, and the other replicas' sync requests and runner
+slots from the shared slot ledger (slot_ledger.py, refreshed every second), so whichever replica
+the operator, KEDA or the HPA asks gets the whole app's figures, not its own share.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from kubefal_gateway import apps, dispatch, metrics, queueing, runners, scaling
+from kubefal_gateway import apps, dispatch, metrics, queueing, runners, scaling, slot_ledger
 
 LOGGER = logging.getLogger(__name__)
 KEEP_ALIVE_EPSILON = 0.01
@@ -84,6 +89,8 @@ class Signals:
         self.last_flush = 0.0
         self.machines: dict[str, scaling.ScalingSignal] = {}
         self.expiry_timers: dict[str, asyncio.TimerHandle] = {}
+        self.ledger: slot_ledger.RedisSlotLedger | None = None
+        """Gateway replicas on one Redis: the other replicas' sync requests and runner slots."""
         self.always_compute = False
         """Keep `last` current even without subscribers (KEDA or the external metrics API read
         it synchronously)."""
@@ -98,9 +105,12 @@ class Signals:
         stats = await self.store.stats(app.app_id, waiting_since=machine.waiting_since(now))
         slots = self.forwarder.slots.get(app.app_id)
         sync_requests = 0 if slots is None else slots.sync_requests
+        if self.ledger is not None:  # queued jobs in progress are shared already (the store)
+            sync_requests += self.ledger.others_sync.get(app.app_id, 0)
         app_runners = list(self.table.runners(app.app_id).values())
+        busy = {runner.runner_id: runner.in_flight + runner.elsewhere for runner in app_runners}
         ready = [runner for runner in app_runners if runner.ready]
-        idle = [runner for runner in ready if runner.in_flight == 0]
+        idle = [runner for runner in ready if busy[runner.runner_id] == 0]
         in_flight = stats.in_progress + sync_requests
         desired = machine.decide(
             queued=stats.queued,
@@ -113,9 +123,9 @@ class Signals:
             {
                 "id": runner.runner_id.rsplit("/", 1)[-1],
                 "ip": runner.host,
-                "inFlight": runner.in_flight,
+                "inFlight": busy[runner.runner_id],
                 "idleSeconds": 0.0
-                if runner.in_flight
+                if busy[runner.runner_id]
                 else round(monotonic - runner.last_request_end, 1),
                 "ready": runner.ready,
             }
@@ -130,7 +140,8 @@ class Signals:
             runners=len(app_runners),
             desired_runners=desired,
             runner_states=tuple(
-                (runner.runner_id, runner.in_flight > 0, runner.ready) for runner in app_runners
+                (runner.runner_id, busy[runner.runner_id] > 0, runner.ready)
+                for runner in app_runners
             ),
             runner_details=details,
         )

@@ -323,6 +323,74 @@ return 1
 """,
 }
 
+# Runner slots shared by the gateways (slot_ledger.py). Per runner a hash holder -> slots it holds;
+# a holder's counts are only counted while its heartbeat key P:gw:<holder> lives.
+_SLOT_LUA = """
+local function others(p, key, holder)
+  local total = 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    if fields[i] ~= holder then
+      if redis.call('EXISTS', p .. ':gw:' .. fields[i]) == 1 then
+        total = total + tonumber(fields[i + 1])
+      else
+        redis.call('HDEL', key, fields[i])
+      end
+    end
+  end
+  return total
+end
+"""
+
+_SLOT_SCRIPTS = {
+    # ARGV: p runner holder limit ttl_ms -> {1 claimed | 0 full, slots the other gateways hold}
+    "claim_slot": """
+local p, holder = ARGV[1], ARGV[3]
+local key = p .. ':slots:' .. ARGV[2]
+redis.call('SET', p .. ':gw:' .. holder, 1, 'PX', ARGV[5])
+local elsewhere = others(p, key, holder)
+local own = tonumber(redis.call('HGET', key, holder) or '0')
+if own + elsewhere >= tonumber(ARGV[4]) then return {0, elsewhere} end
+redis.call('HINCRBY', key, holder, 1)
+return {1, elsewhere}
+""",
+    # ARGV: p runner holder limit channel message -> 1; publishes `message` when the runner was
+    # full before this release (someone may be waiting for the slot)
+    "release_slot": """
+local p, holder = ARGV[1], ARGV[3]
+local key = p .. ':slots:' .. ARGV[2]
+local own = redis.call('HINCRBY', key, holder, -1)
+if own <= 0 then redis.call('HDEL', key, holder); own = 0 end
+if own + 1 + others(p, key, holder) >= tonumber(ARGV[4]) then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return 1
+""",
+    # ARGV: p holder ttl_ms n (runner count)*n m (app sync)*m
+    # -> {others per runner..., others per app...}; sets this holder's own counts
+    "slot_heartbeat": """
+local p, holder = ARGV[1], ARGV[2]
+redis.call('SET', p .. ':gw:' .. holder, 1, 'PX', ARGV[3])
+local out = {}
+local i = 4
+for _, kind in ipairs({':slots:', ':sync:'}) do
+  local n = tonumber(ARGV[i])
+  for j = 1, n do
+    local key = p .. kind .. ARGV[i + 2 * j - 1]
+    local count = tonumber(ARGV[i + 2 * j])
+    if count > 0 then
+      redis.call('HSET', key, holder, count)
+    else
+      redis.call('HDEL', key, holder)
+    end
+    table.insert(out, others(p, key, holder))
+  end
+  i = i + 2 * n + 1
+end
+return out
+""",
+}
+
 _EXPIRE_BATCH = 1000
 
 DEFAULT_COMMAND_TIMEOUT = 2.0
@@ -594,6 +662,8 @@ class RedisQueueStore:
         self._listener: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._closed = False
+        self.slot_listeners: list[Callable[[str, str], None]] = []
+        """Called with (app id, runner id) when another gateway frees a slot of a full runner."""
 
     @classmethod
     async def open(
@@ -645,10 +715,10 @@ class RedisQueueStore:
         return store
 
     async def _load_scripts(self) -> None:
-        replies = [
-            self._pipeline.call("SCRIPT", "LOAD", _FINISH + body) for body in _SCRIPTS.values()
-        ]
-        for name, reply in zip(_SCRIPTS, replies, strict=True):
+        bodies = {name: _FINISH + body for name, body in _SCRIPTS.items()}
+        bodies.update({name: _SLOT_LUA + body for name, body in _SLOT_SCRIPTS.items()})
+        replies = [self._pipeline.call("SCRIPT", "LOAD", body) for body in bodies.values()]
+        for name, reply in zip(bodies, replies, strict=True):
             sha = await reply
             self._shas[name] = sha if isinstance(sha, str) else sha.decode()
 
@@ -727,6 +797,10 @@ class RedisQueueStore:
                 continue
             parts = message["data"].split(b"\0")
             if len(parts) != 4 or parts[0] == self._origin:
+                continue
+            if parts[1] == _SLOT_FREED:
+                for listener in self.slot_listeners:
+                    listener(parts[2].decode(), parts[3].decode())
                 continue
             try:
                 kind = queueing.EventKind(parts[1].decode())
@@ -1024,6 +1098,56 @@ class RedisQueueStore:
     async def reschedule_webhook(self, delivery_id: str, *, attempts: int, due_at: float) -> None:
         await self._script("reschedule_webhook", delivery_id, attempts, repr(due_at))
 
+    # ------------------------------------------------------------------ shared runner slots
+
+    async def claim_slot(
+        self, runner_id: str, *, holder: str, limit: int, ttl: float
+    ) -> tuple[bool, int]:
+        """Take one of ``limit`` slots of a runner for ``holder`` unless all gateways together
+        hold them already (atomic). Returns (claimed, slots the other live gateways hold)."""
+        claimed, elsewhere = await self._script(
+            "claim_slot", runner_id, holder, limit, max(1, int(ttl * 1000))
+        )
+        return bool(claimed), int(elsewhere)
+
+    def release_slot(self, runner_id: str, app_id: str, *, holder: str, limit: int) -> None:
+        """Give a slot back (fire and forget: a lost release is repaired by the heartbeat)."""
+        if self._closed:
+            return
+        message = b"\0".join((self._origin, _SLOT_FREED, app_id.encode(), runner_id.encode()))
+        self._pipeline.call(
+            "EVALSHA",
+            self._shas["release_slot"],
+            0,
+            self._prefix,
+            runner_id,
+            holder,
+            limit,
+            self._channel,
+            message,
+        ).add_done_callback(_ignore)
+
+    async def slot_heartbeat(
+        self,
+        *,
+        holder: str,
+        ttl: float,
+        runner_slots: Sequence[tuple[str, int]],
+        app_sync: Sequence[tuple[str, int]],
+    ) -> tuple[list[int], list[int]]:
+        """Keep ``holder`` alive for ``ttl`` s and set its own counts (slots per runner, sync
+        requests per app); returns what the other live gateways hold, in the same order."""
+        arguments: list[Any] = [len(runner_slots)]
+        for runner_id, count in runner_slots:
+            arguments += [runner_id, count]
+        arguments.append(len(app_sync))
+        for app_id, count in app_sync:
+            arguments += [app_id, count]
+        totals: list[int] = await self._script(
+            "slot_heartbeat", holder, max(1, int(ttl * 1000)), *arguments
+        )
+        return totals[: len(runner_slots)], totals[len(runner_slots) :]
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _housekeep(self, interval: float) -> None:
@@ -1055,6 +1179,9 @@ class RedisQueueStore:
         await self._pipeline.close()
         self._events.close()
         await self._client.aclose()
+
+
+_SLOT_FREED = b"SLOT_FREED"
 
 
 def _ignore(reply: asyncio.Future[Any]) -> None:

@@ -265,3 +265,44 @@ async def test_a_redis_that_is_down_fails_calls_at_once_and_is_reconnected(
     finally:
         await store.close()
     assert position == 0
+
+
+# ---- item 13: runner slots shared by gateways ---------------------------------------------------
+async def test_shared_runner_slots_hold_across_gateways_and_free_when_a_holder_dies(
+    redis_url: str, wait_for: WaitFor
+) -> None:
+    prefix = f"slots-{uuid.uuid4().hex}"
+    one = await store_redis.RedisQueueStore.open(
+        redis_url, prefix=prefix, housekeeping_interval=None
+    )
+    two = await store_redis.RedisQueueStore.open(
+        redis_url, prefix=prefix, housekeeping_interval=None
+    )
+    freed: list[tuple[str, str]] = []
+    two.slot_listeners.append(lambda app_id, runner_id: freed.append((app_id, runner_id)))
+    try:
+        claims = [await one.claim_slot("r1", holder="one", limit=2, ttl=30) for _ in range(2)]
+        refused = await two.claim_slot("r1", holder="two", limit=2, ttl=30)
+        other_runner = await two.claim_slot("r2", holder="two", limit=2, ttl=30)
+        one.release_slot("r1", APP, holder="one", limit=2)
+        await wait_for(lambda: freed == [(APP, "r1")], message="the SLOT_FREED message")
+        after_release = await two.claim_slot("r1", holder="two", limit=2, ttl=30)
+        totals = await two.slot_heartbeat(
+            holder="two", ttl=30, runner_slots=[("r1", 1), ("r2", 0)], app_sync=[(APP, 3)]
+        )
+        # "one" dies: its heartbeat lapses, and the slot it still holds is free again.
+        await one.claim_slot("r3", holder="one", limit=1, ttl=0.2)
+
+        async def claimed() -> bool:
+            granted, _ = await two.claim_slot("r3", holder="two", limit=1, ttl=30)
+            return granted
+
+        await wait_for(claimed, message="the dead holder's slot freed")
+    finally:
+        await one.close()
+        await two.close()
+    assert claims == [(True, 0), (True, 0)]
+    assert refused == (False, 2)
+    assert other_runner == (True, 0)
+    assert after_release == (True, 1)
+    assert totals == ([1, 0], [0])
