@@ -49,6 +49,7 @@ from kubefal_gateway import (
     runners,
     targets,
     upstream,
+    webhook_targets,
 )
 from kubefal_gateway.storage import realtime, signing
 
@@ -278,6 +279,7 @@ class Api:
     def __init__(self, gateway: core.Gateway) -> None:
         self.gateway = gateway
         self.settings = gateway.settings
+        self.webhook_policy = webhook_targets.TargetPolicy.from_settings(gateway.settings)
 
     async def _app_and_auth(self, scope: Scope, namespace: str, name: str) -> apps.AppConfig:
         app = self.gateway.registry.get(f"{namespace}/{name}")
@@ -389,9 +391,10 @@ class Api:
         start_timeout = parse_start_timeout(scope)
         webhook = query_params(scope).get("fal_webhook")
         if webhook is not None:
-            parsed = urllib.parse.urlsplit(webhook)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise errors.BadRequest("fal_webhook must be an http(s) URL")
+            try:
+                self.webhook_policy.parse(webhook)
+            except webhook_targets.InvalidTarget as error:
+                raise errors.BadRequest(f"fal_webhook is not an acceptable URL: {error}") from None
         body = await read_body(
             scope, receive, limit=max(0, self.settings.max_request_bytes - header_bytes)
         )

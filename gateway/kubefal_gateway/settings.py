@@ -35,9 +35,11 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import ipaddress
 import itertools
 import os
 import pathlib
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -279,6 +281,20 @@ def _convert(field: dataclasses.Field[object], raw: str) -> object:
     return raw
 
 
+def _check_webhook_lists(settings: Settings) -> None:
+    for flag, text, hosts in (
+        ("--webhook-allow", settings.webhook_allow, True),
+        ("--webhook-deny", settings.webhook_deny, False),
+    ):
+        for item in (part.strip() for part in text.split(",") if part.strip()):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                if not hosts or not re.fullmatch(r"(\*\.)?[A-Za-z0-9_.-]{1,253}", item):
+                    kind = "a CIDR or a host name" if hosts else "a CIDR"
+                    raise SystemExit(f"{flag}: {item!r} is not {kind}") from None
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags, then environment variables, then defaults."""
     environ = os.environ if environ is None else environ
@@ -310,6 +326,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "Secrets, or pass --key-namespace '*' to read key Secrets in every namespace the "
             "kubeconfig's user can list"
         )
+    _check_webhook_lists(settings)
     for name in ("max_header_bytes", "max_headers", "max_connections"):
         if getattr(settings, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")

@@ -30,15 +30,24 @@ it with `verify_signature` (copy it: it needs only the standard library), compar
 time, and rejects timestamps more than a tolerance (default 300 s) away from its clock, which
 bounds replays. Several ``v1=`` entries may appear during a secret rotation; any match is valid.
 
-Schedule: a POST times out after 15 s; attempt ``n`` failing (transport error or non-2xx) retries
-after ``min(max_delay, base_delay * 2**(n-1))`` seconds times a random factor in [0.5, 1.5); the
-defaults (15 s base, 30 min cap, 10 attempts) spread the attempts over about two hours, as fal
-does. The HTTP client is httpx: webhooks are off the request hot path (performance.md).
+Schedule: an attempt (DNS, connect, send, the answer's status) times out after
+``--webhook-timeout`` (10 s); attempt ``n`` failing (transport error, timeout or non-2xx)
+retries after ``min(max_delay, base_delay * 2**(n-1))`` seconds times a random factor in
+[0.5, 1.5); the defaults (``--webhook-base-delay`` 15 s, ``--webhook-max-delay`` 30 min,
+``--webhook-max-attempts`` 10) spread the attempts over about two hours, as fal does.
+
+Targets: webhook_targets.py decides where a webhook may go (no loopback, link-local, private or
+cluster addresses unless ``--webhook-allow`` admits them); the worker resolves the host once,
+connects to the checked address and follows no redirects. A refused target is given up at once.
+
+Fairness: per tenant (app namespace) concurrency and queue caps, see `WebhookWorker`. The HTTP
+client is httpx: webhooks are off the request hot path; the answer's body is never read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -52,7 +61,7 @@ from typing import Any
 import httpx
 import orjson
 
-from kubefal_gateway import queueing, settings
+from kubefal_gateway import queueing, settings, webhook_targets
 
 LOG = logging.getLogger(__name__)
 
@@ -69,23 +78,45 @@ class DeliveryOutcome:
     DELIVERED = "delivered"
     RETRY = "retry"
     GAVE_UP = "gave_up"
+    REFUSED = "refused"
+    """The URL or every address it resolved to is refused by the target policy (given up)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class WebhookSettings:
     signing_secret: bytes | None = None
     """HMAC key; None sends unsigned webhooks."""
-    timeout: float = 15.0
-    """Seconds one POST may take."""
+    timeout: float = 10.0
+    """Seconds one attempt may take in total: DNS, connect, send, the answer's status."""
     max_attempts: int = 10
     base_delay: float = 15.0
     max_delay: float = 1800.0
-    concurrency: int = 16
-    """Deliveries in flight at once per gateway."""
-    lease_seconds: float = 60.0
-    """How long a leased delivery stays hidden from other gateways (must exceed ``timeout``)."""
+    concurrency: int = 64
+    """Deliveries in flight at once per gateway, all tenants together."""
+    tenant_concurrency: int = 4
+    """Deliveries in flight at once per tenant (the namespace of the request's app)."""
+    tenant_queue: int = 32
+    """Leased deliveries a tenant may have waiting for one of its slots; more are put back."""
+    lease_seconds: float | None = None
+    """How long a leased delivery stays hidden from other gateways; None: long enough for a
+    full tenant queue to drain at ``timeout`` per attempt."""
     poll_interval: float = 1.0
     """How often the outbox is checked when nothing wakes the worker."""
+    allow: tuple[str, ...] = ()
+    """CIDRs and host names admitted despite the target policy (``--webhook-allow``)."""
+    deny: tuple[str, ...] = ()
+    """Extra CIDRs refused (``--webhook-deny``)."""
+
+    @property
+    def lease(self) -> float:
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        waves = 2 + self.tenant_queue / max(1, self.tenant_concurrency)
+        return self.timeout * waves + 10.0
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def settings_from(config: settings.Settings) -> WebhookSettings:
@@ -97,6 +128,10 @@ def settings_from(config: settings.Settings) -> WebhookSettings:
         base_delay=config.webhook_base_delay,
         max_delay=config.webhook_max_delay,
         concurrency=config.webhook_concurrency,
+        tenant_concurrency=config.webhook_tenant_concurrency,
+        tenant_queue=config.webhook_tenant_queue,
+        allow=_split(config.webhook_allow),
+        deny=_split(config.webhook_deny),
     )
 
 
@@ -164,8 +199,31 @@ def retry_delay(
     return backoff * jitter()
 
 
+def tenant_of(delivery: queueing.WebhookDelivery) -> str:
+    """The tenant a delivery counts against: its app's namespace."""
+    return delivery.app_id.partition("/")[0]
+
+
+@dataclasses.dataclass
+class _Tenant:
+    in_flight: int = 0
+    waiting: collections.deque[queueing.WebhookDelivery] = dataclasses.field(
+        default_factory=collections.deque
+    )
+    seconds_per_attempt: float = 0.0
+    """Moving average of this tenant's attempt durations (how fast its slots free up)."""
+
+
 class WebhookWorker:
-    """Delivers the store's webhook outbox; one per gateway process (several may share a store)."""
+    """Delivers the store's webhook outbox; one per gateway process (several may share a store).
+
+    Fairness: each tenant (an app's namespace) has at most ``tenant_concurrency`` attempts in
+    flight and ``tenant_queue`` leased deliveries waiting for its slots; a leased delivery
+    beyond that goes back to the outbox, due again once the tenant's queue has likely drained
+    (estimated from its recent attempt durations, at least a second). Deliveries are leased in
+    due order, so the put-back ones fall behind other tenants' due deliveries: a receiver that
+    never answers holds only its own tenant's slots, each for at most ``timeout``.
+    """
 
     def __init__(
         self,
@@ -176,9 +234,13 @@ class WebhookWorker:
         on_outcome: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] | None = None,
+        resolver: webhook_targets.Resolver = webhook_targets.system_resolver,
     ) -> None:
         self._store = store
         self._settings = settings
+        self._policy = webhook_targets.TargetPolicy(
+            allow=settings.allow, deny=settings.deny, resolver=resolver
+        )
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=settings.timeout, follow_redirects=False, trust_env=False
@@ -187,10 +249,14 @@ class WebhookWorker:
         self._clock = clock
         self._jitter = jitter or (lambda: random.uniform(0.5, 1.5))
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._tenants: dict[str, _Tenant] = {}
+        self._waiting = 0
         self._events: queueing.EventSubscription | None = None
+        self._slot_freed = asyncio.Event()
 
     async def run(self) -> None:
-        """Deliver forever: whenever a request completes, and every ``poll_interval``."""
+        """Deliver forever: whenever a request completes or a slot frees, and every
+        ``poll_interval``."""
         self._events = self._store.subscribe(max_pending=100)
         try:
             while True:
@@ -203,44 +269,134 @@ class WebhookWorker:
             self._events.close()
 
     async def _wait_for_work(self, events: queueing.EventSubscription) -> None:
-        """Until a completion may have queued a delivery, a resync, or the poll interval."""
+        """Until a completion may have queued a delivery, a slot frees, a resync, or the poll
+        interval."""
         deadline = time.monotonic() + self._settings.poll_interval
-        while (remaining := deadline - time.monotonic()) > 0:
-            event = await events.next(timeout=remaining)
-            if event is None or event.kind is queueing.EventKind.RESYNC:
-                return
-            if event.kind is queueing.EventKind.COMPLETED and event.webhook:
-                return
+        self._slot_freed.clear()
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                event_wait = asyncio.ensure_future(events.next(timeout=remaining))
+                done, _ = await asyncio.wait(
+                    {event_wait, freed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if freed in done:
+                    event_wait.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await event_wait
+                    return
+                event = event_wait.result()
+                if event is None or event.kind is queueing.EventKind.RESYNC:
+                    return
+                if event.kind is queueing.EventKind.COMPLETED and event.webhook:
+                    return
+        finally:
+            freed.cancel()
+
+    def _tenant(self, name: str) -> _Tenant:
+        tenant = self._tenants.get(name)
+        if tenant is None:
+            tenant = self._tenants[name] = _Tenant()
+        return tenant
 
     async def deliver_due(self) -> int:
-        """Lease the deliveries due now and start them; returns how many were started."""
-        free = self._settings.concurrency - len(self._in_flight)
-        if free <= 0:
-            return 0
-        deliveries = await self._store.lease_webhooks(
-            limit=free, lease_seconds=self._settings.lease_seconds, now=self._clock()
-        )
-        for delivery in deliveries:
-            task = asyncio.create_task(self._deliver(delivery))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return len(deliveries)
+        """Lease the deliveries due now and start or queue them per tenant; put back those over
+        their tenant's queue. Returns how many were kept (started or queued)."""
+        kept = 0
+        settings = self._settings
+        for _round in range(8):
+            free = settings.concurrency - len(self._in_flight) - self._waiting
+            if free <= 0:
+                break
+            now = self._clock()
+            deliveries = await self._store.lease_webhooks(
+                limit=free, lease_seconds=settings.lease, now=now
+            )
+            if not deliveries:
+                break
+            put_back: list[tuple[queueing.WebhookDelivery, float]] = []
+            for delivery in deliveries:
+                tenant = self._tenant(tenant_of(delivery))
+                if len(tenant.waiting) >= settings.tenant_queue:
+                    put_back.append((delivery, now + self._put_back_delay(tenant)))
+                    continue
+                tenant.waiting.append(delivery)
+                self._waiting += 1
+                kept += 1
+            self._start_waiting()
+            if put_back:
+                await asyncio.gather(
+                    *(
+                        self._store.reschedule_webhook(
+                            delivery.delivery_id, attempts=delivery.attempts, due_at=due_at
+                        )
+                        for delivery, due_at in put_back
+                    )
+                )
+            if len(deliveries) < free:
+                break
+        return kept
+
+    def _put_back_delay(self, tenant: _Tenant) -> float:
+        queued = len(tenant.waiting) + tenant.in_flight
+        estimate = queued / max(1, self._settings.tenant_concurrency) * tenant.seconds_per_attempt
+        return min(max(1.0, estimate), self._settings.lease)
+
+    def _start_waiting(self) -> None:
+        """Start waiting deliveries while their tenants and the gateway have free slots."""
+        settings = self._settings
+        for name, tenant in list(self._tenants.items()):
+            while (
+                tenant.waiting
+                and tenant.in_flight < settings.tenant_concurrency
+                and len(self._in_flight) < settings.concurrency
+            ):
+                delivery = tenant.waiting.popleft()
+                self._waiting -= 1
+                tenant.in_flight += 1
+                task = asyncio.create_task(self._deliver(delivery, name))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if not tenant.waiting and not tenant.in_flight and len(self._tenants) > 1024:
+                del self._tenants[name]
 
     async def drain(self) -> None:
-        """Wait for the deliveries in flight."""
+        """Wait for the deliveries in flight and those waiting for a slot."""
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def _deliver(self, delivery: queueing.WebhookDelivery) -> None:
+    async def _deliver(self, delivery: queueing.WebhookDelivery, tenant_name: str) -> None:
+        started = time.monotonic()
         try:
             await self._attempt(delivery)
         except queueing.QueueError as error:
             # The lease runs out and the delivery is tried again: at-least-once holds.
             LOG.warning("webhook outbox update for %s failed: %s", delivery.request_id, error)
+        finally:
+            tenant = self._tenant(tenant_name)
+            tenant.in_flight -= 1
+            elapsed = time.monotonic() - started
+            tenant.seconds_per_attempt = (
+                elapsed
+                if tenant.seconds_per_attempt == 0.0
+                else 0.7 * tenant.seconds_per_attempt + 0.3 * elapsed
+            )
+            self._start_waiting()
+            self._slot_freed.set()
 
     async def _attempt(self, delivery: queueing.WebhookDelivery) -> None:
         attempt = delivery.attempts + 1
-        failure = await self._post(delivery, attempt=attempt)
+        try:
+            failure = await self._post(delivery, attempt=attempt)
+        except webhook_targets.InvalidTarget as refused:
+            LOG.warning(
+                "webhook for %s not delivered: its target is refused (%s)",
+                delivery.request_id,
+                refused,
+            )
+            await self._store.ack_webhook(delivery.delivery_id)
+            self._report(DeliveryOutcome.REFUSED)
+            return
         if failure is None:
             await self._store.ack_webhook(delivery.delivery_id)
             self._report(DeliveryOutcome.DELIVERED)
@@ -275,16 +431,32 @@ class WebhookWorker:
         self._report(DeliveryOutcome.RETRY)
 
     async def _post(self, delivery: queueing.WebhookDelivery, *, attempt: int) -> str | None:
-        """POST once; None on success, else why it failed."""
+        """POST once to the checked address; None on success, else why it failed. Raises
+        `webhook_targets.InvalidTarget` when the policy refuses the target."""
+        target = self._policy.parse(delivery.url)
         body = webhook_body(delivery)
-        headers = self.headers(delivery, body=body, attempt=attempt)
+        headers = dict(self.headers(delivery, body=body, attempt=attempt))
+        headers["Host"] = target.host_header
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            response = await self._client.post(delivery.url, content=body, headers=headers)
-        except httpx.HTTPError as error:
+            async with asyncio.timeout(self._settings.timeout):
+                address = await self._policy.resolve(target)
+                async with self._client.stream(
+                    "POST",
+                    target.url_for(address),
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                ) as response:
+                    # The answer's body is never read: only its status counts.
+                    status = response.status_code
+        except TimeoutError:
+            return f"no answer within {self._settings.timeout} s"
+        except (httpx.HTTPError, OSError) as error:
             return f"{type(error).__name__}: {error}"
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
     def headers(
         self, delivery: queueing.WebhookDelivery, *, body: bytes, attempt: int
@@ -307,8 +479,22 @@ class WebhookWorker:
             self._on_outcome(outcome)
 
     async def close(self) -> None:
-        """Let deliveries in flight finish (their leases expire otherwise), then close."""
+        """Let deliveries in flight finish (their leases expire otherwise), give the waiting
+        ones back to the outbox, then close."""
         with contextlib.suppress(Exception):
             await self.drain()
+        waiting = [delivery for tenant in self._tenants.values() for delivery in tenant.waiting]
+        for tenant in self._tenants.values():
+            tenant.waiting.clear()
+        self._waiting = 0
+        with contextlib.suppress(Exception):
+            await asyncio.gather(
+                *(
+                    self._store.reschedule_webhook(
+                        delivery.delivery_id, attempts=delivery.attempts, due_at=self._clock()
+                    )
+                    for delivery in waiting
+                )
+            )
         if self._owns_client:
             await self._client.aclose()

@@ -87,7 +87,15 @@ class Stack:
             workdir=workdir,
             static_config=static,
             tls=self.tls,
-            extra_args=["--webhook-secret", self.webhook_secret, "--max-request-bytes", "4096"],
+            extra_args=[
+                "--webhook-secret",
+                self.webhook_secret,
+                "--max-request-bytes",
+                "4096",
+                # The webhook receiver listens on loopback, which only the allow-list admits.
+                "--webhook-allow",
+                "127.0.0.1/32",
+            ],
         )
 
     def start(self) -> None:

@@ -8,6 +8,7 @@ Raw sockets play the attacker; the real fal_client plays the legitimate caller a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import pathlib
 import socket
 import ssl
@@ -231,3 +232,77 @@ def test_connections_over_the_cap_are_refused_with_503(tmp_path: pathlib.Path) -
         finally:
             for sock in held:
                 sock.close()
+
+
+# ---- item 8: webhook targets at submit and at delivery ------------------------------------------
+def metric_value(edge: Edge, name: str, **labels: str) -> float:
+    text = httpx.get(f"{edge.gateway.admin_url}/metrics", timeout=10).text
+    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    wanted = f"{name}{{{selector}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("webhook", "reason"),
+    [
+        ("http://[abc", "not a valid URL"),
+        ("http://example.com:99999/hook", "not a valid URL"),
+        ("gopher://example.com/", "http or https"),
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://10.96.0.10/", "private"),
+    ],
+)
+def test_a_submit_with_a_refused_webhook_gets_400_naming_fal_webhook(
+    edge: Edge, webhook: str, reason: str
+) -> None:
+    with edge.gateway.http() as client:
+        response = client.post(
+            f"{edge.gateway.queue_url}/edge/probe",
+            params={"fal_webhook": webhook},
+            json={"text": "x"},
+            headers={"authorization": f"Key {edge.key_a}"},
+        )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("fal_webhook ")
+    assert reason in detail
+
+
+def test_a_webhook_host_resolving_to_loopback_is_refused_at_delivery(edge: Edge) -> None:
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.2)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            received.append(connection.recv(65536))
+
+    refused_before = metric_value(
+        edge, "kubefal_gateway_webhook_deliveries_total", outcome="refused"
+    )
+    result = gwharness.run_client(
+        f"""
+        handle = fal_client.submit("edge/probe", arguments={{"text": "hooked"}},
+                                   webhook_url="http://localhost:{port}/hook")
+        emit(handle.get())
+        """,
+        env=edge.gateway.client_env(str(edge.key_a)),
+    )
+    assert result["text"] == "hooked"
+    gwharness.wait_for(
+        lambda: (
+            metric_value(edge, "kubefal_gateway_webhook_deliveries_total", outcome="refused")
+            > refused_before
+        ),
+        timeout=60,
+        message="the refused delivery",
+    )
+    accept()
+    listener.close()
+    assert received == []

@@ -84,8 +84,13 @@ class Clock:
         return self.now
 
 
-def settings(**overrides: float | int | bytes) -> webhooks.WebhookSettings:
+LOCAL = ("127.0.0.1/32",)
+"""The receivers here listen on loopback, which only the operator's allow-list admits."""
+
+
+def settings(**overrides: object) -> webhooks.WebhookSettings:
     fields: dict[str, object] = {
+        "allow": LOCAL,
         "signing_secret": SECRET,
         "base_delay": 10.0,
         "max_delay": 1000.0,
