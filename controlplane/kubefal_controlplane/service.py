@@ -1,8 +1,10 @@
 """The ``IsolateController`` servicer: each fal RPC mapped onto the cluster.
 
 Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps runners``),
-``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``). Every other
-RPC answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
+``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``),
+``DeleteAlias`` (``fal apps delete``), ``CreateUserKey`` / ``ListUserKeys`` / ``RevokeUserKey``
+(``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``). Every other RPC answers
+``UNIMPLEMENTED`` naming the fal command that is not supported yet.
 
 Every served call is authenticated first (:mod:`kubefal_controlplane.auth`), then checked
 against the key's namespaces. Changes are merge patches with the object's resourceVersion
@@ -12,10 +14,12 @@ Event naming the API key that made it.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -24,7 +28,7 @@ import isolate_proto
 from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
 from kubernetes.client.exceptions import ApiException
 
-from kubefal_api import naming, v1alpha1
+from kubefal_api import apikeys, naming, v1alpha1
 from kubefal_controlplane import auth, cluster, errors, gateway_admin, mapping
 from kubefal_controlplane import settings as settings_module
 
@@ -32,6 +36,13 @@ logger = logging.getLogger(__name__)
 
 ANNOTATION_CHANGED_BY: Final = f"{v1alpha1.GROUP}/last-changed-by"
 """On a FalApp: the API key id behind the last change made through the control plane."""
+APP_SECRETS_NAME: Final = "kubefal-secrets"
+"""The Secret holding a namespace's fal secrets (one key per secret)."""
+LABEL_APP_SECRETS: Final = f"{v1alpha1.GROUP}/fal-secrets"
+ANNOTATION_SECRET_TIMES: Final = f"{v1alpha1.GROUP}/secret-times"
+"""On that Secret: JSON object, secret name -> RFC 3339 time it was last set."""
+SECRET_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,252}$")
+MAX_SECRET_VALUE_BYTES: Final = 256 * 1024
 CONFLICT_RETRIES: Final = 5
 
 
@@ -51,12 +62,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "CreateEnvironment": "fal environments create",
     "DeleteEnvironment": "fal environments delete",
     "BuildEnvironment": "fal deploy (environment build)",
-    "DeleteAlias": "fal apps delete",
-    "CreateUserKey": "fal keys create",
-    "ListUserKeys": "fal keys list",
-    "RevokeUserKey": "fal keys revoke",
-    "SetSecret": "fal secrets set",
-    "ListSecrets": "fal secrets list",
 }
 
 
@@ -324,6 +329,232 @@ class Controller(IsolateControllerServicer):
         pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
         info = mapping.alias_info(app, pods)
         return isolate_proto.UpdateApplicationResult(alias_info=info)
+
+    @_rpc
+    def DeleteAlias(
+        self, request: isolate_proto.DeleteAliasRequest, caller: auth.Caller
+    ) -> isolate_proto.DeleteAliasResult:
+        env = request.environment_name if request.HasField("environment_name") else None
+        app = self._resolve(caller, request.alias, env, field="alias")
+        meta = app["metadata"]
+        self.cluster.delete_falapp(meta["namespace"], meta["name"])
+        self.cluster.record_event(
+            namespace=meta["namespace"],
+            involved=_involved(app),
+            reason="Deleted",
+            message=f"API key {caller.key_id} deleted the app through the fal API "
+            "(fal apps delete)",
+        )
+        return isolate_proto.DeleteAliasResult(revision=mapping.revision(app))
+
+    # ---- keys ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key_within(record: apikeys.KeyRecord, caller: auth.Caller) -> bool:
+        return caller.all_namespaces or (
+            not record.all_namespaces and set(record.namespaces) <= set(caller.namespaces)
+        )
+
+    @_rpc
+    def CreateUserKey(
+        self, request: isolate_proto.CreateUserKeyRequest, caller: auth.Caller
+    ) -> isolate_proto.CreateUserKeyResponse:
+        if request.HasField("policy"):
+            raise errors.invalid_argument(
+                "policy",
+                "kubefal keys have no per-permission policies; create a FULL key "
+                "(fal keys create --scope ADMIN), limited to your key's namespaces",
+            )
+        if request.HasField("policy_preset"):
+            preset = request.policy_preset
+        elif request.HasField("scope") and request.scope == request.Scope.API:
+            preset = "API"
+        else:
+            preset = "FULL"
+        if preset != "FULL":
+            raise errors.invalid_argument(
+                "policy_preset",
+                f"{preset!r}: kubefal keys cannot be limited to calling apps yet; every key "
+                "may manage the apps of its namespaces, so only FULL (--scope ADMIN) is offered",
+            )
+        description = request.alias if request.HasField("alias") else ""
+        if len(description) > apikeys.MAX_DESCRIPTION_LENGTH:
+            raise errors.invalid_argument(
+                "alias", f"longer than {apikeys.MAX_DESCRIPTION_LENGTH} characters"
+            )
+        key = apikeys.generate_key()
+        record = apikeys.new_record(
+            key=key,
+            namespaces=caller.namespaces,
+            description=description or f"created by {caller.key_id} with fal keys create",
+        )
+        self.cluster.create_key_secret(record)
+        logger.info("key %s created by key %s for %s", key.id, caller.key_id, record.namespaces)
+        return isolate_proto.CreateUserKeyResponse(key_id=key.id, key_secret=key.secret)
+
+    @_rpc
+    def ListUserKeys(
+        self, request: isolate_proto.ListUserKeysRequest, caller: auth.Caller
+    ) -> isolate_proto.ListUserKeysResponse:
+        keys = [
+            isolate_proto.UserKeyInfo(
+                key_id=record.id,
+                created_at=isolate_proto.timestamp_from_datetime(record.created),
+                scope=isolate_proto.CreateUserKeyRequest.Scope.ADMIN,
+                alias=record.description,
+            )
+            for record in sorted(self.cluster.list_key_records(), key=lambda r: (r.created, r.id))
+            if not record.revoked and self._key_within(record, caller)
+        ]
+        return isolate_proto.ListUserKeysResponse(user_keys=keys)
+
+    @_rpc
+    def RevokeUserKey(
+        self, request: isolate_proto.RevokeUserKeyRequest, caller: auth.Caller
+    ) -> isolate_proto.RevokeUserKeyResponse:
+        if not apikeys.is_valid_key_id(request.key_id):
+            raise errors.invalid_argument(
+                "key_id", "a kubefal key id is 'kf' followed by 16 lowercase hex characters"
+            )
+        record = self.cluster.read_key_record(request.key_id)
+        if record is None:
+            raise errors.not_found(f"key {request.key_id} not found")
+        if not self._key_within(record, caller):
+            raise errors.permission_denied(
+                f"API key {caller.key_id} may not revoke key {record.id}: it reaches namespaces "
+                "outside this key's"
+            )
+        self.cluster.revoke_key(record.id)
+        logger.info("key %s revoked by key %s", record.id, caller.key_id)
+        return isolate_proto.RevokeUserKeyResponse()
+
+    # ---- secrets ---------------------------------------------------------------------------
+
+    def _secret_namespace(self, caller: auth.Caller, environment_name: str | None) -> str:
+        namespace = mapping.environment_namespace(environment_name, field="environment_name")
+        if namespace is None:
+            if caller.all_namespaces or len(caller.namespaces) != 1:
+                raise errors.failed_precondition(
+                    f"environment_name: API key {caller.key_id} reaches several namespaces; "
+                    "choose one with --env <namespace> (environment_name)"
+                )
+            namespace = caller.namespaces[0]
+        caller.require(namespace)
+        return namespace
+
+    @_rpc
+    def SetSecret(
+        self, request: isolate_proto.SetSecretRequest, caller: auth.Caller
+    ) -> isolate_proto.SetSecretResponse:
+        if not SECRET_NAME_PATTERN.fullmatch(request.name):
+            raise errors.invalid_argument(
+                "name",
+                f"{request.name[:64]!r} is not an environment variable name "
+                "(letters, digits and '_', not starting with a digit, at most 253 characters)",
+            )
+        value = request.value if request.HasField("value") else None
+        if value is not None and len(value.encode("utf-8")) > MAX_SECRET_VALUE_BYTES:
+            raise errors.invalid_argument("value", f"larger than {MAX_SECRET_VALUE_BYTES} bytes")
+        env = request.environment_name if request.HasField("environment_name") else None
+        namespace = self._secret_namespace(caller, env)
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                self._write_secret(namespace, request.name, value)
+                break
+            except ApiException as error:
+                if error.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+        verb = "set" if value is not None else "unset"
+        self.cluster.record_event(
+            namespace=namespace,
+            involved={"apiVersion": "v1", "kind": "Secret", "name": APP_SECRETS_NAME},
+            reason="SecretSet" if value is not None else "SecretUnset",
+            message=f"API key {caller.key_id} {verb} secret {request.name} (fal secrets {verb})",
+        )
+        return isolate_proto.SetSecretResponse()
+
+    def _write_secret(self, namespace: str, name: str, value: str | None) -> None:
+        secret = self.cluster.get_secret(namespace, APP_SECRETS_NAME)
+        now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        if secret is None:
+            if value is None:
+                raise errors.not_found(f"secret {name} not found in namespace {namespace!r}")
+            self.cluster.create_secret(
+                namespace,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {
+                        "name": APP_SECRETS_NAME,
+                        "namespace": namespace,
+                        "labels": {
+                            LABEL_APP_SECRETS: "true",
+                            naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+                        },
+                        "annotations": {ANNOTATION_SECRET_TIMES: json.dumps({name: now})},
+                    },
+                    "data": {name: base64.b64encode(value.encode()).decode()},
+                },
+            )
+            return
+        data = dict(secret.get("data") or {})
+        meta = secret["metadata"]
+        annotations = dict(meta.get("annotations") or {})
+        times = _secret_times(annotations)
+        if value is None:
+            if name not in data:
+                raise errors.not_found(f"secret {name} not found in namespace {namespace!r}")
+            data.pop(name)
+            times.pop(name, None)
+        else:
+            data[name] = base64.b64encode(value.encode()).decode()
+            times[name] = now
+        annotations[ANNOTATION_SECRET_TIMES] = json.dumps(times, sort_keys=True)
+        secret["data"] = data
+        meta["annotations"] = annotations
+        self.cluster.replace_secret(namespace, APP_SECRETS_NAME, secret)
+
+    @_rpc
+    def ListSecrets(
+        self, request: isolate_proto.ListSecretsRequest, caller: auth.Caller
+    ) -> isolate_proto.ListSecretsResponse:
+        env = request.environment_name if request.HasField("environment_name") else None
+        scope = self._scope(caller, env)
+        namespaces = scope if scope is not None else self._secret_namespaces_everywhere()
+        listed: list[isolate_proto.Secret] = []
+        for namespace in sorted(namespaces):
+            if not caller.allows(namespace):
+                continue
+            secret = self.cluster.get_secret(namespace, APP_SECRETS_NAME)
+            if secret is None:
+                continue
+            times = _secret_times((secret.get("metadata") or {}).get("annotations") or {})
+            for name in sorted(secret.get("data") or {}):
+                entry = isolate_proto.Secret(name=name, environment_name=namespace)
+                created = mapping._timestamp(times.get(name))
+                if created is not None:
+                    entry.created_time.CopyFrom(isolate_proto.timestamp_from_datetime(created))
+                listed.append(entry)
+        return isolate_proto.ListSecretsResponse(secrets=listed)
+
+    def _secret_namespaces_everywhere(self) -> tuple[str, ...]:
+        listed = self.cluster.core.list_secret_for_all_namespaces(
+            label_selector=f"{LABEL_APP_SECRETS}=true",
+            limit=self.settings.max_list_items,
+            _request_timeout=self.settings.kube_timeout,
+        )
+        return tuple(
+            sorted({str(item.metadata.namespace) for item in listed.items if item.metadata})
+        )
+
+
+def _secret_times(annotations: Mapping[str, str]) -> dict[str, str]:
+    try:
+        times = json.loads(annotations.get(ANNOTATION_SECRET_TIMES, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in times.items()} if isinstance(times, dict) else {}
 
 
 def _involved(app: Mapping[str, Any]) -> dict[str, Any]:
