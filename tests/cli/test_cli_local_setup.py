@@ -162,7 +162,7 @@ def test_the_local_key_is_generated_once_and_kept_private(tmp_path: pathlib.Path
 def test_port_zero_picks_four_distinct_free_ports() -> None:
     ports = run.choose_ports(0)
 
-    assert len({ports.queue, ports.run, ports.admin, ports.runner}) == 4
+    assert len({ports.queue, ports.run, ports.admin, ports.runner, ports.rest}) == 5
 
 
 def _two_consecutive_free_ports() -> int:
@@ -172,6 +172,8 @@ def _two_consecutive_free_ports() -> int:
             try:
                 first.bind(("127.0.0.1", port))
                 second.bind(("127.0.0.1", port + 1))
+                with socket.socket() as third:  # the REST (files) port
+                    third.bind(("127.0.0.1", port + 2))
             except OSError:
                 continue
             return port
@@ -183,7 +185,7 @@ def test_an_explicit_port_gives_the_queue_that_port_and_the_run_api_the_next() -
 
     ports = run.choose_ports(free)
 
-    assert (ports.queue, ports.run) == (free, free + 1)
+    assert (ports.queue, ports.run, ports.rest) == (free, free + 1, free + 2)
 
 
 def test_an_out_of_range_port_is_refused() -> None:
@@ -231,6 +233,22 @@ def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
         "FAL_KEY=kf0123456789abcdef:s\n"
         "KUBEFAL_APP=local/app\n"
     )
+
+
+def test_the_env_lines_point_fal_sdk_and_fal_client_uploads_at_the_rest_port() -> None:
+    lines = run.EnvLines(
+        run_host="127.0.0.1:2",
+        queue_run_host="127.0.0.1:1",
+        ssl_cert_file=pathlib.Path("/ca.pem"),
+        fal_key="kf0123456789abcdef:s",
+        app_id="local/app",
+        rest_host="127.0.0.1:3",
+    )
+
+    assert lines.render().splitlines()[2:4] == [
+        "FAL_REST_HOST=127.0.0.1:3",
+        "KUBEFAL_REST_HOST=127.0.0.1:3",
+    ]
 
 
 def test_the_printed_example_fills_the_required_fields_of_the_root_endpoint(

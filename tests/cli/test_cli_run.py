@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-ENV_NAMES = ["FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "FAL_KEY", "KUBEFAL_APP"]
+ENV_NAMES = [
+    "FAL_RUN_HOST",
+    "FAL_QUEUE_RUN_HOST",
+    "FAL_REST_HOST",
+    "KUBEFAL_REST_HOST",
+    "SSL_CERT_FILE",
+    "FAL_KEY",
+    "KUBEFAL_APP",
+]
 STARTUP_TIMEOUT = 240.0
 
 CLIENT_SCRIPT = textwrap.dedent(

@@ -59,6 +59,8 @@ class Ports:
     run: int
     admin: int
     runner: int
+    rest: int = 0
+    """fal's REST/CDN API (files, realtime tokens): `FAL_REST_HOST` / `KUBEFAL_REST_HOST`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +70,21 @@ class EnvLines:
     ssl_cert_file: pathlib.Path
     fal_key: str
     app_id: str
+    rest_host: str = ""
 
     def render(self) -> str:
+        # FAL_REST_HOST points the fal SDK (fal.toolkit uploads) at the gateway; the
+        # kubefal_hosts hook does the same for fal_client from KUBEFAL_REST_HOST
+        # (docs/fal-storage.md).
+        rest = (
+            f"FAL_REST_HOST={self.rest_host}\nKUBEFAL_REST_HOST={self.rest_host}\n"
+            if self.rest_host
+            else ""
+        )
         return (
             f"FAL_RUN_HOST={self.run_host}\n"
             f"FAL_QUEUE_RUN_HOST={self.queue_run_host}\n"
+            f"{rest}"
             f"SSL_CERT_FILE={self.ssl_cert_file}\n"
             f"FAL_KEY={self.fal_key}\n"
             f"KUBEFAL_APP={self.app_id}\n"
@@ -104,16 +116,17 @@ def _free_ports(count: int) -> list[int]:
 
 
 def choose_ports(requested: int) -> Ports:
-    """``requested`` is the queue port and ``requested + 1`` the run port; 0 picks free ones."""
+    """``requested`` is the queue port, ``requested + 1`` the run port and ``requested + 2`` the
+    REST (files) port; 0 picks free ones."""
     if requested == 0:
-        queue, run, admin, runner = _free_ports(4)
-        return Ports(queue=queue, run=run, admin=admin, runner=runner)
-    if not 1 <= requested <= 65534:
+        queue, run, admin, runner, rest = _free_ports(5)
+        return Ports(queue=queue, run=run, admin=admin, runner=runner, rest=rest)
+    if not 1 <= requested <= 65533:
         raise errors.CliError(
             f"--port {requested} is out of range",
             hint="pass a port between 1024 and 65534, or --port 0 for free ports",
         )
-    busy = [port for port in (requested, requested + 1) if not _port_is_free(port)]
+    busy = [port for port in (requested, requested + 1, requested + 2) if not _port_is_free(port)]
     if busy:
         raise errors.CliError(
             f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are already in use",
@@ -121,7 +134,7 @@ def choose_ports(requested: int) -> Ports:
             "--port 0 to use free ports",
         )
     admin, runner = _free_ports(2)
-    return Ports(queue=requested, run=requested + 1, admin=admin, runner=runner)
+    return Ports(queue=requested, run=requested + 1, admin=admin, runner=runner, rest=requested + 2)
 
 
 def load_or_create_local_key(path: pathlib.Path) -> apikeys.ApiKey:
@@ -328,7 +341,20 @@ class LocalRun:
             ssl_cert_file=self.tls.ca_bundle,
             fal_key=str(self.key),
             app_id=self.app_id,
+            rest_host=f"127.0.0.1:{self.ports.rest}" if self.ports.rest else "",
         )
+
+    def runner_environment(self) -> dict[str, str]:
+        """What fal.toolkit needs in the runner to upload through the gateway (Image.from_pil,
+        File.from_bytes, upload_image): the REST host, an id:secret key and the CA."""
+        environment = _child_environment()
+        if self.ports.rest:
+            environment.update(
+                FAL_REST_HOST=f"127.0.0.1:{self.ports.rest}",
+                FAL_KEY=str(self.key),
+                SSL_CERT_FILE=str(self.tls.ca_bundle),
+            )
+        return environment
 
     def spawn_runner(self) -> processes.Child:
         arguments = [
@@ -341,7 +367,7 @@ class LocalRun:
             name="runner",
             argv=[sys.executable, "-m", "kubefal_runner", *arguments],
             log_path=self.run_dir / "runner.log",
-            env=_child_environment(),
+            env=self.runner_environment(),
             cwd=pathlib.Path.cwd(),
         )
 
@@ -356,6 +382,13 @@ class LocalRun:
             *("--store", f"sqlite://{self.store_path}"),
             *("--static-config", str(self.gateway_config_path)),
         ]
+        if self.ports.rest:
+            # Files are kept across runs (with the signing key, in the store), so URLs printed
+            # by one run still work in the next.
+            arguments += [
+                *("--rest-port", str(self.ports.rest)),
+                *("--storage", str(paths.local_dir() / "files")),
+            ]
         return processes.spawn(
             name="gateway",
             argv=[sys.executable, "-m", "kubefal_gateway", *arguments],
