@@ -18,7 +18,7 @@ import json
 import os
 import pathlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 
 from kubefal_gateway.storage import blobs
 
@@ -54,6 +54,14 @@ class LocalBlobStore:
         meta_path = self._path("meta", key, ".json")
         temporary = self.root / "tmp" / secrets.token_hex(12)
         loop = asyncio.get_running_loop()
+
+        async def disk(function: Callable[..., object], *args: object) -> None:
+            # Only the disk's errors are the store's; the caller's stream raises its own.
+            try:
+                await loop.run_in_executor(None, function, *args)
+            except OSError as error:
+                raise _classify(error) from error
+
         size = 0
         try:
             handle = await loop.run_in_executor(None, temporary.open, "wb")
@@ -69,18 +77,15 @@ class LocalBlobStore:
                     buffer += chunk
                     if len(buffer) >= BLOCK_BYTES:
                         block, buffer = bytes(buffer), bytearray()
-                        await loop.run_in_executor(None, handle.write, block)
+                        await disk(handle.write, block)
                 if buffer:
-                    await loop.run_in_executor(None, handle.write, bytes(buffer))
-                await loop.run_in_executor(None, handle.flush)
+                    await disk(handle.write, bytes(buffer))
+                await disk(handle.flush)
             finally:
-                await loop.run_in_executor(None, handle.close)
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(None, handle.close)
             meta_text = json.dumps(dict(meta, size=str(size))).encode()
-            await loop.run_in_executor(
-                None, self._commit, temporary, data_path, meta_path, meta_text
-            )
-        except OSError as error:
-            raise _classify(error) from error
+            await disk(self._commit, temporary, data_path, meta_path, meta_text)
         finally:
             with contextlib.suppress(OSError):
                 temporary.unlink()

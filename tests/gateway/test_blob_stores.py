@@ -1,0 +1,270 @@
+"""Both object stores pass the same contract: the embedded store (local disk) and the S3 backend
+against a real S3-compatible server (s3proxy, started on 127.0.0.1 by the tests). Then the
+storage core over each, and what a full disk or an unreachable store does."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import pathlib
+import resource
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from kubefal_api import apikeys
+from kubefal_gateway.storage import blobs, core, local, signing
+from tests.gateway import gwharness, s3server
+
+BUCKET = "kubefal-contract"
+
+
+@pytest.fixture(scope="module")
+def s3proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3server.S3Proxy]:
+    server = s3server.S3Proxy(tmp_path_factory.mktemp("s3proxy")).start()
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3_store(
+    server: s3server.S3Proxy, monkeypatch: pytest.MonkeyPatch, endpoint: str | None = None
+) -> blobs.BlobStore:
+    from kubefal_gateway.storage import s3
+
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    prefix = uuid.uuid4().hex
+    return s3.S3BlobStore.from_url(
+        f"s3://{BUCKET}/{prefix}?endpoint={endpoint or server.endpoint}&region=us-east-1"
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[blobs.BlobStore]:
+    if request.param == "local":
+        opened: blobs.BlobStore = local.LocalBlobStore(tmp_path / "store")
+    else:
+        opened = _s3_store(request.getfixturevalue("s3proxy"), monkeypatch)
+    yield opened
+    await opened.close()
+
+
+async def _chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def _read(store: blobs.BlobStore, key: str) -> bytes:
+    return b"".join([chunk async for chunk in store.read(key)])
+
+
+# ---- the BlobStore contract ------------------------------------------------------------------
+async def test_write_stat_read_delete(store: blobs.BlobStore) -> None:
+    size = await store.write(
+        "ns/id1/a.txt", _chunks(b"hello"), limit=100, meta={"type": "text/plain", "expires": "0"}
+    )
+    assert size == 5
+    info = await store.stat("ns/id1/a.txt")
+    assert info.size == 5
+    assert info.meta["type"] == "text/plain" and info.meta["expires"] == "0"
+    assert await _read(store, "ns/id1/a.txt") == b"hello"
+    await store.write("ns/id1/a.txt", _chunks(b"again!"), limit=100, meta={"type": "x/y"})
+    assert await _read(store, "ns/id1/a.txt") == b"again!"
+    await store.delete("ns/id1/a.txt")
+    with pytest.raises(blobs.BlobNotFound):
+        await store.stat("ns/id1/a.txt")
+    await store.delete("ns/id1/a.txt")  # absent: fine
+
+
+async def test_20_mb_round_trip(store: blobs.BlobStore) -> None:
+    data = hashlib.sha256(b"x").digest() * (20 * 1024 * 1024 // 32) + b"tail"
+    assert await store.write("ns/big/w.bin", _chunks(data), limit=len(data), meta={}) == len(data)
+    assert (await store.stat("ns/big/w.bin")).size == len(data)
+    assert (
+        hashlib.sha256(await _read(store, "ns/big/w.bin")).digest() == hashlib.sha256(data).digest()
+    )
+
+
+async def test_over_the_limit_or_a_broken_stream_leaves_nothing(store: blobs.BlobStore) -> None:
+    data = b"z" * (9 * 1024 * 1024)  # past one S3 part, so a multipart upload is aborted
+    with pytest.raises(blobs.BlobTooLarge):
+        await store.write("ns/big/x.bin", _chunks(data), limit=len(data) - 1, meta={})
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"a" * (9 * 1024 * 1024)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.write("ns/big/y.bin", broken(), limit=1 << 30, meta={})
+    for key in ("ns/big/x.bin", "ns/big/y.bin"):
+        with pytest.raises(blobs.BlobNotFound):
+            await store.stat(key)
+    assert [key async for key in store.list("ns/")] == []
+
+
+async def test_missing_objects(store: blobs.BlobStore) -> None:
+    with pytest.raises(blobs.BlobNotFound):
+        await store.stat("ns/none/x")
+    with pytest.raises(blobs.BlobNotFound):
+        await _read(store, "ns/none/x")
+
+
+async def test_list_by_prefix(store: blobs.BlobStore) -> None:
+    for key in ("a/1/x", "a/2/y", "b/1/z"):
+        await store.write(key, _chunks(b"."), limit=10, meta={})
+    assert sorted([key async for key in store.list("a/")]) == ["a/1/x", "a/2/y"]
+    assert sorted([key async for key in store.list("")]) == ["a/1/x", "a/2/y", "b/1/z"]
+
+
+@pytest.mark.parametrize("key", ["../x", "a//b", "/a", ".hidden", "a/../../b", "a/b c", ""])
+async def test_unsafe_keys_are_refused(store: blobs.BlobStore, key: str) -> None:
+    with pytest.raises(ValueError):
+        await store.write(key, _chunks(b"x"), limit=10, meta={})
+
+
+# ---- the storage core over each store ----------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _storage(store: blobs.BlobStore, clock: Clock, **limits: float) -> core.Storage:
+    return core.Storage(
+        store,
+        signing.Signer(b"contract-signing-key-0123456789"),
+        core.Limits(**limits),  # type: ignore[arg-type]
+        clock=clock,
+    )
+
+
+async def test_core_uploads_and_retention(store: blobs.BlobStore) -> None:
+    clock = Clock()
+    storage = _storage(store, clock, retention=100.0, max_file_bytes=1 << 20)
+    ref, path, size = await storage.put(
+        "team",
+        file_name="../../a b.txt",
+        content_type="text/plain",
+        chunks=_chunks(b"1"),
+        lifetime=None,
+    )
+    assert ref.name == "a_b.txt" and size == 1 and path.startswith("/files/team/")
+    storage.check_url(ref, path.split("/")[4])
+    info, chunks = await storage.open(ref)
+    assert info.meta["type"] == "text/plain" and b"".join([c async for c in chunks]) == b"1"
+
+    upload, _ = await storage.begin(
+        "team", file_name="p.bin", content_type="x/y", lifetime=10.0, kind="multipart"
+    )
+    first = await storage.put_part(upload.ref, upload.upload_id, 1, _chunks(b"ab"))
+    second = await storage.put_part(upload.ref, upload.upload_id, 2, _chunks(b"cd"))
+    with pytest.raises(core.Invalid):
+        await storage.complete(upload.ref, upload.upload_id, [(1, first), (2, "wrong")])
+    _, size = await storage.complete(upload.ref, upload.upload_id, [(2, second), (1, first)])
+    assert size == 4
+    _, chunks = await storage.open(upload.ref)
+    assert b"".join([c async for c in chunks]) == b"abcd"
+    assert [key async for key in store.list(core.PARTS_PREFIX)] == []
+    with pytest.raises(core.NotFound):  # the upload is over
+        await storage.put_part(upload.ref, upload.upload_id, 3, _chunks(b"e"))
+
+    abandoned, _ = await storage.begin(
+        "team", file_name="q", content_type="x/y", lifetime=None, kind="put"
+    )
+    clock.now += 50  # the multipart file asked for 10 s: gone; the first file (100 s) stays
+    with pytest.raises(core.NotFound):
+        await storage.open(upload.ref)
+    await storage.open(ref)
+    clock.now += 24 * 3600
+    assert await storage.sweep() == 3  # both files and the abandoned upload
+    assert [key async for key in store.list("")] == []
+    with pytest.raises(core.NotFound):
+        await storage.put_upload(abandoned.ref, abandoned.upload_id, _chunks(b"late"))
+
+
+# ---- failures ----------------------------------------------------------------------------------
+async def test_local_full_disk_is_store_full_and_leaves_nothing(tmp_path: pathlib.Path) -> None:
+    store = local.LocalBlobStore(tmp_path / "store")
+    await store.write("ns/ok/a", _chunks(b"kept"), limit=10, meta={})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # A file-size limit makes write() fail with EFBIG (Python ignores SIGXFSZ), as a full disk
+    # fails with ENOSPC: both are "full" for the store.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, hard))
+    try:
+        with pytest.raises(blobs.StoreFull):
+            await store.write(
+                "ns/full/b", _chunks(b"x" * (4 * 1024 * 1024)), limit=1 << 30, meta={}
+            )
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert {errno.ENOSPC, errno.EFBIG} <= local.FULL_ERRNOS
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+    with pytest.raises(blobs.BlobNotFound):
+        await store.stat("ns/full/b")
+    assert await _read(store, "ns/ok/a") == b"kept"
+
+
+async def test_unreachable_s3_is_store_unavailable(
+    s3proxy: s3server.S3Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _s3_store(s3proxy, monkeypatch, endpoint=f"http://127.0.0.1:{gwharness.free_port()}")
+    with pytest.raises(blobs.StoreUnavailable):
+        await store.write("ns/x/y", _chunks(b"data"), limit=100, meta={})
+    with pytest.raises(blobs.StoreUnavailable):
+        await store.stat("ns/x/y")
+    await store.close()
+
+
+# ---- the gateway on S3 ---------------------------------------------------------------------------
+def test_gateway_on_s3_and_an_s3_outage(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = s3server.S3Proxy(tmp_path).start()
+    try:
+        server.create_bucket("gateway-files")
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        key = apikeys.generate_key()
+        tls = gwharness.Tls(tmp_path)
+        rest_port = gwharness.free_port()
+        gateway = gwharness.Gateway(
+            workdir=tmp_path,
+            tls=tls,
+            static_config={"apps": [], "keys": [{"key": str(key), "namespaces": "team"}]},
+            extra_args=[
+                "--rest-port",
+                str(rest_port),
+                "--storage",
+                f"s3://gateway-files/kubefal?endpoint={server.endpoint}",
+            ],
+        )
+        with gwharness.cleanup(gateway):
+            gateway.wait_ready()
+            base = f"https://127.0.0.1:{rest_port}"
+            auth = {"Authorization": f"Key {key}"}
+            with httpx.Client(verify=str(tls.ca_path), timeout=60) as http:
+                url = http.post(f"{base}/files/upload", content=b"on s3", headers=auth).json()[
+                    "access_url"
+                ]
+                assert http.get(url).content == b"on s3"
+                server.stop()
+                down = http.post(f"{base}/files/upload", content=b"lost?", headers=auth)
+                assert down.status_code == 503
+                assert down.json()["error_type"] == "storage_unavailable"
+                assert http.get(url).status_code == 503
+                assert httpx.get(gateway.admin_url + "/healthz").status_code == 200
+                server.start()  # same port, same data: nothing was lost
+                assert http.get(url).content == b"on s3"
+                again = http.post(f"{base}/files/upload", content=b"back", headers=auth)
+                assert http.get(again.json()["access_url"]).content == b"back"
+    finally:
+        server.stop()
