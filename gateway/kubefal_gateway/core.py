@@ -27,6 +27,7 @@ from kubefal_gateway import (
     discovery,
     dispatch,
     metrics,
+    orphans,
     queue_worker,
     queueing,
     runners,
@@ -176,6 +177,11 @@ class Gateway:
         ]
         if ledger is not None:
             tasks.append(asyncio.get_running_loop().create_task(ledger.run(), name="slot-ledger"))
+        if config.removed_app_grace > 0:
+            reaper = orphans.OrphanReaper(
+                store=store, registry=self.registry, grace=config.removed_app_grace
+            )
+            tasks.append(asyncio.get_running_loop().create_task(reaper.run(), name="orphans"))
         self.ready = True
         try:
             yield self

@@ -461,6 +461,11 @@ class QueueStore(Protocol):
         """
         ...
 
+    async def fail_queued(self, app_id: str, result: Result, *, now: float | None = None) -> int:
+        """Complete every queued job of ``app_id`` with ``result`` (their webhooks fire);
+        in-progress jobs are left alone. Returns how many were completed."""
+        ...
+
     async def stats(self, app_id: str, *, waiting_since: float) -> AppQueueStats:
         """Queue figures of one app; ``waiting_since`` is ``now - scalingDelay``."""
         ...
@@ -555,6 +560,20 @@ def attempts_exhausted_result(*, max_attempts: int, now: float | None = None) ->
             " handling it stopped each time); it will not be run again"
         ),
         error_type="attempts_exhausted",
+        now=now,
+    )
+
+
+def app_gone_result(app_id: str, *, grace: float, now: float | None = None) -> Result:
+    """The result of a queued job whose app was removed (from discovery or the static config)
+    and did not come back within ``grace`` seconds: it will never run."""
+    return error_result(
+        status_code=404,
+        detail=(
+            f"App {app_id} was removed and did not come back within {grace:g} s;"
+            " the request was not run"
+        ),
+        error_type="app_not_found",
         now=now,
     )
 

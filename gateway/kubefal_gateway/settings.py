@@ -123,6 +123,10 @@ class Settings:
     """Redis store: seconds to connect, and seconds Redis may stay silent while replies are
     outstanding, before the connection is dropped; calls then fail (submits answer 503 JSON) and
     /readyz reports not ready until Redis answers again (reconnects back off 0.05 s to 1 s)."""
+    removed_app_grace: float = 600.0
+    """Seconds an app may be missing from discovery (or the static config) before its queued
+    requests complete with a 404 `app_not_found` error (their webhooks fire) instead of waiting
+    forever; an app that comes back in time keeps its queue. 0 disables this."""
     webhook_secret: str = ""
     """HMAC-SHA256 key signing webhook deliveries (`X-Kubefal-Signature`, scheme in webhooks.py);
     share it with the receivers. Empty: webhooks are sent unsigned (a warning is logged)."""

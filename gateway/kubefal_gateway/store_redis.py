@@ -237,6 +237,26 @@ for _, rid in ipairs(redis.call('ZRANGEBYSCORE', p .. ':deadlines', '-inf', '(' 
 end
 return done
 """,
+    # ARGV: p app limit rmeta rbody now ttl_ms -> request ids of the queued jobs completed
+    "fail_queued": """
+local p, app = ARGV[1], ARGV[2]
+local done = {}
+for prio = 0, 1 do
+  local q = p .. ':q:' .. app .. ':' .. prio
+  local room = tonumber(ARGV[3]) - #done
+  local rids = {}
+  if room > 0 then rids = redis.call('ZRANGE', q, 0, room - 1) end
+  for _, rid in ipairs(rids) do
+    local jk = p .. ':j:' .. rid
+    redis.call('ZREM', q, rid)
+    redis.call('ZREM', p .. ':qt:' .. app, rid)
+    redis.call('ZREM', p .. ':deadlines', rid)
+    finish(p, rid, jk, app, redis.call('HGET', jk, 'wh'), ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+    table.insert(done, rid)
+  end
+end
+return done
+""",
     # ARGV: p rid with_body -> {state, app, attempts, cancel, position, rmeta, rbody} or nil
     "view": """
 local p, rid = ARGV[1], ARGV[2]
@@ -1033,6 +1053,22 @@ class RedisQueueStore:
         for index in range(0, len(timed_out), 2):
             self._emit_completed(timed_out[index + 1].decode(), timed_out[index].decode())
         return len(expired) // 3 + len(timed_out) // 2
+
+    async def fail_queued(
+        self, app_id: str, result: queueing.Result, *, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        meta = store_codec.encode_result_meta(result)
+        total = 0
+        while True:
+            done: list[bytes] = await self._script(
+                "fail_queued", app_id, _EXPIRE_BATCH, meta, result.body, repr(now), self._ttl_ms
+            )
+            for request_id in done:
+                self._emit_completed(app_id, request_id.decode())
+            total += len(done)
+            if len(done) < _EXPIRE_BATCH:
+                return total
 
     async def stats(self, app_id: str, *, waiting_since: float) -> queueing.AppQueueStats:
         queued, waiting, in_progress, oldest = await self._script(

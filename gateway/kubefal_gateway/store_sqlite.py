@@ -655,6 +655,25 @@ class SqliteQueueStore:
             self._emit(queueing.QueueEvent(kind=queueing.EventKind.SUBMITTED, app_id=app_id))
         return len(exhausted) + len(requeued)
 
+    async def fail_queued(
+        self, app_id: str, result: queueing.Result, *, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        self._check_open()
+        rows = self._db.execute(
+            "SELECT request_id, priority, seq, webhook_url FROM jobs"
+            " WHERE app_id = ? AND state = 0",
+            (app_id,),
+        ).fetchall()
+        if not rows:
+            return 0
+        self._begin()
+        for request_id, priority, seq, webhook_url in rows:
+            self._queued.remove(app_id, priority, seq)
+            self._finish(request_id, app_id, webhook_url, result, now=now)
+        await self._durable()
+        return len(rows)
+
     async def stats(self, app_id: str, *, waiting_since: float) -> queueing.AppQueueStats:
         self._check_open()
         queued, waiting, oldest = self._queued.stats(app_id, waiting_since)

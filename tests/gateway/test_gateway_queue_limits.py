@@ -1,16 +1,23 @@
 """Queue limits and store faults as a client sees them, through real gateway processes (issue 9):
-the per-app queue-depth limit (429 + Retry-After), and a stalled Redis (503 fast, /readyz 503)."""
+the per-app queue-depth limit (429 + Retry-After), a stalled Redis (503 fast, /readyz 503), and
+the queued jobs of a removed app (completed with an error, webhooks fired)."""
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import os
 import pathlib
 import signal
+import threading
 from typing import Any
 
 import gwharness
 import httpx
+import orjson
 from conftest import RedisServer
+
+from kubefal_gateway import settings
 
 APP = "team-a/limited"
 
@@ -107,3 +114,59 @@ def _wait_result(
         message="the job completing",
     )
     return client.get(base)
+
+
+def test_queued_jobs_of_a_removed_app_complete_with_an_error_and_fire_their_webhooks(
+    tmp_path: pathlib.Path,
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            received.append(orjson.loads(body))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    extra = ["--removed-app-grace", "1"]
+    if "webhook_allow" in {field.name for field in dataclasses.fields(settings.Settings)}:
+        extra += ["--webhook-allow", "127.0.0.1/32"]
+    try:
+        before = gwharness.Gateway(
+            workdir=tmp_path, static_config=_static_without_runner(), tls=None, extra_args=extra
+        )
+        with gwharness.cleanup(before), httpx.Client(timeout=30) as client:
+            before.wait_ready()
+            accepted = [
+                client.post(f"{before.queue_url}/{APP}", params={"fal_webhook": hook}, json={})
+                for _ in range(2)
+            ]
+        # The app is deleted while its jobs wait: the next gateway's config no longer has it.
+        after = gwharness.Gateway(
+            workdir=tmp_path,
+            static_config={"apps": [{"id": "team-b/other", "runners": []}]},
+            tls=None,
+            extra_args=extra,
+            name="gateway-after",
+        )
+        with gwharness.cleanup(after):
+            after.wait_ready()
+            gwharness.wait_for(lambda: len(received) >= 2, timeout=60, message="both webhooks")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [response.status_code for response in accepted] == [200, 200]
+    assert sorted(body["request_id"] for body in received) == sorted(
+        response.json()["request_id"] for response in accepted
+    )
+    for body in received:
+        assert body["status"] == "ERROR"
+        assert body["payload"]["error_type"] == "app_not_found"
+        assert APP in body["payload"]["detail"]

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from conftest import RedisServer
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import apps, orphans, queueing, store_redis, store_sqlite
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
@@ -306,3 +306,54 @@ async def test_shared_runner_slots_hold_across_gateways_and_free_when_a_holder_d
     assert other_runner == (True, 0)
     assert after_release == (True, 1)
     assert totals == ([1, 0], [0])
+
+
+# ---- item 12: jobs of a removed app -------------------------------------------------------------
+async def test_fail_queued_completes_only_the_queued_jobs_of_one_app(
+    open_queue_store: OpenStore,
+) -> None:
+    store = await open_queue_store()
+    queued = [make_job(f"queued-{i}", webhook_url="http://127.0.0.1:9/hook") for i in range(3)]
+    running, other = make_job("running"), make_job("other", app_id="team-b/kept")
+    for job in (running, *queued, other):
+        await store.submit(job)
+    assert (await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)) is not None  # "running"
+    result = queueing.app_gone_result(APP, grace=60)
+
+    count = await store.fail_queued(APP, result)
+    views = {job.request_id: await store.view(job.request_id, with_body=True) for job in queued}
+    running_view = await store.view("running")
+    other_view = await store.view("other")
+    deliveries = await store.lease_webhooks(limit=10, lease_seconds=30)
+
+    assert count == 3
+    for view in views.values():
+        assert view is not None and view.state is queueing.JobState.COMPLETED
+        assert view.result is not None and view.result.status_code == 404
+        assert orjson.loads(view.result.body)["error_type"] == "app_not_found"
+    assert running_view is not None and running_view.state is queueing.JobState.IN_PROGRESS
+    assert other_view is not None and other_view.state is queueing.JobState.IN_QUEUE
+    assert sorted(delivery.request_id for delivery in deliveries) == sorted(views)
+    assert await store.lease(APP, holder=HOLDER, lease_seconds=LEASE) is None
+
+
+async def test_the_reaper_waits_out_the_grace_and_spares_an_app_that_comes_back(
+    open_queue_store: OpenStore,
+) -> None:
+    store = await open_queue_store()
+    registry = apps.AppRegistry()
+    await store.submit(make_job("gone-job"))
+    await store.submit(make_job("back-job", app_id="team-b/back"))
+    reaper = orphans.OrphanReaper(store=store, registry=registry, grace=60)
+    start = time.time()
+
+    first = await reaper.check(now=start)
+    registry.put(apps.from_static_entry({"id": "team-b/back", "runners": []}))
+    before_grace = await reaper.check(now=start + 59)
+    after_grace = await reaper.check(now=start + 61)
+    gone = await store.view("gone-job")
+    back = await store.view("back-job")
+
+    assert (first, before_grace, after_grace) == (0, 0, 1)
+    assert gone is not None and gone.state is queueing.JobState.COMPLETED
+    assert back is not None and back.state is queueing.JobState.IN_QUEUE
