@@ -39,6 +39,7 @@ import websockets
 import websockets.asyncio.client
 
 from kubefal_gateway import (
+    admin_auth,
     apps,
     auth,
     core,
@@ -772,6 +773,12 @@ class Api:
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         gateway = self.gateway
+        if admin_auth.needs_token(
+            path,
+            token=self.settings.admin_token,
+            protect_metrics=self.settings.admin_token_metrics,
+        ):
+            admin_auth.check(scope["headers"], token=self.settings.admin_token)
         if path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":

@@ -124,11 +124,16 @@ class Coalescer(Generic[K, V]):
 
 
 async def event_stream(
-    session: aiohttp.ClientSession, url: str, *, on_open: Callable[[], None] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    on_open: Callable[[], None] | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[signals.ServerSentEvent]:
     """The server-sent events of one connection to ``url``, until it ends; ``on_open`` is
-    called once the server accepted the subscription."""
-    async with session.get(url, headers={"Accept": "text/event-stream"}) as response:
+    called once the server accepted the subscription. ``token``: the gateway's admin token."""
+    headers = {"Accept": "text/event-stream", **signals.admin_headers(token)}
+    async with session.get(url, headers=headers) as response:
         content_type = response.headers.get("Content-Type", "")
         if response.status != 200 or not content_type.startswith("text/event-stream"):
             raise GatewayStreamError(
@@ -161,8 +166,10 @@ class Actuator:
         instruments: metrics.Metrics,
         interval: float,
         backoff: Backoff | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.url = admin_url.rstrip("/") + signals.WATCH_PATH
+        self._admin_token = admin_token
         self._on_signal = on_signal
         self._instruments = instruments
         self._backoff = backoff or Backoff()
@@ -203,7 +210,9 @@ class Actuator:
 
             while True:
                 try:
-                    async for event in event_stream(session, self.url, on_open=opened):
+                    async for event in event_stream(
+                        session, self.url, on_open=opened, token=self._admin_token
+                    ):
                         self._receive(event)
                     problem = "the stream ended"
                 except (aiohttp.ClientError, TimeoutError, GatewayStreamError) as error:

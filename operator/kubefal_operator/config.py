@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 
 from kubefal_api import naming
-from kubefal_operator import status
+from kubefal_operator import signals, status
 from kubefal_operator.render import common
 
 
@@ -43,6 +43,9 @@ class OperatorConfig:
     """Gateway URLs reported as status.endpoints (KUBEFAL_GATEWAY_QUEUE_URL, _RUN_URL)."""
     catalogue_rollout_concurrency: int = 16
     """Apps re-rendered at once after a catalogue change."""
+    gateway_admin_token: str | None = None
+    """Bearer token of the gateway's admin listener (KUBEFAL_GATEWAY_ADMIN_TOKEN, the
+    gateway's ``--admin-token``; the chart puts both in one Secret). Unset: none is sent."""
     gateway_admin_url: str | None = None
     """The gateway's admin listener (KUBEFAL_GATEWAY_ADMIN_URL, flag --gateway-admin-url),
     e.g. ``http://kubefal-gateway-admin.kubefal-system.svc:9090``. When set, the builtin
@@ -79,6 +82,7 @@ class OperatorConfig:
             catalogue_name=env.get(
                 "KUBEFAL_MACHINES_CONFIGMAP", naming.MACHINE_CATALOGUE_CONFIGMAP
             ),
+            gateway_admin_token=env.get(signals.ADMIN_TOKEN_ENV) or None,
             metrics_host=env.get("KUBEFAL_OPERATOR_METRICS_HOST", "0.0.0.0"),
             metrics_port=int(env.get("KUBEFAL_OPERATOR_METRICS_PORT", "8000")),
             render=common.RenderSettings(

@@ -360,6 +360,7 @@ def start_actuator(op: Operator, *, indexes: Indexes) -> None:
         on_signal=on_signal,
         instruments=op.instruments,
         interval=op.config.actuator_interval_seconds,
+        admin_token=op.config.gateway_admin_token,
     )
     op.actuator.start()
 

@@ -2,7 +2,8 @@
 
 The gateway computes each app's desired runner count (fal's formula plus keep-alive) and
 pushes it on its admin listener (``GET /_kubefal/scaling/watch``, server-sent events, one
-``event: scaling`` per change). This module turns that wire format into
+``event: scaling`` per change; with the gateway's ``--admin-token`` the request carries
+``Authorization: Bearer <token>``, see `admin_headers`). This module turns that wire format into
 :class:`ScalingSignal` and nothing else: no I/O, so the status computation and the
 replicas rule can depend on it and stay pure.
 
@@ -21,6 +22,13 @@ from typing import Any, Final
 SCALING_EVENT: Final = "scaling"
 """The SSE event type carrying one app's signal."""
 WATCH_PATH: Final = "/_kubefal/scaling/watch"
+ADMIN_TOKEN_ENV: Final = "KUBEFAL_GATEWAY_ADMIN_TOKEN"
+"""The environment variable holding the gateway's admin token (its ``--admin-token``)."""
+
+
+def admin_headers(token: str | None) -> dict[str, str]:
+    """The request headers that authenticate to the gateway's admin listener."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class SignalError(ValueError):

@@ -158,7 +158,9 @@ class Gateway(Process):
         extra_args: list[str] | None = None,
         name: str = "gateway",
         ports: tuple[int, int, int] | None = None,
+        admin_token: str | None = None,
     ) -> None:
+        self.admin_token = admin_token
         self.queue_port, self.run_port, self.admin_port = ports or (
             free_port(),
             free_port(),
@@ -192,6 +194,8 @@ class Gateway(Process):
         ]
         if tls is not None:
             command += ["--tls-cert", str(tls.cert_path), "--tls-key", str(tls.key_path)]
+        if admin_token is not None:
+            command += ["--admin-token", admin_token]
         if os.environ.get("GATEWAY_TEST_EVENT_LOOP"):
             command += ["--event-loop", os.environ["GATEWAY_TEST_EVENT_LOOP"]]
         super().__init__(name=name, command=command, workdir=workdir, env={})
@@ -199,6 +203,10 @@ class Gateway(Process):
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    def admin_headers(self) -> dict[str, str]:
+        """The admin token's Authorization header, when the gateway has one."""
+        return {"authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
 
     @property
     def scheme(self) -> str:
@@ -217,7 +225,11 @@ class Gateway(Process):
         return httpx.Client(verify=verify, timeout=60)
 
     def scaling(self, app_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.admin_url}/_kubefal/apps/{app_id}/scaling", timeout=10)
+        response = httpx.get(
+            f"{self.admin_url}/_kubefal/apps/{app_id}/scaling",
+            headers=self.admin_headers(),
+            timeout=10,
+        )
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
 

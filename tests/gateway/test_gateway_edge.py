@@ -7,6 +7,7 @@ Raw sockets play the attacker; the real fal_client plays the legitimate caller a
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import pathlib
@@ -60,8 +61,8 @@ class Edge:
                 "--tls-handshake-timeout=2",
                 "--auth-failures-per-key=5",
                 "--auth-failures-per-ip=1000",
-                f"--admin-token={ADMIN_TOKEN}",
             ],
+            admin_token=ADMIN_TOKEN,
         )
 
     def context(self) -> ssl.SSLContext:
@@ -306,3 +307,127 @@ def test_a_webhook_host_resolving_to_loopback_is_refused_at_delivery(edge: Edge)
     accept()
     listener.close()
     assert received == []
+
+
+# ---- items 10 and 12: API-key floods and per-key limits over TLS --------------------------------
+def hash_verifications(edge: Edge) -> float:
+    return metric_value(edge, "kubefal_gateway_key_hash_verifications_total")
+
+
+def test_a_wrong_secret_flood_is_throttled_while_valid_callers_are_served(edge: Edge) -> None:
+    assert edge.fal_run(edge.key_a, "warm")["text"] == "warm"
+    before = hash_verifications(edge)
+    stop = threading.Event()
+    answers: list[tuple[int, str | None, str]] = []
+
+    def attack(worker: int) -> None:
+        with edge.gateway.http() as client:
+            attempt = 0
+            while not stop.is_set():
+                attempt += 1
+                response = client.post(
+                    f"{edge.gateway.run_url}/edge/probe",
+                    json={"text": "x"},
+                    headers={"authorization": f"Key {edge.key_a.id}:wrong-{worker}-{attempt}"},
+                )
+                answers.append(
+                    (
+                        response.status_code,
+                        response.headers.get("retry-after"),
+                        response.json()["detail"],
+                    )
+                )
+
+    attackers = [threading.Thread(target=attack, args=(index,)) for index in range(4)]
+    for thread in attackers:
+        thread.start()
+    try:
+        gwharness.wait_for(
+            lambda: sum(status == 429 for status, _, _ in answers) >= 20,
+            timeout=60,
+            message="throttled attempts",
+        )
+        # During the flood: the attacked key's own (cached) caller and another key's first call.
+        during_a = edge.fal_run(edge.key_a, "during-a")
+        during_b = edge.fal_run(edge.key_b, "during-b")
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join()
+    assert (during_a["text"], during_b["text"]) == ("during-a", "during-b")
+    assert {status for status, _, _ in answers} == {401, 429}
+    throttled = [(retry, detail) for status, retry, detail in answers if status == 429]
+    assert all(retry is not None and int(retry) >= 1 for retry, _ in throttled)
+    assert {detail for _, detail in throttled} == {"Too many failed attempts for this API key id"}
+    # The flood cost at most the key id's budget of hash computations (5), plus key B's one.
+    assert hash_verifications(edge) - before <= 5 + 1
+
+
+def test_known_and_unknown_key_ids_cost_one_hash_per_failure_alike(edge: Edge) -> None:
+    unknown = apikeys.generate_key()
+    with edge.gateway.http() as client:
+
+        def fail(key_id: str, attempt: int) -> None:
+            response = client.post(
+                f"{edge.gateway.run_url}/edge/probe",
+                json={},
+                headers={"authorization": f"Key {key_id}:not-it-{attempt}"},
+            )
+            assert (response.status_code, response.json()["detail"]) == (401, "Invalid API key")
+
+        start = hash_verifications(edge)
+        for attempt in range(3):
+            fail(edge.key_b.id, attempt)
+        known = hash_verifications(edge) - start
+        for attempt in range(3):
+            fail(unknown.id, attempt)
+        unknown_cost = hash_verifications(edge) - start - known
+    assert known == unknown_cost == 3
+
+
+# ---- item 12: the admin listener's token --------------------------------------------------------
+def test_the_admin_listener_needs_its_token_except_for_probes_and_metrics(edge: Edge) -> None:
+    admin = edge.gateway.admin_url
+    scaling = f"{admin}/_kubefal/apps/edge/probe/scaling"
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"{admin}/healthz").status_code == 200
+        assert client.get(f"{admin}/readyz").status_code == 200
+        assert client.get(f"{admin}/metrics").status_code == 200
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN_TOKEN}):
+            refused = client.get(scaling, headers=headers)
+            assert refused.status_code == 401
+            assert "admin token" in refused.json()["detail"]
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        watch = client.get(f"{admin}/_kubefal/scaling/watch")
+        assert watch.status_code == 401
+        allowed = client.get(scaling, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert allowed.status_code == 200
+        assert allowed.json()["app"] == "edge/probe"
+
+
+async def test_the_operator_follows_the_scaling_stream_with_the_token(edge: Edge) -> None:
+    from kubefal_operator import actuator, config, metrics, signals
+
+    received: list[signals.ScalingSignal] = []
+
+    async def on_signal(signal: signals.ScalingSignal) -> None:
+        received.append(signal)
+
+    loaded = config.OperatorConfig.from_environment({signals.ADMIN_TOKEN_ENV: ADMIN_TOKEN})
+    assert loaded.gateway_admin_token == ADMIN_TOKEN
+    follower = actuator.Actuator(
+        admin_url=edge.gateway.admin_url,
+        on_signal=on_signal,
+        instruments=metrics.Metrics.create(),
+        interval=0.01,
+        admin_token=loaded.gateway_admin_token,
+    )
+    follower.start()
+    try:
+        await asyncio.wait_for(follower.connected.wait(), timeout=30)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not received and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await follower.stop()
+    assert [signal.key for signal in received][:1] == [("edge", "probe")]
