@@ -148,6 +148,7 @@ class Tally:
     accepted: int = 0
     completed: int = 0
     failed: int = 0
+    unexpected_failures: int = 0
     lost: int = 0
     wrong: int = 0
     run_twice: int = 0
@@ -173,6 +174,7 @@ class Tally:
                 self.failed += 1
             elif job.outcome == "failed":
                 self.failed += 1
+                self.unexpected_failures += 1
                 self.notes.append(f"{job.tag} failed unexpectedly: {job.detail}")
             elif job.outcome == "wrong":
                 self.wrong += 1
@@ -188,7 +190,12 @@ class Tally:
 
     @property
     def passed(self) -> bool:
-        return self.lost == 0 and self.wrong == 0 and all(holds for _, holds in self.checks)
+        return (
+            self.lost == 0
+            and self.wrong == 0
+            and self.unexpected_failures == 0
+            and all(holds for _, holds in self.checks)
+        )
 
 
 class PeakMemory:
