@@ -55,6 +55,15 @@ test: lint testbin ## Everything: lint, types, import contracts, unit and e2e te
 chaos: testbin ## Reliability suite: kill -9, stalls, hostile clients; prints lost/wrong/run-twice per case
 	$(BIN)/python -m e2e.chaos
 
+##@ Images
+.PHONY: images
+images: ## Build the kubefal and kubefal-runner images without Docker (dist/images/*.oci.tar)
+	@bash images/build.sh
+
+.PHONY: test-images
+test-images: images ## Run the built images: the runner serves an app, the servers import
+	KUBEFAL_IMAGE_TESTS=1 $(BIN)/pytest e2e/test_images.py -q
+
 ##@ Local control plane
 .PHONY: testbin
 testbin: ## Build etcd, kube-apiserver, KCM, scheduler, kwok, helm (cached in ~/.cache/kubefal/testbin)

@@ -307,10 +307,12 @@ def test_fal_client_in_the_runner_reaches_the_gateway_with_its_ca_and_only_a_nam
     settings = common.RenderSettings(
         fal_run_host="kubefal-gateway-run.kubefal-system.svc:8443",
         fal_queue_run_host="kubefal-gateway-queue.kubefal-system.svc:8443",
+        fal_rest_host="kubefal-gateway-rest.kubefal-system.svc:8445",
         gateway_ca_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
     )
     without_key = _container(_render(make_app, catalogue, settings))
     env = {item["name"]: item for item in without_key["env"]}
+    assert env["FAL_REST_HOST"]["value"] == "kubefal-gateway-rest.kubefal-system.svc:8445"
     assert env["FAL_RUN_HOST"]["value"] == "kubefal-gateway-run.kubefal-system.svc:8443"
     assert env["FAL_QUEUE_RUN_HOST"]["value"] == "kubefal-gateway-queue.kubefal-system.svc:8443"
     assert env["KUBEFAL_GATEWAY_CA"]["value"].startswith("-----BEGIN CERTIFICATE-----")
@@ -330,7 +332,13 @@ def test_gateway_variables_are_unset_without_settings_and_spec_env_overrides_the
     make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
 ) -> None:
     env = _env(_render(make_app, catalogue, settings))
-    assert not {"FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "KUBEFAL_GATEWAY_CA", "FAL_KEY"} & set(env)
+    assert not {
+        "FAL_RUN_HOST",
+        "FAL_QUEUE_RUN_HOST",
+        "FAL_REST_HOST",
+        "KUBEFAL_GATEWAY_CA",
+        "FAL_KEY",
+    } & set(env)
 
     configured = common.RenderSettings(fal_run_host="gateway.internal")
     container = _container(

@@ -44,6 +44,7 @@ def test_runner_hardening_and_gateway_settings_come_from_the_environment(
             "app.kubernetes.io/component=gateway",
             "KUBEFAL_RUNNER_FAL_RUN_HOST": "edge-gateway-run.edge.svc:8443",
             "KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST": "edge-gateway-queue.edge.svc:8443",
+            "KUBEFAL_RUNNER_FAL_REST_HOST": "edge-gateway-rest.edge.svc:8445",
             "KUBEFAL_GATEWAY_CA_FILE": str(ca_file),
         }
     ).render
@@ -56,6 +57,7 @@ def test_runner_hardening_and_gateway_settings_come_from_the_environment(
     }
     assert settings.fal_run_host == "edge-gateway-run.edge.svc:8443"
     assert settings.fal_queue_run_host == "edge-gateway-queue.edge.svc:8443"
+    assert settings.fal_rest_host == "edge-gateway-rest.edge.svc:8445"
     assert settings.gateway_ca_pem == ca_file.read_text()
 
 

@@ -57,6 +57,11 @@ class RenderSettings:
     leaves it unset."""
     fal_queue_run_host: str | None = None
     """``FAL_QUEUE_RUN_HOST`` of runner pods (the gateway's queue API); None leaves it unset."""
+    fal_rest_host: str | None = None
+    """``FAL_REST_HOST`` of runner pods (the gateway's REST listener, ``--rest-port``), so
+    ``fal.toolkit`` uploads (``Image.from_pil``, ``File.from_bytes``) land in this cluster's
+    file store (docs/fal-storage.md); they also need a FAL_KEY (``falKeySecretRef``) of the
+    app's namespace. None leaves it unset."""
     gateway_ca_pem: str | None = None
     """PEM CA that signed the gateway's certificate, handed to runners (``KUBEFAL_GATEWAY_CA``),
     which trust it besides the usual CAs; None when the gateway's certificate needs no extra

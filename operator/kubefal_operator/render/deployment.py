@@ -88,6 +88,8 @@ def _environment(
         defaults.append({"name": "FAL_RUN_HOST", "value": settings.fal_run_host})
     if settings.fal_queue_run_host:
         defaults.append({"name": "FAL_QUEUE_RUN_HOST", "value": settings.fal_queue_run_host})
+    if settings.fal_rest_host:
+        defaults.append({"name": "FAL_REST_HOST", "value": settings.fal_rest_host})
     if settings.gateway_ca_pem:
         defaults.append({"name": GATEWAY_CA_VARIABLE, "value": settings.gateway_ca_pem})
     if spec.fal_key_secret_ref is not None:
