@@ -184,6 +184,56 @@ class Cluster:
         )
         return cast(dict[str, Any], patched)
 
+    def create_falapp(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = self.custom.create_namespaced_custom_object(
+            v1alpha1.GROUP,
+            v1alpha1.VERSION,
+            namespace,
+            v1alpha1.PLURAL,
+            body,
+            _request_timeout=self.timeout,
+        )
+        return cast(dict[str, Any], created)
+
+    def replace_falapp(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace a FalApp (``body`` carries ``metadata.resourceVersion``: 409 on a race)."""
+        replaced = self.custom.replace_namespaced_custom_object(
+            v1alpha1.GROUP,
+            v1alpha1.VERSION,
+            namespace,
+            v1alpha1.PLURAL,
+            name,
+            body,
+            _request_timeout=self.timeout,
+        )
+        return cast(dict[str, Any], replaced)
+
+    def ensure_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap named after its content; an existing one already holds it."""
+        try:
+            self.core.create_namespaced_config_map(
+                namespace, cast(Any, body), _request_timeout=self.timeout
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def adopt_config_map(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
+        """Make the FalApp own its source ConfigMap, so deleting the app removes it."""
+        meta = owner["metadata"]
+        reference = {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+        self.core.patch_namespaced_config_map(
+            name,
+            namespace,
+            {"metadata": {"ownerReferences": [reference]}},
+            _request_timeout=self.timeout,
+        )
+
     def delete_falapp(self, namespace: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(
             v1alpha1.GROUP,

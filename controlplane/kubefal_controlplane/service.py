@@ -3,8 +3,9 @@
 Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps runners``),
 ``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``),
 ``DeleteAlias`` (``fal apps delete``), ``CreateUserKey`` / ``ListUserKeys`` / ``RevokeUserKey``
-(``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``). Every other RPC answers
-``UNIMPLEMENTED`` naming the fal command that is not supported yet.
+(``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``), ``BuildEnvironment`` and
+``RegisterApplication`` (``fal deploy``, see :mod:`kubefal_controlplane.deploy`). Every other RPC
+answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
 
 Every served call is authenticated first (:mod:`kubefal_controlplane.auth`), then checked
 against the key's namespaces. Changes are merge patches with the object's resourceVersion
@@ -17,10 +18,12 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
+import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import grpc
@@ -29,7 +32,7 @@ from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import apikeys, naming, v1alpha1
-from kubefal_controlplane import auth, cluster, errors, gateway_admin, mapping
+from kubefal_controlplane import auth, cluster, deploy, errors, gateway_admin, mapping
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "Run": "fal run",
     "InteractiveRun": "fal run",
     "Map": "fal.function(...).map",
-    "RegisterApplication": "fal deploy",
     "ListApplications": "fal apps list-rev",
     "DeleteApplication": "fal apps delete-rev",
     "RolloutApplication": "fal apps rollout",
@@ -61,7 +63,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "ListEnvironments": "fal environments list",
     "CreateEnvironment": "fal environments create",
     "DeleteEnvironment": "fal environments delete",
-    "BuildEnvironment": "fal deploy (environment build)",
 }
 
 
@@ -113,6 +114,38 @@ def _rpc(
         context.abort(failure.code, failure.message)
 
     return wrapper
+
+
+def _stream_rpc(
+    method: Callable[[Controller, Any, auth.Caller, grpc.ServicerContext], Iterator[Any]],
+) -> Callable[[Controller, Any, grpc.ServicerContext], Iterator[Any]]:
+    """:func:`_rpc` for server-streaming calls: failures end the stream with a status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Controller, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        failure: errors.RpcFailure
+        try:
+            caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            yield from method(self, request, caller, context)
+            return
+        except errors.RpcFailure as raised:
+            failure = raised
+        except ApiException as error:
+            failure = _api_failure(error, method.__name__)
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            failure = errors.RpcFailure(
+                grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the control-plane log"
+            )
+        context.abort(failure.code, failure.message)
+
+    return wrapper
+
+
+def _log(message: str, *, level: Any = isolate_proto.LogLevel.INFO) -> isolate_proto.Log:
+    entry = isolate_proto.Log(message=message, source=isolate_proto.LogSource.BRIDGE, level=level)
+    entry.timestamp.CopyFrom(isolate_proto.timestamp_from_datetime(_now()))
+    return entry
 
 
 def _unimplemented(rpc: str, fal_command: str) -> Callable[..., Any]:
@@ -428,6 +461,181 @@ class Controller(IsolateControllerServicer):
         logger.info("key %s revoked by key %s", record.id, caller.key_id)
         return isolate_proto.RevokeUserKeyResponse()
 
+    # ---- deploy ----------------------------------------------------------------------------
+
+    @_stream_rpc
+    def BuildEnvironment(
+        self,
+        request: isolate_proto.BuildEnvironmentRequest,
+        caller: auth.Caller,
+        context: grpc.ServicerContext,
+    ) -> Iterator[isolate_proto.BuildEnvironmentResult]:
+        env = request.environment_name if request.HasField("environment_name") else None
+        self._secret_namespace(caller, env)
+        if request.files:
+            raise _files_unsupported()
+        wanted = deploy.requirements(list(request.environments))
+        env_id = hashlib.sha256(
+            b"".join(e.SerializeToString(deterministic=True) for e in request.environments)
+        ).hexdigest()
+        note = (
+            f"kubefal installs these requirements in each runner as it starts: {wanted}"
+            if wanted
+            else "no requirements beyond kubefal's runner image"
+        )
+        yield isolate_proto.BuildEnvironmentResult(
+            env_id=env_id,
+            logs=[_log(note)],
+            status=isolate_proto.HostedRunStatus(state=isolate_proto.HostedRunStatus.State.SUCCESS),
+        )
+
+    @_stream_rpc
+    def RegisterApplication(
+        self,
+        request: isolate_proto.RegisterApplicationRequest,
+        caller: auth.Caller,
+        context: grpc.ServicerContext,
+    ) -> Iterator[isolate_proto.RegisterApplicationResult]:
+        env = request.environment_name if request.HasField("environment_name") else None
+        if not request.application_name:
+            raise errors.invalid_argument(
+                "application_name", "required: name the app (fal deploy --app-name NAME)"
+            )
+        ref = mapping.parse_app_ref(request.application_name, env, field="application_name")
+        if ref.namespace is not None:
+            caller.require(ref.namespace)
+            namespace = ref.namespace
+        else:
+            namespace = self._secret_namespace(caller, env)
+        name = ref.name
+        if request.HasField("entrypoint"):
+            raise errors.failed_precondition(
+                "entrypoint: kubefal deploys an app from its source file; deploy "
+                "path/to/app.py::MyApp"
+            )
+        if request.files:
+            raise _files_unsupported()
+        if not request.source_code:
+            raise errors.invalid_argument(
+                "source_code", "required: kubefal deploys the app's source, never its pickle"
+            )
+        class_name = deploy.choose_class(request.source_code, request.function.definition)
+        existing = self.cluster.get_falapp(namespace, name)
+        config_map = deploy.source_config_map(
+            namespace=namespace, app_name=name, source=request.source_code
+        )
+        spec = deploy.falapp_spec(
+            request,
+            class_name=class_name,
+            config_map=config_map["metadata"]["name"],
+            existing=existing,
+            secrets_name=APP_SECRETS_NAME,
+        )
+        verb = "Updating" if existing is not None else "Creating"
+        yield isolate_proto.RegisterApplicationResult(
+            logs=[_log(f"{verb} FalApp {namespace}/{name} serving {spec['app']}")]
+        )
+        self.cluster.ensure_config_map(namespace, config_map)
+        app = self._write_app(namespace, name, spec, existing, caller)
+        self.cluster.adopt_config_map(namespace, config_map["metadata"]["name"], app)
+        self.cluster.record_event(
+            namespace=namespace,
+            involved=_involved(app),
+            reason="Deployed",
+            message=f"API key {caller.key_id} deployed {spec['app']} through the fal API "
+            "(fal deploy)",
+        )
+        app = yield from self._wait_ready(app, context)
+        yield isolate_proto.RegisterApplicationResult(
+            logs=[_log(f"{namespace}/{name} is ready")],
+            result=isolate_proto.RegisterApplicationResultType(
+                application_id=mapping.revision(app)
+            ),
+            service_urls=_service_urls(self.settings, app),
+        )
+
+    def _write_app(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        existing: dict[str, Any] | None,
+        caller: auth.Caller,
+    ) -> dict[str, Any]:
+        annotations = {ANNOTATION_CHANGED_BY: caller.key_id}
+        if existing is None:
+            return self.cluster.create_falapp(
+                namespace,
+                {
+                    "apiVersion": v1alpha1.API_VERSION,
+                    "kind": v1alpha1.KIND,
+                    "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+                    "spec": spec,
+                },
+            )
+        for attempt in range(CONFLICT_RETRIES):
+            body = dict(existing)
+            body["metadata"] = {
+                **existing["metadata"],
+                "annotations": {**(existing["metadata"].get("annotations") or {}), **annotations},
+            }
+            body["spec"] = spec
+            body.pop("status", None)
+            try:
+                return self.cluster.replace_falapp(namespace, name, body)
+            except ApiException as error:
+                if error.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                fresh = self.cluster.get_falapp(namespace, name)
+                if fresh is None:
+                    raise errors.RpcFailure(
+                        grpc.StatusCode.ABORTED, f"{namespace}/{name} was deleted during deploy"
+                    ) from error
+                existing = fresh
+        raise AssertionError("unreachable")
+
+    def _wait_ready(
+        self, app: dict[str, Any], context: grpc.ServicerContext
+    ) -> Generator[isolate_proto.RegisterApplicationResult, None, dict[str, Any]]:
+        """Report the operator's progress until the app is ready (or failed, or timed out)."""
+        meta = app["metadata"]
+        namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
+        deadline = time.monotonic() + self.settings.deploy_timeout
+        reported = ""
+        while context.is_active():
+            current = self.cluster.get_falapp(namespace, name)
+            if current is None:
+                raise errors.RpcFailure(
+                    grpc.StatusCode.ABORTED, f"{namespace}/{name} was deleted during deploy"
+                )
+            status = current.get("status") or {}
+            phase = str(status.get("phase") or "Pending")
+            observed = status.get("observedGeneration") or 0
+            conditions = {c.get("type"): c for c in status.get("conditions") or []}
+            if observed >= generation:
+                if phase in (v1alpha1.Phase.READY, v1alpha1.Phase.SCALED_TO_ZERO):
+                    return current
+                if phase == v1alpha1.Phase.DEGRADED:
+                    reason = conditions.get("Degraded") or {}
+                    raise errors.failed_precondition(
+                        f"deploy of {namespace}/{name} failed: {reason.get('reason', phase)}: "
+                        f"{reason.get('message', '')} (the previous revision keeps serving)"
+                    )
+            if phase != reported:
+                reported = phase
+                yield isolate_proto.RegisterApplicationResult(
+                    logs=[_log(f"{namespace}/{name}: {phase}")]
+                )
+            if time.monotonic() > deadline:
+                raise errors.RpcFailure(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{namespace}/{name} was not ready within {self.settings.deploy_timeout:.0f} s "
+                    f"(phase {phase}); the FalApp is applied: kubectl describe falapp {name} "
+                    f"-n {namespace}",
+                )
+            time.sleep(0.5)
+        raise errors.RpcFailure(grpc.StatusCode.CANCELLED, "the client went away")
+
     # ---- secrets ---------------------------------------------------------------------------
 
     def _secret_namespace(self, caller: auth.Caller, environment_name: str | None) -> str:
@@ -549,12 +757,33 @@ class Controller(IsolateControllerServicer):
         )
 
 
+def _service_urls(
+    settings: settings_module.Settings, app: Mapping[str, Any]
+) -> isolate_proto.ServiceURLs:
+    meta = app.get("metadata") or {}
+    path = f"/{meta.get('namespace')}/{meta.get('name')}"
+    endpoints = ((app.get("status") or {}).get("endpoints")) or {}
+    run = f"{settings.public_run_url.rstrip('/')}{path}" if settings.public_run_url else ""
+    queue = f"{settings.public_queue_url.rstrip('/')}{path}" if settings.public_queue_url else ""
+    run = run or str(endpoints.get("run") or "")
+    queue = queue or str(endpoints.get("queue") or "")
+    websocket = run.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    return isolate_proto.ServiceURLs(playground=run, run=run, queue=queue, ws=websocket, log="")
+
+
 def _secret_times(annotations: Mapping[str, str]) -> dict[str, str]:
     try:
         times = json.loads(annotations.get(ANNOTATION_SECRET_TIMES, "{}"))
     except ValueError:
         return {}
     return {str(k): str(v) for k, v in times.items()} if isinstance(times, dict) else {}
+
+
+def _files_unsupported() -> errors.RpcFailure:
+    return errors.failed_precondition(
+        "files: app_files are not carried by `fal deploy` on kubefal yet; deploy with "
+        "`kubefal deploy`, or bake the files into an image"
+    )
 
 
 def _involved(app: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ DEFAULT_KUBE_TIMEOUT_SECONDS = 10.0
 DEFAULT_GATEWAY_TIMEOUT_SECONDS = 2.0
 DEFAULT_AUTH_CACHE_SECONDS = 60.0
 DEFAULT_MAX_LIST_ITEMS = 5000
+DEFAULT_DEPLOY_TIMEOUT_SECONDS = 900.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,13 @@ class Settings:
     """How long a verified key's hash check is remembered (revocation is read on every call)."""
     max_list_items: int = DEFAULT_MAX_LIST_ITEMS
     """Most objects one list call reads from the Kubernetes API (apps, pods, keys)."""
+    public_run_url: str | None = None
+    """Base URL of the gateway's run listener as clients reach it (``fal deploy`` prints
+    ``<it>/<namespace>/<app>``); unset: the FalApp's status.endpoints.run."""
+    public_queue_url: str | None = None
+    """Base URL of the gateway's queue listener as clients reach it."""
+    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT_SECONDS
+    """Longest a ``fal deploy`` waits for its runners to be ready."""
 
     def __post_init__(self) -> None:
         if not self.local_credentials and (self.tls_cert is None or self.tls_key is None):
@@ -162,6 +170,24 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds a verified key hash is remembered (default {DEFAULT_AUTH_CACHE_SECONDS})",
     )
     p.add_argument(
+        "--public-run-url",
+        default=_env("KUBEFAL_PUBLIC_RUN_URL"),
+        help="the gateway's run URL as clients reach it, e.g. https://run.example "
+        "(KUBEFAL_PUBLIC_RUN_URL; default: each FalApp's status.endpoints)",
+    )
+    p.add_argument(
+        "--public-queue-url",
+        default=_env("KUBEFAL_PUBLIC_QUEUE_URL"),
+        help="the gateway's queue URL as clients reach it (KUBEFAL_PUBLIC_QUEUE_URL)",
+    )
+    p.add_argument(
+        "--deploy-timeout",
+        type=float,
+        default=DEFAULT_DEPLOY_TIMEOUT_SECONDS,
+        help="seconds a fal deploy waits for its runners to be ready "
+        f"(default {DEFAULT_DEPLOY_TIMEOUT_SECONDS})",
+    )
+    p.add_argument(
         "--max-list-items",
         type=int,
         default=DEFAULT_MAX_LIST_ITEMS,
@@ -191,6 +217,9 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             gateway_timeout=args.gateway_timeout,
             auth_cache_seconds=args.auth_cache_seconds,
             max_list_items=args.max_list_items,
+            public_run_url=args.public_run_url,
+            public_queue_url=args.public_queue_url,
+            deploy_timeout=args.deploy_timeout,
         )
     except ValueError as error:
         p.error(str(error))

@@ -1,0 +1,276 @@
+"""``fal deploy`` (``RegisterApplication``) as a FalApp, without running the user's code here.
+
+The SDK sends the app three ways at once: the main file's source (``source_code``), a
+cloudpickled callable (``function``), and the environment (requirements, Python version).
+The control plane holds cluster credentials, so it never unpickles anything: it deploys the
+*source*. The file goes into a ConfigMap named after its content hash (so new code changes
+the pod template and rolls the runners), and the FalApp serves ``app.py::<Class>``.
+
+The class is found without executing anything: the source is parsed with :mod:`ast` for
+classes deriving from ``fal.App``; when there are several, the one whose name the pickle
+mentions wins (:mod:`pickletools` lists a pickle's opcodes and their string arguments without
+loading it).
+
+What this does not carry yet, and refuses with a message instead of dropping silently:
+``app_files`` (``files``), ``entrypoint`` apps, container images (``kind="container"``).
+Requirement layers are flattened into ``spec.requirements``; the fal serving stack the SDK
+adds to every app (fastapi, pydantic, uvicorn ...) is left out, because kubefal's runner
+image brings its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import pickletools
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import isolate_proto
+from google.protobuf import json_format
+
+from kubefal_api import naming, v1alpha1
+from kubefal_controlplane import errors
+
+APP_FILE: Final = "app.py"
+MAX_SOURCE_BYTES: Final = 900 * 1024
+"""A ConfigMap holds at most 1 MiB; the rest of the object needs some room."""
+MAX_PICKLE_SCAN_BYTES: Final = 32 * 1024 * 1024
+SOURCE_HASH_LENGTH: Final = 10
+LABEL_SOURCE_OF: Final = f"{v1alpha1.GROUP}/source-of"
+FAL_SERVE_REQUIREMENTS: Final = frozenset(
+    {"uvicorn", "starlette_exporter", "packaging", "structlog", "tomli", "tomli-w", "httpx>=0.20"}
+)
+"""What fal's SDK appends to every app's requirements (``fal.api.api.SERVE_REQUIREMENTS``),
+besides the pinned ``fastapi``, ``pydantic`` and ``tblib`` matched by prefix below."""
+FAL_PINNED_PREFIXES: Final = ("fastapi==", "pydantic==", "tblib==")
+
+RETRY_CONDITIONS: Final = {
+    isolate_proto.RetryCondition.TIMEOUT: v1alpha1.RetryCondition.TIMEOUT,
+    isolate_proto.RetryCondition.SERVER_ERROR: v1alpha1.RetryCondition.SERVER_ERROR,
+    isolate_proto.RetryCondition.CONNECTION_ERROR: v1alpha1.RetryCondition.CONNECTION_ERROR,
+}
+AUTH_MODES: Final = {
+    isolate_proto.ApplicationAuthMode.PRIVATE: v1alpha1.AuthMode.PRIVATE,
+    isolate_proto.ApplicationAuthMode.PUBLIC: v1alpha1.AuthMode.PUBLIC,
+    isolate_proto.ApplicationAuthMode.SHARED: v1alpha1.AuthMode.SHARED,
+}
+
+
+def _is_fal_app_base(base: ast.expr, local_apps: set[str]) -> bool:
+    if isinstance(base, ast.Attribute):
+        return base.attr == "App"
+    if isinstance(base, ast.Name):
+        return base.id == "App" or base.id in local_apps
+    return False
+
+
+def app_classes(source: str) -> list[str]:
+    """Names of the classes in ``source`` that derive from ``fal.App`` (directly or via a
+    class of the same file), in file order. Parses only; never executes."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise errors.invalid_argument(
+            "source_code", f"the app file does not parse: line {error.lineno}: {error.msg}"
+        ) from error
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            _is_fal_app_base(base, set(found)) for base in node.bases
+        ):
+            found.append(node.name)
+    return found
+
+
+def pickle_strings(data: bytes) -> set[str]:
+    """Every string argument of the pickle's opcodes, read without loading the pickle."""
+    strings: set[str] = set()
+    if len(data) > MAX_PICKLE_SCAN_BYTES:
+        return strings
+    try:
+        for _opcode, argument, _position in pickletools.genops(data):
+            if isinstance(argument, str) and len(argument) <= 256:
+                strings.add(argument)
+    except (ValueError, EOFError, KeyError, IndexError, TypeError):
+        return strings
+    return strings
+
+
+def choose_class(source: str, function: bytes) -> str:
+    candidates = app_classes(source)
+    if not candidates:
+        raise errors.invalid_argument(
+            "source_code", "no class deriving from fal.App found in the app file"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    mentioned = [name for name in candidates if name in pickle_strings(function)]
+    if len(mentioned) == 1:
+        return mentioned[0]
+    raise errors.failed_precondition(
+        f"source_code: the app file defines several fal.App classes ({', '.join(candidates)}) "
+        "and the request does not say which one to deploy; deploy file.py::Class from a file "
+        "with one app class"
+    )
+
+
+def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
+    """The user's requirements (layers flattened, fal's own serving stack left out)."""
+    wanted: list[str] = []
+    for index, environment in enumerate(environments):
+        field = f"environments[{index}]"
+        if environment.kind == "container":
+            raise errors.failed_precondition(
+                f"{field}: kind='container' (fal.ContainerImage) apps are not built in the "
+                "cluster yet; build the image yourself and deploy it with "
+                "`kubefal deploy --image <image>`"
+            )
+        if environment.kind not in ("virtualenv", "conda", "pip"):
+            raise errors.invalid_argument(f"{field}.kind", f"{environment.kind!r} is unknown")
+        config = json_format.MessageToDict(environment.configuration)
+        raw = config.get("requirements") or []
+        if not isinstance(raw, list):
+            raise errors.invalid_argument(f"{field}.requirements", "not a list")
+        flat: list[Any] = []
+        for item in raw:
+            flat += item if isinstance(item, list) else [item]
+        for item in flat:
+            text = str(item).strip()
+            if not text or text in FAL_SERVE_REQUIREMENTS or text.startswith(FAL_PINNED_PREFIXES):
+                continue
+            if len(text) > 1024:
+                raise errors.invalid_argument(f"{field}.requirements", "an entry is too long")
+            if text not in wanted:
+                wanted.append(text)
+    return wanted
+
+
+def source_config_map_name(app_name: str, source: str) -> str:
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:SOURCE_HASH_LENGTH]
+    return f"{app_name[: 63 - SOURCE_HASH_LENGTH - 5]}-src-{digest}"
+
+
+def source_config_map(*, namespace: str, app_name: str, source: str) -> dict[str, Any]:
+    if len(source.encode("utf-8")) > MAX_SOURCE_BYTES:
+        raise errors.failed_precondition(
+            f"source_code: the app file is larger than {MAX_SOURCE_BYTES} bytes, too large for "
+            "a ConfigMap; bake it into an image and use `kubefal deploy --image`"
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": source_config_map_name(app_name, source),
+            "namespace": namespace,
+            "labels": {
+                LABEL_SOURCE_OF: app_name,
+                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+            },
+        },
+        "data": {APP_FILE: source},
+    }
+
+
+def _optional(message: Any, field: str) -> int | None:
+    return int(getattr(message, field)) if message.HasField(field) else None
+
+
+def falapp_spec(
+    request: isolate_proto.RegisterApplicationRequest,
+    *,
+    class_name: str,
+    config_map: str,
+    existing: Mapping[str, Any] | None,
+    secrets_name: str,
+) -> dict[str, Any]:
+    """The FalApp spec a ``RegisterApplication`` asks for.
+
+    ``scale`` false (``fal deploy`` without ``--reset-scale``) keeps an existing app's
+    ``spec.scaling``; true, or a new app, takes the class's values.
+    """
+    spec: dict[str, Any] = {
+        "app": f"{APP_FILE}::{class_name}",
+        "source": {"configMapRef": {"name": config_map}},
+        "requirements": requirements(list(request.environments)),
+        "auth": AUTH_MODES.get(request.auth_mode, v1alpha1.AuthMode.PRIVATE).value
+        if request.HasField("auth_mode")
+        else v1alpha1.AuthMode.PRIVATE.value,
+        "strategy": (
+            v1alpha1.Strategy.RECREATE.value
+            if request.HasField("deployment_strategy")
+            and request.deployment_strategy == isolate_proto.DeploymentStrategy.RECREATE
+            else v1alpha1.Strategy.ROLLING.value
+        ),
+        "envFrom": [{"secretRef": {"name": secrets_name, "optional": True}}],
+    }
+    scaling: dict[str, Any] = {}
+    if request.HasField("machine_requirements"):
+        machine = request.machine_requirements
+        machine_types = list(machine.machine_types) or (
+            [machine.machine_type] if machine.HasField("machine_type") else []
+        )
+        if machine_types:
+            spec["machineTypes"] = machine_types
+        if machine.HasField("num_gpus") and machine.num_gpus > 0:
+            spec["numGpus"] = machine.num_gpus
+        if machine.valid_regions:
+            spec["regions"] = list(machine.valid_regions)
+        for proto_field, spec_field in (
+            ("request_timeout", "requestTimeout"),
+            ("startup_timeout", "startupTimeout"),
+        ):
+            value = _optional(machine, proto_field)
+            if value is not None:
+                spec[spec_field] = value
+        for proto_field, scaling_field in (
+            ("keep_alive", "keepAlive"),
+            ("max_concurrency", "maxConcurrency"),
+            ("min_concurrency", "minConcurrency"),
+            ("concurrency_buffer", "concurrencyBuffer"),
+            ("concurrency_buffer_perc", "concurrencyBufferPerc"),
+            ("scaling_delay_seconds", "scalingDelay"),
+            ("max_multiplexing", "maxMultiplexing"),
+        ):
+            value = _optional(machine, proto_field)
+            if value is not None:
+                scaling[scaling_field] = value
+    keep_scale = existing is not None and request.HasField("scale") and not request.scale
+    if keep_scale and existing is not None:
+        scaling = dict((existing.get("spec") or {}).get("scaling") or {})
+    if scaling:
+        spec["scaling"] = scaling
+    if request.HasField("health_check_config"):
+        check = request.health_check_config
+        health: dict[str, Any] = {"path": check.path}
+        for proto_field, spec_field in (
+            ("start_period_seconds", "startPeriodSeconds"),
+            ("timeout_seconds", "timeoutSeconds"),
+            ("failure_threshold", "failureThreshold"),
+        ):
+            value = _optional(check, proto_field)
+            if value is not None:
+                health[spec_field] = value
+        if check.HasField("call_regularly"):
+            health["callRegularly"] = check.call_regularly
+        if check.HasField("method"):
+            health["method"] = "GET" if check.method == check.Method.GET else "POST"
+        spec["healthCheck"] = health
+    conditions = []
+    for condition in request.skip_retry_conditions:
+        if condition not in RETRY_CONDITIONS:
+            raise errors.invalid_argument(
+                "skip_retry_conditions",
+                "kubefal can skip retries on timeout, server_error and connection_error only",
+            )
+        conditions.append(RETRY_CONDITIONS[condition].value)
+    if conditions:
+        spec["skipRetryConditions"] = sorted(set(conditions))
+    try:
+        v1alpha1.FalAppSpec.model_validate(spec)
+    except ValueError as error:
+        entries: list[Any] = getattr(error, "errors", lambda: [])()
+        where = ".".join(str(part) for part in entries[0]["loc"]) if entries else "spec"
+        message = entries[0]["msg"] if entries else str(error)
+        raise errors.invalid_argument("machine_requirements", f"{where}: {message}") from error
+    return spec

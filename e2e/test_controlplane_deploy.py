@@ -1,0 +1,170 @@
+"""``fal deploy`` through the control plane, then ``fal_client`` through the gateway.
+
+The whole of kubefal runs (``e2e.system``: gateway, operator, runner pods as local processes)
+next to ``python -m kubefal_controlplane``; the unmodified ``fal`` CLI deploys
+``e2e/apps/sleepy.py::Sleepy`` with only ``FAL_GRPC_HOST``, ``FAL_KEY`` and
+``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`` set, and the real ``fal_client`` then calls the app.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Iterator
+
+import pytest
+from fal.api import SyncServerlessClient
+from fal.sdk import RunnerState
+from kubernetes import client as k8s
+
+from e2e import controlplane_harness as harness
+from e2e import system as whole
+from e2e.conftest import ClusterHandle
+from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
+
+cp_tls = harness.cp_tls
+key_namespace = harness.key_namespace
+
+APP_FILE = pathlib.Path(__file__).with_name("apps") / "sleepy.py"
+
+
+@pytest.fixture
+def running(
+    cluster: ClusterHandle,
+    namespace: str,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[whole.System]:
+    with whole.running_system(
+        cluster.kubeconfig,
+        workdir=tmp_path / "system",
+        namespaces=[namespace],
+        key_namespace=key_namespace,
+    ) as system:
+        e2e_logs.extend(system.logs)
+        yield system
+        e2e_logs.extend(system.pods.logs())
+
+
+@pytest.fixture
+def deploying_plane(
+    cluster: ClusterHandle,
+    running: whole.System,
+    cp_tls: object,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[ControlPlaneProcess]:
+    log_path = tmp_path / "controlplane.log"
+    e2e_logs.append(log_path)
+    process = ControlPlaneProcess(
+        kubeconfig=cluster.kubeconfig,
+        tls=cp_tls,  # type: ignore[arg-type]
+        key_namespace=key_namespace,
+        log_path=log_path,
+        arguments=(
+            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
+            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
+            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
+            "--deploy-timeout=180",
+        ),
+    ).start()
+    yield process
+    process.stop()
+
+
+def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
+    deploying_plane: ControlPlaneProcess,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    started = time.monotonic()
+
+    deployed = run_fal(
+        deploying_plane,
+        "deploy",
+        f"{APP_FILE}::Sleepy",
+        "--app-name",
+        "sleepy",
+        "--auth",
+        "public",
+        key=key,
+        home=tmp_path,
+        timeout=240,
+    )
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.subscribe('{namespace}/sleepy',"
+        " arguments={'tag': 'deployed'})))\n",
+        key=str(key),
+        timeout=240,
+    )
+    first_result_seconds = time.monotonic() - started
+
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert f"https://127.0.0.1:{running.ports.run}/{namespace}/sleepy" in deployed.stdout
+    assert json.loads(output.strip().splitlines()[-1])["tag"] == "deployed"
+    app = get_falapp(api_client, namespace=namespace, name="sleepy")
+    spec = app["spec"]
+    assert spec["app"] == "app.py::Sleepy"
+    assert spec["auth"] == "public"
+    assert spec["machineTypes"] == ["S"]
+    assert spec["requirements"] == []
+    source = spec["source"]["configMapRef"]["name"]
+    config_map = k8s.CoreV1Api(api_client).read_namespaced_config_map(source, namespace)
+    assert config_map.data["app.py"] == APP_FILE.read_text()
+    assert config_map.metadata.owner_references[0].uid == app["metadata"]["uid"]
+    print(f"fal deploy to first fal_client result: {first_result_seconds:.1f} s")
+
+    client = SyncServerlessClient(host=deploying_plane.host, api_key=str(key))
+    (runner,) = client.apps.runners(f"{namespace}/sleepy")
+    assert runner.state in (RunnerState.IDLE, RunnerState.RUNNING)
+    if runner.state is RunnerState.IDLE:
+        assert runner.expiration_countdown is not None
+
+    client.apps.scale(f"{namespace}/sleepy", keep_alive=5)
+    again = run_fal(
+        deploying_plane,
+        "deploy",
+        f"{APP_FILE}::Sleepy",
+        "--app-name",
+        "sleepy",
+        "--auth",
+        "public",
+        key=key,
+        home=tmp_path,
+        timeout=240,
+    )
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    kept = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
+    assert kept["keepAlive"] == 5
+
+
+def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(
+    deploying_plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+
+    bad = run_fal(
+        deploying_plane,
+        "deploy",
+        f"{APP_FILE}::Sleepy",
+        "--app-name",
+        "Not_Valid",
+        key=key,
+        home=tmp_path,
+    )
+
+    assert bad.returncode != 0
+    assert "application_name: 'Not_Valid' is not an app name" in bad.stdout + bad.stderr

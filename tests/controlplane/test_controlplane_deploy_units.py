@@ -1,0 +1,157 @@
+"""``fal deploy``'s request turned into a FalApp without executing or unpickling anything."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import grpc
+import isolate_proto
+import pytest
+
+from kubefal_controlplane import deploy, errors
+
+TWO_APPS = """
+import fal
+
+class Base(fal.App):
+    pass
+
+class Derived(Base):
+    pass
+
+class NotAnApp:
+    pass
+"""
+
+
+def _environment(kind: str = "virtualenv", **config: Any) -> isolate_proto.EnvironmentDefinition:
+    struct = isolate_proto.Struct()
+    struct.update(config)
+    return isolate_proto.EnvironmentDefinition(kind=kind, configuration=struct)
+
+
+def test_app_classes_are_found_by_parsing_only() -> None:
+    assert deploy.app_classes(TWO_APPS) == ["Base", "Derived"]
+
+
+def test_of_several_app_classes_the_one_the_pickle_names_is_chosen() -> None:
+    # cloudpickle writes the name of a class it pickles by value as a string argument.
+    function = pickle.dumps(("Derived", "fal.app"))
+
+    assert deploy.choose_class(TWO_APPS, function) == "Derived"
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.choose_class(TWO_APPS, pickle.dumps(("neither",)))
+    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_pickle_is_scanned_not_loaded() -> None:
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    strings = deploy.pickle_strings(pickle.dumps(Boom()))
+
+    assert "raise SystemExit('unpickled!')" in strings
+
+
+def test_a_file_without_an_app_or_that_does_not_parse_is_invalid_argument() -> None:
+    for source, message in (("x = 1\n", "no class deriving"), ("def (:\n", "does not parse")):
+        with pytest.raises(errors.RpcFailure) as raised:
+            deploy.choose_class(source, b"")
+        assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.message.startswith("source_code: ")
+        assert message in raised.value.message
+
+
+def test_requirements_keep_the_users_and_drop_fals_serving_stack() -> None:
+    environments = [
+        _environment(
+            requirements=[
+                ["torch==2.5", "numpy"],
+                "fastapi==0.136.3",
+                "pydantic==2.14.4",
+                "uvicorn",
+                "httpx>=0.20",
+                "numpy",
+            ],
+            python_version="3.11",
+        )
+    ]
+
+    assert deploy.requirements(environments) == ["torch==2.5", "numpy"]
+
+
+def test_a_container_app_fails_with_what_to_do() -> None:
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.requirements([_environment("container", image="x")])
+
+    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "kubefal deploy --image" in raised.value.message
+
+
+def _request(**fields: Any) -> isolate_proto.RegisterApplicationRequest:
+    return isolate_proto.RegisterApplicationRequest(
+        application_name="demo",
+        environments=[_environment(requirements=["numpy"])],
+        machine_requirements=isolate_proto.MachineRequirements(
+            machine_types=["GPU-H100"], num_gpus=2, keep_alive=30, max_concurrency=4
+        ),
+        auth_mode=isolate_proto.ApplicationAuthMode.SHARED,
+        deployment_strategy=isolate_proto.DeploymentStrategy.RECREATE,
+        **fields,
+    )
+
+
+def test_the_falapp_spec_takes_the_classes_settings() -> None:
+    spec = deploy.falapp_spec(
+        _request(scale=True),
+        class_name="Demo",
+        config_map="demo-src-1",
+        existing=None,
+        secrets_name="kubefal-secrets",
+    )
+
+    assert spec == {
+        "app": "app.py::Demo",
+        "source": {"configMapRef": {"name": "demo-src-1"}},
+        "requirements": ["numpy"],
+        "auth": "shared",
+        "strategy": "recreate",
+        "envFrom": [{"secretRef": {"name": "kubefal-secrets", "optional": True}}],
+        "machineTypes": ["GPU-H100"],
+        "numGpus": 2,
+        "scaling": {"keepAlive": 30, "maxConcurrency": 4},
+    }
+
+
+def test_without_reset_scale_a_redeploy_keeps_the_apps_scaling() -> None:
+    existing = {"spec": {"scaling": {"keepAlive": 5, "minConcurrency": 1}}}
+
+    kept = deploy.falapp_spec(
+        _request(scale=False),
+        class_name="Demo",
+        config_map="c",
+        existing=existing,
+        secrets_name="s",
+    )
+    reset = deploy.falapp_spec(
+        _request(scale=True),
+        class_name="Demo",
+        config_map="c",
+        existing=existing,
+        secrets_name="s",
+    )
+
+    assert kept["scaling"] == {"keepAlive": 5, "minConcurrency": 1}
+    assert reset["scaling"] == {"keepAlive": 30, "maxConcurrency": 4}
+
+
+def test_new_source_is_a_new_config_map_name() -> None:
+    first = deploy.source_config_map(namespace="team-a", app_name="demo", source="a = 1\n")
+    second = deploy.source_config_map(namespace="team-a", app_name="demo", source="a = 2\n")
+
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    assert first["metadata"]["name"].startswith("demo-src-")
+    with pytest.raises(errors.RpcFailure):
+        deploy.source_config_map(namespace="team-a", app_name="demo", source="x" * 1_000_000)
