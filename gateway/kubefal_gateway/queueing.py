@@ -608,7 +608,9 @@ async def open_store(
     ``redis_timeout`` bounds Redis connects and replies (store_redis).
 
     * ``sqlite:///abs/path/queue.db`` or ``sqlite://relative.db`` (``sqlite://:memory:`` for tests);
-    * ``redis://[user:pass@]host:port/db?prefix=kubefal`` (also ``rediss://`` and ``unix://``).
+    * ``redis://[user:pass@]host:port/db?prefix=kubefal`` (also ``rediss://`` and ``unix://``);
+    * ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]?prefix=kubefal``: the
+      master of ``service`` as the Sentinels name it, followed across failovers.
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "sqlite":
@@ -622,7 +624,7 @@ async def open_store(
             housekeeping_interval=housekeeping_interval,
             max_attempts=max_attempts,
         )
-    if parsed.scheme in {"redis", "rediss", "unix"}:
+    if parsed.scheme in {"redis", "rediss", "unix", "redis+sentinel"}:
         from kubefal_gateway import store_redis
 
         query = urllib.parse.parse_qs(parsed.query)

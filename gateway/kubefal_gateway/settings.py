@@ -71,7 +71,9 @@ class Settings:
     tls_key: pathlib.Path | None = None
     """PEM private key matching `tls_cert`."""
     store: str = "sqlite:///kubefal-queue.db"
-    """Queue backend: `sqlite:///path/to/file.db` or `redis://host:port/db`."""
+    """Queue backend: `sqlite:///path/to/file.db` (one gateway replica per file) or
+    `redis://host:port/db` (replicas share the queue, runner slots and webhook outbox), or
+    `redis+sentinel://host:port[,host:port...]/service[/db]` to follow Sentinel failovers."""
     static_config: pathlib.Path | None = None
     """YAML/JSON file with apps, runners and keys (local mode); see the module docstring."""
     kubeconfig: pathlib.Path | None = None

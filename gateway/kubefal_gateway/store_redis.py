@@ -12,7 +12,8 @@ once; ``complete`` checks the lease holder and stores the result in one step (ex
 completion); ``expire`` returns expired leases (a crashed gateway's jobs) to the queue.
 
 Keys (``P`` is ``{prefix}`` in braces, a hash tag keeping one queue in one slot; Redis Cluster is
-not supported, use a standalone server):
+not supported; use a standalone server, or one with replicas behind Redis Sentinel with a
+``redis+sentinel://`` URL, see `RedisQueueStore.open`):
 
 * ``P:seq`` sequence counter; ``P:j:<id>`` job hash (state 0/1/2, app, prio, seq, attempts, holder,
   lease, cancel, sub, dl, wh, meta, body, rmeta, rbody); ``P:logs:<id>`` list of log lines;
@@ -42,6 +43,7 @@ import socket
 import ssl
 import time
 import typing
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -49,6 +51,7 @@ from typing import Any
 import hiredis
 import redis.asyncio
 import redis.asyncio.connection
+import redis.asyncio.sentinel
 import redis.exceptions
 
 from kubefal_gateway import queueing, store_codec
@@ -518,6 +521,10 @@ class _AutoPipeline(asyncio.Protocol):
         LOG.warning("redis sent no reply for %.1f s: dropping the connection", silent)
         self._transport.abort()
 
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
     def _schedule_retry(self) -> None:
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF_MAX)
@@ -595,6 +602,10 @@ class _AutoPipeline(asyncio.Protocol):
                 continue
             if isinstance(response, hiredis.ReplyError):
                 message = str(response)
+                if message.startswith("READONLY") and self._transport is not None:
+                    # The master was demoted (failover): find the new one.
+                    self._last_error = message
+                    self._loop.call_soon(self._drop)
                 error_class = (
                     redis.exceptions.NoScriptError
                     if message.startswith("NOSCRIPT")
@@ -662,6 +673,7 @@ class RedisQueueStore:
         share_completions: bool,
         max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        address: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         self.prefix = prefix
         self.max_attempts = max_attempts
@@ -672,7 +684,7 @@ class RedisQueueStore:
         self._max_logs_per_job = max_logs_per_job
         self._share_completions = share_completions
         self._command_timeout = command_timeout
-        self._pipeline = _AutoPipeline(url, command_timeout=command_timeout)
+        self._pipeline = _AutoPipeline(url, command_timeout=command_timeout, address=address)
         self._shas: dict[str, str] = {}
         self._events = queueing.EventHub()
         self._origin = uuid.uuid4().hex.encode()
@@ -698,19 +710,40 @@ class RedisQueueStore:
         max_attempts: int = queueing.DEFAULT_MAX_ATTEMPTS,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> RedisQueueStore:
-        """Connect to ``url`` (``redis://host:port/db``), load the scripts, start listening.
+        """Connect to ``url``, load the scripts, start listening.
 
+        ``url`` is ``redis://[user:pass@]host:port/db`` (or ``rediss://``, ``unix://``), or
+        ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]`` to find the master
+        of ``service`` through those Sentinels (asked again at every reconnect, so a failover is
+        followed; the credentials are the master's, ``?sentinel_password=`` the Sentinels').
         ``command_timeout`` bounds connecting and each wait for a reply (see `_AutoPipeline`).
         """
+        address: Callable[[], Awaitable[tuple[str, int]]] | None = None
+        client: redis.asyncio.Redis
         # redis-py serves the event subscription only (a blocking read, so no read timeout).
-        client = redis.asyncio.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=command_timeout,
-            socket_keepalive=True,
-        )
+        if url.startswith(SENTINEL_SCHEME + "://"):
+            sentinel, service, url = _sentinel(url, command_timeout)
+            client = sentinel.master_for(
+                service,
+                decode_responses=False,
+                socket_connect_timeout=command_timeout,
+                socket_keepalive=True,
+            )
+
+            async def address() -> tuple[str, int]:
+                host, port = await sentinel.discover_master(service)
+                return str(host), int(port)
+
+        else:
+            client = redis.asyncio.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=command_timeout,
+                socket_keepalive=True,
+            )
         store = cls(
             client,
+            address=address,
             url=url,
             prefix=prefix,
             result_ttl=result_ttl,
@@ -1218,6 +1251,36 @@ class RedisQueueStore:
 
 
 _SLOT_FREED = b"SLOT_FREED"
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def _sentinel(url: str, timeout: float) -> tuple[redis.asyncio.sentinel.Sentinel, str, str]:
+    """(Sentinel client, service name, the master's plain URL without host) of a
+    ``redis+sentinel://`` URL."""
+    parsed = urllib.parse.urlsplit(url)
+    credentials, _, hosts = parsed.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for entry in hosts.split(","):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise queueing.QueueError(f"Sentinel address {entry!r} must be host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = [part for part in parsed.path.split("/") if part]
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise queueing.QueueError("a redis+sentinel URL's path is /service or /service/db")
+    query = urllib.parse.parse_qs(parsed.query)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"][-1]
+    sentinel = redis.asyncio.sentinel.Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    if credentials:
+        user, _, password = credentials.partition(":")
+        sentinel.connection_kwargs["username"] = urllib.parse.unquote(user) or None
+        sentinel.connection_kwargs["password"] = urllib.parse.unquote(password) or None
+    db = parts[1] if len(parts) == 2 else "0"
+    sentinel.connection_kwargs["db"] = int(db)
+    master_url = f"redis://{credentials + '@' if credentials else ''}sentinel-master/{db}"
+    return sentinel, parts[0], master_url
 
 
 def _ignore(reply: asyncio.Future[Any]) -> None:

@@ -35,29 +35,20 @@ class Stack:
         self.other_key = apikeys.generate_key()
         self.rest_port = gwharness.free_port()
         self.files_dir = workdir / "files"
-        self.runners = [
-            gwharness.Runner(
-                workdir=workdir,
-                app_ref=storage_harness.FILES_APP,
-                env={
-                    "FAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
-                    "FAL_KEY": str(self.key),
-                    "SSL_CERT_FILE": str(self.tls.ca_path),
-                },
-            )
-            for _ in range(2)
-        ]
+        self.runner = gwharness.Runner(
+            workdir=workdir,
+            app_ref=storage_harness.FILES_APP,
+            env={
+                "FAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
+                "FAL_KEY": str(self.key),
+                "SSL_CERT_FILE": str(self.tls.ca_path),
+            },
+        )
         self.gateway = gwharness.Gateway(
             workdir=workdir,
             tls=self.tls,
             static_config={
-                "apps": [
-                    {
-                        "id": "team/files",
-                        "auth": "private",
-                        "runners": [r.url for r in self.runners],
-                    }
-                ],
+                "apps": [{"id": "team/files", "auth": "private", "runners": [self.runner.url]}],
                 "keys": [
                     {"key": str(self.key), "namespaces": "team"},
                     {"key": str(self.other_key), "namespaces": "other"},
@@ -92,9 +83,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("storage"))
-    with gwharness.cleanup(*stack.runners, stack.gateway):
-        for runner in stack.runners:
-            runner.wait_ready()
+    with gwharness.cleanup(stack.runner, stack.gateway):
+        stack.runner.wait_ready()
         stack.gateway.wait_ready(["team/files"])
         yield stack
 
@@ -246,39 +236,6 @@ def test_realtime_with_default_arguments(stack: Stack, python: pathlib.Path) -> 
         env=stack.client_env(),
     )
     assert result == {"sha256": hashlib.sha256(b"abc").hexdigest(), "size": 3}
-
-
-# ---- fal.toolkit's KV store -------------------------------------------------------------------
-def test_kv_store_is_shared_by_two_runners_and_scoped_to_the_namespace(stack: Stack) -> None:
-    first, second = stack.runners
-    with httpx.Client(timeout=60) as http:
-        written = http.post(
-            first.url + "/kv", json={"op": "set", "key": "model/rev", "value": "v1"}
-        ).json()
-        read = http.post(second.url + "/kv", json={"op": "get", "key": "model/rev"}).json()
-        deleted = http.post(second.url + "/kv", json={"op": "delete", "key": "model/rev"}).json()
-        gone = http.post(first.url + "/kv", json={"op": "get", "key": "model/rev"}).json()
-    assert written["value"] == "v1" and read["value"] == "v1"
-    assert written["pid"] != read["pid"]
-    assert deleted["value"] is None and gone["value"] is None
-    with stack.http() as http:
-        base = f"{stack.rest_url}/kv"
-        put = http.put(f"{base}/set/shared-db/k", content=b"team value", headers=stack.auth())
-        assert put.status_code == 200
-        assert http.get(f"{base}/get/shared-db/k", headers=stack.auth()).json() == {
-            "value": "team value"
-        }
-        other = http.get(f"{base}/get/shared-db/k", headers=stack.auth(stack.other_key))
-        assert other.status_code == 404
-        assert http.get(f"{base}/get/shared-db/k").status_code == 401
-        bad = http.get(f"{base}/get/bad db/k", headers=stack.auth())
-        assert bad.status_code == 400 and bad.json()["detail"]
-        bad_ttl = http.put(f"{base}/set/shared-db/k?ttl=5", content=b"x", headers=stack.auth())
-        assert bad_ttl.status_code == 400 and "ttl" in bad_ttl.json()["detail"]
-        too_big = http.put(
-            f"{base}/set/shared-db/k", content=b"x" * (1024 * 1024 + 1), headers=stack.auth()
-        )
-        assert too_big.status_code == 413
 
 
 # ---- bad input ---------------------------------------------------------------------------------

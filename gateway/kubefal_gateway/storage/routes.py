@@ -14,9 +14,7 @@ Raw ASGI like http_api.py (same helpers, same error shape: a JSON `detail` and a
   "upload_url"}`, then `PUT <upload_url>/<n>` and `POST <upload_url>/complete`;
 * `GET|HEAD /files/<namespace>/<id>/<expires>.<sig>/<name>`: the file, without credentials
   until the URL expires; `-` instead of the signature asks for an API key of the namespace;
-* `POST /tokens/` (API key) → a realtime token (realtime.py);
-* `GET /kv/get/<db>/<key>`, `PUT /kv/set/<db>/<key>[?ttl=s]`, `DELETE /kv/delete/<db>/<key>`:
-  fal.toolkit's KV store (kv.py).
+* `POST /tokens/` (API key) → a realtime token (realtime.py).
 
 Statuses: 400 malformed, 401 no or bad credentials, 403 bad signature, expired URL or another
 namespace's key, 404 unknown or expired file or upload, 413 over `--storage-max-file-bytes`,
@@ -36,7 +34,7 @@ from kubefal_api import apikeys
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
-from kubefal_gateway.storage import blobs, kv, names, realtime, signing
+from kubefal_gateway.storage import blobs, names, realtime, signing
 from kubefal_gateway.storage import core as storage_core
 
 LOGGER = logging.getLogger(__name__)
@@ -74,8 +72,6 @@ def _to_gateway_error(error: Exception) -> errors.GatewayError | None:
         return errors.NotFound(str(error))
     if isinstance(error, storage_core.Invalid | names.InvalidName):
         return errors.BadRequest(str(error))
-    if isinstance(error, kv.KvUnavailable):
-        return StorageUnavailable(f"The KV store is unavailable; try again ({error})")
     if isinstance(error, signing.Expired):
         return errors.Forbidden("This file URL has expired")
     if isinstance(error, signing.BadSignature):
@@ -95,7 +91,6 @@ class RestApi:
         default_namespace: str = "default",
         cdn_token_ttl: float = 3600.0,
         realtime_max_ttl: float = 3600.0,
-        kv_store: kv.KvStore | None = None,
     ) -> None:
         self.gateway = gateway
         self.keys = gateway.keys
@@ -104,7 +99,6 @@ class RestApi:
         self.default_namespace = default_namespace
         self.cdn_token_ttl = cdn_token_ttl
         self.realtime_max_ttl = realtime_max_ttl
-        self.kv = kv_store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -242,8 +236,6 @@ class RestApi:
             await self._realtime_token(scope, receive, send)
         elif path.startswith("/files/"):
             await self._file(scope, receive, send)
-        elif path.startswith("/kv/"):
-            await self._kv(scope, receive, send)
         elif path == "/healthz":
             await http_api.send_json(send, 200, {"status": "ok"})
         else:
@@ -361,39 +353,6 @@ class RestApi:
             max_ttl=self.realtime_max_ttl,
         )
         await http_api.send_json(send, 200, token)
-
-    async def _kv(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """fal.toolkit's KVStore: `/kv/{get|set|delete}/<db>/<key>` (storage/kv.py)."""
-        if self.kv is None:
-            raise errors.NotFound("This gateway serves no KV store")
-        parts = scope["path"].split("/", 4)  # ["", "kv", operation, db, key]
-        if len(parts) != 5:
-            raise errors.NotFound("Use /kv/{get|set|delete}/<db>/<key>")
-        _, _, operation, db, key = parts
-        expected = {"get": "GET", "set": "PUT", "delete": "DELETE"}.get(operation)
-        if expected is None:
-            raise errors.NotFound("Use /kv/{get|set|delete}/<db>/<key>")
-        self._only(scope["method"], expected)
-        try:
-            kv.check_db(db)
-            kv.check_key(key)
-            ttl = kv.parse_ttl(http_api.query_params(scope).get("ttl"))
-        except ValueError as error:
-            raise errors.BadRequest(str(error)) from None
-        namespace = await self._uploader(scope)
-        kv_scope = f"{namespace}/{db}"
-        if operation == "get":
-            value = await self.kv.get(kv_scope, key)
-            if value is None:
-                raise errors.NotFound(f"Key {key[:100]!r} not found")
-            await http_api.send_json(send, 200, {"value": value.decode("utf-8", "replace")})
-        elif operation == "set":
-            value = await http_api.read_body(scope, receive, limit=kv.MAX_VALUE_BYTES)
-            await self.kv.set(kv_scope, key, value, ttl=ttl)
-            await http_api.send_json(send, 200, {"status": "ok"})
-        else:
-            await self.kv.delete(kv_scope, key)
-            await http_api.send_json(send, 200, {"status": "ok"})
 
     async def _file(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = scope["path"].split("/")  # ["", "files", ns, id, token, name, ...]

@@ -1,8 +1,7 @@
 """The storage service's lifecycle in the gateway process: backend, signing key, sweeper.
 
 `serving(gateway)` opens the backend named by `--storage` (a directory for the embedded store,
-or `s3://bucket[/prefix]?endpoint=...` for an S3-compatible one) and the KV store that goes
-with the queue's `--store` (kv.py), and yields the REST listener's
+or `s3://bucket[/prefix]?endpoint=...` for an S3-compatible one), and yields the REST listener's
 ASGI app (None when `--rest-port` is 0). The signing key is `--storage-signing-key`, or else a
 random key kept in the store itself (`_kubefal/signing-key`), created by the first gateway
 that needs it, so replicas sharing a store verify each other's URLs and tokens and a restart
@@ -21,7 +20,7 @@ from collections.abc import AsyncIterator
 
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import settings
-from kubefal_gateway.storage import blobs, core, kv, local, routes, signing
+from kubefal_gateway.storage import blobs, core, local, routes, signing
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,7 +93,6 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         yield None
         return
     store = open_store(config.storage)
-    kv_store = kv.open_kv(config.store)
     source = StorageSource(gateway, store, limits_from(config))
     with contextlib.suppress(blobs.BlobError):
         await source()
@@ -104,7 +102,6 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         public_url=config.storage_public_url,
         default_namespace=config.storage_namespace,
         realtime_max_ttl=config.realtime_token_max_ttl,
-        kv_store=kv_store,
     )
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_forever(source, config.storage_sweep_interval), name="storage-sweeper"
@@ -116,7 +113,6 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         with contextlib.suppress(BaseException):
             await sweeper
         await store.close()
-        await kv_store.close()
 
 
 async def _sweep_forever(source: StorageSource, interval: float) -> None:
