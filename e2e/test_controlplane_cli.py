@@ -15,6 +15,7 @@ import re
 from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
+from e2e import waiting
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     create_falapp,
@@ -174,3 +175,39 @@ def test_fal_secrets_set_list_and_unset(
     assert set(core.read_namespaced_secret("kubefal-secrets", namespace).data) == {"OTHER"}
     bad = run_fal(plane, "secrets", "set", "1BAD=x", key=key, home=tmp_path)
     assert bad.returncode != 0 and "name: " in bad.stdout + bad.stderr
+
+
+def test_fal_runners_stop_and_kill_delete_the_runner_pod(
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    create_falapp(api_client, namespace=namespace, name="stoppable")
+    for pod in ("stoppable-0", "stoppable-1"):
+        create_runner_pod(api_client, namespace=namespace, app="stoppable", pod=pod)
+    wait_pod_ready(api_client, namespace=namespace, pod="stoppable-0")
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    outsider = create_key(api_client, key_namespace=key_namespace, namespaces=["team-elsewhere"])
+    core = k8s.CoreV1Api(api_client)
+
+    refused = run_fal(plane, "runners", "stop", "stoppable-0", key=outsider, home=tmp_path)
+    _ok(run_fal(plane, "runners", "stop", "stoppable-0", key=key, home=tmp_path))
+    _ok(run_fal(plane, "runners", "kill", "stoppable-1", key=key, home=tmp_path))
+
+    assert refused.returncode != 0 and "not found" in refused.stdout + refused.stderr
+
+    def gone_or_terminating(pod: str) -> bool:
+        try:
+            return core.read_namespaced_pod(pod, namespace).metadata.deletion_timestamp is not None
+        except k8s.ApiException as error:
+            return error.status == 404
+
+    for pod in ("stoppable-0", "stoppable-1"):
+        waiting.wait_for(
+            lambda pod=pod: gone_or_terminating(pod), timeout=60, description=f"{pod} deleted"
+        )
+    events = core.list_namespaced_event(namespace).items
+    reasons = {e.reason for e in events if key.id in (e.message or "")}
+    assert {"RunnerStopped", "RunnerKilled"} <= reasons

@@ -267,6 +267,37 @@ class Cluster:
             items += self._items(listed, f"runner pods in {namespace}")
         return items
 
+    def find_runner_pods(
+        self, pod_name: str, namespaces: tuple[str, ...] | None
+    ) -> list[dict[str, Any]]:
+        """Runner pods called ``pod_name`` in ``namespaces`` (None: every namespace)."""
+        field_selector = f"metadata.name={pod_name}"
+        if namespaces is None:
+            listed = self.core.list_pod_for_all_namespaces(
+                label_selector=RUNNER_SELECTOR,
+                field_selector=field_selector,
+                limit=self.limit,
+                _request_timeout=self.timeout,
+            )
+            return self._items(listed, f"runner pods named {pod_name}")
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            listed = self.core.list_namespaced_pod(
+                namespace,
+                label_selector=RUNNER_SELECTOR,
+                field_selector=field_selector,
+                limit=self.limit,
+                _request_timeout=self.timeout,
+            )
+            items += self._items(listed, f"runner pods named {pod_name} in {namespace}")
+        return items
+
+    def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
+        """Delete a pod; ``grace_seconds`` None keeps the pod's own grace period."""
+        self.core.delete_namespaced_pod(
+            name, namespace, grace_period_seconds=grace_seconds, _request_timeout=self.timeout
+        )
+
     # ---- secrets for apps ------------------------------------------------------------------
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps runners``),
 ``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``),
 ``DeleteAlias`` (``fal apps delete``), ``CreateUserKey`` / ``ListUserKeys`` / ``RevokeUserKey``
-(``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``), ``BuildEnvironment`` and
+(``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``), ``StopRunner`` /
+``KillRunner`` (``fal runners stop|kill``), ``BuildEnvironment`` and
 ``RegisterApplication`` (``fal deploy``, see :mod:`kubefal_controlplane.deploy`). Every other RPC
 answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
 
@@ -47,6 +48,7 @@ ANNOTATION_SECRET_TIMES: Final = f"{v1alpha1.GROUP}/secret-times"
 SECRET_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,252}$")
 MAX_SECRET_VALUE_BYTES: Final = 256 * 1024
 CONFLICT_RETRIES: Final = 5
+RUNNER_ID_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 UNIMPLEMENTED: Final[dict[str, str]] = {
@@ -57,8 +59,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "DeleteApplication": "fal apps delete-rev",
     "RolloutApplication": "fal apps rollout",
     "SetAlias": "fal apps set-rev",
-    "StopRunner": "fal runners stop",
-    "KillRunner": "fal runners kill",
     "ShellRunner": "fal runners shell",
     "ListEnvironments": "fal environments list",
     "CreateEnvironment": "fal environments create",
@@ -379,6 +379,69 @@ class Controller(IsolateControllerServicer):
             "(fal apps delete)",
         )
         return isolate_proto.DeleteAliasResult(revision=mapping.revision(app))
+
+    # ---- runners ---------------------------------------------------------------------------
+
+    def _runner_pod(self, caller: auth.Caller, runner_id: str) -> dict[str, Any]:
+        if not RUNNER_ID_PATTERN.fullmatch(runner_id):
+            raise errors.invalid_argument(
+                "runner_id", "a runner id is a runner pod's name (fal runners list shows them)"
+            )
+        scope = None if caller.all_namespaces else caller.namespaces
+        found = [
+            pod
+            for pod in self.cluster.find_runner_pods(runner_id, scope)
+            if caller.allows(str(pod["metadata"]["namespace"]))
+        ]
+        if not found:
+            raise errors.not_found(
+                f"runner {runner_id} not found in the namespaces API key {caller.key_id} may see"
+            )
+        if len(found) > 1:
+            raise errors.failed_precondition(
+                f"runner_id: {runner_id} names runners in several namespaces; use a key scoped "
+                "to one of them"
+            )
+        return found[0]
+
+    def _remove_runner(
+        self,
+        caller: auth.Caller,
+        runner_id: str,
+        *,
+        grace_seconds: int | None,
+        verb: str,
+        past: str,
+    ) -> None:
+        pod = self._runner_pod(caller, runner_id)
+        meta = pod["metadata"]
+        self.cluster.delete_pod(meta["namespace"], meta["name"], grace_seconds=grace_seconds)
+        self.cluster.record_event(
+            namespace=meta["namespace"],
+            involved={"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+            reason=f"Runner{past.capitalize()}",
+            message=f"API key {caller.key_id} {past} runner {meta['name']} (fal runners {verb})",
+        )
+
+    @_rpc
+    def StopRunner(
+        self, request: isolate_proto.StopRunnerRequest, caller: auth.Caller
+    ) -> isolate_proto.StopRunnerResponse:
+        """Delete the runner's pod gracefully: it drains its requests within its grace period,
+        and its Deployment starts a replacement at once if the app still wants the runner (so
+        ``--replace`` needs nothing more)."""
+        self._remove_runner(
+            caller, request.runner_id, grace_seconds=None, verb="stop", past="stopped"
+        )
+        return isolate_proto.StopRunnerResponse()
+
+    @_rpc
+    def KillRunner(
+        self, request: isolate_proto.KillRunnerRequest, caller: auth.Caller
+    ) -> isolate_proto.KillRunnerResponse:
+        """Delete the runner's pod with no grace period."""
+        self._remove_runner(caller, request.runner_id, grace_seconds=0, verb="kill", past="killed")
+        return isolate_proto.KillRunnerResponse()
 
     # ---- keys ------------------------------------------------------------------------------
 
