@@ -140,16 +140,20 @@ class PodRunner:
     # -- processes --
 
     def _materialise_volumes(self, pod: k8s.V1Pod, workdir: pathlib.Path) -> dict[str, str]:
-        """Write ConfigMap volumes under ``workdir``; return mountPath -> local path."""
+        """Write ConfigMap volumes under ``workdir`` and give emptyDir volumes a directory
+        there; return mountPath -> local path."""
         container = pod.spec.containers[0]
         volumes = {v.name: v for v in pod.spec.volumes or []}
         mounts: dict[str, str] = {}
         for mount in container.volume_mounts or []:
             volume = volumes.get(mount.name)
-            if volume is None or volume.config_map is None:
+            if volume is None or (volume.config_map is None and volume.empty_dir is None):
                 continue
             local = workdir / mount.mount_path.strip("/")
             local.mkdir(parents=True, exist_ok=True)
+            if volume.config_map is None:
+                mounts[mount.mount_path.rstrip("/")] = str(local)
+                continue
             config_map = self.core.read_namespaced_config_map(
                 volume.config_map.name, pod.metadata.namespace
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -627,10 +628,12 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(helm: 
 def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(helm: Helm) -> None:
     """Every resource kopf watches for the operator can be listed and watched; the role names
     no other resource than those, their status, Events and kopf's CRD scanning."""
-    role = _find(
-        helm.template({"operator": {"watchNamespaces": ["team-a"]}}),
-        "ClusterRole",
-        "kubefal-operator",
+    scoped = helm.template({"operator": {"watchNamespaces": ["team-a"]}})
+    role = _find(scoped, "ClusterRole", "kubefal-operator")
+    namespace_role = next(
+        item
+        for item in scoped
+        if item["kind"] == "Role" and item["metadata"]["namespace"] == "team-a"
     )
     watched = {
         (resource[0] if len(resource) == 3 else "", resource[-1])
@@ -648,7 +651,8 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(helm: H
         )
     }
     for group, resource in watched:
-        assert {"list", "watch"} <= _verbs(role, group, resource), f"{group}/{resource}"
+        verbs = _verbs(role, group, resource) | _verbs(namespace_role, group, resource)
+        assert {"list", "watch"} <= verbs, f"{group}/{resource}"
     granted = {
         (group, resource)
         for rule in role["rules"]
@@ -656,8 +660,92 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(helm: H
         for resource in rule["resources"]
     }
     kopf_scanning = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
-    assert granted == watched | kopf_scanning | {("kubefal.io", "falapps/status"), ("", "events")}
-    assert not any("update" in rule["verbs"] or "*" in rule["verbs"] for rule in role["rules"])
+    per_namespace = {("", "pods")}
+    assert granted == (watched - per_namespace) | kopf_scanning | {
+        ("kubefal.io", "falapps/status"),
+        ("", "events"),
+    }
+    assert namespace_role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]}
+    ]
+    for rules in (role["rules"], namespace_role["rules"]):
+        assert not any("update" in rule["verbs"] or "*" in rule["verbs"] for rule in rules)
+
+
+def test_pod_rights_are_per_watched_namespace_when_the_operator_is_scoped(helm: Helm) -> None:
+    """Serving every namespace, the ClusterRole may patch pods anywhere (documented); scoped,
+    a Role and RoleBinding in each watched namespace carry the pod rights and nothing else."""
+    cluster_wide = _find(helm.template({}), "ClusterRole", "kubefal-operator")
+    assert _verbs(cluster_wide, "", "pods") == {"list", "watch", "patch"}
+    scoped = helm.template({"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    assert _verbs(_find(scoped, "ClusterRole", "kubefal-operator"), "", "pods") == set()
+    for kind in ("Role", "RoleBinding"):
+        placed = {
+            item["metadata"]["namespace"]
+            for item in scoped
+            if item["kind"] == kind and item["metadata"]["name"] == "kubefal-operator-runner-pods"
+        }
+        assert placed == {"team-a", "team-b"}, kind
+    binding = next(
+        item
+        for item in scoped
+        if item["kind"] == "RoleBinding"
+        and item["metadata"]["name"] == "kubefal-operator-runner-pods"
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubefal-operator", "namespace": "kubefal-system"}
+    ]
+
+
+def test_the_operator_hardens_runners_and_points_them_at_this_gateway(helm: Helm) -> None:
+    """The NetworkPolicy settings select exactly the gateway pods of this release in its
+    namespace; fal_client in runners reaches the in-cluster Services and trusts the CA in the
+    gateway's TLS Secret; runner hardening follows runner.securityContext."""
+    objects = helm.template(
+        {
+            "runner": {"securityContext": {"runAsUser": 2000, "readOnlyRootFilesystem": False}},
+            "gateway": {"publicHosts": {"run": "run.example", "queue": "queue.example"}},
+        },
+        namespace="platform",
+        release="edge",
+    )
+    operator = _deployment(objects, "operator")
+    container = _container(operator)
+    config = operator_config.OperatorConfig.from_environment(
+        _environment(container, namespace="platform")
+    ).render
+    gateway_pod_labels = _deployment(objects, "gateway")["spec"]["template"]["metadata"]["labels"]
+    assert config.gateway_namespace == "platform"
+    assert dict(config.gateway_pod_labels).items() <= gateway_pod_labels.items()
+    assert {"app.kubernetes.io/instance", "app.kubernetes.io/component"} <= dict(
+        config.gateway_pod_labels
+    ).keys()
+    run_service = _find(objects, "Service", "edge-kubefal-gateway-run")
+    queue_service = _find(objects, "Service", "edge-kubefal-gateway-queue")
+    assert run_service["spec"]["ports"][0]["port"] == 443
+    assert config.fal_run_host == "edge-kubefal-gateway-run.platform.svc"
+    assert config.fal_queue_run_host == "edge-kubefal-gateway-queue.platform.svc"
+    assert queue_service["metadata"]["namespace"] == "platform"
+    assert (config.runner_run_as_user, config.runner_run_as_group) == (2000, 10001)
+    assert config.runner_read_only_root_filesystem is False
+    ca_file = container_env(container)["KUBEFAL_GATEWAY_CA_FILE"]
+    mount = next(
+        item for item in container["volumeMounts"] if ca_file.startswith(item["mountPath"] + "/")
+    )
+    volume = next(
+        item
+        for item in operator["spec"]["template"]["spec"]["volumes"]
+        if item["name"] == mount["name"]
+    )
+    tls_secret = _find(objects, "Secret", "edge-kubefal-gateway-tls")
+    assert volume["secret"]["secretName"] == tls_secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": ca_file.rsplit("/", 1)[1]}]
+    assert "ca.crt" in tls_secret["data"]
+
+    plain = container_env(
+        _container(_deployment(helm.template({"runner": {"gatewayClient": False}}), "operator"))
+    )
+    assert not {"KUBEFAL_RUNNER_FAL_RUN_HOST", "KUBEFAL_GATEWAY_CA_FILE"} & plain.keys()
 
 
 def test_namespaces_are_watched_only_when_the_operator_is_scoped_to_some(helm: Helm) -> None:
@@ -1181,7 +1269,11 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
     helm: Helm, cluster: ClusterHandle, namespace: str, keda_crds: None, value_set: str
 ) -> None:
     release = f"kf-{uuid.uuid4().hex[:6]}"
-    manifest = helm.template_text(VALUE_SETS[value_set], namespace=namespace, release=release)
+    values = copy.deepcopy(VALUE_SETS[value_set])
+    if values.get("operator", {}).get("watchNamespaces"):
+        # Its per-namespace Roles go into namespaces that must exist: this test's.
+        values["operator"]["watchNamespaces"] = [namespace]
+    manifest = helm.template_text(values, namespace=namespace, release=release)
     objects = [document for document in yaml.safe_load_all(manifest) if document]
     output = cluster.kubectl(
         "apply", "--dry-run=server", f"--namespace={namespace}", "-f", "-", input_text=manifest
@@ -1273,7 +1365,11 @@ def _wrong_grants(
 
 
 def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
-    cluster: ClusterHandle, namespace: str, installed_rbac: Accounts
+    cluster: ClusterHandle,
+    namespace: str,
+    falapp_crd: dict[str, Any],
+    keda_crds: None,
+    installed_rbac: Accounts,
 ) -> None:
     other = installed_rbac.other_namespace
     operator_may = [
@@ -1314,7 +1410,11 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
         ("list", "namespaces"),  # only with operator.watchNamespaces
         ("create", "clusterroles.rbac.authorization.k8s.io"),
     ]
-    gateway_may = [("watch", "falapps.kubefal.io"), ("watch", "pods")]
+    gateway_may = [
+        ("watch", "falapps.kubefal.io"),
+        ("watch", "pods"),
+        ("watch", "replicasets.apps"),
+    ]
     gateway_may_not = [
         ("list", "secrets"),
         ("patch", "falapps.kubefal.io"),
@@ -1362,6 +1462,31 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
         allowed=webhook_may,
         denied=webhook_may_not,
     )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_scoped_operator_may_patch_pods_only_in_the_namespaces_it_serves(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    values = {"operator": {"watchNamespaces": [namespace]}}
+    with _applied_rbac(cluster, namespace, values) as accounts:
+        verbs = [("list", "pods"), ("watch", "pods"), ("patch", "pods")]
+        wrong = _wrong_grants(
+            cluster,
+            who=accounts.operator,
+            label="operator",
+            namespace=namespace,
+            allowed=verbs,
+            denied=[("delete", "pods"), ("create", "pods")],
+        )
+        wrong += _wrong_grants(
+            cluster,
+            who=accounts.operator,
+            label="operator",
+            namespace=accounts.other_namespace,
+            allowed=[],
+            denied=verbs,
+        )
     assert not wrong, "\n".join(wrong)
 
 

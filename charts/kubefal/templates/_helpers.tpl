@@ -46,9 +46,9 @@ app.kubernetes.io/part-of: kubefal
 
 {{/*
 Selector labels of one component: call with (dict "root" $ "component" "gateway").
-The gateway's component label is a contract: the runners' NetworkPolicy admits pods
-labelled app.kubernetes.io/part-of=kubefal and app.kubernetes.io/component=gateway
-(kubefal_api.naming.gateway_selector).
+The gateway's labels are a contract: the runners' NetworkPolicy admits only pods in the
+release namespace carrying all of kubefal.gateway.podLabelList (the operator gets them as
+KUBEFAL_GATEWAY_NAMESPACE and KUBEFAL_GATEWAY_POD_LABELS).
 */}}
 {{- define "kubefal.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "kubefal.name" .root }}
@@ -126,6 +126,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc" (include "kubefal.gateway.queueService" .) .Release.Namespace }}
 {{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
 {{- end }}
+{{- end }}
+
+{{/* host[:port] of the run and queue Services inside the cluster: FAL_RUN_HOST and
+FAL_QUEUE_RUN_HOST of runner pods (public host names may not resolve or route in the cluster). */}}
+{{- define "kubefal.gateway.inClusterRunHost" -}}
+{{- printf "%s.%s.svc" (include "kubefal.gateway.runService" .) .Release.Namespace }}
+{{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+{{- define "kubefal.gateway.inClusterQueueHost" -}}
+{{- printf "%s.%s.svc" (include "kubefal.gateway.queueService" .) .Release.Namespace }}
+{{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+
+{{/* The labels of the gateway's pods, as k=v,k=v: the runners' NetworkPolicy admits exactly
+these pods, and only in the release namespace. */}}
+{{- define "kubefal.gateway.podLabelList" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=gateway,app.kubernetes.io/part-of=kubefal" (include "kubefal.name" .) .Release.Name }}
 {{- end }}
 
 {{/* "true" when the gateway serves KEDA's external scaler and the operator manages ScaledObjects. */}}
