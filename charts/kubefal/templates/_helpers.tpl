@@ -103,6 +103,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "kubefal.gateway.runService" -}}
 {{- printf "%s-run" (include "kubefal.gateway.fullname" .) }}
 {{- end }}
+{{/* The Secret holding the admin port's bearer token (key `token`). */}}
+{{- define "kubefal.gateway.adminTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "kubefal.gateway.fullname" .)) .Values.gateway.adminAuth.existingSecret }}
+{{- end }}
+
 {{- define "kubefal.gateway.adminService" -}}
 {{- printf "%s-admin" (include "kubefal.gateway.fullname" .) }}
 {{- end }}
