@@ -124,27 +124,22 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
 
     client = SyncServerlessClient(host=deploying_plane.host, api_key=str(key))
     (runner,) = client.apps.runners(f"{namespace}/sleepy")
-    assert runner.state in (RunnerState.IDLE, RunnerState.RUNNING)
-    if runner.state is RunnerState.IDLE:
-        assert runner.expiration_countdown is not None
+    # The gateway's admin listener tells the control plane this runner serves nothing now.
+    assert runner.state is RunnerState.IDLE
+    assert runner.in_flight_requests == 0
+    assert runner.expiration_countdown is not None and 0 <= runner.expiration_countdown <= 60
 
     client.apps.scale(f"{namespace}/sleepy", keep_alive=5)
-    again = run_fal(
-        deploying_plane,
-        "deploy",
-        f"{APP_FILE}::Sleepy",
-        "--app-name",
-        "sleepy",
-        "--auth",
-        "public",
-        key=key,
-        home=tmp_path,
-        timeout=240,
-    )
+    result = client.deploy(f"{APP_FILE}::Sleepy", app_name="sleepy", auth="public")
 
-    assert again.returncode == 0, again.stdout + again.stderr
+    assert result.revision == app["metadata"]["uid"]
     kept = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
-    assert kept["keepAlive"] == 5
+    assert kept["keepAlive"] == 5  # reset_scale=False keeps the app's scaling
+
+    client.deploy(f"{APP_FILE}::Sleepy", app_name="sleepy", auth="public", reset_scale=True)
+
+    reset = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
+    assert reset["keepAlive"] == 60
 
 
 def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(
