@@ -100,6 +100,7 @@ def _gateway_kill(workdir: pathlib.Path, *, backend: str) -> load.Tally:
             memory.watch(first.popen.pid)
             jobs = load.make_jobs("kill", 500, sleep=0.02)
             accepted = [0]
+            accepted_at_kill = [0]
 
             async def drive() -> None:
                 def on_accepted(_: load.Job) -> None:
@@ -110,6 +111,7 @@ def _gateway_kill(workdir: pathlib.Path, *, backend: str) -> load.Tally:
                 )
                 while accepted[0] < 200 and not submitting.done():
                     await asyncio.sleep(0.01)
+                accepted_at_kill[0] = accepted[0]
                 await asyncio.to_thread(first.kill)
                 ports = (first.queue_port, first.run_port, first.admin_port)
                 second = await asyncio.to_thread(
@@ -122,7 +124,10 @@ def _gateway_kill(workdir: pathlib.Path, *, backend: str) -> load.Tally:
 
             asyncio.run(drive())
             tally.count(jobs, exec_dir)
-            tally.check("the kill came while requests were in flight", accepted[0] < 500)
+            tally.check(
+                f"the kill came mid-load ({accepted_at_kill[0]}/500 accepted)",
+                accepted_at_kill[0] < 500,
+            )
         tally.peak_rss_mib = memory.peak_mib
     finally:
         for gateway in gateways:
