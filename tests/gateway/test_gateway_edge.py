@@ -203,13 +203,20 @@ def test_slow_silent_and_handshake_less_connections_are_closed_while_a_client_is
             sock.close()
 
 
-def test_connections_over_the_cap_are_refused_with_503(tmp_path: pathlib.Path) -> None:
+def test_connections_over_the_cap_are_refused_with_503_and_idle_ones_closed(
+    tmp_path: pathlib.Path,
+) -> None:
     tls = gwharness.Tls(tmp_path)
     gateway = gwharness.Gateway(
         workdir=tmp_path,
         static_config={"apps": []},
         tls=tls,
-        extra_args=["--max-connections=8", "--max-connections-per-ip=5", "--header-timeout=60"],
+        extra_args=[
+            "--max-connections=8",
+            "--max-connections-per-ip=5",
+            "--header-timeout=60",
+            "--idle-timeout=1",
+        ],
     )
     with gwharness.cleanup(gateway):
         gateway.wait_ready()
@@ -230,6 +237,12 @@ def test_connections_over_the_cap_are_refused_with_503(tmp_path: pathlib.Path) -
                     return client.get(f"{gateway.run_url}/a/b").status_code == 404
 
             gwharness.wait_for(admitted, timeout=30, message="a freed slot admits a client")
+            # A keep-alive connection idle after its answer is closed after --idle-timeout.
+            idle = held.pop()
+            idle.sendall(b"GET /a/b HTTP/1.1\r\nhost: a\r\n\r\n")
+            answer = read_until_closed(idle, timeout=30)
+            assert answer.startswith(b"HTTP/1.1 404 ")
+            idle.close()
         finally:
             for sock in held:
                 sock.close()
