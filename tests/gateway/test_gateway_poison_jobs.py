@@ -1,0 +1,84 @@
+"""A job in flight whenever its gateway dies is not dispatched forever (issue 9, poison jobs).
+
+Real processes: a probe runner that records each execution, and a SQLite gateway killed with -9
+each time the job reaches the runner, then restarted on the same database. With
+`--max-attempts 3` the job runs three times, then completes with a 503 `attempts_exhausted`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import gwharness
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+APP = "team-a/poison"
+MAX_ATTEMPTS = 3
+
+
+def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
+    tmp_path: pathlib.Path,
+) -> None:
+    exec_dir = tmp_path / "executions"
+    exec_dir.mkdir()
+    # The runner takes more than one request at once, so the runs a dead gateway left behind do
+    # not keep the next dispatch out; the app itself allows one at a time.
+    runner = gwharness.Runner(
+        workdir=tmp_path, env={"GATEWAY_TEST_EXEC_DIR": str(exec_dir)}, max_multiplexing=8
+    )
+    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
+    args = ["--max-attempts", str(MAX_ATTEMPTS), "--lease-seconds", "30"]
+    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=args)
+    ports = (gateway.queue_port, gateway.run_port, gateway.admin_port)
+    gateways = [gateway]
+
+    def runs() -> int:
+        return sum(1 for path in exec_dir.iterdir() if path.name.startswith("poison."))
+
+    def dispatched_again_or_completed(seen: int, status_url: str) -> bool:
+        return runs() >= seen or client.get(status_url).json()["status"] == "COMPLETED"
+
+    with gwharness.cleanup(runner), httpx.Client(timeout=30) as client:
+        try:
+            runner.wait_ready()
+            gateway.wait_ready([APP])
+            submitted = client.post(
+                f"{gateway.queue_url}/{APP}", json={"tag": "poison", "sleep": 60}
+            )
+            assert submitted.status_code == 200, submitted.text
+            base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
+            for restart in range(2 * MAX_ATTEMPTS):
+                gwharness.wait_for(
+                    lambda seen=restart + 1: dispatched_again_or_completed(seen, base + "/status"),
+                    timeout=60,
+                    message="the job dispatched again or completed",
+                )
+                if client.get(base + "/status").json()["status"] == "COMPLETED":
+                    break
+                gateway.kill()  # the gateway dies with the job in flight
+                gateway = gwharness.Gateway(
+                    workdir=tmp_path,
+                    static_config=static,
+                    tls=None,
+                    extra_args=args,
+                    name=f"gateway-{restart}",
+                    ports=ports,
+                )
+                gateways.append(gateway)
+                gateway.wait_ready()
+            status = client.get(base + "/status").json()
+            result = client.get(base)
+        except BaseException:
+            for process in gateways:
+                print(process.output())  # noqa: T201 - shown when the test fails
+            raise
+        finally:
+            for process in gateways:
+                process.stop()
+    assert runs() == MAX_ATTEMPTS
+    assert status["status"] == "COMPLETED"
+    assert result.status_code == 503
+    assert result.json()["error_type"] == "attempts_exhausted"
