@@ -1,16 +1,20 @@
 """``make dev``: kubefal on the local control plane, ready for the real fal_client.
 
 Starts (or reuses) the local control plane, installs the CRD, runs the gateway and the
-operator against it (with the builtin scaler), runs runner pods as local processes,
-creates an API key, applies the examples, and prints how to call them. Ctrl-C stops
-everything this command started; the control plane stays up (``make cluster-down``).
+operator against it (with the builtin scaler), runs runner pods as local processes, runs
+kubefal's fal control plane (``python -m kubefal_controlplane``, for the ``fal`` CLI), creates
+an API key for the examples' namespace, applies the examples, prints how to call them and
+writes the same lines to ``.kubefal/dev.env``. Ctrl-C or SIGTERM stops everything this command
+started; the local control plane stays up (``make cluster-down``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,10 +27,12 @@ from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import system as whole
+from e2e import waiting
 from kubefal_api import apikeys
 
 KEY_NAMESPACE = "kubefal-system"
 EXAMPLES = local_cluster.REPO_ROOT / "examples"
+DEFAULT_ENV_FILE = local_cluster.REPO_ROOT / ".kubefal" / "dev.env"
 
 
 def _ensure_namespace(core: k8s.CoreV1Api, name: str) -> None:
@@ -37,9 +43,9 @@ def _ensure_namespace(core: k8s.CoreV1Api, name: str) -> None:
             raise
 
 
-def _create_key(core: k8s.CoreV1Api) -> apikeys.ApiKey:
+def _create_key(core: k8s.CoreV1Api, namespace: str) -> apikeys.ApiKey:
     key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=["*"], description="make dev")
+    record = apikeys.new_record(key=key, namespaces=[namespace], description="make dev")
     core.create_namespaced_secret(
         KEY_NAMESPACE, apikeys.secret_manifest(record, namespace=KEY_NAMESPACE)
     )
@@ -80,30 +86,95 @@ def _apply_examples(kubeconfig: pathlib.Path, namespace: str) -> list[str]:
     return applied
 
 
+def _start_controlplane(
+    system: whole.System, *, kubeconfig: pathlib.Path, workdir: pathlib.Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m kubefal_controlplane`` with the gateway's certificate (localhost, 127.0.0.1)."""
+    port = local_cluster.free_port()
+    log = workdir / "controlplane.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
+    argv = [
+        sys.executable,
+        "-m",
+        "kubefal_controlplane",
+        f"--port={port}",
+        f"--tls-cert={workdir / 'tls' / 'tls.crt'}",
+        f"--tls-key={workdir / 'tls' / 'tls.key'}",
+        f"--kubeconfig={kubeconfig}",
+        f"--key-namespace={KEY_NAMESPACE}",
+        f"--gateway-admin-url=http://127.0.0.1:{system.ports.admin}",
+        f"--public-run-url=https://127.0.0.1:{system.ports.run}",
+        f"--public-queue-url=https://127.0.0.1:{system.ports.queue}",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    system.logs.append(log)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the control plane exited:\n{log.read_text()[-3000:]}")
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    waiting.wait_for(listening, timeout=60, description="the control plane to listen")
+    return process, port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make dev", description=__doc__.split("\n")[0])
     parser.add_argument("--namespace", default="default", help="where the examples go")
+    parser.add_argument(
+        "--kubeconfig",
+        type=pathlib.Path,
+        help="use this cluster instead of the local control plane (started if not running)",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=pathlib.Path,
+        default=DEFAULT_ENV_FILE,
+        help=f"where to write the client's environment lines (default {DEFAULT_ENV_FILE})",
+    )
     args = parser.parse_args(argv)
 
-    running = local_cluster.LocalCluster.attach()
-    if running is None:
-        print("# starting the local control plane …", flush=True)
-        running = local_cluster.LocalCluster().start()
-    kubeconfig = running.kubeconfig
+    if args.kubeconfig is not None:
+        kubeconfig = args.kubeconfig
+    else:
+        running = local_cluster.LocalCluster.attach()
+        if running is None:
+            print("# starting the local control plane …", flush=True)
+            running = local_cluster.LocalCluster().start()
+        kubeconfig = running.kubeconfig
     core = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
     _ensure_namespace(core, KEY_NAMESPACE)
+    _ensure_namespace(core, args.namespace)
     workdir = local_cluster.REPO_ROOT / ".kubefal" / "dev"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with whole.running_system(kubeconfig, workdir=workdir, key_namespace=KEY_NAMESPACE) as system:
-        key = _create_key(core)
+        controlplane, grpc_port = _start_controlplane(
+            system, kubeconfig=kubeconfig, workdir=workdir
+        )
+        key = _create_key(core, args.namespace)
         apps = _apply_examples(kubeconfig, args.namespace)
         env = system.client_env(str(key))
-        env_file = workdir / "fal.env"
+        env["FAL_GRPC_HOST"] = f"localhost:{grpc_port}"
+        env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(system.ca)
+        env_file = args.env_file
         lines = [
             f"{name}={env[name]}"
-            for name in ("FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "FAL_KEY")
+            for name in (
+                "FAL_RUN_HOST",
+                "FAL_QUEUE_RUN_HOST",
+                "SSL_CERT_FILE",
+                "FAL_KEY",
+                "FAL_GRPC_HOST",
+                "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            )
         ]
+        env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text("\n".join(lines) + "\n")
         env_file.chmod(0o600)
         print(f"export KUBECONFIG={kubeconfig}")
@@ -119,15 +190,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\"import fal_client; print(fal_client.subscribe('{args.namespace}/text-stats', "
             "arguments={'text': 'the cat and the hat'}, with_logs=True))\""
         )
-        print("# Ctrl-C removes the examples and stops the gateway, operator and runners")
+        fal_cli = pathlib.Path(sys.executable).parent / "fal"
+        print(f"# fal CLI: set -a; source {env_file}; set +a; {fal_cli} apps list")
+        print(
+            "# Ctrl-C removes the examples and stops the gateway, operator, control plane "
+            "and runners",
+            flush=True,
+        )
         try:
             while not stop.wait(1):
-                if system.gateway.poll() is not None or system.operator.poll() is not None:
+                if any(
+                    p.poll() is not None for p in (system.gateway, system.operator, controlplane)
+                ):
                     print("a kubefal process exited; see the logs above", file=sys.stderr)
                     return 1
         except KeyboardInterrupt:
             pass
         finally:
+            local_cluster.stop_pids([controlplane.pid], timeout=15)
             # Without the operator and the runners the examples would hold (fake) GPUs.
             subprocess.run(
                 [

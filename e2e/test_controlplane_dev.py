@@ -1,0 +1,137 @@
+"""``make dev`` with the fal control plane: ``fal deploy``, ``fal_client`` and ``fal apps scale``
+using nothing but the lines it writes to its env file.
+
+``python -m e2e.dev --kubeconfig`` runs the whole system on the session's cluster (operator,
+gateway, runner pods as processes, control plane); a shell that sources the env file deploys
+with the unmodified ``fal`` CLI, calls the app with ``fal_client``, scales it without
+restarting its runner, and SIGINT stops everything ``make dev`` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+from kubernetes import client as k8s
+
+from e2e import waiting
+from e2e.conftest import ClusterHandle
+from e2e.controlplane_harness import FAL_CLI, get_falapp
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+APP_FILE = REPO_ROOT / "e2e" / "apps" / "sleepy.py"
+
+
+def _env_from_file(env_file: pathlib.Path, home: pathlib.Path) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FAL_", "KUBEFAL_", "GRPC_", "ISOLATE_", "SSL_"))
+        and name != "KUBECONFIG"
+    }
+    for line in env_file.read_text().splitlines():
+        name, _, value = line.partition("=")
+        env[name] = value
+    env.update(HOME=str(home), COLUMNS="250", NO_COLOR="1", NO_PROXY="127.0.0.1,localhost")
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _runner_pods(api_client: k8s.ApiClient, namespace: str) -> set[tuple[str, str]]:
+    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector="kubefal.io/app=sleepy-dev"
+    )
+    return {(pod.metadata.name, pod.metadata.uid) for pod in pods.items}
+
+
+def test_make_dev_serves_fal_deploy_fal_client_and_fal_apps_scale_from_its_env_file(
+    cluster: ClusterHandle,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> None:
+    env_file = tmp_path / "dev.env"
+    log = tmp_path / "make-dev.log"
+    e2e_logs.append(log)
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "e2e.dev",
+                f"--kubeconfig={cluster.kubeconfig}",
+                f"--namespace={namespace}",
+                f"--env-file={env_file}",
+            ],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        waiting.wait_for(
+            lambda: dev.poll() is None and "Ctrl-C" in log.read_text(),
+            timeout=180,
+            description="make dev to print its lines",
+        )
+        env = _env_from_file(env_file, tmp_path)
+        assert {"FAL_GRPC_HOST", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "FAL_KEY"} <= set(env)
+
+        _run(
+            [str(FAL_CLI), "deploy", f"{APP_FILE}::Sleepy", "--app-name", "sleepy-dev"],
+            env,
+        )
+        called = _run(
+            [
+                sys.executable,
+                "-c",
+                "import fal_client, json; print(json.dumps(fal_client.subscribe("
+                f"'{namespace}/sleepy-dev', arguments={{'tag': 'dev'}})))",
+            ],
+            env,
+        )
+        assert json.loads(called.strip().splitlines()[-1])["tag"] == "dev"
+        runners = _runner_pods(api_client, namespace)
+        assert len(runners) == 1
+
+        _run(
+            [str(FAL_CLI), "apps", "scale", f"{namespace}/sleepy-dev", "--keep-alive", "120"],
+            env,
+        )
+        app = get_falapp(api_client, namespace=namespace, name="sleepy-dev")
+        waiting.wait_for(
+            lambda: (
+                (
+                    get_falapp(api_client, namespace=namespace, name="sleepy-dev").get("status")
+                    or {}
+                ).get("observedGeneration")
+                == app["metadata"]["generation"]
+            ),
+            timeout=60,
+            description="the operator to apply the scale",
+        )
+        listed = json.loads(_run([str(FAL_CLI), "apps", "list", "--json"], env))
+
+        assert app["spec"]["scaling"]["keepAlive"] == 120
+        assert _runner_pods(api_client, namespace) == runners  # no runner restarted
+        assert [a["keep_alive"] for a in listed["apps"] if a["alias"].endswith("/sleepy-dev")] == [
+            120
+        ]
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            code = dev.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            raise
+    assert code == 0
