@@ -333,7 +333,15 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "kubeconfig's user can list"
         )
     _check_webhook_lists(settings)
-    for name in ("max_header_bytes", "max_headers", "max_connections"):
+    for name in (
+        "max_header_bytes",
+        "max_headers",
+        "max_connections",
+        "webhook_concurrency",
+        "webhook_tenant_concurrency",
+        "webhook_max_attempts",
+        "key_verify_concurrency",
+    ):
         if getattr(settings, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("header_timeout", "tls_handshake_timeout", "idle_timeout", "webhook_timeout"):

@@ -317,7 +317,8 @@ class WebhookWorker:
             put_back: list[tuple[queueing.WebhookDelivery, float]] = []
             for delivery in deliveries:
                 tenant = self._tenant(tenant_of(delivery))
-                if len(tenant.waiting) >= settings.tenant_queue:
+                held = tenant.in_flight + len(tenant.waiting)
+                if held >= settings.tenant_concurrency + settings.tenant_queue:
                     put_back.append((delivery, now + self._put_back_delay(tenant)))
                     continue
                 tenant.waiting.append(delivery)

@@ -246,13 +246,13 @@ async def test_a_tarpit_receiver_only_holds_its_own_tenants_slots(
         # The other tenant's webhook arrives although the tarpit, which answers nothing within
         # the 60 s attempt timeout, got its 20 deliveries first.
         await wait_for(
-            lambda: len(receiver.received) == 1 and tarpit.open == 4,
+            lambda: outcomes == ["delivered"] and tarpit.open == 4,
             message="the other tenant's webhook",
         )
         # The tarpit holds exactly its tenant's slots and none has timed out; its other
         # deliveries wait in the outbox or the tenant's queue, not in the shared pool.
         assert tarpit.accepted == 4
-        assert outcomes == ["delivered"]
+        assert len(receiver.received) == 1
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
