@@ -11,9 +11,11 @@ commits (submit, complete), not three.
 
 SQLite runs in the event-loop thread: with WAL and ``synchronous=NORMAL`` a commit is a write to the
 WAL file without fsync (fsync happens at checkpoints), which survives a crash of the process (not a
-power loss), the guarantee the gateway promises. Only one process may use a database file: the
-store is the single owner, so at open it returns jobs left IN_PROGRESS by a previous (crashed)
-process to the queue, and it keeps an in-memory index of queued sequence numbers per app and
+power loss), the guarantee the gateway promises. Only one process may use a database file (an
+exclusive lock on ``<path>.lock`` makes a second gateway fail at start instead of re-running the
+first one's jobs; several replicas need the Redis store): the store is the single owner, so at
+open it returns jobs left IN_PROGRESS by a previous (crashed) process to the queue (counting an
+attempt), and it keeps an in-memory index of queued sequence numbers per app and
 priority, which makes lease and ``queue_position`` O(log n) without touching SQL indexes.
 """
 
@@ -22,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import fcntl
 import logging
 import sqlite3
 import time
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,6 +172,7 @@ class SqliteQueueStore:
         """Writes of the open transaction that nobody waits for (lease, renew, requeue): if its
         commit fails they are applied again, since the jobs they concern go on running."""
         self._housekeeping: asyncio.Task[None] | None = None
+        self._lock: typing.IO[bytes] | None = None
         self._closed = False
 
     @classmethod
@@ -186,6 +191,7 @@ class SqliteQueueStore:
         with `queueing.attempts_exhausted_result` once that reaches ``max_attempts``. With a
         ``housekeeping_interval`` a task calls `expire` that often.
         """
+        lock = _lock(path)
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
@@ -198,6 +204,7 @@ class SqliteQueueStore:
             max_logs_per_job=max_logs_per_job,
             max_attempts=max_attempts,
         )
+        store._lock = lock
         store._load_index()
         # The previous process's leases: this process is the file's only user, so they are lost.
         store._begin()
@@ -787,6 +794,24 @@ class SqliteQueueStore:
         self._closed = True
         self._events.close()
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+
+
+def _lock(path: str) -> typing.IO[bytes] | None:
+    """Hold ``<path>.lock`` exclusively for this process (None for an in-memory database)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    handle = open(path + ".lock", "ab")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise queueing.QueueError(
+            f"{path} is in use by another gateway process; the SQLite store serves one gateway"
+            " (use the Redis store for several replicas)"
+        ) from None
+    return handle
 
 
 def _delivery(row: tuple[Any, ...]) -> queueing.WebhookDelivery:

@@ -357,3 +357,21 @@ async def test_the_reaper_waits_out_the_grace_and_spares_an_app_that_comes_back(
     assert (first, before_grace, after_grace) == (0, 0, 1)
     assert gone is not None and gone.state is queueing.JobState.COMPLETED
     assert back is not None and back.state is queueing.JobState.IN_QUEUE
+
+
+# ---- item 13: SQLite stays single-gateway -------------------------------------------------------
+async def test_a_second_gateway_on_one_sqlite_file_is_refused_until_the_first_closes(
+    tmp_path: object,
+) -> None:
+    path = f"{tmp_path}/queue.db"
+    first = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    await first.submit(make_job("running"))
+    await first.lease(APP, holder="first", lease_seconds=LEASE)
+    with pytest.raises(queueing.QueueError, match="in use by another gateway"):
+        await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    running = await first.view("running")
+    await first.close()
+    second = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    await second.close()
+    # The refused open did not take the first gateway's running job back to the queue.
+    assert running is not None and running.state is queueing.JobState.IN_PROGRESS
