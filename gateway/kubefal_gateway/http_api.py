@@ -82,9 +82,10 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-HANG_UP_WATCH_AFTER = 0.1
+HANG_UP_WATCH_AFTER = 1.0
 """A run still waiting for its answer after this many seconds gets its client connection watched
-(most answer sooner, and cost only a timer)."""
+(most answer sooner and cost only a timer; a hang-up during a shorter run wastes less than this
+much runner time). Under load many runs take over 0.1 s, and a watch task each costs CPU."""
 
 
 class HangUpWatch:

@@ -46,11 +46,16 @@ class InvalidTarget(ValueError):
     """A request line the gateway refuses to write to a runner."""
 
 
-def check_target(target: str) -> None:
-    """Raise InvalidTarget unless `target` is an origin-form path[?query] of RFC 3986 characters.
+def valid_target(target: str) -> bool:
+    """True when `target` is an origin-form path[?query] of RFC 3986 characters only.
 
     The last check before a request line is written (upstream.py): cheap, and independent of
     where the target came from."""
+    return _TARGET.fullmatch(target) is not None
+
+
+def check_target(target: str) -> None:
+    """Raise InvalidTarget unless `valid_target(target)`."""
     if _TARGET.fullmatch(target) is None:
         raise InvalidTarget(f"refusing to send a request for {target[:200]!r} to a runner")
 
@@ -75,17 +80,22 @@ def _decoded_path(raw: bytes) -> bytes:
 
 def is_reserved(subpath: str) -> bool:
     """True when `subpath`, normalized as any server on the way might, starts with the prefix."""
-    text = subpath
-    for _ in range(_MAX_DECODE_ROUNDS):
-        if "%" not in text:
-            break
-        decoded = urllib.parse.unquote(text, errors="replace")
-        if decoded == text:
-            break
-        text = decoded
-    text = text.lower().replace("\\", "/")
-    if _RESERVED_NAME not in text:
-        return False  # the fast answer for nearly every request
+    if "%" not in subpath:  # nearly every request: nothing to decode, no backslash possible
+        text = subpath.lower()
+        if _RESERVED_NAME not in text:
+            return False
+    else:
+        text = subpath
+        for _ in range(_MAX_DECODE_ROUNDS):
+            if "%" not in text:
+                break
+            decoded = urllib.parse.unquote(text, errors="replace")
+            if decoded == text:
+                break
+            text = decoded
+        text = text.lower().replace("\\", "/")
+        if _RESERVED_NAME not in text:
+            return False
     segments: list[str] = []
     for segment in text.split("/"):
         if segment in ("", "."):
@@ -111,8 +121,11 @@ def forward_path(raw_path: bytes, *, max_url_bytes: int) -> tuple[str, str, str]
         raise errors.NotFound(
             f"Path {decoded.decode('ascii')!r} does not name an app: use /<namespace>/<name>/..."
         )
-    namespace = urllib.parse.unquote(parts[1].decode("ascii"))
-    name = urllib.parse.unquote(parts[2].decode("ascii"))
+    namespace = parts[1].decode("ascii")
+    name = parts[2].decode("ascii")
+    if decoded is not raw_path:
+        namespace = urllib.parse.unquote(namespace)
+        name = urllib.parse.unquote(name)
     subpath = "/" + parts[3].decode("ascii") if len(parts) == 4 else "/"
     if is_reserved(subpath):
         raise errors.NotFound(f"Path {subpath!r} not found")
