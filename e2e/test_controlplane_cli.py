@@ -79,6 +79,10 @@ def test_fal_apps_list_runners_scale_and_delete(
     scaling = get_falapp(api_client, namespace=namespace, name="cli-app")["spec"]["scaling"]
     assert (scaling["keepAlive"], scaling["maxConcurrency"]) == (30, 9)
 
+    revisions = _ok(run_fal(plane, "apps", "list-rev", app, key=key, home=tmp_path))
+    uid = get_falapp(api_client, namespace=namespace, name="cli-app")["metadata"]["uid"]
+    assert uid in revisions
+
     deleted = _ok(run_fal(plane, "apps", "delete", app, key=key, home=tmp_path))
 
     assert "deleted" in deleted

@@ -303,6 +303,33 @@ def alias_info(
     )
 
 
+def application_info(
+    app: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+) -> isolate_proto.ApplicationInfo:
+    """A FalApp as fal's ``ApplicationInfo``: kubefal keeps one revision per app, the live one."""
+    alias = alias_info(app, pods)
+    info = isolate_proto.ApplicationInfo(
+        application_id=alias.revision,
+        max_concurrency=alias.max_concurrency,
+        max_multiplexing=alias.max_multiplexing,
+        keep_alive=alias.keep_alive,
+        active_runners=alias.active_runners,
+        min_concurrency=alias.min_concurrency,
+        machine_types=list(alias.machine_types),
+        request_timeout=alias.request_timeout,
+        startup_timeout=alias.startup_timeout,
+        valid_regions=list(alias.valid_regions),
+        concurrency_buffer=alias.concurrency_buffer,
+        concurrency_buffer_perc=alias.concurrency_buffer_perc,
+        scaling_delay_seconds=alias.scaling_delay_seconds,
+        environment_name=alias.environment_name,
+    )
+    created = _timestamp((app.get("metadata") or {}).get("creationTimestamp"))
+    if created is not None:
+        info.created_at.FromDatetime(created)
+    return info
+
+
 # request field -> (FalApp spec path, pydantic model, model field)
 SCALE_FIELDS: Final[dict[str, tuple[tuple[str, ...], type[Any], str]]] = {
     "keep_alive": (("scaling", "keepAlive"), v1alpha1.ScalingSpec, "keep_alive"),

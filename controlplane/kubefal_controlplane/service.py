@@ -4,7 +4,8 @@ Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps ru
 ``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``),
 ``DeleteAlias`` (``fal apps delete``), ``CreateUserKey`` / ``ListUserKeys`` / ``RevokeUserKey``
 (``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``), ``StopRunner`` /
-``KillRunner`` (``fal runners stop|kill``), ``BuildEnvironment`` and
+``KillRunner`` (``fal runners stop|kill``), ``ListApplications`` (``fal apps list-rev``, one
+revision per app), ``BuildEnvironment`` and
 ``RegisterApplication`` (``fal deploy``, see :mod:`kubefal_controlplane.deploy`). Every other RPC
 answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
 
@@ -55,7 +56,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "Run": "fal run",
     "InteractiveRun": "fal run",
     "Map": "fal.function(...).map",
-    "ListApplications": "fal apps list-rev",
     "DeleteApplication": "fal apps delete-rev",
     "RolloutApplication": "fal apps rollout",
     "SetAlias": "fal apps set-rev",
@@ -291,6 +291,35 @@ class Controller(IsolateControllerServicer):
             if info is not None:
                 infos.append(info)
         return isolate_proto.ListAliasesResult(aliases=infos)
+
+    @_rpc
+    def ListApplications(
+        self, request: isolate_proto.ListApplicationsRequest, caller: auth.Caller
+    ) -> isolate_proto.ListApplicationsResult:
+        """``fal apps list-rev``: kubefal keeps one revision per app (its FalApp)."""
+        env = request.environment_name if request.HasField("environment_name") else None
+        if request.HasField("application_name") and request.application_name:
+            apps = [self._resolve(caller, request.application_name, env, field="application_name")]
+        else:
+            scope = self._scope(caller, env)
+            apps = [
+                app
+                for app in self.cluster.list_falapps(scope)
+                if caller.allows(str(app["metadata"]["namespace"]))
+            ]
+        pods = self._pods_by_app(
+            tuple(sorted({str(app["metadata"]["namespace"]) for app in apps})) or ()
+        )
+        infos = []
+        for app in sorted(apps, key=mapping.app_id):
+            meta = app["metadata"]
+            try:
+                infos.append(
+                    mapping.application_info(app, pods.get((meta["namespace"], meta["name"]), []))
+                )
+            except ValueError as error:
+                logger.warning("FalApp %s does not parse, left out: %s", mapping.app_id(app), error)
+        return isolate_proto.ListApplicationsResult(applications=infos)
 
     @_rpc
     def ListAliasRunners(

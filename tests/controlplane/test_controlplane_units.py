@@ -304,3 +304,24 @@ def test_tls_is_required_unless_local_credentials() -> None:
         settings.from_args(["--kubeconfig", "/dev/null"])
 
     assert settings.from_args(["--local-credentials"]).local_credentials
+
+
+def test_application_info_is_the_apps_one_revision_with_its_creation_time() -> None:
+    app = {
+        "metadata": {
+            "name": "demo",
+            "namespace": "team-a",
+            "uid": "u-1",
+            "creationTimestamp": "2026-12-05T11:00:00Z",
+        },
+        "spec": {"app": "a.py::A", "scaling": {"keepAlive": 9}},
+    }
+
+    info = mapping.application_info(app, [_pod()])
+
+    assert info.application_id == "u-1"
+    assert info.keep_alive == 9 and info.active_runners == 1
+    assert info.created_at.ToDatetime(tzinfo=datetime.UTC) == datetime.datetime(
+        2026, 12, 5, 11, 0, tzinfo=datetime.UTC
+    )
+    assert info.environment_name == "team-a"
