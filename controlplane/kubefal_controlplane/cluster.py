@@ -4,9 +4,17 @@ One :class:`Cluster` owns the ``kubernetes`` client (created from a kubeconfig o
 ServiceAccount, closed with the server) and returns plain dicts, so the mapping code stays
 pure. Every request carries the configured timeout and every list the configured limit.
 
-What the control plane reads and writes: FalApps (read, merge-patch, delete), runner pods
-(read), Events (create, naming the API key behind a change), API-key Secrets in the key
-namespace (read, create, patch) and each namespace's fal-secrets Secret.
+The Kubernetes permissions this needs, and no more (its ServiceAccount's least privilege):
+
+* ``kubefal.io`` ``falapps``: get, list, create, update, patch, delete (apps, scale, deploy);
+* ``pods``: get, list (runners), delete (``fal runners stop|kill``);
+* ``events``: create (each change names the API key that made it);
+* ``configmaps``: create, patch (the source ConfigMap ``fal deploy`` writes, owned by its app);
+* ``secrets`` in the key namespace: get, list, create, patch (``fal keys``); in app namespaces:
+  get, create, update the ``kubefal-secrets`` Secret, and list by label across namespaces for a
+  key scoped to every namespace (``fal secrets``).
+
+The gateway, on the hot path, needs none of the write permissions.
 """
 
 from __future__ import annotations
