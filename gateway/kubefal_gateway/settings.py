@@ -222,6 +222,9 @@ class Settings:
     Host the uploader called."""
     realtime_token_max_ttl: float = 3600.0
     """Longest lifetime of a realtime token issued on `POST /tokens/`, in seconds."""
+    data_root: str = ""
+    """Directory holding every namespace's `/data` (`<root>/<namespace>`, the volume runners
+    mount at /data), served to `fal files` and `fal.sync_dir` on the REST listener; empty: off."""
     event_loop: str = "uvloop"
     """`uvloop` (default, faster) or `asyncio` (the standard library loop)."""
     log_level: str = "info"

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pathlib
 import ssl
+import subprocess
+import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,20 +39,30 @@ class Stack:
         self.other_key = apikeys.generate_key()
         self.rest_port = gwharness.free_port()
         self.files_dir = workdir / "files"
-        self.runner = gwharness.Runner(
-            workdir=workdir,
-            app_ref=storage_harness.FILES_APP,
-            env={
-                "FAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
-                "FAL_KEY": str(self.key),
-                "SSL_CERT_FILE": str(self.tls.ca_path),
-            },
-        )
+        self.data_dir = workdir / "data"
+        self.runners = [
+            gwharness.Runner(
+                workdir=workdir,
+                app_ref=storage_harness.FILES_APP,
+                env={
+                    "FAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
+                    "FAL_KEY": str(self.key),
+                    "SSL_CERT_FILE": str(self.tls.ca_path),
+                },
+            )
+            for _ in range(2)
+        ]
         self.gateway = gwharness.Gateway(
             workdir=workdir,
             tls=self.tls,
             static_config={
-                "apps": [{"id": "team/files", "auth": "private", "runners": [self.runner.url]}],
+                "apps": [
+                    {
+                        "id": "team/files",
+                        "auth": "private",
+                        "runners": [r.url for r in self.runners],
+                    }
+                ],
                 "keys": [
                     {"key": str(self.key), "namespaces": "team"},
                     {"key": str(self.other_key), "namespaces": "other"},
@@ -63,6 +77,8 @@ class Stack:
                 str(MAX_FILE),
                 "--storage-signing-key",
                 SIGNING_KEY,
+                "--data-root",
+                str(self.data_dir),
             ],
         )
         self.rest_url = f"https://127.0.0.1:{self.rest_port}"
@@ -71,6 +87,14 @@ class Stack:
         return {
             **self.gateway.client_env(str(key or self.key)),
             "KUBEFAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
+        }
+
+    def fal_env(self, key: apikeys.ApiKey | None = None) -> dict[str, str]:
+        """The fal SDK and CLI (fal files, fal.sync_dir) call REST at their gRPC host."""
+        return {
+            "FAL_GRPC_HOST": f"127.0.0.1:{self.rest_port}",
+            "FAL_KEY": str(key or self.key),
+            "SSL_CERT_FILE": str(self.tls.ca_path),
         }
 
     def http(self) -> httpx.Client:
@@ -83,8 +107,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("storage"))
-    with gwharness.cleanup(stack.runner, stack.gateway):
-        stack.runner.wait_ready()
+    with gwharness.cleanup(*stack.runners, stack.gateway):
+        for runner in stack.runners:
+            runner.wait_ready()
         stack.gateway.wait_ready(["team/files"])
         yield stack
 
@@ -236,6 +261,131 @@ def test_realtime_with_default_arguments(stack: Stack, python: pathlib.Path) -> 
         env=stack.client_env(),
     )
     assert result == {"sha256": hashlib.sha256(b"abc").hexdigest(), "size": 3}
+
+
+# ---- fal.toolkit's KV store -------------------------------------------------------------------
+def test_kv_store_is_shared_by_two_runners_and_scoped_to_the_namespace(stack: Stack) -> None:
+    first, second = stack.runners
+    with httpx.Client(timeout=60) as http:
+        written = http.post(
+            first.url + "/kv", json={"op": "set", "key": "model/rev", "value": "v1"}
+        ).json()
+        read = http.post(second.url + "/kv", json={"op": "get", "key": "model/rev"}).json()
+        deleted = http.post(second.url + "/kv", json={"op": "delete", "key": "model/rev"}).json()
+        gone = http.post(first.url + "/kv", json={"op": "get", "key": "model/rev"}).json()
+    assert written["value"] == "v1" and read["value"] == "v1"
+    assert written["pid"] != read["pid"]
+    assert deleted["value"] is None and gone["value"] is None
+    with stack.http() as http:
+        base = f"{stack.rest_url}/kv"
+        put = http.put(f"{base}/set/shared-db/k", content=b"team value", headers=stack.auth())
+        assert put.status_code == 200
+        assert http.get(f"{base}/get/shared-db/k", headers=stack.auth()).json() == {
+            "value": "team value"
+        }
+        other = http.get(f"{base}/get/shared-db/k", headers=stack.auth(stack.other_key))
+        assert other.status_code == 404
+        assert http.get(f"{base}/get/shared-db/k").status_code == 401
+        bad = http.get(f"{base}/get/bad db/k", headers=stack.auth())
+        assert bad.status_code == 400 and bad.json()["detail"]
+        bad_ttl = http.put(f"{base}/set/shared-db/k?ttl=5", content=b"x", headers=stack.auth())
+        assert bad_ttl.status_code == 400 and "ttl" in bad_ttl.json()["detail"]
+        too_big = http.put(
+            f"{base}/set/shared-db/k", content=b"x" * (1024 * 1024 + 1), headers=stack.auth()
+        )
+        assert too_big.status_code == 413
+
+
+# ---- /data: fal.sync_dir and fal files ----------------------------------------------------------
+def _fal_cli(stack: Stack, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("FAL_", "KUBEFAL_")) and key != "SSL_CERT_FILE"
+    }
+    return subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("fal")), *arguments],
+        env={**environment, **stack.fal_env()},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_sync_dir_and_fal_files_list_upload_download(stack: Stack, tmp_path: pathlib.Path) -> None:
+    local = tmp_path / "weights"
+    (local / "sub").mkdir(parents=True)
+    (local / "sub" / "a.bin").write_bytes(b"A" * 1000)
+    (local / "config.json").write_text('{"layers": 2}')
+    script = f"""
+        import fal
+        first = fal.sync_dir({str(local)!r}, "/data/models/w")
+        second = fal.sync_dir({str(local)!r}, "/data/models/w")
+        emit([first, second])
+    """
+    result = gwharness.run_client(script, env=stack.fal_env())
+    assert result == ["models/w", "models/w"]
+    team = stack.data_dir / "team"
+    assert (team / "models" / "w" / "sub" / "a.bin").read_bytes() == b"A" * 1000
+    assert (team / "models" / "w" / "config.json").read_text() == '{"layers": 2}'
+
+    listed = _fal_cli(stack, "files", "list", "/data/models/w")
+    assert listed.returncode == 0, listed.stderr
+    assert {"sub", "config.json", ".fal_hash"} <= set(listed.stdout.split())
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))  # over fal's 10 MB: multipart
+    small = tmp_path / "small.txt"
+    small.write_text("small")
+    for source in (big, small):
+        uploaded = _fal_cli(stack, "files", "upload", str(source), f"/data/in/{source.name}")
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert (team / "in" / source.name).read_bytes() == source.read_bytes()
+    target = tmp_path / "back.bin"
+    downloaded = _fal_cli(stack, "files", "download", "/data/in/big.bin", str(target))
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert target.read_bytes() == big.read_bytes()
+    assert not [p for p in team.rglob("*") if p.name.startswith(".kubefal-")]
+
+
+def test_data_is_per_namespace_and_paths_stay_inside(stack: Stack) -> None:
+    with stack.http() as http:
+        base = stack.rest_url
+        put = http.post(
+            f"{base}/files/file/local//data/private/x.txt",
+            files={"file_upload": ("x.txt", b"team only")},
+            headers=stack.auth(),
+        )
+        assert put.status_code == 200
+        other = http.get(
+            f"{base}/files/file//data/private/x.txt", headers=stack.auth(stack.other_key)
+        )
+        assert other.status_code == 404
+        assert (stack.data_dir / "other").is_dir()
+        # %2e%2e: httpx would remove a literal ".." segment before sending
+        for path in ("/files/list//data/%2e%2e", "/files/file//data/a/%2e%2e/%2e%2e/team/x.txt"):
+            refused = http.get(base + path, headers=stack.auth(stack.other_key))
+            assert refused.status_code == 400 and refused.json()["detail"]
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("fine.txt", "ok")
+            zipped.writestr("../../escape.txt", "no")
+        slip = http.post(
+            f"{base}/files/file/local/unzipped?unzip=true",
+            files={"file_upload": ("d.zip", archive.getvalue())},
+            headers=stack.auth(),
+        )
+        assert slip.status_code == 400 and "." in slip.json()["detail"]
+        assert not list(stack.data_dir.rglob("escape.txt"))
+        assert not (stack.data_dir / "team" / "unzipped" / "fine.txt").exists()
+        assert http.get(f"{base}/files/list//data", headers={}).status_code == 401
+        fetch = http.post(
+            f"{base}/files/file/url//data/x",
+            json={"url": "http://169.254.169.254/"},
+            headers=stack.auth(),
+        )
+        assert fetch.status_code == 400
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ Raw ASGI like http_api.py (same helpers, same error shape: a JSON `detail` and a
   "upload_url"}`, then `PUT <upload_url>/<n>` and `POST <upload_url>/complete`;
 * `GET|HEAD /files/<namespace>/<id>/<expires>.<sig>/<name>`: the file, without credentials
   until the URL expires; `-` instead of the signature asks for an API key of the namespace;
-* `POST /tokens/` (API key) → a realtime token (realtime.py).
+* `POST /tokens/` (API key) → a realtime token (realtime.py);
+* `/files/list|file|rename|dir/...`: fal's files API over `/data` (data_routes.py);
+* `GET /kv/get/<db>/<key>`, `PUT /kv/set/<db>/<key>[?ttl=s]`, `DELETE /kv/delete/<db>/<key>`:
+  fal.toolkit's KV store (kv.py).
 
 Statuses: 400 malformed, 401 no or bad credentials, 403 bad signature, expired URL or another
 namespace's key, 404 unknown or expired file or upload, 413 over `--storage-max-file-bytes`,
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,12 +38,13 @@ from kubefal_api import apikeys
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
-from kubefal_gateway.storage import blobs, names, realtime, signing
+from kubefal_gateway.storage import blobs, data_routes, kv, names, realtime, signing
 from kubefal_gateway.storage import core as storage_core
 
 LOGGER = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 1024 * 1024
+_TOKEN = re.compile(r"[0-9]{1,12}\.[A-Za-z0-9_-]{" + str(signing.SIGNATURE_CHARS) + "}")
 NAMESPACE_HEADER = b"x-kubefal-namespace"
 
 
@@ -59,9 +64,25 @@ class _ClientGone(Exception):
     pass
 
 
+def _is_file_url(path: str) -> bool:
+    """`/files/<namespace>/<id>/<token>/<name>...` (not one of the /data API's paths)."""
+    parts = path.split("/")
+    if len(parts) < 6:
+        return False
+    try:
+        names.check_namespace(parts[2])
+        names.check_id(parts[3])
+    except names.InvalidName:
+        return False
+    return parts[4] == "-" or _TOKEN.fullmatch(parts[4]) is not None
+
+
 def _to_gateway_error(error: Exception) -> errors.GatewayError | None:
     if isinstance(error, errors.GatewayError):
         return error
+    data_error = data_routes.to_gateway_error(error)
+    if data_error is not None:
+        return data_error
     if isinstance(error, blobs.BlobTooLarge):
         return errors.PayloadTooLarge(f"File too large: {error}")
     if isinstance(error, blobs.StoreFull):
@@ -72,6 +93,8 @@ def _to_gateway_error(error: Exception) -> errors.GatewayError | None:
         return errors.NotFound(str(error))
     if isinstance(error, storage_core.Invalid | names.InvalidName):
         return errors.BadRequest(str(error))
+    if isinstance(error, kv.KvUnavailable):
+        return StorageUnavailable(f"The KV store is unavailable; try again ({error})")
     if isinstance(error, signing.Expired):
         return errors.Forbidden("This file URL has expired")
     if isinstance(error, signing.BadSignature):
@@ -91,6 +114,8 @@ class RestApi:
         default_namespace: str = "default",
         cdn_token_ttl: float = 3600.0,
         realtime_max_ttl: float = 3600.0,
+        kv_store: kv.KvStore | None = None,
+        data: data_routes.DataApi | None = None,
     ) -> None:
         self.gateway = gateway
         self.keys = gateway.keys
@@ -99,6 +124,8 @@ class RestApi:
         self.default_namespace = default_namespace
         self.cdn_token_ttl = cdn_token_ttl
         self.realtime_max_ttl = realtime_max_ttl
+        self.kv = kv_store
+        self.data = data
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -234,8 +261,15 @@ class RestApi:
         elif path in ("/tokens", "/tokens/"):
             self._only(method, "POST")
             await self._realtime_token(scope, receive, send)
+        elif path.startswith(data_routes.PREFIXES) and not _is_file_url(path):
+            if self.data is None:
+                raise errors.NotFound("This gateway serves no /data (see --data-root)")
+            record = await self._api_key(scope)
+            await self.data.handle(scope, receive, send, self._namespace(scope, record))
         elif path.startswith("/files/"):
             await self._file(scope, receive, send)
+        elif path.startswith("/kv/"):
+            await self._kv(scope, receive, send)
         elif path == "/healthz":
             await http_api.send_json(send, 200, {"status": "ok"})
         else:
@@ -353,6 +387,39 @@ class RestApi:
             max_ttl=self.realtime_max_ttl,
         )
         await http_api.send_json(send, 200, token)
+
+    async def _kv(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """fal.toolkit's KVStore: `/kv/{get|set|delete}/<db>/<key>` (storage/kv.py)."""
+        if self.kv is None:
+            raise errors.NotFound("This gateway serves no KV store")
+        parts = scope["path"].split("/", 4)  # ["", "kv", operation, db, key]
+        if len(parts) != 5:
+            raise errors.NotFound("Use /kv/{get|set|delete}/<db>/<key>")
+        _, _, operation, db, key = parts
+        expected = {"get": "GET", "set": "PUT", "delete": "DELETE"}.get(operation)
+        if expected is None:
+            raise errors.NotFound("Use /kv/{get|set|delete}/<db>/<key>")
+        self._only(scope["method"], expected)
+        try:
+            kv.check_db(db)
+            kv.check_key(key)
+            ttl = kv.parse_ttl(http_api.query_params(scope).get("ttl"))
+        except ValueError as error:
+            raise errors.BadRequest(str(error)) from None
+        namespace = await self._uploader(scope)
+        kv_scope = f"{namespace}/{db}"
+        if operation == "get":
+            value = await self.kv.get(kv_scope, key)
+            if value is None:
+                raise errors.NotFound(f"Key {key[:100]!r} not found")
+            await http_api.send_json(send, 200, {"value": value.decode("utf-8", "replace")})
+        elif operation == "set":
+            value = await http_api.read_body(scope, receive, limit=kv.MAX_VALUE_BYTES)
+            await self.kv.set(kv_scope, key, value, ttl=ttl)
+            await http_api.send_json(send, 200, {"status": "ok"})
+        else:
+            await self.kv.delete(kv_scope, key)
+            await http_api.send_json(send, 200, {"status": "ok"})
 
     async def _file(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = scope["path"].split("/")  # ["", "files", ns, id, token, name, ...]

@@ -1,7 +1,8 @@
 """The storage service's lifecycle in the gateway process: backend, signing key, sweeper.
 
 `serving(gateway)` opens the backend named by `--storage` (a directory for the embedded store,
-or `s3://bucket[/prefix]?endpoint=...` for an S3-compatible one), and yields the REST listener's
+or `s3://bucket[/prefix]?endpoint=...` for an S3-compatible one) and the KV store that goes
+with the queue's `--store` (kv.py), and yields the REST listener's
 ASGI app (None when `--rest-port` is 0). The signing key is `--storage-signing-key`, or else a
 random key kept in the store itself (`_kubefal/signing-key`), created by the first gateway
 that needs it, so replicas sharing a store verify each other's URLs and tokens and a restart
@@ -20,7 +21,16 @@ from collections.abc import AsyncIterator
 
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import settings
-from kubefal_gateway.storage import blobs, core, local, routes, signing
+from kubefal_gateway.storage import (
+    blobs,
+    core,
+    data_routes,
+    datafiles,
+    kv,
+    local,
+    routes,
+    signing,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -93,6 +103,7 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         yield None
         return
     store = open_store(config.storage)
+    kv_store = kv.open_kv(config.store)
     source = StorageSource(gateway, store, limits_from(config))
     with contextlib.suppress(blobs.BlobError):
         await source()
@@ -102,6 +113,15 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         public_url=config.storage_public_url,
         default_namespace=config.storage_namespace,
         realtime_max_ttl=config.realtime_token_max_ttl,
+        kv_store=kv_store,
+        data=data_routes.DataApi(
+            datafiles.DataFiles(
+                pathlib.Path(config.data_root),
+                datafiles.Limits(max_file_bytes=config.storage_max_file_bytes),
+            )
+        )
+        if config.data_root
+        else None,
     )
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_forever(source, config.storage_sweep_interval), name="storage-sweeper"
@@ -113,6 +133,7 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         with contextlib.suppress(BaseException):
             await sweeper
         await store.close()
+        await kv_store.close()
 
 
 async def _sweep_forever(source: StorageSource, interval: float) -> None:

@@ -1,0 +1,303 @@
+"""`/data` per namespace, as `fal files` and `fal.sync_dir` see it; no HTTP here.
+
+Runners mount their namespace's share of one volume at `/data` (`<data root>/<namespace>`,
+rendered by the operator); the gateway mounts the whole volume at `--data-root` and serves
+fal's files API over it (routes.py). Every path comes from a caller, so `resolve` is the one
+way from a caller's path to a file: `/data/a/b`, `data/a/b` and `a/b` all name
+`<root>/<namespace>/a/b`; `..`, `.`, empty, NUL and over-long segments are refused, and the
+resolved path (symlinks followed) must stay inside the namespace's directory. A zip unpacked by
+`sync_dir` gets the same checks per entry (no zip-slip, no symlink entries) and limits on its
+entry count and unpacked size. Writes go to a temporary file and are renamed into place.
+
+All methods block (file I/O); the HTTP layer runs them in the default thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import mmap
+import os
+import pathlib
+import shutil
+import stat
+import tempfile
+import zipfile
+from typing import IO
+
+from kubefal_gateway.storage import names
+
+MAX_PATH_CHARS = 1024
+MAX_DEPTH = 32
+HIDDEN_PREFIX = ".kubefal-"
+"""Temporary files and multipart uploads in progress, never listed."""
+
+
+class DataError(Exception):
+    pass
+
+
+class DataNotFound(DataError):
+    pass
+
+
+class DataInvalid(DataError):
+    pass
+
+
+class DataTooLarge(DataError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 1024**3
+    max_unzip_bytes: int = 4 * 1024**3
+    max_unzip_entries: int = 20_000
+
+
+def relative_parts(raw: str) -> list[str]:
+    """A caller's path as segments relative to `/data`; DataInvalid for anything unsafe."""
+    if len(raw) > MAX_PATH_CHARS or "\x00" in raw or "\\" in raw:
+        raise DataInvalid("invalid path")
+    text = raw.strip("/")
+    if text == "data":
+        text = ""
+    elif text.startswith("data/"):
+        text = text[len("data/") :]
+    parts = [part for part in text.split("/") if part]
+    if len(parts) > MAX_DEPTH or any(part in (".", "..") for part in parts):
+        raise DataInvalid("paths may not contain '.' or '..' segments")
+    if any(len(part) > 255 or not part.isprintable() for part in parts):
+        raise DataInvalid("invalid path segment")
+    return parts
+
+
+class DataFiles:
+    def __init__(self, root: pathlib.Path, limits: Limits | None = None) -> None:
+        self.root = root.resolve()
+        self.limits = limits or Limits()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- paths ----
+    def base(self, namespace: str) -> pathlib.Path:
+        base = self.root / names.check_namespace(namespace)
+        base.mkdir(exist_ok=True)
+        return base
+
+    def resolve(self, namespace: str, raw: str) -> pathlib.Path:
+        base = self.base(namespace)
+        path = base.joinpath(*relative_parts(raw))
+        real = pathlib.Path(os.path.realpath(path))
+        if real != base and not real.is_relative_to(base):
+            raise DataInvalid("the path leaves /data")
+        return path
+
+    def display(self, namespace: str, path: pathlib.Path) -> str:
+        relative = path.relative_to(self.base(namespace)).as_posix()
+        return "/data" if relative == "." else f"/data/{relative}"
+
+    # ---- reads ----
+    def listing(self, namespace: str, raw: str) -> list[dict[str, object]]:
+        path = self.resolve(namespace, raw)
+        if not path.exists():
+            return []  # as fal does: fsspec's put lists a directory it is about to create
+        targets = sorted(path.iterdir()) if path.is_dir() else [path]
+        entries = []
+        for target in targets:
+            if target.name.startswith(HIDDEN_PREFIX):
+                continue
+            info = target.lstat()
+            entries.append(
+                {
+                    "path": self.display(namespace, target),
+                    "size": info.st_size,
+                    "is_file": stat.S_ISREG(info.st_mode),
+                    "updated_time": datetime.datetime.fromtimestamp(
+                        info.st_mtime, datetime.UTC
+                    ).isoformat(),
+                }
+            )
+        return entries
+
+    def file(self, namespace: str, raw: str) -> pathlib.Path:
+        path = self.resolve(namespace, raw)
+        if not path.is_file():
+            raise DataNotFound(f"{self.display(namespace, path)} is not a file")
+        return path
+
+    def check_hash(self, namespace: str, raw: str, expected: str) -> bool:
+        """`fal.sync_dir`'s check: the directory holds the `.fal_hash` it uploaded last."""
+        marker = self.resolve(namespace, raw) / ".fal_hash"
+        with contextlib.suppress(OSError):
+            return marker.read_text().strip() == expected.strip()
+        return False
+
+    # ---- writes ----
+    def _temporary(self, namespace: str) -> tuple[int, str]:
+        return tempfile.mkstemp(dir=self.base(namespace), prefix=HIDDEN_PREFIX + "tmp-")
+
+    def place(self, namespace: str, raw: str, source: IO[bytes], size: int) -> None:
+        """Copy `size` bytes of `source` to the path (atomically replacing a file there)."""
+        target = self.resolve(namespace, raw)
+        if target == self.base(namespace) or target.is_dir():
+            raise DataInvalid("the target is a directory")
+        if size > self.limits.max_file_bytes:
+            raise DataTooLarge(f"the file exceeds {self.limits.max_file_bytes} bytes")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = self._temporary(namespace)
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                shutil.copyfileobj(source, out, 1024 * 1024)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+    def unzip(self, namespace: str, raw: str, source: IO[bytes]) -> None:
+        """`fal.sync_dir`: unpack a zip into the directory, each entry checked."""
+        target = self.resolve(namespace, raw)
+        try:
+            archive = zipfile.ZipFile(source)
+        except zipfile.BadZipFile:
+            raise DataInvalid("the upload is not a zip file") from None
+        with archive:
+            members = archive.infolist()
+            if len(members) > self.limits.max_unzip_entries:
+                raise DataTooLarge(f"more than {self.limits.max_unzip_entries} entries")
+            if sum(member.file_size for member in members) > self.limits.max_unzip_bytes:
+                raise DataTooLarge(f"unpacks to more than {self.limits.max_unzip_bytes} bytes")
+            planned = []
+            for member in members:
+                if stat.S_ISLNK(member.external_attr >> 16):
+                    raise DataInvalid(f"{member.filename!r}: links are not unpacked")
+                inside = "/".join(relative_parts(self.display(namespace, target)))
+                destination = self.resolve(namespace, f"{inside}/{member.filename}")
+                if not destination.is_relative_to(target):
+                    raise DataInvalid(f"{member.filename!r} leaves the target directory")
+                planned.append((member, destination))
+            target.mkdir(parents=True, exist_ok=True)
+            for member, destination in planned:
+                if member.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as entry:
+                    self.place(namespace, self.display(namespace, destination), entry, 0)
+
+    def delete(self, namespace: str, raw: str) -> None:
+        path = self.resolve(namespace, raw)
+        if path == self.base(namespace):
+            raise DataInvalid("/data itself cannot be deleted")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            raise DataNotFound(f"{self.display(namespace, path)} does not exist")
+
+    def rename(self, namespace: str, raw: str, destination_raw: str) -> None:
+        source = self.resolve(namespace, raw)
+        destination = self.resolve(namespace, destination_raw)
+        base = self.base(namespace)
+        if base in (source, destination) or not source.exists():
+            raise DataInvalid("cannot rename /data itself or a missing path")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, destination)
+
+    # ---- multipart (`fal files upload` of files over 10 MB) ----
+    def _upload_dir(self, namespace: str, upload_id: str) -> pathlib.Path:
+        return self.base(namespace) / f"{HIDDEN_PREFIX}upload-{names.check_id(upload_id)}"
+
+    def begin(self, namespace: str, raw: str) -> str:
+        self.resolve(namespace, raw)
+        upload_id = names.new_id()
+        directory = self._upload_dir(namespace, upload_id)
+        directory.mkdir()
+        (directory / "target").write_text(json.dumps(raw))
+        return upload_id
+
+    def _upload(self, namespace: str, raw: str, upload_id: str) -> pathlib.Path:
+        try:
+            directory = self._upload_dir(namespace, upload_id)
+            if json.loads((directory / "target").read_text()) != raw:
+                raise DataNotFound("upload not found")
+        except (OSError, ValueError, names.InvalidName):
+            raise DataNotFound("upload not found, finished or cancelled") from None
+        return directory
+
+    def part(
+        self, namespace: str, raw: str, upload_id: str, number: int, source: IO[bytes], size: int
+    ) -> str:
+        directory = self._upload(namespace, raw, upload_id)
+        if not 1 <= number <= 10_000:
+            raise DataInvalid("part numbers go from 1 to 10000")
+        if size > self.limits.max_file_bytes:
+            raise DataTooLarge(f"the part exceeds {self.limits.max_file_bytes} bytes")
+        digest = hashlib.md5(usedforsecurity=False)
+        with (directory / f"{number:05d}.part").open("wb") as out:
+            while chunk := source.read(1024 * 1024):
+                digest.update(chunk)
+                out.write(chunk)
+        return digest.hexdigest()
+
+    def complete(
+        self, namespace: str, raw: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        """Join the parts in order; return the MD5 of the whole file (fal compares it)."""
+        directory = self._upload(namespace, raw, upload_id)
+        files = [directory / f"{number:05d}.part" for number, _ in sorted(parts)]
+        if not files or not all(file.is_file() for file in files):
+            raise DataInvalid("a listed part was not uploaded")
+        if sum(file.stat().st_size for file in files) > self.limits.max_file_bytes:
+            raise DataTooLarge(f"the file exceeds {self.limits.max_file_bytes} bytes")
+        digest = hashlib.md5(usedforsecurity=False)
+        joined = directory / "joined"
+        with joined.open("wb") as out:
+            for file in files:
+                with file.open("rb") as part:
+                    while chunk := part.read(1024 * 1024):
+                        digest.update(chunk)
+                        out.write(chunk)
+        with joined.open("rb") as source:
+            self.place(namespace, raw, source, joined.stat().st_size)
+        shutil.rmtree(directory, ignore_errors=True)
+        return digest.hexdigest()
+
+    def cancel(self, namespace: str, raw: str, upload_id: str) -> None:
+        shutil.rmtree(self._upload(namespace, raw, upload_id), ignore_errors=True)
+
+
+def form_file(path: pathlib.Path, content_type: str, field: str = "file_upload") -> tuple[int, int]:
+    """The byte range of the file field `field` in a multipart/form-data body stored at
+    `path`; DataInvalid when the body is not such a form."""
+    boundary = ""
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip('"')
+    if not content_type.lower().startswith("multipart/form-data") or not 0 < len(boundary) < 200:
+        raise DataInvalid("send the file as multipart/form-data")
+    delimiter = b"--" + boundary.encode("latin-1")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataInvalid("empty form")
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as body:
+        position = body.find(delimiter)
+        while position != -1:
+            headers_start = position + len(delimiter) + 2
+            headers_end = body.find(b"\r\n\r\n", headers_start, headers_start + 16384)
+            if headers_end == -1:
+                break
+            headers = body[headers_start:headers_end].decode("latin-1").lower()
+            content_start = headers_end + 4
+            following = body.find(b"\r\n" + delimiter, content_start)
+            if following == -1:
+                break
+            if f'name="{field}"' in headers:
+                return content_start, following
+            position = following + 2
+    raise DataInvalid(f"the form has no {field!r} file")
