@@ -78,7 +78,9 @@ def main(argv: collections.abc.Sequence[str] | None = None) -> int:
             )
             return exit_codes.REQUIREMENTS_FAILED
 
-    from kubefal_runner import serving  # only after the install
+    from kubefal_runner import falhosts, serving  # only after the install
+
+    falhosts.redirect_kv(os.environ)
 
     return serving.serve_app(
         runner_settings, started_at=started_at, requirements_seconds=requirements_seconds

@@ -34,6 +34,18 @@ class HashOutput(BaseModel):
     size: int
 
 
+class KvInput(BaseModel):
+    op: str
+    key: str
+    value: str = ""
+    db: str = "shared-db"
+
+
+class KvOutput(BaseModel):
+    value: str | None
+    pid: int
+
+
 class FilesApp(fal.App):
     @fal.endpoint("/")
     def make(self, request: MakeInput) -> MakeOutput:
@@ -56,6 +68,19 @@ class FilesApp(fal.App):
                 digest.update(chunk)
                 size += len(chunk)
         return HashOutput(sha256=digest.hexdigest(), size=size)
+
+    @fal.endpoint("/kv")
+    def kv(self, request: KvInput) -> KvOutput:
+        import os
+
+        from fal.toolkit.kv import KVStore
+
+        store = KVStore(request.db)
+        if request.op == "set":
+            store.set(request.key, request.value)
+        elif request.op == "delete":
+            store.delete(request.key)
+        return KvOutput(value=store.get(request.key), pid=os.getpid())
 
     @fal.realtime("/realtime")
     def realtime(self, request: MakeInput) -> HashOutput:
