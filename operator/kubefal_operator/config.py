@@ -69,7 +69,8 @@ class OperatorConfig:
         (the operator's namespace) and ``KUBEFAL_GATEWAY_POD_LABELS`` (``k=v,k=v``; default
         ``app.kubernetes.io/part-of=kubefal,app.kubernetes.io/component=gateway``) for the
         runners' NetworkPolicy, ``KUBEFAL_RUNNER_FAL_RUN_HOST`` /
-        ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners, and
+        ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners,
+        ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners, and
         ``KUBEFAL_GATEWAY_CA_FILE`` (unset; a missing file means no CA) for the CA that
         signed the gateway's certificate.
         """
@@ -116,6 +117,7 @@ class OperatorConfig:
                 ),
                 fal_run_host=env.get("KUBEFAL_RUNNER_FAL_RUN_HOST") or None,
                 fal_queue_run_host=env.get("KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST") or None,
+                fal_rest_host=env.get("KUBEFAL_RUNNER_FAL_REST_HOST") or None,
                 gateway_ca_pem=_read_ca(env.get("KUBEFAL_GATEWAY_CA_FILE") or None),
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
