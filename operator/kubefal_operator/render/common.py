@@ -22,7 +22,7 @@ Manifest = dict[str, Any]
 class RenderSettings:
     """Cluster-wide choices that are not part of a FalApp (set by the operator's config)."""
 
-    runner_image: str = "ghcr.io/kubefal/runner:0.1.0"
+    runner_image: str = "ghcr.io/kubefal/kubefal-runner:0.1.0"
     """Image of the generic runner, used when ``spec.image`` is unset."""
     runner_port: int = 8080
     """Port the runner serves the app on (named ``http``)."""
