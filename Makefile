@@ -64,6 +64,11 @@ images: ## Build the kubefal and kubefal-runner images without Docker (dist/imag
 test-images: images ## Run the built images: the runner serves an app, the servers import
 	KUBEFAL_IMAGE_TESTS=1 $(BIN)/pytest e2e/test_images.py -q
 
+.PHONY: test-real-node
+test-real-node: images ## A real kubelet + containerd node: pods are real containers from the images
+	@bash e2e/testbin.sh --real-node >/dev/null
+	KUBEFAL_REAL_NODE=1 $(BIN)/pytest e2e/test_realnode.py -q
+
 ##@ Local control plane
 .PHONY: testbin
 testbin: ## Build etcd, kube-apiserver, KCM, scheduler, kwok, helm (cached in ~/.cache/kubefal/testbin)

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from e2e import realnode
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubefal" / "cluster"
 POD_CIDR = "127.64.0.0/16"
@@ -424,8 +426,11 @@ class LocalCluster:
         *,
         nodes: Sequence[FakeNode] = DEFAULT_NODES,
         hpa_sync_period: str = "2s",
+        real_node: bool = False,
     ) -> None:
         self.state_dir = state_dir
+        # Opt-in: one node run by a real kubelet with containerd (e2e/realnode.py).
+        self.real_node = real_node
         self.nodes = tuple(nodes)
         self.hpa_sync_period = hpa_sync_period
         self.pki = Pki(state_dir / "pki")
@@ -454,6 +459,7 @@ class LocalCluster:
         cluster.server = state["server"]
         cluster.testbin = pathlib.Path(state["testbin"])
         cluster.owned = False
+        cluster.real_node = (state_dir / realnode.STATE_FILE).exists()
         try:
             cluster._wait_http(f"{cluster.server}/readyz", timeout=10, name="kube-apiserver")
         except ClusterError:
@@ -481,6 +487,9 @@ class LocalCluster:
             self._start_controllers()
             self._create_nodes()
             self._wait_nodes_ready(timeout=90)
+            if self.real_node:
+                archives = sorted((REPO_ROOT / "dist" / "images").glob("*.oci.tar"))
+                realnode.start(self, image_archives=archives)
         except BaseException:
             self.stop()
             raise
@@ -489,6 +498,7 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
+        realnode.teardown(self.state_dir, stop_pids)
         stop_pids([c.pid for c in reversed(self.components)])
         self.components = []
         (self.state_dir / "state.json").unlink(missing_ok=True)
@@ -597,6 +607,9 @@ class LocalCluster:
                 f"--proxy-client-cert-file={pki('front-proxy-client.crt')}",
                 f"--proxy-client-key-file={pki('front-proxy-client.key')}",
                 "--enable-aggregator-routing=false",
+                # Reach kubelets (the opt-in real node) by InternalIP only: a Hostname address
+                # would be resolved through DNS, off loopback.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -746,7 +759,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     else:
         DEFAULT_STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
         try:
-            running = LocalCluster(state_dir).start()
+            running = LocalCluster(state_dir, real_node=args.real_node).start()
         except ClusterError as error:
             print(f"cluster-up failed: {error}", file=sys.stderr)
             return 1
@@ -767,6 +780,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
         return 0
     state = json.loads(state_file.read_text())
     pids = [c["pid"] for c in reversed(state["components"])]
+    realnode.teardown(pathlib.Path(args.state_dir), stop_pids)
     stop_pids(pids)
     left = [pid for pid in pids if _alive(pid)]
     state_file.unlink(missing_ok=True)
@@ -796,7 +810,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the local control plane in the background")
+    up = commands.add_parser("up", help="start the local control plane in the background")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also a node run by a real kubelet with containerd (e2e/realnode.py)",
+    )
     commands.add_parser("down", help="stop it by PID")
     commands.add_parser("status", help="show whether it runs and its memory")
     args = parser.parse_args(argv)

@@ -122,7 +122,9 @@ def cluster() -> Iterator[ClusterHandle]:
         yield ClusterHandle(running.kubeconfig, running.testbin, running)
         return
     state_dir = local_cluster.REPO_ROOT / ".kubefal" / f"e2e-{os.getpid()}"
-    with local_cluster.LocalCluster(state_dir) as started:
+    # KUBEFAL_REAL_NODE=1: also a node run by a real kubelet with containerd (e2e/realnode.py).
+    real_node = os.environ.get("KUBEFAL_REAL_NODE") == "1"
+    with local_cluster.LocalCluster(state_dir, real_node=real_node) as started:
         assert started.testbin is not None
         yield ClusterHandle(started.kubeconfig, started.testbin, started)
 

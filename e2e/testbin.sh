@@ -6,6 +6,8 @@
 #
 #   e2e/testbin.sh            build (or reuse) and print the directory
 #   KUBEFAL_TESTBIN=/dir      use/produce binaries in /dir instead of the cache
+#   e2e/testbin.sh --real-node  also the kubelet (same Kubernetes version) and a static pause
+#                               binary, for the opt-in real node (KUBEFAL_TESTBIN_REAL_NODE=1)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -13,6 +15,9 @@ source "$HERE/versions.env"
 KEY="k8s${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-keda${KEDA_VERSION}"
 OUT=${KUBEFAL_TESTBIN:-$HOME/.cache/kubefal/testbin/$KEY}
 BINS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm"
+REAL_NODE=${KUBEFAL_TESTBIN_REAL_NODE:-}
+[ "${1:-}" = "--real-node" ] && REAL_NODE=1
+[ -n "$REAL_NODE" ] && BINS="$BINS kubelet pause"
 
 complete() {
   for b in $BINS; do [ -x "$OUT/$b" ] || return 1; done
@@ -28,7 +33,8 @@ export GOFLAGS=-mod=mod CGO_ENABLED=0
 log() { printf '[testbin %s] %s\n' "$(date +%T)" "$*" >&2; }
 moddir() { (cd "$WORK" && go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); }
 
-if [ ! -x "$OUT/kube-apiserver" ] || [ ! -x "$OUT/kube-controller-manager" ] || [ ! -x "$OUT/kube-scheduler" ]; then
+if [ ! -x "$OUT/kube-apiserver" ] || [ ! -x "$OUT/kube-controller-manager" ] || [ ! -x "$OUT/kube-scheduler" ] \
+   || { [ -n "$REAL_NODE" ] && [ ! -x "$OUT/kubelet" ]; }; then
   log "kubernetes v$K8S_VERSION"
   mkdir "$WORK/kube" && cd "$WORK/kube"
   printf 'module local/kubefal-testbin\n\ngo 1.26\n\ngodebug default=go1.24\n\nrequire k8s.io/kubernetes v%s\n' "$K8S_VERSION" > go.mod
@@ -45,6 +51,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   go mod tidy -e >/dev/null 2>&1 || true
@@ -53,10 +60,35 @@ GO
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LDF="$LDF -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler ${REAL_NODE:+kubelet}; do
+    [ -x "$OUT/$c" ] && continue
     log "go build $c"
     go build -trimpath -tags=selinux,notest -ldflags "$LDF" -o "$OUT/$c" "k8s.io/kubernetes/cmd/$c"
   done
+fi
+
+if [ -n "$REAL_NODE" ] && [ ! -x "$OUT/pause" ]; then
+  # The real node's sandbox ("pause") image holds only this: no registry to pull one from.
+  log "pause"
+  mkdir -p "$WORK/pause" && cd "$WORK/pause"
+  printf 'module local/pause\n\ngo 1.26\n' > go.mod
+  cat > main.go <<'GO'
+// Command pause sleeps until SIGTERM or SIGINT: the sandbox process of a real node's pods.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
+}
+GO
+  go build -trimpath -ldflags "-s -w" -o "$OUT/pause" .
 fi
 
 if [ ! -x "$OUT/etcd" ]; then
