@@ -21,10 +21,12 @@ worker (queue_worker.py) joins it for each job it is about to lease, so both API
   retried on a (preferably different) runner up to `max_attempts` times, unless the app's
   `skipRetryConditions` names the condition; `X-Fal-Needs-Retry: 1|0` from the runner overrides
   the decision for an answer;
-* all of it within a total bound: no attempt (retry, resend, busy re-ask, wait for a slot for
-  it) starts later than `retry_budget` seconds after the first (for a sync request: its start
-  timeout), and each attempt ends within the app's `requestTimeout`. So a queued job's dispatch
-  ends within `retry_budget + requestTimeout`.
+* all of it within a total bound: no retry or resend (nor its wait for a slot) starts later
+  than `retry_budget` seconds after the first attempt (for a sync request: its start timeout,
+  which also bounds asking a busy runner again), and each attempt ends within the app's
+  `requestTimeout`. So a queued job's retries end within `retry_budget + requestTimeout`; a
+  queued job refused as busy (its runner's slots taken by another gateway replica) is asked
+  again up to MAX_BUSY_REJECTIONS times, as it did not run.
 
 An attempt abandoned while the runner may still work on it (its `requestTimeout` ran out, or,
 with `cancel_abandoned`, the caller hung up) is cancelled on the runner with
@@ -350,7 +352,8 @@ class Forwarder:
         slots = self.slots_for(app)
         skip = app.skip_retry_conditions
         begun = time.monotonic()
-        resend_until = begun + (self.retry_budget if wait_timeout is None else wait_timeout)
+        wait_until = None if wait_timeout is None else begun + wait_timeout
+        resend_until = begun + self.retry_budget if wait_until is None else wait_until
         avoid: frozenset[str] = frozenset()
         attempt = attempts_done
         first_attempt = attempts_done + 1
@@ -439,8 +442,8 @@ class Forwarder:
                     part.strip() for part in hints.decode("latin-1").split(",") if part.strip()
                 )
             rejected = response.header(REJECTED_HEADER) if response.status == 503 else None
-            if rejected is not None:
-                resend = time.monotonic() < resend_until
+            if rejected is not None:  # not admitted: asking again is no retry
+                resend = wait_until is None or time.monotonic() < wait_until
             elif retry and needs_retry(response, skip):
                 resend = attempt < self.max_attempts and time.monotonic() < resend_until
             else:

@@ -65,6 +65,9 @@ class Stack:
         self.probe = gwharness.Runner(
             workdir=workdir, env={"GATEWAY_TEST_EXEC_DIR": str(self.exec_dir)}, max_multiplexing=8
         )
+        self.single = gwharness.Runner(
+            workdir=workdir, env={"GATEWAY_TEST_EXEC_DIR": str(self.exec_dir)}, max_multiplexing=1
+        )
         dead_url = f"http://127.0.0.1:{gwharness.free_port()}"
         static = {
             "apps": [
@@ -86,6 +89,7 @@ class Stack:
                 {"id": "fwd/hangup", "auth": "public", "runners": [self.probe.url]},
                 {"id": "fwd/stream", "auth": "public", "runners": [self.probe.url]},
                 {"id": "fwd/nowhere", "auth": "public", "runners": [dead_url]},
+                {"id": "fwd/single", "auth": "public", "runners": [self.single.url]},
             ],
             "keys": [
                 {"key": self.key_fwd, "namespaces": "fwd"},
@@ -111,10 +115,16 @@ class Stack:
                 "2048",
             ],
         )
-        self.processes: list[gwharness.Process] = [self.gateway, self.echo, self.probe]
+        self.processes: list[gwharness.Process] = [
+            self.gateway,
+            self.echo,
+            self.probe,
+            self.single,
+        ]
 
     def start(self) -> None:
         self.probe.wait_ready()
+        self.single.wait_ready()
         self.gateway.wait_ready(["fwd/echo-a", "fwd/slow"])
 
     def files(self, prefix: str) -> list[pathlib.Path]:
@@ -384,6 +394,35 @@ def test_queued_retries_stay_within_the_retry_budget(stack: Stack) -> None:
         result = stack.wait_completed(client, "fwd/slow", submitted.json()["request_id"])
     assert result.status_code == 504
     assert len(stack.executions(tag)) in (1, 2)
+
+
+def test_a_queued_job_refused_as_busy_is_asked_again_beyond_the_retry_budget(
+    stack: Stack,
+) -> None:
+    # The runner's only slot is taken from outside this gateway (as another gateway replica
+    # would) for longer than --retry-budget: a refusal is not a retry, the job waits and runs.
+    tag = f"busy-{uuid.uuid4().hex[:8]}"
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
+        httpx.Client(timeout=60) as client,
+    ):
+        direct = pool.submit(
+            httpx.post,
+            f"{stack.single.url}/async-sleep",
+            json={"tag": f"{tag}-direct", "sleep": 4},
+            timeout=60,
+        )
+        gwharness.wait_for(
+            lambda: stack.executions(f"{tag}-direct"), timeout=30, message="slot taken"
+        )
+        submitted = client.post(
+            f"{stack.gateway.queue_url}/fwd/single", json={"tag": tag, "text": "after"}
+        )
+        result = stack.wait_completed(client, "fwd/single", submitted.json()["request_id"])
+        assert direct.result().status_code == 200
+    assert result.status_code == 200, result.text
+    assert result.json()["text"] == "after"
+    assert len(stack.executions(tag)) == 1
 
 
 # ---- item 12 and 3 (parts): limits and the query string ---------------------------------------
