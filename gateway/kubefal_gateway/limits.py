@@ -20,8 +20,8 @@ thin subclass of uvicorn's `HttpToolsProtocol` that adds, before the ASGI app ev
 
 The TLS handshake timeout is the event loop's `ssl_handshake_timeout`, set by server.py. Bodies
 are bounded by the handlers (`--max-request-bytes`). On the hot path the guard adds a counter
-update per received chunk and a timer per connection (not per request on a busy keep-alive
-connection: the timer is re-armed only when a new head starts).
+update per received chunk and one timer per connection that wakes at most every
+`header_timeout` (a busy keep-alive connection arms no timer per request).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._counted = False
         self._in_head = True
         self._head_bytes = 0
-        self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_started: float | None = None
         self._refused = False
         self._skip_chunk = False
 
@@ -139,7 +139,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._counted = True
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_started = self.loop.time()
+        self._arm_head_timer(self._limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -161,8 +162,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
-        if self._in_head and self._head_timer is None:
-            self._arm_head_timer()
+        if self._in_head and self._head_started is None:
+            self._head_started = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -196,18 +197,16 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
-            raise _HeadRefused(431, f"More than {self._limits.max_headers} header fields")
-        super().on_header(name, value)
+        if self._head_started is None:
+            self._head_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        self._cancel_head_timer()
+        self._head_started = None
+        # Counted here, not per header: the byte cap already bounds the parser's memory.
+        if len(self.headers) > self._limits.max_headers:
+            raise _HeadRefused(431, f"More than {self._limits.max_headers} header fields")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -220,20 +219,30 @@ class GuardedProtocol(HttpToolsProtocol):
         self._refuse(400, msg)
 
     # ---- refusing ----
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self._limits.header_timeout, self._head_timed_out)
+    def _arm_head_timer(self, delay: float) -> None:
+        self._head_timer = self.loop.call_later(delay, self._check_head)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timed_out(self) -> None:
+    def _check_head(self) -> None:
+        """One timer per connection, not per request: it wakes every `header_timeout` at most
+        and refuses the connection when the head in progress started that long ago."""
         self._head_timer = None
-        if self._in_head and not self._refused:
-            self._refuse(
-                408, f"Request headers not received within {self._limits.header_timeout} s"
-            )
+        if self._refused or self.transport is None or self.transport.is_closing():
+            return
+        timeout = self._limits.header_timeout
+        started = self._head_started
+        if self._in_head and started is not None:
+            elapsed = self.loop.time() - started
+            if elapsed >= timeout:
+                self._refuse(408, f"Request headers not received within {timeout} s")
+                return
+            self._arm_head_timer(timeout - elapsed)
+            return
+        self._arm_head_timer(timeout)
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` when no response is under way, and close the connection."""
