@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import pathlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+import httpx
 import pytest
 from test_webhooks import Receiver
 
+from e2e import cluster
 from kubefal_gateway import queueing, webhook_targets, webhooks
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
@@ -283,3 +287,86 @@ async def test_every_attempt_is_bounded_by_the_timeout(
     assert outcomes == ["retry"]
     [pending] = await store.lease_webhooks(limit=10, lease_seconds=60, now=time.time() + 10**5)
     assert pending.attempts == 1
+
+
+async def test_https_is_verified_against_the_urls_host_while_connecting_to_the_checked_address(
+    open_queue_store: OpenStore, tmp_path: pathlib.Path
+) -> None:
+    # A certificate for "hooks.test" only (no IP address in it).
+    ca_path, cert_path, key_path = cluster.issue_serving_certificate(
+        tmp_path, dns_names=["hooks.test"], ip_addresses=[]
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_path), str(key_path))
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        received.append(head)
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, host="127.0.0.1", port=0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    store = await open_queue_store()
+    outcomes: list[str] = []
+    client = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca_path)))
+    worker = webhooks.WebhookWorker(
+        store,
+        settings=webhooks.WebhookSettings(allow=LOCAL),
+        client=client,
+        on_outcome=outcomes.append,
+        # The worker connects to 127.0.0.1 and still verifies the certificate for
+        # "hooks.test" (SNI and hostname check on the URL's host, not on the address).
+        resolver=fixed_resolver({"hooks.test": ["127.0.0.1"]}),
+    )
+    try:
+        await complete_hooked(
+            store, app_id="t/app", url=f"https://hooks.test:{port}/hook", request_id="r-4"
+        )
+        await worker.deliver_due()
+        await worker.drain()
+    finally:
+        await worker.close()
+        await client.aclose()
+        server.close()
+    assert outcomes == ["delivered"]
+    assert f"host: hooks.test:{port}".encode() in received[0].lower()
+
+
+async def test_redirects_are_not_followed(open_queue_store: OpenStore) -> None:
+    target = Receiver(statuses=[])
+    await target.start()
+    redirecting = await asyncio.start_server(
+        lambda reader, writer: _redirect(reader, writer, target.url), host="127.0.0.1", port=0
+    )
+    port = redirecting.sockets[0].getsockname()[1]
+    store = await open_queue_store()
+    outcomes: list[str] = []
+    worker = webhooks.WebhookWorker(
+        store,
+        settings=webhooks.WebhookSettings(allow=LOCAL, base_delay=3600),
+        on_outcome=outcomes.append,
+    )
+    try:
+        await complete_hooked(
+            store, app_id="t/app", url=f"http://127.0.0.1:{port}/hook", request_id="r-5"
+        )
+        await worker.deliver_due()
+        await worker.drain()
+    finally:
+        await worker.close()
+        redirecting.close()
+        await target.stop()
+    assert outcomes == ["retry"]
+    assert target.received == []
+
+
+async def _redirect(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, location: str
+) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(f"HTTP/1.1 307 X\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n".encode())
+    await writer.drain()
+    writer.close()
