@@ -444,3 +444,37 @@ async def test_the_operator_follows_the_scaling_stream_with_the_token(edge: Edge
     finally:
         await follower.stop()
     assert [signal.key for signal in received][:1] == [("edge", "probe")]
+
+
+def test_the_per_key_rate_limit_answers_429_with_retry_after(tmp_path: pathlib.Path) -> None:
+    key = apikeys.generate_key()
+    other = apikeys.generate_key()
+    tls = gwharness.Tls(tmp_path)
+    gateway = gwharness.Gateway(
+        workdir=tmp_path,
+        static_config={
+            "apps": [{"id": "rl/app", "auth": "shared", "runners": []}],
+            "keys": [{"key": str(key)}, {"key": str(other)}],
+        },
+        tls=tls,
+        extra_args=["--key-rate-limit=0.01", "--key-rate-burst=3"],
+    )
+    with gwharness.cleanup(gateway):
+        gateway.wait_ready()
+        with gateway.http() as client:
+
+            def submit(with_key: apikeys.ApiKey) -> httpx.Response:
+                return client.post(
+                    f"{gateway.queue_url}/rl/app",
+                    json={},
+                    headers={"authorization": f"Key {with_key}"},
+                )
+
+            statuses = [submit(key).status_code for _ in range(3)]
+            limited = submit(key)
+            assert statuses == [200, 200, 200]
+            assert limited.status_code == 429
+            assert limited.json()["detail"] == "Rate limit of this API key exceeded"
+            assert 1 <= int(limited.headers["retry-after"]) <= 100
+            # Buckets are per key: another key of the same caller is not limited.
+            assert submit(other).status_code == 200
