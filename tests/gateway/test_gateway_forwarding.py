@@ -59,8 +59,9 @@ class Stack:
                 "warning",
             ],
             workdir=workdir,
-            env={},
+            env={"ECHO_LOG": str(workdir / "echo.log")},
         )
+        self.echo_log = workdir / "echo.log"
         echo_url = f"http://127.0.0.1:{echo_port}"
         self.probe = gwharness.Runner(
             workdir=workdir, env={"GATEWAY_TEST_EXEC_DIR": str(self.exec_dir)}, max_multiplexing=8
@@ -90,6 +91,12 @@ class Stack:
                 {"id": "fwd/stream", "auth": "public", "runners": [self.probe.url]},
                 {"id": "fwd/nowhere", "auth": "public", "runners": [dead_url]},
                 {"id": "fwd/single", "auth": "public", "runners": [self.single.url]},
+                {
+                    "id": "fwd/echo-slow",
+                    "auth": "public",
+                    "runners": [echo_url],
+                    "requestTimeout": 1,
+                },
             ],
             "keys": [
                 {"key": self.key_fwd, "namespaces": "fwd"},
@@ -126,6 +133,11 @@ class Stack:
         self.probe.wait_ready()
         self.single.wait_ready()
         self.gateway.wait_ready(["fwd/echo-a", "fwd/slow"])
+
+    def echo_requests(self) -> list[dict[str, str]]:
+        if not self.echo_log.exists():
+            return []
+        return [json.loads(line) for line in self.echo_log.read_text().splitlines() if line]
 
     def files(self, prefix: str) -> list[pathlib.Path]:
         return [path for path in self.exec_dir.iterdir() if path.name.startswith(prefix)]
@@ -317,6 +329,44 @@ def test_a_sync_run_that_times_out_is_sent_once_and_answered_504(stack: Stack) -
     assert response.headers["x-fal-request-timeout-type"] == "app"
     assert response.json()["error_type"] == "request_timeout"
     assert len(stack.executions(tag)) == 1
+
+
+def test_a_timed_out_attempt_is_cancelled_on_the_runner_on_both_apis(stack: Stack) -> None:
+    def attempts_and_cancels(marker: str) -> tuple[list[str], list[str]]:
+        requests = stack.echo_requests()
+        ids = [r["request_id"] for r in requests if r["raw_path"] == f"/echo/{marker}"]
+        cancels = [
+            r["raw_path"].rsplit("/", 1)[1]
+            for r in requests
+            if r["method"] == "POST" and r["raw_path"].startswith("/_kubefal/cancel/")
+        ]
+        return ids, [cancel for cancel in cancels if cancel in ids]
+
+    sync_marker = uuid.uuid4().hex
+    response = httpx.post(
+        f"{stack.gateway.run_url}/fwd/echo-slow/echo/{sync_marker}", json={"sleep": 3}, timeout=60
+    )
+    assert response.status_code == 504
+    gwharness.wait_for(
+        lambda: len(attempts_and_cancels(sync_marker)[1]) == 1, timeout=20, message="sync cancel"
+    )
+    assert len(attempts_and_cancels(sync_marker)[0]) == 1
+
+    queue_marker = uuid.uuid4().hex
+    with httpx.Client(timeout=60) as client:
+        submitted = client.post(
+            f"{stack.gateway.queue_url}/fwd/echo-slow/echo/{queue_marker}", json={"sleep": 3}
+        )
+        result = stack.wait_completed(client, "fwd/echo-slow", submitted.json()["request_id"])
+    assert result.status_code == 504
+    ids, _ = attempts_and_cancels(queue_marker)
+    assert len(ids) in (1, 2)  # within --retry-budget
+    # every attempt carries the job's id, and each timed-out one was told to stop
+    gwharness.wait_for(
+        lambda: len(attempts_and_cancels(queue_marker)[1]) == len(ids),
+        timeout=20,
+        message="queue cancels",
+    )
 
 
 def test_a_client_that_hangs_up_gets_its_work_cancelled_and_its_slot_back(stack: Stack) -> None:
