@@ -12,7 +12,8 @@ mentions wins (:mod:`pickletools` lists a pickle's opcodes and their string argu
 loading it).
 
 What this does not carry yet, and refuses with a message instead of dropping silently:
-``app_files`` (``files``), ``entrypoint`` apps, container images (``kind="container"``).
+``app_files`` (``files``), ``local_python_modules`` (read from the class body), ``entrypoint``
+apps, container images (``kind="container"``).
 Requirement layers are flattened into ``spec.requirements``; the fal serving stack the SDK
 adds to every app (fastapi, pydantic, uvicorn ...) is left out, because kubefal's runner
 image brings its own.
@@ -81,6 +82,36 @@ def app_classes(source: str) -> list[str]:
         ):
             found.append(node.name)
     return found
+
+
+UNCARRIED_CLASS_ATTRIBUTES: Final = ("local_python_modules", "app_files")
+
+
+def check_carried(source: str, class_name: str) -> None:
+    """Refuse an app class that sets what a source-only deploy would drop."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == class_name):
+            continue
+        for statement in node.body:
+            targets: list[ast.expr] = []
+            value: ast.expr | None = None
+            if isinstance(statement, ast.Assign):
+                targets, value = list(statement.targets), statement.value
+            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+                targets, value = [statement.target], statement.value
+            for target in targets:
+                if (
+                    isinstance(target, ast.Name)
+                    and target.id in UNCARRIED_CLASS_ATTRIBUTES
+                    and not (isinstance(value, ast.List | ast.Tuple) and not value.elts)
+                    and not (isinstance(value, ast.Constant) and value.value is None)
+                ):
+                    raise errors.failed_precondition(
+                        f"source_code: {class_name}.{target.id} is set, and `fal deploy` on "
+                        "kubefal carries the app file only; deploy with `kubefal deploy` "
+                        "(which packages them) or bake them into an image"
+                    )
 
 
 def pickle_strings(data: bytes) -> set[str]:

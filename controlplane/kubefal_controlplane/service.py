@@ -612,6 +612,7 @@ class Controller(IsolateControllerServicer):
                 "source_code", "required: kubefal deploys the app's source, never its pickle"
             )
         class_name = deploy.choose_class(request.source_code, request.function.definition)
+        deploy.check_carried(request.source_code, class_name)
         existing = self.cluster.get_falapp(namespace, name)
         config_map = deploy.source_config_map(
             namespace=namespace, app_name=name, source=request.source_code

@@ -155,3 +155,27 @@ def test_new_source_is_a_new_config_map_name() -> None:
     assert first["metadata"]["name"].startswith("demo-src-")
     with pytest.raises(errors.RpcFailure):
         deploy.source_config_map(namespace="team-a", app_name="demo", source="x" * 1_000_000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "local_python_modules = ['helpers']",
+        "local_python_modules: list[str] = ['helpers']",
+        "app_files = ['weights/']",
+    ],
+)
+def test_what_a_source_deploy_would_drop_is_refused(body: str) -> None:
+    source = f"import fal\n\nclass Demo(fal.App):\n    {body}\n"
+
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.check_carried(source, "Demo")
+
+    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "kubefal deploy" in raised.value.message
+
+
+def test_empty_local_modules_are_fine() -> None:
+    deploy.check_carried(
+        "import fal\n\nclass Demo(fal.App):\n    local_python_modules = []\n", "Demo"
+    )
