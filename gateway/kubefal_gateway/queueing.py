@@ -490,7 +490,12 @@ class QueueStore(Protocol):
     async def lease_webhooks(
         self, *, limit: int, lease_seconds: float, now: float | None = None
     ) -> list[WebhookDelivery]:
-        """Take up to ``limit`` due deliveries; each is hidden for ``lease_seconds``."""
+        """Take up to ``limit`` due deliveries; each is hidden for ``lease_seconds``.
+
+        Atomic across gateways (a delivery is claimed by one at a time), and the claim counts as
+        an attempt: the returned ``attempts`` is the count before it, so a caller that acks or
+        reschedules (with ``attempts + 1``, or ``attempts`` to put it back untried) sees no
+        change, while a delivery whose gateway died mid-POST is claimed next as a new attempt."""
         ...
 
     async def ack_webhook(self, delivery_id: str) -> None:

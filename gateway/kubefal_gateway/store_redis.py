@@ -312,7 +312,9 @@ redis.call('HSET', p .. ':wh:' .. id, 'rid', ARGV[3], 'app', ARGV[4], 'url', ARG
 redis.call('ZADD', p .. ':wh', ARGV[9], id)
 return 1
 """,
-    # ARGV: p now limit hidden_until -> flat list of id rid app url rmeta rbody attempts created
+    # ARGV: p now limit hidden_until -> flat list of id rid app url rmeta rbody attempts created;
+    # the claim counts as an attempt (the list carries the count before it), so a delivery whose
+    # gateway died while posting is the next attempt when it is claimed again
     "lease_webhooks": """
 local p = ARGV[1]
 local out = {}
@@ -322,6 +324,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':wh', '-inf', ARGV[2],
                        'attempts', 'created')
   if f[1] then
     redis.call('ZADD', p .. ':wh', ARGV[4], id)
+    redis.call('HINCRBY', p .. ':wh:' .. id, 'attempts', 1)
     table.insert(out, id)
     for i = 1, 7 do table.insert(out, f[i]) end
   else

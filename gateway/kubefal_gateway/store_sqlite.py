@@ -750,8 +750,10 @@ class SqliteQueueStore:
         if not rows:
             return []
         self._begin()
+        # The claim counts as an attempt (the delivery carries the count before it): a gateway
+        # that dies while posting leaves it counted, so a redelivery is the next attempt.
         self._db.executemany(
-            "UPDATE webhooks SET due_at = ? WHERE delivery_id = ?",
+            "UPDATE webhooks SET due_at = ?, attempts = attempts + 1 WHERE delivery_id = ?",
             ((now + lease_seconds, row[0]) for row in rows),
         )
         return [_delivery(row) for row in rows]

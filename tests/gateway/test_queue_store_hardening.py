@@ -375,3 +375,30 @@ async def test_a_second_gateway_on_one_sqlite_file_is_refused_until_the_first_cl
     await second.close()
     # The refused open did not take the first gateway's running job back to the queue.
     assert running is not None and running.state is queueing.JobState.IN_PROGRESS
+
+
+# ---- item 13: the webhook outbox, claimed once per attempt --------------------------------------
+async def test_a_webhook_claim_is_atomic_and_a_claim_lost_to_a_crash_counts_as_an_attempt(
+    open_queue_store: OpenStore, store_backend: str
+) -> None:
+    store = await open_queue_store()
+    other = await open_queue_store() if store_backend == "redis" else store
+    job = make_job("hooked", webhook_url="http://127.0.0.1:9/hook")
+    await store.submit(job)
+    await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+    await store.complete("hooked", holder=HOLDER, result=ok_result())
+    now = time.time()
+
+    claims = await asyncio.gather(
+        store.lease_webhooks(limit=10, lease_seconds=30, now=now),
+        other.lease_webhooks(limit=10, lease_seconds=30, now=now),
+    )
+    # The claimer dies without acking or rescheduling; the lease runs out.
+    again = await other.lease_webhooks(limit=10, lease_seconds=30, now=now + 31)
+    await other.reschedule_webhook("hooked", attempts=again[0].attempts + 1, due_at=now + 100)
+    third = await store.lease_webhooks(limit=10, lease_seconds=30, now=now + 101)
+
+    assert sorted(len(claim) for claim in claims) == [0, 1]
+    assert [delivery.attempts for claim in claims for delivery in claim] == [0]
+    assert [delivery.attempts for delivery in again] == [1]
+    assert [delivery.attempts for delivery in third] == [2]
