@@ -87,7 +87,7 @@ class KeyStore:
         self,
         *,
         limits: AuthLimits | None = None,
-        verifier: Callable[..., bool] = apikeys.verify_secret,
+        verifier: Callable[..., bool] | None = None,
     ) -> None:
         self.limits = limits or AuthLimits()
         self.records: dict[str, apikeys.KeyRecord] = {}
@@ -227,9 +227,9 @@ class KeyStore:
             async with self._slots:
                 self.hash_verifications += 1
                 loop = asyncio.get_running_loop()
+                verifier = self._verifier or apikeys.verify_secret
                 return await loop.run_in_executor(
-                    self._pool,
-                    lambda: self._verifier(secret=secret, encoded_hash=encoded_hash),
+                    self._pool, lambda: verifier(secret=secret, encoded_hash=encoded_hash)
                 )
         finally:
             self._waiting -= 1
