@@ -458,6 +458,12 @@ class FalAppSpec(KubeModel):
     """Secret key holding the FAL_KEY the app presents when it calls other apps through the
     gateway with fal_client (FAL_RUN_HOST and FAL_QUEUE_RUN_HOST point at the gateway);
     unset means the runner gets no FAL_KEY (kubefal never hands out a key of its own)."""
+    persistent_data: bool = False
+    """Mount the namespace's shared persistent storage at /data in every runner (fal's
+    /data: fal.toolkit weights and repos, fal files, fal.sync_dir), with the Hugging Face,
+    torch, Triton and pip caches and the requirements cache on it, so a second cold start
+    downloads nothing. Needs the operator's data volume (KUBEFAL_RUNNER_DATA_VOLUME); from a
+    fal.App class: `kubefal_persistent_data = True`."""
     strategy: Strategy = Strategy.ROLLING
     """rolling (new runners before old ones go) or recreate (never doubles GPUs); fal
     ``deploy --strategy``."""

@@ -71,6 +71,9 @@ class AppConfig:
     health_check: HealthCheck | None
     example_arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Placeholder values for the required fields of ``POST /``, for printed examples."""
+    persistent_data: bool | None = None
+    """The class attribute ``kubefal_persistent_data`` (FalApp ``persistentData``: the
+    namespace's shared /data in every runner); None when the class does not set it."""
 
 
 def parse_ref(text: str) -> AppRef:
@@ -272,4 +275,15 @@ def read_config(ref: AppRef) -> AppConfig:
             call_regularly=health.call_regularly,
         ),
         example_arguments=example_arguments(openapi) if isinstance(openapi, dict) else {},
+        persistent_data=_persistent_data(cls),
+    )
+
+
+def _persistent_data(cls: type) -> bool | None:
+    value = getattr(cls, "kubefal_persistent_data", None)
+    if value is None or isinstance(value, bool):
+        return value
+    raise errors.CliError(
+        f"kubefal_persistent_data must be True or False, not {value!r}",
+        hint="set `kubefal_persistent_data = True` on the fal.App class to get /data",
     )

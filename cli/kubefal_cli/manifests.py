@@ -120,6 +120,8 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
         fields["request_timeout"] = config.request_timeout
     if config.startup_timeout is not None:
         fields["startup_timeout"] = config.startup_timeout
+    if config.persistent_data is not None:
+        fields["persistent_data"] = config.persistent_data
     if config.health_check is not None:
         health = config.health_check
         fields["health_check"] = {

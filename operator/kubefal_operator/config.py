@@ -7,6 +7,7 @@ standard install; ``python -m kubefal_operator`` flags override the process-leve
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -70,7 +71,9 @@ class OperatorConfig:
         ``app.kubernetes.io/part-of=kubefal,app.kubernetes.io/component=gateway``) for the
         runners' NetworkPolicy, ``KUBEFAL_RUNNER_FAL_RUN_HOST`` /
         ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners,
-        ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners, and
+        ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners,
+        ``KUBEFAL_RUNNER_DATA_VOLUME`` (unset; JSON volume source) for persistentData's /data,
+        and
         ``KUBEFAL_GATEWAY_CA_FILE`` (unset; a missing file means no CA) for the CA that
         signed the gateway's certificate.
         """
@@ -118,6 +121,7 @@ class OperatorConfig:
                 fal_run_host=env.get("KUBEFAL_RUNNER_FAL_RUN_HOST") or None,
                 fal_queue_run_host=env.get("KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST") or None,
                 fal_rest_host=env.get("KUBEFAL_RUNNER_FAL_REST_HOST") or None,
+                data_volume=_data_volume(env.get("KUBEFAL_RUNNER_DATA_VOLUME", "")),
                 gateway_ca_pem=_read_ca(env.get("KUBEFAL_GATEWAY_CA_FILE") or None),
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
@@ -185,6 +189,32 @@ def _labels(
             raise ConfigError(f"{name}: {item!r} is not a label key=value")
         labels[key] = label_value
     return tuple(sorted(labels.items()))
+
+
+DATA_VOLUME_SOURCES = frozenset(
+    {"nfs", "hostPath", "csi", "persistentVolumeClaim", "cephfs", "glusterfs", "azureFile"}
+)
+
+
+def _data_volume(value: str) -> str | None:
+    """``KUBEFAL_RUNNER_DATA_VOLUME``: one volume source as JSON, normalised; None if unset."""
+    if not value.strip():
+        return None
+    try:
+        source = json.loads(value)
+    except ValueError:
+        raise ConfigError("KUBEFAL_RUNNER_DATA_VOLUME: not JSON") from None
+    if (
+        not isinstance(source, dict)
+        or len(source) != 1
+        or next(iter(source)) not in DATA_VOLUME_SOURCES
+        or not isinstance(next(iter(source.values())), dict)
+    ):
+        raise ConfigError(
+            "KUBEFAL_RUNNER_DATA_VOLUME: expected one volume source, one of "
+            + ", ".join(sorted(DATA_VOLUME_SOURCES))
+        )
+    return json.dumps(source, sort_keys=True)
 
 
 def _read_ca(path: str | None) -> str | None:

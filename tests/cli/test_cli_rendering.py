@@ -78,6 +78,7 @@ def test_rendered_falapp_carries_every_attribute_of_the_class(
         "strategy": "rolling",
         "skipRetryConditions": ["timeout"],
         "scaler": "builtin",
+        "persistentData": True,
     }
     assert v1alpha1.FalApp.model_validate(falapp).spec.gpus_per_runner == 2
 

@@ -62,6 +62,11 @@ class RenderSettings:
     ``fal.toolkit`` uploads (``Image.from_pil``, ``File.from_bytes``) land in this cluster's
     file store (docs/fal-storage.md); they also need a FAL_KEY (``falKeySecretRef``) of the
     app's namespace. None leaves it unset."""
+    data_volume: str | None = None
+    """JSON of the Kubernetes volume source (``{"nfs": {...}}``, ``{"hostPath": {...}}``,
+    ``{"csi": {...}}``, ``{"persistentVolumeClaim": {...}}``) holding every namespace's /data;
+    a FalApp with ``persistentData`` mounts its namespace's subdirectory of it at /data, the
+    gateway mounts the whole of it at ``--data-root``. None: /data is an emptyDir (not kept)."""
     gateway_ca_pem: str | None = None
     """PEM CA that signed the gateway's certificate, handed to runners (``KUBEFAL_GATEWAY_CA``),
     which trust it besides the usual CAs; None when the gateway's certificate needs no extra

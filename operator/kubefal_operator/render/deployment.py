@@ -48,6 +48,19 @@ REQUIREMENTS_CACHE_PATH: Final = f"{CACHE_PATH}/venvs"
 GATEWAY_CA_VARIABLE: Final = "KUBEFAL_GATEWAY_CA"
 """PEM CA of the gateway; the runner adds it to the CAs the app trusts (SSL_CERT_FILE)."""
 REVISION_HISTORY_LIMIT: Final = 3
+DATA_VOLUME: Final = "kubefal-data"
+DATA_PATH: Final = "/data"
+"""fal's persistent directory (fal.toolkit hard-codes it)."""
+DATA_CACHES: Final = (
+    ("HF_HOME", f"{DATA_PATH}/.cache/huggingface"),
+    ("TORCH_HOME", f"{DATA_PATH}/.cache/torch"),
+    ("TORCHINDUCTOR_CACHE_DIR", f"{DATA_PATH}/.cache/torchinductor"),
+    ("TRITON_CACHE_DIR", f"{DATA_PATH}/.cache/triton"),
+    ("PIP_CACHE_DIR", f"{DATA_PATH}/.cache/pip"),
+    ("UV_CACHE_DIR", f"{DATA_PATH}/.cache/uv"),
+)
+"""With persistentData, the usual model and package caches live on /data."""
+DATA_REQUIREMENTS_CACHE: Final = f"{DATA_PATH}/.kubefal/requirements"
 
 
 def runner_app_reference(spec: v1alpha1.FalAppSpec, *, settings: common.RenderSettings) -> str:
@@ -78,9 +91,14 @@ def _environment(
     if spec.source is not None:
         environment.append({"name": "PYTHONPATH", "value": settings.app_mount_path})
     # Defaults the FalApp may override with its own spec.env entry of the same name.
+    requirements_cache = (
+        DATA_REQUIREMENTS_CACHE if spec.persistent_data else REQUIREMENTS_CACHE_PATH
+    )
     defaults: list[dict[str, Any]] = [
-        {"name": "KUBEFAL_REQUIREMENTS_CACHE", "value": REQUIREMENTS_CACHE_PATH},
+        {"name": "KUBEFAL_REQUIREMENTS_CACHE", "value": requirements_cache},
     ]
+    if spec.persistent_data:
+        defaults.extend({"name": name, "value": value} for name, value in DATA_CACHES)
     if settings.runner_read_only_root_filesystem:
         # The image's home directory is read-only; libraries that cache under ~ write to /tmp.
         defaults.append({"name": "HOME", "value": TMP_PATH})
@@ -251,6 +269,15 @@ def pod_template(
         volumes.append(
             {"name": SOURCE_VOLUME, "configMap": {"name": spec.source.config_map_ref.name}}
         )
+    if spec.persistent_data:
+        # The namespace's subdirectory of the shared data volume: apps of one namespace share
+        # /data, other namespaces never see it; without a configured volume, an emptyDir.
+        source = json.loads(settings.data_volume) if settings.data_volume else {"emptyDir": {}}
+        volumes.append({"name": DATA_VOLUME, **source})
+        mount: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": DATA_PATH}
+        if settings.data_volume:
+            mount["subPath"] = owner.namespace
+        volume_mounts.append(mount)
     container["volumeMounts"] = volume_mounts
     pod_spec["volumes"] = volumes
     pod_affinity = scheduling.affinity(spec, catalogue=catalogue)

@@ -20,6 +20,7 @@ class GpuImageApp(fal.App, name="gpu-image", keep_alive=900):  # type: ignore[no
     concurrency_buffer_perc = 20
     scaling_delay = 5
     max_multiplexing = 3
+    kubefal_persistent_data = True  # the namespace's /data (FalApp persistentData)
     request_timeout = 900
     startup_timeout = 1200
     skip_retry_conditions = ["timeout"]
