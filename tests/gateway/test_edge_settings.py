@@ -61,3 +61,51 @@ def test_boolean_flags_parse() -> None:
         ["--admin-token-metrics", "true", "--static-config", "c.yaml"], environ={}
     )
     assert loaded.admin_token_metrics is True
+
+
+def test_the_edge_flags_reach_the_webhook_worker_and_the_key_store() -> None:
+    from kubefal_gateway import auth, webhooks
+
+    loaded = settings.load(
+        [
+            "--static-config=c.yaml",
+            "--webhook-allow=127.0.0.1/32, hooks.internal",
+            "--webhook-deny=34.118.224.0/20",
+            "--webhook-timeout=3",
+            "--webhook-base-delay=2",
+            "--webhook-max-delay=60",
+            "--webhook-max-attempts=4",
+            "--webhook-concurrency=9",
+            "--webhook-tenant-concurrency=2",
+            "--webhook-tenant-queue=5",
+            "--key-cache-ttl=30",
+            "--key-verify-concurrency=3",
+            "--key-verify-queue=7",
+            "--auth-failures-per-key=4",
+            "--auth-failures-per-ip=8",
+            "--key-rate-limit=2.5",
+            "--key-rate-burst=6",
+        ],
+        environ={},
+    )
+    worker = webhooks.settings_from(loaded)
+    assert (worker.allow, worker.deny) == (("127.0.0.1/32", "hooks.internal"), ("34.118.224.0/20",))
+    assert (worker.timeout, worker.base_delay, worker.max_delay, worker.max_attempts) == (
+        3.0,
+        2.0,
+        60.0,
+        4,
+    )
+    assert (worker.concurrency, worker.tenant_concurrency, worker.tenant_queue) == (9, 2, 5)
+    assert worker.lease > worker.timeout * (1 + 5 / 2)
+    assert auth.limits_from_settings(loaded) == auth.AuthLimits(
+        cache_ttl=30.0,
+        verify_concurrency=3,
+        verify_queue=7,
+        failures_per_key=4,
+        failures_per_ip=8,
+        rate_limit=2.5,
+        rate_burst=6,
+    )
+    with pytest.raises(SystemExit, match="webhook-deny"):
+        settings.load(["--static-config=c.yaml", "--webhook-deny=hooks.internal"], environ={})
