@@ -133,14 +133,21 @@ def test_an_rpc_not_served_yet_is_unimplemented_naming_the_fal_command(
     key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=plane.host, api_key=str(key))
 
-    with pytest.raises(grpc.RpcError) as raised:
-        client.apps.rollout("x")
+    credentials = grpc.ssl_channel_credentials(plane.tls.ca_bundle.read_bytes())
+    with grpc.secure_channel(plane.host, credentials) as channel:
+        stub = isolate_proto.IsolateControllerStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.SetAlias(
+                isolate_proto.SetAliasRequest(alias="x", revision="y"),
+                metadata=[("auth-key-id", key.id), ("auth-key", key.secret)],
+                timeout=30,
+            )
     # The SDK wraps some calls' errors in its own exception, keeping the message.
     with pytest.raises(FalServerlessError) as wrapped:
         client.environments.list()
 
     assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
-    assert "`fal apps rollout` is not supported by kubefal yet" in raised.value.details()  # type: ignore[attr-defined]
+    assert "`fal apps set-rev` is not supported by kubefal yet" in raised.value.details()  # type: ignore[attr-defined]
     assert "`fal environments list` is not supported by kubefal yet" in str(wrapped.value)
 
 

@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
 from e2e import system as whole
+from e2e import waiting
 from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
 
@@ -140,6 +141,32 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
 
     reset = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
     assert reset["keepAlive"] == 60
+
+
+def test_fal_apps_rollout_replaces_the_runners(
+    deploying_plane: ControlPlaneProcess,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    client = SyncServerlessClient(host=deploying_plane.host, api_key=str(key))
+    client.deploy(f"{APP_FILE}::Sleepy", app_name="sleepy", auth="public")
+    client.apps.scale(f"{namespace}/sleepy", min_concurrency=1)
+    whole.wait_for_runners(running, 1)
+    (before,) = [runner.runner_id for runner in client.apps.runners("sleepy")]
+
+    rolled = run_fal(deploying_plane, "apps", "rollout", "sleepy", key=key, home=tmp_path)
+
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+
+    def replaced() -> bool:
+        runners = client.apps.runners("sleepy", state=["running", "idle"])
+        return bool(runners) and before not in {runner.runner_id for runner in runners}
+
+    waiting.wait_for(replaced, timeout=120, description="a new runner replacing the old one")
 
 
 def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(

@@ -8,6 +8,7 @@ The Kubernetes permissions this needs, and no more (its ServiceAccount's least p
 
 * ``kubefal.io`` ``falapps``: get, list, create, update, patch, delete (apps, scale, deploy);
 * ``pods``: get, list (runners), delete (``fal runners stop|kill``);
+* ``apps`` ``deployments``: patch (``fal apps rollout``: a restartedAt pod-template annotation);
 * ``events``: create (each change names the API key that made it);
 * ``configmaps``: create, patch (the source ConfigMap ``fal deploy`` writes, owned by its app);
 * ``secrets`` in the key namespace: get, list, create, patch (``fal keys``); in app namespaces:
@@ -55,6 +56,7 @@ class Cluster:
         self.api_client = api_client
         self.core = k8s.CoreV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
+        self.apps = k8s.AppsV1Api(api_client)
         self.key_namespace = settings.key_namespace
         self.timeout = settings.kube_timeout
         self.limit = settings.max_list_items
@@ -304,6 +306,24 @@ class Cluster:
         """Delete a pod; ``grace_seconds`` None keeps the pod's own grace period."""
         self.core.delete_namespaced_pod(
             name, namespace, grace_period_seconds=grace_seconds, _request_timeout=self.timeout
+        )
+
+    def restart_runners(self, namespace: str, app_name: str, *, at: str) -> None:
+        """Replace an app's runners as ``kubectl rollout restart`` does: a pod-template
+        annotation owned by this manager (the operator's server-side apply leaves it alone),
+        rolled out with the app's own strategy."""
+        self.apps.patch_namespaced_deployment(
+            naming.deployment_name(app_name),
+            namespace,
+            {
+                "spec": {
+                    "template": {
+                        "metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}
+                    }
+                }
+            },
+            field_manager=EVENT_SOURCE,
+            _request_timeout=self.timeout,
         )
 
     # ---- secrets for apps ------------------------------------------------------------------

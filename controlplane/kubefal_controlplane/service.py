@@ -4,7 +4,8 @@ Served: ``ListAliases`` (``fal apps list``), ``ListAliasRunners`` (``fal apps ru
 ``ListRunners`` (``fal runners list``), ``UpdateApplication`` (``fal apps scale``),
 ``DeleteAlias`` (``fal apps delete``), ``CreateUserKey`` / ``ListUserKeys`` / ``RevokeUserKey``
 (``fal keys``), ``SetSecret`` / ``ListSecrets`` (``fal secrets``), ``StopRunner`` /
-``KillRunner`` (``fal runners stop|kill``), ``ListApplications`` (``fal apps list-rev``, one
+``KillRunner`` (``fal runners stop|kill``), ``RolloutApplication`` (``fal apps rollout``),
+``ListApplications`` (``fal apps list-rev``, one
 revision per app), ``BuildEnvironment`` and
 ``RegisterApplication`` (``fal deploy``, see :mod:`kubefal_controlplane.deploy`). Every other RPC
 answers ``UNIMPLEMENTED`` naming the fal command that is not supported yet.
@@ -57,7 +58,6 @@ UNIMPLEMENTED: Final[dict[str, str]] = {
     "InteractiveRun": "fal run",
     "Map": "fal.function(...).map",
     "DeleteApplication": "fal apps delete-rev",
-    "RolloutApplication": "fal apps rollout",
     "SetAlias": "fal apps set-rev",
     "ShellRunner": "fal runners shell",
     "ListEnvironments": "fal environments list",
@@ -391,6 +391,31 @@ class Controller(IsolateControllerServicer):
         pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
         info = mapping.alias_info(app, pods)
         return isolate_proto.UpdateApplicationResult(alias_info=info)
+
+    @_rpc
+    def RolloutApplication(
+        self, request: isolate_proto.RolloutApplicationRequest, caller: auth.Caller
+    ) -> isolate_proto.RolloutApplicationResult:
+        """``fal apps rollout``: replace the app's runners with its rollout strategy."""
+        env = request.environment_name if request.HasField("environment_name") else None
+        app = self._resolve(caller, request.application_name, env, field="application_name")
+        meta = app["metadata"]
+        now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self.cluster.restart_runners(meta["namespace"], meta["name"], at=now)
+        except ApiException as error:
+            if error.status == 404:
+                raise errors.failed_precondition(
+                    f"{mapping.app_id(app)} has no runner Deployment yet (is the operator running?)"
+                ) from error
+            raise
+        self.cluster.record_event(
+            namespace=meta["namespace"],
+            involved=_involved(app),
+            reason="RolloutRequested",
+            message=f"API key {caller.key_id} asked to replace the runners (fal apps rollout)",
+        )
+        return isolate_proto.RolloutApplicationResult()
 
     @_rpc
     def DeleteAlias(
