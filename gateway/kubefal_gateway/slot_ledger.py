@@ -17,6 +17,11 @@ claim is granted (the queue is down anyway; the runner's own 503 busy answer sti
 The heartbeat also reports each app's sync requests per gateway, so every replica's scaling signal
 counts all gateways' requests once (signals.py), whichever replica the operator or KEDA asks.
 SQLite has no ledger: one gateway per database file, its local count is the whole truth.
+
+Limits: after a gateway dies, its slots are free again after `HOLDER_TTL_SECONDS`; requests the
+runner still works on for it after that are not counted (the runner's own 503 busy answer, which
+the forwarder retries without using up an attempt, still holds the line). Claims add one Redis
+round trip (auto-pipelined) to each dispatch of a Redis-backed gateway.
 """
 
 from __future__ import annotations
@@ -89,22 +94,25 @@ class RedisSlotLedger:
     async def beat(self) -> None:
         """Refresh this gateway's liveness and counts; learn the other gateways' counts."""
         known = [runner for app in self.table.by_app.values() for runner in app.values()]
-        apps = list(self.forwarder.slots.values())
+        # Every app with runners or slots here, so the signal of an app this gateway serves no
+        # request of still counts the other gateways' sync requests.
+        app_ids = list(dict.fromkeys([*self.table.by_app, *self.forwarder.slots]))
+        own_sync = {app_id: slots.sync_requests for app_id, slots in self.forwarder.slots.items()}
         runner_totals, app_totals = await self.store.slot_heartbeat(
             holder=self.holder,
             ttl=HOLDER_TTL_SECONDS,
             runner_slots=[(runner.runner_id, max(0, runner.in_flight)) for runner in known],
-            app_sync=[(slots.app_id, max(0, slots.sync_requests)) for slots in apps],
+            app_sync=[(app_id, max(0, own_sync.get(app_id, 0))) for app_id in app_ids],
         )
         changed: set[str] = set()
         for runner, elsewhere in zip(known, runner_totals, strict=True):
             if runner.elsewhere != elsewhere:
                 runner.elsewhere = elsewhere
                 changed.add(runner.app_id)
-        for slots, elsewhere in zip(apps, app_totals, strict=True):
-            if self.others_sync.get(slots.app_id, 0) != elsewhere:
-                changed.add(slots.app_id)
-            self.others_sync[slots.app_id] = elsewhere
+        for app_id, elsewhere in zip(app_ids, app_totals, strict=True):
+            if self.others_sync.get(app_id, 0) != elsewhere:
+                changed.add(app_id)
+            self.others_sync[app_id] = elsewhere
         for app_id in changed:
             self.forwarder.runners_changed(app_id)
             if self.on_change is not None:

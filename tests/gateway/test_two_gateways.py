@@ -166,15 +166,8 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
         one.wait_ready([APP])
         two.wait_ready([APP])
 
-        # 1. Queue and sync load through both gateways at once.
-        jobs, ran = asyncio.run(_load([one, two], "load", receiver.url, jobs=40, sync=10))
-        results = asyncio.run(_results([one, two], jobs))
-        gwharness.wait_for(
-            lambda: len(receiver.deliveries) >= len(jobs), timeout=60, message="webhooks"
-        )
-        after_load = _stats(runner)
-
-        # 2. Requests held on gateway one are counted once by both gateways' signals.
+        # 1. Requests held on gateway one are counted once by both gateways' signals (gateway two
+        # has served nothing of the app yet).
         async def hold() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=120) as client:
                 return list(
@@ -201,6 +194,14 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
             both_count_the_held_requests, timeout=30, message="both signals counting 2 in flight"
         )
         holder.join(timeout=60)
+
+        # 2. Queue and sync load through both gateways at once.
+        jobs, ran = asyncio.run(_load([one, two], "load", receiver.url, jobs=40, sync=10))
+        results = asyncio.run(_results([one, two], jobs))
+        gwharness.wait_for(
+            lambda: len(receiver.deliveries) >= len(jobs), timeout=60, message="webhooks"
+        )
+        after_load = _stats(runner)
 
         # 3. kill -9 of gateway one with acknowledged jobs in flight and queued.
         more, _ = asyncio.run(_load([one, two], "kill", receiver.url, jobs=40, sync=0))
