@@ -100,6 +100,8 @@ class KeyStore:
         # digest of the full key -> (key id, hash it was verified against, expiry)
         self._verified: dict[bytes, tuple[str, str, float]] = {}
         self._failed: dict[bytes, float] = {}
+        # digest of the full key -> resolved when its hash verification ends (single flight)
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
         self._dummy_hash = apikeys.hash_secret(secrets.token_urlsafe(32))
         self._per_key = _buckets(self.limits.failures_per_key)
         self._per_ip = _buckets(self.limits.failures_per_ip)
@@ -166,6 +168,27 @@ class KeyStore:
         failed_until = self._failed.get(digest)
         if failed_until is not None and failed_until > now:
             raise errors.MissingCredentials("Invalid API key")
+        pending = self._pending.get(digest)
+        if pending is not None:
+            # The same key is being verified for another request: wait for that one hash
+            # instead of charging the throttles (and the CPU) once per concurrent request.
+            await pending
+            return await self.verify(header, client=client)
+        pending = asyncio.get_running_loop().create_future()
+        self._pending[digest] = pending
+        try:
+            return await self._verify_uncached(key, digest, record, client)
+        finally:
+            del self._pending[digest]
+            pending.set_result(None)
+
+    async def _verify_uncached(
+        self,
+        key: apikeys.ApiKey,
+        digest: bytes,
+        record: apikeys.KeyRecord | None,
+        client: str | None,
+    ) -> apikeys.KeyRecord:
         self._take_throttles(key.id, client)
         encoded_hash = record.hash if record is not None else self._dummy_hash
         ok = await self._verify_hash(key.secret, encoded_hash) and record is not None
