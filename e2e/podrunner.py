@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import os
 import pathlib
 import shutil
@@ -183,6 +184,9 @@ class PodRunner:
             return
         if argv[0] in {"python", "python3"}:
             argv[0] = sys.executable  # the venv's interpreter plays the image's
+        binds = _host_path_binds(pod)
+        if binds:
+            argv = _in_private_mounts(binds, argv)
         env = {
             key: value
             for key, value in os.environ.items()
@@ -234,6 +238,44 @@ class PodRunner:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_BIND_AND_EXEC = (
+    "import json, os, subprocess, sys\n"
+    "for source, target in json.loads(sys.argv[1]):\n"
+    "    os.makedirs(source, exist_ok=True)\n"
+    "    os.makedirs(target, exist_ok=True)\n"
+    "    subprocess.run(['mount', '--bind', source, target], check=True)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _host_path_binds(pod: k8s.V1Pod) -> list[tuple[str, str]]:
+    """(host directory, mount path) of the container's hostPath mounts, subPath applied."""
+    container = pod.spec.containers[0]
+    volumes = {v.name: v for v in pod.spec.volumes or []}
+    binds = []
+    for mount in container.volume_mounts or []:
+        volume = volumes.get(mount.name)
+        if volume is None or volume.host_path is None:
+            continue
+        source = pathlib.Path(volume.host_path.path)
+        if mount.sub_path:
+            source = source / mount.sub_path
+        binds.append((str(source), mount.mount_path))
+    return binds
+
+
+def _in_private_mounts(binds: list[tuple[str, str]], argv: list[str]) -> list[str]:
+    """Run ``argv`` in a mount namespace of its own where each hostPath volume is bind-mounted
+    at its mount path (``/data`` included), as a container would see it; needs root and
+    util-linux ``unshare``. The mount points are created on this machine if missing."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise RuntimeError("hostPath volumes need root and unshare(1) in the pod runner")
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        sys.executable, "-c", _BIND_AND_EXEC, json.dumps(binds), *argv,
+    ]  # fmt: skip
 
 
 def _key(pod: k8s.V1Pod) -> str:

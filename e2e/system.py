@@ -25,7 +25,7 @@ import pathlib
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -126,6 +126,7 @@ def running_system(
     key_namespace: str | None = None,
     gateway_args: Sequence[str] = (),
     service_names: Sequence[str] = (),
+    operator_env: Mapping[str, str] | None = None,
 ) -> Iterator[System]:
     """Start gateway, operator and pod runner; stop them all on exit.
 
@@ -169,11 +170,12 @@ def running_system(
         f"--liveness=http://127.0.0.1:{local_cluster.free_port()}/healthz",
         *[f"--namespace={ns}" for ns in namespaces],
     ]
-    operator_env = env | {
+    operator_environment = env | {
         "KUBEFAL_OPERATOR_METRICS_HOST": "127.0.0.1",
         "KUBEFAL_OPERATOR_METRICS_PORT": str(local_cluster.free_port()),
+        **(operator_env or {}),
     }
-    operator = _spawn(operator_argv, log=operator_log, env=operator_env)
+    operator = _spawn(operator_argv, log=operator_log, env=operator_environment)
     pods = podrunner.PodRunner(
         api_client,
         namespace=namespaces[0] if len(namespaces) == 1 else None,
