@@ -137,10 +137,19 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
     kept = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
     assert kept["keepAlive"] == 5  # reset_scale=False keeps the app's scaling
 
-    client.deploy(f"{APP_FILE}::Sleepy", app_name="sleepy", auth="public", reset_scale=True)
+    changed = tmp_path / "sleepy.py"
+    changed.write_text(APP_FILE.read_text() + "\n# a new revision\n")
+    client.deploy(f"{changed}::Sleepy", app_name="sleepy", auth="public", reset_scale=True)
 
-    reset = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]["scaling"]
-    assert reset["keepAlive"] == 60
+    redeployed = get_falapp(api_client, namespace=namespace, name="sleepy")["spec"]
+    assert redeployed["scaling"]["keepAlive"] == 60
+    sources = k8s.CoreV1Api(api_client).list_namespaced_config_map(
+        namespace, label_selector="kubefal.io/source-of=sleepy"
+    )
+    assert [c.metadata.name for c in sources.items] == [
+        redeployed["source"]["configMapRef"]["name"]
+    ]
+    assert redeployed["source"]["configMapRef"]["name"] != source
 
 
 def test_fal_apps_rollout_replaces_the_runners(

@@ -10,7 +10,8 @@ The Kubernetes permissions this needs, and no more (its ServiceAccount's least p
 * ``pods``: get, list (runners), delete (``fal runners stop|kill``);
 * ``apps`` ``deployments``: patch (``fal apps rollout``: a restartedAt pod-template annotation);
 * ``events``: create (each change names the API key that made it);
-* ``configmaps``: create, patch (the source ConfigMap ``fal deploy`` writes, owned by its app);
+* ``configmaps``: create, patch, list, delete (the source ConfigMap ``fal deploy`` writes,
+  owned by its app; older sources go once the new revision is ready);
 * ``secrets`` in the key namespace: get, list, create, patch (``fal keys``); in app namespaces:
   get, create, update the ``kubefal-secrets`` Secret, and list by label across namespaces for a
   key scoped to every namespace (``fal secrets``).
@@ -227,6 +228,25 @@ class Cluster:
         except ApiException as error:
             if error.status != 409:
                 raise
+
+    def delete_config_maps(self, namespace: str, *, label_selector: str, keep: str) -> None:
+        """Delete the ConfigMaps matching ``label_selector`` except ``keep``."""
+        listed = self.core.list_namespaced_config_map(
+            namespace,
+            label_selector=label_selector,
+            limit=self.limit,
+            _request_timeout=self.timeout,
+        )
+        for item in self._items(listed, f"ConfigMaps in {namespace}"):
+            name = str(item["metadata"]["name"])
+            if name != keep:
+                try:
+                    self.core.delete_namespaced_config_map(
+                        name, namespace, _request_timeout=self.timeout
+                    )
+                except ApiException as error:
+                    if error.status != 404:
+                        raise
 
     def adopt_config_map(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
         """Make the FalApp own its source ConfigMap, so deleting the app removes it."""

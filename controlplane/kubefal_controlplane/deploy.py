@@ -203,6 +203,42 @@ def source_config_map(*, namespace: str, app_name: str, source: str) -> dict[str
     }
 
 
+OWNED_FIELDS: Final = (
+    "app",
+    "source",
+    "requirements",
+    "auth",
+    "strategy",
+    "machineTypes",
+    "numGpus",
+    "regions",
+    "requestTimeout",
+    "startupTimeout",
+    "scaling",
+    "healthCheck",
+    "skipRetryConditions",
+)
+"""FalApp spec fields a ``fal deploy`` decides; every other field (image, env, scaler, fields
+added later) is kept as the existing FalApp has it, e.g. from GitOps."""
+
+
+def merged_spec(wanted: Mapping[str, Any], existing: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``wanted`` over an existing app's spec: owned fields replaced (or back to their
+    defaults when the deploy leaves them unset), the rest kept; the fal secrets reference is
+    added to the app's own ``envFrom`` sources."""
+    current = dict((existing or {}).get("spec") or {})
+    for field in OWNED_FIELDS:
+        current.pop(field, None)
+    env_from = list(current.pop("envFrom", []) or [])
+    for source in wanted.get("envFrom") or []:
+        if source not in env_from:
+            env_from.append(source)
+    merged = {**current, **{k: v for k, v in wanted.items() if k != "envFrom"}}
+    if env_from:
+        merged["envFrom"] = env_from
+    return merged
+
+
 def _optional(message: Any, field: str) -> int | None:
     return int(getattr(message, field)) if message.HasField(field) else None
 
@@ -297,6 +333,7 @@ def falapp_spec(
         conditions.append(RETRY_CONDITIONS[condition].value)
     if conditions:
         spec["skipRetryConditions"] = sorted(set(conditions))
+    spec = merged_spec(spec, existing)
     try:
         v1alpha1.FalAppSpec.model_validate(spec)
     except ValueError as error:

@@ -664,6 +664,12 @@ class Controller(IsolateControllerServicer):
             "(fal deploy)",
         )
         app = yield from self._wait_ready(app, context)
+        # Every runner now mounts the new source; earlier sources only take up space.
+        self.cluster.delete_config_maps(
+            namespace,
+            label_selector=f"{deploy.LABEL_SOURCE_OF}={name}",
+            keep=config_map["metadata"]["name"],
+        )
         yield isolate_proto.RegisterApplicationResult(
             logs=[_log(f"{namespace}/{name} is ready")],
             result=isolate_proto.RegisterApplicationResultType(

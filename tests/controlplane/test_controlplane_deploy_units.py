@@ -179,3 +179,35 @@ def test_empty_local_modules_are_fine() -> None:
     deploy.check_carried(
         "import fal\n\nclass Demo(fal.App):\n    local_python_modules = []\n", "Demo"
     )
+
+
+def test_a_redeploy_keeps_the_fields_fal_deploy_does_not_decide() -> None:
+    existing = {
+        "spec": {
+            "app": "old.py::Old",
+            "image": "registry.example/my-runner:1",
+            "scaler": "keda",
+            "env": [{"name": "MODE", "value": "prod"}],
+            "envFrom": [{"configMapRef": {"name": "settings"}}],
+            "healthCheck": {"path": "/old"},
+            "scaling": {"keepAlive": 5},
+        }
+    }
+
+    spec = deploy.falapp_spec(
+        _request(scale=True),
+        class_name="Demo",
+        config_map="c",
+        existing=existing,
+        secrets_name="kubefal-secrets",
+    )
+
+    assert spec["image"] == "registry.example/my-runner:1"
+    assert spec["scaler"] == "keda"
+    assert spec["env"] == [{"name": "MODE", "value": "prod"}]
+    assert spec["envFrom"] == [
+        {"configMapRef": {"name": "settings"}},
+        {"secretRef": {"name": "kubefal-secrets", "optional": True}},
+    ]
+    assert spec["app"] == "app.py::Demo"
+    assert "healthCheck" not in spec  # the class has none now
