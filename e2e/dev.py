@@ -168,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in (
                 "FAL_RUN_HOST",
                 "FAL_QUEUE_RUN_HOST",
+                "FAL_REST_HOST",
+                "KUBEFAL_REST_HOST",
                 "SSL_CERT_FILE",
                 "FAL_KEY",
                 "FAL_GRPC_HOST",

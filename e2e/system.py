@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import subprocess
@@ -59,6 +60,8 @@ class System:
     operator: subprocess.Popen[bytes]
     pods: podrunner.PodRunner
     logs: list[pathlib.Path]
+    rest_port: int = 0
+    """The gateway's REST listener (files, realtime tokens, KV, /data)."""
 
     def client_env(self, key: str = "kf0000000000000000:unused") -> dict[str, str]:
         """Environment for a subprocess running the unmodified ``fal_client``."""
@@ -70,6 +73,9 @@ class System:
             FAL_KEY=key,
             NO_PROXY="127.0.0.1,localhost",
         )
+        if self.rest_port:
+            # fal_client uploads and realtime() (kubefal_hosts hook), fal.toolkit uploads.
+            env["KUBEFAL_REST_HOST"] = env["FAL_REST_HOST"] = f"127.0.0.1:{self.rest_port}"
         return env
 
     def admin_url(self, path: str) -> str:
@@ -141,6 +147,7 @@ def running_system(
         workdir / "tls", dns_names=["localhost", *service_names], ip_addresses=["127.0.0.1"]
     )
     ports = Ports(*(local_cluster.free_port() for _ in range(5)))
+    rest_port = local_cluster.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
     env["KUBECONFIG"] = str(kubeconfig)
     gateway_log, operator_log = workdir / "gateway.log", workdir / "operator.log"
@@ -159,6 +166,9 @@ def running_system(
         f"--store=sqlite:///{workdir / 'queue.db'}",
         f"--kubeconfig={kubeconfig}",
         f"--key-namespace={key_namespace or '*'}",
+        f"--rest-port={rest_port}",
+        f"--storage={workdir / 'files'}",
+        f"--data-root={workdir / 'data'}",
         *gateway_args,
     ]
     gateway = _spawn(gateway_argv, log=gateway_log, env=env)
@@ -173,6 +183,8 @@ def running_system(
     operator_environment = env | {
         "KUBEFAL_OPERATOR_METRICS_HOST": "127.0.0.1",
         "KUBEFAL_OPERATOR_METRICS_PORT": str(local_cluster.free_port()),
+        "KUBEFAL_RUNNER_FAL_REST_HOST": f"127.0.0.1:{rest_port}",
+        "KUBEFAL_RUNNER_DATA_VOLUME": json.dumps({"hostPath": {"path": str(workdir / "data")}}),
         **(operator_env or {}),
     }
     operator = _spawn(operator_argv, log=operator_log, env=operator_environment)
@@ -183,7 +195,9 @@ def running_system(
         root=workdir / "pods",
     )
     logs = [gateway_log, operator_log]
-    system = System(kubeconfig, workdir, ca, ports, gateway, operator, pods, logs)
+    system = System(
+        kubeconfig, workdir, ca, ports, gateway, operator, pods, logs, rest_port=rest_port
+    )
     try:
 
         def gateway_up() -> bool:

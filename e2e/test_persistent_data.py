@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from e2e import cluster as local_cluster
 from e2e import system as whole
 from e2e import waiting
 from e2e.conftest import ClusterHandle
@@ -75,8 +74,7 @@ def test_sync_dir_and_weights_on_data_survive_runners(
     e2e_logs: list[pathlib.Path],
     weights: WeightsServer,
 ) -> None:
-    data_root = tmp_path / "data"
-    rest_port = local_cluster.free_port()
+    data_root = tmp_path / "system" / "data"  # the data volume running_system configures
     core = k8s.CoreV1Api(api_client)
     key = apikeys.generate_key()
     record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e /data")
@@ -86,14 +84,6 @@ def test_sync_dir_and_weights_on_data_survive_runners(
         workdir=tmp_path / "system",
         namespaces=[namespace],
         key_namespace=namespace,
-        gateway_args=[
-            f"--rest-port={rest_port}",
-            f"--data-root={data_root}",
-            f"--storage={tmp_path / 'files'}",
-        ],
-        operator_env={
-            "KUBEFAL_RUNNER_DATA_VOLUME": json.dumps({"hostPath": {"path": str(data_root)}})
-        },
     ) as system:
         e2e_logs.extend(system.logs)
         local = tmp_path / "model"
@@ -109,7 +99,7 @@ def test_sync_dir_and_weights_on_data_survive_runners(
              "'/data/models/m'))"],
             env={
                 **environment,
-                "FAL_GRPC_HOST": f"127.0.0.1:{rest_port}",
+                "FAL_GRPC_HOST": f"127.0.0.1:{system.rest_port}",
                 "FAL_KEY": str(key),
                 "SSL_CERT_FILE": str(system.ca),
             },
