@@ -19,8 +19,9 @@ Contract (fal-compat.md §1.3, §1.4, §4):
   that hangs up gets its runner told to cancel and its slot freed (`HangUpWatch`);
   `.../stream` or `Accept: text/event-stream` streams the answer unbuffered; WebSockets are
   proxied verbatim. A WebSocket authenticates with `Authorization: Key ...` (fal_client's
-  `use_jwt=False`) or with `?fal_jwt_token=<id>:<secret>` (kubefal issues no JWTs, so the token
-  parameter carries an API key); `fal_jwt_token` and `max_buffering` are not forwarded.
+  `use_jwt=False`), with `?fal_jwt_token=<realtime token>` (fal_client's default: a short-lived
+  token from the REST listener's `POST /tokens/`, storage/realtime.py) or with
+  `?fal_jwt_token=<id>:<secret>`; `fal_jwt_token` and `max_buffering` are not forwarded.
 """
 
 from __future__ import annotations
