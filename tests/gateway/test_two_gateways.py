@@ -38,6 +38,8 @@ MULTIPLEXING = 2
 class Receiver:
     url: str
     deliveries: collections.Counter[str]
+    attempts: collections.Counter[tuple[str, str]]
+    """Deliveries per (request id, X-Kubefal-Webhook-Attempt)."""
     lock: threading.Lock
 
 
@@ -45,13 +47,16 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     """A webhook receiver on 127.0.0.1 counting deliveries per request id (answers 200)."""
     deliveries: collections.Counter[str] = collections.Counter()
+    attempts: collections.Counter[tuple[str, str]] = collections.Counter()
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             with lock:
-                deliveries[orjson.loads(body)["request_id"]] += 1
+                request_id = orjson.loads(body)["request_id"]
+                deliveries[request_id] += 1
+                attempts[request_id, self.headers.get("x-kubefal-webhook-attempt", "")] += 1
             self.send_response(200)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -63,7 +68,8 @@ def receiver() -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook", deliveries, lock)
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        yield Receiver(url, deliveries, attempts, lock)
     finally:
         server.shutdown()
         server.server_close()
@@ -208,6 +214,11 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
         one.kill()
         more_results = asyncio.run(_results([two, two], more))
         final = _stats(runner)
+        # A delivery gateway one had claimed when it died comes back when its claim runs out.
+        everything = {job["request_id"] for job in jobs + more}
+        gwharness.wait_for(
+            lambda: everything <= set(receiver.deliveries), timeout=150, message="all webhooks"
+        )
 
     for job, result in zip(jobs + more, results + more_results, strict=True):
         assert result.status_code == 200, result.text
@@ -230,6 +241,10 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
             job["request_id"]: receiver.deliveries[job["request_id"]] for job in jobs
         }
     assert load_deliveries == {job["request_id"]: 1 for job in jobs}
+    # Across the kill too: every job's webhook arrived, never twice with one attempt number.
+    with receiver.lock:
+        repeated = {key: count for key, count in receiver.attempts.items() if count > 1}
+    assert repeated == {}
     # Nothing acknowledged was lost to the kill; only jobs in flight at the kill may run again.
     kill_runs = [final["runs"].get(job["tag"], 0) for job in more]
     assert min(kill_runs) >= 1
