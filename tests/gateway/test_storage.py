@@ -524,3 +524,23 @@ def test_store_down_is_503_and_recovers(stack: Stack) -> None:
         tmp.unlink()
         aside.rename(tmp)
     assert _upload(stack, b"after").status_code == 200
+
+
+def test_full_disk_is_507_and_nothing_else_is_lost(stack: Stack) -> None:
+    kept = _upload(stack, b"kept", name="before-full.txt").json()["access_url"]
+    pid = str(stack.gateway.popen.pid)
+    # A file-size limit on the gateway process: write() fails with EFBIG past 2 MiB, as a full
+    # disk fails with ENOSPC (both are "full" for the store).
+    subprocess.run(["prlimit", "--pid", pid, "--fsize=2097152:"], check=True)
+    try:
+        full = _upload(stack, b"x" * (4 * 1024 * 1024), name="too-big-for-disk.bin")
+        assert full.status_code == 507
+        assert full.json()["error_type"] == "storage_full"
+        assert "nothing was stored" in full.json()["detail"]
+    finally:
+        subprocess.run(["prlimit", "--pid", pid, "--fsize=unlimited:"], check=True)
+    assert not list(stack.files_dir.rglob("too-big-for-disk.bin"))
+    assert list((stack.files_dir / "tmp").iterdir()) == []
+    with stack.http() as http:
+        assert http.get(kept).content == b"kept"
+    assert _upload(stack, b"x" * (4 * 1024 * 1024)).status_code == 200
