@@ -13,6 +13,7 @@ Only loopback pod IPs are accepted: traffic never leaves this machine.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import ipaddress
@@ -163,6 +164,28 @@ class PodRunner:
             mounts[mount.mount_path.rstrip("/")] = str(local)
         return mounts
 
+    def _env_from(self, namespace: str, sources: list[Any]) -> dict[str, str]:
+        """What the kubelet exports from ``envFrom``: every key of each Secret or ConfigMap
+        (with its prefix). A missing source adds nothing (the kubelet would hold a container
+        whose required source is missing; this harness starts it without those variables)."""
+        env: dict[str, str] = {}
+        for source in sources:
+            prefix = source.prefix or ""
+            reference = source.secret_ref or source.config_map_ref
+            try:
+                if source.secret_ref is not None:
+                    secret = self.core.read_namespaced_secret(reference.name, namespace)
+                    data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+                else:
+                    config_map = self.core.read_namespaced_config_map(reference.name, namespace)
+                    data = dict(config_map.data or {})
+            except k8s.ApiException as error:
+                if error.status == 404:
+                    continue
+                raise
+            env.update({prefix + key: value for key, value in data.items()})
+        return env
+
     def _start(self, pod: k8s.V1Pod) -> None:
         container = pod.spec.containers[0]
         workdir = self.root / _key(pod).replace("/", "_")
@@ -192,6 +215,7 @@ class PodRunner:
             for key, value in os.environ.items()
             if not key.startswith(("KUBEFAL_", "FAL_"))
         }
+        env.update(self._env_from(pod.metadata.namespace, container.env_from or []))
         for variable in container.env or []:
             if variable.value is not None:
                 env[variable.name] = localise(variable.value)

@@ -178,6 +178,41 @@ def test_fal_apps_rollout_replaces_the_runners(
     waiting.wait_for(replaced, timeout=120, description="a new runner replacing the old one")
 
 
+def test_fal_secrets_reach_the_runners_of_a_deployed_app_as_environment_variables(
+    deploying_plane: ControlPlaneProcess,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    _ok = run_fal(deploying_plane, "secrets", "set", "ECHO_TOKEN=s3cr3t", key=key, home=tmp_path)
+    assert _ok.returncode == 0, _ok.stdout + _ok.stderr
+    app_file = pathlib.Path(__file__).with_name("apps") / "secret_echo.py"
+
+    deployed = run_fal(
+        deploying_plane,
+        "deploy",
+        f"{app_file}::SecretEcho",
+        "--app-name",
+        "secret-echo",
+        key=key,
+        home=tmp_path,
+        timeout=240,
+    )
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.subscribe('{namespace}/secret-echo',"
+        " arguments={'name': 'ECHO_TOKEN'})))\n",
+        key=str(key),
+        timeout=240,
+    )
+
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert json.loads(output.strip().splitlines()[-1]) == {"value": "s3cr3t"}
+
+
 def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(
     deploying_plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
