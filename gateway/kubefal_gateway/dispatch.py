@@ -41,7 +41,7 @@ import dataclasses
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kubefal_gateway import apps, errors, metrics, runners, targets, upstream
@@ -340,6 +340,7 @@ class Forwarder:
         attempts_done: int = 0,
         max_body: int | None = None,
         cancel_abandoned: bool = False,
+        on_retry: Callable[[int], Awaitable[None]] | None = None,
     ) -> ForwardResult:
         """Send the request to a runner per the module's policy; the caller releases the slot.
 
@@ -362,6 +363,8 @@ class Forwarder:
         busy_rejections = 0
         while attempt < self.max_attempts:
             attempt += 1
+            if on_retry is not None and attempt > first_attempt:
+                await on_retry(attempt - 1)  # attempts ended so far (the queue persists it)
             if runner is None:
                 if attempt == first_attempt:
                     runner = await slots.acquire(

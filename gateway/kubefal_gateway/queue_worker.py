@@ -294,6 +294,7 @@ class QueueWorker:
                 first_runner=runner,
                 attempts_done=min(job.attempts, self.forwarder.max_attempts - 1),
                 max_body=self.max_result_bytes,
+                on_retry=lambda ended: self._note_attempts(request_id, ended),
             )
             forwarded.release()
             result = result_from_response(
@@ -324,6 +325,11 @@ class QueueWorker:
         self.metrics.observe_request(
             app.app_id, "queue", outcome, max(0.0, time.time() - job.submitted_at)
         )
+
+    async def _note_attempts(self, request_id: str, ended: int) -> None:
+        """Persist retries within this dispatch, so a gateway crash does not reset the count."""
+        with contextlib.suppress(queueing.QueueError):
+            await self.store.note_attempts(request_id, holder=self.holder, attempts=ended)
 
     async def _forward_cancel(self, job: queueing.Job, runner: runners.Runner) -> None:
         """Tell the runner that holds the request to cancel it (best effort)."""

@@ -424,6 +424,13 @@ class QueueStore(Protocol):
         """Extend ``holder``'s lease to ``now + lease_seconds``."""
         ...
 
+    async def note_attempts(self, request_id: str, *, holder: str, attempts: int) -> None:
+        """Record that ``attempts`` dispatch attempts of a leased job have ended without a result
+        (retries within one dispatch), so a lost lease continues the count instead of restarting
+        it. Only raises the count, only for ``holder``; durable with the next commit (like renew).
+        """
+        ...
+
     async def complete(
         self, request_id: str, *, holder: str, result: Result, now: float | None = None
     ) -> bool:

@@ -140,6 +140,14 @@ redis.call('ZADD', p .. ':leases', ARGV[4], rid)
 if f[3] == '1' then return 2 end
 return 1
 """,
+    # ARGV: p rid holder attempts -> 1 if recorded (raises the count only, for the holder only)
+    "note_attempts": """
+local jk = ARGV[1] .. ':j:' .. ARGV[2]
+local f = redis.call('HMGET', jk, 'state', 'holder', 'attempts')
+if f[1] ~= '1' or f[2] ~= ARGV[3] then return 0 end
+if tonumber(f[3] or '0') < tonumber(ARGV[4]) then redis.call('HSET', jk, 'attempts', ARGV[4]) end
+return 1
+""",
     # ARGV: p rid holder rmeta rbody now ttl_ms -> app id, or nil if the lease is not held
     "complete": """
 local p, rid = ARGV[1], ARGV[2]
@@ -972,6 +980,9 @@ class RedisQueueStore:
         if status == 2:
             return queueing.LeaseStatus.CANCEL_REQUESTED
         return queueing.LeaseStatus.HELD if status == 1 else queueing.LeaseStatus.LOST
+
+    async def note_attempts(self, request_id: str, *, holder: str, attempts: int) -> None:
+        await self._script("note_attempts", request_id, holder, attempts)
 
     async def complete(
         self,

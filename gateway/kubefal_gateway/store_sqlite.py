@@ -453,6 +453,19 @@ class SqliteQueueStore:
         self._redo.append(redo)
         return queueing.LeaseStatus.CANCEL_REQUESTED if row[0] else queueing.LeaseStatus.HELD
 
+    async def note_attempts(self, request_id: str, *, holder: str, attempts: int) -> None:
+        self._begin()
+
+        def write() -> None:
+            self._db.execute(
+                "UPDATE jobs SET attempts = max(attempts, ?)"
+                " WHERE request_id = ? AND state = 1 AND holder = ?",
+                (attempts, request_id, holder),
+            )
+            self._redo.append(write)
+
+        write()
+
     async def complete(
         self,
         request_id: str,

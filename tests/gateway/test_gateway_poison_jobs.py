@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 APP = "team-a/poison"
 MAX_ATTEMPTS = 3
+COUNTING_APP = f"{gwharness.APPS_DIR / 'counting_app.py'}::CountingApp"
 
 
 def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
@@ -80,5 +81,63 @@ def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
                 process.stop()
     assert runs() == MAX_ATTEMPTS
     assert status["status"] == "COMPLETED"
+    assert result.status_code == 503
+    assert result.json()["error_type"] == "attempts_exhausted"
+
+
+def test_retries_within_a_dispatch_and_crashes_share_one_attempt_budget(
+    tmp_path: pathlib.Path,
+) -> None:
+    runner = gwharness.Runner(workdir=tmp_path, app_ref=COUNTING_APP, max_multiplexing=8)
+    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
+    args = ["--max-attempts", str(MAX_ATTEMPTS), "--lease-seconds", "30"]
+    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=args)
+    ports = (gateway.queue_port, gateway.run_port, gateway.admin_port)
+    gateways = [gateway]
+
+    def runs() -> int:
+        response = httpx.post(runner.url + "/stats", json={}, timeout=30)
+        return int(response.json()["runs"].get("flaky", 0))
+
+    with gwharness.cleanup(runner), httpx.Client(timeout=30) as client:
+        try:
+            runner.wait_ready()
+            gateway.wait_ready([APP])
+            # Run 1 asks for a retry (attempt 1 of 3 ends), run 2 hangs: the gateway dies.
+            submitted = client.post(
+                f"{gateway.queue_url}/{APP}/flaky",
+                json={"tag": "flaky", "fail_runs": 1, "sleep": 60},
+            )
+            assert submitted.status_code == 200, submitted.text
+            base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
+            for restart in range(2 * MAX_ATTEMPTS):
+                gwharness.wait_for(
+                    lambda seen=restart + 2: (
+                        runs() >= seen
+                        or client.get(base + "/status").json()["status"] == "COMPLETED"
+                    ),
+                    timeout=60,
+                    message="the job dispatched again or completed",
+                )
+                if client.get(base + "/status").json()["status"] == "COMPLETED":
+                    break
+                gateway.kill()
+                gateway = gwharness.Gateway(
+                    workdir=tmp_path,
+                    static_config=static,
+                    tls=None,
+                    extra_args=args,
+                    name=f"gateway-{restart}",
+                    ports=ports,
+                )
+                gateways.append(gateway)
+                gateway.wait_ready()
+            result = client.get(base)
+            total_runs = runs()
+        finally:
+            for process in gateways:
+                process.stop()
+    # Attempt 1 (asked for a retry), attempt 2 (gateway killed), attempt 3 (killed): exhausted.
+    assert total_runs == MAX_ATTEMPTS
     assert result.status_code == 503
     assert result.json()["error_type"] == "attempts_exhausted"

@@ -402,3 +402,21 @@ async def test_a_webhook_claim_is_atomic_and_a_claim_lost_to_a_crash_counts_as_a
     assert [delivery.attempts for claim in claims for delivery in claim] == [0]
     assert [delivery.attempts for delivery in again] == [1]
     assert [delivery.attempts for delivery in third] == [2]
+
+
+async def test_retries_noted_within_a_dispatch_count_when_the_lease_is_lost(
+    open_queue_store: OpenStore,
+) -> None:
+    store = await open_queue_store(max_attempts=3)
+    await store.submit(make_job("retried"))
+    assert (await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)) is not None
+    await store.note_attempts("retried", holder="someone-else", attempts=5)  # not the holder
+    await store.note_attempts("retried", holder=HOLDER, attempts=2)  # two attempts ended
+    await store.note_attempts("retried", holder=HOLDER, attempts=1)  # never lowers it
+    noted = await store.view("retried")
+    await store.expire(now=time.time() + LEASE + 1)  # the gateway died during attempt 3
+    view = await store.view("retried")
+
+    assert noted is not None and noted.attempts == 2
+    assert view is not None and view.state is queueing.JobState.COMPLETED
+    assert view.result is not None and view.result.error_type == "attempts_exhausted"

@@ -12,6 +12,7 @@ import threading
 import time
 
 import fal
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 _LOCK = threading.Lock()
@@ -27,6 +28,12 @@ class WorkInput(BaseModel):
 class WorkOutput(BaseModel):
     tag: str
     pid: int
+
+
+class FlakyInput(BaseModel):
+    tag: str = ""
+    fail_runs: int = 0
+    sleep: float = 0.0
 
 
 class StatsInput(BaseModel):
@@ -54,6 +61,21 @@ class CountingApp(fal.App, keep_alive=30, name="counting"):
             with _LOCK:
                 _STATE["current"] -= 1
         return WorkOutput(tag=request.tag, pid=os.getpid())
+
+    @fal.endpoint("/flaky")
+    def flaky(self, request: FlakyInput) -> JSONResponse:
+        """Its first `fail_runs` runs of a tag ask to be retried (500 + X-Fal-Needs-Retry)."""
+        with _LOCK:
+            _RUNS[request.tag] += 1
+            run = _RUNS[request.tag]
+        if run <= request.fail_runs:
+            return JSONResponse(
+                {"detail": f"run {run} fails", "error_type": "flaky"},
+                status_code=500,
+                headers={"x-fal-needs-retry": "1"},
+            )
+        time.sleep(request.sleep)
+        return JSONResponse({"tag": request.tag, "run": run})
 
     @fal.endpoint("/stats")
     def stats(self, request: StatsInput) -> StatsOutput:
