@@ -32,7 +32,7 @@ STARTUP_TIMEOUT = 240.0
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import http.server, json, os, queue, sys, threading
     import fal_client
 
     app = os.environ["KUBEFAL_APP"]
@@ -49,7 +49,31 @@ CLIENT_SCRIPT = textwrap.dedent(
         refused = None
     except fal_client.client.FalClientHTTPError as error:
         refused = error.status_code
-    print(json.dumps({"result": result, "logs": logs, "direct": direct, "refused": refused}))
+
+    # A webhook to a receiver on this laptop: kubefal run allows loopback targets.
+    hooks = queue.Queue()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            hooks.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handle = fal_client.submit(
+        app,
+        arguments={"text": "hooked"},
+        webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+    )
+    hook = hooks.get(timeout=120)
+    webhook = {"same_request": hook["request_id"] == handle.request_id, "payload": hook["payload"]}
+    print(json.dumps({
+        "result": result, "logs": logs, "direct": direct, "refused": refused, "webhook": webhook,
+    }))
     """
 )
 
@@ -191,6 +215,10 @@ def test_fal_client_calls_the_app_with_the_printed_env_and_a_signal_stops_everyt
     assert "echoing 'hello'" in outcome["logs"]
     assert outcome["direct"] == {"text": "direct", "setup_done": True}
     assert outcome["refused"] == 401
+    assert outcome["webhook"] == {
+        "same_request": True,
+        "payload": {"text": "hooked", "setup_done": True},
+    }
     assert {"kubefal_runner", "kubefal_gateway"} <= {
         part for child in children for part in child.cmdline()
     }

@@ -381,6 +381,9 @@ class LocalRun:
             *("--tls-key", str(self.tls.server_key)),
             *("--store", f"sqlite://{self.store_path}"),
             *("--static-config", str(self.gateway_config_path)),
+            # On a laptop the webhook receiver is usually a local program; a gateway in a
+            # cluster refuses loopback and private targets unless its operator allows them.
+            *("--webhook-allow", "127.0.0.0/8,::1/128"),
         ]
         if self.ports.rest:
             # Files are kept across runs (with the signing key, in the store), so URLs printed
