@@ -82,6 +82,10 @@ class _Waiter:
     future: asyncio.Future[runners.Runner]
     hint: str | None
     avoid: frozenset[str]
+    queued: bool = True
+    """Still in the heap."""
+    counted: bool = False
+    """Counted in `AppSlots.dead` (it gave up while queued)."""
 
 
 class AppSlots:
@@ -196,21 +200,34 @@ class AppSlots:
         finally:
             if not future.done():
                 future.cancel()
-            if future.cancelled():  # still in the heap (wake pops a waiter before its result)
+            if waiter.queued and not waiter.counted:  # gave up while still in the heap
+                waiter.counted = True
                 self.dead += 1
                 if self.dead >= COMPACT_MIN_DEAD and self.dead * 2 >= len(self.waiters):
                     self._compact()
             self._drop_cancelled()
 
     def _compact(self) -> None:
-        self.waiters = [entry for entry in self.waiters if not entry[2].future.done()]
-        heapq.heapify(self.waiters)
-        self.dead = 0
+        kept = []
+        for entry in self.waiters:
+            if entry[2].future.done():
+                entry[2].queued = False
+            else:
+                kept.append(entry)
+        heapq.heapify(kept)
+        self.waiters = kept
+        self.dead = 0  # every counted waiter was done, so none is left
+
+    def _pop(self) -> _Waiter:
+        waiter = heapq.heappop(self.waiters)[2]
+        waiter.queued = False
+        if waiter.counted:
+            self.dead -= 1
+        return waiter
 
     def _drop_cancelled(self) -> None:
         while self.waiters and self.waiters[0][2].future.done():
-            heapq.heappop(self.waiters)
-            self.dead -= 1
+            self._pop()
 
     def release(self, runner: runners.Runner) -> None:
         if self.ledger is not None:
@@ -231,7 +248,7 @@ class AppSlots:
             runner = self._pick(waiter.hint, waiter.avoid)
             if runner is None:
                 break
-            heapq.heappop(self.waiters)
+            self._pop()
             waiter.future.set_result(self._take(runner))
             self._drop_cancelled()
         if self.on_change is not None:

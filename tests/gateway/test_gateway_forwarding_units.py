@@ -264,3 +264,22 @@ async def test_waiters_that_give_up_do_not_accumulate_in_the_slot_heap() -> None
         await first
     assert slots.waiters == []
     assert slots.waiting == 0
+
+
+async def test_the_waiting_count_stays_exact_when_many_waiters_give_up_at_once() -> None:
+    table = runners.RunnerTable(client=_NoClient(), probe_interval=1.0)  # type: ignore[arg-type]
+    slots = dispatch.AppSlots(table=table, app_id="a/b", max_multiplexing=1)
+    tasks = [asyncio.ensure_future(slots.acquire()) for _ in range(100)]
+    await asyncio.sleep(0)
+    assert slots.waiting == 100
+    # the last 70 give up together: their futures are cancelled at once, their cleanups run one
+    # after the other (and compact the heap in between), below 30 waiters that stay
+    for task in tasks[30:]:
+        task.cancel()
+    await asyncio.gather(*tasks[30:], return_exceptions=True)
+    assert slots.waiting == 30
+    assert len(slots.waiters) == 30
+    for task in tasks[:30]:
+        task.cancel()
+    await asyncio.gather(*tasks[:30], return_exceptions=True)
+    assert (slots.waiting, slots.waiters) == (0, [])
