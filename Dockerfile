@@ -33,8 +33,12 @@ FROM ${BASE_IMAGE}
 COPY --from=build /opt/kubefal /opt/kubefal
 ENV PATH=/opt/kubefal/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp \
+    USER=kubefal \
+    LOGNAME=kubefal \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+# USER/LOGNAME: the uid has no passwd entry, and getpass.getuser() (kopf's peering identity)
+# reads them before it would fail looking one up.
 # Numeric, so that runAsNonRoot can check it; the chart runs every process as 65532.
 USER 65532:65532
 CMD ["python", "-m", "kubefal_operator"]

@@ -14,11 +14,41 @@ PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# lock NAME REQUIREMENT... : resolve, then write name==version lines sorted by name.
+# lock NAME REQUIREMENT... : resolve, then write name==version lines sorted by name. pip judges
+# markers by the interpreter running it; the images run Debian's 3.11.2, so dependencies whose
+# markers hold there but not here (redis needs async-timeout below 3.11.3) are added and the
+# set resolved again, until nothing is missing.
 lock() {
   local name=$1; shift
-  "$PY" -m pip install -q --dry-run --ignore-installed --only-binary=:all: \
-    --report "$WORK/$name.json" "$@"
+  local extra=()
+  for _ in 1 2 3 4; do
+    "$PY" -m pip install -q --dry-run --ignore-installed --only-binary=:all: \
+      --report "$WORK/$name.json" "$@" "${extra[@]}"
+    missing=$("$PY" - "$WORK/$name.json" <<'PY'
+import json, sys
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+# The images' interpreter: Debian bookworm's CPython 3.11.2 on Linux x86_64.
+env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
+       "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+       "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+items = json.load(open(sys.argv[1]))["install"]
+have = {canonicalize_name(i["metadata"]["name"]) for i in items}
+needed = set()
+for item in items:
+    extras = set(item.get("requested_extras") or [])
+    for text in item["metadata"].get("requires_dist", []):
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in extras or {""}):
+            if canonicalize_name(req.name) not in have:
+                needed.add(str(req).split(";")[0])
+print("\n".join(sorted(needed)))
+PY
+)
+    [ -z "$missing" ] && break
+    while read -r requirement; do extra+=("$requirement"); done <<< "$missing"
+  done
+  [ -z "$missing" ] || { echo "lock $name: still missing $missing" >&2; exit 1; }
   "$PY" - "$WORK/$name.json" "$HERE/requirements-$name.txt" "$name" <<'PY'
 import json, sys
 report, out, name = sys.argv[1:]
