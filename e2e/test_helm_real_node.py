@@ -1,0 +1,218 @@
+"""``helm install`` of the chart with the built images, its pods real containers on the real node.
+
+The chart is installed as a platform team would, from ``charts/kubefal`` with the images
+``make images`` tagged; the operator, gateway and webhook pods are scheduled onto the real node
+(nodeSelector and toleration through values) and must become Ready there as containers of the
+kubefal image. A Helm post-renderer (``--post-renderer``, Helm's own hook for site-specific
+changes) adapts the rendered objects to this sandbox, where only loopback may carry traffic:
+
+* ``hostNetwork`` pods bound to 127.0.0.1 on free ports (the node's CNI has only ``loopback``);
+* the API server at its 127.0.0.1 address (``KUBERNETES_SERVICE_HOST``/``PORT``), with the
+  service-account token volume the ServiceAccount admission plugin would add (the local API
+  server runs without that plugin);
+* the operator reaches the gateway's admin API at 127.0.0.1, never through a ClusterIP;
+* the webhook's Service is an ExternalName to localhost (the API server would dial a ClusterIP),
+  one replica (two would share the host's port).
+
+Runs with ``KUBEFAL_REAL_NODE=1`` after ``make images`` (``make test-real-node``).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import stat
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from e2e import images, realnode, waiting
+from e2e.cluster import free_port
+from e2e.conftest import ClusterHandle
+from e2e.test_chart import CHART, Helm
+from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+POST_RENDERER = '''\
+"""Adapt the chart's rendered objects to a loopback-only sandbox (see the test's docstring)."""
+import json, sys
+import yaml
+
+settings = json.loads(SETTINGS)
+
+
+def set_env(container, name, value):
+    env = container.setdefault("env", [])
+    for item in env:
+        if item["name"] == name:
+            item.clear()
+            item.update(name=name, value=value)
+            return
+    env.append({"name": name, "value": value})
+
+
+documents = [d for d in yaml.safe_load_all(sys.stdin) if d]
+for item in documents:
+    kind, labels = item["kind"], item["metadata"].get("labels", {})
+    component = labels.get("app.kubernetes.io/component")
+    if kind == "Deployment":
+        pod = item["spec"]["template"]["spec"]
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "Default"
+        pod["enableServiceLinks"] = False
+        pod["automountServiceAccountToken"] = False
+        pod.setdefault("volumes", []).append({
+            "name": "kube-api-access",
+            "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt",
+                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]},
+        })
+        for container in pod["containers"]:
+            container.setdefault("volumeMounts", []).append(
+                {"name": "kube-api-access", "mountPath": settings["sa_dir"], "readOnly": True}
+            )
+            set_env(container, "KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            set_env(container, "KUBERNETES_SERVICE_PORT", str(settings["apiserver_port"]))
+            for name, value in settings["env"].get(component, {}).items():
+                set_env(container, name, value)
+        if component == "webhook":
+            item["spec"]["replicas"] = 1
+    if kind == "Service" and component == "webhook":
+        item["spec"] = {"type": "ExternalName", "externalName": "localhost",
+                        "ports": [{"name": "https", "port": settings["webhook_port"]}]}
+    if kind == "ValidatingWebhookConfiguration":
+        for webhook in item["webhooks"]:
+            webhook["clientConfig"]["service"]["port"] = settings["webhook_port"]
+yaml.safe_dump_all(documents, sys.stdout, sort_keys=False)
+'''
+
+
+def _post_renderer(directory: pathlib.Path, settings: dict[str, Any]) -> pathlib.Path:
+    script = directory / "loopback-post-renderer"
+    body = POST_RENDERER.replace("SETTINGS", repr(json.dumps(settings)))
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+@pytest.fixture
+def release(
+    cluster: ClusterHandle,
+    node: realnode.RealNode,  # noqa: F811
+    namespace: str,
+    falapp_crd: dict[str, Any],
+    tmp_path: pathlib.Path,
+) -> Iterator[dict[str, Any]]:
+    assert cluster.local is not None
+    apiserver_port = int(cluster.local.server.rsplit(":", 1)[1])
+    queue, run, admin, health, metrics, webhook = (free_port() for _ in range(6))
+    placement = {
+        "nodeSelector": {"kubernetes.io/hostname": realnode.NODE_NAME},
+        "tolerations": [realnode.TOLERATION],
+    }
+    values = {
+        "crds": {"enabled": False},
+        "operator": {
+            **placement,
+            "watchNamespaces": [namespace],
+            "healthPort": health,
+            "metricsPort": metrics,
+        },
+        "gateway": {
+            **placement,
+            "ports": {"queue": queue, "run": run, "admin": admin},
+            "store": {"sqlite": {"persistence": {"enabled": False}}},
+        },
+        "webhook": {
+            **placement,
+            "port": webhook,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        },
+    }
+    settings = {
+        "sa_dir": SERVICE_ACCOUNT_DIR,
+        "apiserver_port": apiserver_port,
+        "webhook_port": webhook,
+        "env": {
+            "gateway": {"KUBEFAL_GATEWAY_HOST": "127.0.0.1"},
+            "webhook": {"KUBEFAL_WEBHOOK_HOST": "127.0.0.1"},
+            "operator": {"KUBEFAL_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin}"},
+        },
+    }
+    helm = Helm(binary=cluster.testbin / "helm", kubeconfig=cluster.kubeconfig)
+    name = f"kf-{uuid.uuid4().hex[:6]}"
+    post_renderer = _post_renderer(tmp_path, settings)
+    install = helm.run(
+        "install",
+        name,
+        str(CHART),
+        f"--namespace={namespace}",
+        f"--post-renderer={post_renderer}",
+        values=values,
+    )
+    assert install.returncode == 0, install.stderr
+    try:
+        yield {
+            "name": name,
+            "helm": helm,
+            "values": values,
+            "post_renderer": post_renderer,
+            "ports": {"queue": queue, "run": run, "admin": admin},
+        }
+    finally:
+        helm.run("uninstall", name, f"--namespace={namespace}", "--wait", "--timeout=120s")
+
+
+def _pods(api_client: k8s.ApiClient, namespace: str, release: str) -> list[k8s.V1Pod]:
+    return list(
+        k8s.CoreV1Api(api_client)
+        .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
+        .items
+    )
+
+
+def test_helm_install_runs_the_control_plane_as_real_containers_on_the_real_node(
+    cluster: ClusterHandle,
+    node: realnode.RealNode,  # noqa: F811
+    api_client: k8s.ApiClient,
+    namespace: str,
+    release: dict[str, Any],
+) -> None:
+    name = release["name"]
+
+    def all_ready() -> bool:
+        pods = _pods(api_client, namespace, name)
+        components = {p.metadata.labels["app.kubernetes.io/component"] for p in pods}
+        return components == {"operator", "gateway", "webhook"} and all(
+            p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
+            for p in pods
+        )
+
+    waiting.wait_for(
+        all_ready,
+        timeout=180,
+        description="the operator, gateway and webhook pods Ready on the real node",
+        describe_last=lambda: (
+            cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
+            + "\n".join(
+                cluster.kubectl("logs", "-n", namespace, p.metadata.name, "--tail=30", check=False)
+                for p in _pods(api_client, namespace, name)
+            )
+        ),
+    )
+    containers = set(node.ctr("containers", "list", "--quiet").split())
+    for pod in _pods(api_client, namespace, name):
+        assert pod.spec.node_name == realnode.NODE_NAME
+        (status,) = pod.status.container_statuses
+        assert status.image == images.image_ref("kubefal")
+        runtime, _, container_id = status.container_id.partition("://")
+        assert runtime == "containerd" and container_id in containers
