@@ -539,3 +539,70 @@ def test_killing_the_operator_mid_work_leaves_no_duplicates(
             for pod in api.runner_pods(namespace, name)
         ]
         assert len(set(owners)) <= 1, f"{name} has runners from several ReplicaSets: {owners}"
+
+
+def _metric(exposition: str, name: str, *, having: str = "") -> float:
+    return sum(
+        float(line.split()[-1])
+        for line in exposition.splitlines()
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and having in line
+    )
+
+
+def test_a_create_writes_each_child_once_and_a_restart_writes_nothing(
+    api: Api, namespace: str, operator: OperatorProcess, served_namespaces: list[str]
+) -> None:
+    names = ["quiet-a", "quiet-b"]
+    api.create_app(namespace, _simple_app("quiet-a"))
+    api.create_app(namespace, _simple_app("quiet-b", scaling={"minConcurrency": 2}))
+    for name in names:
+        _wait(
+            lambda name=name: (
+                (app := _observed(api, namespace, name))
+                and app["status"]["phase"] in {"Ready", "ScaledToZero"}
+            ),
+            f"{name} Ready or ScaledToZero",
+            operator,
+        )
+        _wait(lambda name=name: api.deployment(namespace, name), f"{name} Deployment", operator)
+    for name in names:
+        app = api.app(namespace, name)
+        # No kopf bookkeeping on the FalApp: its progress and diff-base annotations each
+        # cost a write per app and per spec edit.
+        assert not [key for key in app["metadata"].get("annotations") or {} if "kopf" in key]
+        assert "kubefal.io/last-handled-configuration" not in (
+            app["metadata"].get("annotations") or {}
+        )
+        # The builtin scaler's Deployment is created by one apply that carries replicas.
+        deployment = api.deployment(namespace, name)
+        appliers = {
+            entry["manager"]
+            for entry in deployment["metadata"]["managedFields"]
+            if entry["operation"] == "Apply"
+        }
+        assert appliers == {"kubefal-operator"}, appliers
+    assert api.deployment(namespace, "quiet-b")["spec"]["replicas"] == 2
+
+    # A restart with every app in place renders each once and writes nothing.
+    operator.stop()
+    operator.start()
+    served = set(served_namespaces) | {namespace}
+    apps: Any = api.objects.list_cluster_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL
+    )
+    total = sum(1 for app in apps["items"] if app["metadata"]["namespace"] in served)
+
+    def resumed() -> str | None:
+        exposition = operator.metrics()
+        reconciled = _metric(
+            exposition, "kubefal_operator_reconciles_total", having='kind="FalApp"'
+        )
+        return exposition if reconciled >= total else None
+
+    exposition = _wait(resumed, f"the restarted operator reconciled {total} apps", operator)
+    assert _metric(exposition, "kubefal_operator_reconciles_total", having='result="changed"') == 0
+    assert _metric(exposition, "kubefal_operator_status_writes_total") == 0
+    for name in names:
+        assert api.deployment(namespace, name)["spec"]["replicas"] == (
+            2 if name == "quiet-b" else 0
+        )

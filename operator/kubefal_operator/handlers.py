@@ -2,12 +2,16 @@
 
 What is watched, and why:
 
-* FalApps: create/update/resume render and apply; the DELETED event drops cached state.
-  Children go with the garbage collector through their owner references, so there is no
-  finalizer: a FalApp can be deleted even while the operator is down. (That is also why
-  there is no kopf timer as a safety net: kopf puts a finalizer on objects with timers.
-  Watches are re-listed on every reconnect and on restart, and event-driven repairs retry
-  transient API errors themselves.)
+* FalApps: every watch event (the initial listing after a start included) renders and
+  applies when the app's uid or generation is new to this process; the DELETED event drops
+  cached state. A raw event handler, not kopf's create/update/resume: those keep their
+  progress and a copy of the last handled spec in annotations, one extra API write per
+  app and per spec edit, while the reconcile is level-based and needs neither. Transient
+  failures are retried by ``reconcile`` with backoff until they succeed or a newer event
+  supersedes them. Children go with the garbage collector through their owner references,
+  so there is no finalizer: a FalApp can be deleted even while the operator is down.
+  (That is also why there is no kopf timer as a safety net: kopf puts a finalizer on
+  objects with timers. Watches are re-listed on every reconnect and on restart.)
 * Deployments, Services, NetworkPolicies, PodDisruptionBudgets, KEDA ScaledObjects and
   HorizontalPodAutoscalers labelled ``kubefal.io/app``: any change re-reconciles the owner,
   which puts back what drifted (kopf watches ScaledObjects once KEDA's CRD exists).
@@ -19,7 +23,9 @@ What is watched, and why:
 
 Every watch of children, pods and the ConfigMap is filtered on the server (label and field
 selectors set at startup), so the operator never lists unrelated objects. kopf indexes keep
-the live objects in memory; reconciles read them instead of the API.
+the live objects in memory; reconciles read them instead of the API. Every handler and
+index function is a coroutine: kopf runs plain functions in a thread pool, a thread hop per
+event and index that cost most of the operator's CPU with 1,000 apps.
 """
 
 from __future__ import annotations
@@ -67,12 +73,6 @@ def _indexes(kwargs: dict[str, Any]) -> reconcile.Indexes:
     )
 
 
-def _kopf_error(error: reconcile.ReconcileError) -> Exception:
-    if error.retry:
-        return kopf.TemporaryError(str(error), delay=5)
-    return kopf.PermanentError(str(error))
-
-
 # --- lifecycle ----------------------------------------------------------------------------
 
 
@@ -85,6 +85,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     )
     # No handler needs a finalizer today; should one ever, it carries kubefal's name.
     settings.persistence.finalizer = naming.FINALIZER
+    # Only raw event handlers are registered, so kopf never writes these annotations; the
+    # names stay kubefal's should a stateful handler ever come back.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=v1alpha1.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
@@ -139,30 +141,34 @@ def catalogue_source(memo: kopf.Memo, **_: Any) -> str:
 
 
 @kopf.index(*FALAPPS, registry=REGISTRY)
-def falapps_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]]:
+async def falapps_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]]:
     return {reconcile.app_key(body): reconcile.object_view(body)}
 
 
 @kopf.index(*DEPLOYMENTS, labels=CHILD_LABELS, registry=REGISTRY)
-def deployments_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def deployments_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.object_view(body)} if key else None
 
 
 @kopf.index(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
-def services_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def services_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.object_view(body)} if key else None
 
 
 @kopf.index(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
-def network_policies_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def network_policies_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.object_view(body)} if key else None
 
 
 @kopf.index(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
-def disruption_budgets_index(
+async def disruption_budgets_index(
     body: kopf.Body, **_: Any
 ) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
@@ -170,48 +176,45 @@ def disruption_budgets_index(
 
 
 @kopf.index(*SCALED_OBJECTS, labels=CHILD_LABELS, registry=REGISTRY)
-def scaled_objects_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def scaled_objects_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.object_view(body)} if key else None
 
 
 @kopf.index(*AUTOSCALERS, labels=CHILD_LABELS, registry=REGISTRY)
-def autoscalers_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def autoscalers_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.object_view(body)} if key else None
 
 
 @kopf.index(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
-def runner_pods_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
+async def runner_pods_index(
+    body: kopf.Body, **_: Any
+) -> dict[reconcile.Key, dict[str, Any]] | None:
     key = reconcile.owner_key(body)
     return {key: reconcile.pod_view(body)} if key else None
 
 
 @kopf.index(*NODES, registry=REGISTRY)
-def nodes_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+async def nodes_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
 # --- FalApps ------------------------------------------------------------------------------
 
 
-@kopf.on.resume(*FALAPPS, registry=REGISTRY)
-@kopf.on.create(*FALAPPS, registry=REGISTRY)
-@kopf.on.update(*FALAPPS, registry=REGISTRY)
-async def reconcile_falapp(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    indexes = _indexes(kwargs)
-    try:
-        await reconcile.reconcile_app(
-            _operator(memo), body=body, live=indexes.live(reconcile.app_key(body))
-        )
-    except reconcile.ReconcileError as error:
-        raise _kopf_error(error) from error
-
-
 @kopf.on.event(*FALAPPS, registry=REGISTRY)
-def forget_deleted_falapp(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def falapp_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
     if event["type"] == "DELETED":
         _operator(memo).forget(reconcile.app_key(body))
+        return
+    await reconcile.falapp_changed(_operator(memo), body=body, indexes=_indexes(kwargs))
 
 
 # --- children, pods, catalogue ------------------------------------------------------------

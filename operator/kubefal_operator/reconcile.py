@@ -266,6 +266,11 @@ class Operator:
     """Newest resourceVersion seen of each child (kept: a few bytes per child)."""
     scaling_signals: dict[Key, signals.ScalingSignal] = dataclasses.field(default_factory=dict)
     """The gateway's latest scaling signal per app (builtin actuator)."""
+    handled: dict[Key, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    """(uid, generation) of each FalApp last reconciled from its own events: a later event
+    with the same pair (a status write, a label edit) needs no render."""
+    retries: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    """The pending retry of each FalApp whose last reconcile failed transiently."""
 
     def saw(self, obj: Mapping[str, Any]) -> bool:
         """Remember ``obj`` if it is the newest version seen; True when it is.
@@ -304,6 +309,11 @@ class Operator:
                 del self.newest[cache_key]
         return dataclasses.replace(live, children=children)
 
+    def cancel_retry(self, key: Key) -> None:
+        pending = self.retries.pop(key, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
@@ -312,6 +322,8 @@ class Operator:
         self.locks.pop(key, None)
         self.written_status.pop(key, None)
         self.scaling_signals.pop(key, None)
+        self.handled.pop(key, None)
+        self.cancel_retry(key)
         for child in [child for child in self.versions if child[1:] == key]:
             self.versions.pop(child, None)
             self.newest.pop(child, None)
@@ -366,6 +378,8 @@ def start_actuator(op: Operator, *, indexes: Indexes) -> None:
 
 
 async def stop(op: Operator) -> None:
+    for key in list(op.retries):
+        op.cancel_retry(key)
     if op.actuator is not None:
         await op.actuator.stop()
     await op.kube.close()
@@ -402,6 +416,56 @@ def _classify(error: Exception, *, doing: str) -> ReconcileError:
 
 
 # --- reconcile ------------------------------------------------------------------------
+
+
+async def falapp_changed(
+    op: Operator, *, body: Mapping[str, Any], indexes: Indexes, attempt: int = 0
+) -> None:
+    """A FalApp's watch event (the listing after a start included): reconcile it when its
+    uid or generation is new to this process.
+
+    The operator's own status writes change neither, so they cost no render; an operator
+    restart renders every app once and writes nothing when nothing drifted. A transient
+    failure is tried again in the background with backoff (:data:`RETRY_DELAYS_SECONDS`,
+    then every 30 s) on the newest copy of the app in the index; a newer event replaces the
+    pending retry. A permanent failure (reported as Degraded) waits for the next edit.
+    """
+    key = app_key(body)
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    essence = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+    if attempt == 0:
+        op.cancel_retry(key)
+        if op.handled.get(key) == essence:
+            return
+    try:
+        await reconcile_app(op, body=body, live=indexes.live(key))
+    except ReconcileError as error:
+        if not error.retry:
+            logger.warning("%s/%s: %s", *key, error)
+            op.handled[key] = essence
+            return
+        delay = RETRY_DELAYS_SECONDS[min(attempt, len(RETRY_DELAYS_SECONDS) - 1)]
+        logger.warning("reconciling %s/%s failed, retrying in %.0f s: %s", *key, delay, error)
+        op.handled.pop(key, None)
+        op.retries[key] = asyncio.create_task(
+            _retry_falapp(op, key=key, indexes=indexes, attempt=attempt + 1, delay=delay)
+        )
+        return
+    op.handled[key] = essence
+
+
+async def _retry_falapp(
+    op: Operator, *, key: Key, indexes: Indexes, attempt: int, delay: float
+) -> None:
+    await asyncio.sleep(delay)
+    if op.retries.get(key) is asyncio.current_task():
+        del op.retries[key]
+    body = indexes.app(key)
+    if body is None:
+        return  # deleted meanwhile
+    await falapp_changed(op, body=body, indexes=indexes, attempt=attempt)
 
 
 async def reconcile_app(
@@ -495,8 +559,11 @@ async def _apply_children(
         if current is not None and not drift.drifted(manifest, current):
             continue
         if kind == "Deployment" and current is None:
-            # Create with the replicas rule's start value, then co-own replicas with the
-            # replicas manager so the next main apply (which leaves them out) keeps them.
+            # Create with the replicas rule's start value. With the builtin scaler only the
+            # operator writes replicas (under its lock), so the main manager keeps owning
+            # them and every later main apply carries them (below): one write per create.
+            # Another scaler takes replicas over, so they go to the replicas manager, and
+            # the next main apply (which leaves them out) keeps them.
             count = replicas.desired_replicas(
                 app.spec,
                 live=None,
@@ -508,12 +575,25 @@ async def _apply_children(
             applied, changed = await _apply(
                 op, {**manifest, "spec": {**manifest["spec"], "replicas": count}}
             )
-            applied, _ = await _apply(
-                op,
-                _replicas_patch(manifest, count),
-                field_manager=kube.REPLICAS_FIELD_MANAGER,
-            )
+            if app.spec.scaler is not v1alpha1.Scaler.BUILTIN:
+                applied, _ = await _apply(
+                    op,
+                    _replicas_patch(manifest, count),
+                    field_manager=kube.REPLICAS_FIELD_MANAGER,
+                )
             description = f"created Deployment {manifest['metadata']['name']} ({count} runner(s))"
+        elif (
+            kind == "Deployment"
+            and current is not None
+            and kube.FIELD_MANAGER in replicas.replicas_owners(current)
+        ):
+            # The main manager owns replicas (created them): leaving them out would make
+            # server-side apply drop the field, so carry the live count.
+            count = int(current.get("spec", {}).get("replicas", 0))
+            applied, changed = await _apply(
+                op, {**manifest, "spec": {**manifest["spec"], "replicas": count}}
+            )
+            description = _describe_apply(manifest, current)
         else:
             try:
                 applied, changed = await _apply(op, manifest)
@@ -869,7 +949,8 @@ async def _mark_deletion_costs(
 
 
 RETRY_DELAYS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
-"""Backoff of event-driven work after a transient error (kopf retries only FalApp edges)."""
+"""Backoff of event-driven work after a transient error (FalApp edges keep retrying at the
+last delay, see :func:`falapp_changed`)."""
 
 
 async def _retrying(attempt: Callable[[], Awaitable[None]], *, what: str) -> None:

@@ -17,8 +17,12 @@ would undo its work and, with GitOps, make every sync scale the app. The rule:
    alone: an operator restart must not scale busy runners down before the gateway speaks.
 4. Otherwise: left alone (returns None).
 
-Replicas are written by their own field manager (``kube.REPLICAS_FIELD_MANAGER``), never in
-the main apply, so omitting them there does not make server-side apply drop the field.
+A builtin-scaled Deployment is created in one apply that carries replicas, so the main
+field manager owns them, and every later main apply carries the live count (leaving out a
+field a manager owns makes server-side apply drop it). Every other replicas write goes
+through its own field manager (``kube.REPLICAS_FIELD_MANAGER``), which takes the field
+over; from then on the main apply leaves replicas out. A Deployment of another scaler gets
+its replicas from that manager from the start.
 
 :func:`scale_event` words the Event posted for each change the builtin actuator makes.
 """
