@@ -19,9 +19,12 @@ Runs with ``KUBEFAL_REAL_NODE=1`` after ``make images`` (``make test-real-node``
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import pathlib
 import stat
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,11 +33,13 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from e2e import images, realnode, waiting
+from e2e import images, podrunner, realnode, waiting
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
+from e2e.system import RUNNER_SELECTOR
 from e2e.test_chart import CHART, Helm
 from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
+from kubefal_api import apikeys
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -180,15 +185,9 @@ def _pods(api_client: k8s.ApiClient, namespace: str, release: str) -> list[k8s.V
     )
 
 
-def test_helm_install_runs_the_control_plane_as_real_containers_on_the_real_node(
-    cluster: ClusterHandle,
-    node: realnode.RealNode,  # noqa: F811
-    api_client: k8s.ApiClient,
-    namespace: str,
-    release: dict[str, Any],
+def _wait_ready(
+    cluster: ClusterHandle, api_client: k8s.ApiClient, namespace: str, name: str
 ) -> None:
-    name = release["name"]
-
     def all_ready() -> bool:
         pods = _pods(api_client, namespace, name)
         components = {p.metadata.labels["app.kubernetes.io/component"] for p in pods}
@@ -209,10 +208,85 @@ def test_helm_install_runs_the_control_plane_as_real_containers_on_the_real_node
             )
         ),
     )
+
+
+def test_helm_install_runs_the_control_plane_as_real_containers_on_the_real_node(
+    cluster: ClusterHandle,
+    node: realnode.RealNode,  # noqa: F811
+    api_client: k8s.ApiClient,
+    namespace: str,
+    release: dict[str, Any],
+) -> None:
+    _wait_ready(cluster, api_client, namespace, release["name"])
     containers = set(node.ctr("containers", "list", "--quiet").split())
-    for pod in _pods(api_client, namespace, name):
+    for pod in _pods(api_client, namespace, release["name"]):
         assert pod.spec.node_name == realnode.NODE_NAME
         (status,) = pod.status.container_statuses
         assert status.image == images.image_ref("kubefal")
         runtime, _, container_id = status.container_id.partition("://")
         assert runtime == "containerd" and container_id in containers
+
+
+def test_fal_client_gets_a_result_through_the_gateway_container_of_the_release(
+    cluster: ClusterHandle,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    release: dict[str, Any],
+    tmp_path: pathlib.Path,
+) -> None:
+    """A CPU FalApp applied next to the release: the operator in its container renders the
+    runner Deployment, whose pod lands on a kwok CPU node (the e2e pod runner plays its
+    container, bound to the pod's 127.64.x.y address), and the unmodified fal_client, trusting
+    the chart's generated CA, gets the app's result from the gateway container."""
+    name = release["name"]
+    _wait_ready(cluster, api_client, namespace, name)
+    core = k8s.CoreV1Api(api_client)
+    tls = core.read_namespaced_secret(f"{name}-kubefal-gateway-tls", namespace)
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(base64.b64decode(tls.data["ca.crt"]))
+    key = apikeys.generate_key()
+    record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e helm")
+    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
+    example = images.REPO_ROOT / "examples" / "text-stats"
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name="text-stats-source"),
+            data={"app.py": (example / "app.py").read_text()},
+        ),
+    )
+    with podrunner.PodRunner(
+        api_client, namespace=namespace, label_selector=RUNNER_SELECTOR, root=tmp_path / "pods"
+    ) as pods:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(example / "falapp.yaml"))
+        ports = release["ports"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+        env.update(
+            FAL_RUN_HOST=f"127.0.0.1:{ports['run']}",
+            FAL_QUEUE_RUN_HOST=f"127.0.0.1:{ports['queue']}",
+            SSL_CERT_FILE=str(ca),
+            FAL_KEY=str(key),
+            NO_PROXY="127.0.0.1,localhost",
+        )
+        code = (
+            "import json, fal_client\n"
+            f"r = fal_client.subscribe('{namespace}/text-stats',"
+            " arguments={'text': 'to be or not to be', 'top': 2})\n"
+            "print(json.dumps(r))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert result.returncode == 0, (
+            f"{result.stdout}\n{result.stderr}\n{podrunner.describe(pods)}\n"
+            + cluster.kubectl("get", "pods,falapps", "-n", namespace, "-o", "wide", check=False)
+        )
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+            "words": 6,
+            "distinct_words": 4,
+            "top_words": [["to", 2], ["be", 2]],
+        }
+        runner_pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
+            namespace, label_selector=RUNNER_SELECTOR
+        )
+        assert {p.spec.node_name for p in runner_pods.items} <= {"cpu-0", "cpu-1"}
