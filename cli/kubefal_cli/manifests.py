@@ -149,6 +149,13 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
         ) from error
 
 
+CLUSTER_SIDE_FIELDS = frozenset(
+    {"service_account_name", "automount_service_account_token", "fal_key_secret_ref"}
+)
+"""FalApp fields about the cluster, not the fal.App class: a rendered manifest carries them only
+when set, so a platform team's defaults (and a GitOps diff) are not overwritten by render."""
+
+
 def _without_empty_lists(value: Any) -> Any:
     if isinstance(value, dict):
         return {
@@ -160,8 +167,12 @@ def _without_empty_lists(value: Any) -> Any:
 
 
 def falapp_manifest(config: appref.AppConfig, *, target: Target) -> dict[str, Any]:
-    """The FalApp object to apply (empty lists left out, so the CRD's defaults apply)."""
+    """The FalApp object to apply (empty lists and the cluster-side fields no class sets left
+    out, so the CRD's defaults apply)."""
     spec = falapp_spec(config, target=target)
+    kube_spec = spec.to_kube()
+    for name in CLUSTER_SIDE_FIELDS - spec.model_fields_set:
+        kube_spec.pop(v1alpha1.FalAppSpec.model_fields[name].alias or name, None)
     return {
         "apiVersion": v1alpha1.API_VERSION,
         "kind": v1alpha1.KIND,
@@ -170,7 +181,7 @@ def falapp_manifest(config: appref.AppConfig, *, target: Target) -> dict[str, An
             "namespace": target.namespace,
             "labels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
         },
-        "spec": _without_empty_lists(spec.to_kube()),
+        "spec": _without_empty_lists(kube_spec),
     }
 
 
