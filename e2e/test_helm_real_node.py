@@ -290,3 +290,88 @@ def test_fal_client_gets_a_result_through_the_gateway_container_of_the_release(
             namespace, label_selector=RUNNER_SELECTOR
         )
         assert {p.spec.node_name for p in runner_pods.items} <= {"cpu-0", "cpu-1"}
+
+
+def _pod_ids(api_client: k8s.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    return {
+        p.metadata.labels["app.kubernetes.io/component"]: p.metadata.uid
+        for p in _pods(api_client, namespace, name)
+        if p.metadata.deletion_timestamp is None
+    }
+
+
+def test_helm_upgrade_rolls_only_the_changed_component_and_uninstall_leaves_nothing(
+    cluster: ClusterHandle,
+    node: realnode.RealNode,  # noqa: F811
+    api_client: k8s.ApiClient,
+    namespace: str,
+    release: dict[str, Any],
+) -> None:
+    name, helm = release["name"], release["helm"]
+    _wait_ready(cluster, api_client, namespace, name)
+    before = _pod_ids(api_client, namespace, name)
+    containers_before = set(node.ctr("containers", "list", "--quiet").split())
+    release_containers = {
+        s.container_id.partition("://")[2]
+        for p in _pods(api_client, namespace, name)
+        for s in p.status.container_statuses
+    }
+    assert release_containers <= containers_before
+    upgrade = helm.run(
+        "upgrade",
+        name,
+        str(CHART),
+        f"--namespace={namespace}",
+        "--reuse-values",
+        "--set=gateway.logLevel=debug",
+        f"--post-renderer={release['post_renderer']}",
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+
+    def rolled() -> dict[str, str] | None:
+        now = _pod_ids(api_client, namespace, name)
+        return now if now.keys() == before.keys() and now["gateway"] != before["gateway"] else None
+
+    after = waiting.wait_for(rolled, timeout=120, description="a new gateway pod")
+    _wait_ready(cluster, api_client, namespace, name)
+    assert after["operator"] == before["operator"] and after["webhook"] == before["webhook"]
+    gateway = next(
+        p for p in _pods(api_client, namespace, name) if p.metadata.uid == after["gateway"]
+    )
+    env = {e.name: e.value for e in gateway.spec.containers[0].env}
+    assert env["KUBEFAL_GATEWAY_LOG_LEVEL"] == "debug"
+    (status,) = gateway.status.container_statuses
+    assert status.container_id.partition("://")[2] not in containers_before
+    release_containers.add(status.container_id.partition("://")[2])
+
+    uninstall = helm.run("uninstall", name, f"--namespace={namespace}", "--wait")
+    assert uninstall.returncode == 0, uninstall.stderr
+    kinds = (
+        "all,secret,configmap,serviceaccount,role,rolebinding,clusterrole,clusterrolebinding,"
+        "validatingwebhookconfiguration,poddisruptionbudget,networkpolicy,pvc,apiservice"
+    )
+
+    def left() -> list[str]:
+        return cluster.kubectl(
+            "get",
+            kinds,
+            "--all-namespaces",
+            "-l",
+            f"app.kubernetes.io/instance={name}",
+            "-o",
+            "name",
+        ).split()
+
+    # Without crds.enabled and with the queue on an emptyDir, the chart keeps nothing (its pods
+    # go after their Deployments, when their containers have stopped).
+    waiting.wait_for(
+        lambda: left() == [],
+        timeout=120,
+        description="nothing of the release left",
+        describe_last=lambda: "\n".join(left()),
+    )
+    waiting.wait_for(
+        lambda: not (release_containers & set(node.ctr("containers", "list", "--quiet").split())),
+        timeout=90,
+        description="the release's containers gone from containerd",
+    )
