@@ -67,6 +67,9 @@ for item in documents:
     component = labels.get("app.kubernetes.io/component")
     if kind == "Deployment":
         pod = item["spec"]["template"]["spec"]
+        # Every Deployment of the chart on the real node (the values place the known ones).
+        pod["nodeSelector"] = settings["node_selector"]
+        pod["tolerations"] = [settings["toleration"]]
         pod["hostNetwork"] = True
         pod["dnsPolicy"] = "Default"
         pod["enableServiceLinks"] = False
@@ -145,6 +148,8 @@ def release(
     }
     settings = {
         "sa_dir": SERVICE_ACCOUNT_DIR,
+        "node_selector": placement["nodeSelector"],
+        "toleration": realnode.TOLERATION,
         "apiserver_port": apiserver_port,
         "webhook_port": webhook,
         "env": {
@@ -191,7 +196,7 @@ def _wait_ready(
     def all_ready() -> bool:
         pods = _pods(api_client, namespace, name)
         components = {p.metadata.labels["app.kubernetes.io/component"] for p in pods}
-        return components == {"operator", "gateway", "webhook"} and all(
+        return components >= {"operator", "gateway", "webhook"} and all(
             p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
             for p in pods
         )
