@@ -149,20 +149,40 @@ class PodRunner:
         mounts: dict[str, str] = {}
         for mount in container.volume_mounts or []:
             volume = volumes.get(mount.name)
-            if volume is None or (volume.config_map is None and volume.empty_dir is None):
+            if volume is None or (
+                volume.config_map is None and volume.empty_dir is None and volume.projected is None
+            ):
                 continue
             local = workdir / mount.mount_path.strip("/")
             local.mkdir(parents=True, exist_ok=True)
-            if volume.config_map is None:
+            if volume.config_map is None and volume.projected is None:
                 mounts[mount.mount_path.rstrip("/")] = str(local)
                 continue
-            config_map = self.core.read_namespaced_config_map(
-                volume.config_map.name, pod.metadata.namespace
+            sources = (
+                [volume.config_map]
+                if volume.config_map is not None
+                else [s.config_map for s in volume.projected.sources or [] if s.config_map]
             )
-            for key, value in (config_map.data or {}).items():
-                (local / key).write_text(value)
+            for source in sources:
+                self._write_config_map(pod.metadata.namespace, source, local)
             mounts[mount.mount_path.rstrip("/")] = str(local)
         return mounts
+
+    def _write_config_map(self, namespace: str, source: Any, local: pathlib.Path) -> None:
+        """A ConfigMap volume source as the kubelet writes it: every key (data and
+        binaryData) at its own name, or only the listed ``items`` at their paths."""
+        config_map = self.core.read_namespaced_config_map(source.name, namespace)
+        values: dict[str, bytes] = {k: v.encode() for k, v in (config_map.data or {}).items()}
+        values.update({k: base64.b64decode(v) for k, v in (config_map.binary_data or {}).items()})
+        placed = (
+            [(item.key, item.path) for item in source.items]
+            if source.items
+            else [(key, key) for key in values]
+        )
+        for key, path in placed:
+            target = local / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(values[key])
 
     def _env_from(self, namespace: str, sources: list[Any]) -> dict[str, str]:
         """What the kubelet exports from ``envFrom``: every key of each Secret or ConfigMap

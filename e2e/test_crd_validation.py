@@ -207,6 +207,27 @@ INVALID_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("env-from-without-source", falapp(envFrom=[{"prefix": "HF_"}]), "spec.envFrom[0]"),
     ("source-without-config-map", falapp(source={}), "spec.source.configMapRef"),
+    (
+        "source-both-forms",
+        falapp(
+            source={
+                "configMapRef": {"name": "a"},
+                "configMaps": [{"name": "b", "items": [{"key": "k", "path": "x.py"}]}],
+            }
+        ),
+        "spec.source.configMapRef",
+    ),
+    (
+        "source-path-leaves-the-app-directory",
+        falapp(source={"configMaps": [{"name": "b", "items": [{"key": "k", "path": "../x"}]}]}),
+        "spec.source.configMaps[0].items[0].path",
+    ),
+    (
+        "requirements-and-layers",
+        falapp(requirements=["a"], requirementLayers=[["b"]]),
+        "spec.requirementLayers",
+    ),
+    ("requirement-layer-empty", falapp(requirementLayers=[[]]), "spec.requirementLayers[0]"),
     ("image-empty", falapp(image=""), "spec.image"),
     ("unknown-field-fal-spelling", falapp(machineType="GPU-H100"), "spec.machineType"),
     ("name-not-dns-1035", falapp(name="1st-app"), "metadata.name"),

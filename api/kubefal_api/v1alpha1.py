@@ -85,6 +85,9 @@ RegionName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=
 """A value of the node label topology.kubernetes.io/region."""
 Requirement = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=1024)]
 """One pip requirement specifier."""
+MAX_REQUIREMENT_LAYERS: Final = 16
+RequirementLayer = Annotated[list[Requirement], pydantic.Field(min_length=1, max_length=512)]
+"""One layer of pip requirements, installed together."""
 
 
 class AuthMode(enum.StrEnum):
@@ -203,12 +206,76 @@ class ConfigMapReference(KubeModel):
     """Name of the ConfigMap."""
 
 
+_SOURCE_PATH_SEGMENT: Final = r"\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*"
+SOURCE_PATH_PATTERN: Final = rf"^({_SOURCE_PATH_SEGMENT}/)*{_SOURCE_PATH_SEGMENT}$"
+"""A relative path below the app directory: no leading ``/``, no empty, ``.`` or ``..``
+segment (RE2 syntax, as the API server evaluates it)."""
+MAX_SOURCE_CONFIG_MAPS: Final = 64
+MAX_SOURCE_FILES_PER_CONFIG_MAP: Final = 1024
+
+
+class SourceFile(KubeModel):
+    """One key of a source ConfigMap and the path it takes below the app directory."""
+
+    key: str = pydantic.Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """Key in the ConfigMap (``data`` or ``binaryData``)."""
+    path: str = pydantic.Field(min_length=1, max_length=1024, pattern=SOURCE_PATH_PATTERN)
+    """Relative path of the file below the app directory, e.g. "helpers/util.py"."""
+
+
+class SourceConfigMap(KubeModel):
+    """A ConfigMap holding part of the app's files, each key placed at its path."""
+
+    name: str = pydantic.Field(min_length=1, max_length=253)
+    """Name of the ConfigMap (in the FalApp's namespace)."""
+    items: list[SourceFile] = pydantic.Field(
+        min_length=1, max_length=MAX_SOURCE_FILES_PER_CONFIG_MAP
+    )
+    """Its keys and where each goes; keys not listed are not mounted."""
+
+
 class SourceSpec(KubeModel):
     """Where the app files come from when they are not baked into ``image``."""
 
-    config_map_ref: ConfigMapReference
-    """ConfigMap whose keys are the app files, mounted into the runner's working directory
-    (what ``kubefal deploy`` creates)."""
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_kube_validations(
+            cel_rule(
+                "has(self.configMapRef) != has(self.configMaps)",
+                message="spec.source needs exactly one of configMapRef or configMaps",
+                field_path=".configMapRef",
+            )
+        )
+    )
+
+    config_map_ref: ConfigMapReference | None = None
+    """ConfigMap whose keys are the app files (flat, key = file name), mounted into the
+    runner's working directory; exclusive with configMaps."""
+    config_maps: list[SourceConfigMap] | None = pydantic.Field(
+        default=None, min_length=1, max_length=MAX_SOURCE_CONFIG_MAPS
+    )
+    """ConfigMaps projected together into the runner's working directory, each key at its
+    path (sub-directories, packages, fal ``app_files`` and ``local_python_modules``); several
+    ConfigMaps because one holds at most 1 MiB. What ``kubefal deploy`` and ``fal deploy``
+    create for an app with more than its own directory's .py files; exclusive with
+    configMapRef."""
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        if (self.config_map_ref is None) == (self.config_maps is None):
+            raise ValueError("spec.source needs exactly one of configMapRef or configMaps")
+        if self.config_maps is not None:
+            paths = [item.path for config_map in self.config_maps for item in config_map.items]
+            duplicates = sorted({path for path in paths if paths.count(path) > 1})
+            if duplicates:
+                raise ValueError(f"spec.source.configMaps: paths listed twice: {duplicates[:5]}")
+        return self
+
+    @property
+    def config_map_names(self) -> list[str]:
+        """Every ConfigMap the source reads."""
+        if self.config_map_ref is not None:
+            return [self.config_map_ref.name]
+        return [config_map.name for config_map in self.config_maps or []]
 
 
 class ScalingSpec(KubeModel):
@@ -382,6 +449,14 @@ class FalAppSpec(KubeModel):
                 field_path=".machineTypes",
             ),
             cel_rule(
+                "!has(self.requirements) || size(self.requirements) == 0"
+                " || !has(self.requirementLayers) || size(self.requirementLayers) == 0",
+                message="spec.requirements and spec.requirementLayers are mutually exclusive"
+                " (a flat list is one layer)",
+                field_path=".requirementLayers",
+                reason="FieldValueForbidden",
+            ),
+            cel_rule(
                 "!has(self.scaler) || self.scaler != 'hpa' || !has(self.scaling)"
                 " || !has(self.scaling.minConcurrency) || self.scaling.minConcurrency >= 1",
                 message="spec.scaling.minConcurrency must be >= 1 when spec.scaler is hpa"
@@ -401,7 +476,16 @@ class FalAppSpec(KubeModel):
     """App files mounted into the runner when they are not baked into the image."""
     requirements: list[Requirement] = pydantic.Field(default_factory=list, max_length=512)
     """pip requirements installed at runner start (counts against startupTimeout); fal
-    ``requirements``."""
+    ``requirements`` as a flat list (one layer). Exclusive with requirementLayers."""
+    requirement_layers: list[RequirementLayer] = pydantic.Field(
+        default_factory=list,
+        max_length=MAX_REQUIREMENT_LAYERS,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    """pip requirements in ordered layers (fal ``requirements`` as a list of lists): each
+    layer is installed on top of the layers before it into its own cached environment, so
+    apps that share leading layers (say torch) share that install. Exclusive with
+    requirements."""
     machine_types: list[MachineTypeName] = pydantic.Field(
         default_factory=lambda: [DEFAULT_MACHINE_TYPE],
         min_length=1,
@@ -500,6 +584,22 @@ class FalAppSpec(KubeModel):
                 f"({GPU_MACHINE_TYPE_PREFIX}*)"
             )
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _one_requirements_form(self) -> FalAppSpec:
+        if self.requirements and self.requirement_layers:
+            raise ValueError(
+                "spec.requirements and spec.requirementLayers are mutually exclusive "
+                "(a flat list is one layer)"
+            )
+        return self
+
+    @property
+    def install_layers(self) -> list[list[str]]:
+        """The requirements as the runner installs them: layer by layer."""
+        if self.requirement_layers:
+            return [list(layer) for layer in self.requirement_layers]
+        return [list(self.requirements)] if self.requirements else []
 
     @pydantic.model_validator(mode="after")
     def _hpa_cannot_scale_to_zero(self) -> FalAppSpec:

@@ -74,6 +74,20 @@ class AppConfig:
     persistent_data: bool | None = None
     """The class attribute ``kubefal_persistent_data`` (FalApp ``persistentData``: the
     namespace's shared /data in every runner); None when the class does not set it."""
+    requirement_layers: tuple[tuple[str, ...], ...] = ()
+    """``requirements`` as the runner installs them: one layer for a flat list, the class's
+    layers for a list of lists (empty layers dropped)."""
+    app_files: tuple[str, ...] = ()
+    """fal ``app_files``: files and directories shipped with the app (relative to
+    ``app_files_context_dir``)."""
+    app_files_ignore: tuple[str, ...] = ()
+    """fal ``app_files_ignore``: regular expressions of relative paths left out."""
+    app_files_context_dir: str | None = None
+    """fal ``app_files_context_dir``: the directory app_files are relative to (default: the
+    app file's directory)."""
+    local_python_modules: tuple[str, ...] = ()
+    """fal ``local_python_modules``: modules or packages of the caller's machine that go with
+    the app."""
 
 
 def parse_ref(text: str) -> AppRef:
@@ -170,6 +184,26 @@ def _flat_requirements(requirements: object) -> tuple[str, ...]:
         else:
             flat.append(str(entry))
     return tuple(flat)
+
+
+def _requirement_layers(requirements: object) -> tuple[tuple[str, ...], ...]:
+    entries = list(requirements or [])  # type: ignore[call-overload]
+    if entries and all(isinstance(entry, list | tuple) for entry in entries):
+        layers = [tuple(str(item) for item in entry) for entry in entries]
+    else:
+        layers = [_flat_requirements(entries)]
+    return tuple(layer for layer in layers if layer)
+
+
+def _strings(value: object, attribute: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise errors.CliError(
+            f"{attribute} must be a list of strings, not {value!r}",
+            hint=f"set {attribute} = ['...'] on the fal.App class",
+        )
+    return tuple(value)
 
 
 _PLACEHOLDERS: dict[str, Any] = {
@@ -276,6 +310,13 @@ def read_config(ref: AppRef) -> AppConfig:
         ),
         example_arguments=example_arguments(openapi) if isinstance(openapi, dict) else {},
         persistent_data=_persistent_data(cls),
+        requirement_layers=_requirement_layers(cls.requirements),
+        app_files=_strings(host.get("app_files"), "app_files"),
+        app_files_ignore=_strings(host.get("app_files_ignore"), "app_files_ignore"),
+        app_files_context_dir=host.get("app_files_context_dir"),
+        local_python_modules=_strings(
+            getattr(cls, "local_python_modules", None), "local_python_modules"
+        ),
     )
 
 

@@ -103,7 +103,11 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
     }
     fields: dict[str, Any] = {
         "app": f"{config.ref.path.name}::{config.class_name}",
-        "requirements": list(config.requirements),
+        **(
+            {"requirement_layers": [list(layer) for layer in config.requirement_layers]}
+            if len(config.requirement_layers) > 1
+            else {"requirements": list(config.requirements)}
+        ),
         "machine_types": list(config.machine_types),
         "num_gpus": config.num_gpus,
         "regions": list(config.regions or ()),

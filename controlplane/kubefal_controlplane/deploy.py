@@ -14,9 +14,9 @@ loading it).
 What this does not carry yet, and refuses with a message instead of dropping silently:
 ``app_files`` (``files``), ``local_python_modules`` (read from the class body), ``entrypoint``
 apps, container images (``kind="container"``).
-Requirement layers are flattened into ``spec.requirements``; the fal serving stack the SDK
-adds to every app (fastapi, pydantic, uvicorn ...) is left out, because kubefal's runner
-image brings its own.
+Requirement layers stay layers (``spec.requirementLayers``; a flat list is ``spec.requirements``);
+the fal serving stack the SDK adds to every app (fastapi, pydantic, uvicorn ...) is left out,
+because kubefal's runner image brings its own.
 """
 
 from __future__ import annotations
@@ -146,16 +146,20 @@ def choose_class(source: str, function: bytes) -> str:
     )
 
 
-def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
-    """The user's requirements (layers flattened, fal's own serving stack left out)."""
-    wanted: list[str] = []
+def requirement_layers(
+    environments: Sequence[isolate_proto.EnvironmentDefinition],
+) -> list[list[str]]:
+    """The user's requirements, layer by layer as the SDK sent them (a flat list is one
+    layer); fal's own serving stack is left out, and a layer left empty by that is dropped."""
+    layers: list[list[str]] = []
     for index, environment in enumerate(environments):
         field = f"environments[{index}]"
         if environment.kind == "container":
             raise errors.failed_precondition(
                 f"{field}: kind='container' (fal.ContainerImage) apps are not built in the "
-                "cluster yet; build the image yourself and deploy it with "
-                "`kubefal deploy --image <image>`"
+                "cluster yet; build the image yourself (with the kubefal runner in it) and "
+                "deploy it as a FalApp with spec.image set to it, e.g. "
+                "`kubefal deploy app.py::MyApp --image <image>`"
             )
         if environment.kind not in ("virtualenv", "conda", "pip"):
             raise errors.invalid_argument(f"{field}.kind", f"{environment.kind!r} is unknown")
@@ -163,18 +167,51 @@ def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) ->
         raw = config.get("requirements") or []
         if not isinstance(raw, list):
             raise errors.invalid_argument(f"{field}.requirements", "not a list")
-        flat: list[Any] = []
-        for item in raw:
-            flat += item if isinstance(item, list) else [item]
-        for item in flat:
-            text = str(item).strip()
-            if not text or text in FAL_SERVE_REQUIREMENTS or text.startswith(FAL_PINNED_PREFIXES):
-                continue
-            if len(text) > 1024:
-                raise errors.invalid_argument(f"{field}.requirements", "an entry is too long")
-            if text not in wanted:
-                wanted.append(text)
-    return wanted
+        if all(isinstance(item, list) for item in raw):
+            given: list[list[Any]] = list(raw)
+        elif any(isinstance(item, list) for item in raw):
+            raise errors.invalid_argument(
+                f"{field}.requirements", "a list of strings or a list of lists, not a mix"
+            )
+        else:
+            given = [raw]
+        if len(given) > v1alpha1.MAX_REQUIREMENT_LAYERS:
+            raise errors.invalid_argument(
+                f"{field}.requirements",
+                f"{len(given)} layers; kubefal keeps at most {v1alpha1.MAX_REQUIREMENT_LAYERS}",
+            )
+        for layer in given:
+            wanted: list[str] = []
+            for item in layer:
+                text = str(item).strip()
+                if (
+                    not text
+                    or text in FAL_SERVE_REQUIREMENTS
+                    or text.startswith(FAL_PINNED_PREFIXES)
+                ):
+                    continue
+                if len(text) > 1024:
+                    raise errors.invalid_argument(f"{field}.requirements", "an entry is too long")
+                if text not in wanted:
+                    wanted.append(text)
+            if wanted:
+                layers.append(wanted)
+    return layers
+
+
+def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
+    """Every requirement of every layer, in order (what the runner ends up with)."""
+    return [item for layer in requirement_layers(environments) for item in layer]
+
+
+def requirement_fields(layers: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """FalApp spec fields for ``layers``: one layer stays the flat ``requirements``;
+    several become ``requirementLayers``, installed in order."""
+    if not layers:
+        return {}
+    if len(layers) == 1:
+        return {"requirements": list(layers[0])}
+    return {"requirementLayers": [list(layer) for layer in layers]}
 
 
 def source_config_map_name(app_name: str, source: str) -> str:
@@ -207,6 +244,7 @@ OWNED_FIELDS: Final = (
     "app",
     "source",
     "requirements",
+    "requirementLayers",
     "auth",
     "strategy",
     "machineTypes",
@@ -259,7 +297,7 @@ def falapp_spec(
     spec: dict[str, Any] = {
         "app": f"{APP_FILE}::{class_name}",
         "source": {"configMapRef": {"name": config_map}},
-        "requirements": requirements(list(request.environments)),
+        **requirement_fields(requirement_layers(list(request.environments))),
         "auth": AUTH_MODES.get(request.auth_mode, v1alpha1.AuthMode.PRIVATE).value
         if request.HasField("auth_mode")
         else v1alpha1.AuthMode.PRIVATE.value,

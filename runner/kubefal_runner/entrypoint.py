@@ -37,11 +37,14 @@ def _install_requirements(runner_settings: settings.RunnerSettings) -> float:
         cache_directory=runner_settings.requirements_cache,
     )
     installing.activate_environment(environment)
+    layers = len(runner_settings.requirement_layers)
     logger.info(
-        "requirements %s in %.2f s (%s)",
+        "requirements %s in %.2f s (%s; %d of %d layers found in the cache)",
         "reused from cache" if environment.reused else "installed",
         environment.seconds,
         environment.path,
+        environment.reused_layers,
+        layers,
     )
     return environment.seconds
 

@@ -8,6 +8,13 @@ A ``.pth`` file makes the runner's own site directories visible inside the new e
 lets pip skip what the runner already has even when the runner itself lives in a virtual
 environment. The time spent here is part of the app's startup budget; the caller logs and counts it.
 
+Layers (fal ``requirements`` as a list of lists) are kept as layers: layer *k* gets an environment
+of its own, keyed by layers 1..k, whose ``.pth`` chains to layer *k-1*'s site directory (then to
+the runner's). pip installing layer *k* sees what the layers below hold and skips it; a package a
+later layer pins differently is installed in the later layer's directory, which comes first on
+the path, so later layers win, as in fal. Apps whose leading layers agree (say torch first)
+share those environments and install only the layers where they differ.
+
 Only the standard library is imported: nothing of the app's world may be loaded yet.
 """
 
@@ -49,6 +56,8 @@ class PreparedEnvironment:
     """True when an earlier start had already installed the same requirement set."""
     seconds: float
     """Wall time spent here, counted against the startup budget."""
+    reused_layers: int = 0
+    """How many of the layers were found installed (by this app or one sharing them)."""
 
 
 def environment_key(layers: collections.abc.Sequence[collections.abc.Sequence[str]]) -> str:
@@ -92,7 +101,10 @@ def _run_tool(command: list[str], *, what: str) -> None:
 
 
 def _create_environment(
-    *, venv_path: pathlib.Path, layers: collections.abc.Sequence[collections.abc.Sequence[str]]
+    *,
+    venv_path: pathlib.Path,
+    layers: collections.abc.Sequence[collections.abc.Sequence[str]],
+    parents: collections.abc.Sequence[str],
 ) -> None:
     _run_tool(
         [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv_path)],
@@ -100,11 +112,13 @@ def _create_environment(
     )
     site_packages = _site_packages_of(venv_path)
     site_packages.mkdir(parents=True, exist_ok=True)
-    # One executable .pth line: the runner's site directories (and their own .pth files) come
-    # after the environment's, so the requirements installed here win.
-    parent_directories = json.dumps(_runner_site_directories())
+    # One executable .pth line: the layer below (whose own .pth chains further down) or the
+    # runner's site directories come after the environment's, so what is installed here wins.
+    parent_directories = json.dumps(list(parents))
     (site_packages / PARENT_SITE_PTH).write_text(
-        f"import site; [site.addsitedir(d) for d in {parent_directories}]\n"
+        # map(), not a comprehension: site exec()s the line in a function, and a
+        # comprehension's own scope would not see the name ``site`` the import bound there.
+        f"import site; list(map(site.addsitedir, {parent_directories}))\n"
     )
     venv_python = venv_path / "bin" / "python"
     for layer in layers:
@@ -133,39 +147,61 @@ def _exclusive_lock(lock_path: pathlib.Path) -> collections.abc.Iterator[None]:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
+def _prepare_layer(
+    *,
+    layers: collections.abc.Sequence[collections.abc.Sequence[str]],
+    cache_directory: pathlib.Path,
+    parents: collections.abc.Sequence[str],
+) -> tuple[pathlib.Path, bool]:
+    """The environment of the last of ``layers`` on top of ``parents``; True if it existed."""
+    key = environment_key(layers)
+    venv_path = cache_directory / key
+    with _exclusive_lock(cache_directory / f"{key}.lock"):
+        if (venv_path / COMPLETE_MARKER).is_file():
+            return venv_path, True
+        shutil.rmtree(venv_path, ignore_errors=True)
+        try:
+            _create_environment(venv_path=venv_path, layers=layers[-1:], parents=parents)
+        except BaseException:
+            shutil.rmtree(venv_path, ignore_errors=True)
+            raise
+        (venv_path / COMPLETE_MARKER).write_text(
+            json.dumps({"layers": [list(layer) for layer in layers]})
+        )
+    return venv_path, False
+
+
 def prepare_environment(
     *,
     layers: collections.abc.Sequence[collections.abc.Sequence[str]],
     cache_directory: pathlib.Path,
 ) -> PreparedEnvironment:
-    """Return the cached environment for ``layers``, installing it first when it is missing."""
+    """Return the cached environment for ``layers`` (the last layer's, chained to the ones
+    below), installing each layer that is missing first, in order."""
+    if not layers:
+        raise ValueError("prepare_environment needs at least one layer")
     started = time.monotonic()
-    key = environment_key(layers)
     try:
         cache_directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RequirementsInstallError(
             f"cannot create the requirements cache {cache_directory}: {error}"
         ) from error
-    venv_path = cache_directory / key
-    reused = True
-    with _exclusive_lock(cache_directory / f"{key}.lock"):
-        if not (venv_path / COMPLETE_MARKER).is_file():
-            reused = False
-            shutil.rmtree(venv_path, ignore_errors=True)
-            try:
-                _create_environment(venv_path=venv_path, layers=layers)
-            except BaseException:
-                shutil.rmtree(venv_path, ignore_errors=True)
-                raise
-            (venv_path / COMPLETE_MARKER).write_text(
-                json.dumps({"layers": [list(layer) for layer in layers]})
-            )
+    parents: list[str] = _runner_site_directories()
+    venv_path = cache_directory
+    reused_layers = 0
+    for depth in range(1, len(layers) + 1):
+        venv_path, existed = _prepare_layer(
+            layers=layers[:depth], cache_directory=cache_directory, parents=parents
+        )
+        reused_layers += existed
+        parents = [str(_site_packages_of(venv_path))]
     return PreparedEnvironment(
         path=venv_path,
         site_packages=_site_packages_of(venv_path),
-        reused=reused,
+        reused=reused_layers == len(layers),
         seconds=time.monotonic() - started,
+        reused_layers=reused_layers,
     )
 
 

@@ -106,6 +106,24 @@ def test_metadata_keeps_fields_kubefal_does_not_model() -> None:
             "set value or valueFrom, not both",
         ),
         ({"envFrom": [{"prefix": "X_"}]}, "exactly one of configMapRef or secretRef"),
+        ({"requirements": ["a"], "requirementLayers": [["b"]]}, "mutually exclusive"),
+        ({"requirementLayers": [[]]}, "at least 1 item"),
+        ({"source": {}}, "exactly one of configMapRef or configMaps"),
+        (
+            {"source": {"configMaps": [{"name": "c", "items": [{"key": "k", "path": "a/../b"}]}]}},
+            "String should match pattern",
+        ),
+        (
+            {
+                "source": {
+                    "configMaps": [
+                        {"name": "c", "items": [{"key": "k", "path": "a.py"}]},
+                        {"name": "d", "items": [{"key": "j", "path": "a.py"}]},
+                    ]
+                }
+            },
+            "paths listed twice: ['a.py']",
+        ),
     ],
 )
 def test_invalid_specs_are_rejected_with_the_field_named(
@@ -207,3 +225,14 @@ def test_a_manifest_without_a_name_is_accepted_for_generate_name() -> None:
     source = manifest()
     source["metadata"] = {"generateName": "demo-"}
     assert v1alpha1.FalApp.model_validate(source).metadata.name is None
+
+
+def test_a_flat_list_is_one_layer_and_layers_stay_layers() -> None:
+    flat = v1alpha1.FalApp.model_validate(manifest(requirements=["a", "b"]))
+    layered = v1alpha1.FalApp.model_validate(manifest(requirementLayers=[["torch"], ["a", "b"]]))
+    nothing = v1alpha1.FalApp.model_validate(manifest())
+
+    assert flat.spec.install_layers == [["a", "b"]]
+    assert layered.spec.install_layers == [["torch"], ["a", "b"]]
+    assert layered.spec.to_kube()["requirementLayers"] == [["torch"], ["a", "b"]]
+    assert nothing.spec.install_layers == []

@@ -184,3 +184,21 @@ def test_any_file_text_round_trips_through_the_rendered_yaml(text: str) -> None:
 @hypothesis.settings(max_examples=400, deadline=None)
 def test_any_scalar_round_trips_through_the_yaml_filter(value: object) -> None:
     assert yaml.safe_load(f"key: {rendering.yaml_scalar(value)}\n") == {"key": value}
+
+
+def test_requirement_layers_render_as_layers_with_their_comment(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path
+) -> None:
+    app = str(apps_dir / "layered_app.py::CliLayeredApp")
+
+    rendered = _invoke(cli_runner, "render", app, "-n", "team-a")
+    dry_run = _invoke(cli_runner, "deploy", app, "-n", "team-a", "--dry-run")
+
+    spec = _documents(rendered)[-1]["spec"]
+    assert spec["requirementLayers"] == [
+        ["kubefal-probe-package==1.0"],
+        ["kubefal-probe-extra==1.0"],
+    ]
+    assert "requirements" not in spec
+    assert _documents(rendered) == _documents(dry_run)
+    assert "(fal: requirements as a list of lists)" in rendered

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
+from tests import offline_wheels
+
 ENV_NAMES = [
     "FAL_RUN_HOST",
     "FAL_QUEUE_RUN_HOST",
@@ -108,6 +110,18 @@ def _gone(process: psutil.Process) -> bool:
         return True
 
 
+def _wheels(workdir: pathlib.Path) -> pathlib.Path:
+    """The wheels pip may install from: stand-ins for the test apps' requirements, so
+    `kubefal run` installs them as a runner pod does, with no network."""
+    wheels = workdir / "wheels"
+    if not wheels.is_dir():
+        wheels.mkdir()
+        offline_wheels.build_wheel(wheels, package="pyfiglet", version="1.0.2", value="figlet")
+        offline_wheels.build_wheel(wheels, value="layer one")
+        offline_wheels.build_wheel(wheels, package="kubefal_probe_extra", value="layer two")
+    return wheels
+
+
 class RunningCli:
     def __init__(self, *, app: str, workdir: pathlib.Path) -> None:
         self.workdir = workdir
@@ -136,7 +150,12 @@ class RunningCli:
                 ],
                 stdout=stdout,
                 stderr=stderr,
-                env=_clean_environment(KUBEFAL_HOME=str(workdir / "home"), COLUMNS="200"),
+                env=_clean_environment(
+                    KUBEFAL_HOME=str(workdir / "home"),
+                    COLUMNS="200",
+                    XDG_CACHE_HOME=str(workdir / "cache"),
+                    **offline_wheels.offline_pip_env(_wheels(workdir)),
+                ),
                 cwd=workdir,
             )
 
@@ -293,3 +312,50 @@ def test_even_a_kill_9_of_kubefal_run_takes_its_children_down(
         timeout=60,
         description="the runner and gateway to exit after their parent was killed",
     )
+
+
+LAYERS_CLIENT = textwrap.dedent(
+    """
+    import json, os
+    import fal_client
+
+    print(json.dumps(fal_client.run(os.environ["KUBEFAL_APP"], {})))
+    """
+)
+
+
+@pytest.mark.slow
+def test_run_installs_the_apps_requirement_layers_as_a_runner_pod_does(
+    start_cli: StartCli, wait_for: WaitFor, apps_dir: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    cli = start_cli(str(apps_dir / "layered_app.py::CliLayeredApp"))
+    wait_for(
+        lambda: cli.env_file.exists() or cli.process.poll() is not None,
+        timeout=STARTUP_TIMEOUT + 30,
+        description="the env file of `kubefal run`",
+    )
+    assert cli.process.poll() is None, cli.stderr()
+    env = _read_env_file(cli.env_file)
+
+    call = subprocess.run(
+        [sys.executable, "-c", LAYERS_CLIENT],
+        env=_clean_environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+    assert call.returncode == 0, call.stderr
+    answer = json.loads(call.stdout)
+    cache = tmp_path / "cache" / "kubefal" / "venvs"
+    first = pathlib.Path(answer["first_file"])
+    second = pathlib.Path(answer["second_file"])
+    assert answer["first"] == "layer one"
+    assert answer["second"] == "layer two"
+    # One cached environment per layer, as in a runner pod.
+    assert first.is_relative_to(cache)
+    assert second.is_relative_to(cache)
+    assert first.parents[3] != second.parents[3]
+    cli.process.send_signal(signal.SIGTERM)
+    assert cli.process.wait(timeout=90) == 0, cli.stderr()

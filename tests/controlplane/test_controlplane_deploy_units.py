@@ -68,7 +68,8 @@ def test_requirements_keep_the_users_and_drop_fals_serving_stack() -> None:
     environments = [
         _environment(
             requirements=[
-                ["torch==2.5", "numpy"],
+                "torch==2.5",
+                "numpy",
                 "fastapi==0.136.3",
                 "pydantic==2.14.4",
                 "uvicorn",
@@ -79,15 +80,46 @@ def test_requirements_keep_the_users_and_drop_fals_serving_stack() -> None:
         )
     ]
 
-    assert deploy.requirements(environments) == ["torch==2.5", "numpy"]
+    assert deploy.requirement_layers(environments) == [["torch==2.5", "numpy"]]
+    assert deploy.requirement_fields(deploy.requirement_layers(environments)) == {
+        "requirements": ["torch==2.5", "numpy"]
+    }
+
+
+def test_requirement_layers_stay_layers_and_fals_own_layer_is_dropped() -> None:
+    # What the SDK sends for `requirements = [["torch==2.5"], ["diffusers", "numpy"]]`:
+    # its serving stack appended as a layer of its own.
+    environments = [
+        _environment(
+            requirements=[
+                ["torch==2.5"],
+                ["diffusers", "numpy"],
+                ["fastapi==0.136.3", "pydantic==2.14.4", "uvicorn", "httpx>=0.20"],
+            ]
+        )
+    ]
+
+    layers = deploy.requirement_layers(environments)
+
+    assert layers == [["torch==2.5"], ["diffusers", "numpy"]]
+    assert deploy.requirement_fields(layers) == {"requirementLayers": layers}
+
+
+def test_a_mix_of_strings_and_layers_is_invalid_argument() -> None:
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.requirement_layers([_environment(requirements=["a", ["b"]])])
+
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("environments[0].requirements: ")
 
 
 def test_a_container_app_fails_with_what_to_do() -> None:
     with pytest.raises(errors.RpcFailure) as raised:
-        deploy.requirements([_environment("container", image="x")])
+        deploy.requirement_layers([_environment("container", image="x")])
 
     assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert "kubefal deploy --image" in raised.value.message
+    assert "spec.image" in raised.value.message
+    assert "kubefal deploy app.py::MyApp --image" in raised.value.message
 
 
 def _request(**fields: Any) -> isolate_proto.RegisterApplicationRequest:

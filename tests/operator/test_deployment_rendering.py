@@ -77,6 +77,46 @@ def test_source_config_map_is_mounted_at_app_and_the_app_path_points_into_it(
     assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/app.py::Demo"
 
 
+def test_requirement_layers_reach_the_runner_as_a_list_of_lists(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    manifest = _render(
+        make_app, catalogue, settings, requirementLayers=[["torch==2.5.0"], ["diffusers"]]
+    )
+
+    assert json.loads(_env(manifest)["KUBEFAL_REQUIREMENTS"]) == [["torch==2.5.0"], ["diffusers"]]
+
+
+def test_several_source_config_maps_are_projected_into_one_app_directory(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    source = {
+        "configMaps": [
+            {"name": "demo-src-a", "items": [{"key": "f0", "path": "app.py"}]},
+            {"name": "demo-src-b", "items": [{"key": "f1", "path": "helpers/__init__.py"}]},
+        ]
+    }
+    manifest = _render(make_app, catalogue, settings, source=source)
+
+    pod = manifest["spec"]["template"]["spec"]
+    volume = next(volume for volume in pod["volumes"] if volume["name"] == "app-source")
+    assert volume == {
+        "name": "app-source",
+        "projected": {
+            "sources": [
+                {"configMap": {"name": "demo-src-a", "items": [{"key": "f0", "path": "app.py"}]}},
+                {
+                    "configMap": {
+                        "name": "demo-src-b",
+                        "items": [{"key": "f1", "path": "helpers/__init__.py"}],
+                    }
+                },
+            ]
+        },
+    }
+    assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/app.py::Demo"
+
+
 def test_image_defaults_to_the_generic_runner_and_a_spec_image_wins(
     make_app: MakeApp, catalogue: machines.MachineCatalogue
 ) -> None:

@@ -363,11 +363,18 @@ class LocalRun:
             *("--port", str(self.ports.runner)),
             *("--metrics-port", "0"),
         ]
+        environment = self.runner_environment()
+        # The app's requirements, installed by the runner as in a runner pod: layer by layer
+        # into cached environments (the runner's default cache, ~/.cache/kubefal/venvs),
+        # on top of this interpreter's packages.
+        environment["KUBEFAL_REQUIREMENTS"] = json.dumps(
+            [list(layer) for layer in self.config.requirement_layers]
+        )
         return processes.spawn(
             name="runner",
             argv=[sys.executable, "-m", "kubefal_runner", *arguments],
             log_path=self.run_dir / "runner.log",
-            env=self.runner_environment(),
+            env=environment,
             cwd=pathlib.Path.cwd(),
         )
 

@@ -71,6 +71,36 @@ def runner_app_reference(spec: v1alpha1.FalAppSpec, *, settings: common.RenderSe
     return f"{settings.app_mount_path}/{file_or_module}::{class_name}"
 
 
+def requirements_variable(spec: v1alpha1.FalAppSpec) -> str:
+    """``KUBEFAL_REQUIREMENTS``: the flat list as before, or the layers as a list of lists."""
+    if spec.requirement_layers:
+        return json.dumps(spec.install_layers)
+    return json.dumps(list(spec.requirements))
+
+
+def source_volume(source: v1alpha1.SourceSpec) -> dict[str, Any]:
+    """The app-source volume: one ConfigMap as is, or several projected into one directory
+    with each key at its path."""
+    if source.config_map_ref is not None:
+        return {"name": SOURCE_VOLUME, "configMap": {"name": source.config_map_ref.name}}
+    return {
+        "name": SOURCE_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "configMap": {
+                        "name": config_map.name,
+                        "items": [
+                            {"key": item.key, "path": item.path} for item in config_map.items
+                        ],
+                    }
+                }
+                for config_map in source.config_maps or []
+            ]
+        },
+    }
+
+
 def _environment(
     spec: v1alpha1.FalAppSpec, *, owner: common.Owner, settings: common.RenderSettings
 ) -> list[dict[str, Any]]:
@@ -79,7 +109,7 @@ def _environment(
         {"name": "KUBEFAL_RUNNER_PORT", "value": str(settings.runner_port)},
         {"name": "KUBEFAL_RUNNER_METRICS_PORT", "value": str(settings.metrics_port)},
         {"name": "KUBEFAL_MAX_MULTIPLEXING", "value": str(spec.scaling.max_multiplexing)},
-        {"name": "KUBEFAL_REQUIREMENTS", "value": json.dumps(list(spec.requirements))},
+        {"name": "KUBEFAL_REQUIREMENTS", "value": requirements_variable(spec)},
         {"name": "KUBEFAL_DRAIN_TIMEOUT", "value": str(spec.request_timeout)},
         {"name": "KUBEFAL_STARTUP_TIMEOUT", "value": str(spec.startup_timeout)},
         {"name": "KUBEFAL_APP_ID", "value": naming.app_id(owner.namespace, owner.name)},
@@ -266,9 +296,7 @@ def pod_template(
         volume_mounts.append(
             {"name": SOURCE_VOLUME, "mountPath": settings.app_mount_path, "readOnly": True}
         )
-        volumes.append(
-            {"name": SOURCE_VOLUME, "configMap": {"name": spec.source.config_map_ref.name}}
-        )
+        volumes.append(source_volume(spec.source))
     if spec.persistent_data:
         # The namespace's subdirectory of the shared data volume: apps of one namespace share
         # /data, other namespaces never see it; without a configured volume, an emptyDir.

@@ -1,0 +1,22 @@
+"""A fal.App whose requirements come in layers; `kubefal run` installs them like a runner pod."""
+
+import importlib
+
+import fal
+
+
+class CliLayeredApp(fal.App):  # type: ignore[no-untyped-call]
+    requirements = [["kubefal-probe-package==1.0"], ["kubefal-probe-extra==1.0"]]
+
+    def setup(self) -> None:
+        self.first = importlib.import_module("kubefal_probe_package")
+        self.second = importlib.import_module("kubefal_probe_extra")
+
+    @fal.endpoint("/")
+    def where(self) -> dict[str, str]:
+        return {
+            "first": self.first.VALUE,
+            "first_file": self.first.__file__,
+            "second": self.second.VALUE,
+            "second_file": self.second.__file__,
+        }
