@@ -112,6 +112,22 @@ def _post_renderer(directory: pathlib.Path, settings: dict[str, Any]) -> pathlib
     return script
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def release_overrides() -> dict[str, Any]:
+    """Extra chart values and container env by component; other modules override it."""
+    return {"values": {}, "env": {}}
+
+
 @pytest.fixture
 def release(
     cluster: ClusterHandle,
@@ -119,6 +135,7 @@ def release(
     namespace: str,
     falapp_crd: dict[str, Any],
     tmp_path: pathlib.Path,
+    release_overrides: dict[str, Any],
 ) -> Iterator[dict[str, Any]]:
     assert cluster.local is not None
     apiserver_port = int(cluster.local.server.rsplit(":", 1)[1])
@@ -158,6 +175,8 @@ def release(
             "operator": {"KUBEFAL_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin}"},
         },
     }
+    values = _merge(values, release_overrides["values"])
+    settings["env"] = _merge(settings["env"], release_overrides["env"])
     helm = Helm(binary=cluster.testbin / "helm", kubeconfig=cluster.kubeconfig)
     name = f"kf-{uuid.uuid4().hex[:6]}"
     post_renderer = _post_renderer(tmp_path, settings)
