@@ -215,3 +215,29 @@ def test_fal_runners_stop_and_kill_delete_the_runner_pod(
     events = core.list_namespaced_event(namespace).items
     reasons = {e.reason for e in events if key.id in (e.message or "")}
     assert {"RunnerStopped", "RunnerKilled"} <= reasons
+
+
+def test_fal_secrets_list_with_a_key_for_every_namespace_finds_each_namespaces_secrets(
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    """A key valid everywhere lists the kubefal-secrets of every namespace (read namespace by
+    namespace, so the control plane needs no right to list every Secret of the cluster), and
+    only kubefal's: another Secret of the namespace is not listed."""
+    scoped = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    everywhere = create_key(
+        api_client, key_namespace=key_namespace, namespaces=[apikeys.ALL_NAMESPACES]
+    )
+    k8s.CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "not-kubefals"}, "stringData": {"UNRELATED_NAME": "x"}},
+    )
+    _ok(run_fal(plane, "secrets", "set", "WIDE_TOKEN=w1", key=scoped, home=tmp_path))
+
+    listed = _ok(run_fal(plane, "secrets", "list", key=everywhere, home=tmp_path))
+
+    assert "WIDE_TOKEN" in listed and namespace in listed
+    assert "UNRELATED_NAME" not in listed and "w1" not in listed

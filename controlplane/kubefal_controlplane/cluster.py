@@ -7,14 +7,15 @@ pure. Every request carries the configured timeout and every list the configured
 The Kubernetes permissions this needs, and no more (its ServiceAccount's least privilege):
 
 * ``kubefal.io`` ``falapps``: get, list, create, update, patch, delete (apps, scale, deploy);
-* ``pods``: get, list (runners), delete (``fal runners stop|kill``);
+* ``pods``: list (runners), delete (``fal runners stop|kill``);
 * ``apps`` ``deployments``: patch (``fal apps rollout``: a restartedAt pod-template annotation);
 * ``events``: create (each change names the API key that made it);
 * ``configmaps``: create, patch, list, delete (the source ConfigMap ``fal deploy`` writes,
   owned by its app; older sources go once the new revision is ready);
 * ``secrets`` in the key namespace: get, list, create, patch (``fal keys``); in app namespaces:
-  get, create, update the ``kubefal-secrets`` Secret, and list by label across namespaces for a
-  key scoped to every namespace (``fal secrets``).
+  get, create, update the ``kubefal-secrets`` Secret (``fal secrets``);
+* ``namespaces``: list (``fal secrets list`` with a key scoped to every namespace reads
+  ``kubefal-secrets`` in each, so no right to list every Secret of the cluster is needed).
 
 The gateway, on the hot path, needs none of the write permissions.
 """
@@ -347,6 +348,12 @@ class Cluster:
         )
 
     # ---- secrets for apps ------------------------------------------------------------------
+
+    def list_namespace_names(self) -> tuple[str, ...]:
+        listed = self.core.list_namespace(limit=self.limit, _request_timeout=self.timeout)
+        return tuple(
+            sorted(str(item["metadata"]["name"]) for item in self._items(listed, "namespaces"))
+        )
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -23,17 +23,26 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
 def runner_details(
-    base_url: str | None, *, namespace: str, name: str, timeout: float
+    base_url: str | None,
+    *,
+    namespace: str,
+    name: str,
+    timeout: float,
+    token: str | None = None,
 ) -> dict[str, mapping.RunnerDetail]:
-    """Pod name -> detail for one app; empty when unknown."""
+    """Pod name -> detail for one app; empty when unknown. ``token`` is the admin listener's
+    bearer token (a gateway started with ``--admin-token`` answers 401 without it)."""
     if not base_url:
         return {}
     path = "/_kubefal/apps/{}/{}/scaling".format(
         urllib.parse.quote(namespace, safe=""), urllib.parse.quote(name, safe="")
     )
     url = base_url.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as response:
             body = response.read(MAX_RESPONSE_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as error:
         logger.info("gateway detail for %s/%s unavailable: %s", namespace, name, error)

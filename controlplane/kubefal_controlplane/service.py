@@ -253,6 +253,7 @@ class Controller(IsolateControllerServicer):
                 namespace=str(meta.get("namespace")),
                 name=str(meta.get("name")),
                 timeout=self.settings.gateway_timeout,
+                token=self.settings.gateway_admin_token,
             )
         now = _now()
         return [
@@ -871,14 +872,9 @@ class Controller(IsolateControllerServicer):
         return isolate_proto.ListSecretsResponse(secrets=listed)
 
     def _secret_namespaces_everywhere(self) -> tuple[str, ...]:
-        listed = self.cluster.core.list_secret_for_all_namespaces(
-            label_selector=f"{LABEL_APP_SECRETS}=true",
-            limit=self.settings.max_list_items,
-            _request_timeout=self.settings.kube_timeout,
-        )
-        return tuple(
-            sorted({str(item.metadata.namespace) for item in listed.items if item.metadata})
-        )
+        # Every namespace, not a cluster-wide list of Secrets: listing Secrets would need the
+        # right to read every Secret of the cluster; ListSecrets reads only kubefal-secrets.
+        return self.cluster.list_namespace_names()
 
 
 def _service_urls(

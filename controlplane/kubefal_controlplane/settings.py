@@ -45,6 +45,8 @@ class Settings:
     """Namespace of the API-key Secrets (the same the gateway and ``kubefal keys`` use)."""
     gateway_admin_url: str | None = None
     """The gateway's admin listener, for each runner's in-flight requests and idle time."""
+    gateway_admin_token: str | None = None
+    """Bearer token of that listener (the gateway's ``--admin-token``); unset: none sent."""
     max_workers: int = DEFAULT_MAX_WORKERS
     """Calls served at once; further calls wait in gRPC's queue."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -140,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
         "in-flight requests and idle time (KUBEFAL_GATEWAY_ADMIN_URL; default: none)",
     )
     p.add_argument(
+        "--gateway-admin-token",
+        default=_env("KUBEFAL_GATEWAY_ADMIN_TOKEN"),
+        help="bearer token of the gateway's admin listener, when it requires one "
+        "(KUBEFAL_GATEWAY_ADMIN_TOKEN; default: none)",
+    )
+    p.add_argument(
         "--max-workers",
         type=int,
         default=DEFAULT_MAX_WORKERS,
@@ -211,6 +219,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             context=args.context,
             key_namespace=args.key_namespace,
             gateway_admin_url=args.gateway_admin_url,
+            gateway_admin_token=args.gateway_admin_token,
             max_workers=args.max_workers,
             max_message_bytes=args.max_message_bytes,
             kube_timeout=args.kube_timeout,

@@ -485,3 +485,31 @@ def test_the_per_key_rate_limit_answers_429_with_retry_after(tmp_path: pathlib.P
             assert 1 <= int(limited.headers["retry-after"]) <= 100
             # Buckets are per key: another key of the same caller is not limited.
             assert submit(other).status_code == 200
+
+
+def test_the_control_plane_reads_runner_details_with_the_admin_token(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart gives the control plane the admin token: with it, `fal apps runners` gets each
+    runner's in-flight count from the gateway; without it, the gateway answers 401 and the
+    control plane falls back to the pods alone (no details)."""
+    from kubefal_controlplane import gateway_admin, settings
+
+    monkeypatch.setenv("KUBEFAL_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+    loaded = settings.from_args(["--local-credentials"])
+    assert loaded.gateway_admin_token == ADMIN_TOKEN
+    expected = {entry["id"] for entry in edge.gateway.scaling("edge/probe")["runnerDetails"]}
+    assert expected
+    details = gateway_admin.runner_details(
+        edge.gateway.admin_url,
+        namespace="edge",
+        name="probe",
+        timeout=10,
+        token=loaded.gateway_admin_token,
+    )
+    assert set(details) == expected
+    assert all(detail.in_flight == 0 for detail in details.values())
+    without = gateway_admin.runner_details(
+        edge.gateway.admin_url, namespace="edge", name="probe", timeout=10
+    )
+    assert without == {}
