@@ -145,6 +145,29 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def prepare_json(status: int, payload: object) -> tuple[dict[str, object], dict[str, object]]:
+    """The two ASGI messages of a constant JSON answer, built once (`send_prepared`)."""
+    body = orjson.dumps(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+async def send_prepared(send: Send, messages: tuple[dict[str, object], dict[str, object]]) -> None:
+    start, body = messages
+    await send(start)
+    await send(body)
+
+
+IN_PROGRESS_STATUS = prepare_json(202, {"status": "IN_PROGRESS", "logs": None})
+"""The status answer of a running job polled without logs (most status polls)."""
+
+
 async def send_error(send: Send, error: errors.GatewayError) -> None:
     status, headers, body = errors.to_http(error)
     headers.append((b"content-length", str(len(body)).encode()))
@@ -452,8 +475,11 @@ class Api:
     async def _status(
         self, scope: Scope, send: Send, *, app: apps.AppConfig, request_id: str
     ) -> None:
-        with_logs = not _falsey(query_params(scope).get("logs"))
+        with_logs = bool(scope.get("query_string")) and not _falsey(query_params(scope).get("logs"))
         view = await self._view(app, request_id, with_logs=with_logs, with_body=False)
+        if view.state is queueing.JobState.IN_PROGRESS and view.logs is None:
+            await send_prepared(send, IN_PROGRESS_STATUS)  # most polls: one constant answer
+            return
         logs = None if view.logs is None else [line.to_fal() for line in view.logs]
         if view.state is queueing.JobState.IN_QUEUE:
             payload: dict[str, object] = {

@@ -70,7 +70,7 @@ import enum
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import orjson
@@ -294,8 +294,15 @@ class QueueFullError(Exception):
 class EventSubscription:
     """A bounded inbox of `QueueEvent`s; overflow collapses into one RESYNC event."""
 
-    def __init__(self, hub: EventHub, *, max_pending: int) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        max_pending: int,
+        accept: Callable[[QueueEvent], bool] | None = None,
+    ) -> None:
         self._hub = hub
+        self._accept = accept
         self._events: collections.deque[QueueEvent] = collections.deque()
         self._max_pending = max_pending
         self._waiter: asyncio.Future[None] | None = None
@@ -305,6 +312,12 @@ class EventSubscription:
     def _push(self, event: QueueEvent) -> None:
         if self._closed:
             return
+        if (
+            self._accept is not None
+            and event.kind is not EventKind.RESYNC
+            and not self._accept(event)
+        ):
+            return  # not a wake-up for this consumer: no future, no task, no loop turn
         if not self._overflowed:
             if len(self._events) < self._max_pending:
                 self._events.append(event)
@@ -368,8 +381,13 @@ class EventHub:
     def __init__(self) -> None:
         self._subscriptions: set[EventSubscription] = set()
 
-    def subscribe(self, *, max_pending: int = 10_000) -> EventSubscription:
-        subscription = EventSubscription(self, max_pending=max_pending)
+    def subscribe(
+        self,
+        *,
+        max_pending: int = 10_000,
+        accept: Callable[[QueueEvent], bool] | None = None,
+    ) -> EventSubscription:
+        subscription = EventSubscription(self, max_pending=max_pending, accept=accept)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -481,8 +499,16 @@ class QueueStore(Protocol):
         """Ids of apps that have queued or in-progress jobs."""
         ...
 
-    def subscribe(self, *, max_pending: int = 10_000) -> EventSubscription:
-        """Subscribe to `QueueEvent`s (from this process and, for Redis, from all gateways)."""
+    def subscribe(
+        self,
+        *,
+        max_pending: int = 10_000,
+        accept: Callable[[QueueEvent], bool] | None = None,
+    ) -> EventSubscription:
+        """Subscribe to `QueueEvent`s (from this process and, for Redis, from all gateways).
+
+        With ``accept``, only the events it returns True for are delivered (RESYNC always is):
+        a consumer that cares about few events is not woken by the others."""
         ...
 
     async def ping(self) -> None:

@@ -876,8 +876,13 @@ class RedisQueueStore:
                 )
             )
 
-    def subscribe(self, *, max_pending: int = 10_000) -> queueing.EventSubscription:
-        return self._events.subscribe(max_pending=max_pending)
+    def subscribe(
+        self,
+        *,
+        max_pending: int = 10_000,
+        accept: Callable[[queueing.QueueEvent], bool] | None = None,
+    ) -> queueing.EventSubscription:
+        return self._events.subscribe(max_pending=max_pending, accept=accept)
 
     # ------------------------------------------------------------------ jobs
 

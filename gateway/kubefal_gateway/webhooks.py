@@ -72,6 +72,10 @@ ATTEMPT_HEADER = "X-Kubefal-Webhook-Attempt"
 USER_AGENT = "kubefal-webhooks/1"
 
 
+def _may_have_webhook(event: queueing.QueueEvent) -> bool:
+    return event.kind is queueing.EventKind.COMPLETED and event.webhook
+
+
 class DeliveryOutcome:
     """Labels passed to ``on_outcome`` (e.g. a Prometheus counter)."""
 
@@ -257,7 +261,9 @@ class WebhookWorker:
     async def run(self) -> None:
         """Deliver forever: whenever a request completes or a slot frees, and every
         ``poll_interval``."""
-        self._events = self._store.subscribe(max_pending=100)
+        # Only completions that may have queued a delivery wake this loop (RESYNC always does);
+        # submits and webhook-less completions, two per job, are dropped at the source.
+        self._events = self._store.subscribe(max_pending=100, accept=_may_have_webhook)
         try:
             while True:
                 try:

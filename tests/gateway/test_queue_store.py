@@ -501,6 +501,40 @@ async def test_a_slow_subscriber_gets_one_resync_instead_of_unbounded_events(
     assert second is None
 
 
+async def test_a_filtered_subscriber_hears_only_what_it_accepts_and_resyncs(
+    open_queue_store: OpenStore,
+) -> None:
+    """As the webhook worker subscribes: the events it does not accept never wake it."""
+    store = await open_queue_store()
+    events = store.subscribe(
+        max_pending=3,
+        accept=lambda event: (
+            event.kind is queueing.EventKind.COMPLETED and event.request_id.startswith("h")
+        ),
+    )
+
+    await store.submit(make_job("plain"))
+    await store.submit(make_job("hooked", webhook_url="http://127.0.0.1:9/hook"))
+    for _ in range(2):
+        job = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+        assert job is not None
+        await store.complete(job.request_id, holder=HOLDER, result=ok_result())
+    heard = await events.next(timeout=10)
+    nothing_else = events.poll()
+    for index in range(5):  # accepted events past max_pending still collapse into RESYNC
+        await store.submit(make_job(f"h-{index}", webhook_url="http://127.0.0.1:9/hook"))
+        job = await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+        assert job is not None
+        await store.complete(job.request_id, holder=HOLDER, result=ok_result())
+    overflow = events.poll()
+    events.close()
+
+    assert heard is not None
+    assert (heard.kind, heard.request_id) == (queueing.EventKind.COMPLETED, "hooked")
+    assert nothing_else is None
+    assert overflow == queueing.QueueEvent(queueing.EventKind.RESYNC)
+
+
 @pytest.mark.parametrize("store_backend", ["redis"])
 async def test_other_gateways_hear_of_new_work_and_cancels(open_queue_store: OpenStore) -> None:
     submitter, dispatcher = await open_queue_store(), await open_queue_store()

@@ -97,6 +97,35 @@ async def test_retries_and_lost_leases_share_one_attempt_budget(
     assert view.result is not None and view.result.error_type == "attempts_exhausted"
 
 
+async def test_sqlite_housekeeping_with_nothing_due_takes_no_write_lock(
+    tmp_path: object,
+) -> None:
+    """Housekeeping runs twice a second: when nothing is due it only reads, so it neither
+    writes to the WAL nor waits for a writer (here another connection holding the lock)."""
+    import sqlite3
+
+    path = f"{tmp_path}/queue.db"
+    store = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    job = make_job()
+    await store.submit(job)
+    await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
+    await store.submit(make_job())  # durable: commits the lease too
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        changed = await store.expire()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    due = await store.expire(now=time.time() + 2 * LEASE)  # the lease ran out: work again
+    view = await store.view(job.request_id)
+    await store.close()
+
+    assert changed == 0
+    assert due == 1
+    assert view is not None and view.state is queueing.JobState.IN_QUEUE
+
+
 async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
     tmp_path: object,
 ) -> None:
