@@ -54,6 +54,21 @@ REGISTRY = kopf.OperatorRegistry()
 """The operator's handlers (kept out of kopf's global default registry)."""
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf deep-copies every object on every watch event to diff it for change handlers
+    (create/update/resume); the operator registers none, so the copy is never read. Skipping
+    it was a fifth of the operator's CPU on a restart with 300 apps."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def _operator(memo: kopf.Memo) -> reconcile.Operator:
     operator: reconcile.Operator = memo["operator"]
     return operator
@@ -85,12 +100,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     )
     # No handler needs a finalizer today; should one ever, it carries kubefal's name.
     settings.persistence.finalizer = naming.FINALIZER
-    # Only raw event handlers are registered, so kopf never writes these annotations; the
-    # names stay kubefal's should a stateful handler ever come back.
+    # Only raw event handlers are registered, so kopf never writes progress annotations (the
+    # prefix stays kubefal's should a stateful handler ever come back) and needs no diff base.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=v1alpha1.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=v1alpha1.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = _NoDiffBase()
     # kopf's own Events ("Handler succeeded") would drown ours: post only its warnings.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = kube.EVENT_SOURCE

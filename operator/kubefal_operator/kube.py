@@ -177,7 +177,10 @@ class KubeClient:
         resolved = credentials if credentials is not None else load_credentials()
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=resolved.ssl_context, limit=64),
-            timeout=aiohttp.ClientTimeout(total=60, connect=10),
+            # sock_connect, not connect: aiohttp's connect timeout also runs while a request
+            # waits for a free pooled connection, and a restart re-checking 1,000 apps queues
+            # hundreds of requests behind the 64 connections for longer than 10 s.
+            timeout=aiohttp.ClientTimeout(total=60, sock_connect=10),
         )
         return cls(credentials=resolved, session=session)
 

@@ -441,13 +441,19 @@ async def falapp_changed(
             return
     try:
         await reconcile_app(op, body=body, live=indexes.live(key))
-    except ReconcileError as error:
-        if not error.retry:
+    except Exception as error:  # anything else is retried too, as kopf's handlers were
+        if isinstance(error, ReconcileError) and not error.retry:
             logger.warning("%s/%s: %s", *key, error)
             op.handled[key] = essence
             return
         delay = RETRY_DELAYS_SECONDS[min(attempt, len(RETRY_DELAYS_SECONDS) - 1)]
-        logger.warning("reconciling %s/%s failed, retrying in %.0f s: %s", *key, delay, error)
+        logger.warning(
+            "reconciling %s/%s failed, retrying in %.0f s: %s",
+            *key,
+            delay,
+            error,
+            exc_info=not isinstance(error, ReconcileError),
+        )
         op.handled.pop(key, None)
         op.retries[key] = asyncio.create_task(
             _retry_falapp(op, key=key, indexes=indexes, attempt=attempt + 1, delay=delay)
@@ -527,14 +533,21 @@ async def reconcile_app(
                     message=preamble + "; ".join(done),
                     now=_now(),
                 )
-            await _write_status(
-                op,
-                app=app,
-                body=body,
-                live=live,
-                observed_generation=app.metadata.generation,
-                problem=None,
-            )
+            if not done and kinds is not None and "Deployment" not in kinds:
+                return  # the status reads only the Deployment and pods: nothing changed there
+            try:
+                await _write_status(
+                    op,
+                    app=app,
+                    body=body,
+                    live=live,
+                    observed_generation=app.metadata.generation,
+                    problem=None,
+                )
+            except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
+                if isinstance(error, kube.ApiError) and error.namespace_terminating:
+                    return
+                raise _classify(error, doing="writing the status") from error
 
 
 async def _apply_children(
@@ -980,6 +993,10 @@ async def child_changed(
     body = indexes.app(key)
     if body is None:
         return  # an orphan: the garbage collector removes it
+    if event_type != "DELETED" and 0 < _version(child) <= op.versions.get(
+        _child_key({**child, "kind": kind}), 0
+    ):
+        return  # the echo of an apply this process made (or older): nothing new to check
     live = indexes.live(key).replace(kind, None if event_type == "DELETED" else child)
     if event_type == "DELETED":
         op.dropped({**child, "kind": kind})
