@@ -9,17 +9,27 @@ App files: the app's file and the other ``.py`` files of its directory (not sub-
 hidden or ``test_*`` files, nor names a ConfigMap key cannot hold, which Python could not import
 anyway) go into one ConfigMap, key = file name, mounted into the runner's working directory.
 A ConfigMap holds at most 1 MiB; larger apps belong in an image (``--image``, files baked in).
+
+An app that sets fal ``app_files`` or ``local_python_modules`` gets a bundle instead
+(:mod:`kubefal_api.bundles`): the files ``fal deploy`` would upload, collected by the SDK's own
+code with ``app_files_ignore`` and relative to ``app_files_context_dir``, plus each local module
+or package's source, packed into several ConfigMaps projected into the app directory
+(``spec.source.configMaps``), so paths, sub-directories and binary files arrive as on fal. What
+is left out (a missing path, compiled files of a package) is reported, never dropped silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 import re
+import sys
 from typing import Any
 
 import pydantic
 
-from kubefal_api import naming, v1alpha1
+from kubefal_api import bundles, naming, v1alpha1
 from kubefal_cli import appref, errors
 
 MAX_CONFIG_MAP_BYTES = 1024 * 1024
@@ -82,6 +92,145 @@ def app_files(ref: appref.AppRef) -> dict[str, str]:
     return files
 
 
+@dataclasses.dataclass(frozen=True)
+class AppBundle:
+    """What a bundled app carries: its files by path, the app file's path among them, and
+    what was left out (path, reason)."""
+
+    files: dict[str, bytes]
+    app_path: str
+    left_out: list[tuple[str, str]]
+
+
+def uses_bundle(config: appref.AppConfig) -> bool:
+    """True when the app needs more than its directory's .py files in one ConfigMap."""
+    return bool(config.app_files or config.local_python_modules)
+
+
+def _context_dir(config: appref.AppConfig) -> pathlib.Path:
+    """fal's rule: app_files_context_dir relative to the app file's directory, or that
+    directory itself."""
+    base = config.ref.path.parent
+    if not config.app_files_context_dir:
+        return base
+    context = pathlib.Path(config.app_files_context_dir).expanduser()
+    return (context if context.is_absolute() else base / context).resolve()
+
+
+def _add(files: dict[str, bytes], path: str, data: bytes, *, origin: str) -> None:
+    if path in files and files[path] != data:
+        raise errors.CliError(
+            f"two different files would land at {path} ({origin})",
+            hint="rename one of them, or leave one out with app_files_ignore",
+        )
+    files[path] = data
+
+
+def _app_files(
+    config: appref.AppConfig, context: pathlib.Path, left_out: list[tuple[str, str]]
+) -> list[tuple[str, pathlib.Path]]:
+    """fal ``app_files`` as the SDK collects them (fal.file_sync), ignores applied."""
+    import fal.file_sync
+
+    patterns = [re.compile(pattern) for pattern in config.app_files_ignore]
+    for entry in config.app_files:
+        if not (context / entry).exists():
+            left_out.append((entry, f"app_files entry not found under {context}"))
+    # No credentials are needed to collect: nothing is uploaded.
+    sync = fal.file_sync.FileSync(str(config.ref.path), credentials=object())
+    try:
+        collected = sync.collect_files(
+            [entry for entry in config.app_files if (context / entry).exists()],
+            files_context_dir=str(context),
+            files_ignore=patterns,
+        )
+    except Exception as error:
+        raise errors.CliError(
+            f"collecting app_files failed: {error}",
+            hint="fix app_files / app_files_ignore so that `fal deploy` would accept them",
+        ) from error
+    return [
+        (metadata.relative_path, pathlib.Path(metadata.absolute_path))
+        for metadata in collected
+        if not any(pattern.search(metadata.relative_path) for pattern in patterns)
+    ]
+
+
+def _module_files(
+    config: appref.AppConfig, name: str, left_out: list[tuple[str, str]]
+) -> list[tuple[str, pathlib.Path]]:
+    """A local module's source file, or every file of a local package (compiled files left
+    out), at its import path below the app directory's root."""
+    sys.path.insert(0, str(config.ref.path.parent))
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    finally:
+        sys.path.remove(str(config.ref.path.parent))
+    if spec is None:
+        raise errors.CliError(
+            f"local_python_modules names {name!r}, which is not importable here",
+            hint="run kubefal from where `fal deploy` would find the module, or fix the name",
+        )
+    prefix = name.replace(".", "/")
+    if spec.submodule_search_locations:
+        root = pathlib.Path(next(iter(spec.submodule_search_locations)))
+        found: list[tuple[str, pathlib.Path]] = []
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                if path.is_file():
+                    left_out.append((f"{prefix}/{relative}", "compiled Python (rebuilt on import)"))
+                continue
+            if path.is_file():
+                found.append((f"{prefix}/{relative}", path))
+        return found
+    if spec.origin and spec.origin.endswith(".py"):
+        return [(f"{prefix}.py", pathlib.Path(spec.origin))]
+    raise errors.CliError(
+        f"local_python_modules names {name!r}, which is not Python source ({spec.origin})",
+        hint="list only modules and packages written in Python; install the others as requirements",
+    )
+
+
+def app_bundle(config: appref.AppConfig) -> AppBundle:
+    """The files an app with app_files or local_python_modules carries, by path below the app
+    directory (fal's /app)."""
+    context = _context_dir(config)
+    try:
+        app_directory = config.ref.path.parent.relative_to(context).as_posix()
+    except ValueError as error:
+        raise errors.CliError(
+            f"the app file {config.ref.path} is outside app_files_context_dir {context}",
+            hint="point app_files_context_dir at a directory that contains the app file",
+        ) from error
+    prefix = "" if app_directory == "." else f"{app_directory}/"
+    left_out: list[tuple[str, str]] = []
+    files: dict[str, bytes] = {}
+    for name, text in app_files(config.ref).items():
+        _add(files, prefix + name, text.encode("utf-8"), origin="the app's directory")
+    for relative, path in _app_files(config, context, left_out):
+        _add(files, relative, path.read_bytes(), origin="app_files")
+    for module in config.local_python_modules:
+        for relative, path in _module_files(config, module, left_out):
+            _add(files, relative, path.read_bytes(), origin=f"local_python_modules {module}")
+    return AppBundle(files=files, app_path=prefix + config.ref.path.name, left_out=left_out)
+
+
+def pack_bundle(config: appref.AppConfig, *, target: Target) -> bundles.Bundle:
+    try:
+        return bundles.pack(
+            app_bundle(config).files, namespace=target.namespace, app_name=target.name
+        )
+    except bundles.BundleError as error:
+        raise errors.CliError(
+            f"{config.class_name}'s files cannot be carried to the cluster: {error}",
+            hint="bake the files into an image and pass --image, or shrink app_files "
+            "(app_files_ignore)",
+        ) from error
+
+
 def _field_path(location: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in location)
 
@@ -101,8 +250,11 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
         }.items()
         if value is not None
     }
+    app_path = config.ref.path.name
+    if target.image is None and uses_bundle(config):
+        app_path = app_bundle(config).app_path
     fields: dict[str, Any] = {
-        "app": f"{config.ref.path.name}::{config.class_name}",
+        "app": f"{app_path}::{config.class_name}",
         **(
             {"requirement_layers": [list(layer) for layer in config.requirement_layers]}
             if len(config.requirement_layers) > 1
@@ -118,6 +270,8 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
     }
     if target.image is not None:
         fields["image"] = target.image
+    elif uses_bundle(config):
+        fields["source"] = pack_bundle(config, target=target).source
     else:
         fields["source"] = {"config_map_ref": {"name": config_map_name(target.name)}}
     if config.request_timeout is not None:
@@ -219,9 +373,30 @@ def config_map_manifest(
     }
 
 
-def manifests(config: appref.AppConfig, *, target: Target) -> list[dict[str, Any]]:
-    """What ``kubefal deploy`` applies, in order: the ConfigMap (unless --image), the FalApp."""
-    falapp = falapp_manifest(config, target=target)
+def source_config_maps(
+    config: appref.AppConfig, *, target: Target, owner_uid: str | None = None
+) -> list[dict[str, Any]]:
+    """Every ConfigMap holding the app's files (none with --image); owned by the FalApp once
+    its uid is known."""
     if target.image is not None:
-        return [falapp]
-    return [config_map_manifest(config, target=target), falapp]
+        return []
+    if not uses_bundle(config):
+        return [config_map_manifest(config, target=target, owner_uid=owner_uid)]
+    config_maps = pack_bundle(config, target=target).config_maps
+    if owner_uid is not None:
+        for config_map in config_maps:
+            config_map["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": v1alpha1.API_VERSION,
+                    "kind": v1alpha1.KIND,
+                    "name": target.name,
+                    "uid": owner_uid,
+                }
+            ]
+    return config_maps
+
+
+def manifests(config: appref.AppConfig, *, target: Target) -> list[dict[str, Any]]:
+    """What ``kubefal deploy`` applies, in order: the ConfigMaps (unless --image), the FalApp."""
+    falapp = falapp_manifest(config, target=target)
+    return [*source_config_maps(config, target=target), falapp]

@@ -122,8 +122,8 @@ def render(
     objects: list[dict[str, Any]],
     command: str,
 ) -> str:
-    """The commented multi-document YAML for ``objects`` (ConfigMap if any, then the FalApp)."""
-    config_map = next((obj for obj in objects if obj["kind"] == "ConfigMap"), None)
+    """The commented multi-document YAML for ``objects`` (ConfigMaps if any, then the FalApp)."""
+    config_maps = [obj for obj in objects if obj["kind"] == "ConfigMap"]
     falapp = next(obj for obj in objects if obj["kind"] != "ConfigMap")
     return (
         _environment()
@@ -131,7 +131,7 @@ def render(
         .render(
             config=config,
             command=command,
-            config_map=config_map,
+            config_maps=config_maps,
             falapp=falapp,
             spec=falapp["spec"],
         )

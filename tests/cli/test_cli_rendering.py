@@ -8,9 +8,10 @@ from typing import Any
 import click.testing
 import hypothesis
 import hypothesis.strategies as st
+import pytest
 import yaml
 
-from kubefal_api import v1alpha1
+from kubefal_api import bundles, v1alpha1
 from kubefal_cli import appref, main, manifests, rendering
 
 
@@ -202,3 +203,67 @@ def test_requirement_layers_render_as_layers_with_their_comment(
     assert "requirements" not in spec
     assert _documents(rendered) == _documents(dry_run)
     assert "(fal: requirements as a list of lists)" in rendered
+
+
+BUNDLED = "bundled/project/app/bundled_app.py::BundledApp"
+
+
+@pytest.fixture
+def bundled_app(apps_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The bundled app, with its local package importable (as `fal deploy` needs it too)."""
+    monkeypatch.syspath_prepend(str(apps_dir / "bundled"))
+    return str(apps_dir / BUNDLED)
+
+
+def test_app_files_and_local_packages_render_as_a_projected_bundle(
+    cli_runner: click.testing.CliRunner, apps_dir: pathlib.Path, bundled_app: str
+) -> None:
+    result = cli_runner.invoke(main.cli, ["render", bundled_app, "-n", "team-a"])
+    assert result.exit_code == 0, result.output
+    dry_run = _invoke(cli_runner, "deploy", bundled_app, "-n", "team-a", "--dry-run")
+
+    documents = _documents(result.stdout)
+    falapp = documents[-1]
+    files = bundles.unpack(documents[:-1], falapp["spec"]["source"])
+    project = apps_dir / "bundled" / "project"
+    package = apps_dir / "bundled" / "localpkg"
+    assert falapp["spec"]["app"] == "app/bundled_app.py::BundledApp"
+    assert files == {
+        "app/bundled_app.py": (project / "app" / "bundled_app.py").read_bytes(),
+        "app/helpers/__init__.py": (project / "app" / "helpers" / "__init__.py").read_bytes(),
+        "assets/notes.txt": b"notes for the app\n",
+        "assets/blob.bin": b"\x00\x01\x02\xff\xfe",
+        "localpkg/__init__.py": (package / "__init__.py").read_bytes(),
+        "localpkg/sub/__init__.py": b"",
+        "localpkg/sub/inner.py": (package / "sub" / "inner.py").read_bytes(),
+    }
+    assert {document["kind"] for document in documents[:-1]} == {"ConfigMap"}
+    assert _documents(dry_run) == documents
+    # What is left out is said, not dropped silently; what app_files_ignore drops is not shipped.
+    assert "Left out: missing.txt: app_files entry not found" in result.stderr
+    assert "ignored.skip" not in "".join(files)
+
+
+def test_a_bundle_larger_than_a_config_map_spreads_over_several(tmp_path: pathlib.Path) -> None:
+    files = {f"weights/part{index}.txt": b"x" * 400_000 for index in range(5)}
+    files["big.bin"] = bytes(range(256)) * 2000
+
+    bundle = bundles.pack(files, namespace="team-a", app_name="demo")
+
+    assert len(bundle.config_maps) >= 3
+    assert bundles.unpack(bundle.config_maps, bundle.source) == files
+    for config_map in bundle.config_maps:
+        stored = sum(len(v) for v in (config_map.get("data") or {}).values()) + sum(
+            len(v) for v in (config_map.get("binaryData") or {}).values()
+        )
+        assert stored <= bundles.MAX_CONFIG_MAP_PAYLOAD
+    v1alpha1.SourceSpec.model_validate(bundle.source)
+
+
+def test_what_no_config_map_can_carry_is_refused_with_what_to_do() -> None:
+    with pytest.raises(bundles.BundleError, match=r"model\.bin.*/data \(persistentData"):
+        bundles.pack(
+            {"model.bin": b"\xff" * (bundles.MAX_FILE_BYTES + 1)}, namespace="a", app_name="b"
+        )
+    with pytest.raises(bundles.BundleError, match=r"\.\./escape"):
+        bundles.pack({"../escape": b""}, namespace="a", app_name="b")

@@ -1,7 +1,9 @@
 """``kubefal deploy`` and ``kubefal render``: a ``fal.App`` class → a FalApp on the cluster.
 
 Both read the class offline (``fal.app.wrap_app``) and build the same objects
-(:mod:`kubefal_cli.manifests`): a ConfigMap with the app files (unless ``--image``) and the FalApp.
+(:mod:`kubefal_cli.manifests`): the ConfigMap(s) with the app files (unless ``--image``) and the
+FalApp; an app with fal ``app_files`` or ``local_python_modules`` gets a bundle of several
+ConfigMaps, and what it leaves out is listed on stderr.
 
 * ``render`` prints them as commented YAML for Git; it never contacts the cluster.
 * ``deploy --dry-run`` prints them as plain YAML without contacting the cluster;
@@ -55,7 +57,18 @@ def _target(
 def _read(app_ref: str) -> appref.AppConfig:
     ref = appref.parse_ref(app_ref)
     with ui.stderr.status(f"Reading {rich.markup.escape(str(ref))} ..."):
-        return appref.read_config(ref)
+        config = appref.read_config(ref)
+    if manifests.uses_bundle(config):
+        _report_bundle(manifests.app_bundle(config))
+    return config
+
+
+def _report_bundle(bundle: manifests.AppBundle) -> None:
+    """Say what the app carries and, one by one, what it leaves out (on stderr)."""
+    size = sum(len(data) for data in bundle.files.values())
+    ui.note(f"App files: {len(bundle.files)} files, {size} bytes, the app at {bundle.app_path}")
+    for path, reason in bundle.left_out:
+        ui.note(f"[yellow]Left out:[/yellow] {rich.markup.escape(path)}: {reason}")
 
 
 _common_options = [
@@ -258,17 +271,13 @@ def deploy_command(
         "or the Helm chart), and check that the namespace exists",
     ):
         applied = kube.apply_falapp(client, manifest=falapp_manifest, dry_run=server_dry_run)
-    if target.image is None:
-        owner_uid = None if server_dry_run else applied["metadata"]["uid"]
+    owner_uid = None if server_dry_run else applied["metadata"]["uid"]
+    for config_map in manifests.source_config_maps(config, target=target, owner_uid=owner_uid):
         with kube.translated(
             client,
-            action=f"applying ConfigMap {namespace}/{manifests.config_map_name(target.name)}",
+            action=f"applying ConfigMap {namespace}/{config_map['metadata']['name']}",
         ):
-            kube.apply_config_map(
-                client,
-                manifest=manifests.config_map_manifest(config, target=target, owner_uid=owner_uid),
-                dry_run=server_dry_run,
-            )
+            kube.apply_config_map(client, manifest=config_map, dry_run=server_dry_run)
     if server_dry_run:
         ui.stdout.print(
             f"[green]✓[/green] The API server accepts FalApp {namespace}/{target.name} "

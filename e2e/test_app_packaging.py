@@ -1,0 +1,164 @@
+"""Packaging an app's code, end to end: what reaches the runner pods, and what is refused.
+
+The whole of kubefal runs (``e2e.system``: gateway, operator, runner pods as local processes,
+the pod runner writing ConfigMap and projected volumes as the kubelet does) next to
+``python -m kubefal_controlplane``.
+
+* ``kubefal deploy`` of an app with ``app_files`` (text, binary, a sub-directory, an ignore
+  pattern, a context directory above the app) and a local package (``local_python_modules``):
+  the real ``fal_client`` gets an answer computed from every one of those files.
+* ``fal deploy`` (the unmodified CLI) of a ``fal.ContainerImage`` app fails with what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s
+
+from e2e import controlplane_harness as harness
+from e2e import system as whole
+from e2e.conftest import ClusterHandle
+from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
+
+cp_tls = harness.cp_tls
+key_namespace = harness.key_namespace
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "tests" / "cli" / "apps" / "bundled"
+APPS = pathlib.Path(__file__).with_name("apps")
+
+
+@pytest.fixture
+def running(
+    cluster: ClusterHandle,
+    namespace: str,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[whole.System]:
+    with whole.running_system(
+        cluster.kubeconfig,
+        workdir=tmp_path / "system",
+        namespaces=[namespace],
+        key_namespace=key_namespace,
+    ) as system:
+        e2e_logs.extend(system.logs)
+        yield system
+        e2e_logs.extend(system.pods.logs())
+
+
+@pytest.fixture
+def plane(
+    cluster: ClusterHandle,
+    running: whole.System,
+    cp_tls: object,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[ControlPlaneProcess]:
+    log_path = tmp_path / "controlplane.log"
+    e2e_logs.append(log_path)
+    process = ControlPlaneProcess(
+        kubeconfig=cluster.kubeconfig,
+        tls=cp_tls,  # type: ignore[arg-type]
+        key_namespace=key_namespace,
+        log_path=log_path,
+        arguments=(
+            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
+            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
+            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
+            "--deploy-timeout=180",
+        ),
+    ).start()
+    yield process
+    process.stop()
+
+
+def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
+    cluster: ClusterHandle,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
+    # The local package is importable where the developer deploys from, as fal needs too.
+    env["PYTHONPATH"] = str(BUNDLED)
+    deployed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubefal_cli",
+            "deploy",
+            f"{BUNDLED / 'project' / 'app' / 'bundled_app.py'}::BundledApp",
+            "-n",
+            namespace,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--timeout",
+            "180",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.run('{namespace}/bundled-app', arguments={{}})))\n",
+        key=str(key),
+        timeout=180,
+    )
+
+    answer = json.loads(output.strip().splitlines()[-1])
+    assert answer == {
+        "greeting": "hello from helpers",
+        "package": "localpkg (sub.inner)",
+        "text": "notes for the app\n",
+        "binary": [0, 1, 2, 255, 254],
+        "skipped": False,
+    }
+    spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
+    assert spec["app"] == "app/bundled_app.py::BundledApp"
+    assert len(spec["source"]["configMaps"]) >= 1
+    assert "Left out: missing.txt" in deployed.stderr
+
+
+def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_image(
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+
+    deployed = run_fal(
+        plane,
+        "deploy",
+        f"{APPS / 'container_app.py'}::ContainerApp",
+        "--app-name",
+        "container-app",
+        key=key,
+        home=tmp_path,
+        timeout=120,
+    )
+
+    output = deployed.stdout + deployed.stderr
+    assert deployed.returncode != 0, output
+    assert "kind='container'" in output
+    assert "spec.image" in output
+    with pytest.raises(k8s.ApiException) as missing:
+        get_falapp(api_client, namespace=namespace, name="container-app")
+    assert missing.value.status == 404

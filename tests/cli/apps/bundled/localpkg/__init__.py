@@ -1,0 +1,5 @@
+from localpkg.sub.inner import where
+
+
+def describe() -> str:
+    return f"localpkg ({where()})"

@@ -1,0 +1,2 @@
+def where() -> str:
+    return "sub.inner"
