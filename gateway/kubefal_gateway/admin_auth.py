@@ -14,13 +14,17 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
+from kubefal_api import naming
 from kubefal_gateway import errors
 
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+ANNOUNCE_PATH = naming.RUNNER_ANNOUNCE_PATH
+"""Runners announce themselves here; they hold no admin token: the gateway checks the caller's
+IP against the runner pods it watches instead (discovery.py)."""
 
 
 def needs_token(path: str, *, token: str, protect_metrics: bool) -> bool:
-    if not token or path in PROBE_PATHS:
+    if not token or path in PROBE_PATHS or path == ANNOUNCE_PATH:
         return False
     return path != "/metrics" or protect_metrics
 

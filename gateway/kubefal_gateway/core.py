@@ -77,6 +77,8 @@ class Gateway:
         listener has its key (realtime tokens are refused on WebSockets until then)."""
         self._store: queueing.QueueStore | None = None
         self._signals: signals.Signals | None = None
+        self.discovery: discovery.KubernetesDiscovery | None = None
+        """Kubernetes discovery (None with a static config): runners announce through it."""
 
     @property
     def store(self) -> queueing.QueueStore:
@@ -163,6 +165,7 @@ class Gateway:
                 runner_port=config.runner_port,
             )
             kube.start()
+            self.discovery = kube
         if not config.webhook_secret:
             LOGGER.warning("no --webhook-secret: webhooks are delivered unsigned")
         delivery = webhooks.WebhookWorker(

@@ -15,6 +15,19 @@ Deployment controller copies the pod template's labels onto them), so the check 
 more label-selected watch and a dictionary lookup per pod event. Someone who may create
 ReplicaSets in the app's namespace may also edit the app's Deployment, so the chain is as
 strong as that namespace's RBAC.
+
+A runner that finished ``setup()`` announces itself (`announce`, the admin listener's
+``POST /_kubefal/runners/ready``), so its first request does not wait for the kubelet's next
+readiness probe, the status write and this watch (about 0.1 s, often more). Who announces is
+taken from the TCP peer address, not from anything the caller says: the announcement is
+accepted only from the IP of a watched, running, not terminating pod that passes the ownership
+check above, and it makes that pod (and only it) a ready runner of its own app. A pod cannot
+announce for another app's pod without sending from that pod's IP, which a TCP handshake does
+not allow. This needs no secret in the runner's environment (a per-app HMAC key would need one
+Secret per app that the gateway can read in every namespace). The Pod watch stays the source of
+truth for removal: a pod that is deleted, terminating, rescheduled to another IP or no longer
+owned by its app's Deployment is removed; until the pod's Ready condition has been seen once,
+an announced runner is not removed for lacking it.
 """
 
 from __future__ import annotations
@@ -84,6 +97,20 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
         condition.get("type") == "Ready" and condition.get("status") == "True"
         for condition in status.get("conditions") or ()
     )
+
+
+def _pod_alive(pod: dict[str, Any]) -> bool:
+    """Running with an IP and not being deleted (readiness aside)."""
+    status = pod.get("status") or {}
+    return (
+        bool(status.get("podIP"))
+        and status.get("phase", "Running") == "Running"
+        and not (pod.get("metadata") or {}).get("deletionTimestamp")
+    )
+
+
+class NotAnnounceable(Exception):
+    """An announcement that does not come from a runner pod the gateway knows."""
 
 
 class _Watch:
@@ -164,6 +191,8 @@ class KubernetesDiscovery:
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         """Every runner-labelled pod seen, by (app id, runner id): re-checked when its
         ReplicaSet shows up after it (watches deliver in no particular order)."""
+        self._announced: dict[tuple[str, str], str] = {}
+        """Runners that announced themselves before the watch saw their pod Ready: their IP."""
 
     def start(self) -> None:
         from kubernetes import client, config
@@ -282,12 +311,51 @@ class KubernetesDiscovery:
             and replica_set.name == f"{replica_set.deployment}-{template_hash}"
         )
 
+    def announce(self, peer_ip: str, *, pod_name: str | None = None) -> tuple[str, str]:
+        """A runner at ``peer_ip`` (the TCP peer) finished setup(): make its pod a ready runner.
+
+        Returns (app id, runner id); raises `NotAnnounceable` unless exactly one watched pod
+        with that IP is running, not terminating and owned by its app's Deployment (and, when
+        ``pod_name`` is given, has that name)."""
+        matches = [
+            (key, pod)
+            for key, pod in self._pods.items()
+            if (pod.get("status") or {}).get("podIP") == peer_ip
+            and _pod_alive(pod)
+            and self.owned_by_app(pod)
+        ]
+        if pod_name is not None:
+            matches = [
+                (key, pod)
+                for key, pod in matches
+                if (pod.get("metadata") or {}).get("name") == pod_name
+            ]
+        if len(matches) != 1:
+            raise NotAnnounceable(f"no single runner pod of a known app has the IP {peer_ip}")
+        (app_id, runner_id), _pod = matches[0]
+        self._announced[(app_id, runner_id)] = peer_ip
+        self.table.announce(app_id=app_id, runner_id=runner_id, host=peer_ip, port=self.runner_port)
+        return app_id, runner_id
+
     def _on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         app_id, runner_id = self._pod_ids(pod)
+        key = (app_id, runner_id)
         if event_type == "DELETED":
-            self._pods.pop((app_id, runner_id), None)
+            self._pods.pop(key, None)
         else:
-            self._pods[(app_id, runner_id)] = pod
+            self._pods[key] = pod
+        announced_ip = self._announced.get(key)
+        if announced_ip is not None:
+            if _pod_ready(pod) or event_type == "DELETED":
+                del self._announced[key]  # the watch has caught up: it decides from now on
+            elif (
+                _pod_alive(pod)
+                and (pod.get("status") or {}).get("podIP") == announced_ip
+                and self.owned_by_app(pod)
+            ):
+                return  # announced, Ready condition not written yet: keep serving it
+            else:
+                del self._announced[key]
         if event_type == "DELETED" or not _pod_ready(pod) or not self.owned_by_app(pod):
             self.table.remove(app_id=app_id, runner_id=runner_id)
         else:
@@ -305,6 +373,8 @@ class KubernetesDiscovery:
             self._on_pod("ADDED", pod)
         for key in set(self._pods) - seen:
             del self._pods[key]
+        for key in set(self._announced) - seen:
+            del self._announced[key]
         for app_id, known in list(self.table.by_app.items()):
             for runner_id in list(known):
                 if (app_id, runner_id) not in seen:

@@ -44,6 +44,7 @@ from kubefal_gateway import (
     apps,
     auth,
     core,
+    discovery,
     dispatch,
     errors,
     queue_worker,
@@ -74,6 +75,8 @@ DROPPED_REQUEST_HEADERS = upstream.HOP_BY_HOP | {
 }
 DROPPED_RESPONSE_HEADERS = upstream.HOP_BY_HOP | {b"date", b"server", b"x-fal-request-id"}
 STRIPPED_WS_QUERY = frozenset({"fal_jwt_token", "max_buffering"})
+ANNOUNCE_MAX_BYTES = 1024
+"""A runner's announcement is `{"pod": "<name>"}`: anything longer is refused (413)."""
 
 
 # ---- small ASGI helpers ---------------------------------------------------------------------
@@ -826,6 +829,8 @@ class Api:
                 }
             )
             await send({"type": "http.response.body", "body": gateway.metrics.render()})
+        elif path == admin_auth.ANNOUNCE_PATH:
+            await self._announce(scope, receive, send)
         elif path == "/_kubefal/scaling/watch":
             await self._scaling_watch(scope, receive, send)
         elif path.startswith("/_kubefal/apps/") and path.endswith("/scaling"):
@@ -839,6 +844,31 @@ class Api:
             await send_json(send, 200, signal.to_json())
         else:
             raise errors.NotFound(f"Path {path} not found")
+
+    async def _announce(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /_kubefal/runners/ready` from a runner that finished setup(), optionally with
+        `{"pod": "<its pod name>"}`: who it is comes from the TCP peer address (discovery.py)."""
+        if scope["method"] != "POST":
+            raise errors.MethodNotAllowed("Announce a runner with POST")
+        body = await read_body(scope, receive, limit=ANNOUNCE_MAX_BYTES)
+        pod_name: str | None = None
+        if body:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise errors.BadRequest("The announcement must be a JSON object") from None
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("pod", ""), str):
+                raise errors.BadRequest('The announcement must be {"pod": "<pod name>"}')
+            pod_name = parsed.get("pod") or None
+        kube = self.gateway.discovery
+        peer = client_host(scope)
+        if kube is None or peer is None:
+            raise errors.NotFound("This gateway does not discover runners from Kubernetes")
+        try:
+            app_id, runner_id = kube.announce(peer, pod_name=pod_name)
+        except discovery.NotAnnounceable as refused:
+            raise errors.Forbidden(str(refused)) from None
+        await send_json(send, 200, {"app": app_id, "runner": runner_id, "ready": True})
 
     async def _scaling_watch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Server-sent events: every app's signal at once, then each change as it happens."""

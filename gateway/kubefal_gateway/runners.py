@@ -89,6 +89,17 @@ class RunnerTable:
         runner.probe_task = asyncio.get_running_loop().create_task(self._probe_loop(runner))
         self._notify(app_id)
 
+    def announce(self, *, app_id: str, runner_id: str, host: str, port: int) -> Runner:
+        """The runner itself said it finished setup() (discovery checked who it is): ready
+        now, without waiting for the Pod's Ready condition to travel through the API server,
+        nor for a probe. A failed request marks it unready as usual."""
+        self.upsert(app_id=app_id, runner_id=runner_id, host=host, port=port)
+        runner = self.by_app[app_id][runner_id]
+        if not runner.ready:
+            runner.ready = True
+            self._notify(app_id)
+        return runner
+
     def remove(self, *, app_id: str, runner_id: str) -> None:
         runner = self.by_app.get(app_id, {}).pop(runner_id, None)
         if runner is None:

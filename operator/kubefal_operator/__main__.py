@@ -59,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = operator_config.OperatorConfig.from_environment()
     if arguments.gateway_admin_url:
         config = dataclasses.replace(config, gateway_admin_url=arguments.gateway_admin_url)
+        if config.render.runner_announce_url is None and not os.environ.get(
+            "KUBEFAL_RUNNER_ANNOUNCE_URL"
+        ):
+            announce = operator_config.runner_announce_url(arguments.gateway_admin_url)
+            config = dataclasses.replace(
+                config, render=dataclasses.replace(config.render, runner_announce_url=announce)
+            )
     kopf.run(
         registry=handlers.REGISTRY,
         clusterwide=not arguments.namespace,

@@ -73,7 +73,8 @@ class OperatorConfig:
         ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners,
         ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners,
         ``KUBEFAL_RUNNER_DATA_VOLUME`` (unset; JSON volume source) for persistentData's /data,
-        and
+        ``KUBEFAL_RUNNER_ANNOUNCE_URL`` (default: ``KUBEFAL_GATEWAY_ADMIN_URL`` plus
+        ``/_kubefal/runners/ready``; ``off`` disables it) where runners announce readiness, and
         ``KUBEFAL_GATEWAY_CA_FILE`` (unset; a missing file means no CA) for the CA that
         signed the gateway's certificate.
         """
@@ -123,6 +124,7 @@ class OperatorConfig:
                 fal_rest_host=env.get("KUBEFAL_RUNNER_FAL_REST_HOST") or None,
                 data_volume=_data_volume(env.get("KUBEFAL_RUNNER_DATA_VOLUME", "")),
                 gateway_ca_pem=_read_ca(env.get("KUBEFAL_GATEWAY_CA_FILE") or None),
+                runner_announce_url=_announce_url(env),
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
             actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
@@ -215,6 +217,20 @@ def _data_volume(value: str) -> str | None:
             + ", ".join(sorted(DATA_VOLUME_SOURCES))
         )
     return json.dumps(source, sort_keys=True)
+
+
+def runner_announce_url(admin_url: str | None) -> str | None:
+    """Where runners announce readiness: the gateway admin listener's announce path."""
+    return None if not admin_url else admin_url.rstrip("/") + naming.RUNNER_ANNOUNCE_PATH
+
+
+def _announce_url(env: Mapping[str, str]) -> str | None:
+    """``KUBEFAL_RUNNER_ANNOUNCE_URL`` (``off`` disables announcing), else derived from
+    ``KUBEFAL_GATEWAY_ADMIN_URL`` (unset too: runners do not announce)."""
+    explicit = env.get("KUBEFAL_RUNNER_ANNOUNCE_URL", "").strip()
+    if explicit.lower() == "off":
+        return None
+    return explicit or runner_announce_url(env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None)
 
 
 def _read_ca(path: str | None) -> str | None:

@@ -36,6 +36,7 @@ import uvicorn
 import uvicorn.config
 
 from kubefal_runner import (
+    announcing,
     asgi,
     describing,
     exit_codes,
@@ -247,8 +248,10 @@ class Runner:
                 return exit_codes.SETUP_FAILED
             self.state.mark_ready()
             self._log_startup_budget(time.monotonic() - setup_started)
+            announcement = asyncio.create_task(asyncio.to_thread(announcing.announce))
             await self._drain_requested.wait()
             await self._drain_and_stop(server_task)
+            announcement.cancel()
             self.state.mark_stopped()
             try:
                 await self._lifespan.shutdown()

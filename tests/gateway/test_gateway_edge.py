@@ -425,6 +425,26 @@ def test_the_admin_listener_needs_its_token_except_for_probes_and_metrics(edge: 
         assert allowed.json()["app"] == "edge/probe"
 
 
+def test_a_runner_announcement_needs_no_admin_token_and_bad_ones_get_4xx(edge: Edge) -> None:
+    """Runners hold no admin token: the announcement is authenticated by the caller's IP
+    against the watched runner pods, which a gateway with a static config does not have."""
+    announce = f"{edge.gateway.admin_url}/_kubefal/runners/ready"
+    with httpx.Client(timeout=10) as client:
+        static = client.post(announce, json={"pod": "gen-1"})
+        wrong_method = client.get(announce)
+        not_json = client.post(announce, content=b"pod=gen-1")
+        wrong_shape = client.post(announce, json={"pod": 7})
+        too_long = client.post(announce, json={"pod": "x" * 2000})
+
+    assert static.status_code == 404
+    assert "Kubernetes" in static.json()["detail"]
+    assert wrong_method.status_code == 405
+    assert (not_json.status_code, wrong_shape.status_code) == (400, 400)
+    assert too_long.status_code == 413
+    for answer in (wrong_method, not_json, wrong_shape, too_long):
+        assert answer.json()["detail"]
+
+
 async def test_the_operator_follows_the_scaling_stream_with_the_token(edge: Edge) -> None:
     from kubefal_operator import actuator, config, metrics, signals
 

@@ -423,6 +423,103 @@ async def test_pod_events_add_and_remove_runners_by_ip_and_readiness() -> None:
         table.close()
 
 
+def _other_app_pod(name: str, *, ip: str) -> dict[str, object]:
+    """A runner pod of another app, "team/other", with its own ReplicaSet."""
+    pod = _pod(name, ip=ip, ready=False)
+    metadata = pod["metadata"]
+    assert isinstance(metadata, dict)
+    metadata["labels"] = {
+        **metadata["labels"],
+        "kubefal.io/app": "other",
+        "pod-template-hash": "77",
+    }
+    metadata["ownerReferences"] = [
+        {**metadata["ownerReferences"][0], "name": "other-77", "uid": "o"}
+    ]
+    return pod
+
+
+_OTHER_REPLICA_SET = {
+    "metadata": {
+        "namespace": "team",
+        "name": "other-77",
+        "uid": "o",
+        "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "controller": True}
+        ],
+    }
+}
+
+
+def _watcher(table: runners.RunnerTable) -> discovery.KubernetesDiscovery:
+    watcher = discovery.KubernetesDiscovery(
+        registry=apps.AppRegistry(),
+        keys=auth.KeyStore(),
+        table=table,
+        kubeconfig=None,
+        key_namespace=None,
+        runner_port=8080,
+    )
+    watcher._on_replica_set("ADDED", _REPLICA_SET)
+    watcher._on_replica_set("ADDED", _OTHER_REPLICA_SET)
+    return watcher
+
+
+async def test_a_runner_that_announces_from_its_pod_ip_is_ready_before_its_pod_is() -> None:
+    table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
+    watcher = _watcher(table)
+    try:
+        watcher._on_pod("ADDED", _pod("gen-1", ip="10.0.0.1", ready=False))
+        assert table.runners("team/gen") == {}  # the watch alone waits for Ready
+
+        assert watcher.announce("10.0.0.1", pod_name="gen-1") == ("team/gen", "team/gen-1")
+        ready = [(r.host, r.port, r.ready) for r in table.runners("team/gen").values()]
+        # A status update that still says not Ready (the kubelet is behind) keeps it.
+        watcher._on_pod("MODIFIED", _pod("gen-1", ip="10.0.0.1", ready=False))
+        kept = [r.ready for r in table.runners("team/gen").values()]
+        # The watch stays the source of truth for removal.
+        watcher._on_pod("MODIFIED", _pod("gen-1", ip="10.0.0.1", ready=False, deleting=True))
+        after_delete = table.runners("team/gen")
+    finally:
+        table.close()
+
+    assert ready == [("10.0.0.1", 8080, True)]
+    assert kept == [True]
+    assert after_delete == {}
+
+
+async def test_a_pod_cannot_announce_itself_as_another_apps_runner() -> None:
+    table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
+    watcher = _watcher(table)
+    try:
+        watcher._on_pod("ADDED", _pod("gen-1", ip="10.0.0.1", ready=False))
+        watcher._on_pod("ADDED", _other_app_pod("other-1", ip="10.0.0.9"))
+        refusals = []
+        for peer, name in (
+            ("10.0.0.9", "gen-1"),  # other's pod names gen's pod: wrong IP for that name
+            ("10.0.0.7", None),  # an address that is no known runner pod
+            ("10.0.0.7", "gen-1"),
+        ):
+            with pytest.raises(discovery.NotAnnounceable):
+                watcher.announce(peer, pod_name=name)
+            refusals.append((peer, name))
+        # From its own IP the other pod becomes a runner of its own app, never of gen.
+        own = watcher.announce("10.0.0.9")
+        gen_runners = table.runners("team/gen")
+        other_runners = [r.host for r in table.runners("team/other").values()]
+        # A terminating pod cannot announce either.
+        watcher._on_pod("MODIFIED", _pod("gen-1", ip="10.0.0.1", ready=False, deleting=True))
+        with pytest.raises(discovery.NotAnnounceable):
+            watcher.announce("10.0.0.1")
+    finally:
+        table.close()
+
+    assert len(refusals) == 3
+    assert own == ("team/other", "team/other-1")
+    assert gen_runners == {}
+    assert other_runners == ["10.0.0.9"]
+
+
 def test_falapp_and_key_secret_events_update_the_registry_and_key_store() -> None:
     registry = apps.AppRegistry()
     keys = auth.KeyStore()

@@ -424,3 +424,30 @@ def test_a_health_check_called_only_on_request_restarts_the_runner_on_one_failur
         on_request["livenessProbe"]["failureThreshold"],
         on_request["livenessProbe"]["initialDelaySeconds"],
     ) == (1, 0)
+
+
+def test_runners_announce_readiness_to_the_gateway_admin_url_from_their_pod_ip(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue
+) -> None:
+    from kubefal_operator import config
+
+    loaded = config.OperatorConfig.from_environment(
+        {"KUBEFAL_GATEWAY_ADMIN_URL": "http://kubefal-gateway-admin.kubefal-system.svc:9090/"}
+    )
+    announcing = _container(_render(make_app, catalogue, loaded.render))
+    env = {item["name"]: item for item in announcing["env"]}
+    silent = _env(_render(make_app, catalogue, common.RenderSettings()))
+    disabled = config.OperatorConfig.from_environment(
+        {
+            "KUBEFAL_GATEWAY_ADMIN_URL": "http://kubefal-gateway-admin.kubefal-system.svc:9090",
+            "KUBEFAL_RUNNER_ANNOUNCE_URL": "off",
+        }
+    )
+
+    assert env["KUBEFAL_GATEWAY_ANNOUNCE_URL"]["value"] == (
+        "http://kubefal-gateway-admin.kubefal-system.svc:9090/_kubefal/runners/ready"
+    )
+    assert env["KUBEFAL_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["KUBEFAL_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "KUBEFAL_GATEWAY_ANNOUNCE_URL" not in silent
+    assert disabled.render.runner_announce_url is None

@@ -67,6 +67,11 @@ class RenderSettings:
     ``{"csi": {...}}``, ``{"persistentVolumeClaim": {...}}``) holding every namespace's /data;
     a FalApp with ``persistentData`` mounts its namespace's subdirectory of it at /data, the
     gateway mounts the whole of it at ``--data-root``. None: /data is an emptyDir (not kept)."""
+    runner_announce_url: str | None = None
+    """``KUBEFAL_GATEWAY_ANNOUNCE_URL`` of runner pods: where a runner that finished setup()
+    tells the gateway it is ready (the admin listener's ``/_kubefal/runners/ready``), sent from
+    its pod IP (``KUBEFAL_POD_IP``, from the downward API, as ``KUBEFAL_POD_NAME``). None: the
+    runner does not announce and the gateway learns of it from the Pod watch."""
     gateway_ca_pem: str | None = None
     """PEM CA that signed the gateway's certificate, handed to runners (``KUBEFAL_GATEWAY_CA``),
     which trust it besides the usual CAs; None when the gateway's certificate needs no extra

@@ -47,6 +47,10 @@ REQUIREMENTS_CACHE_PATH: Final = f"{CACHE_PATH}/venvs"
 """Where the runner keeps requirement environments (the runner image's default too)."""
 GATEWAY_CA_VARIABLE: Final = "KUBEFAL_GATEWAY_CA"
 """PEM CA of the gateway; the runner adds it to the CAs the app trusts (SSL_CERT_FILE)."""
+ANNOUNCE_URL_VARIABLE: Final = "KUBEFAL_GATEWAY_ANNOUNCE_URL"
+"""Where the runner announces that setup() finished (the gateway's admin listener)."""
+POD_FIELDS: Final = (("KUBEFAL_POD_NAME", "metadata.name"), ("KUBEFAL_POD_IP", "status.podIP"))
+"""Downward API: the announcement is sent from the pod IP and names the pod."""
 REVISION_HISTORY_LIMIT: Final = 3
 DATA_VOLUME: Final = "kubefal-data"
 DATA_PATH: Final = "/data"
@@ -140,6 +144,12 @@ def _environment(
         defaults.append({"name": "FAL_REST_HOST", "value": settings.fal_rest_host})
     if settings.gateway_ca_pem:
         defaults.append({"name": GATEWAY_CA_VARIABLE, "value": settings.gateway_ca_pem})
+    if settings.runner_announce_url:
+        defaults.append({"name": ANNOUNCE_URL_VARIABLE, "value": settings.runner_announce_url})
+        defaults.extend(
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}}
+            for name, field in POD_FIELDS
+        )
     if spec.fal_key_secret_ref is not None:
         reference = spec.fal_key_secret_ref
         defaults.append(
