@@ -236,8 +236,11 @@ def poison_job(workdir: pathlib.Path) -> load.Tally:
     tally = load.Tally("poison jobs (runner-crashing and gateway-crashing, max 3 attempts)")
     max_attempts = 3
     gateways: list[gwharness.Gateway] = []
-    with _runners(workdir, 2, 2) as (runners, exec_dir), load.PeakMemory() as memory:
-        static = _static(runners, 2)
+    # One request per runner: a runner crash also fails (and retries) whatever else that
+    # runner was running, and with only 3 attempts an innocent job next to the poison could
+    # use them all up; this case is about the poison job's own attempts.
+    with _runners(workdir, 2, 1) as (runners, exec_dir), load.PeakMemory() as memory:
+        static = _static(runners, 1)
         extra = ["--max-attempts", str(max_attempts), "--lease-seconds", "2"]
         gateway = _gateway(workdir, static, extra=extra)
         gateways.append(gateway)
