@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         standalone=arguments.peering is None,
         peering_name=arguments.peering,
         liveness_endpoint=arguments.liveness,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, namespaces=tuple(arguments.namespace)),
     )
 
 

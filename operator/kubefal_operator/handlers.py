@@ -22,10 +22,11 @@ What is watched, and why:
   startup handler starts the builtin actuator, the cleanup handler stops it.
 
 Every watch of children, pods and the ConfigMap is filtered on the server (label and field
-selectors set at startup), so the operator never lists unrelated objects. kopf indexes keep
-the live objects in memory; reconciles read them instead of the API. Every handler and
-index function is a coroutine: kopf runs plain functions in a thread pool, a thread hop per
-event and index that cost most of the operator's CPU with 1,000 apps.
+selectors set at startup), so the operator never lists unrelated objects. The live objects
+are kept in memory by ``cache`` (filled by one LIST per kind at start-up, then by these
+handlers; not kopf indexes, whose start-up wait is quadratic in the objects); reconciles
+read them instead of the API. Every handler is a coroutine: kopf runs plain functions in a
+thread pool, a thread hop per event.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from typing import Any
 import kopf
 
 from kubefal_api import naming, v1alpha1
+from kubefal_operator import cache, kube, reconcile
 from kubefal_operator import config as operator_config
-from kubefal_operator import kube, reconcile
 
 FALAPPS = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 DEPLOYMENTS = ("apps", "v1", "deployments")
@@ -74,25 +75,16 @@ def _operator(memo: kopf.Memo) -> reconcile.Operator:
     return operator
 
 
-def _indexes(kwargs: dict[str, Any]) -> reconcile.Indexes:
-    return reconcile.Indexes(
-        falapps=kwargs["falapps_index"],
-        deployments=kwargs["deployments_index"],
-        services=kwargs["services_index"],
-        network_policies=kwargs["network_policies_index"],
-        disruption_budgets=kwargs["disruption_budgets_index"],
-        pods=kwargs["runner_pods_index"],
-        nodes=kwargs["nodes_index"],
-        scaled_objects=kwargs["scaled_objects_index"],
-        autoscalers=kwargs["autoscalers_index"],
-    )
+def _cache(memo: kopf.Memo) -> cache.Cache:
+    stores: cache.Cache = memo["cache"]
+    return stores
 
 
 # --- lifecycle ----------------------------------------------------------------------------
 
 
 @kopf.on.startup(registry=REGISTRY)
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """All kopf settings in one place, then the runtime: API client, metrics, catalogue,
     and the builtin actuator when a gateway is configured."""
     config: operator_config.OperatorConfig = (
@@ -129,7 +121,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     )
     operator = await reconcile.start(config)
     memo["operator"] = operator
-    reconcile.start_actuator(operator, indexes=_indexes(kwargs))
+    stores = memo["cache"] = cache.Cache()
+    await stores.prefill(operator.kube, namespaces=memo.get("namespaces") or ())
+    reconcile.start_actuator(operator, indexes=stores.indexes)
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -150,84 +144,17 @@ def catalogue_source(memo: kopf.Memo, **_: Any) -> str:
     return _operator(memo).catalogue.source
 
 
-# --- indexes ------------------------------------------------------------------------------
-
-
-@kopf.index(*FALAPPS, registry=REGISTRY)
-async def falapps_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]]:
-    return {reconcile.app_key(body): reconcile.object_view(body)}
-
-
-@kopf.index(*DEPLOYMENTS, labels=CHILD_LABELS, registry=REGISTRY)
-async def deployments_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
-async def services_index(body: kopf.Body, **_: Any) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
-async def network_policies_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
-async def disruption_budgets_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*SCALED_OBJECTS, labels=CHILD_LABELS, registry=REGISTRY)
-async def scaled_objects_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*AUTOSCALERS, labels=CHILD_LABELS, registry=REGISTRY)
-async def autoscalers_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.object_view(body)} if key else None
-
-
-@kopf.index(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
-async def runner_pods_index(
-    body: kopf.Body, **_: Any
-) -> dict[reconcile.Key, dict[str, Any]] | None:
-    key = reconcile.owner_key(body)
-    return {key: reconcile.pod_view(body)} if key else None
-
-
-@kopf.index(*NODES, registry=REGISTRY)
-async def nodes_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    return {name: dict(labels)}
-
-
 # --- FalApps ------------------------------------------------------------------------------
 
 
 @kopf.on.event(*FALAPPS, registry=REGISTRY)
-async def falapp_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
-) -> None:
+async def falapp_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    stores = _cache(memo)
+    stores.falapp(event["type"], body)
     if event["type"] == "DELETED":
         _operator(memo).forget(reconcile.app_key(body))
         return
-    await reconcile.falapp_changed(_operator(memo), body=body, indexes=_indexes(kwargs))
+    await reconcile.falapp_changed(_operator(memo), body=body, indexes=stores.indexes)
 
 
 # --- children, pods, catalogue ------------------------------------------------------------
@@ -244,20 +171,32 @@ async def child_changed(
     body: kopf.Body,
     resource: kopf.Resource,
     memo: kopf.Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
+    stores = _cache(memo)
+    stores.child(str(resource.kind), event["type"], body)
     await reconcile.child_changed(
         _operator(memo),
         kind=str(resource.kind),
         event_type=event["type"],
         child=reconcile.object_view(body),
-        indexes=_indexes(kwargs),
+        indexes=stores.indexes,
     )
 
 
 @kopf.on.event(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
-async def runner_pod_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    await reconcile.pods_changed(_operator(memo), pod=dict(body), indexes=_indexes(kwargs))
+async def runner_pod_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    stores = _cache(memo)
+    stores.pod(event["type"], body)
+    await reconcile.pods_changed(_operator(memo), pod=dict(body), indexes=stores.indexes)
+
+
+@kopf.on.event(*NODES, registry=REGISTRY)
+async def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Node labels tell which machine type a runner landed on (read by the status)."""
+    _cache(memo).node(event["type"], body)
 
 
 def _is_catalogue(**kwargs: Any) -> bool:
@@ -271,10 +210,10 @@ def _is_catalogue(**kwargs: Any) -> bool:
 
 @kopf.on.event(*CONFIG_MAPS, when=_is_catalogue, registry=REGISTRY)
 async def catalogue_changed(
-    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     await reconcile.catalogue_changed(
         _operator(memo),
         config_map=None if event["type"] == "DELETED" else dict(body),
-        indexes=_indexes(kwargs),
+        indexes=_cache(memo).indexes,
     )

@@ -46,6 +46,8 @@ BOUNDS_FIELD_MANAGER: Final = "kubefal-bounds"
 into the FalApp's bounds: a write takes the field away from its previous manager, and this
 name (not one of the operator's own) keeps the record that someone else scales the app."""
 EVENT_SOURCE: Final = "kubefal-operator"
+LIST_PAGE_SIZE: Final = 500
+"""Objects per page of a LIST (the start-up pre-listing of every FalApp and child)."""
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class ResourceKind:
     api_version: str
     kind: str
     plural: str
+
+    def collection(self, *, namespace: str | None) -> str:
+        """The path of every object of this kind (in ``namespace``, or cluster-wide)."""
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        return f"{prefix}{scope}/{self.plural}"
 
     def path(self, *, namespace: str, name: str | None = None, subresource: str = "") -> str:
         prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
@@ -76,6 +84,7 @@ POD_DISRUPTION_BUDGETS: Final = ResourceKind(
 )
 CONFIG_MAPS: Final = ResourceKind("v1", "ConfigMap", "configmaps")
 PODS: Final = ResourceKind("v1", "Pod", "pods")
+NODES: Final = ResourceKind("v1", "Node", "nodes")
 EVENTS: Final = ResourceKind("v1", "Event", "events")
 FALAPPS: Final = ResourceKind(v1alpha1.API_VERSION, v1alpha1.KIND, v1alpha1.PLURAL)
 SCALED_OBJECTS: Final = ResourceKind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
@@ -250,11 +259,23 @@ class KubeClient:
             raise
 
     async def list(
-        self, kind: ResourceKind, *, namespace: str, label_selector: str = ""
+        self, kind: ResourceKind, *, namespace: str | None, label_selector: str = ""
     ) -> list[Manifest]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        listing = await self._request("GET", kind.path(namespace=namespace), params=params)
-        return list(listing.get("items") or [])
+        """Every object of ``kind`` in ``namespace`` (None: cluster-wide), in pages of
+        :data:`LIST_PAGE_SIZE` so one response stays small however many objects there are."""
+        items: list[Manifest] = []
+        params = {"limit": str(LIST_PAGE_SIZE)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            listing = await self._request(
+                "GET", kind.collection(namespace=namespace), params=params
+            )
+            items.extend(listing.get("items") or [])
+            token = (listing.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {**params, "continue": str(token)}
 
     async def delete(
         self, kind: ResourceKind, *, namespace: str, name: str, uid: str | None = None
