@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -162,3 +163,42 @@ def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_ima
     with pytest.raises(k8s.ApiException) as missing:
         get_falapp(api_client, namespace=namespace, name="container-app")
     assert missing.value.status == 404
+
+
+def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
+    plane: ControlPlaneProcess,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    client = tmp_path / "client"
+    shutil.copytree(BUNDLED / "localpkg", client / "localpkg")
+    shutil.copy(APPS / "local_modules_app.py", client / "app.py")
+    env = harness.client_environment(plane, key=key, home=tmp_path)
+    env["PYTHONPATH"] = str(client)
+
+    deployed = subprocess.run(
+        [str(harness.FAL_CLI), "deploy", "app.py::LocalModulesApp", "--app-name", "local-mods"],
+        env=env,
+        cwd=client,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.run('{namespace}/local-mods', arguments={{}})))\n",
+        key=str(key),
+        timeout=180,
+    )
+
+    assert json.loads(output.strip().splitlines()[-1]) == {"package": "localpkg (sub.inner)"}
+    source = get_falapp(api_client, namespace=namespace, name="local-mods")["spec"]["source"]
+    paths = {item["path"] for part in source["configMaps"] for item in part["items"]}
+    assert paths == {"app.py", "_kubefal_function.pkl", "_kubefal_local_modules.json"}
+    assert "local_python_modules localpkg" in deployed.stdout + deployed.stderr

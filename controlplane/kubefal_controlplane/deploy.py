@@ -11,9 +11,17 @@ classes deriving from ``fal.App``; when there are several, the one whose name th
 mentions wins (:mod:`pickletools` lists a pickle's opcodes and their string arguments without
 loading it).
 
+``local_python_modules`` (read from the class body with :mod:`ast`) travel only inside the
+pickle, by value. The control plane still never loads it: it ships the pickle as bytes next to
+the app file, with a note naming the modules and the client's Python, in a bundle of ConfigMaps
+(:mod:`kubefal_api.bundles`); the runner pod, which runs the user's code anyway, loads it and
+puts those modules into ``sys.modules`` before it loads the app file. Pickled code needs the
+runner's Python minor version (``RUNNER_PYTHON``), so another one fails the deploy here, with
+what to do.
+
 What this does not carry yet, and refuses with a message instead of dropping silently:
-``app_files`` (``files``), ``local_python_modules`` (read from the class body), ``entrypoint``
-apps, container images (``kind="container"``).
+``app_files`` (``files``: the SDK uploads them to fal's app-files REST API, which kubefal's
+gateway does not serve yet), ``entrypoint`` apps, container images (``kind="container"``).
 Requirement layers stay layers (``spec.requirementLayers``; a flat list is ``spec.requirements``);
 the fal serving stack the SDK adds to every app (fastapi, pydantic, uvicorn ...) is left out,
 because kubefal's runner image brings its own.
@@ -22,7 +30,9 @@ because kubefal's runner image brings its own.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+import json
 import pickletools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -30,7 +40,7 @@ from typing import Any, Final
 import isolate_proto
 from google.protobuf import json_format
 
-from kubefal_api import naming, v1alpha1
+from kubefal_api import bundles, naming, v1alpha1
 from kubefal_controlplane import errors
 
 APP_FILE: Final = "app.py"
@@ -84,34 +94,143 @@ def app_classes(source: str) -> list[str]:
     return found
 
 
-UNCARRIED_CLASS_ATTRIBUTES: Final = ("local_python_modules", "app_files")
+UNCARRIED_CLASS_ATTRIBUTES: Final = ("app_files",)
+RUNNER_PYTHON: Final = "3.11"
+"""Python minor version of kubefal's runner image (its lock file pins Debian's 3.11)."""
+FUNCTION_FILE: Final = "_kubefal_function.pkl"
+LOCAL_MODULES_NOTE: Final = "_kubefal_local_modules.json"
+"""The runner's ``kubefal_runner.loading.LOCAL_MODULES_NOTE``."""
+LABEL_SOURCE_REVISION: Final = f"{v1alpha1.GROUP}/source-revision"
 
 
-def check_carried(source: str, class_name: str) -> None:
-    """Refuse an app class that sets what a source-only deploy would drop."""
-    tree = ast.parse(source)
-    for node in tree.body:
+def _class_assignments(source: str, class_name: str) -> list[tuple[str, ast.expr]]:
+    """``name = value`` statements of the class body (plain and annotated)."""
+    found: list[tuple[str, ast.expr]] = []
+    for node in ast.parse(source).body:
         if not (isinstance(node, ast.ClassDef) and node.name == class_name):
             continue
         for statement in node.body:
-            targets: list[ast.expr] = []
-            value: ast.expr | None = None
             if isinstance(statement, ast.Assign):
-                targets, value = list(statement.targets), statement.value
-            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
-                targets, value = [statement.target], statement.value
-            for target in targets:
-                if (
-                    isinstance(target, ast.Name)
-                    and target.id in UNCARRIED_CLASS_ATTRIBUTES
-                    and not (isinstance(value, ast.List | ast.Tuple) and not value.elts)
-                    and not (isinstance(value, ast.Constant) and value.value is None)
-                ):
-                    raise errors.failed_precondition(
-                        f"source_code: {class_name}.{target.id} is set, and `fal deploy` on "
-                        "kubefal carries the app file only; deploy with `kubefal deploy` "
-                        "(which packages them) or bake them into an image"
-                    )
+                found += [
+                    (target.id, statement.value)
+                    for target in statement.targets
+                    if isinstance(target, ast.Name)
+                ]
+            elif (
+                isinstance(statement, ast.AnnAssign)
+                and statement.value is not None
+                and isinstance(statement.target, ast.Name)
+            ):
+                found.append((statement.target.id, statement.value))
+    return found
+
+
+def _is_empty(value: ast.expr) -> bool:
+    return (isinstance(value, ast.List | ast.Tuple) and not value.elts) or (
+        isinstance(value, ast.Constant) and value.value is None
+    )
+
+
+def check_carried(source: str, class_name: str) -> None:
+    """Refuse an app class that sets what a ``fal deploy`` on kubefal would drop."""
+    for name, value in _class_assignments(source, class_name):
+        if name in UNCARRIED_CLASS_ATTRIBUTES and not _is_empty(value):
+            raise errors.failed_precondition(
+                f"source_code: {class_name}.{name} is set, and `fal deploy` on kubefal does "
+                "not carry app_files yet (kubefal's gateway does not serve fal's app-files "
+                "upload API); deploy with `kubefal deploy app.py::MyApp`, which carries them, "
+                "or bake them into an image"
+            )
+
+
+def local_modules(source: str, class_name: str) -> list[str]:
+    """The class's ``local_python_modules``, read from its body without executing it."""
+    for name, value in _class_assignments(source, class_name):
+        if name != "local_python_modules" or _is_empty(value):
+            continue
+        if isinstance(value, ast.List | ast.Tuple) and all(
+            isinstance(item, ast.Constant) and isinstance(item.value, str) for item in value.elts
+        ):
+            return [str(item.value) for item in value.elts if isinstance(item, ast.Constant)]
+        raise errors.failed_precondition(
+            f"source_code: {class_name}.local_python_modules must be a literal list of module "
+            "names for kubefal to read it without running your code, e.g. ['helpers']"
+        )
+    return []
+
+
+def client_python(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> str | None:
+    """The ``python_version`` the SDK sent (its own interpreter's), if any."""
+    for environment in environments:
+        config = json_format.MessageToDict(environment.configuration)
+        version = config.get("python_version")
+        if isinstance(version, str) and version:
+            return version
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceObjects:
+    """The ConfigMaps holding one deploy's code and the ``spec.source`` that mounts them."""
+
+    config_maps: list[dict[str, Any]]
+    spec_source: dict[str, Any]
+    revision: str
+
+    def stale_selector(self, app_name: str) -> str:
+        """Label selector of this app's source ConfigMaps of other revisions."""
+        return f"{LABEL_SOURCE_OF}={app_name},{LABEL_SOURCE_REVISION}!={self.revision}"
+
+
+def source_objects(
+    *,
+    namespace: str,
+    app_name: str,
+    source: str,
+    function: bytes,
+    modules: Sequence[str],
+    python: str | None,
+) -> SourceObjects:
+    """The app file alone in one ConfigMap; with local modules, a bundle that adds the
+    pickled function (as opaque bytes) and the note the runner reads."""
+    if not modules:
+        config_map = source_config_map(namespace=namespace, app_name=app_name, source=source)
+        revision = config_map["metadata"]["name"].rsplit("-", 1)[-1]
+        config_map["metadata"]["labels"][LABEL_SOURCE_REVISION] = revision
+        return SourceObjects(
+            config_maps=[config_map],
+            spec_source={"configMapRef": {"name": config_map["metadata"]["name"]}},
+            revision=revision,
+        )
+    if python is None or python.split(".")[:2] != RUNNER_PYTHON.split("."):
+        raise errors.failed_precondition(
+            f"environments[0].python_version: your Python is {python or 'unknown'}, and "
+            f"kubefal's runner runs Python {RUNNER_PYTHON}; local_python_modules travel as "
+            "pickled code, which needs the same Python minor version: deploy from Python "
+            f"{RUNNER_PYTHON}, or with `kubefal deploy app.py::MyApp`, which ships the "
+            "modules' source"
+        )
+    note = {"python": python, "pickle": FUNCTION_FILE, "modules": list(modules)}
+    files = {
+        APP_FILE: source.encode("utf-8"),
+        FUNCTION_FILE: function,
+        LOCAL_MODULES_NOTE: json.dumps(note).encode(),
+    }
+    try:
+        bundle = bundles.pack(files, namespace=namespace, app_name=app_name)
+    except bundles.BundleError as error:
+        raise errors.failed_precondition(
+            f"function: the app and its pickled local_python_modules cannot be carried: "
+            f"{error}; deploy with `kubefal deploy app.py::MyApp`"
+        ) from error
+    revision = hashlib.sha256(
+        "".join(cm["metadata"]["name"] for cm in bundle.config_maps).encode()
+    ).hexdigest()[:SOURCE_HASH_LENGTH]
+    for config_map in bundle.config_maps:
+        config_map["metadata"]["labels"][LABEL_SOURCE_REVISION] = revision
+    return SourceObjects(
+        config_maps=bundle.config_maps, spec_source=bundle.source, revision=revision
+    )
 
 
 def pickle_strings(data: bytes) -> set[str]:
@@ -207,10 +326,8 @@ def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) ->
 def requirement_fields(layers: Sequence[Sequence[str]]) -> dict[str, Any]:
     """FalApp spec fields for ``layers``: one layer stays the flat ``requirements``;
     several become ``requirementLayers``, installed in order."""
-    if not layers:
-        return {}
-    if len(layers) == 1:
-        return {"requirements": list(layers[0])}
+    if len(layers) <= 1:
+        return {"requirements": list(layers[0]) if layers else []}
     return {"requirementLayers": [list(layer) for layer in layers]}
 
 
@@ -285,9 +402,10 @@ def falapp_spec(
     request: isolate_proto.RegisterApplicationRequest,
     *,
     class_name: str,
-    config_map: str,
     existing: Mapping[str, Any] | None,
     secrets_name: str,
+    config_map: str | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The FalApp spec a ``RegisterApplication`` asks for.
 
@@ -296,7 +414,7 @@ def falapp_spec(
     """
     spec: dict[str, Any] = {
         "app": f"{APP_FILE}::{class_name}",
-        "source": {"configMapRef": {"name": config_map}},
+        "source": dict(source) if source is not None else {"configMapRef": {"name": config_map}},
         **requirement_fields(requirement_layers(list(request.environments))),
         "auth": AUTH_MODES.get(request.auth_mode, v1alpha1.AuthMode.PRIVATE).value
         if request.HasField("auth_mode")

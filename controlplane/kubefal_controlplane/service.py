@@ -639,14 +639,20 @@ class Controller(IsolateControllerServicer):
             )
         class_name = deploy.choose_class(request.source_code, request.function.definition)
         deploy.check_carried(request.source_code, class_name)
+        modules = deploy.local_modules(request.source_code, class_name)
         existing = self.cluster.get_falapp(namespace, name)
-        config_map = deploy.source_config_map(
-            namespace=namespace, app_name=name, source=request.source_code
+        sources = deploy.source_objects(
+            namespace=namespace,
+            app_name=name,
+            source=request.source_code,
+            function=request.function.definition,
+            modules=modules,
+            python=deploy.client_python(list(request.environments)),
         )
         spec = deploy.falapp_spec(
             request,
             class_name=class_name,
-            config_map=config_map["metadata"]["name"],
+            source=sources.spec_source,
             existing=existing,
             secrets_name=APP_SECRETS_NAME,
         )
@@ -654,9 +660,21 @@ class Controller(IsolateControllerServicer):
         yield isolate_proto.RegisterApplicationResult(
             logs=[_log(f"{verb} FalApp {namespace}/{name} serving {spec['app']}")]
         )
-        self.cluster.ensure_config_map(namespace, config_map)
+        if modules:
+            yield isolate_proto.RegisterApplicationResult(
+                logs=[
+                    _log(
+                        f"Carrying local_python_modules {', '.join(modules)} in the pickled "
+                        f"function ({len(request.function.definition)} bytes); the runner loads "
+                        "them, the control plane never does"
+                    )
+                ]
+            )
+        for config_map in sources.config_maps:
+            self.cluster.ensure_config_map(namespace, config_map)
         app = self._write_app(namespace, name, spec, existing, caller)
-        self.cluster.adopt_config_map(namespace, config_map["metadata"]["name"], app)
+        for config_map in sources.config_maps:
+            self.cluster.adopt_config_map(namespace, config_map["metadata"]["name"], app)
         self.cluster.record_event(
             namespace=namespace,
             involved=_involved(app),
@@ -667,9 +685,7 @@ class Controller(IsolateControllerServicer):
         app = yield from self._wait_ready(app, context)
         # Every runner now mounts the new source; earlier sources only take up space.
         self.cluster.delete_config_maps(
-            namespace,
-            label_selector=f"{deploy.LABEL_SOURCE_OF}={name}",
-            keep=config_map["metadata"]["name"],
+            namespace, label_selector=sources.stale_selector(name), keep=""
         )
         yield isolate_proto.RegisterApplicationResult(
             logs=[_log(f"{namespace}/{name} is ready")],

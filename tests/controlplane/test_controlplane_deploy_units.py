@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from typing import Any
 
@@ -9,6 +10,7 @@ import grpc
 import isolate_proto
 import pytest
 
+from kubefal_api import bundles
 from kubefal_controlplane import deploy, errors
 
 TWO_APPS = """
@@ -189,15 +191,8 @@ def test_new_source_is_a_new_config_map_name() -> None:
         deploy.source_config_map(namespace="team-a", app_name="demo", source="x" * 1_000_000)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        "local_python_modules = ['helpers']",
-        "local_python_modules: list[str] = ['helpers']",
-        "app_files = ['weights/']",
-    ],
-)
-def test_what_a_source_deploy_would_drop_is_refused(body: str) -> None:
+@pytest.mark.parametrize("body", ["app_files = ['weights/']", "app_files: list = ['w']"])
+def test_app_files_a_fal_deploy_would_drop_are_refused(body: str) -> None:
     source = f"import fal\n\nclass Demo(fal.App):\n    {body}\n"
 
     with pytest.raises(errors.RpcFailure) as raised:
@@ -207,10 +202,92 @@ def test_what_a_source_deploy_would_drop_is_refused(body: str) -> None:
     assert "kubefal deploy" in raised.value.message
 
 
-def test_empty_local_modules_are_fine() -> None:
-    deploy.check_carried(
-        "import fal\n\nclass Demo(fal.App):\n    local_python_modules = []\n", "Demo"
+@pytest.mark.parametrize(
+    ("body", "modules"),
+    [
+        ("local_python_modules = ['helpers', 'pkg.sub']", ["helpers", "pkg.sub"]),
+        ("local_python_modules: list[str] = ['helpers']", ["helpers"]),
+        ("local_python_modules = []", []),
+        ("pass", []),
+    ],
+)
+def test_local_modules_are_read_from_the_class_body(body: str, modules: list[str]) -> None:
+    source = f"import fal\n\nclass Demo(fal.App):\n    {body}\n"
+
+    deploy.check_carried(source, "Demo")
+    assert deploy.local_modules(source, "Demo") == modules
+
+
+def test_computed_local_modules_are_refused_naming_the_field() -> None:
+    source = "import fal\n\nclass Demo(fal.App):\n    local_python_modules = NAMES\n"
+
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.local_modules(source, "Demo")
+
+    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "Demo.local_python_modules must be a literal list" in raised.value.message
+
+
+def test_local_modules_ship_the_pickle_unopened_with_a_note_for_the_runner() -> None:
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    function = pickle.dumps(Boom())
+
+    objects = deploy.source_objects(
+        namespace="team-a",
+        app_name="demo",
+        source="import fal\n",
+        function=function,
+        modules=["helpers"],
+        python=deploy.RUNNER_PYTHON,
     )
+
+    files = bundles.unpack(objects.config_maps, objects.spec_source)
+    assert files == {
+        "app.py": b"import fal\n",
+        deploy.FUNCTION_FILE: function,
+        deploy.LOCAL_MODULES_NOTE: json.dumps(
+            {"python": deploy.RUNNER_PYTHON, "pickle": deploy.FUNCTION_FILE, "modules": ["helpers"]}
+        ).encode(),
+    }
+    labels = objects.config_maps[0]["metadata"]["labels"]
+    assert labels["kubefal.io/source-of"] == "demo"
+    assert objects.stale_selector("demo") == (
+        f"kubefal.io/source-of=demo,kubefal.io/source-revision!={objects.revision}"
+    )
+
+
+def test_local_modules_from_another_python_minor_version_fail_the_deploy() -> None:
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.source_objects(
+            namespace="team-a",
+            app_name="demo",
+            source="import fal\n",
+            function=b"",
+            modules=["helpers"],
+            python="3.12",
+        )
+
+    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.message.startswith("environments[0].python_version: your Python is 3.12")
+    assert f"deploy from Python {deploy.RUNNER_PYTHON}" in raised.value.message
+
+
+def test_an_app_without_local_modules_is_one_config_map_as_before() -> None:
+    objects = deploy.source_objects(
+        namespace="team-a",
+        app_name="demo",
+        source="import fal\n",
+        function=b"",
+        modules=[],
+        python="3.13",
+    )
+
+    (config_map,) = objects.config_maps
+    assert config_map["data"] == {"app.py": "import fal\n"}
+    assert objects.spec_source == {"configMapRef": {"name": config_map["metadata"]["name"]}}
 
 
 def test_a_redeploy_keeps_the_fields_fal_deploy_does_not_decide() -> None:
