@@ -129,6 +129,7 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
         "text": "notes for the app\n",
         "binary": [0, 1, 2, 255, 254],
         "skipped": False,
+        "relative": "notes for the app\n",
     }
     spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
     assert spec["app"] == "app/bundled_app.py::BundledApp"

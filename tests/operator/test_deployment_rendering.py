@@ -115,6 +115,17 @@ def test_several_source_config_maps_are_projected_into_one_app_directory(
         },
     }
     assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/app.py::Demo"
+    assert _container(manifest)["workingDir"] == "/app"
+
+
+def test_an_app_below_its_context_directory_runs_in_its_own_directory_as_on_fal(
+    make_app: MakeApp, catalogue: machines.MachineCatalogue, settings: common.RenderSettings
+) -> None:
+    source = {"configMaps": [{"name": "c", "items": [{"key": "f0", "path": "svc/app.py"}]}]}
+    manifest = _render(make_app, catalogue, settings, app="svc/app.py::Demo", source=source)
+
+    assert _env(manifest)["KUBEFAL_RUNNER_APP"] == "/app/svc/app.py::Demo"
+    assert _container(manifest)["workingDir"] == "/app/svc"
 
 
 def test_image_defaults_to_the_generic_runner_and_a_spec_image_wins(

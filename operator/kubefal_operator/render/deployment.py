@@ -75,6 +75,16 @@ def runner_app_reference(spec: v1alpha1.FalAppSpec, *, settings: common.RenderSe
     return f"{settings.app_mount_path}/{file_or_module}::{class_name}"
 
 
+def working_directory(spec: v1alpha1.FalAppSpec, *, settings: common.RenderSettings) -> str:
+    """The app file's directory inside the mounted source, as fal runs an app with
+    ``app_files_context_dir`` (it changes into the app's directory below /app)."""
+    file_or_module = spec.app.partition("::")[0]
+    directory = file_or_module.rpartition("/")[0] if file_or_module.endswith(".py") else ""
+    if not directory or file_or_module.startswith("/"):
+        return settings.app_mount_path
+    return f"{settings.app_mount_path}/{directory}"
+
+
 def requirements_variable(spec: v1alpha1.FalAppSpec) -> str:
     """``KUBEFAL_REQUIREMENTS``: the flat list as before, or the layers as a list of lists."""
     if spec.requirement_layers:
@@ -302,7 +312,7 @@ def pod_template(
     if spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.source is not None:
-        container["workingDir"] = settings.app_mount_path
+        container["workingDir"] = working_directory(spec, settings=settings)
         volume_mounts.append(
             {"name": SOURCE_VOLUME, "mountPath": settings.app_mount_path, "readOnly": True}
         )

@@ -24,4 +24,6 @@ class BundledApp(fal.App):  # type: ignore[no-untyped-call]
             "text": (root / "assets" / "notes.txt").read_text(),
             "binary": list((root / "assets" / "blob.bin").read_bytes()),
             "skipped": (root / "assets" / "ignored.skip").exists(),
+            # fal runs the app in its own directory below the context directory.
+            "relative": pathlib.Path("../assets/notes.txt").read_text(),
         }
