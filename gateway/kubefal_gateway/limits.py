@@ -18,6 +18,10 @@ thin subclass of uvicorn's `HttpToolsProtocol` that adds, before the ASGI app ev
 * `max_connections` / `max_connections_per_ip`: a connection over either cap gets `503` and is
   closed at once (`ConnectionLimiter`, one per listener).
 
+Writes are corked (`CorkedTransport`): uvicorn writes a response's head and its body in two
+calls, each a send(2) of its own (a TLS record each with TLS); the head is held until the body
+follows in the same step, or until the next loop turn, so a response costs one system call.
+
 The TLS handshake timeout is the event loop's `ssl_handshake_timeout`, set by server.py. Bodies
 are bounded by the handlers (`--max-request-bytes`). On the hot path the guard adds a counter
 update per received chunk and one timer per connection that wakes at most every
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import typing
 from typing import Any
 
 import httptools
@@ -113,6 +118,70 @@ def error_response(status: int, detail: str) -> bytes:
     )
 
 
+CORK_JOIN_LIMIT = 256 * 1024
+"""Bodies up to this size are joined with the held head into one write; larger ones are
+written after it (a copy of them would cost more than the second system call)."""
+
+
+class CorkedTransport:
+    """A transport whose writes within one event-loop step go out as one.
+
+    The first write is held and a flush is scheduled for the next loop turn; a write that
+    follows before then is sent together with it. `close` sends what is held first; everything
+    but `write`, `writelines`, `close`, `abort` and `write_eof` is the wrapped transport's."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            if not data:
+                return
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        if len(data) <= CORK_JOIN_LIMIT:
+            self._transport.write(held + bytes(data))
+        else:
+            self._transport.write(held)
+            self._transport.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring."""
 
@@ -138,7 +207,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(503, "Too many open connections; retry later")
             return
         self._counted = True
-        super().connection_made(transport)
+        corked = typing.cast(asyncio.Transport, CorkedTransport(transport, self.loop))
+        super().connection_made(corked)
         self._head_started = self.loop.time()
         self._arm_head_timer(self._limits.header_timeout)
 

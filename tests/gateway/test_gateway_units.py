@@ -15,6 +15,7 @@ from kubefal_gateway import (
     discovery,
     dispatch,
     errors,
+    limits,
     queue_worker,
     queueing,
     runners,
@@ -633,3 +634,45 @@ async def test_a_pod_with_runner_labels_is_a_runner_only_under_its_apps_deployme
         assert table.runners("team/gen") == {}
     finally:
         table.close()
+
+
+# ---- corked writes -------------------------------------------------------------------------------
+class _RecordingTransport:
+    """Records what reaches the socket layer (pure logic: the wrapper's write policy)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra:{name}"
+
+
+async def test_a_response_head_and_body_written_in_one_step_leave_as_one_write() -> None:
+    raw = _RecordingTransport()
+    corked = limits.CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    corked.write(b"ok")
+    one_step = list(raw.writes)
+    corked.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    held = list(raw.writes)
+    await asyncio.sleep(0)  # next loop turn: a lone head (a stream's) is not held longer
+    after_turn = list(raw.writes)
+    corked.write(b"last")
+    corked.close()
+
+    assert one_step == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    assert held == one_step
+    assert after_turn[-1] == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    assert raw.writes[-1] == b"last" and raw.closed  # close sends what is held first
+    assert corked.get_extra_info("peername") == "extra:peername"
