@@ -21,6 +21,7 @@ docs, no image pull); the KEDA HTTP add-on pushes its activity signal every 200 
     python bench/scale_from_zero.py                    # 10 trials on the local control plane
     python bench/scale_from_zero.py --trials 20 --keep-alive 1
     python bench/scale_from_zero.py --gateway-arg=--runner-probe-interval=0.1
+    python bench/scale_from_zero.py --no-announce        # baseline: readiness via the Pod watch
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--keep-alive", type=float, default=2, help="the app's keepAlive (s)")
     parser.add_argument("--kubeconfig", default=None, help="use this cluster, not the local one")
     parser.add_argument("--workdir", default=None, help="keep logs here (default: a temp dir)")
+    parser.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="runners do not announce readiness (the gateway waits for the Pod watch): the "
+        "baseline of 'runner ready → dispatch'",
+    )
     parser.add_argument(
         "--gateway-arg",
         action="append",
@@ -131,11 +138,20 @@ def fresh_namespace(api_client: k8s.ApiClient, prefix: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def whole_system(
-    kubeconfig: pathlib.Path, namespace: str, workdir: str | None, gateway_args: list[str]
+    kubeconfig: pathlib.Path,
+    namespace: str,
+    workdir: str | None,
+    gateway_args: list[str],
+    *,
+    announce: bool = True,
 ) -> Iterator[whole.System]:
     root = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix="kf-bench-"))
     with whole.running_system(
-        kubeconfig, workdir=root / "system", namespaces=[namespace]
+        kubeconfig,
+        workdir=root / "system",
+        namespaces=[namespace],
+        gateway_args=gateway_args,
+        operator_env=None if announce else {"KUBEFAL_RUNNER_ANNOUNCE_URL": "off"},
     ) as system:
         print(f"logs under {root / 'system'}", file=sys.stderr)
         yield system
@@ -400,7 +416,13 @@ def main() -> int:
         )
         with (
             fresh_namespace(api_client, "bench-cold") as namespace,
-            whole_system(kubeconfig, namespace, arguments.workdir, arguments.gateway_arg) as system,
+            whole_system(
+                kubeconfig,
+                namespace,
+                arguments.workdir,
+                arguments.gateway_arg,
+                announce=not arguments.no_announce,
+            ) as system,
             Recorder(api_client, namespace) as recorder,
             ProcessTracker(system) as tracker,
         ):
@@ -431,6 +453,7 @@ def main() -> int:
                 "bench": "scale_from_zero",
                 "trials": len(trials),
                 "keep_alive_seconds": arguments.keep_alive,
+                "runners_announce": not arguments.no_announce,
                 "overhead_p50_s": round(summary["overhead"]["p50"], 4),
                 "overhead_p95_s": round(overhead_p95, 4),
                 "target_p95_s": TARGET_P95_SECONDS,
