@@ -17,7 +17,9 @@ Raw ASGI like http_api.py (same helpers, same error shape: a JSON `detail` and a
 * `POST /tokens/` (API key) → a realtime token (realtime.py);
 * `/files/list|file|rename|dir/...`: fal's files API over `/data` (data_routes.py);
 * `GET /kv/get/<db>/<key>`, `PUT /kv/set/<db>/<key>[?ttl=s]`, `DELETE /kv/delete/<db>/<key>`:
-  fal.toolkit's KV store (kv.py).
+  fal.toolkit's KV store (kv.py);
+* `POST /files/missing_hashes`, `/files/app/multipart/...` (fal deploy's app_files upload):
+  501 with what to do instead (not carried through fal deploy yet).
 
 Statuses: 400 malformed, 401 no or bad credentials, 403 bad signature, expired URL or another
 namespace's key, 404 unknown or expired file or upload, 413 over `--storage-max-file-bytes`,
@@ -58,6 +60,20 @@ class StorageUnavailable(errors.GatewayError):
 
     status = 503
     error_type = "storage_unavailable"
+
+
+class AppFilesUnsupported(errors.GatewayError):
+    """fal deploy's app_files upload API: not served yet, said instead of a bare 404."""
+
+    status = 501
+    error_type = "app_files_unsupported"
+
+
+APP_FILES_MESSAGE = (
+    "kubefal does not take app_files through `fal deploy` yet; deploy the app with "
+    "`kubefal deploy app.py::MyApp`, which carries app_files, app_files_context_dir and "
+    "local_python_modules to the cluster"
+)
 
 
 class _ClientGone(Exception):
@@ -261,6 +277,9 @@ class RestApi:
         elif path in ("/tokens", "/tokens/"):
             self._only(method, "POST")
             await self._realtime_token(scope, receive, send)
+        elif path == "/files/missing_hashes" or path.startswith("/files/app/"):
+            # fal.file_sync (fal deploy with app_files): the SDK shows this detail.
+            raise AppFilesUnsupported(APP_FILES_MESSAGE)
         elif path.startswith(data_routes.PREFIXES) and not _is_file_url(path):
             if self.data is None:
                 raise errors.NotFound("This gateway serves no /data (see --data-root)")
