@@ -69,6 +69,12 @@ test-real-node: images ## A real kubelet + containerd node: pods are real contai
 	@bash e2e/testbin.sh --real-node >/dev/null
 	KUBEFAL_REAL_NODE=1 $(BIN)/pytest e2e/test_realnode.py e2e/test_helm_real_node.py -q
 
+.PHONY: test-keda
+test-keda: images ## Real KEDA (built from its Go module) scales a keda FalApp of a helm release from zero and back
+	@bash e2e/testbin.sh --real-node >/dev/null
+	@bash e2e/testbin.sh --keda >/dev/null
+	KUBEFAL_REAL_NODE=1 KUBEFAL_KEDA=1 $(BIN)/pytest e2e/test_keda_real.py -q
+
 ##@ Local control plane
 .PHONY: testbin
 testbin: ## Build etcd, kube-apiserver, KCM, scheduler, kwok, helm (cached in ~/.cache/kubefal/testbin)

@@ -8,6 +8,7 @@
 #   KUBEFAL_TESTBIN=/dir      use/produce binaries in /dir instead of the cache
 #   e2e/testbin.sh --real-node  also the kubelet (same Kubernetes version) and a static pause
 #                               binary, for the opt-in real node (KUBEFAL_TESTBIN_REAL_NODE=1)
+#   e2e/testbin.sh --keda       also KEDA's operator and metrics API server (KUBEFAL_TESTBIN_KEDA=1)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -18,6 +19,9 @@ BINS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm"
 REAL_NODE=${KUBEFAL_TESTBIN_REAL_NODE:-}
 [ "${1:-}" = "--real-node" ] && REAL_NODE=1
 [ -n "$REAL_NODE" ] && BINS="$BINS kubelet pause"
+KEDA=${KUBEFAL_TESTBIN_KEDA:-}
+[ "${1:-}" = "--keda" ] && KEDA=1
+[ -n "$KEDA" ] && BINS="$BINS keda-operator keda-adapter"
 
 complete() {
   for b in $BINS; do [ -x "$OUT/$b" ] || return 1; done
@@ -125,6 +129,38 @@ fi
 
 log "KEDA v$KEDA_VERSION CRDs and external scaler proto"
 KEDA_DIR=$(moddir "github.com/kedacore/keda/v2@v$KEDA_VERSION")
+if [ -n "$KEDA" ] && { [ ! -x "$OUT/keda-operator" ] || [ ! -x "$OUT/keda-adapter" ]; }; then
+  # KEDA builds as the main module (its go.mod pins its Kubernetes libraries). Two of its
+  # dependencies are refused by the module proxy (newrelic-client-go, swo-sdk-go): their
+  # scalers are replaced by constructors that return an error.
+  log "KEDA v$KEDA_VERSION operator and metrics API server"
+  cp -r "$KEDA_DIR" "$WORK/keda" && chmod -R u+w "$WORK/keda" && cd "$WORK/keda"
+  rm pkg/scalers/newrelic_scaler.go pkg/scalers/solarwinds_scaler.go
+  cat > pkg/scalers/kubefal_unavailable_scalers.go <<'GO'
+package scalers
+
+import (
+	"errors"
+
+	"github.com/kedacore/keda/v2/pkg/scalers/scalersconfig"
+)
+
+// NewNewRelicScaler is unavailable in this build (its client module cannot be fetched).
+func NewNewRelicScaler(config *scalersconfig.ScalerConfig) (Scaler, error) {
+	return nil, errors.New("the newrelic scaler is not built into this KEDA")
+}
+
+// NewSolarWindsScaler is unavailable in this build (its client module cannot be fetched).
+func NewSolarWindsScaler(config *scalersconfig.ScalerConfig) (Scaler, error) {
+	return nil, errors.New("the solarwinds scaler is not built into this KEDA")
+}
+GO
+  go mod tidy -e >/dev/null 2>&1 || true
+  go build -trimpath -ldflags "-s -w" -o "$OUT/keda-operator" ./cmd/operator
+  go build -trimpath -ldflags "-s -w" -o "$OUT/keda-adapter" ./cmd/adapter
+  mkdir -p "$OUT/crds-eventing"
+  cp "$KEDA_DIR"/config/crd/bases/eventing.keda.sh_*.yaml "$OUT/crds-eventing/"
+fi
 cp "$KEDA_DIR"/config/crd/bases/keda.sh_*.yaml "$OUT/crds/"
 cp "$KEDA_DIR"/pkg/scalers/externalscaler/externalscaler.proto "$OUT/externalscaler.proto"
 chmod -R u+w "$OUT"
