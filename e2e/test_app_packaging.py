@@ -8,6 +8,10 @@ the pod runner writing ConfigMap and projected volumes as the kubelet does) next
   pattern, a context directory above the app) and a local package (``local_python_modules``):
   the real ``fal_client`` gets an answer computed from every one of those files.
 * ``fal deploy`` (the unmodified CLI) of a ``fal.ContainerImage`` app fails with what to do.
+* ``fal deploy`` of an app with ``local_python_modules``: the package reaches the runner inside
+  the pickled function, which only the runner loads.
+* ``fal deploy`` of an app with requirement layers: the FalApp keeps the layers and the runner
+  installs them in order (pip offline, from wheels built by the test).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from e2e import controlplane_harness as harness
 from e2e import system as whole
 from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
+from tests import offline_wheels
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
@@ -34,6 +39,18 @@ key_namespace = harness.key_namespace
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "tests" / "cli" / "apps" / "bundled"
 APPS = pathlib.Path(__file__).with_name("apps")
+
+
+@pytest.fixture
+def wheels(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """Runner pods (processes started by the pod runner) install only from these wheels."""
+    directory = tmp_path / "wheels"
+    directory.mkdir()
+    offline_wheels.build_wheel(directory, value="layer one")
+    offline_wheels.build_wheel(directory, package="kubefal_probe_extra", value="layer two")
+    for name, value in offline_wheels.offline_pip_env(directory).items():
+        monkeypatch.setenv(name, value)
+    return directory
 
 
 @pytest.fixture
@@ -203,3 +220,44 @@ def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
     paths = {item["path"] for part in source["configMaps"] for item in part["items"]}
     assert paths == {"app.py", "_kubefal_function.pkl", "_kubefal_local_modules.json"}
     assert "local_python_modules localpkg" in deployed.stdout + deployed.stderr
+
+
+def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_order(
+    wheels: pathlib.Path,
+    plane: ControlPlaneProcess,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+
+    deployed = run_fal(
+        plane,
+        "deploy",
+        f"{APPS / 'layered_app.py'}::LayeredApp",
+        "--app-name",
+        "layered",
+        key=key,
+        home=tmp_path,
+        timeout=240,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.run('{namespace}/layered', arguments={{}})))\n",
+        key=str(key),
+        timeout=180,
+    )
+
+    assert json.loads(output.strip().splitlines()[-1]) == {
+        "first": "layer one",
+        "second": "layer two",
+    }
+    spec = get_falapp(api_client, namespace=namespace, name="layered")["spec"]
+    assert spec["requirementLayers"] == [
+        ["kubefal-probe-package==1.0"],
+        ["kubefal-probe-extra==1.0"],
+    ]
+    assert "requirements" not in spec
