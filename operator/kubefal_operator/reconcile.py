@@ -14,7 +14,7 @@ in one of two functions:
   Event and writes the status.
 
 Both hold a per-app lock, so events for one app never interleave. The live objects come
-from kopf's in-memory indexes (passed in as plain mappings, see :class:`Indexes`), not from
+from the in-memory stores of ``cache`` (passed in as plain mappings, see :class:`Indexes`), not from
 API reads. Errors surface as :class:`ReconcileError` with ``retry`` telling the handler
 whether kopf should try again.
 """
@@ -42,7 +42,7 @@ Manifest = dict[str, Any]
 Key = tuple[str, str]
 """(namespace, FalApp name)."""
 IndexView = Mapping[Key, Collection[Mapping[str, Any]]]
-"""A kopf index as the reconciler sees it: values grouped by key."""
+"""A store of ``cache`` as the reconciler sees it: values grouped by key."""
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class LiveState:
 
 @dataclasses.dataclass(frozen=True)
 class Indexes:
-    """kopf's in-memory indexes of FalApps, children, runner pods and nodes."""
+    """The in-memory stores of FalApps, children, runner pods and nodes."""
 
     falapps: IndexView
     deployments: IndexView
@@ -261,7 +261,7 @@ class Operator:
         default_factory=dict
     )
     """Newest copy seen of each child (kind, namespace, name) from apply responses and
-    watch events while it is ahead of kopf's indexes (dropped once they catch up)."""
+    watch events while it is ahead of the stores (dropped once they catch up)."""
     versions: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     """Newest resourceVersion seen of each child (kept: a few bytes per child)."""
     scaling_signals: dict[Key, signals.ScalingSignal] = dataclasses.field(default_factory=dict)
