@@ -79,6 +79,7 @@ class Gateway:
         self._signals: signals.Signals | None = None
         self.discovery: discovery.KubernetesDiscovery | None = None
         """Kubernetes discovery (None with a static config): runners announce through it."""
+        self.worker: queue_worker.QueueWorker | None = None
 
     @property
     def store(self) -> queueing.QueueStore:
@@ -152,6 +153,7 @@ class Gateway:
             on_change=self._signals.changed,
         )
         self.registry.listeners.append(lambda _config, app_id: worker.wake(app_id))
+        self.worker = worker
         kube: discovery.KubernetesDiscovery | None = None
         if config.static_config is not None:
             self._load_static(config.static_config)

@@ -479,6 +479,15 @@ class Api:
         self, scope: Scope, send: Send, *, app: apps.AppConfig, request_id: str
     ) -> None:
         with_logs = bool(scope.get("query_string")) and not _falsey(query_params(scope).get("logs"))
+        worker = self.gateway.worker
+        if (
+            not with_logs
+            and worker is not None
+            and worker.running_apps.get(request_id) == app.app_id
+        ):
+            # Running here: IN_PROGRESS in the store too (leased by this gateway, not completed).
+            await send_prepared(send, IN_PROGRESS_STATUS)
+            return
         view = await self._view(app, request_id, with_logs=with_logs, with_body=False)
         if view.state is queueing.JobState.IN_PROGRESS and view.logs is None:
             await send_prepared(send, IN_PROGRESS_STATUS)  # most polls: one constant answer

@@ -163,6 +163,9 @@ class QueueWorker:
         self.fillers: dict[str, asyncio.Task[None]] = {}
         self.dirty: set[str] = set()
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.running_apps: dict[str, str] = {}
+        """App id of each job this gateway is running: its status is IN_PROGRESS in the store
+        (leased here, not yet completed), so a status poll needs no store read."""
         self.cancel_requested: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._log_counts: dict[str, int] = {}
@@ -248,6 +251,7 @@ class QueueWorker:
     ) -> None:
         task = asyncio.get_running_loop().create_task(self._run_job(job, app=app, runner=runner))
         self.running[job.request_id] = task
+        self.running_apps[job.request_id] = job.app_id
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -318,6 +322,7 @@ class QueueWorker:
             for helper in helpers:
                 helper.cancel()
             self.running.pop(request_id, None)
+            self.running_apps.pop(request_id, None)
             self.cancel_requested.discard(request_id)
         await self._collect_logs(job, forwarded)
         await self.store.complete(request_id, holder=self.holder, result=result)

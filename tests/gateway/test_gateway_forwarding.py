@@ -529,3 +529,38 @@ def test_stored_headers_count_against_the_request_limits(stack: Stack) -> None:
         assert together.json()["detail"]
         alone = client.post(url, content=b"x" * 19000)
         assert alone.status_code == 200
+
+
+def test_a_running_jobs_status_is_in_progress_only_under_its_own_app(stack: Stack) -> None:
+    """The status of a job this gateway runs is answered without a store read: the same
+    answer the store gives, only under the job's own app, with logs when asked for."""
+    key = {"authorization": f"Key {stack.key_fwd}"}
+    with httpx.Client(timeout=60) as client:
+        submitted = client.post(f"{stack.gateway.queue_url}/fwd/echo-a/", json={"sleep": 2})
+        request_id = submitted.json()["request_id"]
+        base = f"{stack.gateway.queue_url}/fwd/echo-a/requests/{request_id}"
+        seen: list[httpx.Response] = []
+
+        def running() -> bool:
+            seen.append(client.get(base + "/status"))
+            return seen[-1].json()["status"] == "IN_PROGRESS"
+
+        gwharness.wait_for(running, timeout=20, message="the job running")
+        with_logs = client.get(base + "/status", params={"logs": "1"})
+        elsewhere = client.get(
+            f"{stack.gateway.queue_url}/fwd/echo-b/requests/{request_id}/status", headers=key
+        )
+        done = stack.wait_completed(client, "fwd/echo-a", request_id)
+
+    assert (seen[-1].status_code, seen[-1].json()) == (
+        202,
+        {"status": "IN_PROGRESS", "logs": None},
+    )
+    assert (with_logs.status_code, with_logs.json()["status"]) in (
+        (202, "IN_PROGRESS"),
+        (200, "COMPLETED"),
+    )
+    assert isinstance(with_logs.json()["logs"], list)
+    assert elsewhere.status_code == 404
+    assert elsewhere.json()["detail"]
+    assert done.status_code == 200
