@@ -36,7 +36,7 @@ import yaml
 from cryptography import x509
 
 from e2e import cluster as local_cluster
-from e2e import waiting
+from e2e import controlplane_harness, waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import crds, machines, naming
 from kubefal_gateway import settings as gateway_settings
@@ -45,6 +45,7 @@ from kubefal_operator import handlers as operator_handlers
 from kubefal_webhook import settings as webhook_settings
 
 REPO_ROOT = local_cluster.REPO_ROOT
+cp_tls = controlplane_harness.cp_tls
 CHART = REPO_ROOT / "charts" / "kubefal"
 GENERATED_CRD = REPO_ROOT / "crds" / crds.CRD_FILENAME
 CHART_CRD_COPY = CHART / "files" / "crds" / crds.CRD_FILENAME
@@ -54,6 +55,15 @@ REDIS_VALUES: dict[str, Any] = {
     "gateway": {
         "replicas": 3,
         "store": {"type": "redis", "redis": {"url": "redis://kubefal-redis:6379/0"}},
+        # Every replica must see every uploaded file: S3, not a volume of one pod.
+        "storage": {
+            "type": "s3",
+            "s3": {
+                "bucket": "kubefal-files",
+                "endpoint": "http://minio.storage.svc:9000",
+                "existingSecret": "kubefal-s3",
+            },
+        },
     }
 }
 
@@ -63,6 +73,30 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "scaler-hpa": {"externalMetrics": {"enabled": True}},
     "scaler-keda": {"keda": {"enabled": True}},
     "crds-disabled": {"crds": {"enabled": False}},
+    "controlplane-and-rest-disabled": {
+        "controlPlane": {"enabled": False},
+        "gateway": {"rest": {"enabled": False}},
+    },
+    "controlplane-storage-data": {
+        "controlPlane": {
+            "replicas": 2,
+            "publicHost": "api.kubefal.example",
+            "service": {"type": "LoadBalancer"},
+            "networkPolicy": {
+                "from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+            },
+        },
+        "gateway": {
+            "publicHosts": {"rest": "rest.kubefal.example"},
+            "networkPolicy": {
+                "restFrom": [{"namespaceSelector": {"matchLabels": {"kubefal.io/apps": "true"}}}]
+            },
+            "storage": {"embedded": {"persistence": {"size": "50Gi"}}},
+        },
+        "persistentData": {
+            "volume": {"nfs": {"server": "nfs.storage.example", "path": "/exports/kubefal"}}
+        },
+    },
     "webhook-disabled": {"webhook": {"enabled": False}},
     "hardened-extras": {
         "gateway": {
@@ -485,7 +519,7 @@ def test_the_gateway_reads_the_settings_the_chart_gives_it(helm: Helm) -> None:
     volumes = {
         volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]
     }
-    claim = _find(objects, "PersistentVolumeClaim")
+    claim = _find(objects, "PersistentVolumeClaim", "kubefal-gateway-queue")
     assert volumes["queue"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
@@ -512,7 +546,11 @@ def test_several_gateway_replicas_share_redis_and_get_a_disruption_budget(helm: 
 
 def test_the_redis_url_can_come_from_a_secret(helm: Helm) -> None:
     values = {
-        "gateway": {"replicas": 2, "store": {"type": "redis", "redis": {"existingSecret": "r"}}}
+        "gateway": {
+            "replicas": 2,
+            "store": {"type": "redis", "redis": {"existingSecret": "r"}},
+            "storage": REDIS_VALUES["gateway"]["storage"],
+        }
     }
     container = _container(_deployment(helm.template(values), "gateway"))
     store = next(item for item in container["env"] if item["name"] == "KUBEFAL_GATEWAY_STORE")
@@ -584,12 +622,20 @@ def _operator_source() -> str:
     return "\n".join(path.read_text(encoding="utf-8") for path in package.rglob("*.py"))
 
 
+# Read by boto3 (the gateway's S3 store), not by the gateway's own settings.
+GATEWAY_AWS_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+
+
 def test_every_environment_variable_the_chart_sets_is_read_by_its_process(helm: Helm) -> None:
     """No dead settings: the operator's names are read somewhere in its package (it reads
     no KUBEFAL_DEFAULT_SCALER: spec.scaler defaults to builtin in the CRD, so a cluster-wide
     default could never apply); the gateway's and the webhook's are KUBEFAL_<PROCESS>_<FIELD>
-    of a field of their Settings."""
+    of a field of their Settings (the gateway's AWS keys are boto3's); the control plane's are
+    read by its settings module."""
     operator_source = _operator_source()
+    controlplane_source = (
+        REPO_ROOT / "controlplane" / "kubefal_controlplane" / "settings.py"
+    ).read_text(encoding="utf-8")
     gateway_names = {
         gateway_settings.ENV_PREFIX + field.name.upper()
         for field in dataclasses.fields(gateway_settings.Settings)
@@ -607,8 +653,14 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(helm: 
         dead += [
             f"gateway: {name}"
             for name in container_env(_container(_deployment(objects, "gateway")))
-            if name not in gateway_names
+            if name not in gateway_names | GATEWAY_AWS_ENV
         ]
+        if value_set.get("controlPlane", {}).get("enabled", True):
+            dead += [
+                f"controlplane: {name}"
+                for name in container_env(_container(_deployment(objects, "controlplane")))
+                if f'"{name}"' not in controlplane_source
+            ]
         if value_set.get("webhook", {}).get("enabled", True):
             dead += [
                 f"webhook: {name}"
@@ -931,7 +983,7 @@ def test_the_webhook_can_be_left_out(helm: Helm) -> None:
 
 def test_containers_are_hardened_by_default(helm: Helm) -> None:
     objects = helm.template({})
-    for component in ("operator", "gateway", "webhook"):
+    for component in ("operator", "gateway", "webhook", "controlplane"):
         deployment = _deployment(objects, component)
         pod = deployment["spec"]["template"]["spec"]
         context = _container(deployment)["securityContext"]
@@ -961,6 +1013,10 @@ def test_notes_tell_how_to_create_a_key_and_configure_fal_client(cluster_helm: H
     assert f"export FAL_RUN_HOST={release}-kubefal-gateway-run.platform.svc" in notes
     assert f"export FAL_QUEUE_RUN_HOST={release}-kubefal-gateway-queue.platform.svc" in notes
     assert "export SSL_CERT_FILE=" in notes
+    assert f"export KUBEFAL_REST_HOST={release}-kubefal-gateway-rest.platform.svc" in notes
+    assert f"export FAL_REST_HOST={release}-kubefal-gateway-rest.platform.svc" in notes
+    assert f"export FAL_GRPC_HOST={release}-kubefal-controlplane.platform.svc" in notes
+    assert "export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=$PWD/kubefal-ca.pem" in notes
 
 
 def _free_ports(count: int) -> list[int]:
@@ -986,8 +1042,8 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
 ) -> None:
     """The gateway process runs here with the Deployment's environment; only what is
     pod-specific (bind address, ports, file paths, kubeconfig) is replaced. A client trusting
-    the generated ca.crt (what SSL_CERT_FILE points at) verifies both API listeners under
-    their Service names."""
+    the generated ca.crt (what SSL_CERT_FILE points at) verifies the queue, run and REST
+    listeners under their Service names."""
     objects = helm.template({}, namespace="platform")
     secret = _find(objects, "Secret", "kubefal-gateway-tls")
     for key in ("tls.crt", "tls.key", "ca.crt"):
@@ -995,12 +1051,16 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
     container = _container(_deployment(objects, "gateway"))
     assert container["command"] == ["python", "-m", "kubefal_gateway"]
     environment = _environment(container, namespace="platform")
-    queue_port, run_port, admin_port = _free_ports(3)
+    queue_port, run_port, admin_port, rest_port = _free_ports(4)
+    assert "KUBEFAL_GATEWAY_STORAGE_SIGNING_KEY" in environment  # a Secret's, stubbed here
     environment.update(
         KUBEFAL_GATEWAY_HOST="127.0.0.1",
         KUBEFAL_GATEWAY_QUEUE_PORT=str(queue_port),
         KUBEFAL_GATEWAY_RUN_PORT=str(run_port),
         KUBEFAL_GATEWAY_ADMIN_PORT=str(admin_port),
+        KUBEFAL_GATEWAY_REST_PORT=str(rest_port),
+        KUBEFAL_GATEWAY_STORAGE=str(tmp_path / "files"),
+        KUBEFAL_GATEWAY_STORAGE_SIGNING_KEY=uuid.uuid4().hex,
         KUBEFAL_GATEWAY_TLS_CERT=str(tmp_path / "tls.crt"),
         KUBEFAL_GATEWAY_TLS_KEY=str(tmp_path / "tls.key"),
         KUBEFAL_GATEWAY_STORE=f"sqlite://{tmp_path}/queue.db",
@@ -1027,6 +1087,7 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
         for port, service in [
             (queue_port, "kubefal-gateway-queue"),
             (run_port, "kubefal-gateway-run"),
+            (rest_port, "kubefal-gateway-rest"),
         ]:
             with (
                 socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
@@ -1261,6 +1322,102 @@ def test_the_real_operator_reconciles_as_its_service_account_without_permission_
     assert not PERMISSION_ERRORS.search(log_text), log_text
 
 
+def test_the_real_control_plane_serves_the_fal_cli_as_its_service_account(
+    cluster: ClusterHandle,
+    namespace: str,
+    api_client: Any,
+    falapp_crd: dict[str, Any],
+    cp_tls: Any,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> None:
+    """The control plane runs with the chart's RBAC only (a token of its ServiceAccount) and
+    the Deployment's arguments; the unmodified fal CLI lists, scales and deletes an app, lists
+    its runners and stops one, sets and lists secrets (also with a key valid in every
+    namespace), and creates and lists keys: every call succeeds and no 403 is logged."""
+    del falapp_crd  # installed for the FalApp below
+    release = f"kf-{uuid.uuid4().hex[:6]}"
+    objects = Helm(binary=cluster.testbin / "helm").template(
+        {}, namespace=namespace, release=release
+    )
+    arguments = tuple(_container(_deployment(objects, "controlplane"))["args"])
+    app_namespace = f"{namespace}-apps"
+    log_path = tmp_path / "controlplane.log"
+    e2e_logs.append(log_path)
+    cluster.kubectl("create", "namespace", app_namespace)
+    try:
+        with _applied_rbac(cluster, namespace, {}, release=release) as accounts:
+            kubeconfig = _service_account_kubeconfig(
+                cluster,
+                namespace=namespace,
+                service_account=accounts.controlplane.rsplit(":", 1)[1],
+                path=tmp_path / "controlplane.kubeconfig",
+            )
+            plane = controlplane_harness.ControlPlaneProcess(
+                kubeconfig=kubeconfig,
+                tls=cp_tls,
+                key_namespace=namespace,
+                log_path=log_path,
+                arguments=arguments,
+            ).start()
+            try:
+                controlplane_harness.create_falapp(
+                    api_client, namespace=app_namespace, name="rbac-app"
+                )
+                controlplane_harness.create_runner_pod(
+                    api_client, namespace=app_namespace, app="rbac-app", pod="rbac-app-0"
+                )
+                key = controlplane_harness.create_key(
+                    api_client, key_namespace=namespace, namespaces=[app_namespace]
+                )
+                everywhere = controlplane_harness.create_key(
+                    api_client, key_namespace=namespace, namespaces=["*"]
+                )
+                app = f"{app_namespace}/rbac-app"
+
+                def fal(*args: str, as_key: Any = key) -> str:
+                    result = controlplane_harness.run_fal(plane, *args, key=as_key, home=tmp_path)
+                    assert result.returncode == 0, (args, result.stdout + result.stderr)
+                    return result.stdout
+
+                assert app in fal("apps", "list")
+                fal("apps", "scale", app, "--keep-alive", "45")
+                assert "rbac-app-0" in fal("apps", "runners", app, "--state", "all")
+                fal("secrets", "set", "RBAC_A=1")
+                fal("secrets", "set", "RBAC_B=2")  # the second write updates kubefal-secrets
+                assert "RBAC_B" in fal("secrets", "list", as_key=everywhere)
+                created = fal("keys", "create", "--scope", "ADMIN", "--desc", "rbac")
+                assert "FAL_KEY=" in created
+                assert "rbac" in fal("keys", "list")
+                fal("runners", "stop", "rbac-app-0")
+                fal("apps", "delete", app)
+                falapp = cluster.kubectl(
+                    "get",
+                    "falapp",
+                    "rbac-app",
+                    f"--namespace={app_namespace}",
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                )
+                assert falapp == ""
+                events = cluster.kubectl(
+                    "get", "events", f"--namespace={app_namespace}", "-o", "json"
+                )
+                reasons = {
+                    item["reason"]
+                    for item in json.loads(events)["items"]
+                    if item.get("source", {}).get("component") == "kubefal-controlplane"
+                }
+                assert {"SecretSet"} <= reasons, reasons
+            finally:
+                plane.stop()
+    finally:
+        cluster.kubectl("delete", "namespace", app_namespace, "--wait=false", check=False)
+    log_text = log_path.read_text(errors="replace")
+    assert not PERMISSION_ERRORS.search(log_text), log_text
+
+
 # --- against the API server -----------------------------------------------------------------
 
 
@@ -1296,6 +1453,7 @@ class Accounts:
     operator: str
     gateway: str
     webhook: str
+    controlplane: str
     other_namespace: str
 
 
@@ -1320,6 +1478,7 @@ def _applied_rbac(
             operator=f"{user}-operator",
             gateway=f"{user}-gateway",
             webhook=f"{user}-webhook",
+            controlplane=f"{user}-controlplane",
             other_namespace=other,
         )
     finally:
@@ -1461,6 +1620,90 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
         namespace=other,
         allowed=webhook_may,
         denied=webhook_may_not,
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_control_plane_may_write_what_the_fal_cli_changes_and_the_gateway_may_not(
+    cluster: ClusterHandle,
+    namespace: str,
+    falapp_crd: dict[str, Any],
+    installed_rbac: Accounts,
+) -> None:
+    """The control plane's ServiceAccount may do what kubefal_controlplane calls (cluster.py's
+    list) in any app namespace, key Secrets only in the key namespace (the release's here),
+    Secrets of apps only by the name kubefal-secrets; the gateway gets none of these writes."""
+    del falapp_crd  # its resource must exist for can-i to resolve it
+    other = installed_rbac.other_namespace
+    controlplane_may = [
+        *[
+            (verb, "falapps.kubefal.io")
+            for verb in ("get", "list", "create", "update", "patch", "delete")
+        ],
+        ("list", "pods"),
+        ("delete", "pods"),
+        ("patch", "deployments.apps"),
+        *[(verb, "configmaps") for verb in ("create", "patch", "list", "delete")],
+        ("get", "secrets/kubefal-secrets"),
+        ("update", "secrets/kubefal-secrets"),
+        ("create", "secrets"),
+        ("create", "events"),
+        ("list", "namespaces"),
+    ]
+    controlplane_may_not = [
+        ("get", "secrets"),
+        ("get", "secrets/some-other-secret"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("delete", "secrets/kubefal-secrets"),
+        ("watch", "falapps.kubefal.io"),
+        ("create", "pods"),
+        ("patch", "pods"),
+        ("get", "pods"),
+        ("update", "deployments.apps"),
+        ("delete", "deployments.apps"),
+        ("get", "configmaps"),
+        ("list", "nodes"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ]
+    wrong = _wrong_grants(
+        cluster,
+        who=installed_rbac.controlplane,
+        label="control plane",
+        namespace=other,
+        allowed=controlplane_may,
+        denied=controlplane_may_not,
+    )
+    wrong += _wrong_grants(
+        cluster,
+        who=installed_rbac.controlplane,
+        label="control plane",
+        namespace=namespace,  # the key namespace
+        allowed=[
+            ("get", "secrets"),
+            ("list", "secrets"),
+            ("create", "secrets"),
+            ("patch", "secrets"),
+        ],
+        denied=[("delete", "secrets"), ("watch", "secrets"), ("update", "secrets")],
+    )
+    wrong += _wrong_grants(
+        cluster,
+        who=installed_rbac.gateway,
+        label="gateway",
+        namespace=other,
+        allowed=[],
+        denied=[
+            ("create", "falapps.kubefal.io"),
+            ("update", "falapps.kubefal.io"),
+            ("delete", "falapps.kubefal.io"),
+            ("delete", "pods"),
+            ("patch", "deployments.apps"),
+            ("create", "configmaps"),
+            ("create", "secrets"),
+            ("update", "secrets/kubefal-secrets"),
+            ("create", "events"),
+        ],
     )
     assert not wrong, "\n".join(wrong)
 
@@ -1629,8 +1872,10 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
             data: dict[str, str] = document["data"]
             return data
 
+        storage_secret = f"{release}-kubefal-gateway-storage-signing"
         before_tls, before_signing = secret_data(tls_secret), secret_data(signing_secret)
         before_webhook = secret_data(webhook_secret)
+        before_storage = secret_data(storage_secret)
         configuration = json.loads(
             cluster.kubectl(
                 "get", "validatingwebhookconfiguration", f"{release}-kubefal-webhook", "-o", "json"
@@ -1649,6 +1894,7 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
         assert secret_data(tls_secret) == before_tls, "an upgrade rotated the generated CA"
         assert secret_data(signing_secret) == before_signing, "an upgrade changed the signing key"
         assert secret_data(webhook_secret) == before_webhook, "an upgrade rotated the webhook CA"
+        assert secret_data(storage_secret) == before_storage, "an upgrade changed the URL key"
         changed_names = cluster_helm.run(
             "upgrade",
             release,
@@ -1671,4 +1917,7 @@ def test_helm_install_upgrade_and_uninstall_keep_the_ca_and_the_queue(
         "-o",
         "name",
     ).split()
-    assert left == [f"persistentvolumeclaim/{release}-kubefal-gateway-queue"]
+    assert sorted(left) == [
+        f"persistentvolumeclaim/{release}-kubefal-gateway-files",
+        f"persistentvolumeclaim/{release}-kubefal-gateway-queue",
+    ]

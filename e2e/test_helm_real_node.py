@@ -139,7 +139,7 @@ def release(
 ) -> Iterator[dict[str, Any]]:
     assert cluster.local is not None
     apiserver_port = int(cluster.local.server.rsplit(":", 1)[1])
-    queue, run, admin, health, metrics, webhook = (free_port() for _ in range(6))
+    queue, run, admin, health, metrics, webhook, rest, grpc_port = (free_port() for _ in range(8))
     placement = {
         "nodeSelector": {"kubernetes.io/hostname": realnode.NODE_NAME},
         "tolerations": [realnode.TOLERATION],
@@ -154,9 +154,11 @@ def release(
         },
         "gateway": {
             **placement,
-            "ports": {"queue": queue, "run": run, "admin": admin},
+            "ports": {"queue": queue, "run": run, "admin": admin, "rest": rest},
             "store": {"sqlite": {"persistence": {"enabled": False}}},
+            "storage": {"embedded": {"persistence": {"enabled": False}}},
         },
+        "controlPlane": {**placement, "port": grpc_port},
         "webhook": {
             **placement,
             "port": webhook,
@@ -172,6 +174,10 @@ def release(
         "env": {
             "gateway": {"KUBEFAL_GATEWAY_HOST": "127.0.0.1"},
             "webhook": {"KUBEFAL_WEBHOOK_HOST": "127.0.0.1"},
+            "controlplane": {
+                "KUBEFAL_CONTROLPLANE_HOST": "127.0.0.1",
+                "KUBEFAL_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin}",
+            },
             "operator": {"KUBEFAL_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin}"},
         },
     }

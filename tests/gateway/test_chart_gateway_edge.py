@@ -1,6 +1,7 @@
 """The chart's side of the gateway's edge (issue 9, item 12): the admin port's token Secret
 reaches both the gateway and the operator, the gateway NetworkPolicy is on by default and admits
-only what needs the gateway, and the webhook allow/deny lists reach the gateway's settings.
+only what needs the gateway (the admin port: the operator and the control plane), and the
+webhook allow/deny lists reach the gateway's settings.
 
 Rendered with the real ``helm`` binary (``helm template``, no cluster); the settings the chart
 passes are parsed by the gateway's and the operator's own settings code.
@@ -115,16 +116,25 @@ def test_the_gateway_network_policy_is_on_by_default_and_admits_the_operator_to_
     gateway_labels = gateway["spec"]["template"]["metadata"]["labels"]
     operator_labels = operator["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    controlplane_labels = find(objects, "Deployment", "kubefal-controlplane")["spec"]["template"][
+        "metadata"
+    ]["labels"]
     rules = {
         tuple(port["port"] for port in rule["ports"]): rule.get("from")
         for rule in policy["spec"]["ingress"]
     }
     assert rules[("queue", "run")] is None  # clients, ingress controllers, runners: anyone
-    [admin_peer] = rules[("admin",)]
-    assert set(admin_peer) == {"podSelector"}
-    selector = admin_peer["podSelector"]["matchLabels"]
-    assert selector.items() <= operator_labels.items()
-    assert not selector.items() <= gateway_labels.items()
+    assert rules[("rest",)] is None  # uploads from clients and runners, file URLs: anyone
+    operator_peer, controlplane_peer = rules[("admin",)]
+    for peer, labels in (
+        (operator_peer, operator_labels),
+        (controlplane_peer, controlplane_labels),
+    ):
+        assert set(peer) == {"podSelector"}
+        selector = peer["podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        assert not selector.items() <= gateway_labels.items()
+    assert not operator_peer["podSelector"]["matchLabels"].items() <= controlplane_labels.items()
     container_ports = {port["name"] for port in container(gateway)["ports"]}
     admitted = {port for ports in rules for port in ports}
     assert container_ports == admitted, "every gateway port needs a rule (or none is reachable)"

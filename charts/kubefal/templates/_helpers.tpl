@@ -114,6 +114,67 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "kubefal.gateway.metricsApiService" -}}
 {{- printf "%s-metrics-api" (include "kubefal.gateway.fullname" .) }}
 {{- end }}
+{{/* The REST listener's Service: fal's storage, token, KV and files API (FAL_REST_HOST). */}}
+{{- define "kubefal.gateway.restService" -}}
+{{- printf "%s-rest" (include "kubefal.gateway.fullname" .) }}
+{{- end }}
+
+{{/* host[:port] of the REST API as clients reach it (FAL_REST_HOST, KUBEFAL_REST_HOST). */}}
+{{- define "kubefal.gateway.restHost" -}}
+{{- if .Values.gateway.publicHosts.rest }}
+{{- .Values.gateway.publicHosts.rest }}
+{{- else }}
+{{- include "kubefal.gateway.inClusterRestHost" . }}
+{{- end }}
+{{- end }}
+
+{{/* host[:port] of the REST Service inside the cluster: FAL_REST_HOST of runner pods. */}}
+{{- define "kubefal.gateway.inClusterRestHost" -}}
+{{- printf "%s.%s.svc" (include "kubefal.gateway.restService" .) .Release.Namespace }}
+{{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+
+{{/* "true" when the gateway serves fal's REST API (files, tokens, KV, /data). */}}
+{{- define "kubefal.rest.enabled" -}}
+{{- if .Values.gateway.rest.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding the key that signs file URLs and upload/realtime tokens (key `key`). */}}
+{{- define "kubefal.gateway.storageSigningSecret" -}}
+{{- default (printf "%s-storage-signing" (include "kubefal.gateway.fullname" .)) .Values.gateway.storage.signingKey.existingSecret }}
+{{- end }}
+
+{{- define "kubefal.gateway.filesClaimName" -}}
+{{- default (printf "%s-files" (include "kubefal.gateway.fullname" .)) .Values.gateway.storage.embedded.persistence.existingClaim }}
+{{- end }}
+
+{{/* The gateway's --storage: the embedded store's directory, or s3://bucket[/prefix]?... */}}
+{{- define "kubefal.gateway.storageUrl" -}}
+{{- $storage := .Values.gateway.storage }}
+{{- if eq $storage.type "s3" }}
+{{- $query := list }}
+{{- with $storage.s3.endpoint }}{{ $query = append $query (printf "endpoint=%s" (urlquery .)) }}{{ end }}
+{{- with $storage.s3.region }}{{ $query = append $query (printf "region=%s" (urlquery .)) }}{{ end }}
+{{- with $storage.s3.addressing }}{{ $query = append $query (printf "addressing=%s" .) }}{{ end }}
+{{- printf "s3://%s" $storage.s3.bucket }}
+{{- with trimAll "/" $storage.s3.prefix }}/{{ . }}{{ end }}
+{{- with $query }}?{{ join "&" . }}{{ end }}
+{{- else }}
+{{- $storage.embedded.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the embedded file store is on a volume only one pod may mount at a time
+(the gateway is then replaced with strategy Recreate). */}}
+{{- define "kubefal.gateway.filesExclusive" -}}
+{{- $embedded := .Values.gateway.storage.embedded }}
+{{- if and (include "kubefal.rest.enabled" .) (eq .Values.gateway.storage.type "embedded") $embedded.persistence.enabled (not (has "ReadWriteMany" $embedded.persistence.accessModes)) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when runners and the gateway share a /data volume (persistentData.volume set). */}}
+{{- define "kubefal.persistentData.enabled" -}}
+{{- if .Values.persistentData.volume }}true{{ end }}
+{{- end }}
 
 {{/* host[:port] of the run and queue APIs as clients reach them (FAL_RUN_HOST, FAL_QUEUE_RUN_HOST). */}}
 {{- define "kubefal.gateway.runHost" -}}
@@ -142,6 +203,28 @@ FAL_QUEUE_RUN_HOST of runner pods (public host names may not resolve or route in
 {{- define "kubefal.gateway.inClusterQueueHost" -}}
 {{- printf "%s.%s.svc" (include "kubefal.gateway.queueService" .) .Release.Namespace }}
 {{- if ne (int .Values.gateway.service.port) 443 }}:{{ .Values.gateway.service.port }}{{ end }}
+{{- end }}
+
+{{- define "kubefal.controlPlane.fullname" -}}
+{{- printf "%s-controlplane" (include "kubefal.fullname" .) }}
+{{- end }}
+
+{{- define "kubefal.controlPlane.serviceAccountName" -}}
+{{- if .Values.controlPlane.serviceAccount.create }}
+{{- default (include "kubefal.controlPlane.fullname" .) .Values.controlPlane.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.controlPlane.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* host[:port] of the control plane's gRPC API as the fal CLI reaches it (FAL_GRPC_HOST). */}}
+{{- define "kubefal.controlPlane.grpcHost" -}}
+{{- if .Values.controlPlane.publicHost }}
+{{- .Values.controlPlane.publicHost }}
+{{- else }}
+{{- printf "%s.%s.svc" (include "kubefal.controlPlane.fullname" .) .Release.Namespace }}
+{{- if ne (int .Values.controlPlane.service.port) 443 }}:{{ .Values.controlPlane.service.port }}{{ end }}
+{{- end }}
 {{- end }}
 
 {{/* The labels of the gateway's pods, as k=v,k=v: the runners' NetworkPolicy admits exactly
@@ -175,13 +258,17 @@ these pods, and only in the release namespace. */}}
 {{/* Every DNS name the gateway's certificate must cover: its Services, then the extra ones. */}}
 {{- define "kubefal.gateway.tls.dnsNames" -}}
 {{- $names := list }}
-{{- range $service := list (include "kubefal.gateway.queueService" .) (include "kubefal.gateway.runService" .) (include "kubefal.gateway.metricsApiService" .) }}
+{{- $services := list (include "kubefal.gateway.queueService" .) (include "kubefal.gateway.runService" .) (include "kubefal.gateway.metricsApiService" .) }}
+{{- if include "kubefal.rest.enabled" . }}{{ $services = append $services (include "kubefal.gateway.restService" .) }}{{ end }}
+{{- /* The control plane serves gRPC with the same certificate (mounted from the same Secret). */}}
+{{- if .Values.controlPlane.enabled }}{{ $services = append $services (include "kubefal.controlPlane.fullname" .) }}{{ end }}
+{{- range $service := $services }}
 {{- $names = append $names $service }}
 {{- $names = append $names (printf "%s.%s" $service $.Release.Namespace) }}
 {{- $names = append $names (printf "%s.%s.svc" $service $.Release.Namespace) }}
 {{- $names = append $names (printf "%s.%s.svc.%s" $service $.Release.Namespace $.Values.clusterDomain) }}
 {{- end }}
-{{- range $host := list .Values.gateway.publicHosts.run .Values.gateway.publicHosts.queue }}
+{{- range $host := list .Values.gateway.publicHosts.run .Values.gateway.publicHosts.queue .Values.gateway.publicHosts.rest .Values.controlPlane.publicHost }}
 {{- if $host }}
 {{- $names = append $names (regexReplaceAll ":[0-9]+$" $host "") }}
 {{- end }}
@@ -212,6 +299,7 @@ names the values to change; every template that depends on them includes this ch
 {{- fail (printf "gateway.replicas=%d needs gateway.store.type=redis: the SQLite queue is one file on a ReadWriteOnce volume and allows one gateway replica. Set gateway.store.type=redis and gateway.store.redis.url (or gateway.store.redis.existingSecret), or set gateway.replicas=1." (int $gateway.replicas)) }}
 {{- end }}
 {{- $ports := list (int $gateway.ports.queue) (int $gateway.ports.run) (int $gateway.ports.admin) }}
+{{- if include "kubefal.rest.enabled" . }}{{ $ports = append $ports (int $gateway.ports.rest) }}{{ end }}
 {{- if include "kubefal.keda.enabled" . }}{{ $ports = append $ports (int .Values.keda.port) }}{{ end }}
 {{- if include "kubefal.externalMetrics.enabled" . }}{{ $ports = append $ports (int .Values.externalMetrics.port) }}{{ end }}
 {{- if ne (len $ports) (len (uniq $ports)) }}
@@ -228,6 +316,15 @@ names the values to change; every template that depends on them includes this ch
 {{- end }}
 {{- if and (include "kubefal.externalMetrics.enabled" .) (eq (include "kubefal.gateway.tls.source" .) "secret") (not .Values.externalMetrics.caBundle) (not .Values.externalMetrics.insecureSkipTLSVerify) }}
 {{- fail "The external metrics APIService (externalMetrics.enabled) needs the CA of gateway.tls.existingSecret: set externalMetrics.caBundle to the base64 PEM CA that signed it." }}
+{{- end }}
+{{- if include "kubefal.rest.enabled" . }}
+{{- $storage := $gateway.storage }}
+{{- if and (eq $storage.type "s3") (not $storage.s3.bucket) }}
+{{- fail "gateway.storage.type=s3 needs gateway.storage.s3.bucket (and usually .endpoint, .region and .existingSecret with the access keys)." }}
+{{- end }}
+{{- if and (gt (int $gateway.replicas) 1) (eq $storage.type "embedded") (not (and $storage.embedded.persistence.enabled (has "ReadWriteMany" $storage.embedded.persistence.accessModes))) }}
+{{- fail (printf "gateway.replicas=%d needs a file store every replica sees: set gateway.storage.type=s3 (gateway.storage.s3.*), or keep the embedded store on a shared claim (gateway.storage.embedded.persistence.accessModes=[ReadWriteMany]), or turn the REST listener off (gateway.rest.enabled=false)." (int $gateway.replicas)) }}
+{{- end }}
 {{- end }}
 {{- $webhook := .Values.webhook }}
 {{- if $webhook.enabled }}
