@@ -261,3 +261,4 @@ def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_ord
         ["kubefal-probe-extra==1.0"],
     ]
     assert "requirements" not in spec
+    assert "in 2 layers, in order" in deployed.stdout + deployed.stderr

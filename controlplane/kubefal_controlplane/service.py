@@ -592,15 +592,19 @@ class Controller(IsolateControllerServicer):
         self._secret_namespace(caller, env)
         if request.files:
             raise _files_unsupported()
-        wanted = deploy.requirements(list(request.environments))
+        layers = deploy.requirement_layers(list(request.environments))
         env_id = hashlib.sha256(
             b"".join(e.SerializeToString(deterministic=True) for e in request.environments)
         ).hexdigest()
-        note = (
-            f"kubefal installs these requirements in each runner as it starts: {wanted}"
-            if wanted
-            else "no requirements beyond kubefal's runner image"
-        )
+        if len(layers) > 1:
+            note = (
+                f"kubefal installs these requirements in {len(layers)} layers, in order, in "
+                f"each runner as it starts (each layer cached on its own): {layers}"
+            )
+        elif layers:
+            note = f"kubefal installs these requirements in each runner as it starts: {layers[0]}"
+        else:
+            note = "no requirements beyond kubefal's runner image"
         yield isolate_proto.BuildEnvironmentResult(
             env_id=env_id,
             logs=[_log(note)],
