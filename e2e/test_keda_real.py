@@ -56,9 +56,22 @@ def keda(cluster: ClusterHandle, namespace: str, tmp_path: pathlib.Path) -> Iter
     assert binary.is_file(), "run `bash e2e/testbin.sh --keda`"
     crds = [*sorted((cluster.testbin / "crds").glob("keda.sh_*.yaml"))]
     crds += sorted((cluster.testbin / "crds-eventing").glob("*.yaml"))
+    names = []
     for crd in crds:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        names.append(yaml.safe_load(crd.read_text())["metadata"]["name"])
+
+    def established() -> bool:
+        items = json.loads(cluster.kubectl("get", "crd", *names, "-o", "json"))["items"]
+        return all(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in item.get("status", {}).get("conditions") or []
+            )
+            for item in items
+        )
+
+    waiting.wait_for(established, timeout=60, description="KEDA's CRDs established")
     certs = tmp_path / "keda-certs"
     local_cluster.issue_serving_certificate(
         certs, dns_names=["keda-operator.keda.svc", "localhost"], ip_addresses=["127.0.0.1"]
