@@ -99,24 +99,19 @@ def plane(
     process.stop()
 
 
-def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
-    cluster: ClusterHandle,
-    running: whole.System,
-    api_client: k8s.ApiClient,
-    key_namespace: str,
-    namespace: str,
-) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+def _kubefal_deploy(
+    cluster: ClusterHandle, namespace: str, bundled: pathlib.Path
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "KUBEFAL_"))}
     # The local package is importable where the developer deploys from, as fal needs too.
-    env["PYTHONPATH"] = str(BUNDLED)
-    deployed = subprocess.run(
+    env["PYTHONPATH"] = str(bundled)
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "kubefal_cli",
             "deploy",
-            f"{BUNDLED / 'project' / 'app' / 'bundled_app.py'}::BundledApp",
+            f"{bundled / 'project' / 'app' / 'bundled_app.py'}::BundledApp",
             "-n",
             namespace,
             "--kubeconfig",
@@ -130,7 +125,22 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
         timeout=240,
         check=False,
     )
+
+
+def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
+    cluster: ClusterHandle,
+    running: whole.System,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+    bundled = tmp_path / "bundled"
+    shutil.copytree(BUNDLED, bundled, ignore=shutil.ignore_patterns("__pycache__"))
+    deployed = _kubefal_deploy(cluster, namespace, bundled)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    first_maps = _source_config_maps(api_client, namespace)
 
     output = running.run_client(
         "import fal_client, json\n"
@@ -150,8 +160,24 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
     }
     spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
     assert spec["app"] == "app/bundled_app.py::BundledApp"
-    assert len(spec["source"]["configMaps"]) >= 1
+    assert {part["name"] for part in spec["source"]["configMaps"]} == first_maps
     assert "Left out: missing.txt" in deployed.stderr
+
+    # New file contents: a new bundle, the runners roll onto it, the earlier one is removed.
+    (bundled / "project" / "assets" / "notes.txt").write_text("second revision\n")
+    redeployed = _kubefal_deploy(cluster, namespace, bundled)
+    assert redeployed.returncode == 0, redeployed.stdout + redeployed.stderr
+    second_maps = _source_config_maps(api_client, namespace)
+    spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
+    assert {part["name"] for part in spec["source"]["configMaps"]} == second_maps
+    assert second_maps != first_maps
+
+
+def _source_config_maps(api_client: k8s.ApiClient, namespace: str) -> set[str]:
+    listed = k8s.CoreV1Api(api_client).list_namespaced_config_map(
+        namespace, label_selector="kubefal.io/source-of=bundled-app"
+    )
+    return {item.metadata.name for item in listed.items}
 
 
 def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_image(

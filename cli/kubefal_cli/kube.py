@@ -203,6 +203,32 @@ def apply_config_map(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> 
     return _json_body(response)
 
 
+def delete_config_maps_except(
+    kube: Kube, *, namespace: str, label_selector: str, keep: set[str]
+) -> list[str]:
+    """Delete the ConfigMaps matching ``label_selector`` whose names are not in ``keep``;
+    return the names deleted (one already gone counts as deleted)."""
+    listed = kube.core.list_namespaced_config_map(
+        namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT_SECONDS
+    )
+    deleted: list[str] = []
+    for item in listed.items:
+        if item.metadata is None or item.metadata.name is None:
+            continue
+        name = str(item.metadata.name)
+        if name in keep:
+            continue
+        try:
+            kube.core.delete_namespaced_config_map(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status != 404:
+                raise
+        deleted.append(name)
+    return deleted
+
+
 def apply_falapp(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> dict[str, Any]:
     """Server-side apply of a FalApp (field manager ``kubefal-cli``, conflicts forced)."""
     response = kube.custom.patch_namespaced_custom_object(

@@ -26,7 +26,7 @@ import click
 import rich.markup
 import yaml
 
-from kubefal_api import v1alpha1
+from kubefal_api import bundles, v1alpha1
 from kubefal_cli import appref, errors, kube, manifests, rendering, ui
 from kubefal_cli.commands import keys
 
@@ -272,7 +272,8 @@ def deploy_command(
     ):
         applied = kube.apply_falapp(client, manifest=falapp_manifest, dry_run=server_dry_run)
     owner_uid = None if server_dry_run else applied["metadata"]["uid"]
-    for config_map in manifests.source_config_maps(config, target=target, owner_uid=owner_uid):
+    config_maps = manifests.source_config_maps(config, target=target, owner_uid=owner_uid)
+    for config_map in config_maps:
         with kube.translated(
             client,
             action=f"applying ConfigMap {namespace}/{config_map['metadata']['name']}",
@@ -293,3 +294,14 @@ def deploy_command(
             generation=int(applied["metadata"].get("generation", 1)),
             timeout_seconds=timeout_seconds,
         )
+        if manifests.uses_bundle(config) and target.image is None:
+            # The new runners mount the new bundle; earlier bundles only take up etcd space.
+            with kube.translated(client, action=f"removing earlier files of {target.name}"):
+                removed = kube.delete_config_maps_except(
+                    client,
+                    namespace=namespace,
+                    label_selector=f"{bundles.LABEL_SOURCE_OF}={target.name}",
+                    keep={config_map["metadata"]["name"] for config_map in config_maps},
+                )
+            if removed:
+                ui.note(f"Removed the earlier app-file ConfigMaps: {', '.join(sorted(removed))}")
