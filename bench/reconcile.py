@@ -312,7 +312,7 @@ class OperatorProcess:
         return sum(
             float(line.split()[-1])
             for line in self.metrics().splitlines()
-            if line.startswith(name + "{") and having in line
+            if (line.startswith(name + "{") or line.startswith(name + " ")) and having in line
         )
 
     def stop(self) -> None:
