@@ -434,7 +434,7 @@ def test_partial_scaling_and_health_check_are_completed_with_defaults(
         "startPeriodSeconds": 30,
         "timeoutSeconds": 5,
         "failureThreshold": 3,
-        "callRegularly": False,
+        "callRegularly": True,  # fal: HealthCheck(call_regularly=True) by default
     }
     assert v1alpha1.FalApp.from_kube(created).spec == v1alpha1.FalApp.model_validate(manifest).spec
 
