@@ -293,6 +293,9 @@ def teardown(state_dir: pathlib.Path, stop_pids: Callable[[Sequence[int]], None]
             target = line.split()[1]
             if target.startswith(str(node.root) + "/"):
                 subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    # The unpacked images and snapshots (about 800 MB with both kubefal images); logs stay.
+    shutil.rmtree(node.root / "containerd" / "root", ignore_errors=True)
+    shutil.rmtree(node.root / "kubelet", ignore_errors=True)
     for created in state.get("created_cgroups", []):
         _remove_cgroup_tree(pathlib.Path(created))
     for created in state.get("created_host_paths", []):
