@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
-import re
 import socket
 import subprocess
 import sys
@@ -26,58 +25,14 @@ from cryptography import x509
 from isolate_proto import controller_pb2
 from isolate_proto.controller_pb2_grpc import IsolateControllerStub
 
-from e2e import cluster
 from kubefal_controlplane import settings as controlplane_settings
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "kubefal"
-NAMESPACE = "kubefal-system"
-
-
-def kubernetes_version() -> str:
-    text = (REPO_ROOT / "e2e" / "versions.env").read_text(encoding="utf-8")
-    match = re.search(r"^K8S_VERSION=(\S+)$", text, flags=re.MULTILINE)
-    assert match is not None
-    return match.group(1)
-
-
-def helm_template(values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    helm = cluster.testbin_dir() / "helm"
-    if not helm.exists():
-        pytest.fail(f"helm not found at {helm}: run `make testbin`")
-    return subprocess.run(
-        [
-            str(helm),
-            "template",
-            "kubefal",
-            str(CHART),
-            f"--namespace={NAMESPACE}",
-            f"--kube-version={kubernetes_version()}",
-            "--values=-",
-        ],
-        input=yaml.safe_dump(values),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    completed = helm_template(values)
-    assert completed.returncode == 0, completed.stderr
-    return [document for document in yaml.safe_load_all(completed.stdout) if document]
-
-
-def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    for item in objects:
-        if item["kind"] == kind and item["metadata"]["name"] == name:
-            return item
-    raise AssertionError(f"no {kind} {name}")
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+from tests.charthelm import (
+    NAMESPACE,
+    container,
+    find,
+    helm_template,
+    render,
+)
 
 
 def plain_env(deployment: dict[str, Any]) -> dict[str, str]:

@@ -9,67 +9,11 @@ passes are parsed by the gateway's and the operator's own settings code.
 
 from __future__ import annotations
 
-import pathlib
-import re
-import subprocess
-from typing import Any
-
-import pytest
-import yaml
-
-from e2e import cluster
 from kubefal_gateway import settings as gateway_settings
 from kubefal_operator import config as operator_config
 from kubefal_operator import signals
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "kubefal"
-
-
-def kubernetes_version() -> str:
-    text = (REPO_ROOT / "e2e" / "versions.env").read_text(encoding="utf-8")
-    match = re.search(r"^K8S_VERSION=(\S+)$", text, flags=re.MULTILINE)
-    assert match is not None
-    return match.group(1)
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    helm = cluster.testbin_dir() / "helm"
-    if not helm.exists():
-        pytest.fail(f"helm not found at {helm}: run `make testbin`")
-    completed = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "kubefal",
-            str(CHART),
-            "--namespace=kubefal-system",
-            f"--kube-version={kubernetes_version()}",
-            "--values=-",
-        ],
-        input=yaml.safe_dump(values),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    return [document for document in yaml.safe_load_all(completed.stdout) if document]
-
-
-def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    for item in objects:
-        if item["kind"] == kind and item["metadata"]["name"] == name:
-            return item
-    raise AssertionError(f"no {kind} {name}")
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
-
-
-def env(deployment: dict[str, Any]) -> dict[str, Any]:
-    return {item["name"]: item for item in container(deployment).get("env", [])}
+from tests.charthelm import container, find, render
+from tests.charthelm import env_items as env
 
 
 def test_the_admin_token_secret_reaches_the_gateway_and_the_operator() -> None:
