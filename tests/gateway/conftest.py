@@ -8,6 +8,7 @@
   at teardown.
 * ``redis_server``: a redis-server of one test's own, to stop and restart it.
 * ``wait_for``: poll an (async) predicate until it holds or a generous timeout runs out.
+* ``receiver``: a webhook receiver on 127.0.0.1 answering 200 (``webhook_harness.Receiver``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 import redis
 
 from kubefal_gateway import queueing, store_redis, store_sqlite
+from tests.gateway.webhook_harness import Receiver
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 STARTUP_TIMEOUT = 30.0
@@ -177,3 +179,11 @@ def wait_for() -> WaitFor:
             await asyncio.sleep(0.02)
 
     return wait
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver(statuses=[])
+    await server.start()
+    yield server
+    await server.stop()

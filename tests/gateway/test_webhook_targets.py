@@ -11,19 +11,17 @@ import ipaddress
 import pathlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import pytest
-from test_webhooks import Receiver
 
 from e2e import cluster
 from kubefal_gateway import queueing, webhook_targets, webhooks
+from tests.gateway.webhook_harness import LOCAL, Receiver, complete_hooked_job
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
-
-LOCAL = ("127.0.0.1/32",)
 
 
 @pytest.mark.parametrize(
@@ -118,38 +116,6 @@ async def test_resolution_keeps_only_allowed_addresses() -> None:
 
 
 # ---- delivery ----------------------------------------------------------------------------------
-async def complete_hooked(
-    store: queueing.QueueStore, *, app_id: str, url: str, request_id: str
-) -> None:
-    await store.submit(
-        queueing.Job(
-            request_id=request_id,
-            app_id=app_id,
-            path="/",
-            method="POST",
-            headers=(),
-            body=b"{}",
-            submitted_at=time.time(),
-            webhook_url=url,
-        )
-    )
-    job = await store.lease(app_id, holder="gw", lease_seconds=300)
-    assert job is not None and job.request_id == request_id
-    result = queueing.Result(
-        status_code=200,
-        headers=(("content-type", "application/json"),),
-        body=b'{"ok": true}',
-        completed_at=time.time(),
-    )
-    assert await store.complete(request_id, holder="gw", result=result)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver(statuses=[])
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_without_the_allow_list_a_loopback_receiver_gets_nothing(
@@ -162,8 +128,8 @@ async def test_without_the_allow_list_a_loopback_receiver_gets_nothing(
     )
     port = receiver.url.split(":")[2].split("/")[0]
     # A name that resolves to loopback passes the submit check; delivery refuses it.
-    await complete_hooked(
-        store, app_id="t/app", url=f"http://localhost:{port}/hook", request_id="r-1"
+    await complete_hooked_job(
+        store, f"http://localhost:{port}/hook", app_id="t/app", request_id="r-1"
     )
     await worker.deliver_due()
     await worker.drain()
@@ -185,8 +151,8 @@ async def test_delivery_connects_to_the_checked_address_with_the_urls_host(
         resolver=fixed_resolver({"hooks.test": ["127.0.0.1"]}),
     )
     port = receiver.url.split(":")[2].split("/")[0]
-    await complete_hooked(
-        store, app_id="t/app", url=f"http://hooks.test:{port}/hook?x=1", request_id="r-2"
+    await complete_hooked_job(
+        store, f"http://hooks.test:{port}/hook?x=1", app_id="t/app", request_id="r-2"
     )
     await worker.deliver_due()
     await worker.drain()
@@ -243,8 +209,8 @@ async def test_a_tarpit_receiver_only_holds_its_own_tenants_slots(
         on_outcome=outcomes.append,
     )
     for index in range(20):
-        await complete_hooked(store, app_id="slow/app", url=tarpit_url, request_id=f"slow-{index}")
-    await complete_hooked(store, app_id="fast/app", url=receiver.url, request_id="fast-1")
+        await complete_hooked_job(store, tarpit_url, app_id="slow/app", request_id=f"slow-{index}")
+    await complete_hooked_job(store, receiver.url, app_id="fast/app", request_id="fast-1")
     running = asyncio.create_task(worker.run())
     try:
         # The other tenant's webhook arrives although the tarpit, which answers nothing within
@@ -279,7 +245,7 @@ async def test_every_attempt_is_bounded_by_the_timeout(
         settings=webhooks.WebhookSettings(allow=LOCAL, timeout=0.5, base_delay=3600),
         on_outcome=outcomes.append,
     )
-    await complete_hooked(store, app_id="t/app", url=url, request_id="r-3")
+    await complete_hooked_job(store, url, app_id="t/app", request_id="r-3")
     await worker.deliver_due()
     await worker.drain()
     await worker.close()
@@ -322,8 +288,8 @@ async def test_https_is_verified_against_the_urls_host_while_connecting_to_the_c
         resolver=fixed_resolver({"hooks.test": ["127.0.0.1"]}),
     )
     try:
-        await complete_hooked(
-            store, app_id="t/app", url=f"https://hooks.test:{port}/hook", request_id="r-4"
+        await complete_hooked_job(
+            store, f"https://hooks.test:{port}/hook", app_id="t/app", request_id="r-4"
         )
         await worker.deliver_due()
         await worker.drain()
@@ -350,8 +316,8 @@ async def test_redirects_are_not_followed(open_queue_store: OpenStore) -> None:
         on_outcome=outcomes.append,
     )
     try:
-        await complete_hooked(
-            store, app_id="t/app", url=f"http://127.0.0.1:{port}/hook", request_id="r-5"
+        await complete_hooked_job(
+            store, f"http://127.0.0.1:{port}/hook", app_id="t/app", request_id="r-5"
         )
         await worker.deliver_due()
         await worker.drain()

@@ -3,77 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 
 from kubefal_gateway import queueing, webhooks
+from tests.gateway.webhook_harness import APP, LOCAL, Receiver, complete_hooked_job
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
 
 SECRET = b"webhook-test-secret"
-APP = "team/app"
-
-
-@dataclasses.dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """A minimal HTTP/1.1 server on 127.0.0.1 answering POSTs with scripted status codes."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.received: list[Received] = []
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/hook"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, host="127.0.0.1", port=0)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name:
-                        headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.received.append(Received(headers=headers, body=body))
-                status = self.statuses.pop(0) if self.statuses else 200
-                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode("latin-1"))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver(statuses=[])
-    await server.start()
-    yield server
-    await server.stop()
 
 
 class Clock:
@@ -82,10 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-LOCAL = ("127.0.0.1/32",)
-"""The receivers here listen on loopback, which only the operator's allow-list admits."""
 
 
 def settings(**overrides: object) -> webhooks.WebhookSettings:
@@ -99,32 +37,6 @@ def settings(**overrides: object) -> webhooks.WebhookSettings:
     }
     fields.update(overrides)
     return webhooks.WebhookSettings(**fields)  # type: ignore[arg-type]
-
-
-async def complete_hooked_job(
-    store: queueing.QueueStore, url: str, *, request_id: str = "job-1", now: float | None = None
-) -> None:
-    await store.submit(
-        queueing.Job(
-            request_id=request_id,
-            app_id=APP,
-            path="/",
-            method="POST",
-            headers=(),
-            body=b"{}",
-            submitted_at=time.time(),
-            webhook_url=url,
-        )
-    )
-    job = await store.lease(APP, holder="gw", lease_seconds=30, now=now)
-    assert job is not None
-    result = queueing.Result(
-        status_code=200,
-        headers=(("content-type", "application/json"),),
-        body=b'{"images": [1, 2]}',
-        completed_at=time.time(),
-    )
-    assert await store.complete(request_id, holder="gw", result=result, now=now)
 
 
 async def test_a_failing_receiver_gets_retries_with_backoff_until_it_accepts(
