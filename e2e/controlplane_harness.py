@@ -11,6 +11,7 @@ the environment a user would set: ``FAL_GRPC_HOST``, ``FAL_KEY`` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
+from e2e import system as whole
 from e2e import waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import apikeys, naming, v1alpha1
@@ -228,6 +230,25 @@ def wait_pod_ready(api_client: k8s.ApiClient, *, namespace: str, pod: str) -> No
     waiting.wait_for(ready, timeout=60, description=f"pod {namespace}/{pod} ready")
 
 
+def call_app(
+    running: whole.System,
+    app: str,
+    *,
+    key: apikeys.ApiKey,
+    arguments: dict[str, Any] | None = None,
+    method: str = "run",
+    timeout: float = 180,
+) -> Any:
+    """What the real ``fal_client`` (``run`` or ``subscribe``) answers for ``app``, decoded."""
+    output = running.run_client(
+        "import fal_client, json\n"
+        f"print(json.dumps(fal_client.{method}({app!r}, arguments={arguments or {}!r})))\n",
+        key=str(key),
+        timeout=timeout,
+    )
+    return json.loads(output.strip().splitlines()[-1])
+
+
 # ---- fixtures (import them into a test module to use them) ----------------------------------
 
 
@@ -270,6 +291,54 @@ def plane(
     log_path = tmp_path_factory.mktemp("controlplane-log") / "controlplane.log"
     process = ControlPlaneProcess(
         kubeconfig=cluster.kubeconfig, tls=cp_tls, key_namespace=key_namespace, log_path=log_path
+    ).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def running(
+    cluster: ClusterHandle,
+    namespace: str,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[whole.System]:
+    """The whole of kubefal (gateway, operator, runner pods as local processes) for one test."""
+    with whole.running_system(
+        cluster.kubeconfig,
+        workdir=tmp_path / "system",
+        namespaces=[namespace],
+        key_namespace=key_namespace,
+    ) as system:
+        e2e_logs.extend(system.logs)
+        yield system
+        e2e_logs.extend(system.pods.logs())
+
+
+@pytest.fixture
+def deploying_plane(
+    cluster: ClusterHandle,
+    running: whole.System,
+    cp_tls: localca.LocalTls,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+) -> Iterator[ControlPlaneProcess]:
+    """A control plane whose deploys reach ``running``'s gateway and name its public URLs."""
+    log_path = tmp_path / "controlplane.log"
+    e2e_logs.append(log_path)
+    process = ControlPlaneProcess(
+        kubeconfig=cluster.kubeconfig,
+        tls=cp_tls,
+        key_namespace=key_namespace,
+        log_path=log_path,
+        arguments=(
+            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
+            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
+            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
+            "--deploy-timeout=180",
+        ),
     ).start()
     yield process
     process.stop()

@@ -16,13 +16,11 @@ the pod runner writing ConfigMap and projected volumes as the kubelet does) next
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client as k8s
@@ -30,11 +28,19 @@ from kubernetes import client as k8s
 from e2e import controlplane_harness as harness
 from e2e import system as whole
 from e2e.conftest import ClusterHandle
-from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
+from e2e.controlplane_harness import (
+    ControlPlaneProcess,
+    call_app,
+    create_key,
+    get_falapp,
+    run_fal,
+)
 from tests import offline_wheels
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+running = harness.running
+deploying_plane = harness.deploying_plane
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "tests" / "cli" / "apps" / "bundled"
@@ -51,52 +57,6 @@ def wheels(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.P
     for name, value in offline_wheels.offline_pip_env(directory).items():
         monkeypatch.setenv(name, value)
     return directory
-
-
-@pytest.fixture
-def running(
-    cluster: ClusterHandle,
-    namespace: str,
-    key_namespace: str,
-    tmp_path: pathlib.Path,
-    e2e_logs: list[pathlib.Path],
-) -> Iterator[whole.System]:
-    with whole.running_system(
-        cluster.kubeconfig,
-        workdir=tmp_path / "system",
-        namespaces=[namespace],
-        key_namespace=key_namespace,
-    ) as system:
-        e2e_logs.extend(system.logs)
-        yield system
-        e2e_logs.extend(system.pods.logs())
-
-
-@pytest.fixture
-def plane(
-    cluster: ClusterHandle,
-    running: whole.System,
-    cp_tls: object,
-    key_namespace: str,
-    tmp_path: pathlib.Path,
-    e2e_logs: list[pathlib.Path],
-) -> Iterator[ControlPlaneProcess]:
-    log_path = tmp_path / "controlplane.log"
-    e2e_logs.append(log_path)
-    process = ControlPlaneProcess(
-        kubeconfig=cluster.kubeconfig,
-        tls=cp_tls,  # type: ignore[arg-type]
-        key_namespace=key_namespace,
-        log_path=log_path,
-        arguments=(
-            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
-            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
-            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
-            "--deploy-timeout=180",
-        ),
-    ).start()
-    yield process
-    process.stop()
 
 
 def _kubefal_deploy(
@@ -142,14 +102,8 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     first_maps = _source_config_maps(api_client, namespace)
 
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"print(json.dumps(fal_client.run('{namespace}/bundled-app', arguments={{}})))\n",
-        key=str(key),
-        timeout=180,
-    )
+    answer = call_app(running, f"{namespace}/bundled-app", key=key)
 
-    answer = json.loads(output.strip().splitlines()[-1])
     assert answer == {
         "greeting": "hello from helpers",
         "package": "localpkg (sub.inner)",
@@ -181,7 +135,7 @@ def _source_config_maps(api_client: k8s.ApiClient, namespace: str) -> set[str]:
 
 
 def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_image(
-    plane: ControlPlaneProcess,
+    deploying_plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
     key_namespace: str,
     namespace: str,
@@ -190,7 +144,7 @@ def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_ima
     key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
 
     deployed = run_fal(
-        plane,
+        deploying_plane,
         "deploy",
         f"{APPS / 'container_app.py'}::ContainerApp",
         "--app-name",
@@ -210,7 +164,7 @@ def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_ima
 
 
 def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
-    plane: ControlPlaneProcess,
+    deploying_plane: ControlPlaneProcess,
     running: whole.System,
     api_client: k8s.ApiClient,
     key_namespace: str,
@@ -221,7 +175,7 @@ def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
     client = tmp_path / "client"
     shutil.copytree(BUNDLED / "localpkg", client / "localpkg")
     shutil.copy(APPS / "local_modules_app.py", client / "app.py")
-    env = harness.client_environment(plane, key=key, home=tmp_path)
+    env = harness.client_environment(deploying_plane, key=key, home=tmp_path)
     env["PYTHONPATH"] = str(client)
 
     deployed = subprocess.run(
@@ -234,14 +188,9 @@ def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
         check=False,
     )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"print(json.dumps(fal_client.run('{namespace}/local-mods', arguments={{}})))\n",
-        key=str(key),
-        timeout=180,
-    )
+    answer = call_app(running, f"{namespace}/local-mods", key=key)
 
-    assert json.loads(output.strip().splitlines()[-1]) == {"package": "localpkg (sub.inner)"}
+    assert answer == {"package": "localpkg (sub.inner)"}
     source = get_falapp(api_client, namespace=namespace, name="local-mods")["spec"]["source"]
     paths = {item["path"] for part in source["configMaps"] for item in part["items"]}
     assert paths == {"app.py", "_kubefal_function.pkl", "_kubefal_local_modules.json"}
@@ -250,7 +199,7 @@ def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
 
 def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_order(
     wheels: pathlib.Path,
-    plane: ControlPlaneProcess,
+    deploying_plane: ControlPlaneProcess,
     running: whole.System,
     api_client: k8s.ApiClient,
     key_namespace: str,
@@ -260,7 +209,7 @@ def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_ord
     key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
 
     deployed = run_fal(
-        plane,
+        deploying_plane,
         "deploy",
         f"{APPS / 'layered_app.py'}::LayeredApp",
         "--app-name",
@@ -270,14 +219,9 @@ def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_ord
         timeout=240,
     )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"print(json.dumps(fal_client.run('{namespace}/layered', arguments={{}})))\n",
-        key=str(key),
-        timeout=180,
-    )
+    answer = call_app(running, f"{namespace}/layered", key=key)
 
-    assert json.loads(output.strip().splitlines()[-1]) == {
+    assert answer == {
         "first": "layer one",
         "second": "layer two",
     }

@@ -8,12 +8,9 @@ next to ``python -m kubefal_controlplane``; the unmodified ``fal`` CLI deploys
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
-from collections.abc import Iterator
 
-import pytest
 from fal.api import SyncServerlessClient
 from fal.sdk import RunnerState
 from kubernetes import client as k8s
@@ -21,59 +18,20 @@ from kubernetes import client as k8s
 from e2e import controlplane_harness as harness
 from e2e import system as whole
 from e2e import waiting
-from e2e.conftest import ClusterHandle
-from e2e.controlplane_harness import ControlPlaneProcess, create_key, get_falapp, run_fal
+from e2e.controlplane_harness import (
+    ControlPlaneProcess,
+    call_app,
+    create_key,
+    get_falapp,
+    run_fal,
+)
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+running = harness.running
+deploying_plane = harness.deploying_plane
 
 APP_FILE = pathlib.Path(__file__).with_name("apps") / "sleepy.py"
-
-
-@pytest.fixture
-def running(
-    cluster: ClusterHandle,
-    namespace: str,
-    key_namespace: str,
-    tmp_path: pathlib.Path,
-    e2e_logs: list[pathlib.Path],
-) -> Iterator[whole.System]:
-    with whole.running_system(
-        cluster.kubeconfig,
-        workdir=tmp_path / "system",
-        namespaces=[namespace],
-        key_namespace=key_namespace,
-    ) as system:
-        e2e_logs.extend(system.logs)
-        yield system
-        e2e_logs.extend(system.pods.logs())
-
-
-@pytest.fixture
-def deploying_plane(
-    cluster: ClusterHandle,
-    running: whole.System,
-    cp_tls: object,
-    key_namespace: str,
-    tmp_path: pathlib.Path,
-    e2e_logs: list[pathlib.Path],
-) -> Iterator[ControlPlaneProcess]:
-    log_path = tmp_path / "controlplane.log"
-    e2e_logs.append(log_path)
-    process = ControlPlaneProcess(
-        kubeconfig=cluster.kubeconfig,
-        tls=cp_tls,  # type: ignore[arg-type]
-        key_namespace=key_namespace,
-        log_path=log_path,
-        arguments=(
-            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
-            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
-            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
-            "--deploy-timeout=180",
-        ),
-    ).start()
-    yield process
-    process.stop()
 
 
 def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
@@ -99,18 +57,19 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
         home=tmp_path,
         timeout=240,
     )
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"print(json.dumps(fal_client.subscribe('{namespace}/sleepy',"
-        " arguments={'tag': 'deployed'})))\n",
-        key=str(key),
+    answer = call_app(
+        running,
+        f"{namespace}/sleepy",
+        key=key,
+        arguments={"tag": "deployed"},
+        method="subscribe",
         timeout=240,
     )
     first_result_seconds = time.monotonic() - started
 
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert f"https://127.0.0.1:{running.ports.run}/{namespace}/sleepy" in deployed.stdout
-    assert json.loads(output.strip().splitlines()[-1])["tag"] == "deployed"
+    assert answer["tag"] == "deployed"
     app = get_falapp(api_client, namespace=namespace, name="sleepy")
     spec = app["spec"]
     assert spec["app"] == "app.py::Sleepy"
@@ -201,16 +160,17 @@ def test_fal_secrets_reach_the_runners_of_a_deployed_app_as_environment_variable
         home=tmp_path,
         timeout=240,
     )
-    output = running.run_client(
-        "import fal_client, json\n"
-        f"print(json.dumps(fal_client.subscribe('{namespace}/secret-echo',"
-        " arguments={'name': 'ECHO_TOKEN'})))\n",
-        key=str(key),
+    answer = call_app(
+        running,
+        f"{namespace}/secret-echo",
+        key=key,
+        arguments={"name": "ECHO_TOKEN"},
+        method="subscribe",
         timeout=240,
     )
 
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert json.loads(output.strip().splitlines()[-1]) == {"value": "s3cr3t"}
+    assert answer == {"value": "s3cr3t"}
 
 
 def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(
