@@ -91,6 +91,16 @@ def _api_failure(error: ApiException, what: str) -> errors.RpcFailure:
     return errors.RpcFailure(grpc.StatusCode.UNAVAILABLE, f"{what}: Kubernetes API error")
 
 
+def _failure(error: Exception, rpc: str) -> errors.RpcFailure:
+    """The status an RPC ends with when ``error`` escapes it (the unexpected ones logged)."""
+    if isinstance(error, errors.RpcFailure):
+        return error
+    if isinstance(error, ApiException):
+        return _api_failure(error, rpc)
+    logger.exception("%s failed", rpc)
+    return errors.RpcFailure(grpc.StatusCode.INTERNAL, f"{rpc} failed; see the control-plane log")
+
+
 def _rpc(
     method: Callable[[Controller, Any, auth.Caller], Any],
 ) -> Callable[[Controller, Any, grpc.ServicerContext], Any]:
@@ -98,19 +108,11 @@ def _rpc(
 
     @functools.wraps(method)
     def wrapper(self: Controller, request: Any, context: grpc.ServicerContext) -> Any:
-        failure: errors.RpcFailure
         try:
             caller = self.authenticator.authenticate(context.invocation_metadata() or ())
             return method(self, request, caller)
-        except errors.RpcFailure as raised:
-            failure = raised
-        except ApiException as error:
-            failure = _api_failure(error, method.__name__)
-        except Exception:
-            logger.exception("%s failed", method.__name__)
-            failure = errors.RpcFailure(
-                grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the control-plane log"
-            )
+        except Exception as error:
+            failure = _failure(error, method.__name__)
         context.abort(failure.code, failure.message)
 
     return wrapper
@@ -123,23 +125,20 @@ def _stream_rpc(
 
     @functools.wraps(method)
     def wrapper(self: Controller, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        failure: errors.RpcFailure
         try:
             caller = self.authenticator.authenticate(context.invocation_metadata() or ())
             yield from method(self, request, caller, context)
             return
-        except errors.RpcFailure as raised:
-            failure = raised
-        except ApiException as error:
-            failure = _api_failure(error, method.__name__)
-        except Exception:
-            logger.exception("%s failed", method.__name__)
-            failure = errors.RpcFailure(
-                grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the control-plane log"
-            )
+        except Exception as error:
+            failure = _failure(error, method.__name__)
         context.abort(failure.code, failure.message)
 
     return wrapper
+
+
+def _environment(request: Any) -> str | None:
+    """The request's ``environment_name`` (kubefal: a namespace), ``None`` when unset."""
+    return request.environment_name if request.HasField("environment_name") else None
 
 
 def _log(message: str, *, level: Any = isolate_proto.LogLevel.INFO) -> isolate_proto.Log:
@@ -207,6 +206,16 @@ class Controller(IsolateControllerServicer):
                 f"{field}: {ref.name!r} is ambiguous ({ids}); name the app as <namespace>/<name>"
             )
         return found[0]
+
+    def _visible_apps(
+        self, caller: auth.Caller, scope: tuple[str, ...] | None
+    ) -> list[dict[str, Any]]:
+        """The FalApps in ``scope`` whose namespace the caller's key reaches."""
+        return [
+            app
+            for app in self.cluster.list_falapps(scope)
+            if caller.allows(str(app["metadata"]["namespace"]))
+        ]
 
     def _pods_by_app(
         self, scope: tuple[str, ...] | None
@@ -276,14 +285,8 @@ class Controller(IsolateControllerServicer):
     def ListAliases(
         self, request: isolate_proto.ListAliasesRequest, caller: auth.Caller
     ) -> isolate_proto.ListAliasesResult:
-        scope = self._scope(
-            caller, request.environment_name if request.HasField("environment_name") else None
-        )
-        apps = [
-            app
-            for app in self.cluster.list_falapps(scope)
-            if caller.allows(str(app["metadata"]["namespace"]))
-        ]
+        scope = self._scope(caller, _environment(request))
+        apps = self._visible_apps(caller, scope)
         pods = self._pods_by_app(scope)
         infos = []
         for app in sorted(apps, key=mapping.app_id):
@@ -298,16 +301,12 @@ class Controller(IsolateControllerServicer):
         self, request: isolate_proto.ListApplicationsRequest, caller: auth.Caller
     ) -> isolate_proto.ListApplicationsResult:
         """``fal apps list-rev``: kubefal keeps one revision per app (its FalApp)."""
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         if request.HasField("application_name") and request.application_name:
             apps = [self._resolve(caller, request.application_name, env, field="application_name")]
         else:
             scope = self._scope(caller, env)
-            apps = [
-                app
-                for app in self.cluster.list_falapps(scope)
-                if caller.allows(str(app["metadata"]["namespace"]))
-            ]
+            apps = self._visible_apps(caller, scope)
         pods = self._pods_by_app(
             tuple(sorted({str(app["metadata"]["namespace"]) for app in apps})) or ()
         )
@@ -326,7 +325,7 @@ class Controller(IsolateControllerServicer):
     def ListAliasRunners(
         self, request: isolate_proto.ListAliasRunnersRequest, caller: auth.Caller
     ) -> isolate_proto.ListAliasRunnersResponse:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         app = self._resolve(caller, request.alias, env, field="alias")
         meta = app["metadata"]
         pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
@@ -360,7 +359,7 @@ class Controller(IsolateControllerServicer):
     def UpdateApplication(
         self, request: isolate_proto.UpdateApplicationRequest, caller: auth.Caller
     ) -> isolate_proto.UpdateApplicationResult:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         app = self._resolve(caller, request.application_name, env, field="application_name")
         meta = app["metadata"]
         for attempt in range(CONFLICT_RETRIES):
@@ -398,7 +397,7 @@ class Controller(IsolateControllerServicer):
         self, request: isolate_proto.RolloutApplicationRequest, caller: auth.Caller
     ) -> isolate_proto.RolloutApplicationResult:
         """``fal apps rollout``: replace the app's runners with its rollout strategy."""
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         app = self._resolve(caller, request.application_name, env, field="application_name")
         meta = app["metadata"]
         now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -422,7 +421,7 @@ class Controller(IsolateControllerServicer):
     def DeleteAlias(
         self, request: isolate_proto.DeleteAliasRequest, caller: auth.Caller
     ) -> isolate_proto.DeleteAliasResult:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         app = self._resolve(caller, request.alias, env, field="alias")
         meta = app["metadata"]
         self.cluster.delete_falapp(meta["namespace"], meta["name"])
@@ -588,7 +587,7 @@ class Controller(IsolateControllerServicer):
         caller: auth.Caller,
         context: grpc.ServicerContext,
     ) -> Iterator[isolate_proto.BuildEnvironmentResult]:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         self._secret_namespace(caller, env)
         if request.files:
             raise _files_unsupported()
@@ -618,7 +617,7 @@ class Controller(IsolateControllerServicer):
         caller: auth.Caller,
         context: grpc.ServicerContext,
     ) -> Iterator[isolate_proto.RegisterApplicationResult]:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         if not request.application_name:
             raise errors.invalid_argument(
                 "application_name", "required: name the app (fal deploy --app-name NAME)"
@@ -808,7 +807,7 @@ class Controller(IsolateControllerServicer):
         value = request.value if request.HasField("value") else None
         if value is not None and len(value.encode("utf-8")) > MAX_SECRET_VALUE_BYTES:
             raise errors.invalid_argument("value", f"larger than {MAX_SECRET_VALUE_BYTES} bytes")
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         namespace = self._secret_namespace(caller, env)
         for attempt in range(CONFLICT_RETRIES):
             try:
@@ -872,7 +871,7 @@ class Controller(IsolateControllerServicer):
     def ListSecrets(
         self, request: isolate_proto.ListSecretsRequest, caller: auth.Caller
     ) -> isolate_proto.ListSecretsResponse:
-        env = request.environment_name if request.HasField("environment_name") else None
+        env = _environment(request)
         scope = self._scope(caller, env)
         namespaces = scope if scope is not None else self._secret_namespaces_everywhere()
         listed: list[isolate_proto.Secret] = []
