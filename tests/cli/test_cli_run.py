@@ -201,19 +201,29 @@ def _read_env_file(path: pathlib.Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
+def wait_env_file(cli: RunningCli, wait_for: WaitFor) -> None:
+    """Wait until `kubefal run` has written its env file (or has exited)."""
+    wait_for(
+        lambda: cli.env_file.exists() or cli.process.poll() is not None,
+        timeout=STARTUP_TIMEOUT + 30,
+        description="the env file of `kubefal run`",
+    )
+
+
+def started_env(cli: RunningCli, wait_for: WaitFor) -> dict[str, str]:
+    """The env `kubefal run` printed, once it has started (and is still running)."""
+    wait_env_file(cli, wait_for)
+    assert cli.process.poll() is None, cli.stderr()
+    return _read_env_file(cli.env_file)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_fal_client_calls_the_app_with_the_printed_env_and_a_signal_stops_everything(
     start_cli: StartCli, wait_for: WaitFor, apps_dir: pathlib.Path, stop_signal: signal.Signals
 ) -> None:
     cli = start_cli(str(apps_dir / "echo_app.py::CliEchoApp"))
-    wait_for(
-        lambda: cli.env_file.exists() or cli.process.poll() is not None,
-        timeout=STARTUP_TIMEOUT + 30,
-        description="the env file of `kubefal run`",
-    )
-    assert cli.process.poll() is None, cli.stderr()
-    env = _read_env_file(cli.env_file)
+    env = started_env(cli, wait_for)
     children = psutil.Process(cli.process.pid).children(recursive=True)
 
     call = subprocess.run(
@@ -296,11 +306,7 @@ def test_even_a_kill_9_of_kubefal_run_takes_its_children_down(
     start_cli: StartCli, wait_for: WaitFor, apps_dir: pathlib.Path
 ) -> None:
     cli = start_cli(str(apps_dir / "echo_app.py::CliEchoApp"))
-    wait_for(
-        lambda: cli.env_file.exists() or cli.process.poll() is not None,
-        timeout=STARTUP_TIMEOUT + 30,
-        description="the env file of `kubefal run`",
-    )
+    wait_env_file(cli, wait_for)
     children = psutil.Process(cli.process.pid).children(recursive=True)
     assert len(children) >= 2, cli.stderr()
 
@@ -329,13 +335,7 @@ def test_run_installs_the_apps_requirement_layers_as_a_runner_pod_does(
     start_cli: StartCli, wait_for: WaitFor, apps_dir: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     cli = start_cli(str(apps_dir / "layered_app.py::CliLayeredApp"))
-    wait_for(
-        lambda: cli.env_file.exists() or cli.process.poll() is not None,
-        timeout=STARTUP_TIMEOUT + 30,
-        description="the env file of `kubefal run`",
-    )
-    assert cli.process.poll() is None, cli.stderr()
-    env = _read_env_file(cli.env_file)
+    env = started_env(cli, wait_for)
 
     call = subprocess.run(
         [sys.executable, "-c", LAYERS_CLIENT],

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from tests.cli.test_cli_run import STARTUP_TIMEOUT, StartCli, WaitFor, _read_env_file, start_cli
+from tests.cli.test_cli_run import StartCli, WaitFor, start_cli, started_env
 from tests.gateway import storage_harness
 
 __all__ = ["start_cli"]
@@ -20,13 +20,7 @@ def test_uploads_images_and_realtime_with_the_printed_env(
     start_cli: StartCli, wait_for: WaitFor, tmp_path: pathlib.Path
 ) -> None:
     cli = start_cli(storage_harness.FILES_APP)
-    wait_for(
-        lambda: cli.env_file.exists() or cli.process.poll() is not None,
-        timeout=STARTUP_TIMEOUT + 30,
-        description="the env file of `kubefal run`",
-    )
-    assert cli.process.poll() is None, cli.stderr()
-    env = _read_env_file(cli.env_file)
+    env = started_env(cli, wait_for)
     python = storage_harness.hooked_python(tmp_path / "client")
     data = hashlib.sha256(b"w").digest() * 65536
     (tmp_path / "w.bin").write_bytes(data)
