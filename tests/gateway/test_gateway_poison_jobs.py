@@ -8,6 +8,8 @@ each time the job reaches the runner, then restarted on the same database. With
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import gwharness
 import httpx
@@ -18,6 +20,47 @@ pytestmark = pytest.mark.slow
 APP = "team-a/poison"
 MAX_ATTEMPTS = 3
 COUNTING_APP = f"{gwharness.APPS_DIR / 'counting_app.py'}::CountingApp"
+ARGS = ["--max-attempts", str(MAX_ATTEMPTS), "--lease-seconds", "30"]
+
+
+def kill_at_each_dispatch(
+    gateways: list[gwharness.Gateway],
+    client: httpx.Client,
+    base: str,
+    runs: Callable[[], int],
+    *,
+    workdir: pathlib.Path,
+    static: dict[str, Any],
+    runs_before: int,
+) -> None:
+    """Kill the gateway (-9) each time the job at ``base`` reaches the runner again, with the
+    job in flight, and start another on the same ports and database; until the job completes.
+
+    ``runs_before``: runs that end by themselves first (the first kill waits for run
+    ``runs_before + 1``)."""
+    first = gateways[0]
+    ports = (first.queue_port, first.run_port, first.admin_port)
+    for restart in range(2 * MAX_ATTEMPTS):
+        gwharness.wait_for(
+            lambda seen=restart + runs_before + 1: (
+                runs() >= seen or client.get(base + "/status").json()["status"] == "COMPLETED"
+            ),
+            timeout=60,
+            message="the job dispatched again or completed",
+        )
+        if client.get(base + "/status").json()["status"] == "COMPLETED":
+            return
+        gateways[-1].kill()  # the gateway dies with the job in flight
+        gateway = gwharness.Gateway(
+            workdir=workdir,
+            static_config=static,
+            tls=None,
+            extra_args=ARGS,
+            name=f"gateway-{restart}",
+            ports=ports,
+        )
+        gateways.append(gateway)
+        gateway.wait_ready()
 
 
 def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
@@ -31,16 +74,11 @@ def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
         workdir=tmp_path, env={"GATEWAY_TEST_EXEC_DIR": str(exec_dir)}, max_multiplexing=8
     )
     static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
-    args = ["--max-attempts", str(MAX_ATTEMPTS), "--lease-seconds", "30"]
-    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=args)
-    ports = (gateway.queue_port, gateway.run_port, gateway.admin_port)
+    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=ARGS)
     gateways = [gateway]
 
     def runs() -> int:
         return sum(1 for path in exec_dir.iterdir() if path.name.startswith("poison."))
-
-    def dispatched_again_or_completed(seen: int, status_url: str) -> bool:
-        return runs() >= seen or client.get(status_url).json()["status"] == "COMPLETED"
 
     with gwharness.cleanup(runner), httpx.Client(timeout=30) as client:
         try:
@@ -51,25 +89,9 @@ def test_a_job_whose_gateway_dies_each_time_runs_max_attempts_times_then_fails(
             )
             assert submitted.status_code == 200, submitted.text
             base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
-            for restart in range(2 * MAX_ATTEMPTS):
-                gwharness.wait_for(
-                    lambda seen=restart + 1: dispatched_again_or_completed(seen, base + "/status"),
-                    timeout=60,
-                    message="the job dispatched again or completed",
-                )
-                if client.get(base + "/status").json()["status"] == "COMPLETED":
-                    break
-                gateway.kill()  # the gateway dies with the job in flight
-                gateway = gwharness.Gateway(
-                    workdir=tmp_path,
-                    static_config=static,
-                    tls=None,
-                    extra_args=args,
-                    name=f"gateway-{restart}",
-                    ports=ports,
-                )
-                gateways.append(gateway)
-                gateway.wait_ready()
+            kill_at_each_dispatch(
+                gateways, client, base, runs, workdir=tmp_path, static=static, runs_before=0
+            )
             status = client.get(base + "/status").json()
             result = client.get(base)
         except BaseException:
@@ -90,9 +112,7 @@ def test_retries_within_a_dispatch_and_crashes_share_one_attempt_budget(
 ) -> None:
     runner = gwharness.Runner(workdir=tmp_path, app_ref=COUNTING_APP, max_multiplexing=8)
     static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
-    args = ["--max-attempts", str(MAX_ATTEMPTS), "--lease-seconds", "30"]
-    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=args)
-    ports = (gateway.queue_port, gateway.run_port, gateway.admin_port)
+    gateway = gwharness.Gateway(workdir=tmp_path, static_config=static, tls=None, extra_args=ARGS)
     gateways = [gateway]
 
     def runs() -> int:
@@ -110,28 +130,10 @@ def test_retries_within_a_dispatch_and_crashes_share_one_attempt_budget(
             )
             assert submitted.status_code == 200, submitted.text
             base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
-            for restart in range(2 * MAX_ATTEMPTS):
-                gwharness.wait_for(
-                    lambda seen=restart + 2: (
-                        runs() >= seen
-                        or client.get(base + "/status").json()["status"] == "COMPLETED"
-                    ),
-                    timeout=60,
-                    message="the job dispatched again or completed",
-                )
-                if client.get(base + "/status").json()["status"] == "COMPLETED":
-                    break
-                gateway.kill()
-                gateway = gwharness.Gateway(
-                    workdir=tmp_path,
-                    static_config=static,
-                    tls=None,
-                    extra_args=args,
-                    name=f"gateway-{restart}",
-                    ports=ports,
-                )
-                gateways.append(gateway)
-                gateway.wait_ready()
+            # Run 1 ends by itself (a retry): the first kill waits for run 2.
+            kill_at_each_dispatch(
+                gateways, client, base, runs, workdir=tmp_path, static=static, runs_before=1
+            )
             result = client.get(base)
             total_runs = runs()
         finally:
