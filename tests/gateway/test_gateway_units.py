@@ -399,16 +399,26 @@ def _pod(name: str, *, ip: str | None, ready: bool, deleting: bool = False) -> d
     }
 
 
-async def test_pod_events_add_and_remove_runners_by_ip_and_readiness() -> None:
-    table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
-    watcher = discovery.KubernetesDiscovery(
-        registry=apps.AppRegistry(),
-        keys=auth.KeyStore(),
+def _discovery(
+    table: runners.RunnerTable,
+    *,
+    registry: apps.AppRegistry | None = None,
+    keys: auth.KeyStore | None = None,
+) -> discovery.KubernetesDiscovery:
+    """Kubernetes discovery with no API server: the tests feed it watch events by hand."""
+    return discovery.KubernetesDiscovery(
+        registry=apps.AppRegistry() if registry is None else registry,
+        keys=auth.KeyStore() if keys is None else keys,
         table=table,
         kubeconfig=None,
         key_namespace=None,
         runner_port=8080,
     )
+
+
+async def test_pod_events_add_and_remove_runners_by_ip_and_readiness() -> None:
+    table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
+    watcher = _discovery(table)
     try:
         watcher._on_replica_set("ADDED", _REPLICA_SET)
         watcher._on_pod("ADDED", _pod("gen-1", ip="10.0.0.1", ready=True))
@@ -453,14 +463,7 @@ _OTHER_REPLICA_SET = {
 
 
 def _watcher(table: runners.RunnerTable) -> discovery.KubernetesDiscovery:
-    watcher = discovery.KubernetesDiscovery(
-        registry=apps.AppRegistry(),
-        keys=auth.KeyStore(),
-        table=table,
-        kubeconfig=None,
-        key_namespace=None,
-        runner_port=8080,
-    )
+    watcher = _discovery(table)
     watcher._on_replica_set("ADDED", _REPLICA_SET)
     watcher._on_replica_set("ADDED", _OTHER_REPLICA_SET)
     return watcher
@@ -524,13 +527,10 @@ async def test_a_pod_cannot_announce_itself_as_another_apps_runner() -> None:
 def test_falapp_and_key_secret_events_update_the_registry_and_key_store() -> None:
     registry = apps.AppRegistry()
     keys = auth.KeyStore()
-    watcher = discovery.KubernetesDiscovery(
+    watcher = _discovery(
+        runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60),
         registry=registry,
         keys=keys,
-        table=runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60),
-        kubeconfig=None,
-        key_namespace=None,
-        runner_port=8080,
     )
     falapp = {
         "metadata": {"namespace": "team", "name": "gen"},
@@ -567,14 +567,7 @@ def test_503_is_retried_unless_skipped_and_x_fal_needs_retry_overrides_both_ways
 
 async def test_a_pod_with_runner_labels_is_a_runner_only_under_its_apps_deployment() -> None:
     table = runners.RunnerTable(client=upstream.UpstreamClient(), probe_interval=60)
-    watcher = discovery.KubernetesDiscovery(
-        registry=apps.AppRegistry(),
-        keys=auth.KeyStore(),
-        table=table,
-        kubeconfig=None,
-        key_namespace=None,
-        runner_port=8080,
-    )
+    watcher = _discovery(table)
     owner = {
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
