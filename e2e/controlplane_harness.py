@@ -297,6 +297,12 @@ def plane(
 
 
 @pytest.fixture
+def key(api_client: k8s.ApiClient, key_namespace: str, namespace: str) -> apikeys.ApiKey:
+    """An API key for the test's namespace, stored as ``kubefal keys create`` stores it."""
+    return create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
+
+
+@pytest.fixture
 def running(
     cluster: ClusterHandle,
     namespace: str,

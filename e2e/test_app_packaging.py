@@ -31,14 +31,15 @@ from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     call_app,
-    create_key,
     get_falapp,
     run_fal,
 )
+from kubefal_api import apikeys
 from tests import offline_wheels
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+key = harness.key
 running = harness.running
 deploying_plane = harness.deploying_plane
 
@@ -91,11 +92,10 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
     cluster: ClusterHandle,
     running: whole.System,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     bundled = tmp_path / "bundled"
     shutil.copytree(BUNDLED, bundled, ignore=shutil.ignore_patterns("__pycache__"))
     deployed = _kubefal_deploy(cluster, namespace, bundled)
@@ -137,12 +137,10 @@ def _source_config_maps(api_client: k8s.ApiClient, namespace: str) -> set[str]:
 def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_image(
     deploying_plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-
     deployed = run_fal(
         deploying_plane,
         "deploy",
@@ -167,11 +165,10 @@ def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(
     deploying_plane: ControlPlaneProcess,
     running: whole.System,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = tmp_path / "client"
     shutil.copytree(BUNDLED / "localpkg", client / "localpkg")
     shutil.copy(APPS / "local_modules_app.py", client / "app.py")
@@ -202,12 +199,10 @@ def test_fal_deploy_keeps_requirement_layers_and_the_runner_installs_them_in_ord
     deploying_plane: ControlPlaneProcess,
     running: whole.System,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-
     deployed = run_fal(
         deploying_plane,
         "deploy",

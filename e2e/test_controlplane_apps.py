@@ -27,9 +27,11 @@ from e2e.controlplane_harness import (
     get_falapp,
     wait_pod_ready,
 )
+from kubefal_api import apikeys
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+key = harness.key
 plane = harness.plane
 
 CUSTOM_SPEC = {
@@ -66,9 +68,9 @@ def _client(plane: ControlPlaneProcess, key: object) -> SyncServerlessClient:
 def test_apps_list_shows_every_app_the_key_may_see_with_every_field(
     plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     other_namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
     custom = create_falapp(api_client, namespace=namespace, name="custom", **CUSTOM_SPEC)
     plain = create_falapp(api_client, namespace=namespace, name="plain")
@@ -78,7 +80,6 @@ def test_apps_list_shows_every_app_the_key_may_see_with_every_field(
         api_client, namespace=namespace, app="custom", pod="custom-pending", schedulable=False
     )
     wait_pod_ready(api_client, namespace=namespace, pod="custom-ready")
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
 
     apps = _client(plane, key).apps.list()
 
@@ -146,7 +147,10 @@ def test_an_all_namespaces_key_sees_every_namespace_and_an_environment_selects_o
 
 
 def test_apps_runners_reports_each_runner_pod_with_its_state_and_filters(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="demo", machineTypes=["M"])
     create_runner_pod(api_client, namespace=namespace, app="demo", pod="demo-ready")
@@ -155,9 +159,7 @@ def test_apps_runners_reports_each_runner_pod_with_its_state_and_filters(
     )
     create_runner_pod(api_client, namespace=namespace, app="elsewhere", pod="other-app-pod")
     wait_pod_ready(api_client, namespace=namespace, pod="demo-ready")
-    client = _client(
-        plane, create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-    )
+    client = _client(plane, key)
 
     runners = {runner.runner_id: runner for runner in client.apps.runners(f"{namespace}/demo")}
     running = client.apps.runners("demo", state=["running"])
@@ -183,18 +185,16 @@ def test_apps_runners_reports_each_runner_pod_with_its_state_and_filters(
 def test_runners_list_shows_the_runners_of_every_app_the_key_may_see(
     plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     other_namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="mine")
     create_falapp(api_client, namespace=other_namespace, name="theirs")
     create_runner_pod(api_client, namespace=namespace, app="mine", pod="mine-0")
     create_runner_pod(api_client, namespace=other_namespace, app="theirs", pod="theirs-0")
     wait_pod_ready(api_client, namespace=namespace, pod="mine-0")
-    client = _client(
-        plane, create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-    )
+    client = _client(plane, key)
 
     runners = client.runners.list()
     later = client.runners.list(
@@ -208,10 +208,12 @@ def test_runners_list_shows_the_runners_of_every_app_the_key_may_see(
 
 
 def test_apps_scale_writes_the_falapp_spec_and_leaves_omitted_fields_alone(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="scaled", **CUSTOM_SPEC)
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = _client(plane, key)
 
     updated = client.apps.scale(
@@ -256,12 +258,13 @@ def test_apps_scale_writes_the_falapp_spec_and_leaves_omitted_fields_alone(
 
 
 def test_a_scale_the_falapp_schema_refuses_changes_nothing(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="strict", scaling={"maxConcurrency": 3})
-    client = _client(
-        plane, create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-    )
+    client = _client(plane, key)
     before = get_falapp(api_client, namespace=namespace, name="strict")
 
     with pytest.raises(grpc.RpcError) as raised:

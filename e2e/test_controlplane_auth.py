@@ -22,6 +22,7 @@ from kubefal_api import apikeys
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+key = harness.key
 plane = harness.plane
 
 
@@ -71,9 +72,12 @@ def test_an_unknown_a_wrong_and_a_revoked_key_are_unauthenticated(
 
 
 def test_a_key_revoked_after_use_is_refused_at_once(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=plane.host, api_key=str(key))
     assert client.apps.list() == []
 
@@ -102,9 +106,10 @@ def test_another_namespaces_app_is_permission_denied(
 
 
 def test_a_bad_app_name_is_invalid_argument_naming_the_field(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=plane.host, api_key=str(key))
 
     with pytest.raises(grpc.RpcError) as raised:
@@ -115,9 +120,10 @@ def test_a_bad_app_name_is_invalid_argument_naming_the_field(
 
 
 def test_a_missing_app_is_not_found(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=plane.host, api_key=str(key))
 
     with pytest.raises(grpc.RpcError) as raised:
@@ -128,9 +134,10 @@ def test_a_missing_app_is_not_found(
 
 
 def test_an_rpc_not_served_yet_is_unimplemented_naming_the_fal_command(
-    plane: ControlPlaneProcess, api_client: k8s.ApiClient, key_namespace: str, namespace: str
+    plane: ControlPlaneProcess,
+    namespace: str,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=plane.host, api_key=str(key))
 
     credentials = grpc.ssl_channel_credentials(plane.tls.ca_bundle.read_bytes())

@@ -29,6 +29,7 @@ from kubefal_api import apikeys
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+key = harness.key
 plane = harness.plane
 
 
@@ -40,14 +41,13 @@ def _ok(result: object) -> str:
 def test_fal_apps_list_runners_scale_and_delete(
     plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="cli-app", machineTypes=["M"])
     create_runner_pod(api_client, namespace=namespace, app="cli-app", pod="cli-app-0")
     wait_pod_ready(api_client, namespace=namespace, pod="cli-app-0")
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     app = f"{namespace}/cli-app"
 
     table = _ok(run_fal(plane, "apps", "list", key=key, home=tmp_path))
@@ -157,11 +157,10 @@ def test_fal_keys_create_refuses_a_narrower_preset_it_cannot_honour(
 def test_fal_secrets_set_list_and_unset(
     plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     core = k8s.CoreV1Api(api_client)
 
     _ok(run_fal(plane, "secrets", "set", "HF_TOKEN=hf_123", "OTHER=x", key=key, home=tmp_path))
@@ -187,12 +186,12 @@ def test_fal_runners_stop_and_kill_delete_the_runner_pod(
     key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
     create_falapp(api_client, namespace=namespace, name="stoppable")
     for pod in ("stoppable-0", "stoppable-1"):
         create_runner_pod(api_client, namespace=namespace, app="stoppable", pod=pod)
     wait_pod_ready(api_client, namespace=namespace, pod="stoppable-0")
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     outsider = create_key(api_client, key_namespace=key_namespace, namespaces=["team-elsewhere"])
     core = k8s.CoreV1Api(api_client)
 

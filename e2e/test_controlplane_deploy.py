@@ -21,13 +21,14 @@ from e2e import waiting
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     call_app,
-    create_key,
     get_falapp,
     run_fal,
 )
+from kubefal_api import apikeys
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
+key = harness.key
 running = harness.running
 deploying_plane = harness.deploying_plane
 
@@ -38,11 +39,10 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
     deploying_plane: ControlPlaneProcess,
     running: whole.System,
     api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     started = time.monotonic()
 
     deployed = run_fal(
@@ -114,12 +114,10 @@ def test_fal_deploy_creates_a_falapp_that_fal_client_then_calls(
 def test_fal_apps_rollout_replaces_the_runners(
     deploying_plane: ControlPlaneProcess,
     running: whole.System,
-    api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     client = SyncServerlessClient(host=deploying_plane.host, api_key=str(key))
     client.deploy(f"{APP_FILE}::Sleepy", app_name="sleepy", auth="public")
     client.apps.scale(f"{namespace}/sleepy", min_concurrency=1)
@@ -140,12 +138,10 @@ def test_fal_apps_rollout_replaces_the_runners(
 def test_fal_secrets_reach_the_runners_of_a_deployed_app_as_environment_variables(
     deploying_plane: ControlPlaneProcess,
     running: whole.System,
-    api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
     _ok = run_fal(deploying_plane, "secrets", "set", "ECHO_TOKEN=s3cr3t", key=key, home=tmp_path)
     assert _ok.returncode == 0, _ok.stdout + _ok.stderr
     app_file = pathlib.Path(__file__).with_name("apps") / "secret_echo.py"
@@ -175,13 +171,10 @@ def test_fal_secrets_reach_the_runners_of_a_deployed_app_as_environment_variable
 
 def test_a_bad_app_name_fails_the_deploy_with_the_reason_naming_the_field(
     deploying_plane: ControlPlaneProcess,
-    api_client: k8s.ApiClient,
-    key_namespace: str,
     namespace: str,
     tmp_path: pathlib.Path,
+    key: apikeys.ApiKey,
 ) -> None:
-    key = create_key(api_client, key_namespace=key_namespace, namespaces=[namespace])
-
     bad = run_fal(
         deploying_plane,
         "deploy",
