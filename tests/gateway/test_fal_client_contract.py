@@ -11,10 +11,9 @@ talks to its own app id so tests do not share slots:
 
 from __future__ import annotations
 
-import http.server
+import email.message
 import json
 import pathlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from kubefal_api import apikeys
 from kubefal_gateway import webhooks
+from tests.gateway.webhook_harness import webhook_server
 
 pytestmark = pytest.mark.slow
 
@@ -370,25 +370,13 @@ def test_runner_hint_routes_to_the_runner_that_advertised_it(stack: Stack) -> No
     assert outcome["hinted"] == [expected] * 4
 
 
-class _WebhookReceiver(http.server.BaseHTTPRequestHandler):
+def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
     received: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.received.append({"headers": dict(self.headers), "body": json.loads(body), "raw": body})
-        self.send_response(200)
-        self.end_headers()
+    def record(headers: email.message.Message, body: bytes) -> None:
+        received.append({"headers": dict(headers), "body": json.loads(body), "raw": body})
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebhookReceiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_server(record) as url:
         outcome = stack.client(
             f"""
             handle = fal_client.submit("team-a/probe", arguments={{"text": "hooked"}},
@@ -397,17 +385,12 @@ def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
             """
         )
         gwharness.wait_for(
-            lambda: any(
-                item["body"].get("request_id") == outcome["id"]
-                for item in _WebhookReceiver.received
-            ),
+            lambda: any(item["body"].get("request_id") == outcome["id"] for item in received),
             timeout=60,
             message="webhook delivery",
         )
         delivery = next(
-            item
-            for item in _WebhookReceiver.received
-            if item["body"].get("request_id") == outcome["id"]
+            item for item in received if item["body"].get("request_id") == outcome["id"]
         )
         assert delivery["body"]["status"] == "OK"
         assert delivery["body"]["payload"] == outcome["result"]
@@ -416,8 +399,6 @@ def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
             delivery["headers"]["X-Kubefal-Signature"],
             delivery["raw"],
         )
-    finally:
-        server.shutdown()
 
 
 AUTH_SCRIPT = """

@@ -5,11 +5,9 @@ the queued jobs of a removed app (completed with an error, webhooks fired)."""
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import os
 import pathlib
 import signal
-import threading
 from typing import Any
 
 import gwharness
@@ -18,6 +16,7 @@ import orjson
 from conftest import RedisServer
 
 from kubefal_gateway import settings
+from tests.gateway.webhook_harness import webhook_server
 
 APP = "team-a/limited"
 
@@ -121,24 +120,10 @@ def test_queued_jobs_of_a_removed_app_complete_with_an_error_and_fire_their_webh
 ) -> None:
     received: list[dict[str, Any]] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            received.append(orjson.loads(body))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
     extra = ["--removed-app-grace", "1"]
     if "webhook_allow" in {field.name for field in dataclasses.fields(settings.Settings)}:
         extra += ["--webhook-allow", "127.0.0.1/32"]
-    try:
+    with webhook_server(lambda _headers, body: received.append(orjson.loads(body))) as hook:
         before = gwharness.Gateway(
             workdir=tmp_path, static_config=_static_without_runner(), tls=None, extra_args=extra
         )
@@ -159,9 +144,6 @@ def test_queued_jobs_of_a_removed_app_complete_with_an_error_and_fire_their_webh
         with gwharness.cleanup(after):
             after.wait_ready()
             gwharness.wait_for(lambda: len(received) >= 2, timeout=60, message="both webhooks")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert [response.status_code for response in accepted] == [200, 200]
     assert sorted(body["request_id"] for body in received) == sorted(
         response.json()["request_id"] for response in accepted

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import http.server
+import email.message
 import pathlib
 import threading
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ import pytest
 from conftest import RedisServer
 
 from kubefal_gateway import settings
+from tests.gateway.webhook_harness import webhook_server
 
 pytestmark = pytest.mark.slow
 
@@ -50,29 +51,14 @@ def receiver() -> Iterator[Receiver]:
     attempts: collections.Counter[tuple[str, str]] = collections.Counter()
     lock = threading.Lock()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            with lock:
-                request_id = orjson.loads(body)["request_id"]
-                deliveries[request_id] += 1
-                attempts[request_id, self.headers.get("x-kubefal-webhook-attempt", "")] += 1
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
+    def count(headers: email.message.Message, body: bytes) -> None:
+        with lock:
+            request_id = orjson.loads(body)["request_id"]
+            deliveries[request_id] += 1
+            attempts[request_id, headers.get("x-kubefal-webhook-attempt", "")] += 1
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_server(count) as url:
         yield Receiver(url, deliveries, attempts, lock)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _gateway(

@@ -1,16 +1,24 @@
-"""What the webhook tests share: a real HTTP receiver on 127.0.0.1 and a finished job that owes
+"""What the webhook tests share: real HTTP receivers on 127.0.0.1 and a finished job that owes
 a webhook.
 
-``Receiver`` is a minimal HTTP/1.1 server answering POSTs with scripted status codes and keeping
-what it received; ``complete_hooked_job`` submits, leases and completes a job with a webhook URL
-on a real store, so its delivery lands in the store's outbox.
+``Receiver`` is a minimal asyncio HTTP/1.1 server answering POSTs with scripted status codes and
+keeping what it received (for tests whose webhook worker runs in the test's event loop);
+``webhook_server`` is a threaded one answering 200 (for tests whose gateway is another process);
+``complete_hooked_job`` submits, leases and completes a job with a webhook URL on a real store,
+so its delivery lands in the store's outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import email.message
+import http.server
+import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from kubefal_gateway import queueing
 
@@ -98,3 +106,31 @@ async def complete_hooked_job(
         completed_at=time.time(),
     )
     assert await store.complete(request_id, holder="gw", result=result, now=now)
+
+
+OnDelivery = Callable[[email.message.Message, bytes], None]
+
+
+@contextlib.contextmanager
+def webhook_server(on_delivery: OnDelivery) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 handing each POST's headers and body to
+    ``on_delivery`` (in the server's threads) and answering 200; yields its webhook URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            on_delivery(self.headers, body)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
