@@ -259,10 +259,31 @@ class Gateway(Process):
 def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> Any:
     """Run `script` with the real fal_client in a fresh interpreter; it prints one JSON value
     through `emit(value)`. Returns that value."""
+    return run_emitting(
+        pathlib.Path(sys.executable),
+        "import fal_client\n" + textwrap.dedent(script),
+        env=env,
+        timeout=timeout,
+        drop_prefixes=("FAL_",),
+        drop_names=("SSL_CERT_FILE", "SSL_CERT_DIR"),
+    )
+
+
+def run_emitting(
+    python: pathlib.Path,
+    script: str,
+    *,
+    env: dict[str, str],
+    timeout: float,
+    drop_prefixes: tuple[str, ...],
+    drop_names: tuple[str, ...],
+) -> Any:
+    """Run `script` with `python`, in this process's environment less the variables named or
+    prefixed as given, plus `env`; the script prints one JSON value through `emit(value)`.
+    Returns that value (the test fails with the script's output if it printed none)."""
     prelude = textwrap.dedent(
         """
         import json, sys
-        import fal_client
         def emit(value):
             sys.stdout.write("\\n@@RESULT@@" + json.dumps(value) + "\\n")
         """
@@ -270,11 +291,11 @@ def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> A
     environment = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("FAL_") and key not in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+        if not key.startswith(drop_prefixes) and key not in drop_names
     }
     environment.update(env)
     completed = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        [str(python), "-c", prelude + textwrap.dedent(script)],
         env=environment,
         capture_output=True,
         text=True,
@@ -286,7 +307,7 @@ def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> A
         if line.startswith(marker):
             return json.loads(line[len(marker) :])
     pytest.fail(
-        f"client script failed (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n"
+        f"script failed (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n"
         f"{completed.stderr[-6000:]}"
     )
 

@@ -4,17 +4,12 @@ the wheel installs it: the package and its `.pth` file in site-packages."""
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 import sysconfig
-import textwrap
 from typing import Any
-
-import pytest
 
 from tests.gateway import gwharness
 
@@ -48,32 +43,12 @@ def hooked_python(directory: pathlib.Path) -> pathlib.Path:
 def run_python(
     python: pathlib.Path, script: str, *, env: dict[str, str], timeout: float = 240.0
 ) -> Any:
-    """Like gwharness.run_client, with another interpreter."""
-    prelude = textwrap.dedent(
-        """
-        import json, sys
-        def emit(value):
-            sys.stdout.write("\\n@@RESULT@@" + json.dumps(value) + "\\n")
-        """
-    )
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("FAL_", "KUBEFAL_")) and key not in ("SSL_CERT_FILE", "PYTHONPATH")
-    }
-    environment.update(env)
-    completed = subprocess.run(
-        [str(python), "-c", prelude + textwrap.dedent(script)],
-        env=environment,
-        capture_output=True,
-        text=True,
+    """Like gwharness.run_client, with another interpreter (and no import of fal_client)."""
+    return gwharness.run_emitting(
+        python,
+        script,
+        env=env,
         timeout=timeout,
-        check=False,
-    )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith("@@RESULT@@"):
-            return json.loads(line[len("@@RESULT@@") :])
-    pytest.fail(
-        f"script failed (exit {completed.returncode}):\n{completed.stdout[-3000:]}\n"
-        f"{completed.stderr[-6000:]}"
+        drop_prefixes=("FAL_", "KUBEFAL_"),
+        drop_names=("SSL_CERT_FILE", "PYTHONPATH"),
     )
