@@ -47,8 +47,9 @@ def _free_port() -> int:
 class RedisServer:
     """A redis-server child process on 127.0.0.1 without persistence."""
 
-    def __init__(self, workdir: pathlib.Path) -> None:
+    def __init__(self, workdir: pathlib.Path, *, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -66,6 +67,7 @@ class RedisServer:
             self.port = port or _free_port()
             command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
             command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+            command += self.extra_args
             self.process = subprocess.Popen(
                 command,
                 stdout=subprocess.DEVNULL,

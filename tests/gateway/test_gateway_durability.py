@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import pathlib
-import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import gwharness
 import httpx
 import pytest
+from conftest import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -123,39 +122,9 @@ def test_kill_9_with_500_accepted_requests_loses_none_and_completes_each_once(
 
 
 @pytest.fixture
-def redis_url(tmp_path: pathlib.Path) -> Iterator[str]:
-    port = gwharness.free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def up() -> bool:
-        try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    try:
-        gwharness.wait_for(up, timeout=30, message="redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def redis_url(redis_server: RedisServer) -> str:
+    """A redis-server of the test's own (the gateways' keys have no per-test prefix)."""
+    return redis_server.url
 
 
 def test_two_gateways_sharing_redis_run_every_request_exactly_once(

@@ -65,25 +65,11 @@ def sentinel_setup(tmp_path: pathlib.Path) -> Iterator[tuple[RedisServer, int, i
         pytest.fail("redis-server not found")
     (tmp_path / "master").mkdir()
     master = RedisServer(tmp_path / "master").start()
-    replica_port, sentinel_port = _free_port(), _free_port()
-    replica = _Process(
-        [
-            REDIS_SERVER,
-            "--port",
-            str(replica_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-            "--replicaof",
-            "127.0.0.1",
-            str(master.port),
-        ]
-    )
+    (tmp_path / "replica").mkdir()
+    replica = RedisServer(
+        tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(master.port))
+    ).start()
+    replica_port, sentinel_port = replica.port, _free_port()
     config = tmp_path / "sentinel.conf"
     config.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
