@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -201,6 +202,20 @@ def _read_env_file(path: pathlib.Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
+def run_client(script: str, env: dict[str, str]) -> Any:
+    """Run ``script`` (it prints one JSON value) with only the env `kubefal run` printed."""
+    call = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_clean_environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert call.returncode == 0, call.stderr
+    return json.loads(call.stdout)
+
+
 def wait_env_file(cli: RunningCli, wait_for: WaitFor) -> None:
     """Wait until `kubefal run` has written its env file (or has exited)."""
     wait_for(
@@ -226,17 +241,7 @@ def test_fal_client_calls_the_app_with_the_printed_env_and_a_signal_stops_everyt
     env = started_env(cli, wait_for)
     children = psutil.Process(cli.process.pid).children(recursive=True)
 
-    call = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT],
-        env=_clean_environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-    assert call.returncode == 0, call.stderr
-    outcome = json.loads(call.stdout)
+    outcome = run_client(CLIENT_SCRIPT, env)
     assert env["KUBEFAL_APP"] == "local/cli-echo-app"
     assert env["FAL_RUN_HOST"].startswith("127.0.0.1:")
     assert pathlib.Path(env["SSL_CERT_FILE"]).is_file()
@@ -337,17 +342,7 @@ def test_run_installs_the_apps_requirement_layers_as_a_runner_pod_does(
     cli = start_cli(str(apps_dir / "layered_app.py::CliLayeredApp"))
     env = started_env(cli, wait_for)
 
-    call = subprocess.run(
-        [sys.executable, "-c", LAYERS_CLIENT],
-        env=_clean_environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-    assert call.returncode == 0, call.stderr
-    answer = json.loads(call.stdout)
+    answer = run_client(LAYERS_CLIENT, env)
     cache = tmp_path / "cache" / "kubefal" / "venvs"
     first = pathlib.Path(answer["first_file"])
     second = pathlib.Path(answer["second_file"])
