@@ -6,6 +6,7 @@ test's temp dir (shown when a test fails) and is killed at teardown.
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
 import contextlib
 import json
@@ -254,6 +255,16 @@ class Gateway(Process):
             "SSL_CERT_FILE": str(self.tls.ca_path),
             "FAL_KEY": key,
         }
+
+
+async def read_http_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request with a content-length body (or none): its head and its body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
 
 
 def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> Any:

@@ -9,6 +9,7 @@ import collections.abc
 import pytest
 
 from kubefal_gateway import dispatch, errors, runners, targets, upstream
+from tests.gateway.gwharness import read_http_request
 
 MAX_URL = 2048
 
@@ -118,12 +119,7 @@ class _Runner:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
+                head, body = await read_http_request(reader)
                 self.requests.append(head.split(b"\r\n", 1)[0] + b" " + body)
                 what = self.behaviour(len(self.requests) - 1)
                 if what == "drop":

@@ -22,6 +22,7 @@ from kubefal_gateway import (
     settings,
     upstream,
 )
+from tests.gateway.gwharness import read_http_request
 
 
 # ---- slots ---------------------------------------------------------------------------------------
@@ -115,12 +116,7 @@ class _Server:
         answered = 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
+                _head, body = await read_http_request(reader)
                 self.requests += 1
                 if self.chunks is not None:
                     writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
