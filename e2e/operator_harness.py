@@ -166,6 +166,18 @@ class Api:
     networking: k8s.NetworkingV1Api
     policy: k8s.PolicyV1Api
 
+    @classmethod
+    def of(cls, api_client: k8s.ApiClient) -> Api:
+        """Every API group the operator tests read, on one client."""
+        return cls(
+            client=api_client,
+            objects=k8s.CustomObjectsApi(api_client),
+            apps=k8s.AppsV1Api(api_client),
+            core=k8s.CoreV1Api(api_client),
+            networking=k8s.NetworkingV1Api(api_client),
+            policy=k8s.PolicyV1Api(api_client),
+        )
+
     def create_app(self, namespace: str, manifest: dict[str, Any]) -> Any:
         created = self.objects.create_namespaced_custom_object(
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
@@ -340,6 +352,15 @@ class ScalingStream:
                 inbox.put(None)
         self.server.shutdown()
         self.server.server_close()
+
+
+def own_namespace(api_client: k8s.ApiClient, *, prefix: str) -> Iterator[str]:
+    """A fresh namespace for a module's operator itself (named ``<prefix><random>``)."""
+    core = k8s.CoreV1Api(api_client)
+    name = f"{prefix}{uuid.uuid4().hex[:5]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
 
 
 def served_namespaces(

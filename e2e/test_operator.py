@@ -9,7 +9,6 @@ Every wait polls the API with a generous deadline; nothing sleeps.
 from __future__ import annotations
 
 import pathlib
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,11 +32,7 @@ A100 = "NVIDIA-A100-SXM4-40GB"
 @pytest.fixture(scope="module")
 def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """The operator's own namespace for this module (where its catalogue ConfigMap lives)."""
-    core = k8s.CoreV1Api(api_client)
-    name = f"e2e-operator-system-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    yield from harness.own_namespace(api_client, prefix="e2e-operator-system-")
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +81,7 @@ def operator_log_on_failure(operator: OperatorProcess, e2e_logs: list[pathlib.Pa
 
 @pytest.fixture
 def api(api_client: k8s.ApiClient) -> Api:
-    return Api(
-        client=api_client,
-        objects=k8s.CustomObjectsApi(api_client),
-        apps=k8s.AppsV1Api(api_client),
-        core=k8s.CoreV1Api(api_client),
-        networking=k8s.NetworkingV1Api(api_client),
-        policy=k8s.PolicyV1Api(api_client),
-    )
+    return Api.of(api_client)
 
 
 def _example(name: str) -> dict[str, Any]:

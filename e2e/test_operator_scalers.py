@@ -117,14 +117,7 @@ def namespace(
 
 @pytest.fixture
 def api(api_client: k8s.ApiClient) -> Api:
-    return Api(
-        client=api_client,
-        objects=k8s.CustomObjectsApi(api_client),
-        apps=k8s.AppsV1Api(api_client),
-        core=k8s.CoreV1Api(api_client),
-        networking=k8s.NetworkingV1Api(api_client),
-        policy=k8s.PolicyV1Api(api_client),
-    )
+    return Api.of(api_client)
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,11 +35,7 @@ QUEUE_HOST = "kubefal-gateway-queue.gateway-ns.svc"
 @pytest.fixture(scope="module")
 def gateway_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """The operator's (and, in the chart, the gateway's) namespace for this module."""
-    core = k8s.CoreV1Api(api_client)
-    name = f"e2e-isolation-system-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    yield from harness.own_namespace(api_client, prefix="e2e-isolation-system-")
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +87,7 @@ def operator_log_on_failure(operator: OperatorProcess, e2e_logs: list[Any]) -> N
 
 @pytest.fixture
 def api(api_client: k8s.ApiClient) -> Api:
-    return Api(
-        client=api_client,
-        objects=k8s.CustomObjectsApi(api_client),
-        apps=k8s.AppsV1Api(api_client),
-        core=k8s.CoreV1Api(api_client),
-        networking=k8s.NetworkingV1Api(api_client),
-        policy=k8s.PolicyV1Api(api_client),
-    )
+    return Api.of(api_client)
 
 
 def _falapp(name: str, **spec: Any) -> dict[str, Any]:
