@@ -17,7 +17,6 @@ import pathlib
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,8 +25,8 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
+from e2e import operator_harness, waiting
 from e2e import system as whole
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import apikeys, naming, v1alpha1
 from kubefal_cli import localca
@@ -273,11 +272,7 @@ def cp_tls(tmp_path_factory: pytest.TempPathFactory) -> localca.LocalTls:
 @pytest.fixture(scope="module")
 def key_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """A namespace of its own for the module's API-key Secrets."""
-    name = f"e2e-cp-keys-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(api_client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    yield from operator_harness.fresh_namespace(api_client, prefix="e2e-cp-keys-")
 
 
 @pytest.fixture(scope="module")

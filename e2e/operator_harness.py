@@ -354,8 +354,9 @@ class ScalingStream:
         self.server.server_close()
 
 
-def own_namespace(api_client: k8s.ApiClient, *, prefix: str) -> Iterator[str]:
-    """A fresh namespace for a module's operator itself (named ``<prefix><random>``)."""
+def fresh_namespace(api_client: k8s.ApiClient, *, prefix: str) -> Iterator[str]:
+    """A new namespace named ``<prefix><random>`` for as long as the generator runs (a fixture
+    body: ``yield from``); deleted afterwards."""
     core = k8s.CoreV1Api(api_client)
     name = f"{prefix}{uuid.uuid4().hex[:5]}"
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))

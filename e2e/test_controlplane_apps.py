@@ -8,7 +8,6 @@ when no node fits), each checked against what Kubernetes holds.
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +17,7 @@ from fal.sdk import AliasInfo, RunnerState
 from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
-from e2e import waiting
+from e2e import operator_harness, waiting
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     create_falapp,
@@ -54,11 +53,7 @@ CUSTOM_SPEC = {
 
 @pytest.fixture
 def other_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
-    name = f"e2e-cp-other-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(api_client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    yield from operator_harness.fresh_namespace(api_client, prefix="e2e-cp-other-")
 
 
 def _client(plane: ControlPlaneProcess, key: object) -> SyncServerlessClient:

@@ -16,7 +16,6 @@ import datetime
 import json
 import pathlib
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -27,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from e2e import waiting
+from e2e import operator_harness, waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import conditions, v1alpha1
 
@@ -37,11 +36,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def validation_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """One namespace for the whole corpus: rejected objects leave nothing behind in it."""
-    core = k8s.CoreV1Api(api_client)
-    name = f"e2e-crd-validation-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    yield from operator_harness.fresh_namespace(api_client, prefix="e2e-crd-validation-")
 
 
 @pytest.fixture(scope="module")

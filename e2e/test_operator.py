@@ -32,7 +32,7 @@ A100 = "NVIDIA-A100-SXM4-40GB"
 @pytest.fixture(scope="module")
 def catalogue_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """The operator's own namespace for this module (where its catalogue ConfigMap lives)."""
-    yield from harness.own_namespace(api_client, prefix="e2e-operator-system-")
+    yield from harness.fresh_namespace(api_client, prefix="e2e-operator-system-")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ QUEUE_HOST = "kubefal-gateway-queue.gateway-ns.svc"
 @pytest.fixture(scope="module")
 def gateway_namespace(api_client: k8s.ApiClient) -> Iterator[str]:
     """The operator's (and, in the chart, the gateway's) namespace for this module."""
-    yield from harness.own_namespace(api_client, prefix="e2e-isolation-system-")
+    yield from harness.fresh_namespace(api_client, prefix="e2e-isolation-system-")
 
 
 @pytest.fixture(scope="module")
