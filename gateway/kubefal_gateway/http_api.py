@@ -171,6 +171,17 @@ IN_PROGRESS_STATUS = prepare_json(202, {"status": "IN_PROGRESS", "logs": None})
 """The status answer of a running job polled without logs (most status polls)."""
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan with nothing to set up: acknowledge start-up and shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def send_error(send: Send, error: errors.GatewayError) -> None:
     status, headers, body = errors.to_http(error)
     headers.append((b"content-length", str(len(body)).encode()))
@@ -352,7 +363,7 @@ class Api:
         send: Send,
     ) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -366,15 +377,6 @@ class Api:
         except Exception:
             LOGGER.exception("unexpected error on %s %s", scope["method"], scope["path"])
             await send_internal_error(send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     # ---- queue API ----
     async def _queue(self, scope: Scope, receive: Receive, send: Send) -> None:

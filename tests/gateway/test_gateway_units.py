@@ -15,6 +15,7 @@ from kubefal_gateway import (
     discovery,
     dispatch,
     errors,
+    http_api,
     limits,
     queue_worker,
     queueing,
@@ -665,3 +666,19 @@ async def test_a_response_head_and_body_written_in_one_step_leave_as_one_write()
     assert after_turn[-1] == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     assert raw.writes[-1] == b"last" and raw.closed  # close sends what is held first
     assert corked.get_extra_info("peername") == "extra:peername"
+
+
+async def test_the_asgi_lifespan_acknowledges_start_up_and_shutdown_then_returns() -> None:
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await http_api.serve_lifespan(receive, send)  # type: ignore[arg-type]
+
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+    assert inbox == []

@@ -145,7 +145,7 @@ class RestApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.gateway_lifespan(receive, send)
+            await http_api.serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -160,15 +160,6 @@ class RestApi:
                 await http_api.send_internal_error(send)
             else:
                 await http_api.send_error(send, mapped)
-
-    async def gateway_lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     # ---- helpers ----
     def _base(self, scope: Scope) -> str:
