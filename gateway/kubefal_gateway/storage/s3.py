@@ -119,30 +119,14 @@ class S3BlobStore:
                         created = await self._call(self.client.create_multipart_upload, **common)
                         upload_id = str(created["UploadId"])
                     body, buffer = bytes(buffer[:PART_BYTES]), buffer[PART_BYTES:]
-                    number = len(parts) + 1
-                    answer = await self._call(
-                        self.client.upload_part,
-                        Bucket=self.bucket,
-                        Key=s3_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=body,
-                    )
-                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    parts.append(await self._upload_part(s3_key, upload_id, len(parts) + 1, body))
             if upload_id is None:
                 await self._call(self.client.put_object, Body=bytes(buffer), **common)
                 return size
             if buffer or not parts:
-                number = len(parts) + 1
-                answer = await self._call(
-                    self.client.upload_part,
-                    Bucket=self.bucket,
-                    Key=s3_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=bytes(buffer),
+                parts.append(
+                    await self._upload_part(s3_key, upload_id, len(parts) + 1, bytes(buffer))
                 )
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             await self._call(
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
@@ -162,6 +146,20 @@ class S3BlobStore:
                         Key=s3_key,
                         UploadId=upload_id,
                     )
+
+    async def _upload_part(
+        self, s3_key: str, upload_id: str, number: int, body: bytes
+    ) -> dict[str, Any]:
+        """Upload part ``number`` of a multipart upload; its entry for the completing call."""
+        answer = await self._call(
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=s3_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
 
     async def stat(self, key: str) -> blobs.BlobInfo:
         answer = await self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))
