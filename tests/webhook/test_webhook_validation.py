@@ -82,6 +82,26 @@ def test_a_missing_source_config_map_is_denied_with_the_commands_that_create_it(
     )
 
 
+def test_each_missing_config_map_of_a_bundled_source_is_named_by_its_index() -> None:
+    item = {"key": "app.py", "path": "app.py"}
+    source = {
+        "configMaps": [
+            {"name": "sdxl-files-0", "items": [item]},
+            {"name": "sdxl-files-1", "items": [{"key": "w.bin", "path": "w.bin"}]},
+        ]
+    }
+    app = build.falapp(app="sdxl.py::Sdxl", source=source)
+    references = validation.references(build.request(app))
+    assert {"sdxl-files-0", "sdxl-files-1"} <= references.config_maps
+    verdict = validation.review(build.request(app), build.facts(config_maps={"sdxl-files-0"}))
+    assert not verdict.allowed
+    assert [v.field for v in verdict.violations] == ["spec.source.configMaps[1].name"]
+    assert f"kubefal deploy sdxl.py::Sdxl --name sdxl --namespace {build.NAMESPACE}" in (
+        verdict.message
+    )
+    assert "kubectl create configmap" not in verdict.message
+
+
 def test_the_create_command_suggests_app_py_when_the_app_is_a_module() -> None:
     app = build.falapp(app="pkg.models::Sdxl", source={"configMapRef": {"name": "files"}})
     verdict = validation.review(build.request(app), build.facts())

@@ -239,8 +239,7 @@ def references(request: AdmissionRequest) -> References:
         return References(namespace=request.namespace)
     config_maps: set[str] = set()
     secrets: set[str] = set()
-    if app.spec.source is not None:
-        config_maps.add(app.spec.source.config_map_ref.name)
+    config_maps.update(name for _, name in _source_config_maps(app.spec))
     for reference in _environment_references(app.spec):
         if reference.name is not None:
             (secrets if reference.kind == SECRET else config_maps).add(reference.name)
@@ -302,24 +301,44 @@ def _missing_object_message(kind: str, name: str, namespace: str) -> str:
     return f"{kind} {name!r} not found in namespace {namespace!r}"
 
 
+def _source_config_maps(spec: v1alpha1.FalAppSpec) -> list[tuple[str, str]]:
+    """(field, name) of every ConfigMap the app's source names: configMapRef or configMaps."""
+    source = spec.source
+    if source is None:
+        return []
+    if source.config_map_ref is not None:
+        return [("spec.source.configMapRef.name", source.config_map_ref.name)]
+    return [
+        (f"spec.source.configMaps[{index}].name", config_map.name)
+        for index, config_map in enumerate(source.config_maps or ())
+    ]
+
+
 def _source_violations(
     spec: v1alpha1.FalAppSpec, facts: ClusterFacts, *, namespace: str, app_name: str
 ) -> list[Violation]:
-    if spec.source is None or spec.source.config_map_ref.name in facts.config_maps:
-        return []
-    name = spec.source.config_map_ref.name
     app_file = spec.app.split("::", 1)[0]
     from_file = app_file if pathlib.PurePosixPath(app_file).suffix == ".py" else DEFAULT_APP_FILE
-    return [
-        Violation(
-            field="spec.source.configMapRef.name",
-            message=f"{_missing_object_message(CONFIG_MAP, name, namespace)}; create it with "
-            f"`kubectl create configmap {name} --namespace {namespace} --from-file={from_file}`"
-            f" or run `kubefal deploy {spec.app} --name {app_name} --namespace {namespace}`,"
-            " which uploads the app files itself",
-            reason="FieldValueNotFound",
+    violations = []
+    for field, name in _source_config_maps(spec):
+        if name in facts.config_maps:
+            continue
+        create = (
+            f"create it with `kubectl create configmap {name} --namespace {namespace}"
+            f" --from-file={from_file}` or run"
+            if field.startswith("spec.source.configMapRef")
+            else "run"
         )
-    ]
+        violations.append(
+            Violation(
+                field=field,
+                message=f"{_missing_object_message(CONFIG_MAP, name, namespace)}; {create}"
+                f" `kubefal deploy {spec.app} --name {app_name} --namespace {namespace}`,"
+                " which uploads the app files itself",
+                reason="FieldValueNotFound",
+            )
+        )
+    return violations
 
 
 def _environment_violations(
