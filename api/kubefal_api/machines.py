@@ -6,9 +6,9 @@ memory a runner requests and to the nodes it may run on. Platform teams edit it 
 :func:`default_configmap_data`); the operator reads it with :func:`load_from_configmap_data`
 and re-renders the apps that use a changed entry.
 
-Defaults follow fal's machine table (architecture.md). GPU types select nodes by the NVIDIA GPU
-Feature Discovery label ``nvidia.com/gpu.product``; one type may accept several products (the
-40 GB and 80 GB A100). CPU and memory are per runner, whatever ``numGpus`` is.
+Defaults follow fal's machine table (docs/architecture.md, "Machine catalogue"). GPU types select
+nodes by the NVIDIA GPU Feature Discovery label ``nvidia.com/gpu.product``; one type may accept
+several products (the 40 GB and 80 GB A100). CPU and memory are per runner, whatever ``numGpus`` is.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def _gpu(cpu: str, memory: str, *products: str) -> MachineType:
 
 
 def default_catalogue() -> MachineCatalogue:
-    """fal's machine table as a catalogue (architecture.md, "Machine catalogue")."""
+    """fal's machine table as a catalogue (docs/architecture.md, "Machine catalogue")."""
     return MachineCatalogue(
         machine_types={
             "XS": MachineType(cpu="500m", memory="512Mi"),

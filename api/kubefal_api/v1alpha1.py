@@ -54,7 +54,7 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS: Final = 600
 DEFAULT_REQUEST_TIMEOUT_SECONDS: Final = 3600
 """kubefal: the SDK sends None; one hour bounds a request and the runner's termination grace."""
 # The SDK never calls the health check; fal's platform documents these defaults, and
-# fal.HealthCheck's method defaults to POST (fal-compat.md 2.5).
+# fal.HealthCheck's method defaults to POST (docs/fal-compat.md, "fal SDK 1.83.0").
 DEFAULT_HEALTH_CHECK_START_PERIOD_SECONDS: Final = 30
 DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS: Final = 5
 DEFAULT_HEALTH_CHECK_FAILURE_THRESHOLD: Final = 3

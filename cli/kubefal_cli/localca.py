@@ -1,6 +1,6 @@
 """A private CA and a server certificate for ``kubefal run``'s local gateway.
 
-``fal_client`` only speaks ``https://`` (fal-compat.md §0(a)), so the local gateway must serve TLS
+``fal_client`` only speaks ``https://`` (docs/fal-compat.md), so the local gateway must serve TLS
 with a certificate the client trusts: it trusts this CA through ``SSL_CERT_FILE``. Both are cached
 in the state directory and reused while valid, so an exported ``SSL_CERT_FILE`` keeps working
 across restarts. The CA key never leaves the directory (mode 0600) and signs only certificates for

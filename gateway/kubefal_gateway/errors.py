@@ -2,7 +2,7 @@
 
 Routes and the dispatcher raise these; `to_http` is the only place that turns an error into a
 status code, headers and a JSON body, so every failure the fal client can see has one shape:
-`{"detail": ..., "error_type": ...}` (fal-compat §1.4/§1.5).
+`{"detail": ..., "error_type": ...}` (docs/fal-compat.md, "Error and retry contract").
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class QueueFull(GatewayError):
 class QueueWaitTimeout(GatewayError):
     """The caller's `X-Fal-Request-Timeout` ran out before a runner took the request.
 
-    The `X-Fal-Request-Timeout-Type` header tells fal_client not to retry (fal-compat §1.5).
+    The `X-Fal-Request-Timeout-Type` header tells fal_client not to retry (docs/fal-compat.md).
     """
 
     status = 504

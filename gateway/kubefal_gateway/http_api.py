@@ -2,12 +2,12 @@
 
 Raw ASGI rather than FastAPI or Starlette on purpose: routing here is a split of the path into
 `{namespace}/{name}/...`, and a framework costs 30-165 us per request on this machine
-(performance.md), more than the rest of the hop together. The handlers stay thin: they parse
-the request, authorize it and call the core (`core.Gateway`: store, dispatcher); every domain
+(docs/design-decisions.md), more than the rest of the hop together. The handlers stay thin: they
+parse the request, authorize it and call the core (`core.Gateway`: store, dispatcher); every domain
 error goes through `errors.to_http`, and anything unexpected becomes a logged 500 with a JSON
 `detail`.
 
-Contract (fal-compat.md §1.3, §1.4, §4):
+Contract (docs/fal-compat.md, "fal_client 1.0.3"):
 
 * queue: `POST /{ns}/{name}[/{subpath}][?fal_webhook=URL]` submits;
   `GET /{ns}/{name}/requests/{id}/status[?logs=1]`, `GET /{ns}/{name}/requests/{id}` and

@@ -5,7 +5,7 @@ kept in SQLite (one replica, the embedded default) or Redis (several replicas sh
 This module is the seam between them. It is pure: no HTTP, no Kubernetes, no backend imports at
 module level.
 
-The model (fal's queue contract, fal-compat.md §1.3-1.5 and §4):
+The model (fal's queue contract, docs/fal-compat.md, "fal_client 1.0.3"):
 
 * A `Job` is one accepted request, immutable once submitted; ``app_id`` is ``"{namespace}/{name}"``
   and ``path`` the subpath forwarded to the runner (always starting with ``"/"``).
@@ -619,7 +619,7 @@ def app_gone_result(app_id: str, *, grace: float, now: float | None = None) -> R
 def start_timeout_result(*, now: float | None = None) -> Result:
     """The result of a job that did not start before its ``X-Fal-Request-Timeout``.
 
-    504 with ``X-Fal-Request-Timeout-Type`` so the client does not retry (fal-compat §1.5).
+    504 with ``X-Fal-Request-Timeout-Type`` so the client does not retry (docs/fal-compat.md).
     """
     return error_result(
         status_code=504,

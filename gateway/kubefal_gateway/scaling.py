@@ -1,10 +1,10 @@
 """The desired runner count of an app: fal's scaling formula plus keep-alive, as pure code.
 
-Why it exists: one formula drives all three actuators (builtin, KEDA, HPA; architecture.md,
-"Scaling"), so it lives in one pure place that the gateway feeds with queue figures and the operator
-subscribes to. No I/O, no clocks: callers pass ``now``.
+Why it exists: one formula drives all three actuators (builtin, KEDA, HPA; docs/architecture.md,
+"The scaling signal"), so it lives in one pure place that the gateway feeds with queue figures and
+the operator subscribes to. No I/O, no clocks: callers pass ``now``.
 
-The formula (architecture.md)::
+The formula (docs/architecture.md)::
 
     demand  = queued requests older than scalingDelay + in-flight requests
     needed  = ceil(demand / maxMultiplexing)

@@ -1,10 +1,10 @@
 """Redis queue store: one queue shared by several gateway replicas.
 
-Why it looks like this (performance.md): redis-py issuing one command per round trip costs ~220 µs
-of gateway CPU per request; the same commands auto-pipelined over one connection cost ~10-16 µs. So
-every store call queues its command on `_AutoPipeline`, which sends everything issued in one
-event-loop turn as one write on one dedicated connection (hiredis packs and parses) and hands each
-caller its reply from the protocol callback; batches pipeline behind each other.
+Why it looks like this (docs/design-decisions.md): redis-py issuing one command per round trip costs
+~220 µs of gateway CPU per request; the same commands auto-pipelined over one connection cost
+~10-16 µs. So every store call queues its command on `_AutoPipeline`, which sends everything issued
+in one event-loop turn as one write on one dedicated connection (hiredis packs and parses) and hands
+each caller its reply from the protocol callback; batches pipeline behind each other.
 
 Each state change is one Lua script, so it is atomic across gateways: ``lease`` pops the head of
 the app's NORMAL queue (else LOW) and records the lease in one step, so no job is leased twice at
@@ -441,8 +441,8 @@ class _AutoPipeline(asyncio.Protocol):
     the next loop iteration (``call_soon``); replies are parsed by hiredis in ``data_received`` and
     resolve the callers' futures in order, with no coroutine per reply. Several batches may be in
     flight at once (true pipelining). redis-py is used only for the rare paths (script loading,
-    pub/sub); this is the hot path (performance.md: redis-py costs ~220 µs per request, this
-    design ~10-16 µs).
+    pub/sub); this is the hot path (docs/design-decisions.md: redis-py costs ~220 µs per
+    request, this design ~10-16 µs).
 
     Faults are bounded: connecting (TCP, AUTH/SELECT and a PING) must finish within
     ``command_timeout``; while replies are outstanding, a server that sends nothing for

@@ -1,13 +1,13 @@
 """SQLite queue store: the embedded default for a single gateway replica with a volume.
 
-Why it looks like this (performance.md): a commit per request costs ~120 µs of gateway CPU; one
-commit per event-loop turn costs ~30-45 µs spread over every request of that turn. So writes run at
-once on the one connection inside an open transaction; a call that must be durable before it
-returns (submit, complete, cancel, ...) schedules the ``COMMIT`` for the next loop turn
-(``loop.call_soon``) and awaits its own future, which the commit resolves. Writes that need not be
-durable at once (lease, renew, log lines) do not force a commit: they ride along with the next one,
-or are committed by a timer within `LAZY_COMMIT_SECONDS`, so one request in flight costs two
-commits (submit, complete), not three.
+Why it looks like this (docs/design-decisions.md, "SQLite group commit"): a commit per request costs
+~120 µs of gateway CPU; one commit per event-loop turn costs ~30-45 µs spread over every request of
+that turn. So writes run at once on the one connection inside an open transaction; a call that must
+be durable before it returns (submit, complete, cancel, ...) schedules the ``COMMIT`` for the next
+loop turn (``loop.call_soon``) and awaits its own future, which the commit resolves. Writes that
+need not be durable at once (lease, renew, log lines) do not force a commit: they ride along with
+the next one, or are committed by a timer within `LAZY_COMMIT_SECONDS`, so one request in flight
+costs two commits (submit, complete), not three.
 
 SQLite runs in the event-loop thread: with WAL and ``synchronous=NORMAL`` a commit is a write to the
 WAL file without fsync (fsync happens at checkpoints), which survives a crash of the process (not a

@@ -1,9 +1,9 @@
 """TLS serving options for the queue and run listeners.
 
-fal_client hard-codes `https://` and `wss://` (fal-compat §0), so the gateway serves TLS itself
-with a certificate the client trusts through `SSL_CERT_FILE`. uvicorn loads the files; this module
-only checks them early so a typo fails at start-up with a clear message instead of at the first
-handshake.
+fal_client hard-codes `https://` and `wss://` (docs/fal-compat.md), so the gateway serves TLS
+itself with a certificate the client trusts through `SSL_CERT_FILE`. uvicorn loads the files; this
+module only checks them early so a typo fails at start-up with a clear message instead of at the
+first handshake.
 """
 
 from __future__ import annotations

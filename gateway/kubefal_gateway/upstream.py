@@ -1,7 +1,7 @@
 """A small HTTP/1.1 keep-alive client from the gateway to runners, built on httptools.
 
 Why not httpx or aiohttp: on this machine httpx costs 0.8-2.5 ms of CPU per proxied request and
-aiohttp about 90 us more than this client (performance.md, proxy-floor.md). The gateway forwards
+aiohttp about 90 us more than this client (docs/design-decisions.md). The gateway forwards
 tiny JSON bodies at thousands of requests per second, so the hop must stay near the kernel floor.
 
 What it does: one pool of idle connections per runner origin (LIFO, so warm sockets are reused),
