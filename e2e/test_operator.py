@@ -570,6 +570,21 @@ def test_a_create_writes_each_child_once_and_a_restart_writes_nothing(
         }
         assert appliers == {"kubefal-operator"}, appliers
     assert api.deployment(namespace, "quiet-b")["spec"]["replicas"] == 2
+    # Settled before the restart: every runner the Deployment asked for is ready and the status
+    # says so (a runner getting ready after the restart is news, which is rightly written).
+    for name in names:
+
+        def settled(name: str = name) -> bool:
+            deployment = api.deployment(namespace, name)
+            wanted = deployment["spec"]["replicas"]
+            status = api.app(namespace, name).get("status") or {}
+            return bool(
+                (deployment.get("status") or {}).get("readyReplicas", 0) == wanted
+                and status.get("readyReplicas", 0) == wanted
+                and status.get("replicas", 0) == wanted
+            )
+
+        _wait(settled, f"{name} settled", operator)
 
     # A restart with every app in place renders each once and writes nothing.
     operator.stop()
