@@ -409,6 +409,10 @@ class SqliteQueueStore:
                 )
                 self._commit_soon()
                 continue
+            # Durable before the job is dispatched (group commit: one commit per loop turn for
+            # every lease of that turn): a lease lost with the process would let a job that
+            # crashes its gateway within LAZY_COMMIT_SECONDS run again without counting.
+            await self._durable()
             return job
 
     def _redo_lease(self, seq: int, holder: str, lease_until: float) -> None:
@@ -465,6 +469,10 @@ class SqliteQueueStore:
             self._redo.append(write)
 
         write()
+        # Durable before the next attempt starts: a lazy commit (up to LAZY_COMMIT_SECONDS)
+        # could be lost with the process while that attempt already runs, and the count would
+        # restart below it. Retries are rare, so the commit costs nothing on the hot path.
+        await self._durable()
 
     async def complete(
         self,
