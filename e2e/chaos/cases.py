@@ -252,7 +252,10 @@ def poison_job(workdir: pathlib.Path) -> load.Tally:
             ports = (gateway.queue_port, gateway.run_port, gateway.admin_port)
 
             async def drive() -> None:
-                await load.submit_all(gateway.queue_url, APP, crashing + in_flight + normal)
+                # The poison first; ordinary work after it has done its damage (a job that
+                # happens to meet the crashing runners three times would use up its own three
+                # attempts: bystanders under runner crashes are the runner-kill case's).
+                await load.submit_all(gateway.queue_url, APP, crashing + in_flight)
                 # Crash the gateway whenever the in-flight job has just started on a runner.
                 current = gateway
                 for crash in range(max_attempts + 2):
@@ -268,8 +271,10 @@ def poison_job(workdir: pathlib.Path) -> load.Tally:
                     gateways.append(current)
                     memory.watch(current.popen.pid)
                 await load.collect(
-                    current.queue_url, APP, crashing + in_flight + normal, timeout=COLLECT_TIMEOUT
+                    current.queue_url, APP, crashing + in_flight, timeout=COLLECT_TIMEOUT
                 )
+                await load.submit_all(current.queue_url, APP, normal)
+                await load.collect(current.queue_url, APP, normal, timeout=COLLECT_TIMEOUT)
 
             asyncio.run(drive())
             runs = load.executions(exec_dir)
