@@ -78,12 +78,19 @@ def _is_fal_app_base(base: ast.expr, local_apps: set[str]) -> bool:
 
 def app_classes(source: str) -> list[str]:
     """Names of the classes in ``source`` that derive from ``fal.App`` (directly or via a
-    class of the same file), in file order. Parses only; never executes."""
+    class of the same file), in file order. Parses only; never executes; refuses a file too
+    large for its ConfigMap before parsing it."""
+    _check_source_size(source)
     try:
         tree = ast.parse(source)
     except SyntaxError as error:
         raise errors.invalid_argument(
             "source_code", f"the app file does not parse: line {error.lineno}: {error.msg}"
+        ) from error
+    except (RecursionError, MemoryError, ValueError) as error:
+        # Hostile nesting (e.g. 200,000 unary minus signs) exhausts the parser.
+        raise errors.invalid_argument(
+            "source_code", f"the app file does not parse: {type(error).__name__}"
         ) from error
     found: list[str] = []
     for node in tree.body:
@@ -255,7 +262,8 @@ def choose_class(source: str, function: bytes) -> str:
         )
     if len(candidates) == 1:
         return candidates[0]
-    mentioned = [name for name in candidates if name in pickle_strings(function)]
+    strings = pickle_strings(function)
+    mentioned = [name for name in candidates if name in strings]
     if len(mentioned) == 1:
         return mentioned[0]
     raise errors.failed_precondition(
@@ -336,12 +344,16 @@ def source_config_map_name(app_name: str, source: str) -> str:
     return f"{app_name[: 63 - SOURCE_HASH_LENGTH - 5]}-src-{digest}"
 
 
-def source_config_map(*, namespace: str, app_name: str, source: str) -> dict[str, Any]:
+def _check_source_size(source: str) -> None:
     if len(source.encode("utf-8")) > MAX_SOURCE_BYTES:
         raise errors.failed_precondition(
             f"source_code: the app file is larger than {MAX_SOURCE_BYTES} bytes, too large for "
             "a ConfigMap; bake it into an image and use `kubefal deploy --image`"
         )
+
+
+def source_config_map(*, namespace: str, app_name: str, source: str) -> dict[str, Any]:
+    _check_source_size(source)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

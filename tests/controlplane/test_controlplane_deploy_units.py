@@ -66,6 +66,23 @@ def test_a_file_without_an_app_or_that_does_not_parse_is_invalid_argument() -> N
         assert message in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [
+        ("x = " + "-" * 200_000 + "1\n", grpc.StatusCode.INVALID_ARGUMENT),
+        ("x = " + "1+" * 200_000 + "1\n", grpc.StatusCode.INVALID_ARGUMENT),
+        ("class A(fal.App):\n    pass\n#" + "x" * 1_000_000, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)
+def test_a_hostile_or_oversized_app_file_is_refused_naming_source_code(
+    source: str, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.choose_class(source, b"")
+    assert raised.value.code is code
+    assert raised.value.message.startswith("source_code: ")
+
+
 def test_requirements_keep_the_users_and_drop_fals_serving_stack() -> None:
     environments = [
         _environment(
