@@ -11,17 +11,10 @@ accepted is lost, nobody gets somebody else's answer, and every limit it checks 
 from __future__ import annotations
 
 import pathlib
-import socket
 import time
 from collections.abc import Callable
 
 CHAOS_APP = f"{pathlib.Path(__file__).parent / 'app.py'}::ChaosApp"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ChaosTimeout(RuntimeError):

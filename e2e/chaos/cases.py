@@ -7,7 +7,6 @@ import contextlib
 import pathlib
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,9 +15,7 @@ import httpx
 
 from e2e.chaos import load, wait_until
 from e2e.chaos.processes import Redis, SupervisedRunner
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests" / "gateway"))
-import gwharness  # the gateway tests' process harness
+from tests.gateway import gwharness  # the gateway tests' process harness
 
 APP = "chaos/app"
 PRIVATE_APP = "chaos/private"

@@ -14,12 +14,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 
 import httpx
 
-from e2e.chaos import CHAOS_APP, free_port, wait_until
+from e2e.chaos import CHAOS_APP, wait_until
+from tests.gateway import gwharness
 
 
 class SupervisedRunner:
@@ -28,7 +28,7 @@ class SupervisedRunner:
     def __init__(
         self, workdir: pathlib.Path, *, exec_dir: pathlib.Path, max_multiplexing: int
     ) -> None:
-        self.port = free_port()
+        self.port = gwharness.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.exec_dir = exec_dir
@@ -41,21 +41,9 @@ class SupervisedRunner:
     def _spawn(self) -> None:
         log = (self.workdir / f"runner-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubefal_runner",
-                "--app",
-                CHAOS_APP,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--metrics-port",
-                "0",
-                "--max-multiplexing",
-                str(self.max_multiplexing),
-            ],
+            gwharness.runner_command(
+                CHAOS_APP, port=self.port, max_multiplexing=self.max_multiplexing
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "CHAOS_EXEC_DIR": str(self.exec_dir)},
@@ -112,7 +100,7 @@ class Redis:
     def __init__(self, workdir: pathlib.Path) -> None:
         self.workdir = workdir / "redis"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = gwharness.free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -106,6 +106,15 @@ class Process:
             self.kill()
 
 
+def runner_command(app_ref: str, *, port: int, max_multiplexing: int | None = None) -> list[str]:
+    """`python -m kubefal_runner` serving `app_ref` on 127.0.0.1:`port`, metrics off."""
+    command = [sys.executable, "-m", "kubefal_runner", "--app", app_ref]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
+    if max_multiplexing is not None:
+        command += ["--max-multiplexing", str(max_multiplexing)]
+    return command
+
+
 class Runner(Process):
     def __init__(
         self,
@@ -117,21 +126,7 @@ class Runner(Process):
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable,
-            "-m",
-            "kubefal_runner",
-            "--app",
-            app_ref,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "0",
-        ]
-        if max_multiplexing is not None:
-            command += ["--max-multiplexing", str(max_multiplexing)]
+        command = runner_command(app_ref, port=self.port, max_multiplexing=max_multiplexing)
         super().__init__(
             name=f"runner-{self.port}", command=command, workdir=workdir, env=env or {}
         )
