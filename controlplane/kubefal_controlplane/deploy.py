@@ -508,5 +508,19 @@ def falapp_spec(
         entries: list[Any] = getattr(error, "errors", lambda: [])()
         where = ".".join(str(part) for part in entries[0]["loc"]) if entries else "spec"
         message = entries[0]["msg"] if entries else str(error)
-        raise errors.invalid_argument("machine_requirements", f"{where}: {message}") from error
+        top = str(entries[0]["loc"][0]) if entries and entries[0]["loc"] else ""
+        field = SPEC_REQUEST_FIELDS.get(top, "machine_requirements")
+        raise errors.invalid_argument(field, f"{where}: {message}") from error
     return spec
+
+
+SPEC_REQUEST_FIELDS: Final = {
+    "requirements": "environments",
+    "requirementLayers": "environments",
+    "requirement_layers": "environments",
+    "healthCheck": "health_check_config",
+    "health_check": "health_check_config",
+    "skipRetryConditions": "skip_retry_conditions",
+    "skip_retry_conditions": "skip_retry_conditions",
+}
+"""The request field a spec validation error comes from (the rest: machine_requirements)."""

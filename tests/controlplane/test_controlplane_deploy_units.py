@@ -83,6 +83,18 @@ def test_a_hostile_or_oversized_app_file_is_refused_naming_source_code(
     assert raised.value.message.startswith("source_code: ")
 
 
+def test_too_many_requirements_are_refused_naming_environments() -> None:
+    request = isolate_proto.RegisterApplicationRequest(
+        environments=[_environment(requirements=[f"pkg{i}" for i in range(600)])]
+    )
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.falapp_spec(
+            request, class_name="Demo", config_map="c", existing=None, secrets_name="s"
+        )
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("environments: requirements")
+
+
 def test_requirements_keep_the_users_and_drop_fals_serving_stack() -> None:
     environments = [
         _environment(
