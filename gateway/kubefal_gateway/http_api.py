@@ -228,6 +228,17 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+async def read_json(scope: Scope, receive: Receive, *, limit: int) -> Any:
+    """The request body parsed as JSON (`{}` when empty); 400 when it is not JSON."""
+    raw = await read_body(scope, receive, limit=limit)
+    if not raw:
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise errors.BadRequest("The body must be JSON") from None
+
+
 def client_host(scope: Scope) -> str | None:
     """The caller's IP address (the TCP peer), for per-address throttles."""
     client = scope.get("client")

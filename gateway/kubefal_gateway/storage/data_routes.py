@@ -31,8 +31,6 @@ import secrets
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
-import orjson
-
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
 from kubefal_gateway.storage import datafiles
@@ -104,13 +102,6 @@ class DataApi:
                 raise routes.StorageFull(f"/data is full: {error.strerror}") from error
             raise routes.StorageUnavailable(f"/data failed: {error.strerror}") from error
 
-    async def _json(self, scope: Scope, receive: Receive) -> Any:
-        raw = await http_api.read_body(scope, receive, limit=MAX_JSON_BYTES)
-        try:
-            return orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            raise errors.BadRequest("The body must be JSON") from None
-
     async def _form_body(
         self, scope: Scope, receive: Receive, namespace: str, limit: int
     ) -> pathlib.Path:
@@ -177,7 +168,7 @@ class DataApi:
             await http_api.send_json(send, 200, entries)
         elif path.startswith("/files/rename/"):
             self._only(method, "POST")
-            body = await self._json(scope, receive)
+            body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
             destination = body.get("destination") if isinstance(body, dict) else None
             if not isinstance(destination, str):
                 raise errors.BadRequest("Send {'destination': '/data/...'}")
@@ -185,7 +176,7 @@ class DataApi:
             await http_api.send_json(send, 200, True)
         elif path.startswith("/files/dir/check_hash/"):
             self._only(method, "POST")
-            body = await self._json(scope, receive)
+            body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
             expected = body.get("hash") if isinstance(body, dict) else None
             if not isinstance(expected, str):
                 raise errors.BadRequest("Send {'hash': '...'}")
@@ -252,7 +243,7 @@ class DataApi:
             etag = await self._with_form_file(scope, receive, namespace, store)
             await http_api.send_json(send, 200, {"part_number": number, "etag": etag})
         elif method == "POST" and last == "complete":
-            body = await self._json(scope, receive)
+            body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
             raw_parts = body.get("parts") if isinstance(body, dict) else None
             if not isinstance(raw_parts, list) or not all(
                 isinstance(part, dict) and isinstance(part.get("part_number"), int)

@@ -32,9 +32,6 @@ import datetime
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-import orjson
 
 from kubefal_api import apikeys
 from kubefal_gateway import core as gateway_core
@@ -232,15 +229,6 @@ class RestApi:
             if not message.get("more_body", False):
                 return
 
-    async def _json(self, scope: Scope, receive: Receive) -> Any:
-        raw = await http_api.read_body(scope, receive, limit=MAX_JSON_BYTES)
-        if not raw:
-            return {}
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise errors.BadRequest("The body must be JSON") from None
-
     # ---- routing ----
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -360,7 +348,7 @@ class RestApi:
             await http_api.read_body(scope, receive, limit=MAX_JSON_BYTES)
         else:
             namespace = self._namespace(scope, await self._api_key(scope))
-            body = await self._json(scope, receive)
+            body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
             if not isinstance(body, dict):
                 raise errors.BadRequest("Send a JSON object with file_name and content_type")
             name_value = body.get("file_name")
@@ -387,7 +375,7 @@ class RestApi:
 
     async def _realtime_token(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = await self._api_key(scope)
-        body = await self._json(scope, receive)
+        body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
         storage = await self._storage()
         token = realtime.issue(
             storage.signer,
@@ -487,7 +475,7 @@ class RestApi:
         ref: storage_core.FileRef,
         upload_id: str,
     ) -> None:
-        body = await self._json(scope, receive)
+        body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
         raw_parts = body.get("parts") if isinstance(body, dict) else None
         if not isinstance(raw_parts, list):
             raise errors.BadRequest("Send {'parts': [{'partNumber': n, 'etag': '...'}, ...]}")
