@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubefal_gateway.storage import datafiles, names, signing
+from kubefal_gateway.storage import core, datafiles, names, signing
 
 SIGNER = signing.Signer(b"unit-test-signing-key-0123456789")
 
@@ -86,3 +86,11 @@ def test_data_paths_are_relative_to_data(raw: str, parts: list[str]) -> None:
 def test_unsafe_data_paths_are_refused(raw: str) -> None:
     with pytest.raises(datafiles.DataInvalid):
         datafiles.relative_parts(raw)
+
+
+@pytest.mark.parametrize("seconds", [core.MAX_LIFETIME_SECONDS + 1, 10**400])
+def test_lifecycle_past_the_limit_is_invalid_not_an_overflow(seconds: int) -> None:
+    raw = f'{{"expiration_duration_seconds": {seconds}}}'
+    with pytest.raises(core.Invalid, match="at most"):
+        core.parse_lifecycle(raw)
+    assert core.parse_lifecycle('{"expiration_duration_seconds": 3600}') == 3600.0

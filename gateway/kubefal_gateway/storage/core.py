@@ -31,6 +31,8 @@ LOGGER = logging.getLogger(__name__)
 UPLOADS_PREFIX = "_kubefal/uploads/"
 PARTS_PREFIX = "_kubefal/parts/"
 MAX_RECORD_BYTES = 64 * 1024
+MAX_LIFETIME_SECONDS = 100 * 365 * 86400
+"""Longest `expiration_duration_seconds` a caller may ask for (a larger int is no float)."""
 
 
 class StorageError(Exception):
@@ -123,6 +125,8 @@ def parse_lifecycle(raw: str | None) -> float | None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
         raise Invalid("expiration_duration_seconds must be a positive integer")
+    if seconds > MAX_LIFETIME_SECONDS:
+        raise Invalid(f"expiration_duration_seconds may be at most {MAX_LIFETIME_SECONDS}")
     return float(seconds)
 
 
