@@ -207,6 +207,30 @@ def release(
         helm.run("uninstall", name, f"--namespace={namespace}", "--wait", "--timeout=120s")
 
 
+def subscribe_through_release(
+    release: dict[str, Any], *, ca: pathlib.Path, key: str, app_id: str, arguments: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """The real fal_client's `subscribe(app_id, arguments)` through the release's gateway, in a
+    fresh interpreter with only the FAL_* lines a user would set; prints the result as JSON."""
+    ports = release["ports"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    env.update(
+        FAL_RUN_HOST=f"127.0.0.1:{ports['run']}",
+        FAL_QUEUE_RUN_HOST=f"127.0.0.1:{ports['queue']}",
+        SSL_CERT_FILE=str(ca),
+        FAL_KEY=str(key),
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    code = (
+        "import json, fal_client\n"
+        f"r = fal_client.subscribe({app_id!r}, arguments={arguments!r})\n"
+        "print(json.dumps(r))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
 def _pods(api_client: k8s.ApiClient, namespace: str, release: str) -> list[k8s.V1Pod]:
     return list(
         k8s.CoreV1Api(api_client)
@@ -289,23 +313,12 @@ def test_fal_client_gets_a_result_through_the_gateway_container_of_the_release(
         api_client, namespace=namespace, label_selector=RUNNER_SELECTOR, root=tmp_path / "pods"
     ) as pods:
         cluster.kubectl("apply", "-n", namespace, "-f", str(example / "falapp.yaml"))
-        ports = release["ports"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-        env.update(
-            FAL_RUN_HOST=f"127.0.0.1:{ports['run']}",
-            FAL_QUEUE_RUN_HOST=f"127.0.0.1:{ports['queue']}",
-            SSL_CERT_FILE=str(ca),
-            FAL_KEY=str(key),
-            NO_PROXY="127.0.0.1,localhost",
-        )
-        code = (
-            "import json, fal_client\n"
-            f"r = fal_client.subscribe('{namespace}/text-stats',"
-            " arguments={'text': 'to be or not to be', 'top': 2})\n"
-            "print(json.dumps(r))\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+        result = subscribe_through_release(
+            release,
+            ca=ca,
+            key=str(key),
+            app_id=f"{namespace}/text-stats",
+            arguments={"text": "to be or not to be", "top": 2},
         )
         assert result.returncode == 0, (
             f"{result.stdout}\n{result.stderr}\n{podrunner.describe(pods)}\n"

@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +31,11 @@ from e2e import cluster as local_cluster
 from e2e import images, podrunner, waiting
 from e2e.conftest import ClusterHandle
 from e2e.system import RUNNER_SELECTOR
-from e2e.test_helm_real_node import _wait_ready, release  # noqa: F401  (fixture)
+from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
+    _wait_ready,
+    release,
+    subscribe_through_release,
+)
 from e2e.test_realnode import node  # noqa: F401  (fixture)
 from kubefal_api import apikeys
 
@@ -182,23 +185,12 @@ def test_real_keda_scales_a_keda_falapp_from_zero_and_back_through_the_gateway(
         ).items
         assert deployment.spec.replicas == 0
 
-        ports = release["ports"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-        env.update(
-            FAL_RUN_HOST=f"127.0.0.1:{ports['run']}",
-            FAL_QUEUE_RUN_HOST=f"127.0.0.1:{ports['queue']}",
-            SSL_CERT_FILE=str(ca),
-            FAL_KEY=str(key),
-            NO_PROXY="127.0.0.1,localhost",
-        )
-        code = (
-            "import json, fal_client\n"
-            f"r = fal_client.subscribe('{namespace}/text-stats',"
-            " arguments={'text': 'one two two', 'top': 1})\n"
-            "print(json.dumps(r))\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+        result = subscribe_through_release(
+            release,
+            ca=ca,
+            key=str(key),
+            app_id=f"{namespace}/text-stats",
+            arguments={"text": "one two two", "top": 1},
         )
         assert result.returncode == 0, (
             f"{result.stdout}\n{result.stderr}\n{podrunner.describe(pods)}\n"
