@@ -386,6 +386,13 @@ def test_data_is_per_namespace_and_paths_stay_inside(stack: Stack) -> None:
             headers=stack.auth(),
         )
         assert fetch.status_code == 400
+        # "²" (%C2%B2) is a digit to str.isdigit but not to int(): a 404, not a 500
+        part = http.put(
+            f"{base}/files/file/multipart//data/x/{'a' * 22}/%C2%B2",
+            files={"file_upload": ("x", b"x")},
+            headers=stack.auth(),
+        )
+        assert part.status_code == 404 and part.json()["detail"]
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class DataApi:
             await http_api.send_json(send, 200, {"upload_id": upload_id})
             return
         target, _, upload_id = head.rpartition("/")
-        if method == "PUT" and last.isdigit() and len(last) < 6:
+        if method == "PUT" and last.isascii() and last.isdigit() and len(last) < 6:
             number = int(last)
 
             def store(source: IO[bytes], size: int) -> str:

@@ -452,7 +452,13 @@ class RestApi:
         elif len(rest) == 3 and rest[0] == "multipart" and rest[2] == "complete":
             self._only(method, "POST")
             await self._complete(scope, receive, send, storage, ref, rest[1])
-        elif len(rest) == 3 and rest[0] == "multipart" and rest[2].isdigit() and len(rest[2]) < 7:
+        elif (
+            len(rest) == 3
+            and rest[0] == "multipart"
+            and rest[2].isascii()
+            and rest[2].isdigit()
+            and len(rest[2]) < 7
+        ):
             self._only(method, "PUT")
             etag = await storage.put_part(
                 ref,
