@@ -383,10 +383,10 @@ class Api:
         except errors.GatewayError as error:
             await send_error(send, error)
         except queueing.QueueError:
-            LOGGER.exception("queue store failure on %s %s", scope["method"], scope["path"])
+            LOGGER.exception("queue store failure on %s %r", scope["method"], scope["path"])
             await send_error(send, errors.RunnerUnavailable("Queue store unavailable"))
         except Exception:
-            LOGGER.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            LOGGER.exception("unexpected error on %s %r", scope["method"], scope["path"])
             await send_internal_error(send)
 
     # ---- queue API ----

@@ -153,7 +153,7 @@ class RestApi:
         except Exception as error:
             mapped = _to_gateway_error(error)
             if mapped is None:
-                LOGGER.exception("unexpected error on %s %s", scope["method"], scope["path"])
+                LOGGER.exception("unexpected error on %s %r", scope["method"], scope["path"])
                 await http_api.send_internal_error(send)
             else:
                 await http_api.send_error(send, mapped)
