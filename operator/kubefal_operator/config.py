@@ -17,6 +17,9 @@ from kubefal_api import naming
 from kubefal_operator import signals, status
 from kubefal_operator.render import common
 
+KEDA_SCALER_PORT = 9091
+"""The chart's ``keda.port``: the gateway admin Service's ``grpc-keda`` port."""
+
 
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
@@ -96,7 +99,8 @@ class OperatorConfig:
                     env.get("KUBEFAL_DRAIN_MARGIN_SECONDS", str(defaults.drain_margin_seconds))
                 ),
                 keda_scaler_address=env.get(
-                    "KUBEFAL_KEDA_SCALER_ADDRESS", defaults.keda_scaler_address
+                    "KUBEFAL_KEDA_SCALER_ADDRESS",
+                    f"kubefal-gateway-admin.{namespace}.svc:{KEDA_SCALER_PORT}",
                 ),
                 keda_polling_interval_seconds=int(
                     env.get(

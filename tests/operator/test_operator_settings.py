@@ -8,6 +8,7 @@ import pytest
 
 from kubefal_operator import __main__ as entry_point
 from kubefal_operator import config, metrics
+from tests import charthelm
 
 
 def test_environment_overrides_the_defaults() -> None:
@@ -104,8 +105,25 @@ def test_a_gateway_admin_url_turns_the_builtin_actuator_on() -> None:
     assert settings.gateway_admin_url == "http://gw-admin.kubefal.svc:9090"
     assert settings.actuator_interval_seconds == 0.5
     assert settings.render.keda_scaler_address == "gw-admin.kubefal.svc:9191"
-    default = config.OperatorConfig.from_environment({}).render.keda_scaler_address
-    assert default == "kubefal-gateway.kubefal-system.svc:9091"
+
+
+def test_the_default_keda_scaler_address_names_the_charts_service_and_port() -> None:
+    """Without KUBEFAL_KEDA_SCALER_ADDRESS the operator points KEDA at the Service and port the
+    chart (release ``kubefal``) creates for the gateway's external scaler, in its namespace."""
+    objects = charthelm.render({"keda": {"enabled": True}})
+    address = config.OperatorConfig.from_environment(
+        {"KUBEFAL_OPERATOR_NAMESPACE": charthelm.NAMESPACE}
+    ).render.keda_scaler_address
+    host, _, port = address.rpartition(":")
+    service_name, namespace, suffix = host.split(".")
+    assert (namespace, suffix) == (charthelm.NAMESPACE, "svc")
+    service = charthelm.find(objects, "Service", service_name)
+    keda_ports = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc-keda"]
+    assert keda_ports == [int(port)]
+    chart_value = charthelm.env_items(charthelm.find(objects, "Deployment", "kubefal-operator"))
+    assert chart_value["KUBEFAL_KEDA_SCALER_ADDRESS"]["value"] == address
+    elsewhere = config.OperatorConfig.from_environment({"KUBEFAL_OPERATOR_NAMESPACE": "platform"})
+    assert elsewhere.render.keda_scaler_address == f"{service_name}.platform.svc:{port}"
 
 
 def test_the_gateway_admin_url_flag_is_parsed() -> None:

@@ -33,8 +33,9 @@ class RenderSettings:
     ready, run ``teardown()`` and exit after the last request finished."""
     app_mount_path: str = "/app"
     """Where the source ConfigMap is mounted in the runner container."""
-    keda_scaler_address: str = "kubefal-gateway.kubefal-system.svc:9091"
-    """``host:port`` of the gateway's KEDA external scaler (``spec.scaler: keda``)."""
+    keda_scaler_address: str = "kubefal-gateway-admin.kubefal-system.svc:9091"
+    """``host:port`` of the gateway's KEDA external scaler (``spec.scaler: keda``): the
+    chart's gateway admin Service (release ``kubefal``), which carries the ``grpc-keda`` port."""
     keda_polling_interval_seconds: int = 5
     """ScaledObject ``pollingInterval``: how often KEDA asks ``IsActive`` besides the push."""
     runner_run_as_user: int = 10001
