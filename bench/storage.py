@@ -33,6 +33,7 @@ import yaml
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
 from kubefal_api import apikeys  # noqa: E402
 from kubefal_gateway.storage import blobs, runtime  # noqa: E402
@@ -51,6 +52,7 @@ def parse_arguments() -> argparse.Namespace:
         default="curl",
         help="HTTP client of the gateway path (curl: native TLS; httpx: what fal_client uses)",
     )
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
