@@ -29,7 +29,8 @@ from typing import Any
 import psutil
 import uvloop
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
@@ -168,10 +169,10 @@ async def run(
 
         async def sqlite() -> Any:
             path = workdir / f"queue-{next(counter)}.db"
-            return await store_sqlite.SqliteQueueStore.open(str(path), housekeeping_interval=None)
+            return await sqlite_store.SqliteQueueStore.open(str(path), housekeeping_interval=None)
 
         async def redis() -> Any:
-            return await store_redis.RedisQueueStore.open(
+            return await redis_store.RedisQueueStore.open(
                 redis_url, prefix=f"bench-{next(counter)}", housekeeping_interval=None
             )
 
