@@ -25,14 +25,11 @@ import argparse
 import base64
 import contextlib
 import dataclasses
-import datetime
-import ipaddress
 import json
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,12 +40,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from e2e import realnode
+from testkit import certs, ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubefal" / "cluster"
@@ -103,90 +99,10 @@ def testbin_dir() -> pathlib.Path:
     return pathlib.Path(result.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+free_port = ports.free_port
 
 
 # --- PKI -------------------------------------------------------------------------------
-
-
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        encoding=serialization.Encoding.PEM,
-        format=serialization.PrivateFormat.TraditionalOpenSSL,
-        encryption_algorithm=serialization.NoEncryption(),
-    )
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization:
-        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attributes)
-
-
-def _certificate(
-    *,
-    subject: x509.Name,
-    key: rsa.RSAPrivateKey,
-    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None,
-    usage: ExtendedKeyUsageOID | None = None,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    issuer_name = issuer[0].subject if issuer else subject
-    signing_key = issuer[1] if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    builder = builder.add_extension(
-        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
-            critical=False,
-        )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,32 +116,36 @@ class Pki:
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        ca_key = _key()
-        ca = _certificate(subject=_name("kubefal-local-ca"), key=ca_key, issuer=None)
-        front_key = _key()
-        front_ca = _certificate(subject=_name("kubefal-front-proxy-ca"), key=front_key, issuer=None)
+        ca_key = certs.new_key()
+        ca = certs.certificate(
+            subject=certs.subject_name("kubefal-local-ca"), key=ca_key, issuer=None
+        )
+        front_key = certs.new_key()
+        front_ca = certs.certificate(
+            subject=certs.subject_name("kubefal-front-proxy-ca"), key=front_key, issuer=None
+        )
         files: dict[str, bytes] = {
-            "ca.crt": _pem_cert(ca),
-            "ca.key": _pem_key(ca_key),
-            "front-proxy-ca.crt": _pem_cert(front_ca),
+            "ca.crt": certs.pem_cert(ca),
+            "ca.key": certs.pem_key(ca_key),
+            "front-proxy-ca.crt": certs.pem_cert(front_ca),
         }
         issued = {
             "apiserver": (
-                _name("kube-apiserver"),
+                certs.subject_name("kube-apiserver"),
                 (ca, ca_key),
                 ExtendedKeyUsageOID.SERVER_AUTH,
                 ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
                 ["127.0.0.1", "10.0.0.1"],
             ),
             "admin": (
-                _name("kubefal-admin", "system:masters"),
+                certs.subject_name("kubefal-admin", "system:masters"),
                 (ca, ca_key),
                 ExtendedKeyUsageOID.CLIENT_AUTH,
                 [],
                 [],
             ),
             "front-proxy-client": (
-                _name("front-proxy-client"),
+                certs.subject_name("front-proxy-client"),
                 (front_ca, front_key),
                 ExtendedKeyUsageOID.CLIENT_AUTH,
                 [],
@@ -233,8 +153,8 @@ class Pki:
             ),
         }
         for stem, (subject, issuer, usage, dns_names, ips) in issued.items():
-            key = _key()
-            cert = _certificate(
+            key = certs.new_key()
+            cert = certs.certificate(
                 subject=subject,
                 key=key,
                 issuer=issuer,
@@ -242,10 +162,10 @@ class Pki:
                 dns_names=dns_names,
                 ip_addresses=ips,
             )
-            files[f"{stem}.crt"] = _pem_cert(cert)
-            files[f"{stem}.key"] = _pem_key(key)
-        service_account_key = _key()
-        files["sa.key"] = _pem_key(service_account_key)
+            files[f"{stem}.crt"] = certs.pem_cert(cert)
+            files[f"{stem}.key"] = certs.pem_key(key)
+        service_account_key = certs.new_key()
+        files["sa.key"] = certs.pem_key(service_account_key)
         files["sa.pub"] = service_account_key.public_key().public_bytes(
             encoding=serialization.Encoding.PEM,
             format=serialization.PublicFormat.SubjectPublicKeyInfo,
@@ -254,32 +174,6 @@ class Pki:
             self.path(name).write_bytes(content)
             if name.endswith(".key"):
                 self.path(name).chmod(0o600)
-
-
-def issue_serving_certificate(
-    directory: pathlib.Path, *, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()
-) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    """A throwaway CA and a server certificate for it; returns (ca.crt, tls.crt, tls.key).
-
-    Used by tests that make the API server call a local process over TLS (aggregated APIs,
-    admission webhooks): the API server checks the name ``<service>.<namespace>.svc``.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca = _certificate(subject=_name("kubefal-test-ca"), key=ca_key, issuer=None)
-    key = _key()
-    cert = _certificate(
-        subject=_name(dns_names[0][:64]),
-        key=key,
-        issuer=(ca, ca_key),
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        dns_names=dns_names,
-        ip_addresses=ip_addresses,
-    )
-    paths = (directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
-    for path, content in zip(paths, (_pem_cert(ca), _pem_cert(cert), _pem_key(key)), strict=True):
-        path.write_bytes(content)
-    return paths
 
 
 def kubeconfig_document(*, server: str, pki: Pki) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from e2e import cluster as local_cluster
-from e2e import waiting
+from testkit import waiting
 
 
 @dataclasses.dataclass

@@ -25,11 +25,12 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
-from e2e import operator_harness, waiting
+from e2e import operator_harness
 from e2e import system as whole
 from e2e.conftest import ClusterHandle
 from kubefal_api import apikeys, naming, v1alpha1
 from kubefal_cli import localca
+from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAL_CLI = pathlib.Path(sys.executable).parent / "fal"

@@ -27,8 +27,8 @@ from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import system as whole
-from e2e import waiting
 from kubefal_api import apikeys
+from testkit import waiting
 
 KEY_NAMESPACE = "kubefal-system"
 EXAMPLES = local_cluster.REPO_ROOT / "examples"

@@ -31,8 +31,8 @@ import yaml
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
-from e2e import waiting
 from kubefal_api import crds, machines, naming, v1alpha1
+from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 120.0

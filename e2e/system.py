@@ -34,6 +34,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import operator_harness, podrunner, waiting
+from testkit import certs
 
 REPO_ROOT = local_cluster.REPO_ROOT
 RUNNER_SELECTOR = "kubefal.io/app,app.kubernetes.io/component=runner"
@@ -143,7 +144,7 @@ def running_system(
     workdir.mkdir(parents=True, exist_ok=True)
     api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
     operator_harness.install_falapp_crd(api_client)
-    ca, cert, key = local_cluster.issue_serving_certificate(
+    ca, cert, key = certs.issue_serving_certificate(
         workdir / "tls", dns_names=["localhost", *service_names], ip_addresses=["127.0.0.1"]
     )
     ports = Ports(*(local_cluster.free_port() for _ in range(5)))

@@ -36,13 +36,14 @@ import yaml
 from cryptography import x509
 
 from e2e import cluster as local_cluster
-from e2e import controlplane_harness, waiting
+from e2e import controlplane_harness
 from e2e.conftest import ClusterHandle
 from kubefal_api import crds, machines, naming
 from kubefal_gateway import settings as gateway_settings
 from kubefal_operator import config as operator_config
 from kubefal_operator import handlers as operator_handlers
 from kubefal_webhook import settings as webhook_settings
+from testkit import waiting
 
 REPO_ROOT = local_cluster.REPO_ROOT
 cp_tls = controlplane_harness.cp_tls

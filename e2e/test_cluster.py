@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from e2e import waiting
 from e2e.conftest import ClusterHandle
+from testkit import waiting
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 

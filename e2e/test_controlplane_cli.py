@@ -15,7 +15,6 @@ import re
 from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
-from e2e import waiting
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     create_falapp,
@@ -26,6 +25,7 @@ from e2e.controlplane_harness import (
     wait_pod_ready,
 )
 from kubefal_api import apikeys
+from testkit import waiting
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace

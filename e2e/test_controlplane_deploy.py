@@ -17,7 +17,6 @@ from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
 from e2e import system as whole
-from e2e import waiting
 from e2e.controlplane_harness import (
     ControlPlaneProcess,
     call_app,
@@ -25,6 +24,7 @@ from e2e.controlplane_harness import (
     run_fal,
 )
 from kubefal_api import apikeys
+from testkit import waiting
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace

@@ -18,9 +18,9 @@ import sys
 
 from kubernetes import client as k8s
 
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import FAL_CLI, get_falapp
+from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 APP_FILE = REPO_ROOT / "e2e" / "apps" / "sleepy.py"

@@ -26,9 +26,10 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from e2e import operator_harness, waiting
+from e2e import operator_harness
 from e2e.conftest import ClusterHandle
 from kubefal_api import conditions, v1alpha1
+from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -18,10 +18,10 @@ import pytest
 import uvicorn
 from kubernetes import client as k8s
 
-from e2e import cluster as local_cluster
 from e2e import system, waiting
 from e2e.conftest import ClusterHandle
 from kubefal_gateway import external_metrics
+from testkit import certs
 
 
 class DesiredCounts:
@@ -37,7 +37,7 @@ def metrics_server(
     tmp_path: pathlib.Path, namespace: str
 ) -> Iterator[tuple[DesiredCounts, int, pathlib.Path]]:
     service_host = f"kubefal-gateway.{namespace}.svc"
-    ca, cert, key = local_cluster.issue_serving_certificate(
+    ca, cert, key = certs.issue_serving_certificate(
         tmp_path / "tls", dns_names=[service_host, "localhost"], ip_addresses=["127.0.0.1"]
     )
     counts = DesiredCounts()

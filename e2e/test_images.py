@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from e2e import images, waiting
+from e2e import images
 from e2e.cluster import free_port
+from testkit import waiting
 
 TEXT_STATS = images.REPO_ROOT / "examples" / "text-stats"
 HARDENED = [
@@ -99,7 +100,7 @@ def test_the_kubefal_image_imports_every_server_process_read_only_and_offline(
         "kubefal_webhook.app",
         "kubefal_controlplane.server",
         # Imported only with a Redis store; redis needs async-timeout on Debian's 3.11.2.
-        "kubefal_gateway.stores.redis_store",
+        "kubefal_gateway.store_redis",
     ]
     output = images.podman(
         podman_env,

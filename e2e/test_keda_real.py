@@ -38,6 +38,7 @@ from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
 )
 from e2e.test_realnode import node  # noqa: F401  (fixture)
 from kubefal_api import apikeys
+from testkit.certs import issue_serving_certificate
 
 KEDA_PORT = local_cluster.free_port()
 
@@ -76,7 +77,7 @@ def keda(cluster: ClusterHandle, namespace: str, tmp_path: pathlib.Path) -> Iter
 
     waiting.wait_for(established, timeout=60, description="KEDA's CRDs established")
     certs = tmp_path / "keda-certs"
-    local_cluster.issue_serving_certificate(
+    issue_serving_certificate(
         certs, dns_names=["keda-operator.keda.svc", "localhost"], ip_addresses=["127.0.0.1"]
     )
     ca_dir = tmp_path / "keda-ca"

@@ -17,10 +17,10 @@ import yaml
 from kubernetes import client as k8s
 
 from e2e import operator_harness as harness
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from e2e.operator_harness import Api, OperatorProcess
 from kubefal_api import machines, naming, v1alpha1
+from testkit import waiting
 
 EXAMPLES = harness.REPO_ROOT / "examples"
 TIMEOUT = harness.TIMEOUT

@@ -24,10 +24,10 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import operator_harness as harness
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from e2e.operator_harness import Api, OperatorProcess, ScalingStream
 from kubefal_api import naming, v1alpha1
+from testkit import waiting
 
 TIMEOUT = harness.TIMEOUT
 NAMESPACE_PREFIX = "e2e-scalers-"

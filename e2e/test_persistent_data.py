@@ -19,9 +19,9 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import system as whole
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import apikeys
+from testkit import waiting
 
 APP_SOURCE = pathlib.Path(__file__).with_name("apps") / "data_app.py"
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from e2e import podrunner, waiting
+from e2e import podrunner
+from testkit import waiting
 
 SERVER = """
 import http.server, os, pathlib

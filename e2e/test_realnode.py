@@ -21,9 +21,10 @@ import psutil
 import pytest
 from kubernetes import client as k8s
 
-from e2e import images, realnode, waiting
+from e2e import images, realnode
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
+from testkit import waiting
 
 TEXT_STATS = images.REPO_ROOT / "examples" / "text-stats"
 

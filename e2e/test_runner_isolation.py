@@ -21,11 +21,11 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import operator_harness as harness
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from e2e.operator_harness import Api, OperatorProcess
 from kubefal_api import naming, v1alpha1
 from kubefal_gateway import apps, auth, discovery, runners, upstream
+from testkit import waiting
 
 TIMEOUT = harness.TIMEOUT
 RUN_HOST = "kubefal-gateway-run.gateway-ns.svc"

@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e import system as whole
-from e2e import waiting
 from e2e.conftest import ClusterHandle
+from testkit import waiting
 
 APP_SOURCE = pathlib.Path(__file__).with_name("apps") / "sleepy.py"
 

@@ -29,6 +29,7 @@ from e2e import cluster as local_cluster
 from e2e import waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import machines, naming, v1alpha1
+from testkit import certs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SELECTOR_LABEL = "kubefal.io/webhook-e2e"
@@ -43,7 +44,7 @@ def webhook_server(
     Its machine catalogue is read from the test's namespace, so a test can install its own
     catalogue without touching the shared cluster's.
     """
-    ca, cert, key = local_cluster.issue_serving_certificate(
+    ca, cert, key = certs.issue_serving_certificate(
         tmp_path / "tls", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
     )
     port = local_cluster.free_port()

@@ -38,7 +38,6 @@ from kubefal_gateway import (
     webhooks,
 )
 from kubefal_gateway.storage import signing
-from kubefal_gateway.stores import opener
 
 LOGGER = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         config = self.settings
-        self._store = await opener.open_store(
+        self._store = await queueing.open_store(
             config.store,
             result_ttl=config.result_ttl,
             max_attempts=config.max_attempts,

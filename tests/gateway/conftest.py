@@ -27,8 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from kubefal_gateway import queueing
-from kubefal_gateway.stores import redis_store, sqlite_store
+from kubefal_gateway import queueing, store_redis, store_sqlite
 from tests.gateway.webhook_harness import Receiver
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -146,9 +145,9 @@ async def open_queue_store(
         options.setdefault("housekeeping_interval", None)
         store: queueing.QueueStore
         if store_backend == "sqlite":
-            store = await sqlite_store.SqliteQueueStore.open(str(database), **options)
+            store = await store_sqlite.SqliteQueueStore.open(str(database), **options)
         else:
-            store = await redis_store.RedisQueueStore.open(url, prefix=prefix, **options)
+            store = await store_redis.RedisQueueStore.open(url, prefix=prefix, **options)
         opened.append(store)
         return store
 
@@ -156,7 +155,7 @@ async def open_queue_store(
     for store in opened:
         await store.close()
     if store_backend == "redis":
-        cleaner = await redis_store.RedisQueueStore.open(
+        cleaner = await store_redis.RedisQueueStore.open(
             url, prefix=prefix, housekeeping_interval=None
         )
         await cleaner.flush_key_space()

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from e2e import cluster
+from testkit import certs
 
 APPS_DIR = pathlib.Path(__file__).parent / "apps"
 PROBE_APP = f"{APPS_DIR / 'probe_app.py'}::ProbeApp"
@@ -56,7 +56,7 @@ class Tls:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it."""
 
     def __init__(self, directory: pathlib.Path) -> None:
-        self.ca_path, self.cert_path, self.key_path = cluster.issue_serving_certificate(
+        self.ca_path, self.cert_path, self.key_path = certs.issue_serving_certificate(
             directory, dns_names=["localhost", "queue.localhost"], ip_addresses=["127.0.0.1"]
         )
 

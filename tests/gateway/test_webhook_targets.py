@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import httpx
 import pytest
 
-from e2e import cluster
 from kubefal_gateway import queueing, webhook_targets, webhooks
+from testkit import certs
 from tests.gateway.webhook_harness import LOCAL, Receiver, complete_hooked_job
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
@@ -259,7 +259,7 @@ async def test_https_is_verified_against_the_urls_host_while_connecting_to_the_c
     open_queue_store: OpenStore, tmp_path: pathlib.Path
 ) -> None:
     # A certificate for "hooks.test" only (no IP address in it).
-    ca_path, cert_path, key_path = cluster.issue_serving_certificate(
+    ca_path, cert_path, key_path = certs.issue_serving_certificate(
         tmp_path, dns_names=["hooks.test"], ip_addresses=[]
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

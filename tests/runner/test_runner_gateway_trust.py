@@ -12,14 +12,14 @@ import pathlib
 
 import httpx
 
-from e2e import cluster
 from kubefal_runner import testing, trust
+from testkit import certs
 
 
 def _callee(
     start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
 ) -> tuple[testing.RunnerProcess, pathlib.Path]:
-    ca_path, cert_path, key_path = cluster.issue_serving_certificate(
+    ca_path, cert_path, key_path = certs.issue_serving_certificate(
         tmp_path / "pki", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
     )
     callee = start_runner(

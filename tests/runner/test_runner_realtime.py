@@ -18,8 +18,8 @@ import pathlib
 import subprocess
 import sys
 
-from e2e import cluster
 from kubefal_runner import testing
+from testkit import certs
 
 CLIENT_TIMEOUT_SECONDS = 120
 
@@ -46,7 +46,7 @@ print(json.dumps({"replies": [first, second], "error": error}))
 def test_fal_client_realtime_round_trips_through_the_runner_over_tls(
     start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
-    ca_path, cert_path, key_path = cluster.issue_serving_certificate(
+    ca_path, cert_path, key_path = certs.issue_serving_certificate(
         tmp_path, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
     )
     runner = start_runner(

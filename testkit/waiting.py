@@ -1,8 +1,9 @@
 """Waiting for a condition with a deadline, instead of sleeping and hoping.
 
-Every e2e test waits on the cluster (a pod scheduled, a status written, a child put
-back); on a loaded 2-core machine the time that takes varies a lot, so tests poll a
-predicate until it holds or a generous timeout passes, and fail with what they saw last.
+Tests wait on processes and on the cluster (a server answering, a pod scheduled, a status
+written, a child put back); on a loaded 2-core machine the time that takes varies a lot, so
+they poll a predicate until it holds or a generous timeout passes, and fail with what they
+saw last. One copy for ``tests/``, ``e2e/`` and ``bench/``.
 """
 
 from __future__ import annotations
