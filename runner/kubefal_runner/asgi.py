@@ -38,11 +38,10 @@ import collections.abc
 import contextlib
 import json
 import logging
-import time
 import uuid
 from typing import Any
 
-from kubefal_runner import cancellation, disconnects, lifespan, request_logs, state
+from kubefal_runner import cancellation, disconnects, health, lifespan, request_logs, state
 
 Scope = collections.abc.MutableMapping[str, Any]
 Message = lifespan.Message
@@ -62,7 +61,6 @@ HEALTH_CHECK_REQUEST_HEADER = b"x-fal-runner-health-check"
 REQUEST_CANCELLED_STATUS = 499
 """fal's status for a request cancelled by its client (``RequestCancelledException``)."""
 REQUEST_CANCELLED_DETAIL = "Request cancelled by the client."
-DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
 WEBSOCKET_TRY_AGAIN_LATER = 1013
 WEBSOCKET_POLICY_VIOLATION = 1008
 
@@ -102,74 +100,6 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class HealthCheckResult:
-    """Outcome of one health check: healthy or not, and what the app answered."""
-
-    def __init__(self, *, healthy: bool, status_code: int | None, detail: str) -> None:
-        self.healthy = healthy
-        self.status_code = status_code
-        self.detail = detail
-
-
-async def call_in_process(
-    app: lifespan.ASGIApp, *, method: str, path: str, body: bytes
-) -> tuple[int, bytes]:
-    """Send one HTTP request straight to an ASGI app (no socket) and return status and body."""
-    request_sent = False
-    response_started = False
-    response_complete = asyncio.Event()
-    status = 500
-    chunks: list[bytes] = []
-
-    async def receive() -> Message:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await response_complete.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        nonlocal status, response_started
-        if message["type"] == "http.response.start":
-            status = int(message["status"])
-            response_started = True
-        elif message["type"] == "http.response.body":
-            chunks.append(bytes(message.get("body", b"")))
-            if not message.get("more_body", False):
-                response_complete.set()
-
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (REQUEST_ID_HEADER, f"kubefal-health-{uuid.uuid4()}".encode()),
-        ],
-        "client": None,
-        "server": None,
-        "state": {},
-    }
-    try:
-        await app(scope, receive, send)
-    except Exception:
-        # Starlette re-raises an endpoint's exception after its error handler sent the 500.
-        if not response_started:
-            raise
-    finally:
-        response_complete.set()
-    return status, b"".join(chunks)
 
 
 class RunnerASGI:
@@ -518,40 +448,9 @@ class RunnerASGI:
         }
         await send_json(send, status=200 if result.healthy else 503, payload=payload)
 
-    async def check_health(self) -> HealthCheckResult:
+    async def check_health(self) -> health.HealthCheckResult:
         """Run the app's configured health check in-process, else the SDK's ``GET /health``."""
-        if self._health_check is None:
-            method, path, timeout, body = (
-                "GET",
-                "/health",
-                DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS,
-                b"",
-            )
-        else:
-            method = str(self._health_check["method"])
-            path = str(self._health_check["path"])
-            timeout = float(
-                self._health_check["timeout_seconds"] or DEFAULT_HEALTH_CHECK_TIMEOUT_SECONDS
-            )
-            body = b"" if method in ("GET", "HEAD") else b"{}"
-        started = time.monotonic()
-        try:
-            status, response_body = await asyncio.wait_for(
-                call_in_process(self._app, method=method, path=path, body=body), timeout=timeout
-            )
-        except TimeoutError:
-            return HealthCheckResult(
-                healthy=False,
-                status_code=None,
-                detail=f"{method} {path} did not answer within {timeout:g} s",
-            )
-        except Exception as error:
-            return HealthCheckResult(
-                healthy=False, status_code=None, detail=f"{method} {path} raised {error!r}"
-            )
-        elapsed = time.monotonic() - started
-        healthy = 200 <= status < 300
-        detail = f"{method} {path} answered {status} in {elapsed:.3f} s"
-        if not healthy:
-            detail += ": " + response_body[:500].decode("utf-8", "replace")
-        return HealthCheckResult(healthy=healthy, status_code=status, detail=detail)
+        request_id = f"kubefal-health-{uuid.uuid4()}".encode()
+        return await health.check(
+            self._app, self._health_check, headers=[(REQUEST_ID_HEADER, request_id)]
+        )
