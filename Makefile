@@ -13,10 +13,10 @@ help: ## Show this help
 
 ##@ Development
 .PHONY: install
-install: ## Create .venv and install kubefal with every extra and the dev tools
+install: ## Create .venv and install kubefal with every extra, the bench extra and the dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U 'pip>=25.1'
-	$(BIN)/pip install -q -e '.[all]' --group dev
+	$(BIN)/pip install -q -e '.[all,bench]' --group dev
 
 .PHONY: fmt
 fmt: ## Format the code
@@ -54,6 +54,15 @@ test: lint testbin ## Everything: lint, types, import contracts, unit and e2e te
 .PHONY: chaos
 chaos: testbin ## Reliability suite: kill -9, stalls, hostile clients; prints lost/wrong/run-twice per case
 	$(BIN)/python -m e2e.chaos
+
+##@ Benchmarks
+.PHONY: bench
+bench: testbin ## Every bench, short profile (BENCH_FULL=1 for the full run, BENCH_ONLY="gateway runner"); report in dist/bench/<time>/report.md
+	$(BIN)/python bench/report.py run $(if $(BENCH_FULL),--full) $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+
+.PHONY: bench-readme
+bench-readme: ## Rewrite README.md's benchmark table from the latest report (dist/bench/latest)
+	$(BIN)/python bench/report.py readme
 
 ##@ Images
 .PHONY: images

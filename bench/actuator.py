@@ -18,6 +18,7 @@ has ``minConcurrency: 0``.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import sys
@@ -36,6 +37,7 @@ from kubernetes import watch as k8s_watch
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
 from e2e import operator_harness  # noqa: E402
 from kubefal_api import v1alpha1  # noqa: E402
@@ -46,6 +48,7 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="scale changes per variant")
     parser.add_argument("--kubeconfig", default=None, help="use this cluster")
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
@@ -92,14 +95,18 @@ class ReplicasWatch:
             return self.seen[replicas] - started
 
 
-def _summary(samples: list[float]) -> str:
+def _p95(samples: list[float]) -> float:
     ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms"
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def _summary(samples: list[float]) -> str:
+    return f"p50 {statistics.median(samples) * 1000:7.1f} ms   p95 {_p95(samples) * 1000:7.1f} ms"
 
 
 def main() -> int:
     arguments = parse_arguments()
+    load_before = os.getloadavg()
     if arguments.kubeconfig:
         kubeconfig = pathlib.Path(arguments.kubeconfig)
     else:
@@ -175,6 +182,25 @@ def main() -> int:
         stream.stop()
         core.delete_namespace(namespace, propagation_policy="Background")
     # Even trials scale 0 -> 1 (a cold start), odd ones 1 -> 0 (annotate, then scale down).
+    figures: dict[str, dict[str, float]] = {}
+    for key, start in (("scale_from_zero", 0), ("scale_down", 1)):
+        mine, base = actuated[start::2], direct[start::2]
+        figures[key] = {
+            "trials": len(mine),
+            "actuator_p50_ms": statistics.median(mine) * 1000,
+            "actuator_p95_ms": _p95(mine) * 1000,
+            "direct_p50_ms": statistics.median(base) * 1000,
+            "direct_p95_ms": _p95(base) * 1000,
+        }
+    bench_results.write(
+        arguments.json,
+        "actuator",
+        {
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+            **figures,
+        },
+    )
     for label, start in (("0 -> 1 (scale from zero)", 0), ("1 -> 0 (scale-down)", 1)):
         mine, base = actuated[start::2], direct[start::2]
         print(f"{label}, {len(mine)} trials each:")

@@ -44,6 +44,7 @@ import yaml
 from kubefal_gateway import upstream
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench import results as bench_results
 from testkit import certs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -172,7 +173,10 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
+    bench_results.add_option(parser)
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    collected: dict[str, dict[str, dict[str, float]]] = {}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kubefal-bench-"))
     runner_port, queue_port, run_port, admin_port = (free_port() for _ in range(4))
     config = workdir / "static.yaml"
@@ -332,6 +336,7 @@ def main() -> None:
                 ("queue", queued),
                 ("queue-fal", fal_polled),
             )
+            collected[str(concurrency)] = dict(rows)
             for name, row in rows:
                 added_p50 = row["p50"] - direct["p50"]
                 added_p99 = row["p99"] - direct["p99"]
@@ -346,6 +351,18 @@ def main() -> None:
         print(
             "targets: sync <= 0.4 ms CPU/request and <= 1 ms added p50; "
             "queue <= 1 ms CPU/request (status polls included)"
+        )
+        bench_results.write(
+            args.json,
+            "gateway",
+            {
+                "requests": total,
+                "loadavg_before": list(load_before),
+                "loadavg_after": list(os.getloadavg()),
+                # concurrency -> path (direct, sync, sync-tls, queue, queue-fal) -> figures
+                # (p50/p99/mean in ms, cpu_ms_per_request of the gateway, polls_per_request)
+                "by_concurrency": collected,
+            },
         )
     finally:
         for process in (gateway, tls_gateway, runner):

@@ -20,6 +20,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,11 @@ from typing import Any
 import psutil
 import uvloop
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench import results as bench_results
 
 APP = "bench/echo"
 RESULT = queueing.Result(
@@ -152,7 +157,9 @@ def free_port() -> int:
 
 async def run(
     args: argparse.Namespace, redis_url: str, redis_process: psutil.Process | None
-) -> None:
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Measure every backend at every concurrency; returns concurrency -> backend -> figures."""
+    collected: dict[str, dict[str, dict[str, float]]] = {}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kubefal-bench-"))
     counter = iter(range(1_000_000))
     try:
@@ -162,10 +169,10 @@ async def run(
 
         async def sqlite() -> Any:
             path = workdir / f"queue-{next(counter)}.db"
-            return await store_sqlite.SqliteQueueStore.open(str(path), housekeeping_interval=None)
+            return await sqlite_store.SqliteQueueStore.open(str(path), housekeeping_interval=None)
 
         async def redis() -> Any:
-            return await store_redis.RedisQueueStore.open(
+            return await redis_store.RedisQueueStore.open(
                 redis_url, prefix=f"bench-{next(counter)}", housekeeping_interval=None
             )
 
@@ -185,6 +192,7 @@ async def run(
                     redis_process=redis_process if name == "redis" else None,
                 )
                 baseline = baseline or figures["us_per_job"]
+                collected.setdefault(str(concurrency), {})[name] = dict(figures)
                 redis_cpu = f"{figures['redis_us_per_job']:.1f}" if name == "redis" else "-"
                 print(
                     f"{name:<18} {concurrency:>5} {figures['us_per_job']:>11.1f} "
@@ -193,6 +201,7 @@ async def run(
                 )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return collected
 
 
 def main() -> None:
@@ -200,7 +209,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--redis-url", default=None)
+    bench_results.add_option(parser)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     server = None
     redis_process = None
     redis_url = args.redis_url
@@ -229,12 +240,23 @@ def main() -> None:
                     break
             time.sleep(0.05)
     try:
-        uvloop.run(run(args, redis_url, redis_process))
+        collected = uvloop.run(run(args, redis_url, redis_process))
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
     print(f"pid {os.getpid()}: CPU is user+system of this process (psutil), loop: uvloop")
+    bench_results.write(
+        args.json,
+        "queue_store",
+        {
+            "jobs": args.jobs,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+            # concurrency -> backend -> us_per_job, jobs_per_s (and redis_us_per_job)
+            "by_concurrency": collected,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from kubefal_operator.render import children, common
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
@@ -82,6 +83,7 @@ def parse_arguments() -> argparse.Namespace:
         help="length of the window that counts steady-state writes (default 10)",
     )
     parser.add_argument("--no-restart", action="store_true", help="skip the restart phase")
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
@@ -498,6 +500,45 @@ def main() -> int:
             f"started (target < {TARGET_RESTART_SECONDS:.0f} s), "
             f"{sum(restart['writes'].values())} writes, peak RSS {restart['rss'] / 2**20:.0f} MiB"
         )
+    results: dict[str, Any] = {
+        "n": n,
+        "workers": arguments.workers,
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+        "operator_seconds": operator_seconds,
+        "operator_apps_per_s": operator_rate,
+        "created_seconds": created_seconds,
+        "direct_seconds": direct_seconds,
+        "direct_apps_per_s": direct_rate,
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "idle_rss_mib": idle_rss / 2**20,
+        "peak_rss_mib": sampler.peak_rss / 2**20,
+        "target_rss_mib": TARGET_RSS_MIB,
+        "cpu_ms_per_app": 1000 * cpu_seconds / n,
+        "status_writes_per_app": status_writes / n,
+        # API writes per app by resource, in each phase (the API server's own counters)
+        "writes_per_app": {
+            phase: {key: count / n for key, count in writes.items()}
+            for phase, writes in (
+                ("direct", direct_writes),
+                ("create", create_writes),
+                ("steady", steady_writes),
+            )
+        },
+        "steady_seconds": arguments.steady_seconds,
+    }
+    if restart:
+        results["restart"] = {
+            "reconciled_seconds": restart["reconciled"],
+            "writes": sum(restart["writes"].values()),
+            "peak_rss_mib": restart["rss"] / 2**20,
+            "target_seconds": TARGET_RESTART_SECONDS,
+        }
+        results["writes_per_app"]["restart"] = {
+            key: count / n for key, count in restart["writes"].items()
+        }
+    bench_results.write(arguments.json, "reconcile", results)
     return 0
 
 

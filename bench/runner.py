@@ -37,6 +37,9 @@ from typing import Any
 
 from kubefal_runner import asgi, request_logs, state
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench import results as bench_results
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_APP = f"{REPO / 'tests' / 'runner' / 'apps' / 'echo_app.py'}::EchoApp"
 STARTUP_TIMEOUT_SECONDS = 120.0
@@ -273,7 +276,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per server (A/B/A/B...)")
+    bench_results.add_option(parser)
     arguments = parser.parse_args()
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="kubefal-bench-") as log_dir:
         servers = start_servers(
@@ -338,6 +343,32 @@ def main() -> int:
         f"RunnerASGI in-process around a no-op ASGI app: {wrapped_us - bare_us:.1f} us per request "
         f"added ({bare_us:.1f} us bare, {wrapped_us:.1f} us wrapped); "
         f"the SDK alone spent {baseline[4] * 1e6:.0f} us of server CPU per request"
+    )
+    bench_results.write(
+        arguments.json,
+        "runner",
+        {
+            "concurrency": arguments.concurrency,
+            "duration_s": arguments.duration,
+            "rounds": arguments.rounds,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+            "servers": {
+                name: {
+                    "requests_per_s": row[0],
+                    "p50_ms": row[1],
+                    "p99_ms": row[2],
+                    "errors": row[3],
+                    "cpu_us_per_request": row[4] * 1e6,
+                }
+                for name, row in summary.items()
+            },
+            "throughput_ratio": throughput_ratio,
+            "p50_ratio": latency_ratio,
+            "cpu_ratio": cpu_ratio,
+            "target_throughput_ratio": TARGET_RATIO,
+            "wrapper_added_us": wrapped_us - bare_us,
+        },
     )
     return 0 if candidate[3] == 0 and baseline[3] == 0 else 1
 

@@ -53,6 +53,7 @@ from kubernetes import watch as k8s_watch
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
 from e2e import system as whole  # noqa: E402
 from testkit import waiting  # noqa: E402
@@ -85,6 +86,7 @@ def parse_arguments() -> argparse.Namespace:
         default=[],
         help="extra gateway flag, e.g. --gateway-arg=--runner-probe-interval=0.1 (repeatable)",
     )
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
@@ -409,6 +411,7 @@ def summarise(trials: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def main() -> int:
     arguments = parse_arguments()
     raise_keyboard_interrupt_on_sigterm()
+    load_before = os.getloadavg()
     trials: list[dict[str, float]] = []
     with cluster_kubeconfig(arguments.kubeconfig) as kubeconfig:
         api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
@@ -447,25 +450,32 @@ def main() -> int:
     summary = summarise(trials)
     print_table(summary, len(trials))
     overhead_p95 = summary["overhead"]["p95"]
-    print(
-        json.dumps(
-            {
-                "bench": "scale_from_zero",
-                "trials": len(trials),
-                "keep_alive_seconds": arguments.keep_alive,
-                "runners_announce": not arguments.no_announce,
-                "overhead_p50_s": round(summary["overhead"]["p50"], 4),
-                "overhead_p95_s": round(overhead_p95, 4),
-                "target_p95_s": TARGET_P95_SECONDS,
-                "meets_target": overhead_p95 <= TARGET_P95_SECONDS,
-                "total_mean_s": round(summary["total"]["mean"], 4),
-                "knative_total_average_s": KNATIVE_COLD_START_AVERAGE_SECONDS,
-                "knative_over_kubefal_total": round(
-                    KNATIVE_COLD_START_AVERAGE_SECONDS / summary["total"]["mean"], 2
-                ),
-                "stages": {k: {s: round(v, 4) for s, v in d.items()} for k, d in summary.items()},
-            }
-        )
+    results = {
+        "bench": "scale_from_zero",
+        "trials": len(trials),
+        "keep_alive_seconds": arguments.keep_alive,
+        "runners_announce": not arguments.no_announce,
+        "overhead_p50_s": round(summary["overhead"]["p50"], 4),
+        "overhead_p95_s": round(overhead_p95, 4),
+        "target_p95_s": TARGET_P95_SECONDS,
+        "meets_target": overhead_p95 <= TARGET_P95_SECONDS,
+        "total_mean_s": round(summary["total"]["mean"], 4),
+        "knative_total_average_s": KNATIVE_COLD_START_AVERAGE_SECONDS,
+        "knative_over_kubefal_total": round(
+            KNATIVE_COLD_START_AVERAGE_SECONDS / summary["total"]["mean"], 2
+        ),
+        "stages": {k: {s: round(v, 4) for s, v in d.items()} for k, d in summary.items()},
+    }
+    print(json.dumps(results))
+    bench_results.write(
+        arguments.json,
+        "scale_from_zero",
+        {
+            **results,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+            "trial_stages": trials,
+        },
     )
     return 0
 

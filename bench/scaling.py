@@ -41,6 +41,7 @@ from kubernetes import config as k8s_config
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench import results as bench_results
 from bench import scale_from_zero as harness  # found through the sys.path entry above
 from e2e import system as whole
 from testkit import waiting
@@ -80,6 +81,7 @@ def parse_arguments() -> argparse.Namespace:
         default=[],
         help="extra gateway flag, e.g. --gateway-arg=--runner-probe-interval=0.1 (repeatable)",
     )
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
@@ -318,6 +320,7 @@ def main() -> int:
         print_stability(stability)
         report["steady_load"] = stability
     print(json.dumps(report))
+    bench_results.write(arguments.json, "scaling", report)
     return 0
 
 

@@ -33,6 +33,7 @@ import yaml
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench import results as bench_results  # noqa: E402
 from kubefal_api import apikeys  # noqa: E402
 from kubefal_gateway.storage import blobs, runtime  # noqa: E402
 from testkit import certs  # noqa: E402  (the repository root is not a package)
@@ -51,6 +52,7 @@ def parse_arguments() -> argparse.Namespace:
         default="curl",
         help="HTTP client of the gateway path (curl: native TLS; httpx: what fal_client uses)",
     )
+    bench_results.add_option(parser)
     return parser.parse_args()
 
 
@@ -249,6 +251,7 @@ def main() -> None:
         f"{arguments.size_mb} MB files, {arguments.trials} trials"
     )
     print(f"{'':10}{'direct MB/s':>14}{'gateway MB/s':>14}{'ratio':>8}{'gw CPU ms/MB':>14}")
+    figures: dict[str, dict[str, float]] = {}
     for name, direct_times, gateway_times, cpu in (
         ("upload", direct_writes, gw_writes, cpu_up),
         ("download", direct_reads, gw_reads, cpu_down),
@@ -258,6 +261,23 @@ def main() -> None:
             f"{name:10}{rate(direct_times):14.1f}{rate(gateway_times):14.1f}{ratio:8.2f}"
             f"{1000 * cpu / total:14.2f}"
         )
+        figures[name] = {
+            "direct_mb_per_s": rate(direct_times),
+            "gateway_mb_per_s": rate(gateway_times),
+            "ratio": ratio,
+            "gateway_cpu_ms_per_mb": 1000 * cpu / total,
+        }
+    bench_results.write(
+        arguments.json,
+        "storage",
+        {
+            "backend": arguments.backend,
+            "client": arguments.client,
+            "size_mb": arguments.size_mb,
+            "trials": arguments.trials,
+            **figures,
+        },
+    )
 
 
 if __name__ == "__main__":

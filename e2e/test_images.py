@@ -100,7 +100,7 @@ def test_the_kubefal_image_imports_every_server_process_read_only_and_offline(
         "kubefal_webhook.app",
         "kubefal_controlplane.server",
         # Imported only with a Redis store; redis needs async-timeout on Debian's 3.11.2.
-        "kubefal_gateway.store_redis",
+        "kubefal_gateway.stores.redis_store",
     ]
     output = images.podman(
         podman_env,

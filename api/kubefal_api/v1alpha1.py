@@ -429,6 +429,66 @@ class EnvFromSource(KubeModel):
         return self
 
 
+MAX_DOCKERFILE_BYTES: Final = 256 * 1024
+"""A Dockerfile larger than this is refused (it travels in the FalApp and a ConfigMap)."""
+MAX_BUILD_ARGS: Final = 64
+BUILD_ARG_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""A build argument's name: what a Dockerfile's ``ARG`` accepts."""
+BUILD_SECRET_ID_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
+"""A build secret's id (``RUN --mount=type=secret,id=<id>``): a Secret key."""
+
+
+class ContainerImageSpec(KubeModel):
+    """An image kubefal builds in the cluster from a Dockerfile (fal ``fal.ContainerImage``).
+
+    The operator builds it in a Job (buildah) with the kubefal runner layered on top, pushes
+    it to the registry the chart configures, tagged by a hash of everything below, and runs
+    the runners on it; the same content is built once (docs/packaging.md)."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_kube_validations(
+            cel_rule(
+                "!has(self.buildArgs) || self.buildArgs.all(k, k.matches('"
+                + BUILD_ARG_NAME_PATTERN
+                + "'))",
+                message="spec.containerImage.buildArgs names must be ARG names "
+                "([A-Za-z_][A-Za-z0-9_]*)",
+                field_path=".buildArgs",
+            ),
+        )
+    )
+
+    dockerfile: str = pydantic.Field(min_length=1, max_length=MAX_DOCKERFILE_BYTES)
+    """The Dockerfile (fal ``dockerfile_str``). Its base image needs Python 3.11 (the
+    runner's); the runner is added as a last stage."""
+    build_args: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": MAX_BUILD_ARGS,
+            "additionalProperties": {"type": "string", "description": "The argument's value."},
+        },
+    )
+    """``--build-arg`` values (fal ``build_args``)."""
+    secret_ref: ConfigMapReference | None = None
+    """A Secret in the FalApp's namespace whose keys are build secrets, each usable as
+    ``RUN --mount=type=secret,id=<key>`` (fal ``secrets``); never stored in the image."""
+    context: list[SourceConfigMap] | None = pydantic.Field(
+        default=None, min_length=1, max_length=MAX_SOURCE_CONFIG_MAPS
+    )
+    """ConfigMaps holding the build context (the files COPY and ADD read), each key at its
+    path; unset: an empty context."""
+
+    @pydantic.field_validator("build_args")
+    @classmethod
+    def _build_arg_names(cls, values: dict[str, str]) -> dict[str, str]:
+        if len(values) > MAX_BUILD_ARGS:
+            raise ValueError(f"at most {MAX_BUILD_ARGS} build arguments")
+        bad = sorted(name for name in values if not re.match(BUILD_ARG_NAME_PATTERN, name))
+        if bad:
+            raise ValueError(f"not ARG names: {', '.join(bad[:5])}")
+        return values
+
+
 class FalAppSpec(KubeModel):
     """What to run and how: every field maps 1:1 to a ``fal.App`` attribute."""
 
@@ -457,6 +517,13 @@ class FalAppSpec(KubeModel):
                 reason="FieldValueForbidden",
             ),
             cel_rule(
+                "!has(self.image) || !has(self.containerImage)",
+                message="spec.image and spec.containerImage are mutually exclusive (one is"
+                " prebuilt, the other built by kubefal)",
+                field_path=".containerImage",
+                reason="FieldValueForbidden",
+            ),
+            cel_rule(
                 "!has(self.scaler) || self.scaler != 'hpa' || !has(self.scaling)"
                 " || !has(self.scaling.minConcurrency) || self.scaling.minConcurrency >= 1",
                 message="spec.scaling.minConcurrency must be >= 1 when spec.scaler is hpa"
@@ -474,6 +541,9 @@ class FalAppSpec(KubeModel):
     image (fal ``image``)."""
     source: SourceSpec | None = None
     """App files mounted into the runner when they are not baked into the image."""
+    container_image: ContainerImageSpec | None = None
+    """An image to build in the cluster from a Dockerfile, with the runner layered in (fal
+    ``image=fal.ContainerImage(...)``); exclusive with image."""
     requirements: list[Requirement] = pydantic.Field(default_factory=list, max_length=512)
     """pip requirements installed at runner start (counts against startupTimeout); fal
     ``requirements`` as a flat list (one layer). Exclusive with requirementLayers."""
@@ -586,6 +656,15 @@ class FalAppSpec(KubeModel):
         return self
 
     @pydantic.model_validator(mode="after")
+    def _one_image_form(self) -> FalAppSpec:
+        if self.image is not None and self.container_image is not None:
+            raise ValueError(
+                "spec.image and spec.containerImage are mutually exclusive (one is prebuilt, "
+                "the other built by kubefal)"
+            )
+        return self
+
+    @pydantic.model_validator(mode="after")
     def _one_requirements_form(self) -> FalAppSpec:
         if self.requirements and self.requirement_layers:
             raise ValueError(
@@ -664,6 +743,29 @@ class Endpoints(KubeModel):
     """Synchronous URL (fal_client ``run``), e.g. https://run.example/ns/name."""
 
 
+class BuildPhase(enum.StrEnum):
+    """Where the build of ``spec.containerImage`` is."""
+
+    BUILDING = "Building"
+    BUILT = "Built"
+    CACHED = "Cached"
+    FAILED = "Failed"
+
+
+class BuildStatus(KubeModel):
+    """The build of ``spec.containerImage``."""
+
+    phase: BuildPhase
+    """Building (a Job runs), Built (this generation's Job pushed it), Cached (the registry
+    already had it: no build) or Failed."""
+    image: str
+    """The image reference, tagged by the content hash."""
+    job: str | None = None
+    """The build Job (its pod's logs are the build log)."""
+    message: str = pydantic.Field(default="", max_length=32_768)
+    """Why it failed, or what it waits for."""
+
+
 class FalAppStatus(KubeModel):
     """What the operator observed; written only through the status subresource."""
 
@@ -690,6 +792,8 @@ class FalAppStatus(KubeModel):
     """Runners by state."""
     endpoints: Endpoints = pydantic.Field(default_factory=Endpoints)
     """Gateway URLs of the app."""
+    build: BuildStatus | None = None
+    """The build of spec.containerImage, when the app has one."""
 
     def condition(self, condition_type: ConditionType) -> Condition | None:
         """The condition of that type, if reported."""

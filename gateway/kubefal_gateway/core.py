@@ -38,6 +38,7 @@ from kubefal_gateway import (
     webhooks,
 )
 from kubefal_gateway.storage import signing
+from kubefal_gateway.stores import opener
 
 LOGGER = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         config = self.settings
-        self._store = await queueing.open_store(
+        self._store = await opener.open_store(
             config.store,
             result_ttl=config.result_ttl,
             max_attempts=config.max_attempts,

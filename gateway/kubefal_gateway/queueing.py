@@ -56,8 +56,12 @@ Typical dispatcher loop::
                 start(job)        # renew() while running; complete() or requeue() at the end
         await events.next(timeout=1.0)
 
-Open a backend with `open_store` (``sqlite:///var/lib/kubefal/queue.db`` or
-``redis://host:6379/0?prefix=kubefal``).
+Open a backend with `kubefal_gateway.stores.opener.open_store` (``sqlite:///var/lib/kubefal/queue.db``
+or ``redis://host:6379/0?prefix=kubefal``); the backends import this module, never the reverse.
+
+This module is over 500 lines because it is the queue's whole contract in one place: the types,
+the event fan-out every backend uses, the `QueueStore` protocol (mostly its documentation) and
+the standard results; every backend and every caller needs all of them together.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ import dataclasses
 import datetime
 import enum
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -629,53 +632,3 @@ def start_timeout_result(*, now: float | None = None) -> Result:
         headers=(("x-fal-request-timeout-type", "user"),),
         now=now,
     )
-
-
-async def open_store(
-    url: str,
-    *,
-    result_ttl: float = 3600.0,
-    max_logs_per_job: int = 1000,
-    housekeeping_interval: float | None = 1.0,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    redis_timeout: float = 2.0,
-) -> QueueStore:
-    """Open a backend from a URL; with ``housekeeping_interval`` it calls `expire` that often.
-
-    ``max_attempts`` bounds the dispatches of a job, lost leases included (see "Poison jobs").
-    ``redis_timeout`` bounds Redis connects and replies (store_redis).
-
-    * ``sqlite:///abs/path/queue.db`` or ``sqlite://relative.db`` (``sqlite://:memory:`` for tests);
-    * ``redis://[user:pass@]host:port/db?prefix=kubefal`` (also ``rediss://`` and ``unix://``);
-    * ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]?prefix=kubefal``: the
-      master of ``service`` as the Sentinels name it, followed across failovers.
-    """
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "sqlite":
-        from kubefal_gateway import store_sqlite
-
-        path = parsed.netloc + parsed.path
-        return await store_sqlite.SqliteQueueStore.open(
-            path,
-            result_ttl=result_ttl,
-            max_logs_per_job=max_logs_per_job,
-            housekeeping_interval=housekeeping_interval,
-            max_attempts=max_attempts,
-        )
-    if parsed.scheme in {"redis", "rediss", "unix", "redis+sentinel"}:
-        from kubefal_gateway import store_redis
-
-        query = urllib.parse.parse_qs(parsed.query)
-        prefix = query.pop("prefix", ["kubefal"])[0]
-        remaining = urllib.parse.urlencode({key: values[-1] for key, values in query.items()})
-        redis_url = urllib.parse.urlunsplit(parsed._replace(query=remaining))
-        return await store_redis.RedisQueueStore.open(
-            redis_url,
-            prefix=prefix,
-            result_ttl=result_ttl,
-            max_logs_per_job=max_logs_per_job,
-            housekeeping_interval=housekeeping_interval,
-            max_attempts=max_attempts,
-            command_timeout=redis_timeout,
-        )
-    raise ValueError(f"unsupported queue store URL {url!r}: use sqlite:// or redis://")

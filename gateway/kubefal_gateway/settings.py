@@ -225,6 +225,14 @@ class Settings:
     data_root: str = ""
     """Directory holding every namespace's `/data` (`<root>/<namespace>`, the volume runners
     mount at /data), served to `fal files` and `fal.sync_dir` on the REST listener; empty: off."""
+    data_max_open_uploads: int = 64
+    """Multipart `/data` uploads (`fal files upload` over 10 MB) a namespace may have open at
+    once; one more answers 429 until one is completed, cancelled or expired."""
+    data_upload_ttl: float = 86400.0
+    """Seconds an open multipart `/data` upload may go without a part before the storage
+    sweep (`--storage-sweep-interval`) removes it with its parts."""
+    data_max_parts: int = 10_000
+    """Highest part number of a multipart `/data` upload (fal's client uses 10 MB parts)."""
     event_loop: str = "uvloop"
     """`uvloop` (default, faster) or `asyncio` (the standard library loop)."""
     log_level: str = "info"
@@ -344,10 +352,18 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "webhook_tenant_concurrency",
         "webhook_max_attempts",
         "key_verify_concurrency",
+        "data_max_open_uploads",
+        "data_max_parts",
     ):
         if getattr(settings, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("header_timeout", "tls_handshake_timeout", "idle_timeout", "webhook_timeout"):
+    for name in (
+        "header_timeout",
+        "tls_handshake_timeout",
+        "idle_timeout",
+        "webhook_timeout",
+        "data_upload_ttl",
+    ):
         if not getattr(settings, name) > 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive number of seconds")
     return settings

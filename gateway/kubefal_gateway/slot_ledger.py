@@ -3,10 +3,10 @@
 Why it exists: each gateway hands out a runner's slots from its own count (dispatch.AppSlots), so
 two replicas on one Redis would each send up to `maxMultiplexing` requests to the same runner.
 With a Redis store, a slot taken locally is also claimed in Redis (one auto-pipelined script,
-store_redis ``claim_slot``): per runner, a hash of holder -> slots held, checked and incremented
-atomically against the other gateways' counts. A refused claim gives the local slot back and
-marks the runner as full (`runners.Runner.elsewhere`) until a gateway frees one of its slots (a
-``SLOT_FREED`` message, published only when the runner was full) or the next heartbeat.
+``claim_slot`` in stores/redis_scripts.py): per runner, a hash of holder -> slots held, checked and
+incremented atomically against the other gateways' counts. A refused claim gives the local slot
+back and marks the runner as full (`runners.Runner.elsewhere`) until a gateway frees one of its
+slots (a ``SLOT_FREED`` message, published only when the runner was full) or the next heartbeat.
 
 Failure handling: a gateway's counts are counted only while its heartbeat key lives (refreshed
 every `HEARTBEAT_SECONDS`, expiring after `HOLDER_TTL_SECONDS`), so the slots of a gateway that
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from kubefal_gateway import dispatch, queueing, runners
 
 if TYPE_CHECKING:
-    from kubefal_gateway import store_redis
+    from kubefal_gateway.stores import redis_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class RedisSlotLedger:
 
     def __init__(
         self,
-        store: store_redis.RedisQueueStore,
+        store: redis_store.RedisQueueStore,
         *,
         table: runners.RunnerTable,
         forwarder: dispatch.Forwarder,
@@ -136,9 +136,9 @@ def for_store(
     on_change: Callable[[str], None] | None = None,
 ) -> RedisSlotLedger | None:
     """The shared ledger for a Redis store; None for SQLite (one gateway per database)."""
-    from kubefal_gateway import store_redis
+    from kubefal_gateway.stores import redis_store
 
-    if not isinstance(store, store_redis.RedisQueueStore):
+    if not isinstance(store, redis_store.RedisQueueStore):
         return None
     return RedisSlotLedger(
         store, table=table, forwarder=forwarder, holder=holder, on_change=on_change

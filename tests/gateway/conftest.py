@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import redis
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
 from tests.gateway.webhook_harness import Receiver
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -145,9 +146,9 @@ async def open_queue_store(
         options.setdefault("housekeeping_interval", None)
         store: queueing.QueueStore
         if store_backend == "sqlite":
-            store = await store_sqlite.SqliteQueueStore.open(str(database), **options)
+            store = await sqlite_store.SqliteQueueStore.open(str(database), **options)
         else:
-            store = await store_redis.RedisQueueStore.open(url, prefix=prefix, **options)
+            store = await redis_store.RedisQueueStore.open(url, prefix=prefix, **options)
         opened.append(store)
         return store
 
@@ -155,7 +156,7 @@ async def open_queue_store(
     for store in opened:
         await store.close()
     if store_backend == "redis":
-        cleaner = await store_redis.RedisQueueStore.open(
+        cleaner = await redis_store.RedisQueueStore.open(
             url, prefix=prefix, housekeeping_interval=None
         )
         await cleaner.flush_key_space()

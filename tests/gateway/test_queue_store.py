@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio
 import uvloop
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
@@ -617,11 +618,11 @@ def test_the_store_works_on_uvloop_as_the_gateway_runs_it(
     async def scenario() -> queueing.JobView | None:
         store: queueing.QueueStore
         if backend == "sqlite":
-            store = await store_sqlite.SqliteQueueStore.open(
+            store = await sqlite_store.SqliteQueueStore.open(
                 str(tmp_path / "queue.db"), housekeeping_interval=None
             )
         else:
-            store = await store_redis.RedisQueueStore.open(
+            store = await redis_store.RedisQueueStore.open(
                 request.getfixturevalue("redis_url"),
                 prefix=f"uvloop-{uuid.uuid4().hex}",
                 housekeeping_interval=None,
@@ -654,7 +655,7 @@ async def _answers(store: queueing.QueueStore) -> bool:
 async def test_a_redis_outage_fails_calls_fast_and_the_store_recovers_after_it(
     redis_server: Any, wait_for: WaitFor
 ) -> None:
-    store = await store_redis.RedisQueueStore.open(
+    store = await redis_store.RedisQueueStore.open(
         redis_server.url, prefix="outage", housekeeping_interval=None
     )
     try:
@@ -730,7 +731,7 @@ async def test_a_lease_reaches_the_database_file_without_further_traffic(
     open_queue_store: OpenStore, wait_for: WaitFor
 ) -> None:
     store = await open_queue_store()
-    assert isinstance(store, store_sqlite.SqliteQueueStore)
+    assert isinstance(store, sqlite_store.SqliteQueueStore)
     await store.submit(make_job("job"))
     await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
     reader = sqlite3.connect(store.path)
@@ -748,7 +749,7 @@ async def test_a_lease_reaches_the_database_file_without_further_traffic(
 async def test_the_redis_store_uses_the_database_number_of_its_url(redis_url: str) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/3"
     prefix = f"db-{uuid.uuid4().hex}"
-    store = await store_redis.RedisQueueStore.open(url, prefix=prefix, housekeeping_interval=None)
+    store = await redis_store.RedisQueueStore.open(url, prefix=prefix, housekeeping_interval=None)
     client = redis.asyncio.Redis.from_url(url)
     try:
         await store.submit(make_job("job"))

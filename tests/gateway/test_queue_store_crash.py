@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kubefal_gateway import queueing, store_redis, store_sqlite
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 
@@ -26,7 +27,8 @@ ACCEPTED_BEFORE_KILL = 500
 SUBMITTER = textwrap.dedent(
     """
     import asyncio, os, signal, sys, time
-    from kubefal_gateway import queueing, store_redis, store_sqlite
+    from kubefal_gateway import queueing
+    from kubefal_gateway.stores import redis_store, sqlite_store
 
     def job(request_id):
         return queueing.Job(
@@ -37,9 +39,9 @@ SUBMITTER = textwrap.dedent(
 
     async def main(mode, backend, location, prefix):
         if backend == "sqlite":
-            store = await store_sqlite.SqliteQueueStore.open(location, housekeeping_interval=None)
+            store = await sqlite_store.SqliteQueueStore.open(location, housekeeping_interval=None)
         else:
-            store = await store_redis.RedisQueueStore.open(
+            store = await redis_store.RedisQueueStore.open(
                 location, prefix=prefix, housekeeping_interval=None
             )
         if mode == "then-die":
@@ -118,10 +120,10 @@ def _run_and_kill(mode: str, backend: str, location: str, prefix: str) -> list[s
 
 
 def _sqlite_path(store: queueing.QueueStore) -> str:
-    assert isinstance(store, store_sqlite.SqliteQueueStore)
+    assert isinstance(store, sqlite_store.SqliteQueueStore)
     return store.path
 
 
 def _redis_prefix(store: queueing.QueueStore) -> str:
-    assert isinstance(store, store_redis.RedisQueueStore)
+    assert isinstance(store, redis_store.RedisQueueStore)
     return store.prefix

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from conftest import RedisServer
 
-from kubefal_gateway import apps, orphans, queueing, store_redis, store_sqlite
+from kubefal_gateway import apps, orphans, queueing
+from kubefal_gateway.stores import redis_store, sqlite_store
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
@@ -105,7 +106,7 @@ async def test_sqlite_housekeeping_with_nothing_due_takes_no_write_lock(
     import sqlite3
 
     path = f"{tmp_path}/queue.db"
-    store = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    store = await sqlite_store.SqliteQueueStore.open(path, housekeeping_interval=None)
     job = make_job()
     await store.submit(job)
     await store.lease(APP, holder=HOLDER, lease_seconds=LEASE)
@@ -133,7 +134,7 @@ async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
     job = make_job()
     opened = 0
     dispatches = 0
-    store = await store_sqlite.SqliteQueueStore.open(
+    store = await sqlite_store.SqliteQueueStore.open(
         path, housekeeping_interval=None, max_attempts=3
     )
     await store.submit(job)
@@ -144,12 +145,12 @@ async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
             break
         dispatches += 1
         opened += 1
-        store = await store_sqlite.SqliteQueueStore.open(
+        store = await sqlite_store.SqliteQueueStore.open(
             path, housekeeping_interval=None, max_attempts=3
         )
     else:
         await store.close()
-    store = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    store = await sqlite_store.SqliteQueueStore.open(path, housekeeping_interval=None)
     view = await store.view(job.request_id)
     await store.close()
 
@@ -162,7 +163,7 @@ async def test_sqlite_recovery_at_open_counts_against_the_attempt_budget(
 async def test_a_failed_sqlite_commit_fails_its_batch_but_keeps_running_jobs_leased(
     tmp_path: object,
 ) -> None:
-    store = await store_sqlite.SqliteQueueStore.open(
+    store = await sqlite_store.SqliteQueueStore.open(
         f"{tmp_path}/queue.db", housekeeping_interval=None
     )
     # A real COMMIT failure: a deferred foreign key that is violated when the batch commits.
@@ -244,7 +245,7 @@ async def _ping_ok(store: queueing.QueueStore) -> bool:
 async def test_a_stalled_redis_fails_calls_fast_and_the_store_recovers(
     redis_server: RedisServer, wait_for: WaitFor
 ) -> None:
-    store = await store_redis.RedisQueueStore.open(
+    store = await redis_store.RedisQueueStore.open(
         redis_server.url,
         prefix=f"stall-{uuid.uuid4().hex}",
         housekeeping_interval=None,
@@ -278,7 +279,7 @@ async def test_a_stalled_redis_fails_calls_fast_and_the_store_recovers(
 async def test_a_redis_that_is_down_fails_calls_at_once_and_is_reconnected(
     redis_server: RedisServer, wait_for: WaitFor
 ) -> None:
-    store = await store_redis.RedisQueueStore.open(
+    store = await redis_store.RedisQueueStore.open(
         redis_server.url, prefix=f"down-{uuid.uuid4().hex}", housekeeping_interval=None
     )
     try:
@@ -301,10 +302,10 @@ async def test_shared_runner_slots_hold_across_gateways_and_free_when_a_holder_d
     redis_url: str, wait_for: WaitFor
 ) -> None:
     prefix = f"slots-{uuid.uuid4().hex}"
-    one = await store_redis.RedisQueueStore.open(
+    one = await redis_store.RedisQueueStore.open(
         redis_url, prefix=prefix, housekeeping_interval=None
     )
-    two = await store_redis.RedisQueueStore.open(
+    two = await redis_store.RedisQueueStore.open(
         redis_url, prefix=prefix, housekeeping_interval=None
     )
     freed: list[tuple[str, str]] = []
@@ -393,14 +394,14 @@ async def test_a_second_gateway_on_one_sqlite_file_is_refused_until_the_first_cl
     tmp_path: object,
 ) -> None:
     path = f"{tmp_path}/queue.db"
-    first = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    first = await sqlite_store.SqliteQueueStore.open(path, housekeeping_interval=None)
     await first.submit(make_job("running"))
     await first.lease(APP, holder="first", lease_seconds=LEASE)
     with pytest.raises(queueing.QueueError, match="in use by another gateway"):
-        await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+        await sqlite_store.SqliteQueueStore.open(path, housekeeping_interval=None)
     running = await first.view("running")
     await first.close()
-    second = await store_sqlite.SqliteQueueStore.open(path, housekeeping_interval=None)
+    second = await sqlite_store.SqliteQueueStore.open(path, housekeeping_interval=None)
     await second.close()
     # The refused open did not take the first gateway's running job back to the queue.
     assert running is not None and running.state is queueing.JobState.IN_PROGRESS

@@ -14,7 +14,8 @@ import pytest
 import redis
 from conftest import REDIS_SERVER, RedisServer, _free_port
 
-from kubefal_gateway import queueing, store_redis
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import opener, redis_store
 
 WaitFor = Callable[..., Awaitable[None]]
 APP = "team-a/sentinel"
@@ -109,13 +110,13 @@ async def test_the_store_follows_a_sentinel_failover_and_keeps_replicated_jobs(
     sentinel_setup: tuple[RedisServer, int, int], wait_for: WaitFor
 ) -> None:
     master, replica_port, sentinel_port = sentinel_setup
-    store = await queueing.open_store(
+    store = await opener.open_store(
         f"redis+sentinel://127.0.0.1:{sentinel_port}/{SERVICE}/0?prefix=s-{uuid.uuid4().hex}",
         housekeeping_interval=None,
         redis_timeout=1.0,
     )
     try:
-        assert isinstance(store, store_redis.RedisQueueStore)
+        assert isinstance(store, redis_store.RedisQueueStore)
         await store.submit(_job("before-failover"))
         with redis.Redis(host="127.0.0.1", port=master.port, socket_timeout=10) as client:
             assert client.execute_command("WAIT", 1, 5000) == 1  # replicated

@@ -83,6 +83,8 @@ def to_gateway_error(error: Exception) -> errors.GatewayError | None:
         return errors.BadRequest(str(error))
     if isinstance(error, datafiles.DataTooLarge):
         return errors.PayloadTooLarge(str(error))
+    if isinstance(error, datafiles.DataBusy):
+        return errors.TooManyRequests(str(error), retry_after=60)
     return None
 
 
@@ -234,7 +236,7 @@ class DataApi:
             await http_api.send_json(send, 200, {"upload_id": upload_id})
             return
         target, _, upload_id = head.rpartition("/")
-        if method == "PUT" and last.isascii() and last.isdigit() and len(last) < 6:
+        if method == "PUT" and last.isascii() and last.isdigit() and len(last) < 10:
             number = int(last)
 
             def store(source: IO[bytes], size: int) -> str:

@@ -9,6 +9,12 @@ resolved path (symlinks followed) must stay inside the namespace's directory. A 
 `sync_dir` gets the same checks per entry (no zip-slip, no symlink entries) and limits on its
 entry count and unpacked size. Writes go to a temporary file and are renamed into place.
 
+Multipart uploads (`fal files upload` of files over 10 MB) are directories under the
+namespace's `/data` until completed; a caller who never completes or cancels one would leave
+it there forever, so a namespace may have at most `max_open_uploads` of them at once (429
+beyond), and `sweep` (run by the storage sweeper, `--storage-sweep-interval`) removes uploads
+untouched for `upload_ttl` seconds, and temporary files a crashed request left, as old.
+
 All methods block (file I/O); the HTTP layer runs them in the default thread pool.
 """
 
@@ -25,6 +31,8 @@ import pathlib
 import shutil
 import stat
 import tempfile
+import threading
+import time
 import zipfile
 from typing import IO
 
@@ -52,11 +60,22 @@ class DataTooLarge(DataError):
     pass
 
 
+class DataBusy(DataError):
+    """Too many multipart uploads open in the namespace (429)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     max_file_bytes: int = 1024**3
     max_unzip_bytes: int = 4 * 1024**3
     max_unzip_entries: int = 20_000
+    max_open_uploads: int = 64
+    """Multipart uploads a namespace may have open at once (`--data-max-open-uploads`)."""
+    upload_ttl: float = 86400.0
+    """Seconds an open upload may stay untouched before the sweep removes it
+    (`--data-upload-ttl`); also the age at which a left-over temporary file is removed."""
+    max_parts: int = 10_000
+    """Highest part number of a multipart upload (`--data-max-parts`)."""
 
 
 def relative_parts(raw: str) -> list[str]:
@@ -81,6 +100,9 @@ class DataFiles:
         self.root = root.resolve()
         self.limits = limits or Limits()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Serializes count-then-create in `begin` within this process; replicas sharing the
+        # volume may together exceed the limit by at most one upload each.
+        self._begin_lock = threading.Lock()
 
     # ---- paths ----
     def base(self, namespace: str) -> pathlib.Path:
@@ -212,13 +234,48 @@ class DataFiles:
     def _upload_dir(self, namespace: str, upload_id: str) -> pathlib.Path:
         return self.base(namespace) / f"{HIDDEN_PREFIX}upload-{names.check_id(upload_id)}"
 
+    def open_uploads(self, namespace: str) -> int:
+        prefix = f"{HIDDEN_PREFIX}upload-"
+        with os.scandir(self.base(namespace)) as entries:
+            return sum(1 for entry in entries if entry.name.startswith(prefix))
+
     def begin(self, namespace: str, raw: str) -> str:
         self.resolve(namespace, raw)
         upload_id = names.new_id()
         directory = self._upload_dir(namespace, upload_id)
-        directory.mkdir()
+        with self._begin_lock:
+            if self.open_uploads(namespace) >= self.limits.max_open_uploads:
+                raise DataBusy(
+                    f"{self.limits.max_open_uploads} multipart uploads are already open in this"
+                    " namespace: complete or cancel one, or wait until abandoned ones expire"
+                )
+            directory.mkdir()
         (directory / "target").write_text(json.dumps(raw))
         return upload_id
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove uploads untouched for `upload_ttl` and temporary files as old, in every
+        namespace; return how many were removed. Activity on an upload (a part) touches it."""
+        cutoff = (time.time() if now is None else now) - self.limits.upload_ttl
+        removed = 0
+        with os.scandir(self.root) as namespaces:
+            bases = [entry.path for entry in namespaces if entry.is_dir(follow_symlinks=False)]
+        for base in bases:
+            with contextlib.suppress(OSError), os.scandir(base) as entries:
+                stale = [
+                    entry
+                    for entry in entries
+                    if entry.name.startswith(HIDDEN_PREFIX)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                ]
+            for entry in stale:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     def _upload(self, namespace: str, raw: str, upload_id: str) -> pathlib.Path:
         try:
@@ -233,15 +290,16 @@ class DataFiles:
         self, namespace: str, raw: str, upload_id: str, number: int, source: IO[bytes], size: int
     ) -> str:
         directory = self._upload(namespace, raw, upload_id)
-        if not 1 <= number <= 10_000:
-            raise DataInvalid("part numbers go from 1 to 10000")
+        if not 1 <= number <= self.limits.max_parts:
+            raise DataInvalid(f"part numbers go from 1 to {self.limits.max_parts}")
         if size > self.limits.max_file_bytes:
             raise DataTooLarge(f"the part exceeds {self.limits.max_file_bytes} bytes")
         digest = hashlib.md5(usedforsecurity=False)
-        with (directory / f"{number:05d}.part").open("wb") as out:
+        with (directory / f"{number:09d}.part").open("wb") as out:
             while chunk := source.read(1024 * 1024):
                 digest.update(chunk)
                 out.write(chunk)
+        os.utime(directory)  # activity: the sweep keeps an upload that is still receiving parts
         return digest.hexdigest()
 
     def complete(
@@ -249,7 +307,7 @@ class DataFiles:
     ) -> str:
         """Join the parts in order; return the MD5 of the whole file (fal compares it)."""
         directory = self._upload(namespace, raw, upload_id)
-        files = [directory / f"{number:05d}.part" for number, _ in sorted(parts)]
+        files = [directory / f"{number:09d}.part" for number, _ in sorted(parts)]
         if not files or not all(file.is_file() for file in files):
             raise DataInvalid("a listed part was not uploaded")
         if sum(file.stat().st_size for file in files) > self.limits.max_file_bytes:

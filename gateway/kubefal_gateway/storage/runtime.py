@@ -107,6 +107,19 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
     source = StorageSource(gateway, store, limits_from(config))
     with contextlib.suppress(blobs.BlobError):
         await source()
+    data_files = (
+        datafiles.DataFiles(
+            pathlib.Path(config.data_root),
+            datafiles.Limits(
+                max_file_bytes=config.storage_max_file_bytes,
+                max_open_uploads=config.data_max_open_uploads,
+                upload_ttl=config.data_upload_ttl,
+                max_parts=config.data_max_parts,
+            ),
+        )
+        if config.data_root
+        else None
+    )
     api = routes.RestApi(
         gateway,
         source,
@@ -114,17 +127,10 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         default_namespace=config.storage_namespace,
         realtime_max_ttl=config.realtime_token_max_ttl,
         kv_store=kv_store,
-        data=data_routes.DataApi(
-            datafiles.DataFiles(
-                pathlib.Path(config.data_root),
-                datafiles.Limits(max_file_bytes=config.storage_max_file_bytes),
-            )
-        )
-        if config.data_root
-        else None,
+        data=data_routes.DataApi(data_files) if data_files is not None else None,
     )
     sweeper = asyncio.get_running_loop().create_task(
-        _sweep_forever(source, config.storage_sweep_interval), name="storage-sweeper"
+        _sweep_forever(source, data_files, config.storage_sweep_interval), name="storage-sweeper"
     )
     try:
         yield api
@@ -136,9 +142,12 @@ async def serving(gateway: gateway_core.Gateway) -> AsyncIterator[routes.RestApi
         await kv_store.close()
 
 
-async def _sweep_forever(source: StorageSource, interval: float) -> None:
+async def _sweep_forever(
+    source: StorageSource, data_files: datafiles.DataFiles | None, interval: float
+) -> None:
     if interval <= 0:
         return
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
         try:
@@ -147,3 +156,10 @@ async def _sweep_forever(source: StorageSource, interval: float) -> None:
                 LOGGER.info("storage retention removed %d objects", removed)
         except blobs.BlobError as error:
             LOGGER.warning("storage retention sweep failed: %s", error)
+        if data_files is not None:
+            try:
+                removed = await loop.run_in_executor(None, data_files.sweep)
+                if removed:
+                    LOGGER.info("/data sweep removed %d abandoned uploads and files", removed)
+            except OSError as error:
+                LOGGER.warning("/data sweep failed: %s", error)

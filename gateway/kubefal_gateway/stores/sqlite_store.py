@@ -17,6 +17,10 @@ first one's jobs; several replicas need the Redis store): the store is the singl
 open it returns jobs left IN_PROGRESS by a previous (crashed) process to the queue (counting an
 attempt), and it keeps an in-memory index of queued sequence numbers per app and
 priority, which makes lease and ``queue_position`` O(log n) without touching SQL indexes.
+
+This module is over 500 lines because it is one class, `SqliteQueueStore`, implementing the whole
+`queueing.QueueStore` protocol on one connection whose transaction and commit schedule every
+method shares; splitting its methods across modules would split that one invariant.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kubefal_gateway import queueing, store_codec
+from kubefal_gateway import queueing
+from kubefal_gateway.stores import codec
 
 LOG = logging.getLogger(__name__)
 
@@ -314,7 +319,7 @@ class SqliteQueueStore:
                     job.start_deadline,
                     job.webhook_url,
                     job.attempts,
-                    store_codec.encode_job_meta(job),
+                    codec.encode_job_meta(job),
                     job.body,
                 ),
             )
@@ -343,7 +348,7 @@ class SqliteQueueStore:
         position = self._queued.position(app_id, priority, seq) if state == _QUEUED else None
         result = None
         if state == _COMPLETED:
-            result = store_codec.decode_result(result_meta, result_body or b"")
+            result = codec.decode_result(result_meta, result_body or b"")
         return queueing.JobView(
             request_id=request_id,
             app_id=app_id,
@@ -359,7 +364,7 @@ class SqliteQueueStore:
         rows = self._db.execute(
             "SELECT line FROM logs WHERE request_id = ? ORDER BY id", (request_id,)
         ).fetchall()
-        return tuple(store_codec.decode_log_line(line) for (line,) in rows)
+        return tuple(codec.decode_log_line(line) for (line,) in rows)
 
     async def queue_position(self, request_id: str) -> int | None:
         self._check_open()
@@ -398,7 +403,7 @@ class SqliteQueueStore:
                 continue
             request_id, meta, body, attempts = row
             self._redo_lease(seq, holder, now + lease_seconds)
-            job = store_codec.decode_job(request_id, meta, body, attempts)
+            job = codec.decode_job(request_id, meta, body, attempts)
             if job.start_deadline is not None and job.start_deadline < now:
                 self._finish(
                     request_id,
@@ -484,7 +489,7 @@ class SqliteQueueStore:
     ) -> bool:
         now = time.time() if now is None else now
         self._begin()
-        result_meta = store_codec.encode_result_meta(result)
+        result_meta = codec.encode_result_meta(result)
         row = self._db.execute(
             "UPDATE jobs SET state = 2, holder = NULL, lease_until = NULL, body = NULL,"
             " result_meta = ?, result_body = ?, completed_at = ?"
@@ -508,7 +513,7 @@ class SqliteQueueStore:
         now: float,
     ) -> None:
         """Mark a job COMPLETED with ``result`` (inside the open transaction)."""
-        result_meta = store_codec.encode_result_meta(result)
+        result_meta = codec.encode_result_meta(result)
         self._db.execute(
             "UPDATE jobs SET state = 2, holder = NULL, lease_until = NULL, body = NULL,"
             " result_meta = ?, result_body = ?, completed_at = ? WHERE request_id = ?",
@@ -628,7 +633,7 @@ class SqliteQueueStore:
         self._begin()
         self._db.executemany(
             "INSERT INTO logs (request_id, line) VALUES (?, ?)",
-            ((request_id, store_codec.encode_log_line(line)) for line in lines[:room]),
+            ((request_id, codec.encode_log_line(line)) for line in lines[:room]),
         )
 
     async def expire(self, *, now: float | None = None) -> int:
@@ -770,7 +775,7 @@ class SqliteQueueStore:
                 delivery.request_id,
                 delivery.app_id,
                 delivery.url,
-                store_codec.encode_result_meta(delivery.result),
+                codec.encode_result_meta(delivery.result),
                 delivery.result.body,
                 delivery.attempts,
                 now,
@@ -865,7 +870,7 @@ def _delivery(row: tuple[Any, ...]) -> queueing.WebhookDelivery:
         request_id=request_id,
         app_id=app_id,
         url=url,
-        result=store_codec.decode_result(result_meta, result_body),
+        result=codec.decode_result(result_meta, result_body),
         attempts=attempts,
         created_at=created_at,
     )

@@ -1,0 +1,161 @@
+"""Multipart `/data` uploads have limits: open uploads per namespace (429 beyond), an expiry
+after which the sweep removes an abandoned upload, and a configurable highest part number.
+
+`DataFiles` on a real directory for the rules, and one real gateway process over TLS for what a
+caller of `fal files upload` sees (status, JSON detail, the sweep running by itself)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from kubefal_api import apikeys
+from kubefal_gateway.storage import datafiles
+from tests.gateway import gwharness
+
+
+def _files(tmp_path: pathlib.Path, **limits: float) -> datafiles.DataFiles:
+    return datafiles.DataFiles(tmp_path / "data", datafiles.Limits(**limits))  # type: ignore[arg-type]
+
+
+def _age(path: pathlib.Path, seconds: float) -> None:
+    moment = time.time() - seconds
+    os.utime(path, (moment, moment))
+
+
+def test_open_uploads_per_namespace_are_limited(tmp_path: pathlib.Path) -> None:
+    files = _files(tmp_path, max_open_uploads=2)
+    first = files.begin("team", "/data/a.bin")
+    files.begin("team", "/data/b.bin")
+    with pytest.raises(datafiles.DataBusy, match="2 multipart uploads"):
+        files.begin("team", "/data/c.bin")
+    # another namespace has its own allowance
+    files.begin("other", "/data/a.bin")
+    files.cancel("team", "/data/a.bin", first)
+    files.begin("team", "/data/c.bin")
+    assert files.open_uploads("team") == 2
+
+
+def test_sweep_removes_abandoned_uploads_and_leftovers_only(tmp_path: pathlib.Path) -> None:
+    files = _files(tmp_path, upload_ttl=3600)
+    abandoned = files.begin("team", "/data/old.bin")
+    files.part("team", "/data/old.bin", abandoned, 1, io.BytesIO(b"x" * 10), 10)
+    active = files.begin("team", "/data/new.bin")
+    base = files.base("team")
+    _age(base / f"{datafiles.HIDDEN_PREFIX}upload-{abandoned}", 7200)
+    _age(base / f"{datafiles.HIDDEN_PREFIX}upload-{active}", 7200)
+    # a part touches its upload: an old upload that is still receiving parts is kept
+    files.part("team", "/data/new.bin", active, 1, io.BytesIO(b"y" * 10), 10)
+    leftover = base / f"{datafiles.HIDDEN_PREFIX}tmp-crashed"
+    leftover.write_bytes(b"partial")
+    _age(leftover, 7200)
+    (base / "kept.txt").write_text("a user's file, however old")
+    _age(base / "kept.txt", 10**6)
+
+    assert files.sweep() == 2
+
+    assert not leftover.exists() and (base / "kept.txt").exists()
+    with pytest.raises(datafiles.DataNotFound):
+        files.part("team", "/data/old.bin", abandoned, 2, io.BytesIO(b"x"), 1)
+    assert files.complete("team", "/data/new.bin", active, [(1, "")])
+    assert (base / "new.bin").read_bytes() == b"y" * 10
+
+
+def test_highest_part_number_is_a_setting(tmp_path: pathlib.Path) -> None:
+    files = _files(tmp_path, max_parts=3)
+    upload = files.begin("team", "/data/x.bin")
+    files.part("team", "/data/x.bin", upload, 3, io.BytesIO(b"3"), 1)
+    with pytest.raises(datafiles.DataInvalid, match="1 to 3"):
+        files.part("team", "/data/x.bin", upload, 4, io.BytesIO(b"4"), 1)
+    wide = _files(tmp_path / "wide", max_parts=20_000)
+    upload = wide.begin("team", "/data/y.bin")
+    wide.part("team", "/data/y.bin", upload, 2, io.BytesIO(b"b"), 1)
+    wide.part("team", "/data/y.bin", upload, 12_000, io.BytesIO(b"c"), 1)
+    wide.complete("team", "/data/y.bin", upload, [(12_000, ""), (2, "")])
+    assert (wide.base("team") / "y.bin").read_bytes() == b"bc"
+
+
+# ---- through a gateway -------------------------------------------------------------------------
+class Stack:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.tls = gwharness.Tls(workdir)
+        self.key = apikeys.generate_key()
+        self.rest_port = gwharness.free_port()
+        self.data_dir = workdir / "data"
+        self.gateway = gwharness.Gateway(
+            workdir=workdir,
+            tls=self.tls,
+            static_config={"apps": [], "keys": [{"key": str(self.key), "namespaces": "team"}]},
+            extra_args=[
+                "--rest-port",
+                str(self.rest_port),
+                "--storage",
+                str(workdir / "files"),
+                "--data-root",
+                str(self.data_dir),
+                "--data-max-open-uploads",
+                "2",
+                "--data-upload-ttl",
+                "2",
+                "--data-max-parts",
+                "100000",
+                "--storage-sweep-interval",
+                "0.5",
+            ],
+        )
+        self.base = f"https://127.0.0.1:{self.rest_port}/files/file/multipart//data"
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            verify=str(self.tls.ca_path),
+            timeout=60,
+            headers={"Authorization": f"Key {self.key}"},
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("data-uploads"))
+    with gwharness.cleanup(stack.gateway):
+        stack.gateway.wait_ready()
+        yield stack
+
+
+@pytest.mark.slow
+def test_gateway_limits_open_uploads_and_sweeps_abandoned_ones(stack: Stack) -> None:
+    with stack.http() as http:
+        first = http.post(f"{stack.base}/a.bin/initiate")
+        assert first.status_code == 200, first.text
+        upload_id = first.json()["upload_id"]
+        assert http.post(f"{stack.base}/b.bin/initiate").status_code == 200
+        refused = http.post(f"{stack.base}/c.bin/initiate")
+        assert refused.status_code == 429
+        assert "2 multipart uploads" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        # part numbers above 10000 are allowed by --data-max-parts 100000
+        part = http.put(
+            f"{stack.base}/a.bin/{upload_id}/54321", files={"file_upload": ("p", b"late")}
+        )
+        assert part.status_code == 200 and part.json()["part_number"] == 54321
+        # nobody completes them: the sweeper removes both once untouched for 2 s
+        namespace = stack.data_dir / "team"
+        gwharness.wait_for(
+            lambda: (
+                not any(
+                    entry.name.startswith(f"{datafiles.HIDDEN_PREFIX}upload-")
+                    for entry in namespace.iterdir()
+                )
+            ),
+            timeout=120,
+            message="abandoned uploads swept",
+            interval=0.2,
+        )
+        gone = http.put(f"{stack.base}/a.bin/{upload_id}/1", files={"file_upload": ("p", b"x")})
+        assert gone.status_code == 404 and gone.json()["detail"]
+        assert http.post(f"{stack.base}/c.bin/initiate").status_code == 200
