@@ -28,7 +28,6 @@ import asyncio
 import os
 import pathlib
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from kubefal_gateway import upstream
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
 from testkit import certs
+from testkit.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ECHO_APP = f"{ROOT / 'tests' / 'runner' / 'apps' / 'echo_app.py'}::EchoApp"
@@ -53,12 +53,6 @@ BODY = b'{"text": "hello from the bench"}'
 HEADERS = [(b"content-type", b"application/json")]
 FAST_POLL = 0.002
 FAL_CLIENT_POLL = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:

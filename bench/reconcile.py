@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
+from testkit import waiting  # noqa: E402  (the repository root is not a package)
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 TARGET_RATIO = 0.5
@@ -114,7 +115,7 @@ def install_crd(api_client: k8s.ApiClient) -> None:
         _content_type="application/apply-patch+yaml",
     )
     objects = k8s.CustomObjectsApi(api_client)
-    wait_until(
+    waiting.wait_for(
         lambda: (
             objects.list_cluster_custom_object(
                 v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, limit=1
@@ -123,19 +124,6 @@ def install_crd(api_client: k8s.ApiClient) -> None:
         ),
         timeout=60,
     )
-
-
-def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (k8s.ApiException, urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout:.0f}s")
-        time.sleep(interval)
 
 
 def falapp(name: str) -> dict[str, Any]:
@@ -303,7 +291,7 @@ class OperatorProcess:
 
     def wait_live(self) -> None:
         url = f"http://127.0.0.1:{self.liveness}/healthz"
-        wait_until(lambda: urllib.request.urlopen(url, timeout=5).status == 200, timeout=120)
+        waiting.wait_for(lambda: urllib.request.urlopen(url, timeout=5).status == 200, timeout=120)
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -426,8 +414,8 @@ def main() -> int:
                     )
                     return bool(len(listing.items) == n)
 
-                wait_until(observed, timeout=arguments.timeout, interval=1.0)
-                wait_until(deployed, timeout=arguments.timeout, interval=1.0)
+                waiting.wait_for(observed, timeout=arguments.timeout, interval=1.0)
+                waiting.wait_for(deployed, timeout=arguments.timeout, interval=1.0)
                 operator_seconds = time.perf_counter() - started
                 create_writes = delta(counter.settle(), before)
                 status_writes = operator.metric_sum("kubefal_operator_status_writes_total")
@@ -445,7 +433,7 @@ def main() -> int:
                 )
                 with PeakMemory(operator.process.pid) as restarted:
                     operator.wait_live()
-                    wait_until(
+                    waiting.wait_for(
                         lambda: (
                             operator is not None
                             and operator.metric_sum(

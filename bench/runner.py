@@ -39,6 +39,7 @@ from kubefal_runner import asgi, request_logs, state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
+from testkit.ports import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_APP = f"{REPO / 'tests' / 'runner' / 'apps' / 'echo_app.py'}::EchoApp"
@@ -81,12 +82,6 @@ def process_cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     user_ticks, system_ticks = int(fields[11]), int(fields[12])
     return (user_ticks + system_ticks) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def build_request(*, port: int, request_id: str) -> bytes:

@@ -37,6 +37,7 @@ from bench import results as bench_results  # noqa: E402
 from kubefal_api import apikeys  # noqa: E402
 from kubefal_gateway.storage import blobs, runtime  # noqa: E402
 from testkit import certs  # noqa: E402  (the repository root is not a package)
+from testkit.ports import free_port  # noqa: E402  (the repository root is not a package)
 
 CHUNK = 64 * 1024
 
@@ -54,14 +55,6 @@ def parse_arguments() -> argparse.Namespace:
     )
     bench_results.add_option(parser)
     return parser.parse_args()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

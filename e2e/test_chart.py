@@ -44,6 +44,7 @@ from kubefal_operator import config as operator_config
 from kubefal_operator import handlers as operator_handlers
 from kubefal_webhook import settings as webhook_settings
 from testkit import waiting
+from testkit.ports import free_ports
 
 REPO_ROOT = local_cluster.REPO_ROOT
 cp_tls = controlplane_harness.cp_tls
@@ -1020,17 +1021,6 @@ def test_notes_tell_how_to_create_a_key_and_configure_fal_client(cluster_helm: H
     assert "export GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=$PWD/kubefal-ca.pem" in notes
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _ready(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2.0).status_code == 200
@@ -1052,7 +1042,7 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
     container = _container(_deployment(objects, "gateway"))
     assert container["command"] == ["python", "-m", "kubefal_gateway"]
     environment = _environment(container, namespace="platform")
-    queue_port, run_port, admin_port, rest_port = _free_ports(4)
+    queue_port, run_port, admin_port, rest_port = free_ports(4)
     assert "KUBEFAL_GATEWAY_STORAGE_SIGNING_KEY" in environment  # a Secret's, stubbed here
     environment.update(
         KUBEFAL_GATEWAY_HOST="127.0.0.1",
@@ -1121,7 +1111,7 @@ def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certifi
     (tmp_path / "ca.crt").write_bytes(base64.b64decode(webhook["clientConfig"]["caBundle"]))
     container = _container(_deployment(objects, "webhook"))
     environment = _environment(container, namespace="platform")
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     environment.update(
         KUBEFAL_WEBHOOK_HOST="127.0.0.1",
         KUBEFAL_WEBHOOK_PORT=str(port),
@@ -1194,7 +1184,7 @@ def test_the_real_operator_starts_with_the_charts_settings_and_machine_catalogue
     assert container["command"] == ["python", "-m", "kubefal_operator"]
     assert container["args"] == [f"--namespace={namespace}"]
     environment = _environment(container, namespace=namespace)
-    health_port, metrics_port = _free_ports(2)
+    health_port, metrics_port = free_ports(2)
     environment.update(
         KUBEFAL_OPERATOR_LIVENESS=f"http://127.0.0.1:{health_port}/healthz",
         KUBEFAL_OPERATOR_METRICS_HOST="127.0.0.1",
@@ -1265,7 +1255,7 @@ def test_the_real_operator_reconciles_as_its_service_account_without_permission_
     cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_find(objects, "ConfigMap")))
     container = _container(_deployment(objects, "operator"))
     environment = _environment(container, namespace=namespace)
-    health_port, metrics_port = _free_ports(2)
+    health_port, metrics_port = free_ports(2)
     environment.update(
         KUBEFAL_OPERATOR_LIVENESS=f"http://127.0.0.1:{health_port}/healthz",
         KUBEFAL_OPERATOR_METRICS_HOST="127.0.0.1",

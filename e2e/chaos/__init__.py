@@ -11,8 +11,9 @@ accepted is lost, nobody gets somebody else's answer, and every limit it checks 
 from __future__ import annotations
 
 import pathlib
-import time
 from collections.abc import Callable
+
+from testkit import waiting
 
 CHAOS_APP = f"{pathlib.Path(__file__).parent / 'app.py'}::ChaosApp"
 
@@ -22,8 +23,7 @@ class ChaosTimeout(RuntimeError):
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise ChaosTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+    try:
+        waiting.wait_for(predicate, timeout=timeout, interval=0.05, description=what)
+    except waiting.ConditionTimeout as timeout_error:
+        raise ChaosTimeout(str(timeout_error)) from timeout_error

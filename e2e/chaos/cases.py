@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from e2e.chaos import load, wait_until
-from e2e.chaos.processes import Redis, SupervisedRunner
+from e2e.chaos.processes import SupervisedRunner
+from testkit.redis import RedisServer
 from tests.gateway import gwharness  # the gateway tests' process harness
 
 APP = "chaos/app"
@@ -85,7 +86,7 @@ def _gateway(
 # ---- kill -9 of the gateway under 500 requests ---------------------------------------------
 def _gateway_kill(workdir: pathlib.Path, *, backend: str) -> load.Tally:
     tally = load.Tally(f"gateway kill -9 ({backend}, 500 requests)")
-    redis = Redis(workdir).start() if backend == "redis" else None
+    redis = RedisServer(workdir / "redis", durable=True).start() if backend == "redis" else None
     store = redis.url if redis is not None else None
     gateways: list[gwharness.Gateway] = []
     try:
@@ -175,7 +176,7 @@ def runner_kill(workdir: pathlib.Path) -> load.Tally:
 # ---- Redis stalled, then killed and restarted --------------------------------------------------
 def redis_stall_and_restart(workdir: pathlib.Path) -> load.Tally:
     tally = load.Tally("redis SIGSTOP 3 s, then kill -9 and restart (300 requests)")
-    redis = Redis(workdir).start()
+    redis = RedisServer(workdir / "redis", durable=True).start()
     try:
         with _runners(workdir, 1, 4) as (runners, exec_dir), load.PeakMemory() as memory:
             gateway = _gateway(workdir, _static(runners, 4), store=redis.url)

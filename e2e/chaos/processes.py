@@ -2,7 +2,7 @@
 
 `gwharness` (tests/gateway) already runs gateways and one-shot runners; the chaos suite also
 needs a runner that comes back on the same port after it crashed (what the kubelet does for a
-pod's container) and a redis-server with an append-only file that survives kill -9.
+pod's container) and a redis-server (``testkit.redis``, append-only, fsynced) that survives kill -9.
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@ and waiting for a condition with a timeout (no sleeps in tests)."""
 from __future__ import annotations
 
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 import click.testing
 import pytest
+
+from testkit import waiting
 
 APPS = pathlib.Path(__file__).parent / "apps"
 
@@ -20,18 +21,9 @@ class WaitFor(Protocol):
     ) -> None: ...
 
 
-def _wait_for(predicate: Callable[[], bool], *, timeout: float, description: str) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``description`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {description}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def wait_for() -> WaitFor:
-    return _wait_for
+    return waiting.wait_for
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from isolate_proto import controller_pb2
 from isolate_proto.controller_pb2_grpc import IsolateControllerStub
 
 from kubefal_controlplane import settings as controlplane_settings
+from testkit.ports import free_port
 from tests.charthelm import (
     NAMESPACE,
     container,
@@ -193,12 +193,6 @@ def test_the_values_schema_rejects_a_bad_control_plane_setting() -> None:
     assert "/controlPlane/maxWorkers" in completed.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def chart_control_plane(
     tmp_path: pathlib.Path,
@@ -225,7 +219,7 @@ def chart_control_plane(
         encoding="utf-8",
     )
     deployment = find(objects, "Deployment", "kubefal-controlplane")
-    port = _free_port()
+    port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KUBEFAL_")}
     environment.update(plain_env(deployment))
     environment.update(

@@ -16,94 +16,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import pathlib
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from kubefal_gateway import queueing
 from kubefal_gateway.stores import redis_store, sqlite_store
+from testkit.redis import RedisServer
 from tests.gateway.webhook_harness import Receiver
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 STARTUP_TIMEOUT = 30.0
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server child process on 127.0.0.1 without persistence."""
-
-    def __init__(self, workdir: pathlib.Path, *, extra_args: tuple[str, ...] = ()) -> None:
-        self.workdir = workdir
-        self.extra_args = extra_args
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, port: int | None = None) -> RedisServer:
-        """Start on ``port`` (default: a free one, retried if another process takes it first)."""
-        if not pathlib.Path(REDIS_SERVER).exists():
-            pytest.fail(
-                f"redis-server not found at {REDIS_SERVER}: apt-get install -y redis-server"
-            )
-        for _attempt in range(5):
-            self.port = port or _free_port()
-            command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-            command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-            command += self.extra_args
-            self.process = subprocess.Popen(
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._wait_ready():
-                return self
-            self.stop()
-        pytest.fail("redis-server did not start")
-
-    def _wait_ready(self) -> bool:
-        assert self.process is not None
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1.0)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        try:
-            while self.process.poll() is None and time.monotonic() < deadline:
-                try:
-                    if client.ping():
-                        return True
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.05)
-            return False
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")

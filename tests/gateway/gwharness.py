@@ -13,42 +13,21 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from testkit import certs
+from testkit import certs, waiting
+from testkit.ports import free_port
 
 APPS_DIR = pathlib.Path(__file__).parent / "apps"
 PROBE_APP = f"{APPS_DIR / 'probe_app.py'}::ProbeApp"
 STARTUP_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(
-    predicate: collections.abc.Callable[[], object],
-    *,
-    timeout: float,
-    message: str = "condition",
-    interval: float = 0.05,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 # ---- TLS ---------------------------------------------------------------------------------------
@@ -140,7 +119,7 @@ class Runner(Process):
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=STARTUP_TIMEOUT, message="runner ready", interval=0.2)
+        waiting.wait_for(ready, timeout=STARTUP_TIMEOUT, description="runner ready", interval=0.2)
 
 
 class Gateway(Process):
@@ -240,7 +219,7 @@ class Gateway(Process):
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=STARTUP_TIMEOUT, message="gateway ready", interval=0.1)
+        waiting.wait_for(ready, timeout=STARTUP_TIMEOUT, description="gateway ready", interval=0.1)
 
     def client_env(self, key: str) -> dict[str, str]:
         assert self.tls is not None

@@ -11,11 +11,12 @@ import hashlib
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 
 import httpx
+
+from testkit.ports import free_port
 
 VERSION = "4.1.0"
 JAR_URL = (
@@ -54,12 +55,6 @@ def jar_path() -> pathlib.Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class S3Proxy:
     """One s3proxy process; `endpoint` is its http://127.0.0.1:<port>."""
 
@@ -67,7 +62,7 @@ class S3Proxy:
         if shutil.which("java") is None:
             raise RuntimeError("s3proxy needs Java (17+) on PATH")
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.data = workdir / "s3-data"
         self.data.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import pytest
 
 from kubefal_api import apikeys
 from kubefal_gateway import webhooks
+from testkit import waiting
 from tests.gateway.webhook_harness import webhook_server
 
 pytestmark = pytest.mark.slow
@@ -102,10 +103,10 @@ class Stack:
         for runner in self.runners:
             runner.wait_ready()
         self.gateway.wait_ready(["team-a/probe", "team-a/serial", "team-a/pair"])
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: self.gateway.scaling("team-a/pair")["readyRunners"] == 2,
             timeout=60,
-            message="both pair runners ready",
+            description="both pair runners ready",
         )
 
     def client(self, script: str, *, key: str | None = None, timeout: float = 180) -> Any:
@@ -278,13 +279,13 @@ def test_cancel_of_a_queued_and_of_a_running_request(stack: Stack) -> None:
 
 
 def test_low_priority_waits_behind_normal_with_a_single_slot(stack: Stack) -> None:
-    gwharness.wait_for(
+    waiting.wait_for(
         lambda: (
             httpx.get(stack.serial.url + "/_kubefal/info", timeout=5).json()["runner"]["in_flight"]
             == 0
         ),
         timeout=60,
-        message="the serial runner to be idle",
+        description="the serial runner to be idle",
     )
     stack.client(
         """
@@ -384,10 +385,10 @@ def test_webhook_is_delivered_with_the_result(stack: Stack) -> None:
             emit({{"id": handle.request_id, "result": handle.get()}})
             """
         )
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: any(item["body"].get("request_id") == outcome["id"] for item in received),
             timeout=60,
-            message="webhook delivery",
+            description="webhook delivery",
         )
         delivery = next(
             item for item in received if item["body"].get("request_id") == outcome["id"]
@@ -491,10 +492,10 @@ def test_result_before_completion_is_400_still_in_progress(stack: Stack) -> None
         early = http.get(submitted["response_url"], headers=auth)
         assert early.status_code == 400
         assert early.json()["detail"] == "Request is still in progress"
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: http.get(submitted["status_url"], headers=auth).json()["status"] == "COMPLETED",
             timeout=60,
-            message="completion",
+            description="completion",
         )
         assert http.get(submitted["response_url"], headers=auth).status_code == 200
 

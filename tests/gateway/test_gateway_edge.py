@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from kubefal_api import apikeys
+from testkit import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +241,7 @@ def test_connections_over_the_cap_are_refused_with_503_and_idle_ones_closed(
                 with httpx.Client(verify=str(tls.ca_path), timeout=10) as client:
                     return client.get(f"{gateway.run_url}/a/b").status_code == 404
 
-            gwharness.wait_for(admitted, timeout=30, message="a freed slot admits a client")
+            waiting.wait_for(admitted, timeout=30, description="a freed slot admits a client")
             # A keep-alive connection idle after its answer is closed after --idle-timeout.
             idle = held.pop()
             idle.sendall(b"GET /a/b HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -313,13 +314,13 @@ def test_a_webhook_host_resolving_to_loopback_is_refused_at_delivery(edge: Edge)
         env=edge.gateway.client_env(str(edge.key_a)),
     )
     assert result["text"] == "hooked"
-    gwharness.wait_for(
+    waiting.wait_for(
         lambda: (
             metric_value(edge, "kubefal_gateway_webhook_deliveries_total", outcome="refused")
             > refused_before
         ),
         timeout=60,
-        message="the refused delivery",
+        description="the refused delivery",
     )
     accept()
     listener.close()
@@ -360,10 +361,10 @@ def test_a_wrong_secret_flood_is_throttled_while_valid_callers_are_served(edge: 
     for thread in attackers:
         thread.start()
     try:
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: sum(status == 429 for status, _, _ in answers) >= 20,
             timeout=60,
-            message="throttled attempts",
+            description="throttled attempts",
         )
         # During the flood: the attacked key's own (cached) caller and another key's first call.
         during_a = edge.fal_run(edge.key_a, "during-a")

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from kubefal_api import apikeys
+from testkit import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,7 @@ class Stack:
             status.update(client.get(base + "/status").json())
             return status.get("status") == "COMPLETED"
 
-        gwharness.wait_for(completed, timeout=120, message=f"{request_id} completed")
+        waiting.wait_for(completed, timeout=120, description=f"{request_id} completed")
         return client.get(base)
 
 
@@ -347,8 +348,10 @@ def test_a_timed_out_attempt_is_cancelled_on_the_runner_on_both_apis(stack: Stac
         f"{stack.gateway.run_url}/fwd/echo-slow/echo/{sync_marker}", json={"sleep": 3}, timeout=60
     )
     assert response.status_code == 504
-    gwharness.wait_for(
-        lambda: len(attempts_and_cancels(sync_marker)[1]) == 1, timeout=20, message="sync cancel"
+    waiting.wait_for(
+        lambda: len(attempts_and_cancels(sync_marker)[1]) == 1,
+        timeout=20,
+        description="sync cancel",
     )
     assert len(attempts_and_cancels(sync_marker)[0]) == 1
 
@@ -362,10 +365,10 @@ def test_a_timed_out_attempt_is_cancelled_on_the_runner_on_both_apis(stack: Stac
     ids, _ = attempts_and_cancels(queue_marker)
     assert len(ids) in (1, 2)  # within --retry-budget
     # every attempt carries the job's id, and each timed-out one was told to stop
-    gwharness.wait_for(
+    waiting.wait_for(
         lambda: len(attempts_and_cancels(queue_marker)[1]) == len(ids),
         timeout=20,
-        message="queue cancels",
+        description="queue cancels",
     )
 
 
@@ -377,8 +380,8 @@ def test_a_client_that_hangs_up_gets_its_work_cancelled_and_its_slot_back(stack:
             json={"tag": tag, "sleep": 60},
             timeout=httpx.Timeout(30, read=1.5),
         )
-    gwharness.wait_for(
-        lambda: stack.files(f"cancelled-{tag}"), timeout=20, message="the runner cancelled it"
+    waiting.wait_for(
+        lambda: stack.files(f"cancelled-{tag}"), timeout=20, description="the runner cancelled it"
     )
     assert stack.files(f"done-{tag}") == []
     # fwd/hangup has one slot: it is free again
@@ -406,8 +409,8 @@ def test_an_abandoned_stream_stops_on_the_runner_and_frees_its_slot(stack: Stack
         assert response.status_code == 200
         first = next(response.iter_lines())
         assert json.loads(first.removeprefix("data: "))["tag"] == tag
-    gwharness.wait_for(
-        lambda: stack.files(f"stream-stopped-{tag}"), timeout=20, message="the stream stopped"
+    waiting.wait_for(
+        lambda: stack.files(f"stream-stopped-{tag}"), timeout=20, description="the stream stopped"
     )
     response = httpx.post(
         f"{stack.gateway.run_url}/fwd/stream",
@@ -462,8 +465,8 @@ def test_a_queued_job_refused_as_busy_is_asked_again_beyond_the_retry_budget(
             json={"tag": f"{tag}-direct", "sleep": 4},
             timeout=60,
         )
-        gwharness.wait_for(
-            lambda: stack.executions(f"{tag}-direct"), timeout=30, message="slot taken"
+        waiting.wait_for(
+            lambda: stack.executions(f"{tag}-direct"), timeout=30, description="slot taken"
         )
         submitted = client.post(
             f"{stack.gateway.queue_url}/fwd/single", json={"tag": tag, "text": "after"}
@@ -545,7 +548,7 @@ def test_a_running_jobs_status_is_in_progress_only_under_its_own_app(stack: Stac
             seen.append(client.get(base + "/status"))
             return seen[-1].json()["status"] == "IN_PROGRESS"
 
-        gwharness.wait_for(running, timeout=20, message="the job running")
+        waiting.wait_for(running, timeout=20, description="the job running")
         with_logs = client.get(base + "/status", params={"logs": "1"})
         elsewhere = client.get(
             f"{stack.gateway.queue_url}/fwd/echo-b/requests/{request_id}/status", headers=key

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from kubefal_gateway import keda_scaler
+from testkit import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -187,6 +188,6 @@ def test_keda_and_the_external_metrics_api_serve_the_desired_runner_count(
         with gateway.http() as client:
             for _ in range(3):
                 assert client.post(f"{gateway.queue_url}/ops/cold", json={}).status_code == 200
-        gwharness.wait_for(
-            lambda: desired() == (2, True, 2), timeout=30, message="desired runners 2"
+        waiting.wait_for(
+            lambda: desired() == (2, True, 2), timeout=30, description="desired runners 2"
         )

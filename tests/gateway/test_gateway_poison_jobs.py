@@ -15,6 +15,8 @@ import gwharness
 import httpx
 import pytest
 
+from testkit import waiting
+
 pytestmark = pytest.mark.slow
 
 APP = "team-a/poison"
@@ -41,12 +43,12 @@ def kill_at_each_dispatch(
     first = gateways[0]
     ports = (first.queue_port, first.run_port, first.admin_port)
     for restart in range(2 * MAX_ATTEMPTS):
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda seen=restart + runs_before + 1: (
                 runs() >= seen or client.get(base + "/status").json()["status"] == "COMPLETED"
             ),
             timeout=60,
-            message="the job dispatched again or completed",
+            description="the job dispatched again or completed",
         )
         if client.get(base + "/status").json()["status"] == "COMPLETED":
             return

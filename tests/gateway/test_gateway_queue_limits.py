@@ -16,6 +16,7 @@ import orjson
 from conftest import RedisServer
 
 from kubefal_gateway import settings
+from testkit import waiting
 from tests.gateway.webhook_harness import webhook_server
 
 APP = "team-a/limited"
@@ -83,13 +84,13 @@ def test_a_stalled_redis_makes_submits_fail_fast_with_503_and_readyz_not_ready(
                 readyz.append(client.get(f"{gateway.admin_url}/readyz"))
                 return readyz[-1].status_code == 503
 
-            gwharness.wait_for(not_ready, timeout=30, message="/readyz reporting 503")
+            waiting.wait_for(not_ready, timeout=30, description="/readyz reporting 503")
         finally:
             os.kill(redis_pid, signal.SIGCONT)
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 200,
             timeout=30,
-            message="/readyz ready again",
+            description="/readyz ready again",
         )
         after = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "after"})
         results = [_wait_result(client, gateway, response) for response in (before, after)]
@@ -107,10 +108,10 @@ def _wait_result(
     client: httpx.Client, gateway: gwharness.Gateway, submitted: httpx.Response
 ) -> httpx.Response:
     base = f"{gateway.queue_url}/{APP}/requests/{submitted.json()['request_id']}"
-    gwharness.wait_for(
+    waiting.wait_for(
         lambda: client.get(base + "/status").json()["status"] == "COMPLETED",
         timeout=60,
-        message="the job completing",
+        description="the job completing",
     )
     return client.get(base)
 
@@ -143,7 +144,7 @@ def test_queued_jobs_of_a_removed_app_complete_with_an_error_and_fire_their_webh
         )
         with gwharness.cleanup(after):
             after.wait_ready()
-            gwharness.wait_for(lambda: len(received) >= 2, timeout=60, message="both webhooks")
+            waiting.wait_for(lambda: len(received) >= 2, timeout=60, description="both webhooks")
     assert [response.status_code for response in accepted] == [200, 200]
     assert sorted(body["request_id"] for body in received) == sorted(
         response.json()["request_id"] for response in accepted

@@ -17,6 +17,7 @@ import pytest
 
 from kubefal_api import apikeys
 from kubefal_gateway.storage import datafiles
+from testkit import waiting
 from tests.gateway import gwharness
 
 
@@ -145,7 +146,7 @@ def test_gateway_limits_open_uploads_and_sweeps_abandoned_ones(stack: Stack) -> 
         assert part.status_code == 200 and part.json()["part_number"] == 54321
         # nobody completes them: the sweeper removes both once untouched for 2 s
         namespace = stack.data_dir / "team"
-        gwharness.wait_for(
+        waiting.wait_for(
             lambda: (
                 not any(
                     entry.name.startswith(f"{datafiles.HIDDEN_PREFIX}upload-")
@@ -153,7 +154,7 @@ def test_gateway_limits_open_uploads_and_sweeps_abandoned_ones(stack: Stack) -> 
                 )
             ),
             timeout=120,
-            message="abandoned uploads swept",
+            description="abandoned uploads swept",
             interval=0.2,
         )
         gone = http.put(f"{stack.base}/a.bin/{upload_id}/1", files={"file_upload": ("p", b"x")})

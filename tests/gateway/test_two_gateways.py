@@ -26,6 +26,7 @@ import pytest
 from conftest import RedisServer
 
 from kubefal_gateway import settings
+from testkit import waiting
 from tests.gateway.webhook_harness import webhook_server
 
 pytestmark = pytest.mark.slow
@@ -182,16 +183,18 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
             signals["one"], signals["two"] = one.scaling(APP), two.scaling(APP)
             return all(signal["inFlight"] == MULTIPLEXING for signal in signals.values())
 
-        gwharness.wait_for(
-            both_count_the_held_requests, timeout=30, message="both signals counting 2 in flight"
+        waiting.wait_for(
+            both_count_the_held_requests,
+            timeout=30,
+            description="both signals counting 2 in flight",
         )
         holder.join(timeout=60)
 
         # 2. Queue and sync load through both gateways at once.
         jobs, ran = asyncio.run(_load([one, two], "load", receiver.url, jobs=40, sync=10))
         results = asyncio.run(_results([one, two], jobs))
-        gwharness.wait_for(
-            lambda: len(receiver.deliveries) >= len(jobs), timeout=60, message="webhooks"
+        waiting.wait_for(
+            lambda: len(receiver.deliveries) >= len(jobs), timeout=60, description="webhooks"
         )
         after_load = _stats(runner)
 
@@ -202,8 +205,8 @@ def test_two_gateways_on_one_redis_share_runner_slots_signals_and_webhooks(
         final = _stats(runner)
         # A delivery gateway one had claimed when it died comes back when its claim runs out.
         everything = {job["request_id"] for job in jobs + more}
-        gwharness.wait_for(
-            lambda: everything <= set(receiver.deliveries), timeout=150, message="all webhooks"
+        waiting.wait_for(
+            lambda: everything <= set(receiver.deliveries), timeout=150, description="all webhooks"
         )
 
     for job, result in zip(jobs + more, results + more_results, strict=True):
