@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator: reconciles, errors and how long they take.
+"""Prometheus metrics of the operator: reconciles, errors and how long they take, and each
+FalApp's computed status (conditions and runner counts) for the chart's alerts.
 
 Metrics live in a :class:`prometheus_client.CollectorRegistry` created at startup and
 served from there, not registered into the global registry at import time, so importing the
@@ -10,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
-from typing import TypeAlias
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeAlias
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
+import prometheus_client.core
+import prometheus_client.registry
 
 MetricsServer: TypeAlias = WSGIServer
 """The HTTP server behind ``/metrics`` (stop it with ``shutdown()``)."""
@@ -22,6 +25,51 @@ MetricsServer: TypeAlias = WSGIServer
 RESULT_CHANGED = "changed"
 RESULT_UNCHANGED = "unchanged"
 RESULT_ERROR = "error"
+RUNNER_STATES = ("pending", "setup", "running", "idle", "draining")
+"""The keys of a FalApp status's ``runners`` counts."""
+
+StatusSource: TypeAlias = Callable[[], Iterable[tuple[str, str, Mapping[str, Any]]]]
+"""(namespace, name, status document) of every FalApp the operator currently serves."""
+
+
+class StatusCollector(prometheus_client.registry.Collector):
+    """Exports the status each FalApp was last computed to have, read at scrape time.
+
+    ``kubefal_operator_falapp_condition`` is 1 for each condition's current (status, reason),
+    like kube-state-metrics' condition series, so an alert can say "Scheduled is False with
+    WaitingForGPUCapacity for 10 minutes"; ``kubefal_operator_falapp_runners`` counts runners
+    by state. Labels are bounded by the FalApps served (a deleted app's series go with it).
+    """
+
+    def __init__(self, source: StatusSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[prometheus_client.core.Metric]:
+        condition = prometheus_client.core.GaugeMetricFamily(
+            "kubefal_operator_falapp_condition",
+            "1 for the current status and reason of each condition of a FalApp.",
+            labels=["namespace", "falapp", "type", "status", "reason"],
+        )
+        runners = prometheus_client.core.GaugeMetricFamily(
+            "kubefal_operator_falapp_runners",
+            "Runners of a FalApp by state (pending, setup, running, idle, draining).",
+            labels=["namespace", "falapp", "state"],
+        )
+        for namespace, name, document in list(self._source()):
+            for item in document.get("conditions") or ():
+                labels = [
+                    namespace,
+                    name,
+                    str(item.get("type", "")),
+                    str(item.get("status", "")),
+                    str(item.get("reason", "")),
+                ]
+                condition.add_metric(labels, 1.0)
+            counts = document.get("runners") or {}
+            for state in RUNNER_STATES:
+                runners.add_metric([namespace, name, state], float(counts.get(state, 0)))
+        yield condition
+        yield runners
 
 
 @dataclasses.dataclass

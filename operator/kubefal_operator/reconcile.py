@@ -256,6 +256,8 @@ class Operator:
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written_status: dict[Key, tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
     """Last status written per app (with the app's uid), newer than the index can be."""
+    computed_status: dict[Key, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Last status computed per app, written or not (the metrics' StatusCollector reads it)."""
 
     newest: dict[tuple[str, str, str], tuple[int, Mapping[str, Any]]] = dataclasses.field(
         default_factory=dict
@@ -321,6 +323,7 @@ class Operator:
         """Drop what is cached about a deleted FalApp."""
         self.locks.pop(key, None)
         self.written_status.pop(key, None)
+        self.computed_status.pop(key, None)
         self.scaling_signals.pop(key, None)
         self.handled.pop(key, None)
         self.cancel_retry(key)
@@ -343,14 +346,20 @@ async def start(config: operator_config.OperatorConfig) -> Operator:
         config_map, where=f"{config.catalogue_namespace}/{config.catalogue_name}"
     )
     instruments = metrics.Metrics.create()
-    server = instruments.serve(host=config.metrics_host, port=config.metrics_port)
-    return Operator(
+    op = Operator(
         config=config,
         kube=client,
         instruments=instruments,
         catalogue=CatalogueState(catalogue=catalogue, source=source),
-        metrics_server=server,
     )
+    statuses = op.computed_status
+    instruments.registry.register(
+        metrics.StatusCollector(
+            lambda: [(key[0], key[1], document) for key, document in list(statuses.items())]
+        )
+    )
+    op.metrics_server = instruments.serve(host=config.metrics_host, port=config.metrics_port)
+    return op
 
 
 def start_actuator(op: Operator, *, indexes: Indexes) -> None:
@@ -785,6 +794,7 @@ async def _write_status(
         signal=op.scaling_signals.get(key),
     )
     document = status.status_document(computed)
+    op.computed_status[key] = document
     if previous is not None and status.status_document(previous) == document:
         return
     meta = body["metadata"]
