@@ -113,6 +113,16 @@ class Scaler(enum.StrEnum):
     HPA = "hpa"
 
 
+class ScalingPolicy(enum.StrEnum):
+    """How the gateway turns an app's queue into a desired runner count."""
+
+    FAL = "fal"
+    """fal's formula: every queued request counts as demand for a runner."""
+    COUNT_STARTING = "countStarting"
+    """fal's formula, less the queued requests that runners already starting (and ready ones)
+    will have taken by the time a runner started now would be ready."""
+
+
 class RetryCondition(enum.StrEnum):
     """A failure class the gateway would otherwise retry (fal ``skip_retry_conditions``)."""
 
@@ -315,6 +325,15 @@ class ScalingSpec(KubeModel):
     max_multiplexing: int = pydantic.Field(default=DEFAULT_MAX_MULTIPLEXING, ge=1, le=1_000)
     """Concurrent requests one runner serves; the gateway enforces it (fal
     ``max_multiplexing``)."""
+    policy: ScalingPolicy = ScalingPolicy.FAL
+    """fal (default): fal's formula, where each queued request asks for a runner, so a burst
+    during a cold start starts runners that find no work once the first ones are ready.
+    countStarting: queued requests that the runners already starting or ready will take
+    before a runner started now could be ready (from the app's mean request time and cold
+    start time, as the gateway measured them) do not ask for more runners; never more runners
+    than fal's formula, and exactly fal's formula until the gateway has seen one request
+    complete and one runner start. Applies to every scaler (builtin, keda, hpa). A kubefal
+    field: from a fal.App class, kubefal_scaling_policy = "countStarting"."""
 
     @pydantic.model_validator(mode="after")
     def _min_not_above_max(self) -> ScalingSpec:

@@ -28,6 +28,10 @@ Secret per app that the gateway can read in every namespace). The Pod watch stay
 truth for removal: a pod that is deleted, terminating, rescheduled to another IP or no longer
 owned by its app's Deployment is removed; until the pod's Ready condition has been seen once,
 an announced runner is not removed for lacking it.
+
+Pods of an app that are not Ready yet are marked starting in the runner table (the
+``countStarting`` scaling policy counts what they will serve); a scheduled one with no restart
+and no back-off gets a head start, the others count only as capacity.
 """
 
 from __future__ import annotations
@@ -107,6 +111,36 @@ def _pod_alive(pod: dict[str, Any]) -> bool:
         and status.get("phase", "Running") == "Running"
         and not (pod.get("metadata") or {}).get("deletionTimestamp")
     )
+
+
+BACK_OFF_REASONS = frozenset(
+    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
+)
+"""Container waiting reasons that mean a pod is not about to become ready."""
+
+
+def _pod_starting(pod: dict[str, Any]) -> bool:
+    """Pending or Running, not Ready, not being deleted: a runner on its way (or stuck)."""
+    status = pod.get("status") or {}
+    return (
+        status.get("phase", "Pending") in ("Pending", "Running")
+        and not (pod.get("metadata") or {}).get("deletionTimestamp")
+        and not _pod_ready(pod)
+    )
+
+
+def _start_expected(pod: dict[str, Any]) -> bool:
+    """Scheduled, no container restarted or backing off: a cold start under way, which the
+    countStarting policy gives a head start (an unscheduled pod may wait for GPUs for long)."""
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        if int(container.get("restartCount") or 0) > 0:
+            return False
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BACK_OFF_REASONS:
+            return False
+    return True
 
 
 class NotAnnounceable(Exception):
@@ -193,6 +227,8 @@ class KubernetesDiscovery:
         ReplicaSet shows up after it (watches deliver in no particular order)."""
         self._announced: dict[tuple[str, str], str] = {}
         """Runners that announced themselves before the watch saw their pod Ready: their IP."""
+        self._relisting = False
+        """A re-list is being applied: pods first seen now are not fresh cold starts."""
 
     def start(self) -> None:
         from kubernetes import client, config
@@ -358,6 +394,15 @@ class KubernetesDiscovery:
                 del self._announced[key]
         if event_type == "DELETED" or not _pod_ready(pod) or not self.owned_by_app(pod):
             self.table.remove(app_id=app_id, runner_id=runner_id)
+            if event_type != "DELETED" and _pod_starting(pod) and self.owned_by_app(pod):
+                self.table.mark_starting(
+                    app_id=app_id,
+                    runner_id=runner_id,
+                    timed=_start_expected(pod),
+                    measurable=not self._relisting,
+                )
+            else:
+                self.table.forget(app_id=app_id, runner_id=runner_id)
         else:
             self.table.upsert(
                 app_id=app_id,
@@ -368,9 +413,15 @@ class KubernetesDiscovery:
 
     def _relist_pods(self, items: list[dict[str, Any]]) -> None:
         seen = set()
-        for pod in items:
-            seen.add(self._pod_ids(pod))
-            self._on_pod("ADDED", pod)
+        self._relisting = True  # pods first seen here may have been starting for a while
+        try:
+            for pod in items:
+                seen.add(self._pod_ids(pod))
+                self._on_pod("ADDED", pod)
+        finally:
+            self._relisting = False
+        for app_id, runner_id in set(self._pods) - seen:
+            self.table.forget(app_id=app_id, runner_id=runner_id)
         for key in set(self._pods) - seen:
             del self._pods[key]
         for key in set(self._announced) - seen:

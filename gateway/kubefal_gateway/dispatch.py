@@ -60,6 +60,9 @@ CANCEL_TIMEOUT = 2.0
 """Seconds a cancel sent to a runner may take."""
 COMPACT_MIN_DEAD = 64
 """Waiters that gave up are dropped from the heap once they are this many and half of it."""
+REQUEST_TIME_WEIGHT = 0.2
+"""Weight of each answered request in an app's mean request time (`AppSlots.request_seconds`,
+an input of the countStarting scaling policy)."""
 
 
 def backoff(attempt: int) -> float:
@@ -104,6 +107,9 @@ class AppSlots:
         """Sync requests (run, stream, realtime) waiting for a slot or running."""
         self.on_change: Callable[[str], None] | None = None
         self.ledger: SlotLedger | None = None
+        self.request_seconds = runners.Mean(REQUEST_TIME_WEIGHT)
+        """Mean time an answered request held its slot (from the attempt sent to the answer
+        relayed), as this gateway saw it."""
 
     @property
     def waiting(self) -> int:
@@ -270,6 +276,7 @@ class ForwardResult:
     def release(self) -> None:
         if not self.released:
             self.released = True
+            self.slots.request_seconds.add(time.monotonic() - self.started)
             self.slots.release(self.runner)
 
 

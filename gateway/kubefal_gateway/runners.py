@@ -3,6 +3,10 @@
 Two sources feed the same `RunnerTable`: the Pods of each app, watched through the Kubernetes
 API (discovery.py), and the static file's runner URLs (local mode).
 
+The table also remembers, per app, the runners that are starting (first seen, never ready yet)
+and how long runners took from first seen to ready: the ``countStarting`` scaling policy counts
+what starting runners will serve (scaling.py), and these are its inputs.
+
 In both cases the gateway confirms readiness itself with `GET /_kubefal/ready` on the runner (kwok
 marks pods Ready at once, and a Pod can be Ready in the API before its port answers), falling back
 to the SDK's `GET /health` for runners that are bare fal apps. A runner that fails a request
@@ -28,6 +32,39 @@ STARTING_SECONDS = 60.0
 """For this long after a runner appears, it is probed at least every STARTING_PROBE_CAP."""
 STARTING_PROBE_CAP = 0.1
 FALLBACK_READY_PATH = "/health"
+COLD_START_WEIGHT = 0.3
+"""Weight of each new cold start in an app's mean cold start time (few samples, recent ones
+matter most)."""
+
+
+class Mean:
+    """An exponentially weighted mean; the first sample sets it. No clock: callers add samples."""
+
+    __slots__ = ("value", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        if self.value is None:
+            self.value = sample
+        else:
+            self.value += self.weight * (sample - self.value)
+
+
+@dataclasses.dataclass(slots=True)
+class Starting:
+    """A runner seen but never ready yet."""
+
+    since: float
+    """Monotonic time it was first seen."""
+    timed: bool = True
+    """Expected to become ready soon (scheduled, no restart): it gets a head start in the
+    countStarting policy; an unscheduled or crash-looping one counts only as capacity."""
+    measurable: bool = True
+    """First seen when it appeared (not in a re-list of pods that existed before), so its
+    first-seen-to-ready time is a cold start."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,6 +105,12 @@ class RunnerTable:
         self.probe_timeout = probe_timeout
         self.by_app: dict[str, dict[str, Runner]] = {}
         self.listeners: list[RunnerListener] = []
+        self.starting: dict[str, dict[str, Starting]] = {}
+        """Per app: runners seen but never ready yet (pods still starting)."""
+        self.ever_ready: dict[str, set[str]] = {}
+        """Per app: runners that have been ready once (a later unready spell is no start)."""
+        self.cold_starts: dict[str, Mean] = {}
+        """Per app: mean seconds from a runner first seen to ready."""
 
     def runners(self, app_id: str) -> dict[str, Runner]:
         return self.by_app.get(app_id, {})
@@ -86,6 +129,7 @@ class RunnerTable:
             runners = self.by_app.setdefault(app_id, {})
         runner = Runner(runner_id=runner_id, app_id=app_id, host=host, port=port)
         runners[runner_id] = runner
+        self.mark_starting(app_id=app_id, runner_id=runner_id, notify=False)
         runner.probe_task = asyncio.get_running_loop().create_task(self._probe_loop(runner))
         self._notify(app_id)
 
@@ -97,8 +141,68 @@ class RunnerTable:
         runner = self.by_app[app_id][runner_id]
         if not runner.ready:
             runner.ready = True
+            self._became_ready(runner)
             self._notify(app_id)
         return runner
+
+    # ---- starting runners and cold-start times (the countStarting policy's inputs) ----
+    def mark_starting(
+        self,
+        *,
+        app_id: str,
+        runner_id: str,
+        timed: bool = True,
+        measurable: bool = True,
+        notify: bool = True,
+    ) -> None:
+        """``runner_id`` exists but is not ready: starting, unless it has been ready before.
+
+        The first call records when it was first seen; later ones only update ``timed``."""
+        if runner_id in self.ever_ready.get(app_id, ()):
+            return
+        entries = self.starting.setdefault(app_id, {})
+        entry = entries.get(runner_id)
+        if entry is None:
+            entries[runner_id] = Starting(
+                since=time.monotonic(), timed=timed, measurable=measurable
+            )
+        elif entry.timed != timed:
+            entry.timed = timed
+        else:
+            return
+        if notify:
+            self._notify(app_id)
+
+    def forget(self, *, app_id: str, runner_id: str) -> None:
+        """The runner's pod is gone (or going): no longer starting, nor remembered as ready."""
+        changed = self.starting.get(app_id, {}).pop(runner_id, None) is not None
+        self.ever_ready.get(app_id, set()).discard(runner_id)
+        for table in (self.starting, self.ever_ready):
+            if app_id in table and not table[app_id]:
+                del table[app_id]
+        if changed:
+            self._notify(app_id)
+
+    def _became_ready(self, runner: Runner) -> None:
+        self.ever_ready.setdefault(runner.app_id, set()).add(runner.runner_id)
+        entries = self.starting.get(runner.app_id)
+        entry = None if entries is None else entries.pop(runner.runner_id, None)
+        if entries is not None and not entries:
+            del self.starting[runner.app_id]
+        if entry is not None and entry.measurable:
+            mean = self.cold_starts.setdefault(runner.app_id, Mean(COLD_START_WEIGHT))
+            mean.add(time.monotonic() - entry.since)
+
+    def starting_ages(self, app_id: str, now: float) -> tuple[tuple[float, ...], int]:
+        """(ages in seconds of the timed starting runners, count of the untimed ones)."""
+        entries = self.starting.get(app_id, {}).values()
+        ages = tuple(max(0.0, now - entry.since) for entry in entries if entry.timed)
+        return ages, sum(1 for entry in entries if not entry.timed)
+
+    def cold_start_seconds(self, app_id: str) -> float | None:
+        """The app's mean cold start (first seen to ready) as this gateway saw it."""
+        mean = self.cold_starts.get(app_id)
+        return None if mean is None else mean.value
 
     def remove(self, *, app_id: str, runner_id: str) -> None:
         runner = self.by_app.get(app_id, {}).pop(runner_id, None)
@@ -139,6 +243,8 @@ class RunnerTable:
             ready = await self.probe(runner)
             if ready != runner.ready and not runner.gone:
                 runner.ready = ready
+                if ready:
+                    self._became_ready(runner)
                 self._notify(runner.app_id)
             runner.recheck.clear()
             if ready:
@@ -157,6 +263,8 @@ class RunnerTable:
                 if runner.probe_task is not None:
                     runner.probe_task.cancel()
         self.by_app.clear()
+        self.starting.clear()
+        self.ever_ready.clear()
 
 
 def add_static_runners(table: RunnerTable, *, app_id: str, urls: tuple[str, ...]) -> None:

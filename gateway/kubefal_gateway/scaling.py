@@ -28,6 +28,16 @@ request) is what `ScalingSignal` adds on top:
 
 ``desired`` is always within ``[minConcurrency, maxConcurrency]`` and never below what current
 demand needs (``needed + buffer``, clamped).
+
+The ``countStarting`` policy (``spec.scaling.policy``; docs/design-decisions.md, "Cold starts
+that do not overshoot") changes only ``needed`` in the growth term, through
+`needed_counting_starting`: a runner started now is ready after the app's cold start time ``H``;
+until then the runners the app has or has asked for take work off the queue (a ready runner
+``m`` slots now and ``m * H / t`` more, a starting runner first seen ``age`` seconds ago ``m``
+slots and ``m * min(age, H) / t`` more, since it will be ready that much earlier than a new
+one; ``t`` is the mean request time). Only demand beyond that asks for new runners. It never asks
+for more than fal's formula, and it is fal's formula until both ``t`` and ``H`` are known.
+Keep-alive is unchanged: what holds runners is still fal's formula over all requests.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ import math
 
 from kubefal_api import v1alpha1
 from kubefal_gateway import queueing
+
+COVER_EPSILON = 1e-9
+"""Slack for float sums in `needed_counting_starting` (4.000000001 requests are 4)."""
 
 
 def runners_needed(demand: int, *, max_multiplexing: int) -> int:
@@ -51,15 +64,75 @@ def buffer_runners(needed: int, *, concurrency_buffer: int, concurrency_buffer_p
     return max(concurrency_buffer, math.ceil(needed * concurrency_buffer_perc / 100))
 
 
-def desired_for_demand(spec: v1alpha1.ScalingSpec, demand: int) -> int:
-    """The formula: runners wanted for ``demand`` requests (queued and in flight)."""
-    needed = runners_needed(demand, max_multiplexing=spec.max_multiplexing)
+def desired_for_demand(
+    spec: v1alpha1.ScalingSpec, demand: int, *, needed: int | None = None
+) -> int:
+    """The formula: runners wanted for ``demand`` requests (queued and in flight), or for
+    ``needed`` runners when a policy decided that number (the buffer goes on top)."""
+    if needed is None:
+        needed = runners_needed(demand, max_multiplexing=spec.max_multiplexing)
     buffer = buffer_runners(
         needed,
         concurrency_buffer=spec.concurrency_buffer,
         concurrency_buffer_perc=spec.concurrency_buffer_perc,
     )
     return clamp(needed + buffer, spec=spec)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the countStarting policy knows of an app's runners (all zero/None: fal's formula)."""
+
+    ready: int = 0
+    """Runners taking requests now."""
+    starting_ages: tuple[float, ...] = ()
+    """Seconds since each starting runner (never ready yet, expected to be) was first seen."""
+    starting_untimed: int = 0
+    """Starting runners that get no head start (not scheduled yet, or restarted)."""
+    mean_request_seconds: float | None = None
+    """How long one request holds a runner slot, on average (None: not measured yet)."""
+    cold_start_seconds: float | None = None
+    """How long a new runner takes from first seen to ready, on average (None: not measured)."""
+
+    @property
+    def starting(self) -> int:
+        return len(self.starting_ages) + self.starting_untimed
+
+
+def covered_requests(capacity: Capacity, *, committed: int, max_multiplexing: int) -> float:
+    """Requests (in flight or queued) that ``committed`` runners take before a runner started
+    now could be ready: their slots, plus under a known mean request time ``t`` and cold start
+    time ``H`` what each ready runner serves in ``H`` and each starting one in its head start
+    ``min(age, H)`` (it is ready that much earlier than a new runner)."""
+    slots = float(committed * max_multiplexing)
+    seconds, cold = capacity.mean_request_seconds, capacity.cold_start_seconds
+    if seconds is None or cold is None or seconds <= 0 or cold <= 0:
+        return slots
+    head_start = capacity.ready * cold + sum(
+        min(max(0.0, age), cold) for age in capacity.starting_ages
+    )
+    return slots + max_multiplexing * head_start / seconds
+
+
+def needed_counting_starting(
+    demand: int, capacity: Capacity, *, max_multiplexing: int, committed: int
+) -> int:
+    """The countStarting policy's runners for ``demand`` (queued older than scalingDelay plus
+    in flight), given the runners the app has or has asked for.
+
+    ``committed`` is the runner count already asked for (the last decision); the ready and
+    starting runners of ``capacity`` count when there are more of them. Demand the committed
+    runners cover (`covered_requests`) asks for no new runner; each ``maxMultiplexing``
+    requests beyond it ask for one. Never more than fal's ``ceil(demand / maxMultiplexing)``,
+    which it equals without a mean request time and a cold start time.
+    """
+    fal = runners_needed(demand, max_multiplexing=max_multiplexing)
+    committed = max(committed, capacity.ready + capacity.starting, 0)
+    covered = covered_requests(capacity, committed=committed, max_multiplexing=max_multiplexing)
+    uncovered = demand - covered
+    if uncovered <= COVER_EPSILON:
+        return min(fal, committed)
+    return min(fal, committed + math.ceil(uncovered / max(1, max_multiplexing) - COVER_EPSILON))
 
 
 def clamp(runners: int, *, spec: v1alpha1.ScalingSpec) -> int:
@@ -79,6 +152,9 @@ class ScalingDecision:
     """The formula over all queued plus in-flight requests (what keeps existing runners)."""
     held_for_keep_alive: int
     """The largest ``hold`` seen within the last keepAlive seconds."""
+    covered: float = 0.0
+    """Requests the runners the app has or has asked for take before a new one could be
+    ready (`covered_requests`; without the head starts under the fal policy)."""
 
 
 class ScalingSignal:
@@ -103,22 +179,47 @@ class ScalingSignal:
         """The ``waiting_since`` cutoff to pass to `queueing.QueueStore.stats`."""
         return now - self.spec.scaling_delay
 
-    def observe(self, stats: queueing.AppQueueStats, now: float) -> int:
+    def observe(
+        self, stats: queueing.AppQueueStats, now: float, capacity: Capacity | None = None
+    ) -> int:
         """Record the app's figures at ``now`` and return the desired runner count."""
         return self.decide(
             queued=stats.queued,
             queued_waiting=stats.queued_waiting,
             in_flight=stats.in_progress,
             now=now,
+            capacity=capacity,
         ).desired
 
     def decide(
-        self, *, queued: int, queued_waiting: int, in_flight: int, now: float
+        self,
+        *,
+        queued: int,
+        queued_waiting: int,
+        in_flight: int,
+        now: float,
+        capacity: Capacity | None = None,
     ) -> ScalingDecision:
-        """`observe` with the figures spelled out; returns the full decision."""
+        """`observe` with the figures spelled out; returns the full decision.
+
+        ``capacity`` feeds the countStarting policy (ignored under fal's)."""
         if self._holds and now < self._holds[-1][0]:
             now = self._holds[-1][0]  # a clock step backwards: keep time monotonic
-        growth = desired_for_demand(self.spec, queued_waiting + in_flight)
+        capacity = capacity or Capacity()
+        multiplexing = self.spec.max_multiplexing
+        committed = max(self.desired, capacity.ready + capacity.starting)
+        if self.spec.policy is v1alpha1.ScalingPolicy.COUNT_STARTING:
+            needed = needed_counting_starting(
+                queued_waiting + in_flight,
+                capacity,
+                max_multiplexing=multiplexing,
+                committed=self.desired,
+            )
+            covered = covered_requests(capacity, committed=committed, max_multiplexing=multiplexing)
+        else:
+            needed = runners_needed(queued_waiting + in_flight, max_multiplexing=multiplexing)
+            covered = float(committed * multiplexing)
+        growth = desired_for_demand(self.spec, queued_waiting + in_flight, needed=needed)
         hold = desired_for_demand(self.spec, max(queued, queued_waiting) + in_flight)
         if not self._holds or self._holds[-1][1] != hold:
             self._holds.append((now, hold))
@@ -133,7 +234,7 @@ class ScalingSignal:
         held = max(value for _, value in self._holds)
         desired = clamp(max(growth, min(self.desired, held)), spec=self.spec)
         decision = ScalingDecision(
-            desired=desired, growth=growth, hold=hold, held_for_keep_alive=held
+            desired=desired, growth=growth, hold=hold, held_for_keep_alive=held, covered=covered
         )
         self.desired = desired
         self.last_decision = decision

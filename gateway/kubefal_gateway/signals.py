@@ -5,8 +5,9 @@ subscribes to `GET /_kubefal/scaling/watch` (server-sent events). Changes are pu
 (coalesced to one recomputation per `min_interval`), so a request that arrives while an app has no
 runner starts a scale-up immediately instead of at the next poll; every app is also re-observed
 each second, because the scaling delay and keep-alive move with time. The desired count comes from
-the per-app state machine in `scaling.py` (fal's formula plus keep-alive); sync requests waiting
-for or holding a slot count as in flight.
+the per-app state machine in `scaling.py` (fal's formula plus keep-alive, or the countStarting
+policy, fed with the starting runners and cold-start times of the runner table and the mean
+request time of the app's slots); sync requests waiting for or holding a slot count as in flight.
 
 Several gateway replicas on one Redis each serve the same signal, counted once: queued and
 in-progress jobs come from the shared store, and the other replicas' sync requests and runner
@@ -40,6 +41,15 @@ class AppSignal:
     idle_runners: int
     runners: int
     desired_runners: int
+    starting_runners: int = 0
+    """Runners seen but never ready yet (pods starting)."""
+    policy: str = "fal"
+    """The app's ``spec.scaling.policy``."""
+    covered_requests: float = dataclasses.field(default=0.0, compare=False)
+    """Requests the runners the app has or asked for take before a new one could be ready
+    (scaling.covered_requests); it moves with time, so alone it is no change worth a push."""
+    mean_request_seconds: float | None = dataclasses.field(default=None, compare=False)
+    cold_start_seconds: float | None = dataclasses.field(default=None, compare=False)
     runner_states: tuple[tuple[str, bool, bool], ...] = ()
     """(id, busy, ready) per runner: a change here is pushed."""
     runner_details: tuple[dict[str, object], ...] = dataclasses.field(default=(), compare=False)
@@ -55,11 +65,20 @@ class AppSignal:
             "idleRunners": self.idle_runners,
             "runners": self.runners,
             "desiredRunners": self.desired_runners,
+            "startingRunners": self.starting_runners,
+            "policy": self.policy,
+            "coveredRequests": round(self.covered_requests, 3),
+            "meanRequestSeconds": _rounded(self.mean_request_seconds),
+            "coldStartSeconds": _rounded(self.cold_start_seconds),
             "runnerDetails": list(self.runner_details),
         }
 
     def to_sse(self) -> bytes:
         return b"event: scaling\ndata: " + orjson.dumps(self.to_json()) + b"\n\n"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 class Signals:
@@ -112,13 +131,23 @@ class Signals:
         ready = [runner for runner in app_runners if runner.ready]
         idle = [runner for runner in ready if busy[runner.runner_id] == 0]
         in_flight = stats.in_progress + sync_requests
-        desired = machine.decide(
+        monotonic = time.monotonic()
+        starting_ages, starting_untimed = self.table.starting_ages(app.app_id, monotonic)
+        capacity = scaling.Capacity(
+            ready=len(ready),
+            starting_ages=starting_ages,
+            starting_untimed=starting_untimed,
+            mean_request_seconds=None if slots is None else slots.request_seconds.value,
+            cold_start_seconds=self.table.cold_start_seconds(app.app_id),
+        )
+        decision = machine.decide(
             queued=stats.queued,
             queued_waiting=stats.queued_waiting,
             in_flight=in_flight,
             now=now,
-        ).desired
-        monotonic = time.monotonic()
+            capacity=capacity,
+        )
+        desired = decision.desired
         details = tuple(
             {
                 "id": runner.runner_id.rsplit("/", 1)[-1],
@@ -139,6 +168,11 @@ class Signals:
             idle_runners=len(idle),
             runners=len(app_runners),
             desired_runners=desired,
+            starting_runners=capacity.starting,
+            policy=app.scaling.policy.value,
+            covered_requests=decision.covered,
+            mean_request_seconds=capacity.mean_request_seconds,
+            cold_start_seconds=capacity.cold_start_seconds,
             runner_states=tuple(
                 (runner.runner_id, busy[runner.runner_id] > 0, runner.ready)
                 for runner in app_runners

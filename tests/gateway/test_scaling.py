@@ -235,3 +235,178 @@ def test_the_next_decrease_moment_is_when_the_last_demand_leaves_the_keep_alive_
     assert signal.observe(stats(), now=moment - 0.001) == 3
     assert signal.observe(stats(), now=moment) == 0
     assert signal.next_decrease_at(moment) is None
+
+
+# ---- the countStarting policy (spec.scaling.policy) ----
+
+COUNT_STARTING = v1alpha1.ScalingPolicy.COUNT_STARTING
+
+
+def counting(**fields: int) -> v1alpha1.ScalingSpec:
+    return spec(**fields).model_copy(update={"policy": COUNT_STARTING})
+
+
+def known(
+    ready: int = 0,
+    ages: tuple[float, ...] = (),
+    untimed: int = 0,
+    request: float | None = 0.5,
+    cold: float | None = 3.0,
+) -> scaling.Capacity:
+    return scaling.Capacity(
+        ready=ready,
+        starting_ages=ages,
+        starting_untimed=untimed,
+        mean_request_seconds=request,
+        cold_start_seconds=cold,
+    )
+
+
+def test_the_policy_defaults_to_fal_and_parses_from_the_crd_name() -> None:
+    assert v1alpha1.ScalingSpec().policy is v1alpha1.ScalingPolicy.FAL
+    parsed = v1alpha1.ScalingSpec.model_validate({"policy": "countStarting"})
+    assert parsed.policy is COUNT_STARTING
+    with pytest.raises(ValueError, match="policy"):
+        v1alpha1.ScalingSpec.model_validate({"policy": "greedy"})
+
+
+def test_starting_runners_with_a_head_start_take_the_backlog_of_a_steady_cold_start() -> None:
+    # The steady bench from zero: 3 req/s x 0.5 s, maxMultiplexing 1. At 0.67 s three requests
+    # wait, two runners are starting (first seen 0.67 s and 0.33 s ago). fal asks for 3; the
+    # first runner, ready 0.67 s before a runner started now, serves 1 + 0.67 / 0.5 requests
+    # in that head start, the second 1 + 0.33 / 0.5: 4 in all, so no third runner.
+    capacity = known(ages=(0.67, 0.33))
+
+    needed = scaling.needed_counting_starting(3, capacity, max_multiplexing=1, committed=2)
+
+    assert scaling.runners_needed(3, max_multiplexing=1) == 3
+    assert needed == 2
+
+
+def test_ready_runners_count_what_they_serve_during_one_cold_start() -> None:
+    # The first runners are ready with 7 requests queued behind the 2 they serve: fal asks for
+    # 9 runners, though 2 runners serve 2 x 3 s / 0.5 s = 12 more before a new one is ready.
+    needed = scaling.needed_counting_starting(9, known(ready=2), max_multiplexing=1, committed=2)
+
+    assert needed == 2
+
+
+def test_demand_beyond_what_committed_runners_cover_asks_for_one_runner_per_slot_set() -> None:
+    # 1 starting runner 1 s old, 4 slots, 0.5 s requests, cold start 3 s: it covers
+    # 4 + 4 * 1 / 0.5 = 12 requests; 21 requests leave 9 uncovered, 3 new runners (4 slots).
+    capacity = known(ages=(1.0,))
+
+    needed = scaling.needed_counting_starting(21, capacity, max_multiplexing=4, committed=1)
+
+    assert scaling.covered_requests(capacity, committed=1, max_multiplexing=4) == 12.0
+    assert needed == 1 + 3
+
+
+def test_a_head_start_is_at_most_one_cold_start() -> None:
+    # A runner first seen 100 s ago (a cold start is 3 s) is credited with 3 s, not 100 s.
+    capacity = known(ages=(100.0,))
+
+    assert scaling.covered_requests(capacity, committed=1, max_multiplexing=1) == 1 + 3 / 0.5
+    assert scaling.needed_counting_starting(8, capacity, max_multiplexing=1, committed=1) == 2
+
+
+def test_unscheduled_or_crash_looping_runners_count_only_as_capacity() -> None:
+    capacity = known(untimed=2)
+
+    assert scaling.covered_requests(capacity, committed=2, max_multiplexing=1) == 2.0
+    assert scaling.needed_counting_starting(5, capacity, max_multiplexing=1, committed=0) == 5
+
+
+def test_runners_asked_for_but_not_seen_yet_count_as_capacity() -> None:
+    # The last decision asked for 3; the pods are not visible yet: 3 slots, no head start.
+    needed = scaling.needed_counting_starting(5, known(), max_multiplexing=1, committed=3)
+
+    assert needed == 5  # fal's answer: the 3 asked for plus 2
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [
+        known(ages=(2.0,), request=None),  # no request answered yet
+        known(ages=(2.0,), cold=None),  # no cold start seen yet
+        known(ages=(2.0,), request=0.0),
+    ],
+)
+def test_without_a_mean_request_time_and_a_cold_start_time_it_is_fals_formula(
+    capacity: scaling.Capacity,
+) -> None:
+    assert scaling.needed_counting_starting(7, capacity, max_multiplexing=1, committed=1) == 7
+
+
+capacities = st.builds(
+    scaling.Capacity,
+    ready=st.integers(0, 20),
+    starting_ages=st.lists(st.floats(0.0, 600.0, allow_nan=False), max_size=20).map(tuple),
+    starting_untimed=st.integers(0, 5),
+    mean_request_seconds=st.none() | st.floats(0.001, 600.0, allow_nan=False),
+    cold_start_seconds=st.none() | st.floats(0.001, 600.0, allow_nan=False),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    demand=st.integers(0, 500),
+    capacity=capacities,
+    multiplexing=st.integers(1, 8),
+    committed=st.integers(0, 40),
+)
+def test_the_policy_never_asks_for_more_than_fal_nor_for_fewer_than_demand_it_cannot_cover(
+    demand: int, capacity: scaling.Capacity, multiplexing: int, committed: int
+) -> None:
+    fal = scaling.runners_needed(demand, max_multiplexing=multiplexing)
+    needed = scaling.needed_counting_starting(
+        demand, capacity, max_multiplexing=multiplexing, committed=committed
+    )
+    runners = max(committed, capacity.ready + capacity.starting)
+    covered = scaling.covered_requests(capacity, committed=runners, max_multiplexing=multiplexing)
+
+    assert 0 <= needed <= fal
+    if capacity.mean_request_seconds is None or capacity.cold_start_seconds is None:
+        assert needed == fal
+    if needed < fal:  # what it leaves out, the runners it counts on cover
+        assert demand <= covered + (needed - runners) * multiplexing + 1e-6
+
+
+def test_the_signal_applies_the_policy_to_growth_and_keeps_fals_keep_alive_hold() -> None:
+    signal = scaling.ScalingSignal(counting(keep_alive=10))
+    signal.decide(queued=1, queued_waiting=1, in_flight=0, now=0.0)
+
+    backlog = signal.decide(
+        queued=3, queued_waiting=3, in_flight=0, now=0.67, capacity=known(ages=(0.67, 0.33))
+    )
+    ready = signal.decide(queued=7, queued_waiting=7, in_flight=2, now=3.0, capacity=known(ready=2))
+    idle = signal.decide(queued=0, queued_waiting=0, in_flight=0, now=5.0, capacity=known(ready=2))
+    gone = signal.decide(queued=0, queued_waiting=0, in_flight=0, now=15.0, capacity=known(ready=2))
+
+    assert signal.desired == 0
+    assert (backlog.desired, backlog.growth, backlog.hold) == (2, 2, 3)
+    assert (ready.desired, ready.hold) == (2, 9)
+    assert idle.desired == 2  # held for keepAlive, as under fal's formula
+    assert gone.desired == 0
+
+
+def test_under_fals_policy_the_capacity_changes_nothing() -> None:
+    signal = scaling.ScalingSignal(spec())
+
+    decision = signal.decide(
+        queued=3, queued_waiting=3, in_flight=0, now=0.0, capacity=known(ages=(5.0, 5.0))
+    )
+
+    assert decision.desired == 3
+    assert decision.covered == 2.0  # the starting runners' slots, without head starts
+
+
+def test_the_buffer_goes_on_top_of_what_the_policy_needs() -> None:
+    signal = scaling.ScalingSignal(counting(concurrency_buffer=1))
+    signal.decide(queued=1, queued_waiting=1, in_flight=0, now=0.0)  # 1 + buffer 1
+
+    decision = signal.decide(
+        queued=6, queued_waiting=6, in_flight=0, now=1.0, capacity=known(ages=(1.0, 1.0))
+    )
+
+    assert decision.desired == 3  # the 2 starting runners cover 2 x (1 + 2) = 6; + buffer
