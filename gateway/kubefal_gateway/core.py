@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -99,6 +100,7 @@ class Gateway:
         try:
             await self.store.ping()
         except queueing.QueueError as error:
+            self.metrics.store_errors.labels("readiness").inc()
             return str(error)
         return None
 
@@ -175,7 +177,12 @@ class Gateway:
             store,
             settings=webhooks.settings_from(config),
             on_outcome=lambda outcome: self.metrics.webhook_deliveries.labels(outcome).inc(),
+            on_store_error=self.metrics.store_errors.labels("webhooks").inc,
         )
+        for state in ("waiting", "in_flight"):
+            self.metrics.webhook_pending.labels(state).set_function(
+                functools.partial(delivery.held, state)
+            )
         tasks = [
             asyncio.get_running_loop().create_task(worker.run(), name="queue-worker"),
             asyncio.get_running_loop().create_task(self._signals.run(), name="scaling-signals"),

@@ -383,6 +383,7 @@ class Api:
         except errors.GatewayError as error:
             await send_error(send, error)
         except queueing.QueueError:
+            self.gateway.metrics.store_errors.labels("api").inc()
             LOGGER.exception("queue store failure on %s %r", scope["method"], scope["path"])
             await send_error(send, errors.RunnerUnavailable("Queue store unavailable"))
         except Exception:
@@ -842,7 +843,12 @@ class Api:
                 body["detail"] = f"Queue store unavailable: {store_error}"
             await send_json(send, 200 if body["ready"] else 503, body)
         elif path == "/metrics":
-            await gateway.signals.refresh_all()
+            try:
+                await gateway.signals.refresh_all()
+            except queueing.QueueError:
+                # Still served: the metrics are how an operator learns the store is down
+                # (docs/operations.md, KubefalStoreErrors); the queue gauges keep their last values.
+                gateway.metrics.store_errors.labels("metrics").inc()
             await send(
                 {
                     "type": "http.response.start",

@@ -83,6 +83,26 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.webhook_pending = prometheus_client.Gauge(
+            "kubefal_gateway_webhook_deliveries_pending",
+            "Webhook deliveries this gateway holds: waiting for a slot of their tenant, or being "
+            "attempted",
+            ["state"],
+            registry=registry,
+        )
+        self.store_errors = prometheus_client.Counter(
+            "kubefal_gateway_store_errors_total",
+            "Queue store operations that failed (store unreachable or refusing), by the part of "
+            "the gateway that needed it: api (a request answered 503), queue_worker (leasing, "
+            "rescans, lease renewals), webhooks (the delivery outbox), readiness (/readyz), "
+            "metrics (a scrape's refresh of the queue gauges)",
+            ["component"],
+            registry=registry,
+        )
+        for component in ("api", "queue_worker", "webhooks", "readiness", "metrics"):
+            self.store_errors.labels(component)
+        for state in ("waiting", "in_flight"):
+            self.webhook_pending.labels(state)
 
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str], Any] = {}

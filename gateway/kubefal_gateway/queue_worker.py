@@ -198,6 +198,7 @@ class QueueWorker:
             await self.store.expire()
             app_ids = await self.store.apps()
         except queueing.QueueError:
+            self.metrics.store_errors.labels("queue_worker").inc()
             LOGGER.exception("queue store unavailable during rescan")
             return
         for app_id in app_ids:
@@ -237,6 +238,7 @@ class QueueWorker:
                     return
                 self._start(job, app=app, runner=runner)
         except queueing.QueueError:
+            self.metrics.store_errors.labels("queue_worker").inc()
             LOGGER.exception("queue store unavailable while leasing for %s", app_id)
         finally:
             if self.fillers.get(app_id) is asyncio.current_task():
@@ -348,6 +350,7 @@ class QueueWorker:
                     job.request_id, holder=self.holder, lease_seconds=self.lease_seconds
                 )
             except queueing.QueueError:
+                self.metrics.store_errors.labels("queue_worker").inc()
                 await asyncio.sleep(interval)
                 continue
             if status is queueing.LeaseStatus.CANCEL_REQUESTED:

@@ -236,6 +236,7 @@ class WebhookWorker:
         settings: WebhookSettings,
         client: httpx.AsyncClient | None = None,
         on_outcome: Callable[[str], None] | None = None,
+        on_store_error: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] | None = None,
         resolver: webhook_targets.Resolver = webhook_targets.system_resolver,
@@ -250,6 +251,7 @@ class WebhookWorker:
             timeout=settings.timeout, follow_redirects=False, trust_env=False
         )
         self._on_outcome = on_outcome
+        self._on_store_error = on_store_error
         self._clock = clock
         self._jitter = jitter or (lambda: random.uniform(0.5, 1.5))
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -269,6 +271,7 @@ class WebhookWorker:
                 try:
                     await self.deliver_due()
                 except queueing.QueueError as error:
+                    self._store_error()
                     LOG.warning("webhook outbox unavailable: %s", error)
                 await self._wait_for_work(self._events)
         finally:
@@ -377,6 +380,7 @@ class WebhookWorker:
         try:
             await self._attempt(delivery)
         except queueing.QueueError as error:
+            self._store_error()
             # The lease runs out and the delivery is tried again: at-least-once holds.
             LOG.warning("webhook outbox update for %s failed: %s", delivery.request_id, error)
         finally:
@@ -480,6 +484,15 @@ class WebhookWorker:
                 self._settings.signing_secret, body, timestamp=int(self._clock())
             )
         return headers
+
+    def held(self, state: str) -> int:
+        """Deliveries this worker holds in ``state``: ``waiting`` (leased, waiting for a slot
+        of their tenant) or ``in_flight`` (being attempted); the gateway's gauges read it."""
+        return self._waiting if state == "waiting" else len(self._in_flight)
+
+    def _store_error(self) -> None:
+        if self._on_store_error is not None:
+            self._on_store_error()
 
     def _report(self, outcome: str) -> None:
         if self._on_outcome is not None:

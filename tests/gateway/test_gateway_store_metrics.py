@@ -1,0 +1,80 @@
+"""The gateway's operational metrics that the chart's alerts read (docs/operations.md):
+``kubefal_gateway_store_errors_total`` counts the queue store failures a client or a probe
+sees, by component, ``/metrics`` stays scrapeable while the store is down (it answered 503
+then, hiding the very errors), and ``kubefal_gateway_webhook_deliveries_pending`` is served
+from the start. Real gateway processes and a real redis-server, stalled with SIGSTOP."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+
+import gwharness
+import httpx
+from conftest import RedisServer
+from prometheus_client import parser as exposition
+
+APP = "team-a/metered"
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """Values of one metric's samples by their (only) label's value."""
+    found: dict[str, float] = {}
+    for family in exposition.text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                (label,) = sample.labels.values()
+                found[label] = sample.value
+    return found
+
+
+def test_store_errors_are_counted_by_component_and_webhook_backlog_is_served(
+    tmp_path: pathlib.Path, redis_server: RedisServer
+) -> None:
+    runner = gwharness.Runner(workdir=tmp_path, max_multiplexing=2)
+    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
+    gateway = gwharness.Gateway(
+        workdir=tmp_path,
+        static_config=static,
+        tls=None,
+        store=redis_server.url,
+        extra_args=["--redis-timeout", "0.5"],
+    )
+    assert redis_server.process is not None
+    redis_pid = redis_server.process.pid
+    with gwharness.cleanup(gateway, runner), httpx.Client(timeout=30) as client:
+        runner.wait_ready()
+        gateway.wait_ready([APP])
+        before = client.get(f"{gateway.admin_url}/metrics").text
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            during = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "during"})
+            gwharness.wait_for(
+                lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 503,
+                timeout=30,
+                message="/readyz reporting 503",
+            )
+            scrape = client.get(f"{gateway.admin_url}/metrics")
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+    assert during.status_code == 503
+    assert scrape.status_code == 200, scrape.text
+    after = scrape.text
+    errors_before = _samples(before, "kubefal_gateway_store_errors_total")
+    errors_after = _samples(after, "kubefal_gateway_store_errors_total")
+    # Every component's series exists before the first error, so rate() sees the first one.
+    assert errors_before == {
+        "api": 0,
+        "queue_worker": 0,
+        "webhooks": 0,
+        "readiness": 0,
+        "metrics": 0,
+    }
+    assert errors_after["api"] == 1  # the one submit answered 503
+    assert errors_after["readiness"] >= 1
+    assert errors_after["metrics"] == 1  # this scrape's refresh of the queue gauges
+    assert _samples(after, "kubefal_gateway_webhook_deliveries_pending") == {
+        "waiting": 0,
+        "in_flight": 0,
+    }
