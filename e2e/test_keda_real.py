@@ -28,7 +28,7 @@ import yaml
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
-from e2e import images, podrunner, waiting
+from e2e import images, podrunner
 from e2e.conftest import ClusterHandle
 from e2e.system import RUNNER_SELECTOR
 from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
@@ -38,6 +38,7 @@ from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
 )
 from e2e.test_realnode import node  # noqa: F401  (fixture)
 from kubefal_api import apikeys
+from testkit import waiting
 from testkit.certs import issue_serving_certificate
 
 KEDA_PORT = local_cluster.free_port()
