@@ -14,7 +14,8 @@ from typing import Any
 import gwharness
 import httpx
 import pytest
-from conftest import RedisServer
+
+from testkit.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ from typing import Any
 import gwharness
 import httpx
 import orjson
-from conftest import RedisServer
 
 from kubefal_gateway import settings
 from testkit import waiting
+from testkit.redis import RedisServer
 from tests.gateway.webhook_harness import webhook_server
 
 APP = "team-a/limited"

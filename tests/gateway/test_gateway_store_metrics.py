@@ -12,8 +12,9 @@ import signal
 
 import gwharness
 import httpx
-from conftest import RedisServer
 from prometheus_client import parser as exposition
+
+from testkit.redis import RedisServer
 
 APP = "team-a/metered"
 

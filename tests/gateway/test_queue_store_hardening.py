@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
-from conftest import RedisServer
 
 from kubefal_gateway import apps, orphans, queueing
 from kubefal_gateway.stores import redis_store, sqlite_store
+from testkit.redis import RedisServer
 
 OpenStore = Callable[..., Awaitable[queueing.QueueStore]]
 WaitFor = Callable[..., Awaitable[None]]

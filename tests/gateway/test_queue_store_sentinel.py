@@ -4,7 +4,6 @@ real failover; the store follows the new master and keeps the jobs replicated be
 from __future__ import annotations
 
 import pathlib
-import shutil
 import subprocess
 import time
 import uuid
@@ -12,10 +11,11 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, RedisServer, _free_port
 
 from kubefal_gateway import queueing
 from kubefal_gateway.stores import opener, redis_store
+from testkit.ports import free_port
+from testkit.redis import RedisServer, redis_server_binary
 
 WaitFor = Callable[..., Awaitable[None]]
 APP = "team-a/sentinel"
@@ -62,15 +62,13 @@ def _master_port(sentinel_port: int) -> int:
 @pytest.fixture
 def sentinel_setup(tmp_path: pathlib.Path) -> Iterator[tuple[RedisServer, int, int]]:
     """(master, replica port, sentinel port): one replica and one Sentinel (quorum 1)."""
-    if not shutil.which(REDIS_SERVER):
-        pytest.fail("redis-server not found")
     (tmp_path / "master").mkdir()
     master = RedisServer(tmp_path / "master").start()
     (tmp_path / "replica").mkdir()
     replica = RedisServer(
         tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(master.port))
     ).start()
-    replica_port, sentinel_port = replica.port, _free_port()
+    replica_port, sentinel_port = replica.port, free_port()
     config = tmp_path / "sentinel.conf"
     config.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -78,7 +76,7 @@ def sentinel_setup(tmp_path: pathlib.Path) -> Iterator[tuple[RedisServer, int, i
         f"sentinel down-after-milliseconds {SERVICE} 1000\n"
         f"sentinel failover-timeout {SERVICE} 5000\n"
     )
-    sentinel = _Process([REDIS_SERVER, str(config), "--sentinel"])
+    sentinel = _Process([redis_server_binary(), str(config), "--sentinel"])
     try:
         _until(lambda: _role(replica_port) == "slave", "the replica")
 

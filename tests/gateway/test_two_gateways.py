@@ -23,10 +23,10 @@ import gwharness
 import httpx
 import orjson
 import pytest
-from conftest import RedisServer
 
 from kubefal_gateway import settings
 from testkit import waiting
+from testkit.redis import RedisServer
 from tests.gateway.webhook_harness import webhook_server
 
 pytestmark = pytest.mark.slow
