@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
+import sysconfig
 
 import pytest
 
@@ -40,7 +43,17 @@ def test_every_module_opens_with_a_docstring_saying_why_it_exists() -> None:
     assert missing == []
 
 
-def test_the_stdlib_operator_module_is_not_shadowed() -> None:
-    import operator
-
-    assert hasattr(operator, "itemgetter")
+def test_python_started_in_the_repository_root_imports_the_stdlib_operator_module() -> None:
+    """``python -c`` puts the working directory first on sys.path, as ``pythonpath = ["."]``
+    does for pytest: a fresh interpreter there must still get the stdlib's ``operator`` (this
+    process imported it long before any test ran, so only a new one can tell)."""
+    completed = subprocess.run(
+        [sys.executable, "-c", "import operator, sysconfig; print(operator.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = pathlib.Path(completed.stdout.strip()).resolve()
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
+    assert imported.is_relative_to(stdlib), f"'import operator' in {ROOT} found {imported}"

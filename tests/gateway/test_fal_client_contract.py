@@ -117,8 +117,13 @@ class Stack:
     def executions(self, tag: str) -> list[pathlib.Path]:
         return sorted(
             (path for path in self.exec_dir.iterdir() if path.name.startswith(tag + ".")),
-            key=lambda path: path.stat().st_mtime_ns,
+            key=execution_started_ns,
         )
+
+
+def execution_started_ns(path: pathlib.Path) -> int:
+    """When the probe app started that execution (written into the file, not its mtime)."""
+    return int(path.read_text().split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +303,7 @@ def test_low_priority_waits_behind_normal_with_a_single_slot(stack: Stack) -> No
     )
     (normal,) = stack.executions("prio-normal")
     (low,) = stack.executions("prio-low")
-    assert normal.stat().st_mtime_ns < low.stat().st_mtime_ns
+    assert execution_started_ns(normal) < execution_started_ns(low)
 
 
 def test_queue_wait_timeout_gives_504_that_the_client_does_not_retry(stack: Stack) -> None:

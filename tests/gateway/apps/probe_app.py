@@ -46,6 +46,13 @@ class RealtimeOutput(BaseModel):
     text: str
 
 
+def _record_execution(exec_dir: pathlib.Path, tag: str) -> None:
+    """One file per execution: the runner's pid and when it started (CLOCK_MONOTONIC, the same
+    clock in every process of the machine), so tests order executions without file mtimes."""
+    started = time.monotonic_ns()
+    (exec_dir / f"{tag}.{uuid.uuid4().hex}").write_text(f"{os.getpid()} {started}")
+
+
 def _exec_dir() -> pathlib.Path | None:
     raw = os.environ.get("GATEWAY_TEST_EXEC_DIR")
     return pathlib.Path(raw) if raw else None
@@ -61,7 +68,7 @@ class ProbeApp(fal.App, keep_alive=30, name="probe"):
     def probe(self, request: ProbeInput) -> ProbeOutput:
         exec_dir = _exec_dir()
         if exec_dir is not None and request.tag:
-            (exec_dir / f"{request.tag}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+            _record_execution(exec_dir, request.tag)
         if request.crash_once and exec_dir is not None:
             marker = exec_dir / f"crashed-{request.tag}"
             if not marker.exists():
@@ -92,7 +99,7 @@ class ProbeApp(fal.App, keep_alive=30, name="probe"):
     async def async_sleep(self, request: ProbeInput) -> ProbeOutput:
         exec_dir = _exec_dir()
         assert exec_dir is not None and request.tag
-        (exec_dir / f"{request.tag}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+        _record_execution(exec_dir, request.tag)
         try:
             await asyncio.sleep(request.sleep)
         except asyncio.CancelledError:
