@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from kubefal_api import v1alpha1
 from kubefal_cli import errors
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -74,6 +75,9 @@ class AppConfig:
     persistent_data: bool | None = None
     """The class attribute ``kubefal_persistent_data`` (FalApp ``persistentData``: the
     namespace's shared /data in every runner); None when the class does not set it."""
+    scaling_policy: str | None = None
+    """The class attribute ``kubefal_scaling_policy`` (FalApp ``scaling.policy``: "fal" or
+    "countStarting"); None when the class does not set it."""
     requirement_layers: tuple[tuple[str, ...], ...] = ()
     """``requirements`` as the runner installs them: one layer for a flat list, the class's
     layers for a list of lists (empty layers dropped)."""
@@ -310,6 +314,7 @@ def read_config(ref: AppRef) -> AppConfig:
         ),
         example_arguments=example_arguments(openapi) if isinstance(openapi, dict) else {},
         persistent_data=_persistent_data(cls),
+        scaling_policy=_scaling_policy(cls),
         requirement_layers=_requirement_layers(cls.requirements),
         app_files=_strings(host.get("app_files"), "app_files"),
         app_files_ignore=_strings(host.get("app_files_ignore"), "app_files_ignore"),
@@ -327,4 +332,19 @@ def _persistent_data(cls: type) -> bool | None:
     raise errors.CliError(
         f"kubefal_persistent_data must be True or False, not {value!r}",
         hint="set `kubefal_persistent_data = True` on the fal.App class to get /data",
+    )
+
+
+SCALING_POLICIES = tuple(policy.value for policy in v1alpha1.ScalingPolicy)
+"""The values of FalApp ``spec.scaling.policy``."""
+
+
+def _scaling_policy(cls: type) -> str | None:
+    value = getattr(cls, "kubefal_scaling_policy", None)
+    if value is None or value in SCALING_POLICIES:
+        return value
+    raise errors.CliError(
+        f"kubefal_scaling_policy must be one of {', '.join(SCALING_POLICIES)}, not {value!r}",
+        hint='set `kubefal_scaling_policy = "countStarting"` on the fal.App class so runners '
+        "already starting count against the queue",
     )

@@ -247,6 +247,7 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
             "concurrency_buffer_perc": config.concurrency_buffer_perc,
             "scaling_delay": config.scaling_delay,
             "max_multiplexing": config.max_multiplexing,
+            "policy": config.scaling_policy,
         }.items()
         if value is not None
     }

@@ -471,8 +471,12 @@ def falapp_spec(
             if value is not None:
                 scaling[scaling_field] = value
     keep_scale = existing is not None and request.HasField("scale") and not request.scale
-    if keep_scale and existing is not None:
-        scaling = dict((existing.get("spec") or {}).get("scaling") or {})
+    existing_scaling = dict(((existing or {}).get("spec") or {}).get("scaling") or {})
+    if keep_scale:
+        scaling = existing_scaling
+    elif "policy" in existing_scaling:
+        # fal's protocol has no field for the kubefal scaling policy: a deploy keeps it.
+        scaling["policy"] = existing_scaling["policy"]
     if scaling:
         spec["scaling"] = scaling
     if request.HasField("health_check_config"):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kubefal_api import bundles, v1alpha1
-from kubefal_cli import appref, main, manifests, rendering
+from kubefal_cli import appref, errors, main, manifests, rendering
 
 
 def _invoke(runner: click.testing.CliRunner, *args: str) -> str:
@@ -65,6 +65,7 @@ def test_rendered_falapp_carries_every_attribute_of_the_class(
             "concurrencyBufferPerc": 20,
             "scalingDelay": 5,
             "maxMultiplexing": 3,
+            "policy": "countStarting",
         },
         "requestTimeout": 900,
         "startupTimeout": 1200,
@@ -130,6 +131,7 @@ def test_every_rendered_spec_field_is_explained_with_its_fal_attribute(
         "skip_retry_conditions",
     ):
         assert f"(fal: {attribute}" in text, attribute
+    assert "(kubefal: the class attribute kubefal_scaling_policy)" in text
 
 
 def test_image_deploys_render_without_a_config_map(
@@ -164,6 +166,24 @@ def test_unset_fal_attributes_take_the_crd_defaults(apps_dir: pathlib.Path) -> N
     assert falapp["spec"]["scaling"]["scalingDelay"] == v1alpha1.DEFAULT_SCALING_DELAY_SECONDS
     assert "healthCheck" not in falapp["spec"]
     assert "regions" not in falapp["spec"]
+    assert falapp["spec"]["scaling"]["policy"] == v1alpha1.ScalingPolicy.FAL
+
+
+def test_a_scaling_policy_the_falapp_does_not_know_is_refused_naming_the_attribute(
+    apps_dir: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    source = (apps_dir / "gpu_app.py").read_text()
+    app = tmp_path / "gpu_app.py"
+    app.write_text(
+        source.replace(
+            'kubefal_scaling_policy = "countStarting"', 'kubefal_scaling_policy = "eager"'
+        )
+    )
+
+    with pytest.raises(
+        errors.CliError, match="kubefal_scaling_policy must be one of fal, countStarting"
+    ):
+        appref.read_config(appref.parse_ref(str(app)))
 
 
 @hypothesis.given(text=st.text(max_size=300))

@@ -210,6 +210,21 @@ def test_without_reset_scale_a_redeploy_keeps_the_apps_scaling() -> None:
     assert reset["scaling"] == {"keepAlive": 30, "maxConcurrency": 4}
 
 
+def test_a_redeploy_with_reset_scale_keeps_the_kubefal_scaling_policy() -> None:
+    # fal's protocol cannot carry spec.scaling.policy, so no fal deploy may drop it.
+    existing = {"spec": {"scaling": {"keepAlive": 5, "policy": "countStarting"}}}
+
+    reset = deploy.falapp_spec(
+        _request(scale=True),
+        class_name="Demo",
+        config_map="c",
+        existing=existing,
+        secrets_name="s",
+    )
+
+    assert reset["scaling"] == {"keepAlive": 30, "maxConcurrency": 4, "policy": "countStarting"}
+
+
 def test_new_source_is_a_new_config_map_name() -> None:
     first = deploy.source_config_map(namespace="team-a", app_name="demo", source="a = 1\n")
     second = deploy.source_config_map(namespace="team-a", app_name="demo", source="a = 2\n")

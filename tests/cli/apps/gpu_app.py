@@ -21,6 +21,7 @@ class GpuImageApp(fal.App, name="gpu-image", keep_alive=900):  # type: ignore[no
     scaling_delay = 5
     max_multiplexing = 3
     kubefal_persistent_data = True  # the namespace's /data (FalApp persistentData)
+    kubefal_scaling_policy = "countStarting"  # FalApp scaling.policy
     request_timeout = 900
     startup_timeout = 1200
     skip_retry_conditions = ["timeout"]
