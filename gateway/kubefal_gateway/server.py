@@ -24,7 +24,8 @@ from typing import Any
 
 import uvicorn
 
-from kubefal_gateway import core, external_metrics, http_api, keda_scaler, limits, settings, tls
+from kubefal_gateway import core, external_metrics, keda_scaler, limits, settings, tls
+from kubefal_gateway.http_api import routing
 from kubefal_gateway.storage import runtime as storage_runtime
 
 LOGGER = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _listener(
 
 def build_listeners(gateway: core.Gateway, rest_app: Any = None) -> list[_Listener]:
     config = gateway.settings
-    api = http_api.Api(gateway)
+    api = routing.Api(gateway)
     ssl_options = tls.uvicorn_options(config)
     common: dict[str, Any] = {
         "host": config.host,

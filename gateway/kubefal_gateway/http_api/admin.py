@@ -1,0 +1,162 @@
+"""The gateway's admin API: probes, metrics, runner announcements and the scaling signals.
+
+Served on the admin listener only (`--admin-port`, never exposed like the queue and run
+listeners; `--admin-token` guards what `admin_auth` says): `/healthz`, `/readyz`, `/metrics`,
+`POST /_kubefal/runners/ready` (a runner that finished setup), `/_kubefal/scaling/watch` (the
+operator's server-sent event stream of scaling signals) and `/_kubefal/apps/{ns}/{name}/scaling`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+
+from kubefal_gateway import (
+    admin_auth,
+    discovery,
+    errors,
+    queueing,
+)
+from kubefal_gateway.http_api import (
+    SSE_CONTENT_TYPE,
+    ApiPart,
+    Receive,
+    Scope,
+    Send,
+    client_host,
+    read_body,
+    send_json,
+    until_disconnect,
+)
+
+ANNOUNCE_MAX_BYTES = 1024
+"""A runner's announcement is `{"pod": "<name>"}`: anything longer is refused (413)."""
+
+
+class AdminApi(ApiPart):
+    """The admin listener's handlers."""
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        gateway = self.gateway
+        if admin_auth.needs_token(
+            path,
+            token=self.settings.admin_token,
+            protect_metrics=self.settings.admin_token_metrics,
+        ):
+            admin_auth.check(scope["headers"], token=self.settings.admin_token)
+        if path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            ready = gateway.ready
+            store_error = await gateway.store_unavailable() if ready else None
+            body: dict[str, object] = {"ready": ready and store_error is None}
+            if store_error is not None:
+                body["detail"] = f"Queue store unavailable: {store_error}"
+            await send_json(send, 200 if body["ready"] else 503, body)
+        elif path == "/metrics":
+            try:
+                await gateway.signals.refresh_all()
+            except queueing.QueueError:
+                # Still served: the metrics are how an operator learns the store is down
+                # (docs/operations.md, KubefalStoreErrors); the queue gauges keep their last values.
+                gateway.metrics.store_errors.labels("metrics").inc()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": gateway.metrics.render()})
+        elif path == admin_auth.ANNOUNCE_PATH:
+            await self._announce(scope, receive, send)
+        elif path == "/_kubefal/scaling/watch":
+            await self._scaling_watch(scope, receive, send)
+        elif path.startswith("/_kubefal/apps/") and path.endswith("/scaling"):
+            parts = path.split("/")  # ["", "_kubefal", "apps", ns, name, "scaling"]
+            if len(parts) != 6:
+                raise errors.NotFound("Use /_kubefal/apps/<namespace>/<name>/scaling")
+            app = gateway.registry.get(f"{parts[3]}/{parts[4]}")
+            if app is None:
+                raise errors.NotFound(f"App {parts[3]}/{parts[4]} not found")
+            signal = await gateway.signals.compute(app)
+            await send_json(send, 200, signal.to_json())
+        else:
+            raise errors.NotFound(f"Path {path} not found")
+
+    async def _announce(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /_kubefal/runners/ready` from a runner that finished setup(), optionally with
+        `{"pod": "<its pod name>"}`: who it is comes from the TCP peer address (discovery.py)."""
+        if scope["method"] != "POST":
+            raise errors.MethodNotAllowed("Announce a runner with POST")
+        body = await read_body(scope, receive, limit=ANNOUNCE_MAX_BYTES)
+        pod_name: str | None = None
+        if body:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise errors.BadRequest("The announcement must be a JSON object") from None
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("pod", ""), str):
+                raise errors.BadRequest('The announcement must be {"pod": "<pod name>"}')
+            pod_name = parsed.get("pod") or None
+        kube = self.gateway.discovery
+        peer = client_host(scope)
+        if kube is None or peer is None:
+            raise errors.NotFound("This gateway does not discover runners from Kubernetes")
+        try:
+            app_id, runner_id = kube.announce(peer, pod_name=pod_name)
+        except discovery.NotAnnounceable as refused:
+            raise errors.Forbidden(str(refused)) from None
+        await send_json(send, 200, {"app": app_id, "runner": runner_id, "ready": True})
+
+    async def _scaling_watch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Server-sent events: every app's signal at once, then each change as it happens."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", SSE_CONTENT_TYPE),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        subscription = self.gateway.signals.subscribe()
+        disconnected = asyncio.ensure_future(until_disconnect(receive))
+        try:
+            for app in list(self.gateway.registry.apps.values()):
+                signal = await self.gateway.signals.compute(app)
+                await send(
+                    {"type": "http.response.body", "body": signal.to_sse(), "more_body": True}
+                )
+            while not disconnected.done():
+                getter = asyncio.ensure_future(subscription.get())
+                done, _ = await asyncio.wait(
+                    {getter, disconnected}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in done:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": getter.result().to_sse(),
+                            "more_body": True,
+                        }
+                    )
+                else:
+                    getter.cancel()
+                    if not done:
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": b": keep-alive\n\n",
+                                "more_body": True,
+                            }
+                        )
+        finally:
+            disconnected.cancel()
+            self.gateway.signals.unsubscribe(subscription)
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
