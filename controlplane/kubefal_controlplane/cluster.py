@@ -31,6 +31,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import apikeys, naming, v1alpha1
+from kubefal_controlplane import gateway_admin, mapping
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Cluster:
         self.key_namespace = settings.key_namespace
         self.timeout = settings.kube_timeout
         self.limit = settings.max_list_items
+        self.settings = settings
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -322,6 +324,19 @@ class Cluster:
             )
             items += self._items(listed, f"runner pods named {pod_name} in {namespace}")
         return items
+
+    def runner_details(self, *, namespace: str, name: str) -> dict[str, mapping.RunnerDetail]:
+        """Pod name -> the gateway's view of that runner (empty without a gateway URL)."""
+        return gateway_admin.runner_details(
+            self.settings.gateway_admin_url,
+            namespace=namespace,
+            name=name,
+            timeout=self.settings.gateway_timeout,
+            token=self.settings.gateway_admin_token,
+        )
+
+    def refuse_deploy(self) -> None:
+        """A cluster deploys apps."""
 
     def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
         """Delete a pod; ``grace_seconds`` None keeps the pod's own grace period."""

@@ -15,7 +15,7 @@ from types import TracebackType
 import grpc
 from isolate_proto.controller_pb2_grpc import add_IsolateControllerServicer_to_server
 
-from kubefal_controlplane import auth, cluster, service
+from kubefal_controlplane import auth, backend, cluster, local, service
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -27,10 +27,16 @@ class ControlPlane:
     """A running ``IsolateController`` server and everything it owns."""
 
     def __init__(
-        self, settings: settings_module.Settings, *, kube: cluster.Cluster | None = None
+        self, settings: settings_module.Settings, *, kube: backend.Backend | None = None
     ) -> None:
         self.settings = settings
-        self.cluster = kube or cluster.Cluster(cluster.new_api_client(settings), settings)
+        self.cluster: backend.Backend
+        if kube is not None:
+            self.cluster = kube
+        elif settings.local_run is not None:
+            self.cluster = local.LocalRun(settings.local_run, settings)
+        else:
+            self.cluster = cluster.Cluster(cluster.new_api_client(settings), settings)
         self.authenticator = auth.Authenticator(
             self.cluster.read_key_record, cache_seconds=settings.auth_cache_seconds
         )

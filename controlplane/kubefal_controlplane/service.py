@@ -35,7 +35,7 @@ from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import apikeys, naming, v1alpha1
-from kubefal_controlplane import auth, cluster, deploy, errors, gateway_admin, mapping
+from kubefal_controlplane import auth, backend, deploy, errors, mapping
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -157,12 +157,13 @@ def _unimplemented(rpc: str, fal_command: str) -> Callable[..., Any]:
 
 
 class Controller(IsolateControllerServicer):
-    """fal's control-plane API on top of :class:`kubefal_controlplane.cluster.Cluster`."""
+    """fal's control-plane API on top of a :class:`kubefal_controlplane.backend.Backend`: a
+    cluster, or the one app of ``kubefal run``."""
 
     def __init__(
         self,
         *,
-        cluster: cluster.Cluster,
+        cluster: backend.Backend,
         authenticator: auth.Authenticator,
         settings: settings_module.Settings,
     ) -> None:
@@ -257,12 +258,8 @@ class Controller(IsolateControllerServicer):
         details: dict[str, mapping.RunnerDetail] = {}
         if app is not None:
             meta = app.get("metadata") or {}
-            details = gateway_admin.runner_details(
-                self.settings.gateway_admin_url,
-                namespace=str(meta.get("namespace")),
-                name=str(meta.get("name")),
-                timeout=self.settings.gateway_timeout,
-                token=self.settings.gateway_admin_token,
+            details = self.cluster.runner_details(
+                namespace=str(meta.get("namespace")), name=str(meta.get("name"))
             )
         now = _now()
         return [
@@ -587,6 +584,7 @@ class Controller(IsolateControllerServicer):
         caller: auth.Caller,
         context: grpc.ServicerContext,
     ) -> Iterator[isolate_proto.BuildEnvironmentResult]:
+        self.cluster.refuse_deploy()
         env = _environment(request)
         self._secret_namespace(caller, env)
         if request.files:
@@ -617,6 +615,7 @@ class Controller(IsolateControllerServicer):
         caller: auth.Caller,
         context: grpc.ServicerContext,
     ) -> Iterator[isolate_proto.RegisterApplicationResult]:
+        self.cluster.refuse_deploy()
         env = _environment(request)
         if not request.application_name:
             raise errors.invalid_argument(

@@ -39,6 +39,9 @@ class Settings:
     """Serve gRPC local credentials instead of TLS (clients with ``ISOLATE_TEST_MODE=1``)."""
     kubeconfig: pathlib.Path | None = None
     """Kubeconfig file; unset means the pod's in-cluster ServiceAccount."""
+    local_run: pathlib.Path | None = None
+    """Run directory of a ``kubefal run``: serve its one app (no Kubernetes), see
+    :mod:`kubefal_controlplane.local`; ``kubefal run`` sets it."""
     context: str | None = None
     """Kubeconfig context (default: the current one)."""
     key_namespace: str = DEFAULT_KEY_NAMESPACE
@@ -130,6 +133,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--context", default=None, help="kubeconfig context")
     p.add_argument(
+        "--local-run",
+        type=pathlib.Path,
+        default=_env("KUBEFAL_CONTROLPLANE_LOCAL_RUN"),
+        help="serve the one app of this `kubefal run` run directory instead of a cluster "
+        "(KUBEFAL_CONTROLPLANE_LOCAL_RUN; kubefal run passes it)",
+    )
+    p.add_argument(
         "--key-namespace",
         default=_env("KUBEFAL_KEY_NAMESPACE") or DEFAULT_KEY_NAMESPACE,
         help="namespace of the API-key Secrets (KUBEFAL_KEY_NAMESPACE; default "
@@ -217,6 +227,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             local_credentials=args.local_credentials,
             kubeconfig=args.kubeconfig,
             context=args.context,
+            local_run=args.local_run,
             key_namespace=args.key_namespace,
             gateway_admin_url=args.gateway_admin_url,
             gateway_admin_token=args.gateway_admin_token,

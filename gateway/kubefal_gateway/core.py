@@ -114,6 +114,21 @@ class Gateway:
             [auth.record_from_static_entry(entry) for entry in data.get("keys") or ()]
         )
 
+    def reload_static(self) -> None:
+        """SIGHUP with a static config: read the file again (``kubefal run``'s control plane
+        rewrites it on ``fal apps scale`` and ``fal keys``). Apps and runners are upserted (an
+        unchanged entry changes nothing), keys replaced; a file that does not load is logged and
+        the running configuration kept."""
+        path = self.settings.static_config
+        if path is None:
+            return
+        try:
+            self._load_static(path)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            LOGGER.error("static config %s not reloaded: %s", path, error)
+            return
+        LOGGER.info("static config %s reloaded", path)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         config = self.settings

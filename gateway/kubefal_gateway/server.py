@@ -171,6 +171,8 @@ async def serve(config: settings.Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_exit)
     async with gateway.running(), storage_runtime.serving(gateway) as rest_app:
+        if config.static_config is not None:
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload_static)
         listeners.extend(build_listeners(gateway, rest_app))
         async with _keda_scaler(gateway):
             tasks = [loop.create_task(listener.serve()) for listener in listeners]
