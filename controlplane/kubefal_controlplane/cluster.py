@@ -7,7 +7,8 @@ pure. Every request carries the configured timeout and every list the configured
 The Kubernetes permissions this needs, and no more (its ServiceAccount's least privilege):
 
 * ``kubefal.io`` ``falapps``: get, list, create, update, patch, delete (apps, scale, deploy);
-* ``pods``: list (runners), delete (``fal runners stop|kill``);
+* ``pods``: list (runners), delete (``fal runners stop|kill``); ``pods/log``: get
+  (``fal runners logs``);
 * ``apps`` ``deployments``: patch (``fal apps rollout``: a restartedAt pod-template annotation);
 * ``events``: create (each change names the API key that made it);
 * ``configmaps``: create, patch, list, delete (the source ConfigMap ``fal deploy`` writes,
@@ -337,6 +338,49 @@ class Cluster:
 
     def refuse_deploy(self) -> None:
         """A cluster deploys apps."""
+
+    def read_runner_log(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        since_seconds: int | None,
+        tail_lines: int,
+        limit_bytes: int,
+    ) -> bytes:
+        """The newest ``tail_lines`` of a runner container's log (at most ``limit_bytes``),
+        each line prefixed with its RFC 3339 timestamp (``fal runners logs``)."""
+        response = self.core.read_namespaced_pod_log(
+            name,
+            namespace,
+            container=naming.RUNNER_CONTAINER,
+            timestamps=True,
+            since_seconds=since_seconds,
+            tail_lines=tail_lines,
+            limit_bytes=limit_bytes,
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
+        stream: Any = response  # urllib3.HTTPResponse (_preload_content=False)
+        try:
+            data: bytes = stream.read(limit_bytes + 64 * 1024)
+            return data
+        finally:
+            stream.release_conn()
+
+    def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any:
+        """A runner container's log as it is written (``fal runners logs --follow``): an
+        open ``urllib3`` response; the caller reads it and closes it."""
+        return self.core.read_namespaced_pod_log(
+            name,
+            namespace,
+            container=naming.RUNNER_CONTAINER,
+            timestamps=True,
+            follow=True,
+            since_seconds=since_seconds,
+            _preload_content=False,
+            _request_timeout=(self.timeout, 24 * 3600.0),
+        )
 
     def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
         """Delete a pod; ``grace_seconds`` None keeps the pod's own grace period."""

@@ -21,6 +21,14 @@ DEFAULT_GATEWAY_TIMEOUT_SECONDS = 2.0
 DEFAULT_AUTH_CACHE_SECONDS = 60.0
 DEFAULT_MAX_LIST_ITEMS = 5000
 DEFAULT_DEPLOY_TIMEOUT_SECONDS = 900.0
+DEFAULT_REST_MAX_CONNECTIONS = 256
+DEFAULT_REST_MAX_HEADER_BYTES = 32 * 1024
+DEFAULT_REST_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_REST_MAX_BODY_BYTES = 1024 * 1024 * 1024
+DEFAULT_LOG_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_LOG_MAX_LINES = 50_000
+DEFAULT_LOG_STREAMS = 32
+DEFAULT_LOG_STREAM_SECONDS = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,28 @@ class Settings:
     """Base URL of the gateway's queue listener as clients reach it."""
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT_SECONDS
     """Longest a ``fal deploy`` waits for its runners to be ready."""
+    gateway_rest_url: str | None = None
+    """The gateway's REST listener (``https://host:port``) as the control plane reaches it:
+    ``/files/*`` on the control plane's port is relayed there, and ``fal deploy`` reads the
+    app_files it stored; unset: those paths answer 503."""
+    gateway_rest_ca: pathlib.Path | None = None
+    """PEM bundle that verifies the gateway REST listener's certificate (default: system CAs)."""
+    rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS
+    """Connections the TLS front door holds open at once (gRPC and REST together)."""
+    rest_max_header_bytes: int = DEFAULT_REST_MAX_HEADER_BYTES
+    """Largest REST request line plus headers (431 beyond)."""
+    rest_header_timeout: float = DEFAULT_REST_HEADER_TIMEOUT_SECONDS
+    """Seconds for the TLS handshake, for a REST request's head, and between body chunks."""
+    rest_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES
+    """Largest REST request body relayed to the gateway (413 beyond)."""
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    """Most bytes of a runner's log one ``/logs/history`` page reads from Kubernetes."""
+    log_max_lines: int = DEFAULT_LOG_MAX_LINES
+    """Most (newest) lines of a runner's log one ``/logs/history`` page looks at."""
+    log_streams: int = DEFAULT_LOG_STREAMS
+    """``/logs/stream`` (``fal runners logs --follow``) connections served at once (429 beyond)."""
+    log_stream_seconds: float = DEFAULT_LOG_STREAM_SECONDS
+    """Longest one ``/logs/stream`` lasts; the CLI's user runs it again to go on."""
 
     def __post_init__(self) -> None:
         if not self.local_credentials and (self.tls_cert is None or self.tls_key is None):
@@ -79,6 +109,26 @@ class Settings:
             raise ValueError("--max-message-bytes must be 1 KiB - 512 MiB")
         if not 1 <= self.max_list_items <= 100_000:
             raise ValueError("--max-list-items must be 1-100000")
+        if not 1 <= self.rest_max_connections <= 100_000:
+            raise ValueError("--rest-max-connections must be 1-100000")
+        if not 1024 <= self.rest_max_header_bytes <= 1024 * 1024:
+            raise ValueError("--rest-max-header-bytes must be 1 KiB - 1 MiB")
+        if not 0 < self.rest_header_timeout <= 600:
+            raise ValueError("--rest-header-timeout must be in (0, 600] seconds")
+        if not 0 <= self.rest_max_body_bytes <= 64 * 1024**3:
+            raise ValueError("--rest-max-body-bytes must be 0 - 64 GiB")
+        if not 1024 <= self.log_max_bytes <= 1024**3:
+            raise ValueError("--log-max-bytes must be 1 KiB - 1 GiB")
+        if not 1 <= self.log_max_lines <= 10_000_000:
+            raise ValueError("--log-max-lines must be 1-10000000")
+        if not 0 <= self.log_streams <= 10_000:
+            raise ValueError("--log-streams must be 0-10000")
+        if not 0 < self.log_stream_seconds <= 86_400:
+            raise ValueError("--log-stream-seconds must be in (0, 86400]")
+        if self.gateway_rest_url is not None and not self.gateway_rest_url.startswith(
+            ("https://", "http://")
+        ):
+            raise ValueError("--gateway-rest-url must be an http(s):// URL")
 
 
 def _env(name: str) -> str | None:
@@ -206,6 +256,69 @@ def parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_DEPLOY_TIMEOUT_SECONDS})",
     )
     p.add_argument(
+        "--gateway-rest-url",
+        default=_env("KUBEFAL_GATEWAY_REST_URL"),
+        help="the gateway's REST listener, e.g. https://kubefal-gateway:8445, where /files/* "
+        "and fal deploy's app_files go (KUBEFAL_GATEWAY_REST_URL; default: none, 503)",
+    )
+    p.add_argument(
+        "--gateway-rest-ca",
+        type=pathlib.Path,
+        default=_env("KUBEFAL_GATEWAY_REST_CA"),
+        help="PEM CA bundle for the gateway REST listener (KUBEFAL_GATEWAY_REST_CA; "
+        "default: system CAs)",
+    )
+    p.add_argument(
+        "--rest-max-connections",
+        type=int,
+        default=DEFAULT_REST_MAX_CONNECTIONS,
+        help="connections open at once on the TLS port, gRPC and REST "
+        f"(default {DEFAULT_REST_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--rest-max-header-bytes",
+        type=int,
+        default=DEFAULT_REST_MAX_HEADER_BYTES,
+        help=f"largest REST request head (default {DEFAULT_REST_MAX_HEADER_BYTES})",
+    )
+    p.add_argument(
+        "--rest-header-timeout",
+        type=float,
+        default=DEFAULT_REST_HEADER_TIMEOUT_SECONDS,
+        help="seconds for a TLS handshake, a REST request head, and between body chunks "
+        f"(default {DEFAULT_REST_HEADER_TIMEOUT_SECONDS})",
+    )
+    p.add_argument(
+        "--rest-max-body-bytes",
+        type=int,
+        default=DEFAULT_REST_MAX_BODY_BYTES,
+        help=f"largest REST body relayed to the gateway (default {DEFAULT_REST_MAX_BODY_BYTES})",
+    )
+    p.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=DEFAULT_LOG_MAX_BYTES,
+        help=f"bytes of runner log one history page reads (default {DEFAULT_LOG_MAX_BYTES})",
+    )
+    p.add_argument(
+        "--log-max-lines",
+        type=int,
+        default=DEFAULT_LOG_MAX_LINES,
+        help=f"newest log lines one history page looks at (default {DEFAULT_LOG_MAX_LINES})",
+    )
+    p.add_argument(
+        "--log-streams",
+        type=int,
+        default=DEFAULT_LOG_STREAMS,
+        help=f"log streams (runners logs --follow) at once (default {DEFAULT_LOG_STREAMS})",
+    )
+    p.add_argument(
+        "--log-stream-seconds",
+        type=float,
+        default=DEFAULT_LOG_STREAM_SECONDS,
+        help=f"longest one log stream lasts (default {DEFAULT_LOG_STREAM_SECONDS})",
+    )
+    p.add_argument(
         "--max-list-items",
         type=int,
         default=DEFAULT_MAX_LIST_ITEMS,
@@ -240,6 +353,16 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             public_run_url=args.public_run_url,
             public_queue_url=args.public_queue_url,
             deploy_timeout=args.deploy_timeout,
+            gateway_rest_url=args.gateway_rest_url,
+            gateway_rest_ca=args.gateway_rest_ca,
+            rest_max_connections=args.rest_max_connections,
+            rest_max_header_bytes=args.rest_max_header_bytes,
+            rest_header_timeout=args.rest_header_timeout,
+            rest_max_body_bytes=args.rest_max_body_bytes,
+            log_max_bytes=args.log_max_bytes,
+            log_max_lines=args.log_max_lines,
+            log_streams=args.log_streams,
+            log_stream_seconds=args.log_stream_seconds,
         )
     except ValueError as error:
         p.error(str(error))

@@ -1,0 +1,677 @@
+"""The REST half of the control plane's port: what fal's SDK sends to ``FAL_GRPC_HOST``.
+
+fal's SDK derives its REST base from the gRPC host (``api`` replaced by ``rest``; a host such as
+``127.0.0.1:PORT`` stays as it is), so ``fal runners logs``, ``fal files``, ``fal.sync_dir``
+and, without ``FAL_REST_HOST``, ``fal deploy``'s app_files upload all arrive on the control
+plane's own port. The TLS front door (:mod:`kubefal_controlplane.frontdoor`) hands every
+connection that did not negotiate HTTP/2 here. Served:
+
+* ``GET /runners/<id>`` → ``{"runner_id", "namespace", "phase", "started_at", "ended_at"}``;
+* ``POST|GET /logs/history?job_id=<id>[&since=&until=&page_size=&search=]`` → ``{"items",
+  "next_until"}``, newest first (:mod:`kubefal_controlplane.runner_logs`);
+* ``POST|GET /logs/stream?job_id=<id>[&since=&until=&search=]`` → server-sent events, one
+  JSON log line each, until the runner's container ends, ``until`` passes, the client goes or
+  ``--log-stream-seconds`` pass;
+* ``/files/*`` → relayed to the gateway's REST listener (``--gateway-rest-url``), which owns
+  ``/data`` and app files, with the caller's own ``Authorization`` header;
+* ``GET /healthz``.
+
+Auth is the gRPC side's (:mod:`kubefal_controlplane.auth`), from ``Authorization: Key
+<id>:<secret>`` as fal's REST client sends it: none, malformed, unknown, wrong or revoked →
+401; a runner of a namespace the key may not see is 404, exactly as ``fal runners stop``.
+Every answer that is not 2xx is JSON ``{"detail", "error_type"}``.
+
+Limits (each a flag, docs/security.md): request head size (431) and the time to send it
+(408), the time between body chunks, the body size relayed (413), concurrent log streams
+(429) and their duration, bytes and lines of log read per history page. HTTP/1.1 is parsed by
+``h11`` (a strict, sans-IO parser), never by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime
+import http
+import json
+import logging
+import math
+import ssl
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, Protocol, TypeVar
+
+import grpc
+import h11
+import httpx
+from kubernetes.client.exceptions import ApiException
+
+from kubefal_api import naming
+from kubefal_controlplane import auth, errors, runner_logs, service
+from kubefal_controlplane import settings as settings_module
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+READ_CHUNK: Final = 64 * 1024
+MAX_JSON_BODY: Final = 64 * 1024
+"""The logs endpoints take their arguments in the query; a body is read and dropped."""
+SSE_HEARTBEAT_SECONDS: Final = 15.0
+STREAM_QUEUE_LINES: Final = 1000
+MAX_TARGET_CHARS: Final = 8192
+RELAYED_REQUEST_HEADERS: Final = frozenset(
+    {
+        b"authorization",
+        b"content-type",
+        b"content-length",
+        b"accept",
+        b"user-agent",
+        b"x-kubefal-namespace",
+    }
+)
+RELAYED_RESPONSE_HEADERS: Final = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"content-disposition",
+        b"etag",
+        b"cache-control",
+        b"retry-after",
+        b"x-content-type-options",
+    }
+)
+STATUS_OF: Final = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+ERROR_TYPE: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    429: "too_many_requests",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+    502: "bad_gateway",
+    503: "unavailable",
+}
+
+
+class RunnerLogs(Protocol):
+    """Where runner logs come from (:class:`kubefal_controlplane.cluster.Cluster`)."""
+
+    def read_runner_log(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        since_seconds: int | None,
+        tail_lines: int,
+        limit_bytes: int,
+    ) -> bytes: ...
+
+    def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any: ...
+
+
+class HttpError(Exception):
+    """End the request with ``status`` and a JSON ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _Gone(Exception):
+    """The client went away or broke the protocol; nothing more can be said to it."""
+
+
+def _from_failure(failure: errors.RpcFailure) -> HttpError:
+    return HttpError(STATUS_OF.get(failure.code, 500), failure.message)
+
+
+class _Connection:
+    """One HTTP/1.1 connection: h11 state, the stream, and the time limits."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: settings_module.Settings,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = settings.rest_header_timeout
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=settings.rest_max_header_bytes
+        )
+
+    async def _receive(self, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.timeout if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), wait)
+        except TimeoutError:
+            raise HttpError(408, "The request was not sent in time") from None
+        except (ConnectionError, ssl.SSLError, OSError):
+            raise _Gone() from None
+        self.h11.receive_data(data)
+
+    async def next_event(self, *, deadline: float | None = None) -> Any:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise HttpError(error.error_status_hint, f"Malformed request: {error}") from None
+            if event is h11.NEED_DATA:
+                await self._receive(deadline)
+                continue
+            return event
+
+    async def send(self, event: Any) -> None:
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as error:
+            raise _Gone() from error
+        if data:
+            self.writer.write(data)
+            try:
+                await self.writer.drain()
+            except (ConnectionError, ssl.SSLError, OSError):
+                raise _Gone() from None
+
+    async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
+        """The request body, each chunk within the timeout, all within ``limit`` bytes."""
+        total = 0
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > limit:
+                    raise HttpError(413, f"Request body too large: the limit is {limit} bytes")
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise _Gone()
+
+    async def read_body(self, limit: int) -> bytes:
+        return b"".join([chunk async for chunk in self.body_chunks(limit)])
+
+    async def send_json(
+        self, status: int, payload: Any, *, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        body = json.dumps(payload).encode()
+        await self.send(
+            h11.Response(
+                status_code=status,
+                reason=_reason(status),
+                headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *(headers or []),
+                ],
+            )
+        )
+        await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())
+
+    async def send_error(self, error: HttpError) -> None:
+        payload = {"detail": error.detail, "error_type": ERROR_TYPE.get(error.status, "error")}
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await self.send_json(error.status, payload)
+
+
+class RestApi:
+    """The REST routes; :meth:`serve` runs one connection the front door handed over."""
+
+    def __init__(
+        self,
+        *,
+        controller: service.Controller,
+        logs: RunnerLogs | None,
+        authenticator: auth.Authenticator,
+        settings: settings_module.Settings,
+    ) -> None:
+        self.controller = controller
+        self.logs = logs
+        self.authenticator = authenticator
+        self.settings = settings
+        self._calls = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers, thread_name_prefix="controlplane-rest"
+        )
+        self._streams = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, settings.log_streams), thread_name_prefix="controlplane-logs"
+        )
+        self._open_streams = 0
+        self._gateway: httpx.AsyncClient | None = None
+
+    def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._streams.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.aclose()
+            self._gateway = None
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._calls, lambda: function(*args))
+
+    # ---- connection loop ---------------------------------------------------------------------
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _Connection(reader, writer, self.settings)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                deadline = loop.time() + self.settings.rest_header_timeout
+                try:
+                    event = await connection.next_event(deadline=deadline)
+                except HttpError as error:
+                    if error.status == 408 and connection.h11.their_state is h11.IDLE:
+                        return  # an idle keep-alive connection: close quietly
+                    raise
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                if not isinstance(event, h11.Request):
+                    raise _Gone()
+                head = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if head > self.settings.rest_max_header_bytes:
+                    # h11 bounds a head that arrives in pieces; one that came whole is
+                    # measured here.
+                    raise HttpError(
+                        431,
+                        f"Request head too large: the limit is "
+                        f"{self.settings.rest_max_header_bytes} bytes",
+                    )
+                try:
+                    await self._handle(connection, event)
+                except HttpError as error:
+                    await connection.send_error(error)
+                except errors.RpcFailure as failure:
+                    await connection.send_error(_from_failure(failure))
+                if connection.h11.our_state is h11.MUST_CLOSE or (
+                    connection.h11.their_state is not h11.DONE
+                ):
+                    return
+                try:
+                    connection.h11.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+        except HttpError as error:
+            with contextlib.suppress(_Gone):
+                await connection.send_error(error)
+        except _Gone:
+            pass
+        except Exception:
+            logger.exception("REST connection failed")
+            with contextlib.suppress(_Gone):
+                await connection.send_error(HttpError(500, "Internal error; see the log"))
+
+    # ---- routing -------------------------------------------------------------------------------
+
+    async def _handle(self, connection: _Connection, request: h11.Request) -> None:
+        target = request.target.decode("ascii", "replace")
+        if len(target) > MAX_TARGET_CHARS:
+            raise HttpError(414, "Request target too long")
+        path, _, query = target.partition("?")
+        method = request.method.decode("ascii", "replace")
+        headers = {name.lower(): value for name, value in request.headers}
+        if path == "/healthz":
+            await connection.read_body(MAX_JSON_BODY)
+            await connection.send_json(200, {"status": "ok"})
+            return
+        if path.startswith("/files/"):
+            caller = await self._authenticate(headers)
+            await self._relay(connection, request, method, target, caller)
+            return
+        routes = {"/logs/history": self._history, "/logs/stream": self._stream}
+        if path in routes:
+            if method not in ("GET", "POST"):
+                raise HttpError(405, "Use POST (or GET)")
+            await connection.read_body(MAX_JSON_BODY)
+            caller = await self._authenticate(headers)
+            await routes[path](connection, caller, _query(query))
+            return
+        if path.startswith("/runners/") and path.count("/") == 2:
+            if method != "GET":
+                raise HttpError(405, "Use GET")
+            await connection.read_body(MAX_JSON_BODY)
+            caller = await self._authenticate(headers)
+            pod = await self._runner(caller, urllib.parse.unquote(path[len("/runners/") :]))
+            await connection.send_json(200, runner_logs.runner_times(pod, naming.RUNNER_CONTAINER))
+            return
+        await connection.read_body(MAX_JSON_BODY)
+        raise HttpError(404, f"Path {path[:200]!r} is not served by the kubefal control plane")
+
+    async def _authenticate(self, headers: dict[bytes, bytes]) -> auth.Caller:
+        raw = headers.get(b"authorization", b"").decode("latin-1").strip()
+        scheme, _, credential = raw.partition(" ")
+        if not raw or scheme.lower() != "key":
+            raise HttpError(401, "Missing API key: send 'Authorization: Key <id>:<secret>'")
+        key_id, _, secret = credential.strip().partition(":")
+        metadata = [(auth.METADATA_KEY_ID, key_id), (auth.METADATA_KEY_SECRET, secret)]
+        try:
+            return await self._call(self.authenticator.authenticate, metadata)
+        except errors.RpcFailure as failure:
+            raise _from_failure(failure) from None
+        except ApiException as error:
+            raise _from_failure(service._api_failure(error, "reading the API key")) from None
+
+    async def _runner(self, caller: auth.Caller, runner_id: str) -> dict[str, Any]:
+        try:
+            return await self._call(self.controller._runner_pod, caller, runner_id)
+        except ApiException as error:
+            raise _from_failure(service._api_failure(error, f"runner {runner_id}")) from None
+
+    # ---- logs ----------------------------------------------------------------------------------
+
+    def _window(
+        self, params: dict[str, str]
+    ) -> tuple[str, datetime.datetime | None, datetime.datetime | None, str | None]:
+        try:
+            job_id = params.get("job_id")
+            if not job_id:
+                raise runner_logs.BadQuery("job_id: the runner id is required")
+            since = params.get("since")
+            until = params.get("until")
+            return (
+                job_id,
+                None if since is None else runner_logs.parse_time(since, field="since"),
+                None if until is None else runner_logs.parse_time(until, field="until"),
+                runner_logs.parse_search(params.get("search")),
+            )
+        except runner_logs.BadQuery as error:
+            raise HttpError(400, str(error)) from None
+
+    @staticmethod
+    def _since_seconds(since: datetime.datetime | None) -> int | None:
+        if since is None:
+            return None
+        seconds = (datetime.datetime.now(tz=datetime.UTC) - since).total_seconds()
+        return max(1, math.ceil(seconds) + 1)
+
+    async def _history(
+        self, connection: _Connection, caller: auth.Caller, params: dict[str, str]
+    ) -> None:
+        job_id, since, until, search = self._window(params)
+        try:
+            page_size = runner_logs.parse_page_size(params.get("page_size"), 1000)
+        except runner_logs.BadQuery as error:
+            raise HttpError(400, str(error)) from None
+        pod = await self._runner(caller, job_id)
+        meta = pod["metadata"]
+        source = self._log_source()
+        try:
+            raw = await self._call(
+                lambda: source.read_runner_log(
+                    str(meta["namespace"]),
+                    str(meta["name"]),
+                    since_seconds=self._since_seconds(since),
+                    tail_lines=self.settings.log_max_lines,
+                    limit_bytes=self.settings.log_max_bytes,
+                )
+            )
+        except ApiException as error:
+            raise self._log_error(error, job_id) from None
+        lines = runner_logs.selected(
+            runner_logs.parse_lines(raw.decode("utf-8", "replace")),
+            since=since,
+            until=until,
+            search=search,
+        )
+        await connection.send_json(200, runner_logs.page(lines, page_size))
+
+    def _log_source(self) -> RunnerLogs:
+        if self.logs is None:
+            raise HttpError(501, "Runner logs are not served by this control plane's backend")
+        return self.logs
+
+    @staticmethod
+    def _log_error(error: ApiException, job_id: str) -> HttpError:
+        if error.status in (400, 404):
+            # 400: the container has not started yet (or is gone from its node).
+            return HttpError(404, f"No log of runner {job_id} is available (yet)")
+        return _from_failure(service._api_failure(error, f"the log of runner {job_id}"))
+
+    async def _stream(
+        self, connection: _Connection, caller: auth.Caller, params: dict[str, str]
+    ) -> None:
+        job_id, since, until, search = self._window(params)
+        if self._open_streams >= self.settings.log_streams:
+            raise HttpError(429, f"Too many log streams open ({self.settings.log_streams})")
+        pod = await self._runner(caller, job_id)
+        meta = pod["metadata"]
+        self._open_streams += 1
+        try:
+            await self._follow(
+                connection,
+                namespace=str(meta["namespace"]),
+                name=str(meta["name"]),
+                job_id=job_id,
+                since=since,
+                until=until,
+                search=search,
+            )
+        finally:
+            self._open_streams -= 1
+
+    async def _follow(
+        self,
+        connection: _Connection,
+        *,
+        namespace: str,
+        name: str,
+        job_id: str,
+        since: datetime.datetime | None,
+        until: datetime.datetime | None,
+        search: str | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        source = self._log_source()
+        try:
+            response = await self._call(
+                lambda: source.follow_runner_log(
+                    namespace, name, since_seconds=self._since_seconds(since)
+                )
+            )
+        except ApiException as error:
+            raise self._log_error(error, job_id) from None
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE_LINES)
+        stop = threading.Event()
+
+        def end() -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+        def pump() -> None:
+            """Lines from the Kubernetes stream into the queue (waits while it is full)."""
+            pending = b""
+            try:
+                for chunk in response.stream(READ_CHUNK, decode_content=True):
+                    if stop.is_set():
+                        return
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    if len(pending) > runner_logs.MAX_MESSAGE_CHARS * 4:
+                        complete.append(pending)
+                        pending = b""
+                    for line in complete:
+                        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+            except Exception as error:
+                if not stop.is_set():
+                    logger.info("log stream of %s/%s ended: %s", namespace, name, error)
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(end)
+
+        await connection.send(
+            h11.Response(
+                status_code=200,
+                headers=[
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-store"),
+                ],
+            )
+        )
+        reader = loop.run_in_executor(self._streams, pump)
+        ends = loop.time() + self.settings.log_stream_seconds
+        try:
+            while True:
+                wait = min(SSE_HEARTBEAT_SECONDS, ends - loop.time())
+                if wait <= 0:
+                    break
+                try:
+                    raw = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    if reader.done() and queue.empty():
+                        break
+                    await connection.send(h11.Data(data=b": keep-alive\n\n"))
+                    continue
+                if raw is None:
+                    break
+                line = runner_logs.parse_line(raw.decode("utf-8", "replace"))
+                if line is None or (since is not None and line.at < since):
+                    continue
+                if until is not None and line.at >= until:
+                    break
+                if search is not None and search not in line.message:
+                    continue
+                event = b"data: " + json.dumps(line.to_json()).encode() + b"\n\n"
+                await connection.send(h11.Data(data=event))
+            await connection.send(h11.EndOfMessage())
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                response.close()
+            # The pump may wait on a full queue: drain until it has finished.
+            while not reader.done():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                await asyncio.sleep(0.01)
+
+    # ---- /files/*: the gateway's REST listener -----------------------------------------------
+
+    def _gateway_client(self) -> httpx.AsyncClient:
+        if self._gateway is None:
+            url = self.settings.gateway_rest_url
+            assert url is not None
+            verify: ssl.SSLContext | bool = True
+            if self.settings.gateway_rest_ca is not None:
+                verify = ssl.create_default_context(cafile=str(self.settings.gateway_rest_ca))
+            self._gateway = httpx.AsyncClient(
+                base_url=url.rstrip("/"),
+                verify=verify,
+                trust_env=False,
+                follow_redirects=False,
+                timeout=httpx.Timeout(
+                    connect=self.settings.gateway_timeout * 5,
+                    read=300.0,
+                    write=300.0,
+                    pool=30.0,
+                ),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            )
+        return self._gateway
+
+    async def _relay(
+        self,
+        connection: _Connection,
+        request: h11.Request,
+        method: str,
+        target: str,
+        caller: auth.Caller,
+    ) -> None:
+        path = target.partition("?")[0]
+        segments = urllib.parse.unquote(path).split("/")
+        if any(segment in (".", "..") for segment in segments) or "\\" in path:
+            await connection.read_body(MAX_JSON_BODY)
+            raise HttpError(400, "Path segments '.' and '..' are not allowed")
+        if self.settings.gateway_rest_url is None:
+            await connection.read_body(MAX_JSON_BODY)
+            raise HttpError(
+                503,
+                "This control plane has no gateway REST address (--gateway-rest-url), so "
+                "fal files, sync_dir and app_files are not served here",
+            )
+        headers = [
+            (name, value)
+            for name, value in request.headers
+            if name.lower() in RELAYED_REQUEST_HEADERS or name.lower().startswith(b"x-fal-")
+        ]
+        has_body = any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in request.headers
+        )
+        body = connection.body_chunks(self.settings.rest_max_body_bytes)
+        client = self._gateway_client()
+        outgoing = client.build_request(
+            method,
+            target,
+            headers=headers,
+            content=body if has_body else None,
+        )
+        try:
+            response = await client.send(outgoing, stream=True)
+        except HttpError:
+            raise
+        except httpx.HTTPError as error:
+            logger.warning("gateway REST relay of %s %r failed: %s", method, path[:200], error)
+            raise HttpError(502, "The gateway's file API cannot be reached; try again") from None
+        try:
+            if not has_body:
+                await connection.read_body(MAX_JSON_BODY)
+            # Else, when the gateway answered before reading the whole body (an early
+            # refusal), the connection closes after this response (serve's loop).
+            relayed = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in response.headers.multi_items()
+                if name.lower().encode("latin-1") in RELAYED_RESPONSE_HEADERS
+            ]
+            await connection.send(h11.Response(status_code=response.status_code, headers=relayed))
+            async for chunk in response.aiter_raw(READ_CHUNK):
+                await connection.send(h11.Data(data=chunk))
+            await connection.send(h11.EndOfMessage())
+        except httpx.HTTPError as error:
+            logger.warning("gateway REST relay of %s %r broke off: %s", method, path[:200], error)
+            raise _Gone() from None
+        finally:
+            await response.aclose()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _query(query: str) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=False, max_num_fields=32
+        )
+    except ValueError:
+        raise HttpError(400, "Too many query parameters") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        params.setdefault(name, value)
+    return params

@@ -1,0 +1,420 @@
+"""The control plane's REST half, with the unmodified ``fal`` CLI: ``fal runners logs``.
+
+fal's CLI sends ``fal runners logs`` to the gRPC host over HTTP/1.1 (``GET /runners/<id>``,
+``POST /logs/history``, ``POST /logs/stream``); the control plane's TLS front door hands those
+connections to its REST routes, which read the runner pod's log through the Kubernetes API.
+
+Pod logs reach the API server from a kubelet. Here a kwok process of this module plays the
+kubelet of one node: it serves the kubelet API (``--server-address``, the kubelet's own CRI
+log reader) and maps the test's runner pods to a log file the test writes in the CRI format
+containerd writes (``<RFC 3339 nano> stdout F <line>``). So the API server, its
+``pods/log`` path, the control plane and the CLI are all real; only the file's writer stands in
+for the container runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from e2e import cluster as local_cluster
+from e2e import controlplane_harness as harness
+from e2e.conftest import ClusterHandle
+from e2e.controlplane_harness import ControlPlaneProcess, create_falapp, create_key
+from kubefal_api import apikeys, naming
+from kubefal_cli import localca
+from testkit import waiting
+
+cp_tls = harness.cp_tls
+key_namespace = harness.key_namespace
+key = harness.key
+plane = harness.plane
+
+START = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+
+
+def _stamp(at: datetime.datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"  # nanoseconds, as containerd writes
+
+
+def _write(path: pathlib.Path, lines: list[tuple[datetime.datetime, str]]) -> None:
+    with path.open("a") as out:
+        for at, message in lines:
+            out.write(f"{_stamp(at)} stdout F {message}\n")
+
+
+RUNNER_SLOTS = 12
+
+
+class LogNode:
+    """A node played by a kwok of this module; pod ``<prefix>-<i>`` logs to ``files[i]``."""
+
+    def __init__(self, name: str, prefix: str, files: list[pathlib.Path]) -> None:
+        self.name = name
+        self.prefix = prefix
+        self.files = files
+        self.used = 0
+
+    def take(self) -> tuple[str, pathlib.Path]:
+        assert self.used < len(self.files), "raise RUNNER_SLOTS"
+        self.used += 1
+        return f"{self.prefix}-{self.used - 1}", self.files[self.used - 1]
+
+
+@pytest.fixture(scope="module")
+def log_node(
+    cluster: ClusterHandle,
+    api_client: k8s.ApiClient,
+    cp_tls: localca.LocalTls,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LogNode]:
+    workdir = tmp_path_factory.mktemp("log-node")
+    suffix = uuid.uuid4().hex[:6]
+    name = f"logs-{suffix}"
+    prefix = f"logged-{suffix}"
+    files = [workdir / f"runner-{i}.log" for i in range(RUNNER_SLOTS)]
+    for path in files:
+        path.touch()
+    config = workdir / "logs.yaml"
+    config.write_text(
+        yaml.safe_dump_all(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "ClusterLogs",
+                "metadata": {"name": f"{prefix}-{i}"},
+                "spec": {
+                    "selector": {"matchNames": [f"{prefix}-{i}"]},
+                    "logs": [
+                        {
+                            "containers": [naming.RUNNER_CONTAINER],
+                            "logsFile": str(path),
+                            "follow": True,
+                        }
+                    ],
+                },
+            }
+            for i, path in enumerate(files)
+        )
+    )
+    port = local_cluster.free_port()
+    log = workdir / "kwok.log"
+    with log.open("wb") as out:
+        kwok = subprocess.Popen(
+            [
+                str(cluster.testbin / "kwok"),
+                f"--kubeconfig={cluster.kubeconfig}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node={name}",
+                "--manage-nodes-with-label-selector=",
+                "--manage-single-node=",
+                f"--cidr={local_cluster.POD_CIDR}",
+                "--node-ip=127.0.0.1",
+                f"--node-port={port}",
+                f"--server-address=127.0.0.1:{port}",
+                f"--tls-cert-file={cp_tls.server_cert}",
+                f"--tls-private-key-file={cp_tls.server_key}",
+                "--node-lease-duration-seconds=40",
+                "-c",
+                str(cluster.testbin / "kwok-stages.yaml"),
+                "-c",
+                str(config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    core = k8s.CoreV1Api(api_client)
+    core.create_node(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "type": "kwok-logs"},
+                "annotations": {"kwok.x-k8s.io/node": name},
+            },
+            "spec": {
+                "taints": [{"key": "kubefal.io/logs-node", "value": name, "effect": "NoSchedule"}]
+            },
+        }
+    )
+    try:
+
+        def ready() -> bool:
+            if kwok.poll() is not None:
+                raise AssertionError(f"kwok exited:\n{log.read_text()[-3000:]}")
+            node = core.read_node(name)
+            endpoint = node.status.daemon_endpoints.kubelet_endpoint.port
+            return endpoint == port and any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+            )
+
+        waiting.wait_for(ready, timeout=120, description=f"log node {name} ready")
+        yield LogNode(name, prefix, files)
+    finally:
+        local_cluster.stop_pids([kwok.pid])
+        core.delete_node(name)
+
+
+def _runner_pod(
+    api_client: k8s.ApiClient, node: LogNode, *, namespace: str, app: str
+) -> tuple[str, pathlib.Path]:
+    pod, log_file = node.take()
+    k8s.CoreV1Api(api_client).create_namespaced_pod(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "labels": naming.child_labels(app)},
+            "spec": {
+                "nodeName": node.name,
+                "containers": [{"name": naming.RUNNER_CONTAINER, "image": "kubefal/runner:e2e"}],
+                "tolerations": [{"key": "kubefal.io/logs-node", "operator": "Exists"}],
+            },
+        },
+    )
+    harness.wait_pod_ready(api_client, namespace=namespace, pod=pod)
+    return pod, log_file
+
+
+def _env(
+    plane: ControlPlaneProcess, key: apikeys.ApiKey | None, home: pathlib.Path
+) -> dict[str, str]:
+    env = harness.client_environment(plane, key=key, home=home)
+    # fal's REST client is httpx: it trusts SSL_CERT_FILE (gRPC reads its own variable).
+    env["SSL_CERT_FILE"] = str(plane.tls.ca_bundle)
+    return env
+
+
+def _fal(
+    plane: ControlPlaneProcess, *args: str, key: apikeys.ApiKey | None, home: pathlib.Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(harness.FAL_CLI), *args],
+        env=_env(plane, key, home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _logs_json(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    logs: list[dict[str, Any]] = document["logs"]
+    return logs
+
+
+def _rest(plane: ControlPlaneProcess, key: apikeys.ApiKey | str | None) -> httpx.Client:
+    headers = {} if key is None else {"Authorization": f"Key {key}"}
+    return httpx.Client(
+        base_url=f"https://{plane.host}",
+        headers=headers,
+        verify=str(plane.tls.ca_bundle),
+        timeout=60,
+    )
+
+
+@dataclasses.dataclass
+class Runner:
+    pod: str
+    log_file: pathlib.Path
+    messages: list[str]
+
+
+@pytest.fixture
+def runner(api_client: k8s.ApiClient, log_node: LogNode, namespace: str) -> Runner:
+    """A runner pod on the log node whose log holds five lines written after it started."""
+    create_falapp(api_client, namespace=namespace, name="logged")
+    pod, log_file = _runner_pod(api_client, log_node, namespace=namespace, app="logged")
+    tag = uuid.uuid4().hex[:6]
+    base = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=1)
+    messages = [f"{tag} line {i}" for i in range(5)]
+    _write(
+        log_file,
+        [(base + datetime.timedelta(seconds=i), message) for i, message in enumerate(messages)],
+    )
+    return Runner(pod, log_file, messages)
+
+
+def _messages(logs: list[dict[str, Any]]) -> list[str]:
+    return [entry["message"] for entry in logs]
+
+
+def test_fal_runners_logs_prints_the_runner_log_through_the_cli(
+    plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey, tmp_path: pathlib.Path
+) -> None:
+    logs = _logs_json(
+        _fal(plane, "runners", "logs", runner.pod, "--output", "json", key=key, home=tmp_path)
+    )
+    # The API answers newest first (the CLI pages backwards); its JSON keeps that order.
+    assert _messages(logs) == list(reversed(runner.messages))
+    for entry in logs:
+        assert datetime.datetime.fromisoformat(entry["timestamp"]).tzinfo is not None
+
+    text = _fal(plane, "runners", "logs", runner.pod, key=key, home=tmp_path)
+    assert text.returncode == 0, text.stdout + text.stderr
+    positions = [text.stdout.find(message) for message in runner.messages]
+    assert all(position >= 0 for position in positions), text.stdout
+    assert positions == sorted(positions), "the CLI prints oldest first"
+
+
+def test_fal_runners_logs_since_until_search_and_lines(
+    plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey, tmp_path: pathlib.Path
+) -> None:
+    messages = runner.messages
+    stamps = {
+        line.split(" stdout F ", 1)[1]: line.split(" ", 1)[0]
+        for line in runner.log_file.read_text().splitlines()
+    }
+
+    def logs(*args: str) -> list[str]:
+        result = _fal(
+            plane, "runners", "logs", runner.pod, *args, "--output", "json", key=key, home=tmp_path
+        )
+        return _messages(_logs_json(result))
+
+    # --since is inclusive, --until exclusive (the CLI's cursor semantics).
+    assert logs("--since", stamps[messages[1]], "--until", stamps[messages[4]]) == [
+        messages[3],
+        messages[2],
+        messages[1],
+    ]
+    assert logs("--search", messages[2]) == [messages[2]]
+    assert logs("--search", "no such text") == []
+    # The CLI keeps the last N items of what the API sends newest first (fal/cli/runners.py
+    # _get_logs): with fal's newest-first paging that is the oldest N of the window, and
+    # "+N" the newest N (docs/fal-compat.md).
+    assert logs("-n", "2") == [messages[1], messages[0]]
+    assert logs("-n", "+2") == [messages[4], messages[3]]
+
+
+def test_logs_history_pages_backwards_with_next_until(
+    plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey
+) -> None:
+    seen: list[str] = []
+    until: str | None = None
+    with _rest(plane, key) as client:
+        for _ in range(10):
+            params = {"job_id": runner.pod, "page_size": "2"}
+            if until is not None:
+                params["until"] = until
+            response = client.post("/logs/history", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            assert len(page["items"]) <= 2
+            seen += _messages(page["items"])
+            until = page["next_until"]
+            if until is None:
+                break
+    assert seen == list(reversed(runner.messages))
+
+
+def test_fal_runners_logs_follow_streams_new_lines(
+    plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey, tmp_path: pathlib.Path
+) -> None:
+    follower = subprocess.Popen(
+        [str(harness.FAL_CLI), "runners", "logs", runner.pod, "--follow", "--output", "json"],
+        env=_env(plane, key, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fresh = f"followed {uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+    try:
+        assert follower.stdout is not None
+        stdout = follower.stdout
+        os.set_blocking(stdout.fileno(), False)
+
+        def shown() -> bool:
+            # Written again on each poll: the stream may open after an earlier write.
+            _write(runner.log_file, [(datetime.datetime.now(tz=datetime.UTC), fresh)])
+            if follower.poll() is not None:
+                raise AssertionError(f"fal exited with {follower.returncode}")
+            while line := stdout.readline():
+                seen.append(json.loads(line)["message"])
+            return fresh in seen
+
+        waiting.wait_for(shown, timeout=120, interval=1.0, description="the followed line")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
+    # Lines older than the follow window (one minute back) came first, then the new ones.
+    assert set(runner.messages) <= set(seen)
+    assert seen.index(runner.messages[0]) < seen.index(fresh)
+
+
+def test_rest_auth_and_bad_input_get_json_detail(
+    plane: ControlPlaneProcess,
+    runner: Runner,
+    key: apikeys.ApiKey,
+    api_client: k8s.ApiClient,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    pod = runner.pod
+    with _rest(plane, None) as anonymous:
+        response = anonymous.get(f"/runners/{pod}")
+        assert response.status_code == 401
+        assert "API key" in response.json()["detail"]
+    key_id = str(key).split(":")[0]
+    with _rest(plane, f"{key_id}:{'x' * 40}") as wrong:
+        response = wrong.post("/logs/history", params={"job_id": pod})
+        assert response.status_code == 401
+        assert response.json()["detail"]
+    other = create_key(api_client, key_namespace=key_namespace, namespaces=["elsewhere"])
+    with _rest(plane, other) as outsider:
+        for response in (
+            outsider.get(f"/runners/{pod}"),
+            outsider.post("/logs/history", params={"job_id": pod}),
+            outsider.post("/logs/stream", params={"job_id": pod}),
+        ):
+            assert response.status_code == 404, response.text
+            assert pod in response.json()["detail"]
+    revoked = create_key(
+        api_client, key_namespace=key_namespace, namespaces=["elsewhere"], revoked=True
+    )
+    with _rest(plane, revoked) as gone:
+        assert gone.get(f"/runners/{pod}").status_code == 401
+
+    with _rest(plane, key) as client:
+        owned = client.get(f"/runners/{pod}")
+        assert owned.status_code == 200, owned.text
+        assert owned.json()["runner_id"] == pod and owned.json()["started_at"]
+        cases = {
+            ("POST", "/logs/history", f"job_id={pod}&page_size=abc"): (400, "page_size"),
+            ("POST", "/logs/history", f"job_id={pod}&page_size=0"): (400, "page_size"),
+            ("POST", "/logs/history", f"job_id={pod}&since=yesterday"): (400, "since"),
+            ("POST", "/logs/history", "job_id=..%2Fetc"): (400, "runner_id"),
+            ("POST", "/logs/history", ""): (400, "job_id"),
+            ("POST", "/logs/stream", f"job_id={pod}&until=%00"): (400, "until"),
+            ("GET", "/runners/" + "A" * 300, ""): (400, "runner_id"),
+            ("GET", "/no/such/path", ""): (404, "not served"),
+            ("DELETE", "/logs/history", f"job_id={pod}"): (405, "POST"),
+            ("GET", "/files/list/..%2F..%2Fetc", ""): (400, "'..'"),
+            ("GET", "/files/list/data", ""): (503, "--gateway-rest-url"),
+        }
+        for (method, path, query), (status, words) in cases.items():
+            response = client.request(method, path + ("?" + query if query else ""))
+            assert response.status_code == status, (method, path, query, response.text)
+            assert words in response.json()["detail"], (method, path, response.text)
+        huge = client.get(f"/runners/{pod}", headers={"X-Padding": "p" * 40_000})
+        assert huge.status_code == 431
+        assert huge.json()["detail"]
+    # fal's CLI reports a refusal (no key) and fails.
+    refused = _fal(plane, "runners", "logs", pod, key=None, home=tmp_path)
+    assert refused.returncode != 0
