@@ -9,6 +9,11 @@ description, which is what ``kubectl explain falapp.spec...`` prints.
 Defaults equal the fal SDK's (``fal.app.wrap_app(MyApp).options.host`` for an app that sets
 nothing, fal 1.83.0). Where the SDK leaves a value to the fal platform (``None``), kubefal picks
 the documented default named by a ``DEFAULT_*`` constant below.
+
+This module is over 500 lines on purpose: it is one API version's whole schema, as Kubernetes
+keeps a version's types in one file, and most of its lines are the field docstrings that become
+the CRD's descriptions; the models reference each other, and the CRD generator and the golden
+test read them as one.
 """
 
 from __future__ import annotations
