@@ -551,31 +551,3 @@ def test_full_disk_is_507_and_nothing_else_is_lost(stack: Stack) -> None:
     with stack.http() as http:
         assert http.get(kept).content == b"kept"
     assert _upload(stack, b"x" * (4 * 1024 * 1024)).status_code == 200
-
-
-# ---- fal deploy's app_files upload --------------------------------------------------------------
-def test_fal_deploys_app_files_upload_is_answered_with_what_to_do(
-    stack: Stack, python: pathlib.Path, tmp_path: pathlib.Path
-) -> None:
-    app = tmp_path / "app.py"
-    app.write_text("x = 1\n")
-    (tmp_path / "weights.txt").write_text("w\n")
-
-    result = storage_harness.run_python(
-        python,
-        f"""
-        from fal.file_sync import FileSync
-        files, errors = FileSync({str(app)!r}).sync_files(
-            ["weights.txt"], files_context_dir={str(tmp_path)!r}
-        )
-        emit([str(error) for error in errors])
-        """,
-        env={
-            "FAL_REST_HOST": f"127.0.0.1:{stack.rest_port}",
-            "FAL_KEY": str(stack.key),
-            "SSL_CERT_FILE": str(stack.tls.ca_path),
-        },
-    )
-
-    (message,) = result
-    assert "kubefal deploy app.py::MyApp" in message

@@ -18,8 +18,8 @@ Raw ASGI like http_api.py (same helpers, same error shape: a JSON `detail` and a
 * `/files/list|file|rename|dir/...`: fal's files API over `/data` (data_routes.py);
 * `GET /kv/get/<db>/<key>`, `PUT /kv/set/<db>/<key>[?ttl=s]`, `DELETE /kv/delete/<db>/<key>`:
   fal.toolkit's KV store (kv.py);
-* `POST /files/missing_hashes`, `/files/app/multipart/...` (fal deploy's app_files upload):
-  501 with what to do instead (not carried through fal deploy yet).
+* `POST /files/missing_hashes`, `/files/app/multipart/<hash>/...`, `GET /files/app/<hash>`:
+  fal deploy's app_files, by content hash, per namespace (app_files.py).
 
 Statuses: 400 malformed, 401 no or bad credentials, 403 bad signature, expired URL or another
 namespace's key, 404 unknown or expired file or upload, 413 over `--storage-max-file-bytes`,
@@ -37,7 +37,7 @@ from kubefal_api import apikeys
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
-from kubefal_gateway.storage import blobs, data_routes, kv, names, realtime, signing
+from kubefal_gateway.storage import app_files, blobs, data_routes, kv, names, realtime, signing
 from kubefal_gateway.storage import core as storage_core
 
 LOGGER = logging.getLogger(__name__)
@@ -57,20 +57,6 @@ class StorageUnavailable(errors.GatewayError):
 
     status = 503
     error_type = "storage_unavailable"
-
-
-class AppFilesUnsupported(errors.GatewayError):
-    """fal deploy's app_files upload API: not served yet, said instead of a bare 404."""
-
-    status = 501
-    error_type = "app_files_unsupported"
-
-
-APP_FILES_MESSAGE = (
-    "kubefal does not take app_files through `fal deploy` yet; deploy the app with "
-    "`kubefal deploy app.py::MyApp`, which carries app_files, app_files_context_dir and "
-    "local_python_modules to the cluster"
-)
 
 
 class _ClientGone(Exception):
@@ -257,8 +243,10 @@ class RestApi:
             self._only(method, "POST")
             await self._realtime_token(scope, receive, send)
         elif path == "/files/missing_hashes" or path.startswith("/files/app/"):
-            # fal.file_sync (fal deploy with app_files): the SDK shows this detail.
-            raise AppFilesUnsupported(APP_FILES_MESSAGE)
+            # fal deploy's app_files (fal.file_sync), read back by the control plane.
+            record = await self._api_key(scope)
+            files = app_files.AppFiles(await self._storage())
+            await files.handle(scope, receive, send, self._namespace(scope, record))
         elif path.startswith(data_routes.PREFIXES) and not _is_file_url(path):
             if self.data is None:
                 raise errors.NotFound("This gateway serves no /data (see --data-root)")

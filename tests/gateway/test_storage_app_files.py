@@ -1,0 +1,182 @@
+"""fal deploy's app_files upload against the real gateway, with the fal SDK's own FileSync.
+
+The SDK uploads app files by content hash (`POST /files/missing_hashes`, `/files/app/
+multipart/<hash>/...`) before `RegisterApplication`; the gateway keeps them per namespace,
+and the control plane reads them back (`GET /files/app/<hash>`) with the deploying key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from kubefal_api import apikeys
+from tests.gateway import gwharness, storage_harness
+
+pytestmark = pytest.mark.slow
+
+
+class Stack:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.tls = gwharness.Tls(workdir)
+        self.key = apikeys.generate_key()
+        self.other_key = apikeys.generate_key()
+        self.rest_port = gwharness.free_port()
+        self.gateway = gwharness.Gateway(
+            workdir=workdir,
+            tls=self.tls,
+            static_config={
+                "apps": [],
+                "keys": [
+                    {"key": str(self.key), "namespaces": "team"},
+                    {"key": str(self.other_key), "namespaces": "other"},
+                ],
+            },
+            extra_args=["--rest-port", str(self.rest_port), "--storage", str(workdir / "files")],
+        )
+        self.rest_url = f"https://127.0.0.1:{self.rest_port}"
+
+    def http(self, key: apikeys.ApiKey | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.rest_url,
+            verify=str(self.tls.ca_path),
+            timeout=60,
+            headers={"Authorization": f"Key {key}"} if key is not None else {},
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("app-files"))
+    with gwharness.cleanup(stack.gateway):
+        stack.gateway.wait_ready([])
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def python(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return storage_harness.hooked_python(tmp_path_factory.mktemp("client"))
+
+
+def _fal_hash(path: pathlib.Path) -> str:
+    digest = hashlib.sha256(path.read_bytes())
+    digest.update(str(os.stat(path).st_mode).encode())
+    return digest.hexdigest()
+
+
+def _sync(stack: Stack, python: pathlib.Path, app_dir: pathlib.Path, entries: list[str]) -> object:
+    return storage_harness.run_python(
+        python,
+        f"""
+        from fal.file_sync import FileSync
+        sync = FileSync({str(app_dir / "app.py")!r})
+        files, errors = sync.sync_files({entries!r}, files_context_dir={str(app_dir)!r})
+        emit({{
+            "files": sorted((f.relative_path, f.hash) for f in files),
+            "errors": [str(e) for e in errors],
+            "missing_after": sync.check_hashes_on_server([f.hash for f in files]),
+        }})
+        """,
+        env={
+            "FAL_REST_HOST": f"127.0.0.1:{stack.rest_port}",
+            "FAL_KEY": str(stack.key),
+            "SSL_CERT_FILE": str(stack.tls.ca_path),
+        },
+    )
+
+
+def test_fal_sdk_uploads_app_files_by_hash_and_they_read_back(
+    stack: Stack, python: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "app.py").write_text("x = 1\n")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "prompt.txt").write_text(f"hello {tmp_path.name}\n")
+    (tmp_path / "assets" / "blob.bin").write_bytes(bytes(range(256)) * 40 + os.urandom(16))
+
+    result = _sync(stack, python, tmp_path, ["assets"])
+
+    assert result["errors"] == []  # type: ignore[index]
+    assert result["missing_after"] == []  # type: ignore[index]
+    hashes = dict(result["files"])  # type: ignore[index]
+    assert set(hashes) == {"assets/prompt.txt", "assets/blob.bin"}
+    for relative, file_hash in hashes.items():
+        assert file_hash == _fal_hash(tmp_path / relative)
+        with stack.http(stack.key) as http:
+            response = http.get(f"/files/app/{file_hash}")
+        assert response.status_code == 200, response.text
+        assert response.content == (tmp_path / relative).read_bytes()
+        # Another namespace's key never sees the file.
+        with stack.http(stack.other_key) as http:
+            assert http.get(f"/files/app/{file_hash}").status_code == 404
+    # A second sync uploads nothing (the SDK skips hashes the server holds).
+    again = _sync(stack, python, tmp_path, ["assets"])
+    assert again["files"] == result["files"]  # type: ignore[index]
+
+
+def _form(data: bytes) -> tuple[bytes, str]:
+    boundary = "kubefal-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file_upload"; '
+            'filename="chunk"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_app_file_uploads_refuse_bad_input_with_json_detail(stack: Stack) -> None:
+    data = b"the real bytes\n"
+    digest = hashlib.sha256(data)
+    digest.update(b"33188")
+    file_hash = digest.hexdigest()
+    with stack.http() as anonymous:
+        refused = anonymous.post("/files/missing_hashes", json={"hashes": [file_hash]})
+        assert refused.status_code == 401 and refused.json()["detail"]
+    with stack.http(stack.key) as http:
+        cases = [
+            http.post("/files/missing_hashes", json={"hashes": ["../etc"]}),
+            http.post("/files/missing_hashes", json={"hashes": "x"}),
+            http.post("/files/missing_hashes", content=b"{not json"),
+            http.get("/files/app/NOTAHASH"),
+            http.post(f"/files/app/multipart/{file_hash}/initiate", json={"mode": "rwx"}),
+        ]
+        for response in cases:
+            assert response.status_code == 400, response.text
+            assert response.json()["detail"]
+        too_big = http.post(
+            f"/files/app/multipart/{file_hash}/initiate",
+            json={"mode": "33188", "size": str(50 * 1024 * 1024)},
+        )
+        assert too_big.status_code == 413
+        assert "/data" in too_big.json()["detail"]
+        unknown = http.put(f"/files/app/multipart/{file_hash}/{'0' * 32}/1", content=b"x")
+        assert unknown.status_code == 404, unknown.text
+
+        # Bytes that do not hash to the announced hash are refused and never stored.
+        upload_id = http.post(
+            f"/files/app/multipart/{file_hash}/initiate", json={"mode": "33188", "size": "15"}
+        ).json()["upload_id"]
+        body, content_type = _form(b"tampered bytes\n")
+        part = http.put(
+            f"/files/app/multipart/{file_hash}/{upload_id}/1",
+            content=body,
+            headers={"Content-Type": content_type},
+        )
+        assert part.status_code == 200, part.text
+        complete = http.post(
+            f"/files/app/multipart/{file_hash}/{upload_id}/complete",
+            json={"parts": [part.json()], "metadata": {"mode": "33188"}},
+        )
+        assert complete.status_code == 400
+        assert "hash" in complete.json()["detail"]
+        assert http.get(f"/files/app/{file_hash}").status_code == 404
+        assert http.post("/files/missing_hashes", json={"hashes": [file_hash]}).json() == [
+            file_hash
+        ]
