@@ -788,6 +788,8 @@ class BuildStatus(KubeModel):
     """The build Job (its pod's logs are the build log)."""
     message: str = pydantic.Field(default="", max_length=32_768)
     """Why it failed, or what it waits for."""
+    observed_generation: int | None = pydantic.Field(default=None, ge=0)
+    """metadata.generation this build status is for."""
 
 
 class FalAppStatus(KubeModel):

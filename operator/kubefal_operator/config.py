@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 
 from kubefal_api import naming
-from kubefal_operator import signals, status
+from kubefal_operator import build, signals, status
 from kubefal_operator.render import common
 
 KEDA_SCALER_PORT = 9091
@@ -54,6 +54,9 @@ class OperatorConfig:
     """The gateway's admin listener (KUBEFAL_GATEWAY_ADMIN_URL, flag --gateway-admin-url),
     e.g. ``http://kubefal-gateway-admin.kubefal-system.svc:9090``. When set, the builtin
     actuator follows its scaling signals; unset, replicas follow minConcurrency."""
+    build: build.BuildSettings = dataclasses.field(default_factory=build.BuildSettings)
+    """Where spec.containerImage apps are built and pushed (KUBEFAL_BUILD_*, see
+    :class:`kubefal_operator.build.BuildSettings`)."""
     actuator_interval_seconds: float = 0.15
     """At most one replicas write per app per this interval (KUBEFAL_ACTUATOR_INTERVAL);
     bursts of signals converge to the latest one."""
@@ -131,6 +134,7 @@ class OperatorConfig:
                 runner_announce_url=_announce_url(env),
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
+            build=_build_settings(env, runner_user=defaults.runner_run_as_user),
             actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
             gateway=status.Gateway(
                 queue_url=env.get(
@@ -156,6 +160,14 @@ LABEL_KEY_PATTERN = re.compile(
 LABEL_VALUE_PATTERN = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 MAX_CA_BYTES = 256 * 1024
 """A CA bundle larger than this is a configuration mistake (it lands in every runner pod)."""
+
+
+def _build_settings(env: Mapping[str, str], *, runner_user: int) -> build.BuildSettings:
+    user = _user_id(env, "KUBEFAL_RUNNER_RUN_AS_USER", runner_user)
+    try:
+        return build.BuildSettings.from_environment(env, runner_user=user)
+    except build.BuildSettingsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:

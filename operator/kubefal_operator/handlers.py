@@ -37,7 +37,7 @@ from typing import Any
 import kopf
 
 from kubefal_api import naming, v1alpha1
-from kubefal_operator import cache, kube, reconcile
+from kubefal_operator import build, cache, kube, reconcile
 from kubefal_operator import config as operator_config
 
 FALAPPS = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
@@ -50,6 +50,7 @@ NODES = ("v1", "nodes")
 CONFIG_MAPS = ("v1", "configmaps")
 SCALED_OBJECTS = ("keda.sh", "v1alpha1", "scaledobjects")
 AUTOSCALERS = ("autoscaling", "v2", "horizontalpodautoscalers")
+BUILD_JOBS = ("batch", "v1", "jobs")
 CHILD_LABELS = {naming.LABEL_APP: kopf.PRESENT}
 REGISTRY = kopf.OperatorRegistry()
 """The operator's handlers (kept out of kopf's global default registry)."""
@@ -116,6 +117,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         AUTOSCALERS,
     ):
         settings.watching.label_selectors[resource] = selector
+    settings.watching.label_selectors[BUILD_JOBS] = build.LABEL_BUILD_OF
     settings.watching.field_selectors[CONFIG_MAPS] = (
         f"metadata.name={config.catalogue_name},metadata.namespace={config.catalogue_namespace}"
     )
@@ -155,6 +157,26 @@ async def falapp_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
         _operator(memo).forget(reconcile.app_key(body))
         return
     await reconcile.falapp_changed(_operator(memo), body=body, indexes=stores.indexes)
+
+
+@kopf.on.event(*BUILD_JOBS, labels={build.LABEL_BUILD_OF: kopf.PRESENT}, registry=REGISTRY)
+async def build_job_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """A finished build Job (spec.containerImage) reconciles its FalApp: the image exists
+    now, or the failure goes into status.build (kubefal_operator.build)."""
+    if event["type"] == "DELETED" or build.job_outcome(body)[0] is None:
+        return
+    stores = _cache(memo)
+    key = (
+        str(body["metadata"]["namespace"]),
+        str(body["metadata"]["labels"][build.LABEL_BUILD_OF]),
+    )
+    app = stores.indexes.app(key)
+    if app is not None:
+        operator = _operator(memo)
+        operator.handled.pop(key, None)  # same generation, new outcome: reconcile anyway
+        await reconcile.falapp_changed(operator, body=app, indexes=stores.indexes)
 
 
 # --- children, pods, catalogue ------------------------------------------------------------

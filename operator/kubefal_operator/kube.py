@@ -83,11 +83,15 @@ POD_DISRUPTION_BUDGETS: Final = ResourceKind(
     "policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"
 )
 CONFIG_MAPS: Final = ResourceKind("v1", "ConfigMap", "configmaps")
+SECRETS: Final = ResourceKind("v1", "Secret", "secrets")
+"""Runner API keys (runner_keys.py) only."""
 PODS: Final = ResourceKind("v1", "Pod", "pods")
 NODES: Final = ResourceKind("v1", "Node", "nodes")
 EVENTS: Final = ResourceKind("v1", "Event", "events")
 FALAPPS: Final = ResourceKind(v1alpha1.API_VERSION, v1alpha1.KIND, v1alpha1.PLURAL)
 SCALED_OBJECTS: Final = ResourceKind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
+JOBS: Final = ResourceKind("batch/v1", "Job", "jobs")
+"""Build Jobs of spec.containerImage (kubefal_operator.build)."""
 HORIZONTAL_POD_AUTOSCALERS: Final = ResourceKind(
     "autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"
 )
@@ -100,11 +104,13 @@ KINDS: Final[Mapping[tuple[str, str], ResourceKind]] = {
         NETWORK_POLICIES,
         POD_DISRUPTION_BUDGETS,
         CONFIG_MAPS,
+        SECRETS,
         PODS,
         EVENTS,
         FALAPPS,
         SCALED_OBJECTS,
         HORIZONTAL_POD_AUTOSCALERS,
+        JOBS,
     )
 }
 

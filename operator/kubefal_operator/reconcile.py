@@ -33,8 +33,8 @@ import pydantic
 
 from kubefal_api import conditions, machines, naming, v1alpha1
 from kubefal_operator import actuator as builtin_actuator
+from kubefal_operator import build, kube, metrics, signals, status
 from kubefal_operator import config as operator_config
-from kubefal_operator import kube, metrics, signals, status
 from kubefal_operator.render import children as render_children
 from kubefal_operator.render import drift, replicas, scaledown, scalers
 
@@ -501,6 +501,11 @@ async def reconcile_app(
         live = op.freshen(live, key=key)
         with op.instruments.reconciling(trigger) as result:
             app = _parse(body)
+            if app.spec.container_image is not None:
+                built = await build.prepare(op.kube, op.config.build, app=app, body=body)
+                if built is None:
+                    return  # being built, or failed (status.build says which)
+                app = built
             try:
                 rendered = render_children.children(
                     app, catalogue=op.catalogue.catalogue, settings=op.config.render
