@@ -3,6 +3,8 @@
 #
 #   kubefal         the operator, the gateway and the admission webhook (Dockerfile)
 #   kubefal-runner  the generic runner, with the fal SDK (runner/Dockerfile)
+#   kubefal-builder buildah on the runner image: the build Jobs of spec.containerImage apps
+#                   (images/builder/Dockerfile; built after kubefal-runner, FROM it)
 #
 # 1. A Debian bookworm root filesystem with python3 from Debian's archive (mmdebstrap; merged
 #    /usr, no man pages, docs or locales), committed as the base image localhost/kubefal-base:<key>.
@@ -32,12 +34,12 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600}
 REGISTRY=${IMAGE_REGISTRY:-ghcr.io/kubefal}
 TAG=${IMAGE_TAG:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/kubefal/Chart.yaml")}
 [ -n "$TAG" ] || { echo "images: no appVersion in charts/kubefal/Chart.yaml" >&2; exit 1; }
-declare -A DOCKERFILE=([kubefal]=Dockerfile [kubefal-runner]=runner/Dockerfile)
-declare -A LOCKFILE=([kubefal]=requirements-kubefal.txt [kubefal-runner]=requirements-runner.txt)
+declare -A DOCKERFILE=([kubefal]=Dockerfile [kubefal-runner]=runner/Dockerfile [kubefal-builder]=images/builder/Dockerfile)
+declare -A LOCKFILE=([kubefal]=requirements-kubefal.txt [kubefal-runner]=requirements-runner.txt [kubefal-builder]=requirements-runner.txt)
 IMAGES=("$@")
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(kubefal kubefal-runner)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(kubefal kubefal-runner kubefal-builder)
 for image in "${IMAGES[@]}"; do
-  [ -n "${DOCKERFILE[$image]:-}" ] || { echo "images: unknown image $image (kubefal, kubefal-runner)" >&2; exit 2; }
+  [ -n "${DOCKERFILE[$image]:-}" ] || { echo "images: unknown image $image (kubefal, kubefal-runner, kubefal-builder)" >&2; exit 2; }
 done
 
 log() { printf '[images %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -156,6 +158,7 @@ for image in "${IMAGES[@]}"; do
   buildah bud --quiet --pull=never --isolation chroot --network host --layers \
     --timestamp "$SOURCE_DATE_EPOCH" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg WHEELS=/wheels \
+    --build-arg "RUNNER_IMAGE=$REGISTRY/kubefal-runner:$TAG" \
     --build-arg "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH" \
     --volume "$WHEELS:/wheels:ro" \
     -f "$ROOT/${DOCKERFILE[$image]}" -t "$ref" "$ROOT" >"$CACHE/$image.build.log" 2>&1 \

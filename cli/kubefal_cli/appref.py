@@ -48,6 +48,18 @@ class HealthCheck:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContainerImage:
+    """What a ``fal.ContainerImage`` carries that kubefal builds with."""
+
+    dockerfile: str
+    build_args: dict[str, str]
+    secrets: dict[str, str]
+    """Build secrets, name to value (fal ``secrets``); they go into a Secret, never a FalApp."""
+    copy_sources: tuple[str, ...]
+    """The Dockerfile's COPY/ADD sources (the build context it reads)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class AppConfig:
     """A ``fal.App``'s configuration as the SDK normalizes it (None: not set, SDK default)."""
 
@@ -92,6 +104,8 @@ class AppConfig:
     local_python_modules: tuple[str, ...] = ()
     """fal ``local_python_modules``: modules or packages of the caller's machine that go with
     the app."""
+    container_image: ContainerImage | None = None
+    """fal ``image=fal.ContainerImage(...)`` (``kind="container"``): built in the cluster."""
 
 
 def parse_ref(text: str) -> AppRef:
@@ -322,6 +336,25 @@ def read_config(ref: AppRef) -> AppConfig:
         local_python_modules=_strings(
             getattr(cls, "local_python_modules", None), "local_python_modules"
         ),
+        container_image=_container_image(wrapped.options.environment),
+    )
+
+
+def _container_image(environment: dict[str, Any]) -> ContainerImage | None:
+    """The ``fal.ContainerImage`` of a ``kind="container"`` app, as the SDK serialised it."""
+    if environment.get("kind") != "container":
+        return None
+    image = environment.get("image")
+    if not isinstance(image, dict) or not str(image.get("dockerfile_str") or "").strip():
+        raise errors.CliError(
+            'kind="container" needs image=fal.ContainerImage.from_dockerfile_str(...)',
+            hint="give the app a ContainerImage (or drop kind='container' for the generic runner)",
+        )
+    return ContainerImage(
+        dockerfile=str(image["dockerfile_str"]),
+        build_args={str(k): str(v) for k, v in (image.get("build_args") or {}).items()},
+        secrets={str(k): str(v) for k, v in (image.get("secrets") or {}).items()},
+        copy_sources=tuple(str(source) for source in image.get("docker_files_list") or ()),
     )
 
 

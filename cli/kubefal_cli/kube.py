@@ -178,6 +178,21 @@ def delete_secret(kube: Kube, *, namespace: str, name: str) -> None:
     )
 
 
+def apply_secret(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> None:
+    """Server-side apply of a Secret (a ContainerImage's build secrets)."""
+    kube.core.patch_namespaced_secret(
+        name=manifest["metadata"]["name"],
+        namespace=manifest["metadata"]["namespace"],
+        body=manifest,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        dry_run="All" if dry_run else None,
+        _content_type="application/apply-patch+yaml",
+        _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        _preload_content=False,
+    )
+
+
 # -- FalApps and their pods -------------------------------------------------------------------
 
 
@@ -300,3 +315,22 @@ def current_namespace(*, kubeconfig: pathlib.Path | None, context: str | None) -
         if namespace:
             return str(namespace)
     return "default"
+
+
+def follow_pod_log(kube: Kube, *, namespace: str, name: str) -> Iterator[str]:
+    """The lines of a pod's log as they come, until its container ends (a build's log)."""
+    # Not preloaded: a urllib3 response (the generated type says str).
+    response: Any = kube.core.read_namespaced_pod_log(
+        name=name, namespace=namespace, follow=True, _preload_content=False
+    )
+    try:
+        pending = b""
+        for chunk in response.stream(4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace")
+        if pending:
+            yield pending.decode("utf-8", "replace")
+    finally:
+        response.release_conn()

@@ -269,6 +269,8 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
         "strategy": target.strategy,
         "skip_retry_conditions": list(config.skip_retry_conditions or ()),
     }
+    if target.image is None and config.container_image is not None:
+        fields["container_image"] = container_image_fields(config, target=target)
     if target.image is not None:
         fields["image"] = target.image
     elif uses_bundle(config):
@@ -306,6 +308,62 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
             hint="change the fal.App attribute behind the field named above",
             details=problems,
         ) from error
+
+
+def build_secret_name(app_name: str) -> str:
+    return f"{app_name[: 63 - 14]}-build-secrets"
+
+
+def container_image_fields(config: appref.AppConfig, *, target: Target) -> dict[str, Any]:
+    """``spec.containerImage`` for a ``fal.ContainerImage`` app (built in the cluster)."""
+    image = config.container_image
+    assert image is not None
+    if image.copy_sources:
+        raise errors.CliError(
+            f"{config.class_name}'s Dockerfile copies files from the build context "
+            f"({', '.join(image.copy_sources[:5])}), which kubefal does not carry yet",
+            hint="fetch them in a RUN step, ship them as app_files, or build the image yourself "
+            "and pass --image",
+        )
+    fields: dict[str, Any] = {"dockerfile": image.dockerfile, "build_args": image.build_args}
+    if image.secrets:
+        fields["secret_ref"] = {"name": build_secret_name(target.name)}
+    return fields
+
+
+def build_secret_manifest(
+    config: appref.AppConfig, *, target: Target, owner_uid: str | None
+) -> dict[str, Any] | None:
+    """The Secret holding a ContainerImage's build secrets (owned by the FalApp), if any."""
+    image = config.container_image
+    if image is None or not image.secrets or target.image is not None:
+        return None
+    metadata: dict[str, Any] = {
+        "name": build_secret_name(target.name),
+        "namespace": target.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "kubefal-cli",
+            "kubefal.io/build-of": target.name,
+        },
+    }
+    if owner_uid is not None:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": v1alpha1.API_VERSION,
+                "kind": v1alpha1.KIND,
+                "name": target.name,
+                "uid": owner_uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "Opaque",
+        "stringData": dict(image.secrets),
+    }
 
 
 CLUSTER_SIDE_FIELDS = frozenset(

@@ -31,6 +31,9 @@ from kubefal_cli import appref, errors, kube, manifests, rendering, ui
 from kubefal_cli.commands import keys
 
 POLL_SECONDS = 1.0
+BUILD_POD_WAIT_SECONDS = 300.0
+"""How long ``kubefal deploy`` waits for a build Job's pod to start before it stops waiting
+for the log (pulling the builder image the first time takes a while)."""
 _CAPACITY_REASONS = {"WaitingForGPUCapacity", "WaitingForCapacity", "Unschedulable"}
 
 namespace_option = click.option(
@@ -156,11 +159,34 @@ def _wait(
 ) -> None:
     deadline = time.monotonic() + timeout_seconds
     describe = f"kubectl describe falapp -n {namespace} {name}"
+    followed: set[str] = set()
     with ui.stderr.status(f"Waiting for FalApp {namespace}/{name} ...") as status_line:
         while True:
             with kube.translated(client, action=f"reading FalApp {namespace}/{name}"):
                 falapp = kube.read_falapp(client, namespace=namespace, name=name)
             status = falapp.get("status") or {}
+            build = status.get("build") or {}
+            if build and int(build.get("observedGeneration") or 0) >= generation:
+                job = str(build.get("job") or "")
+                if build.get("phase") == v1alpha1.BuildPhase.FAILED:
+                    raise errors.CliError(
+                        f"the image of FalApp {namespace}/{name} could not be built: "
+                        f"{build.get('message', '')}",
+                        hint=f"the build log: kubectl logs -n {namespace} job/{job}"
+                        if job
+                        else "see the operator's settings (build.* in the chart's values)",
+                    )
+                if build.get("phase") == v1alpha1.BuildPhase.BUILDING and job not in followed:
+                    followed.add(job)
+                    status_line.stop()
+                    follow_build(client, namespace=namespace, job=job)
+                    status_line.start()
+                    # The build's own time does not count against --timeout.
+                    deadline = time.monotonic() + timeout_seconds
+                    continue
+                if build.get("phase") == v1alpha1.BuildPhase.CACHED and "cached" not in followed:
+                    followed.add("cached")
+                    ui.note(f"Image {build.get('image')}: already built (cache hit), no build")
             phase = str(status.get("phase", "Pending"))
             ready = status.get("readyReplicas", 0)
             desired = status.get("desiredRunners", 0)
@@ -207,6 +233,38 @@ def _wait(
                     details=_conditions_summary(status),
                 )
             time.sleep(POLL_SECONDS)
+
+
+def follow_build(client: kube.Kube, *, namespace: str, job: str) -> None:
+    """Print the build Job's log on stderr as it comes, until the build ends."""
+    ui.note(f"Building the app's image in Job {namespace}/{job}:")
+    selector = f"job-name={job}"
+    deadline = time.monotonic() + BUILD_POD_WAIT_SECONDS
+    pod: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        with kube.translated(client, action=f"reading the pods of Job {namespace}/{job}"):
+            pods = kube.list_pods(client, namespace=namespace, label_selector=selector)
+        pod = next((p for p in pods if _log_ready(p)), None)
+        if pod is not None:
+            break
+        time.sleep(POLL_SECONDS)
+    if pod is None:
+        ui.note(f"No build pod started within {BUILD_POD_WAIT_SECONDS} s; waiting for the status")
+        return
+    try:
+        for line in kube.follow_pod_log(client, namespace=namespace, name=pod["metadata"]["name"]):
+            ui.stderr.print(f"[dim]build |[/dim] {rich.markup.escape(line)}", highlight=False)
+    except Exception as error:  # the log is a courtesy: the status decides
+        ui.note(f"The build log stopped ({type(error).__name__}: {error}); waiting for the status")
+
+
+def _log_ready(pod: dict[str, Any]) -> bool:
+    """The build container runs or ran: its log can be read."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        if state.get("running") or state.get("terminated"):
+            return True
+    return False
 
 
 @click.command("deploy")
@@ -273,6 +331,12 @@ def deploy_command(
         applied = kube.apply_falapp(client, manifest=falapp_manifest, dry_run=server_dry_run)
     owner_uid = None if server_dry_run else applied["metadata"]["uid"]
     config_maps = manifests.source_config_maps(config, target=target, owner_uid=owner_uid)
+    build_secret = manifests.build_secret_manifest(config, target=target, owner_uid=owner_uid)
+    if build_secret is not None:
+        with kube.translated(
+            client, action=f"applying Secret {namespace}/{build_secret['metadata']['name']}"
+        ):
+            kube.apply_secret(client, manifest=build_secret, dry_run=server_dry_run)
     for config_map in config_maps:
         with kube.translated(
             client,
