@@ -10,7 +10,7 @@ import pytest
 from kubefal_api import v1alpha1
 from kubefal_cli import appref, errors, manifests
 
-APP = '''
+APP = """
 import fal
 from fal.container import ContainerImage
 
@@ -26,7 +26,7 @@ class Greeter(
     @fal.endpoint("/")
     def greet(self) -> dict[str, str]:
         return {}
-'''
+"""
 
 
 def _config(tmp_path: pathlib.Path, dockerfile: str) -> appref.AppConfig:
@@ -67,5 +67,5 @@ def test_a_prebuilt_image_wins_and_needs_no_build(tmp_path: pathlib.Path) -> Non
 def test_copy_from_the_build_context_is_refused_with_what_to_do(tmp_path: pathlib.Path) -> None:
     config = _config(tmp_path, "FROM python:3.11-slim\nCOPY requirements.txt /r.txt\n")
     target = manifests.Target(namespace="team-a", name="greeter")
-    with pytest.raises(errors.CliError, match="requirements.txt"):
+    with pytest.raises(errors.CliError, match=r"requirements\.txt"):
         manifests.manifests(config, target=target)
