@@ -206,6 +206,18 @@ class PodRunner:
             env.update({prefix + key: value for key, value in data.items()})
         return env
 
+    def _secret_value(self, namespace: str, value_from: Any) -> str | None:
+        """``valueFrom.secretKeyRef`` as the kubelet resolves it (None: Secret or key missing)."""
+        reference = value_from.secret_key_ref
+        try:
+            secret = self.core.read_namespaced_secret(reference.name, namespace)
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(reference.key)
+        return None if raw is None else base64.b64decode(raw).decode()
+
     def _start(self, pod: k8s.V1Pod) -> None:
         container = pod.spec.containers[0]
         workdir = self.root / _key(pod).replace("/", "_")
@@ -239,6 +251,10 @@ class PodRunner:
         for variable in container.env or []:
             if variable.value is not None:
                 env[variable.name] = localise(variable.value)
+            elif variable.value_from is not None and variable.value_from.secret_key_ref:
+                found = self._secret_value(pod.metadata.namespace, variable.value_from)
+                if found is not None:
+                    env[variable.name] = found
         env["KUBEFAL_RUNNER_HOST"] = pod.status.pod_ip
         env["KUBEFAL_POD_NAME"] = pod.metadata.name
         env["KUBEFAL_POD_IP"] = pod.status.pod_ip

@@ -38,6 +38,7 @@ Kubernetes Secret layout (one Secret per key, in the gateway's namespace, e.g. `
           description: <free text, may be empty>
           created: 2026-11-25T18:46:47Z         # RFC 3339, UTC
           revoked: "false"                      # "true" once revoked; a revoked key never verifies
+          scopes: "storage"                     # optional; absent or "*": every scope
 
     Consumers select Secrets by the label (not by ``type``). :func:`secret_manifest` builds this
     object and :func:`record_from_secret` reads it back from either ``data`` or ``stringData``.
@@ -47,6 +48,12 @@ Scope
     that means per app (``private``: key's namespaces must include the app's; ``shared``: any
     valid key; ``public``: no key) is decided by the gateway; :meth:`KeyRecord.check` gives the
     key-level verdict it needs.
+
+    A key also has scopes, what it may be used for: ``apps`` (call apps, mint realtime tokens,
+    use the control plane) and ``storage`` (fal's file storage, the KV store and ``/data``).
+    Keys made by ``kubefal keys create`` have every scope (``*``). The key the operator gives
+    each runner (``kubefal.io/runner-key`` Secrets) has only ``storage``: code in a runner can
+    store and read its namespace's files without being able to call any app.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ LABEL_API_KEY: Final = "kubefal.io/api-key"
 LABEL_API_KEY_ID: Final = "kubefal.io/api-key-id"
 LABEL_SELECTOR: Final = f"{LABEL_API_KEY}=true"
 ALL_NAMESPACES: Final = "*"
+ALL_SCOPES: Final = "*"
+SCOPE_APPS: Final = "apps"
+"""Call apps (run, queue, stream, realtime), mint realtime tokens, use the control plane."""
+SCOPE_STORAGE: Final = "storage"
+"""Upload and read files, the KV store and /data, in the key's namespaces."""
+SCOPES: Final = frozenset({SCOPE_APPS, SCOPE_STORAGE})
 
 FIELD_ID: Final = "id"
 FIELD_HASH: Final = "hash"
@@ -78,6 +91,7 @@ FIELD_NAMESPACES: Final = "namespaces"
 FIELD_DESCRIPTION: Final = "description"
 FIELD_CREATED: Final = "created"
 FIELD_REVOKED: Final = "revoked"
+FIELD_SCOPES: Final = "scopes"
 
 SECRET_BYTES: Final = 32
 SALT_BYTES: Final = 16
@@ -134,10 +148,15 @@ class KeyRecord:
     description: str
     created: datetime.datetime
     revoked: bool = False
+    scopes: tuple[str, ...] = (ALL_SCOPES,)
+    """What the key may be used for (``SCOPE_*``); ``("*",)``: everything."""
 
     @property
     def all_namespaces(self) -> bool:
         return ALL_NAMESPACES in self.namespaces
+
+    def allows_scope(self, scope: str) -> bool:
+        return ALL_SCOPES in self.scopes or scope in self.scopes
 
     def allows_namespace(self, namespace: str) -> bool:
         return self.all_namespaces or namespace in self.namespaces
@@ -287,6 +306,30 @@ def parse_namespaces(text: str) -> tuple[str, ...]:
     return names
 
 
+def format_scopes(scopes: Iterable[str]) -> str:
+    """``["storage", "apps"]`` → ``"apps,storage"``; any ``"*"`` → ``"*"``. Validates each."""
+    unique = sorted(set(scopes))
+    if not unique:
+        raise InvalidKeyRecordError("a key needs at least one scope, or '*' for all")
+    if ALL_SCOPES in unique:
+        return ALL_SCOPES
+    bad = [name for name in unique if name not in SCOPES]
+    if bad:
+        raise InvalidKeyRecordError(
+            f"unknown scope: {', '.join(bad)} (known: {', '.join(sorted(SCOPES))} or '*')"
+        )
+    return ",".join(unique)
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    """``"storage"`` → ``("storage",)``; ``""`` or ``"*"`` → ``("*",)``; unknown names are
+    dropped (a key whose every scope is unknown may do nothing)."""
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if not names or ALL_SCOPES in names:
+        return (ALL_SCOPES,)
+    return tuple(sorted(names & SCOPES))
+
+
 def secret_name(key_id: str) -> str:
     """The name of the Secret holding key ``key_id``."""
     return SECRET_NAME_PREFIX + key_id
@@ -298,6 +341,7 @@ def new_record(
     namespaces: Iterable[str],
     description: str = "",
     created: datetime.datetime | None = None,
+    scopes: Iterable[str] = (ALL_SCOPES,),
 ) -> KeyRecord:
     """The record to store for a freshly generated ``key``: its hash, never its secret."""
     if len(description) > MAX_DESCRIPTION_LENGTH:
@@ -310,6 +354,7 @@ def new_record(
         namespaces=parse_namespaces(format_namespaces(namespaces)),
         description=description,
         created=(created or datetime.datetime.now(tz=datetime.UTC)).replace(microsecond=0),
+        scopes=parse_scopes(format_scopes(scopes)),
     )
 
 
@@ -318,8 +363,8 @@ def _format_time(moment: datetime.datetime) -> str:
 
 
 def string_data(record: KeyRecord) -> dict[str, str]:
-    """The Secret's ``stringData`` for ``record``."""
-    return {
+    """The Secret's ``stringData`` for ``record`` (``scopes`` only when restricted)."""
+    fields = {
         FIELD_ID: record.id,
         FIELD_HASH: record.hash,
         FIELD_NAMESPACES: format_namespaces(record.namespaces),
@@ -327,6 +372,9 @@ def string_data(record: KeyRecord) -> dict[str, str]:
         FIELD_CREATED: _format_time(record.created),
         FIELD_REVOKED: "true" if record.revoked else "false",
     }
+    if ALL_SCOPES not in record.scopes:
+        fields[FIELD_SCOPES] = ",".join(record.scopes) or "none"
+    return fields
 
 
 def secret_manifest(record: KeyRecord, *, namespace: str) -> dict[str, Any]:
@@ -387,6 +435,7 @@ def record_from_fields(fields: Mapping[str, str]) -> KeyRecord:
         description=fields.get(FIELD_DESCRIPTION, ""),
         created=created,
         revoked=fields.get(FIELD_REVOKED, "false").strip().lower() == "true",
+        scopes=parse_scopes(fields.get(FIELD_SCOPES, "")),
     )
 
 

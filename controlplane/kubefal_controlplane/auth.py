@@ -113,4 +113,8 @@ class Authenticator:
                 self._verified[fingerprint] = (record.hash, now + self._cache_seconds)
         if record.revoked:
             raise errors.unauthenticated(f"API key {key.id} has been revoked")
+        if not record.allows_scope(apikeys.SCOPE_APPS):
+            raise errors.permission_denied(
+                f"API key {key.id} is a storage-only key (a runner's): it cannot manage apps"
+            )
         return Caller(record)

@@ -291,6 +291,11 @@ async def authorize(
     if not authorization:
         raise errors.MissingCredentials("Missing API key: send 'Authorization: Key <id>:<secret>'")
     record = await keys.verify(authorization, client=client)
+    if not record.allows_scope(apikeys.SCOPE_APPS):
+        # A runner's storage-only key (docs/fal-storage.md): files yes, app calls never.
+        raise errors.Forbidden(
+            f"API key {record.id} may not call apps (its scopes: {', '.join(record.scopes)})"
+        )
     if app.auth is apps.AuthMode.PRIVATE and not record.allows_namespace(app.namespace):
         raise errors.Forbidden(f"This API key is not allowed to call apps in {app.namespace!r}")
     keys.admit(record)
@@ -318,4 +323,11 @@ def record_from_static_entry(entry: dict[str, object]) -> apikeys.KeyRecord:
             apikeys.FIELD_NAMESPACES: namespaces_text,
         }
     fields[apikeys.FIELD_REVOKED] = str(entry.get("revoked", False)).lower()
+    if "scopes" in entry:
+        scopes_raw = entry["scopes"]
+        fields[apikeys.FIELD_SCOPES] = (
+            ",".join(str(item) for item in scopes_raw)
+            if isinstance(scopes_raw, list)
+            else str(scopes_raw)
+        )
     return apikeys.record_from_fields(fields)

@@ -60,6 +60,14 @@ class OperatorConfig:
     actuator_interval_seconds: float = 0.15
     """At most one replicas write per app per this interval (KUBEFAL_ACTUATOR_INTERVAL);
     bursts of signals converge to the latest one."""
+    runner_keys: bool = False
+    """Give every FalApp without its own key a storage-only key of its namespace as FAL_KEY
+    (KUBEFAL_RUNNER_KEYS; default: on when KUBEFAL_RUNNER_FAL_REST_HOST is set). See
+    ``runner_keys``."""
+    key_namespace: str = "kubefal-system"
+    """Namespace the gateway reads API-key Secrets from, its ``--key-namespace``, where
+    runner key records go (KUBEFAL_KEY_NAMESPACE, default the gateway's namespace); ``*``
+    (a gateway reading keys everywhere): each record goes to its app's namespace."""
 
     @property
     def actuated(self) -> bool:
@@ -78,6 +86,8 @@ class OperatorConfig:
         runners' NetworkPolicy, ``KUBEFAL_RUNNER_FAL_RUN_HOST`` /
         ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners,
         ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners,
+        ``KUBEFAL_RUNNER_KEYS`` (on when that is set) and ``KUBEFAL_KEY_NAMESPACE`` (the
+        gateway's namespace) for the storage-only key each runner gets (``runner_keys``),
         ``KUBEFAL_RUNNER_DATA_VOLUME`` (unset; JSON volume source) for persistentData's /data,
         ``KUBEFAL_RUNNER_ANNOUNCE_URL`` (default: ``KUBEFAL_GATEWAY_ADMIN_URL`` plus
         ``/_kubefal/runners/ready``; ``off`` disables it) where runners announce readiness, and
@@ -135,6 +145,12 @@ class OperatorConfig:
             ),
             gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
             build=_build_settings(env, runner_user=defaults.runner_run_as_user),
+            runner_keys=_boolean(
+                env, "KUBEFAL_RUNNER_KEYS", bool(env.get("KUBEFAL_RUNNER_FAL_REST_HOST"))
+            ),
+            key_namespace=env.get("KUBEFAL_KEY_NAMESPACE")
+            or env.get("KUBEFAL_GATEWAY_NAMESPACE")
+            or namespace,
             actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
             gateway=status.Gateway(
                 queue_url=env.get(

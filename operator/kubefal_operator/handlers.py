@@ -31,9 +31,11 @@ thread pool, a thread hop per event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kubefal_api import naming, v1alpha1
@@ -125,6 +127,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["operator"] = operator
     stores = memo["cache"] = cache.Cache()
     await stores.prefill(operator.kube, namespaces=memo.get("namespaces") or ())
+    if operator.runner_key_store is not None:
+        # Records of FalApps deleted while no operator ran (runner_keys.py).
+        with contextlib.suppress(kube.ApiError, aiohttp.ClientError, TimeoutError):
+            await operator.runner_key_store.sweep(
+                stores.indexes.apps(), memo.get("namespaces") or ()
+            )
     reconcile.start_actuator(operator, indexes=stores.indexes)
 
 

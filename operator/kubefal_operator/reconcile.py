@@ -33,7 +33,7 @@ import pydantic
 
 from kubefal_api import conditions, machines, naming, v1alpha1
 from kubefal_operator import actuator as builtin_actuator
-from kubefal_operator import build, kube, metrics, signals, status
+from kubefal_operator import build, kube, metrics, runner_keys, signals, status
 from kubefal_operator import config as operator_config
 from kubefal_operator.render import children as render_children
 from kubefal_operator.render import drift, replicas, scaledown, scalers
@@ -273,6 +273,8 @@ class Operator:
     with the same pair (a status write, a label edit) needs no render."""
     retries: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
     """The pending retry of each FalApp whose last reconcile failed transiently."""
+    runner_key_store: runner_keys.RunnerKeys | None = None
+    """Provides each runner's storage-only FAL_KEY (KUBEFAL_RUNNER_KEYS); None: off."""
 
     def saw(self, obj: Mapping[str, Any]) -> bool:
         """Remember ``obj`` if it is the newest version seen; True when it is.
@@ -327,6 +329,8 @@ class Operator:
         self.scaling_signals.pop(key, None)
         self.handled.pop(key, None)
         self.cancel_retry(key)
+        if self.runner_key_store is not None:
+            self.runner_key_store.forget(*key)
         for child in [child for child in self.versions if child[1:] == key]:
             self.versions.pop(child, None)
             self.newest.pop(child, None)
@@ -352,6 +356,8 @@ async def start(config: operator_config.OperatorConfig) -> Operator:
         instruments=instruments,
         catalogue=CatalogueState(catalogue=catalogue, source=source),
     )
+    if config.runner_keys:
+        op.runner_key_store = runner_keys.RunnerKeys(client, config.key_namespace)
     statuses = op.computed_status
     instruments.registry.register(
         metrics.StatusCollector(
@@ -391,6 +397,8 @@ async def stop(op: Operator) -> None:
         op.cancel_retry(key)
     if op.actuator is not None:
         await op.actuator.stop()
+    if op.runner_key_store is not None:
+        await op.runner_key_store.close()
     await op.kube.close()
     if op.metrics_server is not None:
         op.metrics_server.shutdown()
@@ -506,6 +514,13 @@ async def reconcile_app(
                 if built is None:
                     return  # being built, or failed (status.build says which)
                 app = built
+            if op.runner_key_store is not None:
+                try:
+                    app = await op.runner_key_store.with_key(app)
+                except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    if isinstance(error, kube.ApiError) and error.namespace_terminating:
+                        return
+                    raise _classify(error, doing="providing the runner's API key") from error
             try:
                 rendered = render_children.children(
                     app, catalogue=op.catalogue.catalogue, settings=op.config.render

@@ -222,3 +222,43 @@ def test_record_without_created_or_revoked_fields_defaults_to_epoch_and_active()
     assert record.namespaces == ("a", "b")
     assert not record.revoked
     assert record.created == datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
+
+
+# ---- scopes ------------------------------------------------------------------------------------
+def test_a_key_without_scopes_may_do_everything_and_writes_no_scopes_field() -> None:
+    record = apikeys.new_record(key=apikeys.generate_key(), namespaces=["team"])
+    assert record.scopes == (apikeys.ALL_SCOPES,)
+    assert record.allows_scope(apikeys.SCOPE_APPS) and record.allows_scope(apikeys.SCOPE_STORAGE)
+    assert apikeys.FIELD_SCOPES not in apikeys.string_data(record)
+    # a Secret written before scopes existed reads back as every scope
+    fields = apikeys.string_data(record)
+    assert apikeys.record_from_fields(fields).scopes == (apikeys.ALL_SCOPES,)
+
+
+def test_a_storage_only_key_round_trips_and_may_not_call_apps() -> None:
+    record = apikeys.new_record(
+        key=apikeys.generate_key(), namespaces=["team"], scopes=[apikeys.SCOPE_STORAGE]
+    )
+    stored = apikeys.string_data(record)
+    assert stored[apikeys.FIELD_SCOPES] == "storage"
+    read = apikeys.record_from_secret({"stringData": stored})
+    assert read.scopes == ("storage",)
+    assert read.allows_scope(apikeys.SCOPE_STORAGE)
+    assert not read.allows_scope(apikeys.SCOPE_APPS)
+
+
+def test_scopes_are_validated_on_write_and_unknown_ones_grant_nothing_on_read() -> None:
+    with pytest.raises(apikeys.InvalidKeyRecordError, match="unknown scope"):
+        apikeys.new_record(key=apikeys.generate_key(), namespaces=["a"], scopes=["admin"])
+    with pytest.raises(apikeys.InvalidKeyRecordError, match="at least one scope"):
+        apikeys.new_record(key=apikeys.generate_key(), namespaces=["a"], scopes=[])
+    assert apikeys.parse_scopes("apps, storage") == ("apps", "storage")
+    assert apikeys.parse_scopes("*") == (apikeys.ALL_SCOPES,)
+    assert apikeys.parse_scopes("") == (apikeys.ALL_SCOPES,)
+    # a hand-edited Secret naming only scopes kubefal does not know may do nothing at all
+    fields = apikeys.string_data(apikeys.new_record(key=apikeys.generate_key(), namespaces=["a"]))
+    fields[apikeys.FIELD_SCOPES] = "admin"
+    record = apikeys.record_from_fields(fields)
+    assert record.scopes == ()
+    assert not record.allows_scope(apikeys.SCOPE_APPS)
+    assert not record.allows_scope(apikeys.SCOPE_STORAGE)

@@ -37,6 +37,9 @@ class Stack:
         self.tls = gwharness.Tls(workdir)
         self.key = apikeys.generate_key()
         self.other_key = apikeys.generate_key()
+        # What the operator gives a runner (operator/kubefal_operator/runner_keys.py): storage
+        # only, the app's namespace only.
+        self.runner_key = apikeys.generate_key()
         self.rest_port = gwharness.free_port()
         self.files_dir = workdir / "files"
         self.data_dir = workdir / "data"
@@ -46,7 +49,7 @@ class Stack:
                 app_ref=storage_harness.FILES_APP,
                 env={
                     "FAL_REST_HOST": f"127.0.0.1:{self.rest_port}",
-                    "FAL_KEY": str(self.key),
+                    "FAL_KEY": str(self.runner_key),
                     "SSL_CERT_FILE": str(self.tls.ca_path),
                 },
             )
@@ -66,6 +69,7 @@ class Stack:
                 "keys": [
                     {"key": str(self.key), "namespaces": "team"},
                     {"key": str(self.other_key), "namespaces": "other"},
+                    {"key": str(self.runner_key), "namespaces": "team", "scopes": "storage"},
                 ],
             },
             extra_args=[
@@ -506,6 +510,55 @@ def test_realtime_tokens_are_scoped_and_expire(stack: Stack) -> None:
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             _ws(stack, token)
         assert refused.value.response.status_code == status
+
+
+def test_storage_only_key_stores_files_but_calls_no_app(stack: Stack) -> None:
+    """The runners above upload with a storage-only key (the operator's runner key): it gets
+    upload tokens, stores and reads its namespace's files, KV and /data, but every app call,
+    realtime token and realtime WebSocket with it is 403; a full key still calls the app."""
+    runner = stack.auth(stack.runner_key)
+    with stack.http() as http:
+        token = http.post(
+            f"{stack.rest_url}/storage/auth/token?storage_type=fal-cdn-v3", headers=runner, json={}
+        )
+        assert token.status_code == 200
+        stored = http.post(
+            f"{stack.rest_url}/files/upload",
+            content=b"from a runner",
+            headers={"Authorization": f"Bearer {token.json()['token']}", "Content-Type": "x/y"},
+        )
+        assert stored.status_code == 200 and stored.json()["access_url"].startswith(
+            f"{stack.rest_url}/files/team/"
+        )
+        listed = http.get(f"{stack.rest_url}/files/list//data", headers=runner)
+        assert listed.status_code == 200
+        for url in (
+            f"{stack.gateway.run_url}/team/files",
+            f"{stack.gateway.queue_url}/team/files",
+        ):
+            refused = http.post(url, headers=runner, json={"text": "x"})
+            assert refused.status_code == 403, (url, refused.text)
+            assert "may not call apps" in refused.json()["detail"]
+        minted = http.post(
+            f"{stack.rest_url}/tokens/",
+            headers=runner,
+            json={"allowed_apps": ["files"], "token_expiration": 60},
+        )
+        assert minted.status_code == 403 and "'apps'" in minted.json()["detail"]
+        allowed = http.post(
+            f"{stack.gateway.run_url}/team/files", headers=stack.auth(), json={"text": "x"}
+        )
+        assert allowed.status_code == 200
+    # A realtime token naming this key (as if minted before the scope was narrowed): refused.
+    signer = signing.Signer(SIGNING_KEY.encode())
+    forged = signer.realtime_token(stack.runner_key.id, ("files",), expires=int(time.time()) + 60)
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused_ws:
+        _ws(stack, forged)
+    assert refused_ws.value.response.status_code == 403
+    # ... and the key itself in fal_jwt_token (an API key works there otherwise)
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused_key:
+        _ws(stack, str(stack.runner_key))
+    assert refused_key.value.response.status_code == 403
 
 
 def test_store_down_is_503_and_recovers(stack: Stack) -> None:

@@ -59,6 +59,8 @@ def authorize(
     record = keys.records.get(grant.key_id)
     if record is None or record.revoked:
         raise errors.MissingCredentials("The realtime token's API key is revoked or unknown")
+    if not record.allows_scope(apikeys.SCOPE_APPS):
+        raise errors.Forbidden(f"API key {record.id} may not call apps (a storage-only key)")
     if app.name not in grant.apps:
         raise errors.Forbidden(f"This realtime token does not allow app {app.name!r}")
     if app.auth is apps.AuthMode.PRIVATE and not record.allows_namespace(app.namespace):

@@ -76,6 +76,15 @@ def _is_file_url(path: str) -> bool:
     return parts[4] == "-" or _TOKEN.fullmatch(parts[4]) is not None
 
 
+def _require_scope(record: apikeys.KeyRecord, scope: str) -> None:
+    """403 unless the key's scopes include `scope` (docs/fal-storage.md, Credentials)."""
+    if not record.allows_scope(scope):
+        raise errors.Forbidden(
+            f"API key {record.id} may not be used for {scope!r} "
+            f"(its scopes: {', '.join(record.scopes) or 'none'})"
+        )
+
+
 def _to_gateway_error(error: Exception) -> errors.GatewayError | None:
     if isinstance(error, errors.GatewayError):
         return error
@@ -148,7 +157,9 @@ class RestApi:
     def _base(self, scope: Scope) -> str:
         return self.public_url or http_api.base_url(scope)
 
-    async def _api_key(self, scope: Scope) -> apikeys.KeyRecord:
+    async def _api_key(
+        self, scope: Scope, *, needs: str = apikeys.SCOPE_STORAGE
+    ) -> apikeys.KeyRecord:
         header = header_value(scope, b"authorization")
         if not header:
             raise errors.MissingCredentials(
@@ -157,6 +168,7 @@ class RestApi:
         record = await self.keys.verify(
             header.decode("latin-1"), client=http_api.client_host(scope)
         )
+        _require_scope(record, needs)
         self.keys.admit(record)
         return record
 
@@ -175,6 +187,7 @@ class RestApi:
             record = self.keys.records.get(grant.key_id)
             if record is None or record.revoked:
                 raise errors.MissingCredentials("The upload token's API key is revoked")
+            _require_scope(record, apikeys.SCOPE_STORAGE)
             self.keys.admit(record)
             return grant.namespace
         return self._namespace(scope, await self._api_key(scope))
@@ -362,7 +375,7 @@ class RestApi:
         await http_api.send_json(send, 200, payload)
 
     async def _realtime_token(self, scope: Scope, receive: Receive, send: Send) -> None:
-        record = await self._api_key(scope)
+        record = await self._api_key(scope, needs=apikeys.SCOPE_APPS)
         body = await http_api.read_json(scope, receive, limit=MAX_JSON_BYTES)
         storage = await self._storage()
         token = realtime.issue(
