@@ -35,8 +35,10 @@ that do not overshoot") changes only ``needed`` in the growth term, through
 until then the runners the app has or has asked for take work off the queue (a ready runner
 ``m`` slots now and ``m * H / t`` more, a starting runner first seen ``age`` seconds ago ``m``
 slots and ``m * min(age, H) / t`` more, since it will be ready that much earlier than a new
-one; ``t`` is the mean request time). Only demand beyond that asks for new runners. It never asks
-for more than fal's formula, and it is fal's formula until both ``t`` and ``H`` are known.
+one; ``t`` is the mean request time). ``H`` is the app's mean cold start, stretched to the age
+of the oldest starting runner (at most twice the mean) while cold starts run late. Only demand
+beyond that asks for new runners. It never asks for more than fal's formula, and it is fal's
+formula until both ``t`` and ``H`` are known.
 Keep-alive is unchanged: what holds runners is still fal's formula over all requests.
 """
 
@@ -48,6 +50,8 @@ import math
 from kubefal_api import v1alpha1
 from kubefal_gateway import queueing
 
+HORIZON_STRETCH = 2.0
+"""A starting runner older than the mean cold start stretches the horizon up to this factor."""
 COVER_EPSILON = 1e-9
 """Slack for float sums in `needed_counting_starting` (4.000000001 requests are 4)."""
 
@@ -105,13 +109,26 @@ def covered_requests(capacity: Capacity, *, committed: int, max_multiplexing: in
     time ``H`` what each ready runner serves in ``H`` and each starting one in its head start
     ``min(age, H)`` (it is ready that much earlier than a new runner)."""
     slots = float(committed * max_multiplexing)
-    seconds, cold = capacity.mean_request_seconds, capacity.cold_start_seconds
-    if seconds is None or cold is None or seconds <= 0 or cold <= 0:
+    seconds = capacity.mean_request_seconds
+    horizon = cold_start_horizon(capacity)
+    if seconds is None or horizon is None or seconds <= 0:
         return slots
-    head_start = capacity.ready * cold + sum(
-        min(max(0.0, age), cold) for age in capacity.starting_ages
+    head_start = capacity.ready * horizon + sum(
+        min(max(0.0, age), horizon) for age in capacity.starting_ages
     )
     return slots + max_multiplexing * head_start / seconds
+
+
+def cold_start_horizon(capacity: Capacity) -> float | None:
+    """How long a runner started now is expected to take: the app's mean cold start, or, while
+    a runner has been starting for longer, that long (cold starts are slower now: a shared
+    bottleneck such as image pulls, node provisioning or a busy node slows every one), up to
+    ``HORIZON_STRETCH`` times the mean, so a stuck pod cannot hold growth back for long."""
+    cold = capacity.cold_start_seconds
+    if cold is None or cold <= 0:
+        return None
+    oldest = max(capacity.starting_ages, default=0.0)
+    return max(cold, min(oldest, HORIZON_STRETCH * cold))
 
 
 def needed_counting_starting(

@@ -302,12 +302,26 @@ def test_demand_beyond_what_committed_runners_cover_asks_for_one_runner_per_slot
     assert needed == 1 + 3
 
 
-def test_a_head_start_is_at_most_one_cold_start() -> None:
-    # A runner first seen 100 s ago (a cold start is 3 s) is credited with 3 s, not 100 s.
+def test_a_head_start_is_at_most_twice_the_mean_cold_start() -> None:
+    # A runner first seen 100 s ago (cold starts take 3 s) shows cold starts run late now, so
+    # the horizon stretches, but to 2 x 3 s, not 100 s: a stuck pod cannot hold growth back.
     capacity = known(ages=(100.0,))
 
-    assert scaling.covered_requests(capacity, committed=1, max_multiplexing=1) == 1 + 3 / 0.5
-    assert scaling.needed_counting_starting(8, capacity, max_multiplexing=1, committed=1) == 2
+    assert scaling.cold_start_horizon(capacity) == 6.0
+    assert scaling.covered_requests(capacity, committed=1, max_multiplexing=1) == 1 + 6 / 0.5
+    assert scaling.needed_counting_starting(14, capacity, max_multiplexing=1, committed=1) == 2
+
+
+def test_a_late_starting_runner_stretches_the_horizon_for_ready_runners_too() -> None:
+    # Cold starts take 3 s on average, but one has been going for 4.5 s: a runner started now
+    # would take that long too, so the ready runner serves 4.5 / 0.5 = 9 requests before it.
+    late = known(ready=1, ages=(4.5,))
+    usual = known(ready=1, ages=(1.0,))
+
+    assert scaling.cold_start_horizon(late) == 4.5
+    assert scaling.cold_start_horizon(usual) == 3.0
+    assert scaling.covered_requests(late, committed=2, max_multiplexing=1) == 2 + (4.5 + 4.5) / 0.5
+    assert scaling.covered_requests(usual, committed=2, max_multiplexing=1) == 2 + (3 + 1) / 0.5
 
 
 def test_unscheduled_or_crash_looping_runners_count_only_as_capacity() -> None:
