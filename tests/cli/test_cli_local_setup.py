@@ -316,3 +316,64 @@ def test_the_followed_log_hides_probe_noise_and_unwraps_app_output(
     line: str, shown: str | None
 ) -> None:
     assert run.readable_log_line(line) == shown
+
+
+def test_the_env_lines_point_the_fal_cli_at_the_control_plane_with_make_devs_names() -> None:
+    lines = run.EnvLines(
+        run_host="127.0.0.1:2",
+        queue_run_host="127.0.0.1:1",
+        ssl_cert_file=pathlib.Path("/ca.pem"),
+        fal_key="kf0123456789abcdef:s",
+        app_id="local/app",
+        grpc_host="localhost:4",
+    )
+
+    assert lines.render().splitlines()[4:6] == [
+        "FAL_GRPC_HOST=localhost:4",
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=/ca.pem",
+    ]
+
+
+def _four_consecutive_free_ports() -> int:
+    for port in random.sample(range(20000, 32000, 4), k=200):
+        sockets = [socket.socket() for _ in range(4)]
+        try:
+            for offset, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return port
+    raise AssertionError("no four consecutive free ports found")
+
+
+def test_with_the_control_plane_an_explicit_port_gives_it_the_fourth_port() -> None:
+    free = _four_consecutive_free_ports()
+
+    ports = run.choose_ports(free, control_plane=True)
+
+    assert (ports.queue, ports.run, ports.rest, ports.grpc) == (free, free + 1, free + 2, free + 3)
+    assert run.choose_ports(0).grpc == 0
+    assert run.choose_ports(0, control_plane=True).grpc != 0
+
+
+def test_keys_made_with_fal_keys_create_stay_valid_in_the_next_runs_gateway_config(
+    apps_dir: pathlib.Path,
+) -> None:
+    config = appref.read_config(appref.parse_ref(str(apps_dir / "echo_app.py::CliEchoApp")))
+    run_key = apikeys.new_record(key=apikeys.generate_key(), namespaces=["local"])
+    made = apikeys.new_record(key=apikeys.generate_key(), namespaces=["local"])
+
+    static = run.static_config(
+        config=config,
+        runner_url="http://127.0.0.1:9999",
+        key_record=run_key,
+        more_keys=[made, run_key],
+    )
+
+    assert [(k["id"], k["hash"]) for k in static["keys"]] == [  # type: ignore[attr-defined]
+        (run_key.id, run_key.hash),
+        (made.id, made.hash),
+    ]
