@@ -175,9 +175,12 @@ def save_keys(path: pathlib.Path, records: list[apikeys.KeyRecord]) -> None:
 
 def gateway_key_entry(record: apikeys.KeyRecord) -> dict[str, Any]:
     """``record`` as an entry of the gateway's static config ``keys`` list (hash only)."""
-    return {
+    entry: dict[str, Any] = {
         "id": record.id,
         "hash": record.hash,
         "namespaces": ",".join(record.namespaces),
         "revoked": record.revoked,
     }
+    if apikeys.ALL_SCOPES not in record.scopes:
+        entry["scopes"] = list(record.scopes)
+    return entry

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import logging
 import os
@@ -140,17 +141,7 @@ class LocalRun:
             if not any(k.id == key_id for k in records):
                 raise errors.not_found(f"key {key_id} not found")
             revoked = [
-                apikeys.KeyRecord(
-                    id=k.id,
-                    hash=k.hash,
-                    namespaces=k.namespaces,
-                    description=k.description,
-                    created=k.created,
-                    revoked=True,
-                )
-                if k.id == key_id
-                else k
-                for k in records
+                dataclasses.replace(k, revoked=True) if k.id == key_id else k for k in records
             ]
             localrun.save_keys(self._keys_path, revoked)
             self._sync_gateway()

@@ -31,6 +31,18 @@ def test_keys_round_trip_with_hashes_only(tmp_path: pathlib.Path) -> None:
     }
 
 
+def test_a_restricted_keys_scopes_reach_the_gateway_config(tmp_path: pathlib.Path) -> None:
+    record = apikeys.new_record(
+        key=apikeys.generate_key(), namespaces=["local"], scopes=[apikeys.SCOPE_STORAGE]
+    )
+    path = tmp_path / localrun.KEYS
+
+    localrun.save_keys(path, [record])
+
+    assert localrun.load_keys(path)[0].scopes == (apikeys.SCOPE_STORAGE,)
+    assert localrun.gateway_key_entry(record)["scopes"] == [apikeys.SCOPE_STORAGE]
+
+
 def test_a_malformed_key_entry_is_left_out(tmp_path: pathlib.Path) -> None:
     good = apikeys.new_record(key=apikeys.generate_key(), namespaces=["local"])
     path = tmp_path / localrun.KEYS
