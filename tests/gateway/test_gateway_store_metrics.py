@@ -14,6 +14,7 @@ import gwharness
 import httpx
 from prometheus_client import parser as exposition
 
+from testkit import waiting
 from testkit.redis import RedisServer
 
 APP = "team-a/metered"
@@ -51,10 +52,10 @@ def test_store_errors_are_counted_by_component_and_webhook_backlog_is_served(
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             during = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "during"})
-            gwharness.wait_for(
+            waiting.wait_for(
                 lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 503,
                 timeout=30,
-                message="/readyz reporting 503",
+                description="/readyz reporting 503",
             )
             scrape = client.get(f"{gateway.admin_url}/metrics")
         finally:
