@@ -40,12 +40,12 @@ protos: ## Regenerate the gRPC code in gateway/kubefal_gateway/_generated from g
 	$(BIN)/python gateway/protos/generate.py
 
 .PHONY: unit
-unit: ## Fast tests, no cluster
-	$(BIN)/pytest tests -q
+unit: ## Fast tests: no cluster, no server processes (tests marked slow are left out)
+	$(BIN)/pytest tests -q -m "not slow"
 
 .PHONY: e2e
-e2e: testbin ## End-to-end tests on the local control plane (or KUBEFAL_E2E_KUBECONFIG)
-	$(BIN)/pytest e2e -q
+e2e: testbin ## The rest: tests that start real processes (marked slow) and the e2e suite on the local control plane
+	$(BIN)/pytest tests e2e -q -m "slow or e2e"
 
 .PHONY: test
 test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests

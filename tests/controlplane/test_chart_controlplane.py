@@ -34,6 +34,8 @@ from tests.charthelm import (
     render,
 )
 
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
+
 
 def plain_env(deployment: dict[str, Any]) -> dict[str, str]:
     """The container's env with Secret references stubbed (their names are checked apart)."""

@@ -18,6 +18,8 @@ from kubefal_api import apikeys
 from kubefal_gateway.storage import blobs, core, local, signing
 from tests.gateway import gwharness, s3server
 
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
+
 BUCKET = "kubefal-contract"
 
 

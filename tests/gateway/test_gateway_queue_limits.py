@@ -13,11 +13,14 @@ from typing import Any
 import gwharness
 import httpx
 import orjson
+import pytest
 
 from kubefal_gateway import settings
 from testkit import waiting
 from testkit.redis import RedisServer
 from tests.gateway.webhook_harness import webhook_server
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 APP = "team-a/limited"
 

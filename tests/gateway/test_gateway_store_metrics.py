@@ -12,10 +12,13 @@ import signal
 
 import gwharness
 import httpx
+import pytest
 from prometheus_client import parser as exposition
 
 from testkit import waiting
 from testkit.redis import RedisServer
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 APP = "team-a/metered"
 

@@ -17,6 +17,8 @@ from kubefal_gateway.stores import opener, redis_store
 from testkit.ports import free_port
 from testkit.redis import RedisServer, redis_server_binary
 
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
+
 WaitFor = Callable[..., Awaitable[None]]
 APP = "team-a/sentinel"
 SERVICE = "kubefal-queue"

@@ -15,8 +15,11 @@ import pathlib
 import socket
 
 import httpx
+import pytest
 
 from kubefal_runner import testing
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 REQUEST_TIMEOUT_SECONDS = 120.0
 WAIT_SECONDS = 60.0

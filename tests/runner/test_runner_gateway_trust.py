@@ -11,9 +11,12 @@ from __future__ import annotations
 import pathlib
 
 import httpx
+import pytest
 
 from kubefal_runner import testing, trust
 from testkit import certs
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 
 def _callee(

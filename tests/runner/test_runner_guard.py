@@ -19,6 +19,8 @@ import websockets.sync.client
 
 from kubefal_runner import testing
 
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
+
 CONCURRENT_REQUESTS = 6
 REQUEST_TIMEOUT_SECONDS = 120.0
 

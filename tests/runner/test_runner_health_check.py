@@ -10,8 +10,11 @@ unhealthy`` (so the gateway sends them elsewhere), as fal kills such a runner.
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from kubefal_runner import testing
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 
 def _post(runner: testing.RunnerProcess, path: str, body: object = None) -> httpx.Response:

@@ -20,6 +20,8 @@ import pytest
 
 from kubefal_runner import testing
 
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
+
 LONG_REQUEST_TIMEOUT_SECONDS = 120.0
 
 

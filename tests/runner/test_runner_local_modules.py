@@ -19,8 +19,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from kubefal_runner import testing
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 PACKAGE = pathlib.Path(__file__).parents[1] / "cli" / "apps" / "bundled" / "localpkg"
 APP = pathlib.Path(__file__).parents[2] / "e2e" / "apps" / "local_modules_app.py"

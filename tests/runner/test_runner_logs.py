@@ -17,8 +17,11 @@ import pathlib
 import signal
 
 import httpx
+import pytest
 
 from kubefal_runner import request_logs, testing
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 WORDS_PER_REQUEST = 40
 

@@ -18,8 +18,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from kubefal_runner import testing
 from testkit import certs
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 CLIENT_TIMEOUT_SECONDS = 120
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 import pathlib
 
 import httpx
+import pytest
 
 from kubefal_runner import testing
 from tests.offline_wheels import build_wheel as _build_wheel
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 EXTRA = "kubefal_probe_extra"
 

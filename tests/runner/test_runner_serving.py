@@ -13,8 +13,11 @@ import pathlib
 import uuid
 
 import httpx
+import pytest
 
 from kubefal_runner import testing
+
+pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 APPS_DIR = pathlib.Path(__file__).parent / "apps"
 
