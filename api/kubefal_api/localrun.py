@@ -121,6 +121,10 @@ class RunnerProcess:
     """``http://127.0.0.1:<port>``: the runner id in the gateway's static config."""
     started: str
     """RFC 3339 UTC time the process was started."""
+    log: str = ""
+    """The log file the process writes to (stdout and stderr); empty: unknown."""
+    log_offset: int = 0
+    """Where this process's lines start in ``log`` (replacements append to the same file)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,7 +135,11 @@ class RunnerProcess:
             raise ValueError(f"{RUNNER}: not a JSON object")
         try:
             return cls(
-                pid=int(document["pid"]), url=str(document["url"]), started=str(document["started"])
+                pid=int(document["pid"]),
+                url=str(document["url"]),
+                started=str(document["started"]),
+                log=str(document.get("log", "")),
+                log_offset=int(document.get("log_offset", 0)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{RUNNER}: {error}") from error

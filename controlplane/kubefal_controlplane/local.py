@@ -33,17 +33,20 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -89,6 +92,96 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_ASCTIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) ")
+FOLLOW_POLL_SECONDS = 0.2
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.datetime.now(tz=datetime.UTC)
+
+
+def _rfc3339(at: datetime.datetime) -> str:
+    return at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LogStamper:
+    """The time of each runner log line: the one it carries (the runner's JSON lines have a
+    ``timestamp``, its Python log lines start with a local ``asctime``), else the previous
+    line's (the first: when the process started)."""
+
+    def __init__(self, start: datetime.datetime) -> None:
+        self.last = start
+
+    def time_of(self, line: str) -> datetime.datetime | None:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                value = json.loads(line).get("timestamp")
+                if isinstance(value, str):
+                    at = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                    return at if at.tzinfo else at.replace(tzinfo=datetime.UTC)
+        match = _ASCTIME.match(line)
+        if match is not None:
+            with contextlib.suppress(ValueError):
+                local = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+                at = local.replace(microsecond=int(match.group(2)) * 1000).astimezone()
+                return at.astimezone(datetime.UTC)
+        return None
+
+    def stamp(self, lines: list[str]) -> list[tuple[datetime.datetime, str]]:
+        stamped = []
+        for line in lines:
+            self.last = max(self.last, self.time_of(line) or self.last)
+            stamped.append((self.last, line))
+        return stamped
+
+
+class _LogTail:
+    """``.stream()`` over a runner's log file: the history, then lines as they are written
+    (time-less ones stamped when read), until the runner exits. Yields an empty chunk every
+    poll, so the reader can stop between chunks."""
+
+    def __init__(self, runner: localrun.RunnerProcess, history: bytes) -> None:
+        self.runner = runner
+        self.history = history
+
+    def stream(self, amount: int, decode_content: bool = True) -> Iterator[bytes]:
+        yield self.history
+        try:
+            file = open(self.runner.log, "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            return
+        with file:
+            file.seek(0, os.SEEK_END)
+            pending = b""
+            while True:
+                chunk = file.read(amount)
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    now = datetime.datetime.now(tz=datetime.UTC)
+                    stamper = LogStamper(now)
+                    yield b"".join(
+                        f"{_rfc3339(at)} {line}\n".encode()
+                        for at, line in stamper.stamp(
+                            [raw.decode("utf-8", "replace") for raw in complete if raw]
+                        )
+                    )
+                    continue
+                if not _process_alive(self.runner.pid):
+                    return
+                time.sleep(FOLLOW_POLL_SECONDS)
+                yield b""
+
+    def close(self) -> None:
+        """Nothing held between reads."""
+
+    def release_conn(self) -> None:
+        """As the Kubernetes client's response has it."""
+
+
 class LocalRun:
     """The one app of a ``kubefal run``, as FalApp, pod, key and Secret dicts."""
 
@@ -127,6 +220,7 @@ class LocalRun:
 
     def create_key_secret(self, record: apikeys.KeyRecord) -> None:
         with self._lock:
+            self.local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             localrun.save_keys(self._keys_path, [*self._stored_keys(), record])
             self._sync_gateway()
 
@@ -376,6 +470,62 @@ class LocalRun:
                 f"{namespace}/{app_name} has no runner process right now; kubefal run starts one"
             )
         self._replace(runner, signal.SIGTERM)
+
+    # ---- runner logs (fal runners logs) ----------------------------------------------------
+
+    def _runner_named(self, namespace: str, name: str) -> localrun.RunnerProcess:
+        runner = self._runner()
+        if namespace != self.namespace or runner is None or self._pod_name(runner) != name:
+            raise errors.not_found(f"runner {name} is not running")
+        if not runner.log:
+            raise errors.not_found(f"runner {name} has no log file")
+        return runner
+
+    def read_runner_log(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        since_seconds: int | None,
+        tail_lines: int,
+        limit_bytes: int,
+    ) -> bytes:
+        """The runner's lines as ``<RFC 3339> <line>``, as Kubernetes serves a pod's log with
+        timestamps: the last ``limit_bytes`` of this process's part of its log file."""
+        runner = self._runner_named(namespace, name)
+        try:
+            with open(runner.log, "rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                start = max(runner.log_offset, size - limit_bytes)
+                file.seek(start)
+                data = file.read(limit_bytes)
+        except OSError as error:
+            raise errors.not_found(f"runner {name}: log unreadable ({error})") from error
+        lines = data.decode("utf-8", "replace").split("\n")
+        if start > runner.log_offset:
+            lines = lines[1:]  # the first line was cut
+        stamped = LogStamper(_timestamp(runner.started)).stamp(
+            [line for line in lines if line][-tail_lines:]
+        )
+        if since_seconds is not None:
+            cutoff = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(
+                seconds=since_seconds
+            )
+            stamped = [(at, line) for at, line in stamped if at >= cutoff]
+        return "".join(f"{_rfc3339(at)} {line}\n" for at, line in stamped).encode()
+
+    def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any:
+        """New lines of the runner's log as they come (``.stream()``, like the Kubernetes
+        client's response), after those of the last ``since_seconds``; ends with the process."""
+        runner = self._runner_named(namespace, name)
+        history = self.read_runner_log(
+            namespace,
+            name,
+            since_seconds=since_seconds,
+            tail_lines=self.settings.log_max_lines,
+            limit_bytes=self.settings.log_max_bytes,
+        )
+        return _LogTail(runner, history)
 
     # ---- secrets ---------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """`kubefal run` serves fal's control plane for its app: the real `fal` CLI and
 `SyncServerlessClient`, configured only by the printed lines (`FAL_GRPC_HOST`,
 `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`, `FAL_KEY`, an empty HOME so no fal profile is read), list,
-scale and restart the app, manage keys and secrets, and reach its `/data` with `fal.sync_dir`
-and `fal files`; weights one runner writes to /data are found by the next."""
+scale and restart the app, read its runner's log, manage keys and secrets, and reach its
+`/data` with `fal.sync_dir` and `fal files`; weights one runner writes to /data are found by
+the next."""
 
 from __future__ import annotations
 
@@ -156,12 +157,14 @@ def test_sdk_and_fal_cli_list_scale_and_manage_keys_of_the_app_of_kubefal_run(
         "    print(json.dumps(error.status_code))",
         {**env, "FAL_KEY": new_key},
     )
+    logs = _ok(_fal(env, home, "runners", "logs", runner_id))
     deploy = _fal(env, home, "deploy", str(apps_dir / "echo_app.py") + "::CliEchoApp")
     delete = _fal(env, home, "apps", "delete", APP)
 
     assert new_key.split(":")[0] in keys_table
     assert called == {"text": "new key", "setup_done": True}
     assert refused == 401
+    assert "echoing 'new key'" in logs
     assert deploy.returncode != 0
     assert "does not deploy apps" in deploy.stdout + deploy.stderr
     assert "make dev" in deploy.stdout + deploy.stderr

@@ -567,14 +567,18 @@ class LocalRun:
                     *(str(self.data_dir), DATA_PATH),
                     *argv,
                 ]
+        log_path = self.run_dir / "runner.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
         child = processes.spawn(
-            name="runner",
-            argv=argv,
-            log_path=self.run_dir / "runner.log",
-            env=environment,
-            cwd=pathlib.Path.cwd(),
+            name="runner", argv=argv, log_path=log_path, env=environment, cwd=pathlib.Path.cwd()
         )
-        process = localrun.RunnerProcess(pid=child.pid, url=self.runner_url, started=_now_text())
+        process = localrun.RunnerProcess(
+            pid=child.pid,
+            url=self.runner_url,
+            started=_now_text(),
+            log=str(log_path),
+            log_offset=offset,
+        )
         localrun.write_json(self.run_dir / localrun.RUNNER, process.to_json())
         return child
 
