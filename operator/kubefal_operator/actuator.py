@@ -10,7 +10,7 @@ blip, a silent connection caught by the read timeout; the gateway sends a keep-a
 Signals go through a :class:`Coalescer`: at most one action per app per interval (default
 150 ms), always on the app's latest signal, the first one at once. A burst of requests on an
 idle app thus scales 0 → 1 immediately, and the next write carries whatever the gateway
-wanted last. The action itself (``reconcile.actuate``) writes replicas only when they
+wanted last. The action itself (``actuation.actuate``) writes replicas only when they
 change, so unchanged signals cost no API write.
 
 aiohttp, not httpx: kopf and ``kube`` already use it, so it costs no extra memory.

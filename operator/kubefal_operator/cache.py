@@ -7,7 +7,7 @@ with 1,000 apps (4,000 objects) spent over a minute in it. The operator fills th
 itself instead: one LIST per kind in the start-up handler (before kopf's watches begin, so
 a reconcile never sees a child as missing that exists), then every watch event updates
 its store first thing in its handler. The stores hold the trimmed views of
-``reconcile.object_view`` and ``reconcile.pod_view``, as the indexes did.
+``livestate.object_view`` and ``livestate.pod_view``, as the indexes did.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from kubefal_api import naming
-from kubefal_operator import kube, reconcile
+from kubefal_operator import kube, livestate
 from kubefal_operator.render import scalers
 
 logger = logging.getLogger(__name__)
@@ -85,14 +85,14 @@ CHILD_KINDS: Mapping[str, kube.ResourceKind] = {
 
 
 class Cache:
-    """All stores, and the :class:`reconcile.Indexes` view the reconciler reads."""
+    """All stores, and the `livestate.Indexes` view the reconciler reads."""
 
     def __init__(self) -> None:
-        self.falapps: Store[reconcile.Key] = Store()
-        self.children: dict[str, Store[reconcile.Key]] = {kind: Store() for kind in CHILD_KINDS}
-        self.pods: Store[reconcile.Key] = Store()
+        self.falapps: Store[livestate.Key] = Store()
+        self.children: dict[str, Store[livestate.Key]] = {kind: Store() for kind in CHILD_KINDS}
+        self.pods: Store[livestate.Key] = Store()
         self.nodes: Store[str] = Store()
-        self.indexes = reconcile.Indexes(
+        self.indexes = livestate.Indexes(
             falapps=self.falapps,
             deployments=self.children["Deployment"],
             services=self.children["Service"],
@@ -110,20 +110,20 @@ class Cache:
         if event_type == "DELETED":
             self.falapps.remove(ident(body))
         else:
-            self.falapps.put(reconcile.app_key(body), ident(body), reconcile.object_view(body))
+            self.falapps.put(livestate.app_key(body), ident(body), livestate.object_view(body))
 
     def child(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         store = self.children[kind]
         if event_type == "DELETED":
             store.remove(ident(body))
         else:
-            store.put(reconcile.owner_key(body), ident(body), reconcile.object_view(body))
+            store.put(livestate.owner_key(body), ident(body), livestate.object_view(body))
 
     def pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         if event_type == "DELETED":
             self.pods.remove(ident(body))
         else:
-            self.pods.put(reconcile.owner_key(body), ident(body), reconcile.pod_view(body))
+            self.pods.put(livestate.owner_key(body), ident(body), livestate.pod_view(body))
 
     def node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         name = ident(body)[1]

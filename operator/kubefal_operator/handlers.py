@@ -1,4 +1,4 @@
-"""kopf handlers: decorators only, each delegating to ``reconcile``.
+"""kopf handlers: decorators only, each delegating to ``triggers`` (or ``runtime``, ``actuation``).
 
 What is watched, and why:
 
@@ -7,7 +7,7 @@ What is watched, and why:
   cached state. A raw event handler, not kopf's create/update/resume: those keep their
   progress and a copy of the last handled spec in annotations, one extra API write per
   app and per spec edit, while the reconcile is level-based and needs neither. Transient
-  failures are retried by ``reconcile`` with backoff until they succeed or a newer event
+  failures are retried by ``triggers`` with backoff until they succeed or a newer event
   supersedes them. Children go with the garbage collector through their owner references,
   so there is no finalizer: a FalApp can be deleted even while the operator is down.
   (That is also why there is no kopf timer as a safety net: kopf puts a finalizer on
@@ -39,7 +39,7 @@ import aiohttp
 import kopf
 
 from kubefal_api import naming, v1alpha1
-from kubefal_operator import build, cache, kube, reconcile
+from kubefal_operator import actuation, build, cache, kube, livestate, runtime, triggers
 from kubefal_operator import config as operator_config
 
 FALAPPS = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
@@ -73,8 +73,8 @@ class _NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def _operator(memo: kopf.Memo) -> reconcile.Operator:
-    operator: reconcile.Operator = memo["operator"]
+def _operator(memo: kopf.Memo) -> runtime.Operator:
+    operator: runtime.Operator = memo["operator"]
     return operator
 
 
@@ -123,7 +123,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.field_selectors[CONFIG_MAPS] = (
         f"metadata.name={config.catalogue_name},metadata.namespace={config.catalogue_namespace}"
     )
-    operator = await reconcile.start(config)
+    operator = await runtime.start(config)
     memo["operator"] = operator
     stores = memo["cache"] = cache.Cache()
     await stores.prefill(operator.kube, namespaces=memo.get("namespaces") or ())
@@ -133,7 +133,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             await operator.runner_key_store.sweep(
                 stores.indexes.apps(), memo.get("namespaces") or ()
             )
-    reconcile.start_actuator(operator, indexes=stores.indexes)
+    actuation.start_actuator(operator, indexes=stores.indexes)
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -145,7 +145,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(registry=REGISTRY)
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    await reconcile.stop(_operator(memo))
+    await runtime.stop(_operator(memo))
 
 
 @kopf.on.probe(id="catalogue", registry=REGISTRY)
@@ -162,9 +162,9 @@ async def falapp_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
     stores = _cache(memo)
     stores.falapp(event["type"], body)
     if event["type"] == "DELETED":
-        _operator(memo).forget(reconcile.app_key(body))
+        _operator(memo).forget(livestate.app_key(body))
         return
-    await reconcile.falapp_changed(_operator(memo), body=body, indexes=stores.indexes)
+    await triggers.falapp_changed(_operator(memo), body=body, indexes=stores.indexes)
 
 
 @kopf.on.event(*BUILD_JOBS, labels={build.LABEL_BUILD_OF: kopf.PRESENT}, registry=REGISTRY)
@@ -184,7 +184,7 @@ async def build_job_changed(
     if app is not None:
         operator = _operator(memo)
         operator.handled.pop(key, None)  # same generation, new outcome: reconcile anyway
-        await reconcile.falapp_changed(operator, body=app, indexes=stores.indexes)
+        await triggers.falapp_changed(operator, body=app, indexes=stores.indexes)
 
 
 # --- children, pods, catalogue ------------------------------------------------------------
@@ -205,11 +205,11 @@ async def child_changed(
 ) -> None:
     stores = _cache(memo)
     stores.child(str(resource.kind), event["type"], body)
-    await reconcile.child_changed(
+    await triggers.child_changed(
         _operator(memo),
         kind=str(resource.kind),
         event_type=event["type"],
-        child=reconcile.object_view(body),
+        child=livestate.object_view(body),
         indexes=stores.indexes,
     )
 
@@ -220,7 +220,7 @@ async def runner_pod_changed(
 ) -> None:
     stores = _cache(memo)
     stores.pod(event["type"], body)
-    await reconcile.pods_changed(_operator(memo), pod=dict(body), indexes=stores.indexes)
+    await triggers.pods_changed(_operator(memo), pod=dict(body), indexes=stores.indexes)
 
 
 @kopf.on.event(*NODES, registry=REGISTRY)
@@ -242,7 +242,7 @@ def _is_catalogue(**kwargs: Any) -> bool:
 async def catalogue_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    await reconcile.catalogue_changed(
+    await triggers.catalogue_changed(
         _operator(memo),
         config_map=None if event["type"] == "DELETED" else dict(body),
         indexes=_cache(memo).indexes,

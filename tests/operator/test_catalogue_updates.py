@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kubefal_api import machines
-from kubefal_operator import reconcile
+from kubefal_operator import livestate
 from kubefal_operator.render import catalogue as catalogue_render
 
 
 def test_absent_config_map_falls_back_to_the_defaults(caplog: pytest.LogCaptureFixture) -> None:
-    catalogue, source = reconcile.parse_catalogue(None, where="kubefal-system/kubefal-machines")
+    catalogue, source = livestate.parse_catalogue(None, where="kubefal-system/kubefal-machines")
     assert catalogue == machines.default_catalogue()
     assert source == "built-in defaults"
     assert "not found" in caplog.text
@@ -18,7 +18,7 @@ def test_absent_config_map_falls_back_to_the_defaults(caplog: pytest.LogCaptureF
 
 def test_invalid_config_map_falls_back_to_the_defaults(caplog: pytest.LogCaptureFixture) -> None:
     config_map = {"data": {"machines.yaml": "machineTypes: {GPU-X: {cpu: lots}}"}}
-    catalogue, source = reconcile.parse_catalogue(config_map, where="ns/cm")
+    catalogue, source = livestate.parse_catalogue(config_map, where="ns/cm")
     assert catalogue == machines.default_catalogue()
     assert source == "built-in defaults"
     assert "invalid" in caplog.text
@@ -29,13 +29,13 @@ def test_config_map_catalogue_is_used_and_named_as_the_source() -> None:
         machine_types={"S": machines.MachineType(cpu="250m", memory="256Mi")}
     )
     config_map = catalogue_render.catalogue_config_map(namespace="ns", name="cm", catalogue=custom)
-    catalogue, source = reconcile.parse_catalogue(config_map, where="ns/cm")
+    catalogue, source = livestate.parse_catalogue(config_map, where="ns/cm")
     assert catalogue == custom
     assert source == "ns/cm"
 
 
 def test_replacing_the_catalogue_names_exactly_the_changed_types() -> None:
-    state = reconcile.CatalogueState(catalogue=machines.default_catalogue(), source="defaults")
+    state = livestate.CatalogueState(catalogue=machines.default_catalogue(), source="defaults")
     types = dict(machines.default_catalogue().machine_types)
     types["GPU-H100"] = machines.MachineType(
         cpu="16", memory="200Gi", gpu_products=("NVIDIA-H100-80GB-HBM3",)

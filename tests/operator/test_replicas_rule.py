@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubefal_api import v1alpha1
-from kubefal_operator import reconcile, signals
+from kubefal_operator import livestate, signals
 from kubefal_operator.render import replicas
 
 MakeApp = Callable[..., v1alpha1.FalApp]
@@ -79,7 +79,7 @@ def test_the_in_memory_view_keeps_replicas_ownership_but_drops_bookkeeping() -> 
         "kubectl.kubernetes.io/last-applied-configuration": "{...}",
         "kubefal.io/generation": "3",
     }
-    view = reconcile.object_view(live)
+    view = livestate.object_view(live)
     assert replicas.replicas_owners(view) == {"kubefal-replicas", "hpa-controller"}
     assert view["metadata"]["annotations"] == {"kubefal.io/generation": "3"}
     assert view["spec"] == live["spec"]
