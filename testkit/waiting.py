@@ -15,6 +15,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class GiveUp(Exception):
+    """Raised by a predicate to stop waiting at once (the awaited thing can no longer happen,
+    e.g. the process exited); ``wait_for`` lets it through instead of polling on."""
+
+
 class ConditionTimeout(AssertionError):
     """The awaited condition did not hold in time; the message says what was last seen."""
 
@@ -33,6 +38,8 @@ def wait_for(
     while True:
         try:
             value = predicate()
+        except GiveUp:
+            raise
         except Exception as error:  # the API may be briefly unavailable; keep polling
             last_error = error
             value = None

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners
 
 APPS_DIR = pathlib.Path(__file__).parent / "apps"
 OUTPUT_TAIL_CHARS = 6000
@@ -21,12 +21,12 @@ OUTPUT_TAIL_CHARS = 6000
 @pytest.fixture
 def start_runner(
     tmp_path: pathlib.Path, request: pytest.FixtureRequest
-) -> collections.abc.Iterator[testing.RunnerFactory]:
+) -> collections.abc.Iterator[runners.RunnerFactory]:
     """Start runners: ``start_runner("echo_app.py::EchoApp", extra_env={...})``.
 
     A ``file.py`` is looked up in ``apps/``; a ``package.module`` reference is passed unchanged.
     """
-    started: list[testing.RunnerProcess] = []
+    started: list[runners.RunnerProcess] = []
 
     def start(
         app: str,
@@ -34,11 +34,11 @@ def start_runner(
         extra_args: collections.abc.Sequence[str] = (),
         extra_env: collections.abc.Mapping[str, str] | None = None,
         tls_ca: pathlib.Path | None = None,
-    ) -> testing.RunnerProcess:
+    ) -> runners.RunnerProcess:
         location, _, class_name = app.rpartition("::")
         if location.endswith(".py"):
             app = f"{APPS_DIR / location}::{class_name}"
-        runner = testing.RunnerProcess(
+        runner = runners.RunnerProcess(
             app_ref=app,
             workdir=tmp_path,
             extra_args=extra_args,

@@ -17,7 +17,7 @@ import socket
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
@@ -25,12 +25,12 @@ REQUEST_TIMEOUT_SECONDS = 120.0
 WAIT_SECONDS = 60.0
 
 
-def _in_flight(runner: testing.RunnerProcess) -> int:
+def _in_flight(runner: runners.RunnerProcess) -> int:
     response = runner.get("/_kubefal/info")
     return -1 if response is None else int(response.json()["runner"]["in_flight"])
 
 
-def _start(start_runner: testing.RunnerFactory, tmp_path: pathlib.Path) -> testing.RunnerProcess:
+def _start(start_runner: runners.RunnerFactory, tmp_path: pathlib.Path) -> runners.RunnerProcess:
     runner = start_runner(
         "cancel_app.py::CancelApp",
         extra_env={
@@ -42,7 +42,7 @@ def _start(start_runner: testing.RunnerFactory, tmp_path: pathlib.Path) -> testi
     return runner
 
 
-def _post(runner: testing.RunnerProcess, path: str, request_id: str) -> httpx.Response:
+def _post(runner: runners.RunnerProcess, path: str, request_id: str) -> httpx.Response:
     return httpx.post(
         f"{runner.base_url}{path}",
         headers={"x-fal-request-id": request_id},
@@ -51,13 +51,13 @@ def _post(runner: testing.RunnerProcess, path: str, request_id: str) -> httpx.Re
 
 
 def test_cancelling_an_async_request_stops_it_and_frees_its_slot(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     runner = _start(start_runner, tmp_path)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         sleeping = pool.submit(_post, runner, "/sleep", "sleeper-1")
-        testing.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, message="admit")
+        waiting.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, description="admit")
         busy = _post(runner, "/silent", "while-busy")
         cancel = httpx.post(f"{runner.base_url}/_kubefal/cancel/sleeper-1", timeout=30)
         cancelled = sleeping.result(timeout=REQUEST_TIMEOUT_SECONDS)
@@ -72,11 +72,13 @@ def test_cancelling_an_async_request_stops_it_and_frees_its_slot(
     assert cancelled.headers["x-fal-request-id"] == "sleeper-1"
     assert after.status_code == 200
     # The runner answers before its guard releases the slot: wait for it, don't race it.
-    testing.wait_for(lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, message="slot freed")
+    waiting.wait_for(
+        lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, description="slot freed"
+    )
 
 
 def test_a_client_hanging_up_cancels_its_async_request(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     runner = _start(start_runner, tmp_path)
 
@@ -85,10 +87,10 @@ def test_a_client_hanging_up_cancels_its_async_request(
             b"POST /sleep HTTP/1.1\r\nhost: runner\r\ncontent-length: 0\r\n"
             b"x-fal-request-id: hangs-up\r\n\r\n"
         )
-        testing.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, message="admit")
+        waiting.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, description="admit")
     marker = tmp_path / "cancelled"
-    testing.wait_for(marker.exists, timeout=WAIT_SECONDS, message="the app to see the cancel")
-    testing.wait_for(lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, message="the slot")
+    waiting.wait_for(marker.exists, timeout=WAIT_SECONDS, description="the app to see the cancel")
+    waiting.wait_for(lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, description="the slot")
     after = _post(runner, "/silent", "after-hang-up")
     streamed = _post(runner, "/stream", "streamed-1")
 
@@ -101,7 +103,7 @@ def test_a_client_hanging_up_cancels_its_async_request(
 
 
 def test_cancelling_an_unknown_request_id_is_a_json_404(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     runner = _start(start_runner, tmp_path)
 
@@ -116,18 +118,18 @@ def test_cancelling_an_unknown_request_id_is_a_json_404(
 
 
 def test_a_cancelled_sync_request_keeps_its_slot_until_its_thread_returns(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     runner = _start(start_runner, tmp_path)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         blocked = pool.submit(_post, runner, "/block", "blocker-1")
-        testing.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, message="admit")
+        waiting.wait_for(lambda: _in_flight(runner) == 1, timeout=WAIT_SECONDS, description="admit")
         cancel = httpx.post(f"{runner.base_url}/_kubefal/cancel/blocker-1", timeout=30)
         busy_after_cancel = _post(runner, "/silent", "still-busy")
         (tmp_path / "release").touch()
         finished = blocked.result(timeout=REQUEST_TIMEOUT_SECONDS)
-    testing.wait_for(lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, message="the slot")
+    waiting.wait_for(lambda: _in_flight(runner) == 0, timeout=WAIT_SECONDS, description="the slot")
     after = _post(runner, "/silent", "after-thread")
 
     assert cancel.status_code == 202
@@ -139,7 +141,7 @@ def test_a_cancelled_sync_request_keeps_its_slot_until_its_thread_returns(
 
 
 def test_responses_count_the_log_lines_their_request_wrote(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     runner = _start(start_runner, tmp_path)
 

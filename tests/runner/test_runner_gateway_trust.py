@@ -13,15 +13,15 @@ import pathlib
 import httpx
 import pytest
 
-from kubefal_runner import testing, trust
-from testkit import certs
+from kubefal_runner import trust
+from testkit import certs, runners
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 
 def _callee(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
-) -> tuple[testing.RunnerProcess, pathlib.Path]:
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
+) -> tuple[runners.RunnerProcess, pathlib.Path]:
     ca_path, cert_path, key_path = certs.issue_serving_certificate(
         tmp_path / "pki", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
     )
@@ -34,7 +34,7 @@ def _callee(
     return callee, ca_path
 
 
-def _call(caller: testing.RunnerProcess) -> dict[str, object]:
+def _call(caller: runners.RunnerProcess) -> dict[str, object]:
     response = httpx.post(f"{caller.base_url}/", json={"name": "ada"}, timeout=60)
     assert response.status_code == 200
     outcome: dict[str, object] = response.json()
@@ -42,7 +42,7 @@ def _call(caller: testing.RunnerProcess) -> dict[str, object]:
 
 
 def test_fal_client_in_a_runner_trusts_the_gateway_ca_it_is_given(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     callee, ca_path = _callee(start_runner, tmp_path)
     caller = start_runner(
@@ -60,7 +60,7 @@ def test_fal_client_in_a_runner_trusts_the_gateway_ca_it_is_given(
 
 
 def test_without_the_gateway_ca_the_call_is_not_trusted(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     callee, _ = _callee(start_runner, tmp_path)
     caller = start_runner(

@@ -17,7 +17,7 @@ import pytest
 import websockets.exceptions
 import websockets.sync.client
 
-from kubefal_runner import testing
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
@@ -25,13 +25,13 @@ CONCURRENT_REQUESTS = 6
 REQUEST_TIMEOUT_SECONDS = 120.0
 
 
-def _in_flight(runner: testing.RunnerProcess) -> int:
+def _in_flight(runner: runners.RunnerProcess) -> int:
     response = runner.get("/_kubefal/info")
     return -1 if response is None else int(response.json()["runner"]["in_flight"])
 
 
 def test_at_most_max_multiplexing_requests_are_inside_the_app_and_the_rest_get_503(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     release_gate = tmp_path / "release"
     runner = start_runner(
@@ -45,10 +45,10 @@ def test_at_most_max_multiplexing_requests_are_inside_the_app_and_the_rest_get_5
             pool.submit(httpx.post, f"{runner.base_url}/hold", timeout=REQUEST_TIMEOUT_SECONDS)
             for _ in range(CONCURRENT_REQUESTS)
         ]
-        testing.wait_for(
+        waiting.wait_for(
             lambda: sum(future.done() for future in futures) == CONCURRENT_REQUESTS - 2,
             timeout=60,
-            message="the requests beyond the limit to be answered",
+            description="the requests beyond the limit to be answered",
         )
         in_flight_at_limit = _in_flight(runner)
         sdk_health_at_limit = httpx.get(f"{runner.base_url}/health", timeout=30)
@@ -79,7 +79,7 @@ def test_at_most_max_multiplexing_requests_are_inside_the_app_and_the_rest_get_5
 
 
 def test_websocket_sessions_take_slots_and_the_environment_sets_the_limit(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner(
         "lifecycle_app.py::LifecycleApp", extra_env={"KUBEFAL_MAX_MULTIPLEXING": "1"}
@@ -93,7 +93,7 @@ def test_websocket_sessions_take_slots_and_the_environment_sets_the_limit(
         busy_http = httpx.post(f"{runner.base_url}/stats", timeout=30)
         with pytest.raises(websockets.exceptions.InvalidStatus) as second_session:
             websockets.sync.client.connect(ws_url, open_timeout=30)
-    testing.wait_for(lambda: _in_flight(runner) == 0, timeout=60, message="the session to end")
+    waiting.wait_for(lambda: _in_flight(runner) == 0, timeout=60, description="the session to end")
     after_close = httpx.post(f"{runner.base_url}/stats", timeout=30)
 
     assert echoed == "HELLO"

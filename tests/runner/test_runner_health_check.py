@@ -12,22 +12,22 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 
-def _post(runner: testing.RunnerProcess, path: str, body: object = None) -> httpx.Response:
+def _post(runner: runners.RunnerProcess, path: str, body: object = None) -> httpx.Response:
     return httpx.post(f"{runner.base_url}{path}", json=body or {}, timeout=30)
 
 
-def _checks(runner: testing.RunnerProcess) -> int:
+def _checks(runner: runners.RunnerProcess) -> int:
     count: int = _post(runner, "/checks").json()["checks"]
     return count
 
 
 def test_a_check_called_only_on_request_runs_when_a_response_asks_for_it(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("health_app.py::HealthApp")
     runner.wait_ready()
@@ -41,14 +41,14 @@ def test_a_check_called_only_on_request_runs_when_a_response_asks_for_it(
     assert answer.status_code == 200
     assert answer.json() == {"done": True}
     assert "x-fal-runner-health-check" not in answer.headers
-    testing.wait_for(lambda: _checks(runner) == 1, timeout=30, message="the requested check")
+    waiting.wait_for(lambda: _checks(runner) == 1, timeout=30, description="the requested check")
     ready = runner.get("/_kubefal/ready")
     assert ready is not None
     assert ready.status_code == 200
 
 
 def test_a_failed_requested_check_makes_the_runner_unhealthy_for_good(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("health_app.py::HealthApp")
     runner.wait_ready()
@@ -62,7 +62,7 @@ def test_a_failed_requested_check_makes_the_runner_unhealthy_for_good(
         response = runner.get("/_kubefal/ready")
         return response is not None and response.status_code == 503
 
-    testing.wait_for(unready, timeout=30, message="the runner to turn unready")
+    waiting.wait_for(unready, timeout=30, description="the runner to turn unready")
     ready = runner.get("/_kubefal/ready")
     liveness = runner.get("/_kubefal/health")
     assert ready is not None
@@ -77,7 +77,7 @@ def test_a_failed_requested_check_makes_the_runner_unhealthy_for_good(
 
 
 def test_the_falapp_health_check_replaces_the_apps_own(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     """KUBEFAL_HEALTH_CHECK (rendered from the FalApp) asks for regular calls: liveness calls."""
     runner = start_runner(

@@ -18,25 +18,25 @@ import signal
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 LONG_REQUEST_TIMEOUT_SECONDS = 120.0
 
 
-def _in_flight(runner: testing.RunnerProcess) -> int:
+def _in_flight(runner: runners.RunnerProcess) -> int:
     response = runner.get("/_kubefal/info")
     return -1 if response is None else int(response.json()["runner"]["in_flight"])
 
 
-def _ready_state(runner: testing.RunnerProcess) -> tuple[int, str] | None:
+def _ready_state(runner: runners.RunnerProcess) -> tuple[int, str] | None:
     response = runner.get("/_kubefal/ready")
     return None if response is None else (response.status_code, response.json()["state"])
 
 
 def test_readiness_stays_503_until_setup_finishes(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     setup_gate = tmp_path / "setup-may-finish"
     runner = start_runner(
@@ -59,7 +59,7 @@ def test_readiness_stays_503_until_setup_finishes(
 
 
 def test_failing_setup_exits_3_with_the_traceback_in_the_log(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("failing_setup_app.py::FailingSetupApp")
 
@@ -81,7 +81,7 @@ def test_failing_setup_exits_3_with_the_traceback_in_the_log(
     ],
 )
 def test_an_unusable_app_or_setting_exits_with_its_own_code_and_message(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
     app: str,
     extra_env: dict[str, str],
     exit_code: int,
@@ -94,7 +94,7 @@ def test_an_unusable_app_or_setting_exits_with_its_own_code_and_message(
 
 
 def test_sigterm_lets_a_long_request_finish_then_tears_down_and_exits_0(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     release_gate = tmp_path / "release"
     teardown_marker = tmp_path / "teardown-ran"
@@ -112,12 +112,12 @@ def test_sigterm_lets_a_long_request_finish_then_tears_down_and_exits_0(
         long_request = pool.submit(
             httpx.post, f"{runner.base_url}/hold", timeout=LONG_REQUEST_TIMEOUT_SECONDS
         )
-        testing.wait_for(
-            lambda: _in_flight(runner) == 1, timeout=60, message="the request in the app"
+        waiting.wait_for(
+            lambda: _in_flight(runner) == 1, timeout=60, description="the request in the app"
         )
         runner.send_signal(signal.SIGTERM)
-        testing.wait_for(
-            lambda: _ready_state(runner) == (503, "draining"), timeout=60, message="draining"
+        waiting.wait_for(
+            lambda: _ready_state(runner) == (503, "draining"), timeout=60, description="draining"
         )
         rejected_while_draining = httpx.post(f"{runner.base_url}/stats", timeout=30)
         torn_down_before_release = teardown_marker.exists()
@@ -139,7 +139,7 @@ def test_sigterm_lets_a_long_request_finish_then_tears_down_and_exits_0(
 
 
 def test_a_request_stuck_past_the_drain_timeout_does_not_keep_the_runner_alive(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     teardown_marker = tmp_path / "teardown-ran"
     runner = start_runner(
@@ -156,8 +156,8 @@ def test_a_request_stuck_past_the_drain_timeout_does_not_keep_the_runner_alive(
         stuck_request = pool.submit(
             httpx.post, f"{runner.base_url}/hold", timeout=LONG_REQUEST_TIMEOUT_SECONDS
         )
-        testing.wait_for(
-            lambda: _in_flight(runner) == 1, timeout=60, message="the request in the app"
+        waiting.wait_for(
+            lambda: _in_flight(runner) == 1, timeout=60, description="the request in the app"
         )
         runner.send_signal(signal.SIGTERM)
         exit_code = runner.wait_exit()
@@ -171,7 +171,7 @@ def test_a_request_stuck_past_the_drain_timeout_does_not_keep_the_runner_alive(
 
 
 def test_sigterm_during_setup_never_becomes_ready_and_still_tears_down(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     setup_gate = tmp_path / "setup-may-finish"
     teardown_marker = tmp_path / "teardown-ran"
@@ -185,8 +185,8 @@ def test_sigterm_during_setup_never_becomes_ready_and_still_tears_down(
     runner.wait_listening()
 
     runner.send_signal(signal.SIGTERM)
-    testing.wait_for(
-        lambda: _ready_state(runner) == (503, "draining"), timeout=60, message="draining"
+    waiting.wait_for(
+        lambda: _ready_state(runner) == (503, "draining"), timeout=60, description="draining"
     )
     setup_gate.touch()
     exit_code = runner.wait_exit()

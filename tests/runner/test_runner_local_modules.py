@@ -21,7 +21,7 @@ import sys
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
@@ -63,7 +63,7 @@ def _deployed_app(tmp_path: pathlib.Path, *, python: str) -> pathlib.Path:
 
 
 def test_the_app_imports_the_local_package_from_the_pickled_function(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     app_file = _deployed_app(tmp_path, python=python)
@@ -77,7 +77,7 @@ def test_the_app_imports_the_local_package_from_the_pickled_function(
 
 
 def test_a_pickle_from_another_python_minor_version_stops_the_runner_saying_why(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     app_file = _deployed_app(tmp_path, python="3.7")
 

@@ -19,7 +19,8 @@ import signal
 import httpx
 import pytest
 
-from kubefal_runner import request_logs, testing
+from kubefal_runner import request_logs
+from testkit import waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
@@ -27,7 +28,7 @@ WORDS_PER_REQUEST = 40
 
 
 def _log_request(
-    *, runner: testing.RunnerProcess, request_id: str, words: list[str]
+    *, runner: runners.RunnerProcess, request_id: str, words: list[str]
 ) -> httpx.Response:
     return httpx.post(
         f"{runner.base_url}/log",
@@ -37,7 +38,7 @@ def _log_request(
     )
 
 
-def _logs(*, runner: testing.RunnerProcess, request_id: str) -> list[dict[str, str]]:
+def _logs(*, runner: runners.RunnerProcess, request_id: str) -> list[dict[str, str]]:
     response = runner.get(f"/_kubefal/logs/{request_id}")
     assert response is not None
     assert response.status_code == 200
@@ -46,7 +47,7 @@ def _logs(*, runner: testing.RunnerProcess, request_id: str) -> list[dict[str, s
 
 
 def test_request_output_and_logging_are_kept_under_the_request_id(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("lifecycle_app.py::LifecycleApp")
     runner.wait_ready()
@@ -68,7 +69,7 @@ def test_request_output_and_logging_are_kept_under_the_request_id(
     assert _logs(runner=runner, request_id="never-seen") == []
 
 
-def test_concurrent_requests_keep_their_own_lines(start_runner: testing.RunnerFactory) -> None:
+def test_concurrent_requests_keep_their_own_lines(start_runner: runners.RunnerFactory) -> None:
     runner = start_runner("lifecycle_app.py::LifecycleApp")
     runner.wait_ready()
     words = {
@@ -97,7 +98,7 @@ def test_concurrent_requests_keep_their_own_lines(start_runner: testing.RunnerFa
 
 
 def test_captured_lines_reach_stdout_as_json_and_other_output_passes_untouched(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("lifecycle_app.py::LifecycleApp")
     runner.wait_ready()
@@ -117,7 +118,7 @@ def test_captured_lines_reach_stdout_as_json_and_other_output_passes_untouched(
 
 
 def test_sixteen_mebibytes_of_carriage_return_progress_are_captured_per_redraw(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("progress_app.py::ProgressApp")
     runner.wait_ready()
@@ -143,7 +144,7 @@ def test_sixteen_mebibytes_of_carriage_return_progress_are_captured_per_redraw(
 
 
 def test_sigterm_drains_while_an_endpoint_writes_progress(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     gate = tmp_path / "release"
     runner = start_runner(
@@ -153,13 +154,13 @@ def test_sigterm_drains_while_an_endpoint_writes_progress(
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(httpx.post, f"{runner.base_url}/progress-until", json={}, timeout=120)
-        testing.wait_for(
+        waiting.wait_for(
             lambda: (
                 runner.get("/_kubefal/info") is not None
                 and runner.get("/_kubefal/info").json()["runner"]["in_flight"] == 1
             ),  # type: ignore[union-attr]
             timeout=30,
-            message="the progress request to be in flight",
+            description="the progress request to be in flight",
         )
         runner.send_signal(signal.SIGTERM)
 
@@ -167,7 +168,7 @@ def test_sigterm_drains_while_an_endpoint_writes_progress(
             response = runner.get("/_kubefal/ready")
             return response is not None and response.json()["state"] == "draining"
 
-        testing.wait_for(draining, timeout=30, message="the runner to start draining")
+        waiting.wait_for(draining, timeout=30, description="the runner to start draining")
         gate.touch()
         response = pending.result(timeout=60)
 

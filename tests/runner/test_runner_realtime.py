@@ -20,8 +20,7 @@ import sys
 
 import pytest
 
-from kubefal_runner import testing
-from testkit import certs
+from testkit import certs, runners
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
@@ -48,7 +47,7 @@ print(json.dumps({"replies": [first, second], "error": error}))
 
 
 def test_fal_client_realtime_round_trips_through_the_runner_over_tls(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     ca_path, cert_path, key_path = certs.issue_serving_certificate(
         tmp_path, dns_names=["localhost"], ip_addresses=["127.0.0.1"]

@@ -18,7 +18,7 @@ import pathlib
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners
 from tests.offline_wheels import build_wheel as _build_wheel
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
@@ -38,7 +38,7 @@ def _offline_pip_env(
 
 
 def test_requirements_are_installed_into_a_cached_environment_and_reused(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -70,7 +70,7 @@ def test_requirements_are_installed_into_a_cached_environment_and_reused(
 
 
 def test_an_uninstallable_requirement_exits_4_with_pips_message(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -90,7 +90,7 @@ def test_an_uninstallable_requirement_exits_4_with_pips_message(
 
 
 def test_layers_get_one_cached_environment_each_and_a_shared_first_layer_is_not_reinstalled(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -133,7 +133,7 @@ def test_layers_get_one_cached_environment_each_and_a_shared_first_layer_is_not_
 
 
 def test_a_later_layer_pins_over_an_earlier_one(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -15,14 +15,14 @@ import uuid
 import httpx
 import pytest
 
-from kubefal_runner import testing
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
 APPS_DIR = pathlib.Path(__file__).parent / "apps"
 
 
-def test_sync_and_async_endpoints_answer_like_the_sdk(start_runner: testing.RunnerFactory) -> None:
+def test_sync_and_async_endpoints_answer_like_the_sdk(start_runner: runners.RunnerFactory) -> None:
     runner = start_runner("echo_app.py::EchoApp")
     runner.wait_ready()
 
@@ -36,7 +36,7 @@ def test_sync_and_async_endpoints_answer_like_the_sdk(start_runner: testing.Runn
 
 
 def test_a_module_path_reference_is_imported_like_a_file_is_run(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("echo_app::EchoApp", extra_env={"PYTHONPATH": str(APPS_DIR)})
     runner.wait_ready()
@@ -47,7 +47,7 @@ def test_a_module_path_reference_is_imported_like_a_file_is_run(
 
 
 def test_validation_errors_404s_and_openapi_come_from_the_sdk(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("echo_app.py::EchoApp")
     runner.wait_ready()
@@ -67,7 +67,7 @@ def test_validation_errors_404s_and_openapi_come_from_the_sdk(
 
 
 def test_request_ids_are_passed_through_generated_and_echoed(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("lifecycle_app.py::LifecycleApp")
     runner.wait_ready()
@@ -88,7 +88,7 @@ def test_request_ids_are_passed_through_generated_and_echoed(
 
 
 def test_setup_loads_a_real_model_and_endpoints_predict_with_it(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("model_app.py::ModelApp")
     runner.wait_ready()
@@ -100,7 +100,7 @@ def test_setup_loads_a_real_model_and_endpoints_predict_with_it(
 
 
 def test_health_endpoint_runs_the_apps_own_health_check(
-    start_runner: testing.RunnerFactory, tmp_path: pathlib.Path
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
 ) -> None:
     unhealthy_file = tmp_path / "unhealthy"
     runner = start_runner(
@@ -124,7 +124,7 @@ def test_health_endpoint_runs_the_apps_own_health_check(
 
 
 def test_health_endpoint_falls_back_to_the_sdk_health_route(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("echo_app.py::EchoApp")
     runner.wait_ready()
@@ -137,7 +137,7 @@ def test_health_endpoint_falls_back_to_the_sdk_health_route(
 
 
 def test_info_reports_the_apps_normalized_fal_configuration(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("model_app.py::ModelApp")
     runner.wait_ready()
@@ -182,7 +182,7 @@ def test_info_reports_the_apps_normalized_fal_configuration(
 
 
 def test_metrics_port_serves_the_sdk_and_runner_metrics(
-    start_runner: testing.RunnerFactory,
+    start_runner: runners.RunnerFactory,
 ) -> None:
     runner = start_runner("echo_app.py::EchoApp")
     runner.wait_ready()
@@ -191,7 +191,9 @@ def test_metrics_port_serves_the_sdk_and_runner_metrics(
     def metrics_text() -> str:
         return httpx.get(f"http://127.0.0.1:{runner.metrics_port}/metrics", timeout=10).text
 
-    testing.wait_for(lambda: "http_requests_total" in metrics_text(), timeout=30, message="metrics")
+    waiting.wait_for(
+        lambda: "http_requests_total" in metrics_text(), timeout=30, description="metrics"
+    )
     text = metrics_text()
     assert 'fal_app_info{version="unknown"} 1.0' in text
     assert "kubefal_runner_ready 1.0" in text

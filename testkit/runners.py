@@ -1,9 +1,8 @@
 """Run real runner processes from tests: ``python -m kubefal_runner`` on a free loopback port.
 
-The runner's own tests and the e2e suite (which starts one runner per pod that kwok marks Running)
-need the same few things: a free port, a subprocess with its output kept in files, probes of
-``/_kubefal/*`` that tolerate a port that is not open yet, and a ``wait_for`` with a timeout instead
-of sleeps. Standard library only, so it adds nothing to the runner image.
+The runner's own tests need a subprocess with its output kept in files and probes of
+``/_kubefal/*`` that tolerate a port that is not open yet. Test-only code, so it lives here and
+not in the runner package (which ships in every runner image).
 """
 
 from __future__ import annotations
@@ -15,43 +14,21 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+from testkit import ports, waiting
 
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 90.0
 DEFAULT_EXIT_TIMEOUT_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 10.0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS just handed out on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(
-    predicate: collections.abc.Callable[[], bool],
-    *,
-    timeout: float,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> None:
-    """Poll ``predicate`` until it is true; raise `TimeoutError` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
-
-
-class RunnerExited(RuntimeError):
+class RunnerExited(waiting.GiveUp):
     """The runner process ended while it was expected to serve."""
 
 
@@ -81,8 +58,8 @@ class RunnerProcess:
         tls_ca: pathlib.Path | None = None,
     ) -> None:
         self.host = host
-        self.port = free_port(host)
-        self.metrics_port = free_port(host)
+        self.port = ports.free_port(host)
+        self.metrics_port = ports.free_port(host)
         self.base_url = f"{'https' if tls_ca else 'http'}://{host}:{self.port}"
         self._ssl_context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
         self.stdout_path = workdir / f"runner-{self.port}.stdout"
@@ -145,7 +122,7 @@ class RunnerProcess:
             self._check_alive()
             return self.get("/_kubefal/ready") is not None
 
-        wait_for(listening, timeout=timeout, message="the runner's port")
+        waiting.wait_for(listening, timeout=timeout, interval=0.05, description="the runner's port")
 
     def wait_ready(self, timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS) -> None:
         """Wait until ``/_kubefal/ready`` answers 200."""
@@ -155,7 +132,9 @@ class RunnerProcess:
             response = self.get("/_kubefal/ready")
             return response is not None and response.status_code == 200
 
-        wait_for(ready, timeout=timeout, message="the runner to be ready")
+        waiting.wait_for(
+            ready, timeout=timeout, interval=0.05, description="the runner to be ready"
+        )
 
     def wait_exit(self, timeout: float = DEFAULT_EXIT_TIMEOUT_SECONDS) -> int:
         """Wait for the process to end; return its exit code."""
