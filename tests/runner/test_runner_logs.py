@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from kubefal_runner import request_logs
-from testkit import waiting
+from testkit import runners, waiting
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
 
