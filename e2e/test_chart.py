@@ -702,6 +702,7 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(helm: H
             operator_handlers.CONFIG_MAPS,
             operator_handlers.SCALED_OBJECTS,
             operator_handlers.AUTOSCALERS,
+            operator_handlers.BUILD_JOBS,
         )
     }
     for group, resource in watched:

@@ -6,7 +6,7 @@ reconcile asks :func:`resolve` first; it answers with the image to run, or with 
 
 * the image reference is ``<registry>/<namespace>:<hash>``, the hash covering everything the
   build reads (the Dockerfile with the runner stage kubefal appends, the build arguments, the
-  context ConfigMaps, the build Secret's name, the builder image). Same content, same tag;
+  context ConfigMaps, the builder image; not the build secrets). Same content, same tag;
 * when the registry already has that tag (a ``HEAD`` of the manifest), nothing is built
   (``status.build.phase: Cached``);
 * otherwise a Job (``<app>-build-<hash>``, owned by the FalApp) runs the builder image:
@@ -203,12 +203,13 @@ def dockerfile(spec: v1alpha1.ContainerImageSpec, *, settings: BuildSettings) ->
 
 
 def content_hash(spec: v1alpha1.ContainerImageSpec, *, settings: BuildSettings) -> str:
-    """Hash of everything the build reads (the values of build Secrets excepted: only the
-    Secret's name counts, so rotating a secret does not rebuild; change a build argument to)."""
+    """Hash of everything the build reads, build Secrets excepted: the Dockerfile names the
+    secret ids it mounts, their values (and the Secret's name, which ``kubefal deploy`` derives
+    from the app's) do not count, so the same content under another app name or with a
+    rotated secret is the same image; change a build argument to force a rebuild."""
     content = {
         "dockerfile": dockerfile(spec, settings=settings),
         "buildArgs": dict(sorted(spec.build_args.items())),
-        "secret": spec.secret_ref.name if spec.secret_ref else None,
         "context": [cm.to_kube() for cm in spec.context or []],
         "builder": settings.builder_image,
     }
