@@ -33,8 +33,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
-from e2e import operator_harness, podrunner, waiting
-from testkit import certs
+from e2e import operator_harness, podrunner
+from testkit import certs, waiting
 
 REPO_ROOT = local_cluster.REPO_ROOT
 RUNNER_SELECTOR = "kubefal.io/app,app.kubernetes.io/component=runner"

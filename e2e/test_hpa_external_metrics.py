@@ -18,10 +18,10 @@ import pytest
 import uvicorn
 from kubernetes import client as k8s
 
-from e2e import system, waiting
+from e2e import system
 from e2e.conftest import ClusterHandle
 from kubefal_gateway import external_metrics
-from testkit import certs
+from testkit import certs, waiting
 
 
 class DesiredCounts:

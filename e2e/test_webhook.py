@@ -26,10 +26,9 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster as local_cluster
-from e2e import waiting
 from e2e.conftest import ClusterHandle
 from kubefal_api import machines, naming, v1alpha1
-from testkit import certs
+from testkit import certs, waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SELECTOR_LABEL = "kubefal.io/webhook-e2e"
