@@ -170,6 +170,42 @@ def test_sdk_and_fal_cli_list_scale_and_manage_keys_of_the_app_of_kubefal_run(
     assert "make dev" in deploy.stdout + deploy.stderr
     assert delete.returncode != 0 and "Ctrl-C" in delete.stdout + delete.stderr
 
+    # Runner configuration replaces the runner (as it rolls runners on a cluster), and so
+    # does fal apps rollout; each replacement serves.
+    def current_runner() -> list[Any]:
+        return list(
+            _sdk(
+                env,
+                home,
+                f"emit([(r.runner_id, r.state.name) for r in client.apps.runners({APP!r})])",
+            )
+        )
+
+    def replaced(previous: str) -> bool:
+        runners = current_runner()
+        return len(runners) == 1 and runners[0][0] != previous and runners[0][1] == "IDLE"
+
+    multiplexed = _sdk(
+        env, home, f"emit(client.apps.scale({APP!r}, max_multiplexing=3).max_multiplexing)"
+    )
+    wait_for(lambda: replaced(runner_id), timeout=240, description="a runner with multiplexing 3")
+    ((second_id, _),) = current_runner()
+    second_pid = int(second_id.rsplit("-", 1)[1])
+    second_environment = pathlib.Path(f"/proc/{second_pid}/environ").read_bytes().split(b"\0")
+    _ok(_fal(env, home, "apps", "rollout", APP))
+    wait_for(lambda: replaced(second_id), timeout=240, description="fal apps rollout's runner")
+    served = run_client(
+        "import json, os, fal_client\n"
+        "print(json.dumps(fal_client.run(os.environ['KUBEFAL_APP'], {'text': 'rolled'})))",
+        env,
+    )
+
+    assert multiplexed == 3
+    assert b"KUBEFAL_MAX_MULTIPLEXING=3" in second_environment
+    assert served == {"text": "rolled", "setup_done": True}
+    gateway_app = json.loads((_run_dir(tmp_path) / "gateway.json").read_text())["apps"][0]
+    assert gateway_app["maxMultiplexing"] == 3
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(
