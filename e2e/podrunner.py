@@ -137,6 +137,8 @@ class PodRunner:
             return
         if not ipaddress.ip_address(pod.status.pod_ip).is_loopback:
             return  # never bind or send to an address off this machine
+        if pod.spec.host_network:
+            return  # a real node's pod (e2e/realnode.py): its container runs for real
         self._start(pod)
 
     # -- processes --

@@ -33,6 +33,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import ipaddress
 import json
 import pathlib
 import shutil
@@ -207,7 +208,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [{cri}.cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{self.root / "cni"}"
+
+[{cri}.registry]
+  config_path = "{self.registry_hosts}"
 """
+
+    @property
+    def registry_hosts(self) -> pathlib.Path:
+        """containerd's per-registry ``hosts.toml`` folder (read at each pull)."""
+        return self.root / "containerd" / "certs.d"
+
+    def allow_plain_http_registry(self, address: str) -> None:
+        """Let pods pull from the registry at ``address`` (``127.0.0.1:<port>``) over plain
+        HTTP, as a local test registry serves; nothing restarts (containerd reads it per pull)."""
+        host = ipaddress.ip_address(address.rsplit(":", 1)[0])
+        if not host.is_loopback:
+            raise RealNodeError(f"{address}: only a loopback registry is allowed here")
+        folder = self.registry_hosts / address
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts.toml").write_text(
+            f'server = "http://{address}"\n\n[host."http://{address}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+        )
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> str:
         result = subprocess.run(
