@@ -8,7 +8,8 @@ thing from the binaries ``make testbin`` builds (``e2e/testbin.sh``):
 * etcd, kube-apiserver (aggregation layer enabled, for ``external.metrics.k8s.io``),
   kube-controller-manager (every default controller: garbage collector, HPA, ...),
   kube-scheduler, and kwok, which plays kubelet for fake nodes and gives pods IPs in
-  127.64.0.0/16 so that a test can bind a process to "the pod";
+  a /16 of 127.64.0.0/10 (one per local cluster: ``claim_pod_cidr``) so that a test can bind a
+  process to "the pod";
 * fake nodes: two CPU nodes and GPU nodes labelled like GPU Feature Discovery does
   (``nvidia.com/gpu.product``), tainted ``nvidia.com/gpu=present:NoSchedule`` as GPU
   node pools usually are, with region and zone labels.
@@ -28,6 +29,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import ssl
@@ -49,6 +51,9 @@ from testkit import certs, ports
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubefal" / "cluster"
 POD_CIDR = "127.64.0.0/16"
+"""Pod IPs kwok hands out on a cluster this module did not start (KUBEFAL_E2E_KUBECONFIG)."""
+POD_CIDR_CLAIMS = pathlib.Path("/tmp/kubefal-pod-cidrs")
+"""One file per /16 of 127.64.0.0/10 a local cluster's kwok uses, holding that kwok's PID."""
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
 
@@ -264,6 +269,32 @@ class Component:
     name: str
     pid: int
     log: pathlib.Path
+
+
+def claim_pod_cidr() -> tuple[str, pathlib.Path]:
+    """A /16 of 127.64.0.0/10 no live local cluster on this machine uses, and its claim file.
+
+    Concurrent e2e sessions each start their own cluster; with one shared range their kwoks
+    handed out the same pod IPs, and one session's gateway reached another session's runner
+    bound there. The claim file holds this process's PID until ``hold_pod_cidr`` records
+    kwok's; a claim whose process is gone is taken over.
+    """
+    POD_CIDR_CLAIMS.mkdir(parents=True, exist_ok=True)
+    octets = list(range(65, 128))  # 127.64/16: clusters started before the claims, and POD_CIDR
+    random.shuffle(octets)
+    for octet in octets:
+        claim = POD_CIDR_CLAIMS / str(octet)
+        with contextlib.suppress(FileExistsError):
+            with claim.open("x") as handle:
+                handle.write(str(os.getpid()))
+            return f"127.{octet}.0.0/16", claim
+        with contextlib.suppress(OSError, ValueError):
+            if not _alive(int(claim.read_text() or "0")):
+                claim.unlink()
+                with claim.open("x") as handle:
+                    handle.write(str(os.getpid()))
+                return f"127.{octet}.0.0/16", claim
+    raise ClusterError(f"every pod range of 127.64.0.0/10 is claimed in {POD_CIDR_CLAIMS}")
 
 
 def _alive(pid: int) -> bool:
@@ -561,7 +592,8 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        self._spawn(
+        pod_cidr, claim = claim_pod_cidr()
+        kwok = self._spawn(
             "kwok",
             [
                 self._binary("kwok"),
@@ -570,13 +602,14 @@ class LocalCluster:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--manage-nodes-with-label-selector=",
                 "--manage-single-node=",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={pod_cidr}",
                 "--node-ip=127.0.0.1",
                 "--node-lease-duration-seconds=40",
                 "-c",
                 str(self.testbin / "kwok-stages.yaml"),
             ],
         )
+        claim.write_text(str(kwok.pid))  # claimed while this cluster's kwok lives
 
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
         result = subprocess.run(
