@@ -15,7 +15,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/versions.env"
 KEY="k8s${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}-keda${KEDA_VERSION}"
 OUT=${KUBEFAL_TESTBIN:-$HOME/.cache/kubefal/testbin/$KEY}
-BINS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm"
+BINS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm promql-names-$PROMETHEUS_VERSION"
 REAL_NODE=${KUBEFAL_TESTBIN_REAL_NODE:-}
 [ "${1:-}" = "--real-node" ] && REAL_NODE=1
 [ -n "$REAL_NODE" ] && BINS="$BINS kubelet pause"
@@ -125,6 +125,17 @@ if [ ! -x "$OUT/helm" ]; then
   printf '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' > tools.go
   go mod tidy -e >/dev/null 2>&1 || true
   go build -trimpath -ldflags "-s -w" -o "$OUT/helm" helm.sh/helm/v3/cmd/helm
+fi
+
+if [ ! -x "$OUT/promql-names-$PROMETHEUS_VERSION" ]; then
+  # Prometheus's own PromQL parser: the chart's alerts and dashboard queries must parse, and
+  # the metric names they select are checked against the real /metrics (e2e/test_monitoring.py).
+  log "promql-names (prometheus v$PROMETHEUS_VERSION parser)"
+  mkdir -p "$WORK/promql" && cd "$WORK/promql"
+  printf 'module local/promql-names\n\ngo 1.24\n\nrequire github.com/prometheus/prometheus v%s\n' "$PROMETHEUS_VERSION" > go.mod
+  cp "$HERE/promql-names.go" main.go
+  go mod tidy -e >/dev/null 2>&1 || true
+  go build -trimpath -ldflags "-s -w" -o "$OUT/promql-names-$PROMETHEUS_VERSION" .
 fi
 
 log "KEDA v$KEDA_VERSION CRDs and external scaler proto"
