@@ -167,6 +167,8 @@ class QueueWorker:
         """App id of each job this gateway is running: its status is IN_PROGRESS in the store
         (leased here, not yet completed), so a status poll needs no store read."""
         self.cancel_requested: set[str] = set()
+        self.finished_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        """Status polls held until their job completes (`finished_waiter`)."""
         self.tasks: set[asyncio.Task[None]] = set()
         self._log_counts: dict[str, int] = {}
 
@@ -188,8 +190,10 @@ class QueueWorker:
                     self.wake(event.app_id)
                 elif event.kind is queueing.EventKind.CANCEL_REQUESTED:
                     self._cancel_running(event.request_id)
-                elif event.kind is queueing.EventKind.COMPLETED and self.on_change is not None:
-                    self.on_change(event.app_id)
+                elif event.kind is queueing.EventKind.COMPLETED:
+                    self._wake_finished(event.request_id)
+                    if self.on_change is not None:
+                        self.on_change(event.app_id)
         finally:
             events.close()
 
@@ -326,12 +330,51 @@ class QueueWorker:
             self.running.pop(request_id, None)
             self.running_apps.pop(request_id, None)
             self.cancel_requested.discard(request_id)
-        await self._collect_logs(job, forwarded)
-        await self.store.complete(request_id, holder=self.holder, result=result)
+        try:
+            await self._collect_logs(job, forwarded)
+            await self.store.complete(request_id, holder=self.holder, result=result)
+        finally:
+            self._wake_finished(request_id)  # held status polls read the store again
         outcome = "ok" if result.outcome is queueing.Outcome.OK else result.outcome.value.lower()
         self.metrics.observe_request(
             app.app_id, "queue", outcome, max(0.0, time.time() - job.submitted_at)
         )
+
+    def finished_waiter(self, request_id: str) -> asyncio.Future[None]:
+        """A future resolved once the job is completed in the store: run here, or anywhere when
+        its completion event reaches this gateway (at most once across gateways, so waits on
+        it are bounded). Taken before reading the job's state, so no completion slips between;
+        give it back with `wait_finished` or `drop_waiter`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finished_waiters.setdefault(request_id, []).append(waiter)
+        return waiter
+
+    async def wait_finished(
+        self, request_id: str, waiter: asyncio.Future[None], timeout: float
+    ) -> bool:
+        """Wait at most `timeout` s on `waiter`; True when the job completed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self.drop_waiter(request_id, waiter)
+        return True
+
+    def drop_waiter(self, request_id: str, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.cancel()
+        waiters = self.finished_waiters.get(request_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self.finished_waiters[request_id]
+
+    def _wake_finished(self, request_id: str) -> None:
+        for waiter in self.finished_waiters.pop(request_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _note_attempts(self, request_id: str, ended: int) -> None:
         """Persist retries within this dispatch, so a gateway crash does not reset the count."""

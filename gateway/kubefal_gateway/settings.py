@@ -114,6 +114,12 @@ class Settings:
     """Port runners listen on inside their pods (Kubernetes mode)."""
     runner_probe_interval: float = 1.0
     """Seconds between readiness probes of a runner (`GET /_kubefal/ready`)."""
+    status_hold_seconds: float = 0.25
+    """A status poll (without logs) of a queued or running job waits up to this long for the
+    job to finish before it answers IN_QUEUE or IN_PROGRESS; a job that finishes meanwhile is
+    answered COMPLETED at once. A client polling every 0.1 s (fal_client) then learns of the
+    result without waiting for its next poll, and sends fewer polls (docs/design-decisions.md).
+    0 answers at once; at most 10."""
     lease_seconds: float = 30.0
     """A dispatched queued job is leased for this long and renewed while it runs, so another
     gateway replica takes it over if this one dies."""
@@ -357,6 +363,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ):
         if getattr(settings, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= settings.status_hold_seconds <= 10:
+        raise SystemExit("--status-hold-seconds must be between 0 and 10")
     for name in (
         "header_timeout",
         "tls_handshake_timeout",

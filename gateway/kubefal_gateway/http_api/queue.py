@@ -14,6 +14,7 @@ from kubefal_gateway import (
     apps,
     core,
     errors,
+    queue_worker,
     queueing,
     targets,
     webhook_targets,
@@ -151,15 +152,22 @@ class QueueApi(ApiPart):
     ) -> None:
         with_logs = bool(scope.get("query_string")) and not falsey(query_params(scope).get("logs"))
         worker = self.gateway.worker
-        if (
-            not with_logs
-            and worker is not None
+        hold = self.gateway.settings.status_hold_seconds
+        if worker is not None and not with_logs and hold > 0:
+            view = await self._held_view(worker, app, request_id, hold)
+            if view is None:
+                await send_prepared(send, IN_PROGRESS_STATUS)
+                return
+        elif (
+            worker is not None
+            and not with_logs
             and worker.running_apps.get(request_id) == app.app_id
         ):
             # Running here: IN_PROGRESS in the store too (leased by this gateway, not completed).
             await send_prepared(send, IN_PROGRESS_STATUS)
             return
-        view = await self._view(app, request_id, with_logs=with_logs, with_body=False)
+        else:
+            view = await self._view(app, request_id, with_logs=with_logs, with_body=False)
         if view.state is queueing.JobState.IN_PROGRESS and view.logs is None:
             await send_prepared(send, IN_PROGRESS_STATUS)  # most polls: one constant answer
             return
@@ -185,6 +193,28 @@ class QueueApi(ApiPart):
                     "error_type": None if result is None else result.error_type,
                 },
             )
+
+    async def _held_view(
+        self, worker: queue_worker.QueueWorker, app: apps.AppConfig, request_id: str, hold: float
+    ) -> queueing.JobView | None:
+        """The job's view after holding the poll up to `hold` s for the job to finish, so a job
+        finishing meanwhile is answered COMPLETED at once and a client polling every 0.1 s
+        (fal_client) sends fewer polls (--status-hold-seconds, docs/design-decisions.md).
+        None: still running here (IN_PROGRESS, no store read needed)."""
+        waiter = worker.finished_waiter(request_id)
+        try:
+            if worker.running_apps.get(request_id) == app.app_id:
+                # Running here: IN_PROGRESS in the store too (leased here, not completed).
+                if not await worker.wait_finished(request_id, waiter, hold):
+                    return None
+            else:
+                view = await self._view(app, request_id, with_logs=False, with_body=False)
+                if view.state is queueing.JobState.COMPLETED:
+                    return view
+                await worker.wait_finished(request_id, waiter, hold)
+        finally:
+            worker.drop_waiter(request_id, waiter)
+        return await self._view(app, request_id, with_logs=False, with_body=False)
 
     async def _result(self, send: Send, *, app: apps.AppConfig, request_id: str) -> None:
         view = await self._view(app, request_id, with_logs=False, with_body=True)
