@@ -15,6 +15,8 @@ from kubefal_controlplane import server, settings
 def main(argv: Sequence[str] | None = None) -> int:
     config = settings.from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs each relayed /files request (callers' paths) at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -19,9 +19,14 @@ puts those modules into ``sys.modules`` before it loads the app file. Pickled co
 runner's Python minor version (``RUNNER_PYTHON``), so another one fails the deploy here, with
 what to do.
 
-What this does not carry yet, and refuses with a message instead of dropping silently:
-``app_files`` (``files``: the SDK uploads them to fal's app-files REST API, which kubefal's
-gateway does not serve yet), ``entrypoint`` apps, container images (``kind="container"``).
+``app_files`` (``files``: the SDK uploads them by content hash to the app-files REST API,
+which the gateway serves; :mod:`kubefal_controlplane.app_files` reads them back with the
+deploying caller's key) go into the same bundle at their paths below
+``app_files_context_dir``, with the app file where the SDK's runtime config says it sits
+below that directory (``app_files_relative_path``, read from the pickle's opcodes).
+
+What this does not carry, and refuses with a message instead of dropping silently:
+``entrypoint`` apps, container images (``kind="container"``).
 Requirement layers stay layers (``spec.requirementLayers``; a flat list is ``spec.requirements``);
 the fal serving stack the SDK adds to every app (fastapi, pydantic, uvicorn ...) is left out,
 because kubefal's runner image brings its own.
@@ -101,7 +106,6 @@ def app_classes(source: str) -> list[str]:
     return found
 
 
-UNCARRIED_CLASS_ATTRIBUTES: Final = ("app_files",)
 RUNNER_PYTHON: Final = "3.11"
 """Python minor version of kubefal's runner image (its lock file pins Debian's 3.11)."""
 FUNCTION_FILE: Final = "_kubefal_function.pkl"
@@ -138,18 +142,6 @@ def _is_empty(value: ast.expr) -> bool:
     )
 
 
-def check_carried(source: str, class_name: str) -> None:
-    """Refuse an app class that sets what a ``fal deploy`` on kubefal would drop."""
-    for name, value in _class_assignments(source, class_name):
-        if name in UNCARRIED_CLASS_ATTRIBUTES and not _is_empty(value):
-            raise errors.failed_precondition(
-                f"source_code: {class_name}.{name} is set, and `fal deploy` on kubefal does "
-                "not carry app_files yet (kubefal's gateway does not serve fal's app-files "
-                "upload API); deploy with `kubefal deploy app.py::MyApp`, which carries them, "
-                "or bake them into an image"
-            )
-
-
 def local_modules(source: str, class_name: str) -> list[str]:
     """The class's ``local_python_modules``, read from its body without executing it."""
     for name, value in _class_assignments(source, class_name):
@@ -176,6 +168,76 @@ def client_python(environments: Sequence[isolate_proto.EnvironmentDefinition]) -
     return None
 
 
+APP_FILES_DIR_FIELD: Final = "app_files_relative_path"
+"""fal's ``FunctionRuntimeConfig`` field: the app file's directory below
+``app_files_context_dir`` (``fal.app_files.get_app_files_relative_path``)."""
+
+
+_MEMO_PUT: Final = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET: Final = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_NOTHING: Final = object()
+
+
+def _pickle_tokens(data: bytes) -> list[object]:
+    """The values a pickle pushes, in order: strings (memo references resolved), ``None``
+    and booleans, and a placeholder for anything else; memo writes are no values."""
+    memo: dict[int, object] = {}
+    tokens: list[object] = []
+    for opcode, argument, _position in pickletools.genops(data):
+        name = opcode.name
+        last = tokens[-1] if tokens else _NOTHING
+        if name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif name in _MEMO_PUT and isinstance(argument, int):
+            memo[argument] = last
+        elif name in _MEMO_GET and isinstance(argument, int):
+            tokens.append(memo.get(argument, _NOTHING))
+        elif name == "NONE":
+            tokens.append(None)
+        elif name in ("NEWTRUE", "NEWFALSE"):
+            tokens.append(name == "NEWTRUE")
+        else:
+            tokens.append(argument if isinstance(argument, str) else _NOTHING)
+    return tokens
+
+
+def app_files_dir(function: bytes) -> str:
+    """Where the SDK says the app file sits below ``app_files_context_dir`` (``.``: there),
+    read from the pickle's opcodes without loading it (memo references resolved), from the
+    runtime config's state; ``.`` when the pickle does not say."""
+    if len(function) > MAX_PICKLE_SCAN_BYTES:
+        return "."
+    try:
+        tokens = _pickle_tokens(function)
+    except (ValueError, EOFError, KeyError, IndexError, TypeError):
+        return "."
+    found: object = None
+    for index in range(len(tokens) - 3):
+        # The state of a FunctionRuntimeConfig: {field: value, "include_cwd_in_sys_path":
+        # True|False}. The class's definition names the field too (annotations, fields,
+        # code), never in that shape; its default (None) comes before the instance's state.
+        if (
+            tokens[index] == APP_FILES_DIR_FIELD
+            and tokens[index + 2] == "include_cwd_in_sys_path"
+            and isinstance(tokens[index + 3], bool)
+        ):
+            found = tokens[index + 1]
+    found = found if isinstance(found, str) else None
+    return "." if found is None else _checked_app_dir(found)
+
+
+def _checked_app_dir(value: str) -> str:
+    if value in ("", "."):
+        return "."
+    if not bundles.is_valid_path(value):
+        raise errors.failed_precondition(
+            f"app_files_context_dir: the app file's directory below it is {value[:200]!r}; "
+            "point app_files_context_dir at a directory that contains the app file, and use "
+            "plain relative names ([-._a-zA-Z0-9/], no '..')"
+        )
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceObjects:
     """The ConfigMaps holding one deploy's code and the ``spec.source`` that mounts them."""
@@ -183,6 +245,8 @@ class SourceObjects:
     config_maps: list[dict[str, Any]]
     spec_source: dict[str, Any]
     revision: str
+    app_path: str = APP_FILE
+    """The app file's path in the bundle (``spec.app`` is ``<it>::<Class>``)."""
 
     def stale_selector(self, app_name: str) -> str:
         """Label selector of this app's source ConfigMaps of other revisions."""
@@ -197,10 +261,13 @@ def source_objects(
     function: bytes,
     modules: Sequence[str],
     python: str | None,
+    app_files: Mapping[str, bytes] | None = None,
+    app_dir: str = ".",
 ) -> SourceObjects:
-    """The app file alone in one ConfigMap; with local modules, a bundle that adds the
-    pickled function (as opaque bytes) and the note the runner reads."""
-    if not modules:
+    """The app file alone in one ConfigMap; with local modules or app_files, a bundle: the
+    app file at ``<app_dir>/app.py``, each app file at its path, and with local modules the
+    pickled function (as opaque bytes) and the note the runner reads, next to the app file."""
+    if not modules and not app_files:
         config_map = source_config_map(namespace=namespace, app_name=app_name, source=source)
         revision = config_map["metadata"]["name"].rsplit("-", 1)[-1]
         config_map["metadata"]["labels"][LABEL_SOURCE_REVISION] = revision
@@ -209,6 +276,41 @@ def source_objects(
             spec_source={"configMapRef": {"name": config_map["metadata"]["name"]}},
             revision=revision,
         )
+    prefix = "" if app_dir == "." else f"{app_dir}/"
+    app_path = prefix + APP_FILE
+    files: dict[str, bytes] = dict(app_files or {})
+    if app_path in files:
+        raise errors.failed_precondition(
+            f"files: app_files has a file at {app_path}, where kubefal puts the app file; "
+            "rename it or leave it out with app_files_ignore"
+        )
+    files[app_path] = source.encode("utf-8")
+    if modules:
+        files.update(_local_module_files(function, modules, python, prefix=prefix))
+    try:
+        bundle = bundles.pack(files, namespace=namespace, app_name=app_name)
+    except bundles.BundleError as error:
+        what = "app_files" if app_files else "pickled local_python_modules"
+        raise errors.failed_precondition(
+            f"files: the app and its {what} cannot be carried: {error}; put large files in "
+            "/data (fal files upload) or an image, or deploy with `kubefal deploy --image`"
+        ) from error
+    revision = hashlib.sha256(
+        "".join(cm["metadata"]["name"] for cm in bundle.config_maps).encode()
+    ).hexdigest()[:SOURCE_HASH_LENGTH]
+    for config_map in bundle.config_maps:
+        config_map["metadata"]["labels"][LABEL_SOURCE_REVISION] = revision
+    return SourceObjects(
+        config_maps=bundle.config_maps,
+        spec_source=bundle.source,
+        revision=revision,
+        app_path=app_path,
+    )
+
+
+def _local_module_files(
+    function: bytes, modules: Sequence[str], python: str | None, *, prefix: str
+) -> dict[str, bytes]:
     if python is None or python.split(".")[:2] != RUNNER_PYTHON.split("."):
         raise errors.failed_precondition(
             f"environments[0].python_version: your Python is {python or 'unknown'}, and "
@@ -218,26 +320,10 @@ def source_objects(
             "modules' source"
         )
     note = {"python": python, "pickle": FUNCTION_FILE, "modules": list(modules)}
-    files = {
-        APP_FILE: source.encode("utf-8"),
-        FUNCTION_FILE: function,
-        LOCAL_MODULES_NOTE: json.dumps(note).encode(),
+    return {
+        prefix + FUNCTION_FILE: function,
+        prefix + LOCAL_MODULES_NOTE: json.dumps(note).encode(),
     }
-    try:
-        bundle = bundles.pack(files, namespace=namespace, app_name=app_name)
-    except bundles.BundleError as error:
-        raise errors.failed_precondition(
-            f"function: the app and its pickled local_python_modules cannot be carried: "
-            f"{error}; deploy with `kubefal deploy app.py::MyApp`"
-        ) from error
-    revision = hashlib.sha256(
-        "".join(cm["metadata"]["name"] for cm in bundle.config_maps).encode()
-    ).hexdigest()[:SOURCE_HASH_LENGTH]
-    for config_map in bundle.config_maps:
-        config_map["metadata"]["labels"][LABEL_SOURCE_REVISION] = revision
-    return SourceObjects(
-        config_maps=bundle.config_maps, spec_source=bundle.source, revision=revision
-    )
 
 
 def pickle_strings(data: bytes) -> set[str]:
@@ -418,6 +504,7 @@ def falapp_spec(
     secrets_name: str,
     config_map: str | None = None,
     source: Mapping[str, Any] | None = None,
+    app_path: str = APP_FILE,
 ) -> dict[str, Any]:
     """The FalApp spec a ``RegisterApplication`` asks for.
 
@@ -425,7 +512,7 @@ def falapp_spec(
     ``spec.scaling``; true, or a new app, takes the class's values.
     """
     spec: dict[str, Any] = {
-        "app": f"{APP_FILE}::{class_name}",
+        "app": f"{app_path}::{class_name}",
         "source": dict(source) if source is not None else {"configMapRef": {"name": config_map}},
         **requirement_fields(requirement_layers(list(request.environments))),
         "auth": AUTH_MODES.get(request.auth_mode, v1alpha1.AuthMode.PRIVATE).value

@@ -35,7 +35,7 @@ from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import apikeys, naming, v1alpha1
-from kubefal_controlplane import auth, backend, deploy, errors, mapping
+from kubefal_controlplane import app_files, auth, backend, deploy, errors, mapping
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -587,8 +587,7 @@ class Controller(IsolateControllerServicer):
         self.cluster.refuse_deploy()
         env = _environment(request)
         self._secret_namespace(caller, env)
-        if request.files:
-            raise _files_unsupported()
+        # request.files are the app_files fal uploaded; RegisterApplication carries them.
         layers = deploy.requirement_layers(list(request.environments))
         env_id = hashlib.sha256(
             b"".join(e.SerializeToString(deterministic=True) for e in request.environments)
@@ -633,15 +632,19 @@ class Controller(IsolateControllerServicer):
                 "entrypoint: kubefal deploys an app from its source file; deploy "
                 "path/to/app.py::MyApp"
             )
-        if request.files:
-            raise _files_unsupported()
         if not request.source_code:
             raise errors.invalid_argument(
                 "source_code", "required: kubefal deploys the app's source, never its pickle"
             )
         class_name = deploy.choose_class(request.source_code, request.function.definition)
-        deploy.check_carried(request.source_code, class_name)
         modules = deploy.local_modules(request.source_code, class_name)
+        carried_files: dict[str, bytes] = {}
+        if request.files:
+            carried_files = app_files.fetch(
+                self.settings,
+                [(file.relative_path, file.hash) for file in request.files],
+                authorization=app_files.caller_authorization(context.invocation_metadata() or ()),
+            )
         existing = self.cluster.get_falapp(namespace, name)
         sources = deploy.source_objects(
             namespace=namespace,
@@ -650,6 +653,8 @@ class Controller(IsolateControllerServicer):
             function=request.function.definition,
             modules=modules,
             python=deploy.client_python(list(request.environments)),
+            app_files=carried_files,
+            app_dir=deploy.app_files_dir(request.function.definition) if carried_files else ".",
         )
         spec = deploy.falapp_spec(
             request,
@@ -657,11 +662,23 @@ class Controller(IsolateControllerServicer):
             source=sources.spec_source,
             existing=existing,
             secrets_name=APP_SECRETS_NAME,
+            app_path=sources.app_path,
         )
         verb = "Updating" if existing is not None else "Creating"
         yield isolate_proto.RegisterApplicationResult(
             logs=[_log(f"{verb} FalApp {namespace}/{name} serving {spec['app']}")]
         )
+        if carried_files:
+            yield isolate_proto.RegisterApplicationResult(
+                logs=[
+                    _log(
+                        f"Carrying {len(carried_files)} app_files "
+                        f"({sum(len(data) for data in carried_files.values())} bytes) in "
+                        f"{len(sources.config_maps)} ConfigMap(s); the app file is at "
+                        f"/app/{sources.app_path}"
+                    )
+                ]
+            )
         if modules:
             yield isolate_proto.RegisterApplicationResult(
                 logs=[
@@ -915,13 +932,6 @@ def _secret_times(annotations: Mapping[str, str]) -> dict[str, str]:
     except ValueError:
         return {}
     return {str(k): str(v) for k, v in times.items()} if isinstance(times, dict) else {}
-
-
-def _files_unsupported() -> errors.RpcFailure:
-    return errors.failed_precondition(
-        "files: app_files are not carried by `fal deploy` on kubefal yet; deploy with "
-        "`kubefal deploy`, or bake the files into an image"
-    )
 
 
 def _involved(app: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from typing import Any
@@ -235,15 +236,71 @@ def test_new_source_is_a_new_config_map_name() -> None:
         deploy.source_config_map(namespace="team-a", app_name="demo", source="x" * 1_000_000)
 
 
-@pytest.mark.parametrize("body", ["app_files = ['weights/']", "app_files: list = ['w']"])
-def test_app_files_a_fal_deploy_would_drop_are_refused(body: str) -> None:
-    source = f"import fal\n\nclass Demo(fal.App):\n    {body}\n"
+def _runtime_pickle(relative_path: str | None) -> bytes:
+    """What fal's SDK pickles for an app with app_files: the callable bound to its
+    FunctionRuntimeConfig (fal.api.api._prepare_partial_func)."""
+    import cloudpickle
+    from fal.api.api import FunctionRuntimeConfig
 
+    config = FunctionRuntimeConfig(app_files_relative_path=relative_path)
+    return bytes(cloudpickle.dumps(functools.partial(print, config, "app")))
+
+
+@pytest.mark.parametrize(
+    ("relative_path", "expected"),
+    [(".", "."), ("app", "app"), ("services/app", "services/app"), (None, ".")],
+)
+def test_the_app_files_dir_is_read_from_the_pickle_without_loading_it(
+    relative_path: str | None, expected: str
+) -> None:
+    assert deploy.app_files_dir(_runtime_pickle(relative_path)) == expected
+    assert deploy.app_files_dir(b"not a pickle") == "."
+
+
+def test_an_app_file_outside_the_context_dir_is_refused_naming_the_field() -> None:
     with pytest.raises(errors.RpcFailure) as raised:
-        deploy.check_carried(source, "Demo")
+        deploy.app_files_dir(_runtime_pickle("../elsewhere"))
 
     assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert "kubefal deploy" in raised.value.message
+    assert "app_files_context_dir" in raised.value.message
+
+
+def test_app_files_and_the_app_file_share_one_bundle() -> None:
+    files = {"app/prompts/a.txt": b"hello\n", "shared/blob.bin": bytes(range(256))}
+    objects = deploy.source_objects(
+        namespace="team-a",
+        app_name="demo",
+        source="import fal\n",
+        function=b"",
+        modules=[],
+        python="3.11.9",
+        app_files=files,
+        app_dir="app",
+    )
+
+    assert objects.app_path == "app/app.py"
+    unpacked = bundles.unpack(objects.config_maps, objects.spec_source)
+    assert unpacked == {**files, "app/app.py": b"import fal\n"}
+    spec = deploy.falapp_spec(
+        isolate_proto.RegisterApplicationRequest(),
+        class_name="Demo",
+        existing=None,
+        secrets_name="s",
+        source=objects.spec_source,
+        app_path=objects.app_path,
+    )
+    assert spec["app"] == "app/app.py::Demo"
+    with pytest.raises(errors.RpcFailure) as clash:
+        deploy.source_objects(
+            namespace="team-a",
+            app_name="demo",
+            source="x = 1\n",
+            function=b"",
+            modules=[],
+            python=None,
+            app_files={"app.py": b"mine"},
+        )
+    assert "app.py" in clash.value.message
 
 
 @pytest.mark.parametrize(
@@ -258,7 +315,6 @@ def test_app_files_a_fal_deploy_would_drop_are_refused(body: str) -> None:
 def test_local_modules_are_read_from_the_class_body(body: str, modules: list[str]) -> None:
     source = f"import fal\n\nclass Demo(fal.App):\n    {body}\n"
 
-    deploy.check_carried(source, "Demo")
     assert deploy.local_modules(source, "Demo") == modules
 
 
