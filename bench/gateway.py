@@ -18,7 +18,14 @@ It prints p50/p99 latency, the latency added over the direct call at the same co
 the gateway's CPU seconds (psutil, user+system) divided by requests. Targets (issue 5): sync
 <= 0.4 ms CPU/request and <= 1 ms added p50; queue <= 1 ms CPU/request.
 
-    .venv/bin/python bench/gateway.py [--requests 2000]
+``--client`` picks the HTTP client the bench drives every row with: ``upstream`` (default, the
+gateway's own hand-written client), ``httpx`` (``AsyncClient``) or ``aiohttp``
+(``ClientSession``). The ``client CPU`` column is this process's CPU per request: on the
+``direct`` row it is what that library costs to do the gateway's upstream job (a keep-alive POST
+to the runner at that concurrency), the comparison behind docs/design-decisions.md's choice of a
+hand-written client.
+
+    .venv/bin/python bench/gateway.py [--requests 2000] [--client upstream|httpx|aiohttp]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
 import orjson
 import psutil
@@ -53,6 +61,65 @@ BODY = b'{"text": "hello from the bench"}'
 HEADERS = [(b"content-type", b"application/json")]
 FAST_POLL = 0.002
 FAL_CLIENT_POLL = 0.1
+TEXT_HEADERS = {key.decode(): value.decode() for key, value in HEADERS}
+CLIENTS = ("upstream", "httpx", "aiohttp")
+"""The HTTP clients ``--client`` chooses from."""
+
+
+class BenchClient:
+    """One HTTP client library behind the two calls the bench makes (request, close)."""
+
+    def __init__(self, kind: str, port: int, tls: ssl.SSLContext | None) -> None:
+        scheme = "https" if tls is not None else "http"
+        self.kind = kind
+        self.base = f"{scheme}://127.0.0.1:{port}"
+        self._upstream: upstream.UpstreamClient | None = None
+        self._httpx: Any = None
+        self._aiohttp: Any = None
+        if kind == "upstream":
+            self._upstream = upstream.UpstreamClient(ssl_context=tls)
+            self._pool = self._upstream.pool("127.0.0.1", port)
+        elif kind == "httpx":
+            import httpx
+
+            self._httpx = httpx.AsyncClient(
+                base_url=self.base,
+                verify=tls if tls is not None else True,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+                timeout=60,
+            )
+        elif kind == "aiohttp":
+            import aiohttp
+
+            self._aiohttp = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls if tls is not None else False, limit=0),
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+        else:
+            raise SystemExit(f"unknown --client {kind!r}: one of {', '.join(CLIENTS)}")
+
+    async def request(self, method: str, path: str, *, body: bytes = b"") -> tuple[int, bytes]:
+        headers = TEXT_HEADERS if body else {}
+        if self._upstream is not None:
+            response = await self._pool.request(
+                method, path, headers=HEADERS if body else [], body=body
+            )
+            return response.status, response.body
+        if self._httpx is not None:
+            reply = await self._httpx.request(method, path, content=body, headers=headers)
+            return reply.status_code, reply.content
+        async with self._aiohttp.request(
+            method, self.base + path, data=body, headers=headers
+        ) as answer:
+            return answer.status, await answer.read()
+
+    async def close(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+        if self._aiohttp is not None:
+            await self._aiohttp.close()
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:
@@ -89,10 +156,10 @@ async def drive(
     queue: bool,
     poll: float,
     tls: ssl.SSLContext | None = None,
+    client_kind: str = "upstream",
 ) -> tuple[list[float], int]:
     """Run `total` requests with `concurrency` workers; returns latencies (s) and status polls."""
-    client = upstream.UpstreamClient(ssl_context=tls)
-    pool = client.pool("127.0.0.1", port)
+    client = BenchClient(client_kind, port, tls)
     latencies: list[float] = []
     polls = 0
     remaining = total
@@ -102,25 +169,25 @@ async def drive(
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            response = await pool.request("POST", path, headers=HEADERS, body=BODY)
-            if response.status != 200:
-                raise SystemExit(f"POST {path}: {response.status} {response.body[:200]!r}")
+            code, body = await client.request("POST", path, body=BODY)
+            if code != 200:
+                raise SystemExit(f"POST {path}: {code} {body[:200]!r}")
             if queue:
-                request_id = orjson.loads(response.body)["request_id"]
+                request_id = orjson.loads(body)["request_id"]
                 base = f"{path}/requests/{request_id}"
                 while True:
-                    status = await pool.request("GET", base + "/status", headers=[], body=b"")
+                    _, status = await client.request("GET", base + "/status")
                     polls += 1
-                    if orjson.loads(status.body)["status"] == "COMPLETED":
+                    if orjson.loads(status)["status"] == "COMPLETED":
                         break
                     await asyncio.sleep(poll)
-                result = await pool.request("GET", base, headers=[], body=b"")
-                if result.status != 200:
-                    raise SystemExit(f"result: {result.status} {result.body[:200]!r}")
+                code, result = await client.request("GET", base)
+                if code != 200:
+                    raise SystemExit(f"result: {code} {result[:200]!r}")
             latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    client.close()
+    await client.close()
     return latencies, polls
 
 
@@ -134,6 +201,7 @@ def measure(
     process: psutil.Process | None = None,
     poll: float = FAST_POLL,
     tls: ssl.SSLContext | None = None,
+    client_kind: str = "upstream",
 ) -> dict[str, float]:
     warm_up = max(50, total // 10)
     asyncio.run(
@@ -145,12 +213,26 @@ def measure(
             queue=queue,
             poll=FAST_POLL,
             tls=tls,
+            client_kind=client_kind,
         )
     )
     before = process.cpu_times() if process is not None else None
+    me = psutil.Process()
+    mine_before = me.cpu_times()
     latencies, polls = asyncio.run(
-        drive(port, path, concurrency=concurrency, total=total, queue=queue, poll=poll, tls=tls)
+        drive(
+            port,
+            path,
+            concurrency=concurrency,
+            total=total,
+            queue=queue,
+            poll=poll,
+            tls=tls,
+            client_kind=client_kind,
+        )
     )
+    mine_after = me.cpu_times()
+    client_cpu = (mine_after.user + mine_after.system) - (mine_before.user + mine_before.system)
     cpu = 0.0
     if process is not None and before is not None:
         after = process.cpu_times()
@@ -161,14 +243,22 @@ def measure(
         "mean": statistics.fmean(latencies) * 1000,
         "cpu_ms_per_request": cpu * 1000 / total,
         "polls_per_request": polls / total,
+        "client_cpu_ms_per_request": client_cpu * 1000 / total,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="upstream",
+        help="HTTP client the bench drives every row with (default: the gateway's own)",
+    )
     bench_results.add_option(parser)
     args = parser.parse_args()
+    client_kind: str = args.client
     load_before = os.getloadavg()
     collected: dict[str, dict[str, dict[str, float]]] = {}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kubefal-bench-"))
@@ -283,20 +373,23 @@ def main() -> None:
         print(
             f"kubefal gateway bench: {total} requests per row, echo app, plain HTTP "
             f"(sync-tls: TLS), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-            "latency in ms, gateway CPU in ms per request"
+            f"client {client_kind}; latency in ms, gateway and client CPU in ms per request"
         )
         print(
             f"{'path':<9} {'conc':>4} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} "
-            f"{'gw CPU':>7} {'polls':>6}"
+            f"{'gw CPU':>7} {'polls':>6} {'client CPU':>10}"
         )
         for concurrency in (1, 32):
-            direct = measure(runner_port, "/", concurrency=concurrency, total=total)
+            direct = measure(
+                runner_port, "/", concurrency=concurrency, total=total, client_kind=client_kind
+            )
             sync = measure(
                 run_port,
                 "/bench/echo",
                 concurrency=concurrency,
                 total=total,
                 process=gateway_process,
+                client_kind=client_kind,
             )
             queued = measure(
                 queue_port,
@@ -305,6 +398,7 @@ def main() -> None:
                 total=total,
                 queue=True,
                 process=gateway_process,
+                client_kind=client_kind,
             )
             fal_polled = measure(
                 queue_port,
@@ -314,6 +408,7 @@ def main() -> None:
                 queue=True,
                 process=gateway_process,
                 poll=FAL_CLIENT_POLL,
+                client_kind=client_kind,
             )
             sync_tls = measure(
                 tls_run_port,
@@ -322,6 +417,7 @@ def main() -> None:
                 total=total,
                 process=tls_gateway_process,
                 tls=tls_context,
+                client_kind=client_kind,
             )
             rows = (
                 ("direct", direct),
@@ -340,7 +436,8 @@ def main() -> None:
                 )
                 print(
                     f"{name:<9} {concurrency:>4} {row['p50']:7.3f} {row['p99']:7.3f} "
-                    f"{added_p50:7.3f} {added_p99:7.3f} {cpu} {polls}"
+                    f"{added_p50:7.3f} {added_p99:7.3f} {cpu} {polls} "
+                    f"{row['client_cpu_ms_per_request']:10.3f}"
                 )
         print(
             "targets: sync <= 0.4 ms CPU/request and <= 1 ms added p50; "
@@ -351,6 +448,7 @@ def main() -> None:
             "gateway",
             {
                 "requests": total,
+                "client": client_kind,
                 "loadavg_before": list(load_before),
                 "loadavg_after": list(os.getloadavg()),
                 # concurrency -> path (direct, sync, sync-tls, queue, queue-fal) -> figures

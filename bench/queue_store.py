@@ -6,8 +6,15 @@ complete (the dispatcher), and one status view plus one result view (the client)
 (user + system) per job; for Redis, redis-server's CPU per job is printed too. The baseline is a
 dict-and-deque store doing the same bookkeeping without durability, measured in the same run.
 
-Run: ``.venv/bin/python bench/queue_store.py [--jobs 20000] [--concurrency 1 64]``
-(starts its own redis-server on a free 127.0.0.1 port unless ``--redis-url`` is given).
+``--backend`` picks how the Redis store reaches redis-server: ``pipeline`` (default, the store's
+own hand-written auto-pipeline, one connection, every command of a loop turn in one write),
+``redis-py`` (the same store, scripts and commands, each command sent by redis-py's asyncio client
+from its connection pool, one round trip each) or ``both`` (two rows in one run): the comparison
+behind docs/design-decisions.md's choice of a hand-written Redis protocol.
+
+Run: ``.venv/bin/python bench/queue_store.py [--jobs 20000] [--concurrency 1 64]
+[--backend pipeline|redis-py|both]`` (starts its own redis-server on a free 127.0.0.1 port unless
+``--redis-url`` is given).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
+import redis.asyncio
 import uvloop
 
 from kubefal_gateway import queueing
@@ -94,12 +102,41 @@ class MemoryBaseline:
         self.jobs.clear()
 
 
+REDIS_PY_POOL = 64
+"""Connections of redis-py's pool (callers beyond it wait for one)."""
+
+
+class RedisPyCalls:
+    """The store's command interface (``call`` -> a future of the reply) over redis-py's asyncio
+    client: one command per round trip from a pool of :data:`REDIS_PY_POOL` connections
+    (hiredis parses when installed)."""
+
+    def __init__(self, url: str) -> None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=REDIS_PY_POOL)
+        self._client = redis.asyncio.Redis(connection_pool=pool)
+        # Raw replies, as the auto-pipeline hands them (no HGETALL-to-dict and the like).
+        self._client.response_callbacks.clear()
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def call(self, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self._client.execute_command(*args))  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
 async def one_job(store: Any, index: int, holder: str) -> None:
+    """One job of its own app per worker: a lease takes that worker's job whatever order
+    concurrent commands reach the store in (redis-py's pool does not keep issue order)."""
     request_id = f"{holder}-{index}"
+    app_id = f"{APP}-{holder}"
     await store.submit(
         queueing.Job(
             request_id=request_id,
-            app_id=APP,
+            app_id=app_id,
             path="/",
             method="POST",
             headers=(("content-type", "application/json"),),
@@ -107,7 +144,7 @@ async def one_job(store: Any, index: int, holder: str) -> None:
             submitted_at=time.time(),
         )
     )
-    job = await store.lease(APP, holder=holder, lease_seconds=30.0)
+    job = await store.lease(app_id, holder=holder, lease_seconds=30.0)
     assert job is not None
     assert await store.complete(job.request_id, holder=holder, result=RESULT)
     status = await store.view(request_id)
@@ -130,7 +167,7 @@ async def measure(
             await one_job(store, index, f"w{number}")
 
     # Warm-up: caches, scripts, first connections.
-    await asyncio.gather(*(one_job(store, index, "warm") for index in range(200)))
+    await asyncio.gather(*(one_job(store, index, f"warm{index}") for index in range(200)))
     me = psutil.Process()
     cpu_before = sum(me.cpu_times()[:2])
     redis_before = sum(redis_process.cpu_times()[:2]) if redis_process else 0.0
@@ -176,7 +213,21 @@ async def run(
                 redis_url, prefix=f"bench-{next(counter)}", housekeeping_interval=None
             )
 
-        backends = {"memory (baseline)": memory, "sqlite": sqlite, "redis": redis}
+        async def redis_py() -> Any:
+            store = await redis()
+            pipeline = store._pipeline  # the bench swaps the store's transport, nothing else
+            store._pipeline = RedisPyCalls(redis_url)
+            await pipeline.close()
+            return store
+
+        backends: dict[str, Callable[[], Awaitable[Any]]] = {
+            "memory (baseline)": memory,
+            "sqlite": sqlite,
+        }
+        if args.backend in ("pipeline", "both"):
+            backends["redis"] = redis
+        if args.backend in ("redis-py", "both"):
+            backends["redis (redis-py)"] = redis_py
         print(f"{args.jobs} jobs per run; a job = submit + lease + complete + 2 views")
         print(
             f"{'backend':<18} {'conc':>5} {'CPU us/job':>11} {'x baseline':>11} "
@@ -189,11 +240,13 @@ async def run(
                     open_store,
                     jobs=args.jobs,
                     concurrency=concurrency,
-                    redis_process=redis_process if name == "redis" else None,
+                    redis_process=redis_process if name.startswith("redis") else None,
                 )
                 baseline = baseline or figures["us_per_job"]
                 collected.setdefault(str(concurrency), {})[name] = dict(figures)
-                redis_cpu = f"{figures['redis_us_per_job']:.1f}" if name == "redis" else "-"
+                redis_cpu = (
+                    f"{figures['redis_us_per_job']:.1f}" if name.startswith("redis") else "-"
+                )
                 print(
                     f"{name:<18} {concurrency:>5} {figures['us_per_job']:>11.1f} "
                     f"{figures['us_per_job'] / baseline:>11.2f} {redis_cpu:>13} "
@@ -209,6 +262,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--redis-url", default=None)
+    parser.add_argument(
+        "--backend",
+        choices=("pipeline", "redis-py", "both"),
+        default="pipeline",
+        help="how the Redis store sends its commands (default: its own auto-pipeline)",
+    )
     bench_results.add_option(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -251,6 +310,7 @@ def main() -> None:
         "queue_store",
         {
             "jobs": args.jobs,
+            "backend": args.backend,
             "loadavg_before": list(load_before),
             "loadavg_after": list(os.getloadavg()),
             # concurrency -> backend -> us_per_job, jobs_per_s (and redis_us_per_job)
