@@ -45,6 +45,16 @@ def fal_hash(data: bytes, mode: int) -> str:
     return digest.hexdigest()
 
 
+def gateway_verify(settings: settings_module.Settings) -> ssl.SSLContext | bool:
+    """How the gateway's REST certificate is checked: ``--gateway-rest-ca`` when that file
+    exists (the chart points it at the TLS Secret's ``ca.crt``, which a Secret holding a
+    publicly trusted certificate may lack), else the system CAs; never not at all."""
+    ca = settings.gateway_rest_ca
+    if ca is not None and ca.is_file():
+        return ssl.create_default_context(cafile=str(ca))
+    return True
+
+
 def caller_authorization(metadata: Iterable[tuple[str, Any]]) -> str:
     """``Key <id>:<secret>`` from the call's metadata (already verified by auth.py)."""
     values = {name: value for name, value in metadata if isinstance(value, str)}
@@ -68,9 +78,7 @@ def fetch(
             "files: this control plane has no --gateway-rest-url, so it cannot read the "
             "app_files fal uploaded; deploy with `kubefal deploy app.py::MyApp`"
         )
-    verify: ssl.SSLContext | bool = True
-    if settings.gateway_rest_ca is not None:
-        verify = ssl.create_default_context(cafile=str(settings.gateway_rest_ca))
+    verify = gateway_verify(settings)
     found: dict[str, bytes] = {}
     with httpx.Client(
         base_url=settings.gateway_rest_url.rstrip("/"),

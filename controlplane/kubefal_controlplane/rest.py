@@ -49,7 +49,7 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import naming
-from kubefal_controlplane import auth, errors, runner_logs, service
+from kubefal_controlplane import app_files, auth, errors, runner_logs, service
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -575,12 +575,9 @@ class RestApi:
         if self._gateway is None:
             url = self.settings.gateway_rest_url
             assert url is not None
-            verify: ssl.SSLContext | bool = True
-            if self.settings.gateway_rest_ca is not None:
-                verify = ssl.create_default_context(cafile=str(self.settings.gateway_rest_ca))
             self._gateway = httpx.AsyncClient(
                 base_url=url.rstrip("/"),
-                verify=verify,
+                verify=app_files.gateway_verify(self.settings),
                 trust_env=False,
                 follow_redirects=False,
                 timeout=httpx.Timeout(

@@ -82,7 +82,8 @@ class Settings:
     ``/files/*`` on the control plane's port is relayed there, and ``fal deploy`` reads the
     app_files it stored; unset: those paths answer 503."""
     gateway_rest_ca: pathlib.Path | None = None
-    """PEM bundle that verifies the gateway REST listener's certificate (default: system CAs)."""
+    """PEM bundle that verifies the gateway REST listener's certificate; the system CAs when
+    unset or when the file does not exist."""
     rest_max_connections: int = DEFAULT_REST_MAX_CONNECTIONS
     """Connections the TLS front door holds open at once (gRPC and REST together)."""
     rest_max_header_bytes: int = DEFAULT_REST_MAX_HEADER_BYTES

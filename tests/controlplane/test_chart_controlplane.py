@@ -84,6 +84,8 @@ def test_the_control_plane_runs_the_operator_image_with_the_settings_the_chart_g
         "name": "kubefal-gateway-admin-token",
         "key": "token",
     }
+    assert loaded.gateway_rest_url == f"https://kubefal-gateway-rest.{NAMESPACE}.svc"
+    assert loaded.gateway_rest_ca == pathlib.Path(mounts["tls"]) / "ca.crt"
     assert loaded.public_run_url == f"https://kubefal-gateway-run.{NAMESPACE}.svc"
     assert loaded.public_queue_url == f"https://kubefal-gateway-queue.{NAMESPACE}.svc"
     assert (loaded.max_workers, loaded.deploy_timeout, loaded.max_list_items) == (8, 900.0, 5000)
@@ -162,6 +164,7 @@ def test_the_control_plane_rbac_is_what_its_code_calls_and_the_gateway_gets_no_w
         },
         ("", "pods", "list", ""),
         ("", "pods", "delete", ""),
+        ("", "pods/log", "get", ""),
         ("apps", "deployments", "patch", ""),
         *{("", "configmaps", verb, "") for verb in ("create", "patch", "list", "delete")},
         ("", "secrets", "get", "kubefal-secrets"),
