@@ -482,24 +482,67 @@ def _scaling(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[
             )
         )
     steady = r.get("steady_load")
-    if steady:
+    if steady and "changes_in_window" in steady:
         load = f"{steady['rate']:g} req/s x {steady['request_seconds']:g} s"
         figures.append(
             Figure(
                 run,
-                f"steady load ({load}): replica changes inside the measured window",
+                f"steady load ({load}), fal's formula: replica changes in the measured window",
                 float(steady["changes_in_window"]),
                 "changes",
                 Target("<=", 0, README),
             )
         )
+    # Both scaling policies on each trace, same run (bench/scaling.py --policies): the opt-in
+    # countStarting policy beside fal's formula, its baseline.
+    for trace, by_policy in sorted((r.get("policies") or {}).items()):
+        ours, theirs = by_policy.get("countStarting"), by_policy.get("fal")
+        if not ours or not theirs:
+            continue
+        steady_trace = trace == "steady"
         figures.append(
             Figure(
                 run,
-                f"steady load ({load}) from zero: peak runners",
+                f"{trace} load from zero, countStarting policy: peak runners",
+                float(ours["peak_runners"]),
+                "runners",
+                Target("<=", 3, ISSUE14) if steady_trace else None,
+                float(theirs["peak_runners"]),
+                "fal's formula, same run",
+            )
+        )
+        if ours.get("p99_s") is not None and theirs.get("p99_s") is not None:
+            figures.append(
+                Figure(
+                    run,
+                    f"{trace} load, countStarting policy: p99 latency",
+                    float(ours["p99_s"]),
+                    "s",
+                    Target("<=", 1.2, ISSUE14, relative=True) if steady_trace else None,
+                    float(theirs["p99_s"]),
+                    "fal's formula, same run",
+                )
+            )
+        if ours.get("runner_seconds_per_request") and theirs.get("runner_seconds_per_request"):
+            figures.append(
+                Figure(
+                    run,
+                    f"{trace} load, countStarting policy: runner-seconds per completed request",
+                    float(ours["runner_seconds_per_request"]),
+                    "s",
+                    None,
+                    float(theirs["runner_seconds_per_request"]),
+                    "fal's formula, same run",
+                )
+            )
+    if steady and not r.get("policies") and "max_replicas" in steady:
+        figures.append(
+            Figure(
+                run,
+                "steady load from zero, fal's formula: peak runners",
                 float(steady["max_replicas"]),
                 "runners",
-                Target("<=", 3, ISSUE14 + " (opt-in policy)"),
+                None,
                 float(steady["steady_level"]),
                 "runners the load needs",
             )

@@ -98,7 +98,22 @@ RESULTS: dict[str, tuple[str, dict[str, Any]]] = {
                 "max_replicas": 10,
                 "timeline": [[0.0, 0], [0.4, 1], [1.0, 10], [20.0, 2]],
                 "window": [15.0, 35.0],
-            }
+            },
+            # bench/scaling.py --policies: both policies per trace, same run
+            "policies": {
+                "steady": {
+                    "fal": {"peak_runners": 10, "p99_s": 2.0, "runner_seconds_per_request": 1.5},
+                    "countStarting": {
+                        "peak_runners": 3,
+                        "p99_s": 2.6,
+                        "runner_seconds_per_request": 0.9,
+                    },
+                },
+                "bursty": {
+                    "fal": {"peak_runners": 8, "p99_s": 3.0},
+                    "countStarting": {"peak_runners": 5, "p99_s": 3.3},
+                },
+            },
         },
     ),
     # A bench whose results the generator does not understand (a renamed key, say).
@@ -153,10 +168,17 @@ def table_row(text: str, what: str) -> list[str]:
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    directory = tmp_path_factory.mktemp("bench-run")
+    write_run(directory)
+    report.render(directory)  # one render (plots included) for the module's tests
+    return directory
+
+
 @pytest.fixture
-def rendered(tmp_path: pathlib.Path) -> str:
-    write_run(tmp_path)
-    return report.render(tmp_path).read_text(encoding="utf-8")
+def rendered(run_dir: pathlib.Path) -> str:
+    return (run_dir / "report.md").read_text(encoding="utf-8")
 
 
 def test_each_figure_stands_beside_its_target_verdict_and_same_run_baseline(rendered: str) -> None:
@@ -193,7 +215,21 @@ def test_cold_start_figures_take_their_baseline_from_the_watch_only_run(rendered
     assert share[1] == "0.140 s" and share[3] == "met" and share[4].startswith("0.330 s")
 
 
-def test_machine_load_and_failures_are_reported(rendered: str, tmp_path: pathlib.Path) -> None:
+def test_scaling_policies_stand_beside_fals_formula_of_the_same_run(rendered: str) -> None:
+    peak = table_row(rendered, "steady load from zero, countStarting policy: peak runners")
+    assert peak[1:5] == [
+        "3.00 runners",
+        "≤ 3 (issue 14)",
+        "met",
+        "10.0 runners (fal's formula, same run)",
+    ]
+    p99 = table_row(rendered, "steady load, countStarting policy: p99 latency")
+    assert p99[3] == "**not met**"  # 2.6 > 1.2 x 2.0
+    bursty = table_row(rendered, "bursty load from zero, countStarting policy: peak runners")
+    assert bursty[2] == "—" and bursty[4].startswith("8.00 runners")
+
+
+def test_machine_load_and_failures_are_reported(rendered: str, run_dir: pathlib.Path) -> None:
     assert "2 cores, 1-minute load average 2.5 before and 6.8 after the run" in rendered
     gateway = table_row(rendered, "gateway")
     assert gateway[1] == "`python bench/gateway.py --trials 5`"  # no interpreter path or --json
@@ -203,7 +239,7 @@ def test_machine_load_and_failures_are_reported(rendered: str, tmp_path: pathlib
     garbled = table_row(rendered, "actuator")
     assert garbled[5].startswith("**results not understood (KeyError")
     for image in ("gateway.png", "scale_from_zero.png", "scaling.png", "scaling-timeline.png"):
-        assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run_dir / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({image})" in rendered
 
 
