@@ -256,6 +256,13 @@ def main() -> None:
         default="upstream",
         help="HTTP client the bench drives every row with (default: the gateway's own)",
     )
+    parser.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        help="extra gateway flag for an A/B, e.g. --gateway-arg=--status-hold-seconds=0 "
+        "(repeatable)",
+    )
     bench_results.add_option(parser)
     args = parser.parse_args()
     client_kind: str = args.client
@@ -319,6 +326,7 @@ def main() -> None:
             str(config),
             "--log-level",
             "warning",
+            *args.gateway_arg,
         ],
         stdout=log,
         stderr=log,
@@ -349,6 +357,7 @@ def main() -> None:
             str(config),
             "--log-level",
             "warning",
+            *args.gateway_arg,
         ],
         stdout=log,
         stderr=log,
