@@ -7,7 +7,8 @@ the pod runner writing ConfigMap and projected volumes as the kubelet does) next
 * ``kubefal deploy`` of an app with ``app_files`` (text, binary, a sub-directory, an ignore
   pattern, a context directory above the app) and a local package (``local_python_modules``):
   the real ``fal_client`` gets an answer computed from every one of those files.
-* ``fal deploy`` (the unmodified CLI) of a ``fal.ContainerImage`` app fails with what to do.
+* ``fal deploy`` (the unmodified CLI) of a ``fal.ContainerImage`` app, with no build registry
+  configured, fails saying so.
 * ``fal deploy`` of an app with ``local_python_modules``: the package reaches the runner inside
   the pickled function, which only the runner loads.
 * ``fal deploy`` of an app with requirement layers: the FalApp keeps the layers and the runner
@@ -134,13 +135,16 @@ def _source_config_maps(api_client: k8s.ApiClient, namespace: str) -> set[str]:
     return {item.metadata.name for item in listed.items}
 
 
-def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_image(
+def test_fal_deploy_of_a_container_image_app_without_a_build_registry_fails_saying_so(
     deploying_plane: ControlPlaneProcess,
     api_client: k8s.ApiClient,
     namespace: str,
     tmp_path: pathlib.Path,
     key: apikeys.ApiKey,
 ) -> None:
+    """This operator has no build.registry: the FalApp is created with spec.containerImage,
+    the operator says in status.build why it cannot build, and fal deploy fails with that.
+    (With a registry the image is built: e2e/test_container_image_build.py.)"""
     deployed = run_fal(
         deploying_plane,
         "deploy",
@@ -154,11 +158,10 @@ def test_fal_deploy_of_a_container_image_app_fails_saying_to_pass_a_prebuilt_ima
 
     output = deployed.stdout + deployed.stderr
     assert deployed.returncode != 0, output
-    assert "kind='container'" in output
-    assert "spec.image" in output
-    with pytest.raises(k8s.ApiException) as missing:
-        get_falapp(api_client, namespace=namespace, name="container-app")
-    assert missing.value.status == 404
+    assert "could not be built" in output and "build.registry" in output, output
+    falapp = get_falapp(api_client, namespace=namespace, name="container-app")
+    assert falapp["spec"]["containerImage"]["dockerfile"].startswith("FROM python:3.11-slim")
+    assert falapp["status"]["build"]["phase"] == "Failed"
 
 
 def test_fal_deploy_carries_local_python_modules_in_the_pickle_to_the_runner(

@@ -47,6 +47,8 @@ from testkit import waiting
 
 key_namespace = harness.key_namespace
 key = harness.key
+cp_tls = harness.cp_tls
+deploying_plane = harness.deploying_plane
 
 BASE_REPOSITORY = "python"
 BASE_TAG = "3.11-bookworm"
@@ -127,6 +129,59 @@ def local_registry(tmp_path: pathlib.Path, node: realnode.RealNode) -> Iterator[
             timeout=300,
         )
         yield served
+
+
+def _operator_env(served: registry.Registry) -> dict[str, str]:
+    """The operator's settings as the chart's build values would give them."""
+    overrides = {
+        "nodeSelector": {"kubernetes.io/hostname": realnode.NODE_NAME},
+        "tolerations": [realnode.TOLERATION],
+        "hostNetwork": True,
+        "dnsPolicy": "Default",
+    }
+    return {
+        "KUBEFAL_BUILD_REGISTRY": f"{served.address}/apps",
+        "KUBEFAL_BUILD_REGISTRY_INSECURE": "true",
+        "KUBEFAL_BUILDER_IMAGE": images.image_ref("kubefal-builder"),
+        "KUBEFAL_BUILD_POD_OVERRIDES": json.dumps(overrides),
+    }
+
+
+@pytest.fixture
+def running(
+    cluster: ClusterHandle,
+    namespace: str,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+    local_registry: registry.Registry,
+) -> Iterator[whole.System]:
+    """Gateway, operator (building into the local registry) and pod runner for one test
+    (also what the control plane of ``deploying_plane`` deploys to)."""
+    with whole.running_system(
+        cluster.kubeconfig,
+        workdir=tmp_path / "system",
+        namespaces=[namespace],
+        key_namespace=key_namespace,
+        operator_env=_operator_env(local_registry),
+    ) as system:
+        e2e_logs.extend([*system.logs, local_registry.log])
+        yield system
+        e2e_logs.extend(system.pods.logs())
+
+
+def _write_app(tmp_path: pathlib.Path, served: registry.Registry, greeting: str) -> pathlib.Path:
+    app = tmp_path / "greeter" / "app.py"
+    app.parent.mkdir(exist_ok=True)
+    app.write_text(
+        APP.format(
+            registry=served.address,
+            base=f"{BASE_REPOSITORY}:{BASE_TAG}",
+            greeting=greeting,
+            secret=SECRET,
+        )
+    )
+    return app
 
 
 def _deploy(
@@ -249,101 +304,114 @@ def test_a_container_image_app_is_built_in_the_cluster_and_served_from_the_regis
     key_namespace: str,
     key: apikeys.ApiKey,
     tmp_path: pathlib.Path,
-    e2e_logs: list[pathlib.Path],
+    running: whole.System,
 ) -> None:
     repository = f"apps/{namespace}"
-    overrides = {
-        "nodeSelector": {"kubernetes.io/hostname": realnode.NODE_NAME},
-        "tolerations": [realnode.TOLERATION],
-        "hostNetwork": True,
-        "dnsPolicy": "Default",
-    }
-    operator_env = {
-        "KUBEFAL_BUILD_REGISTRY": f"{local_registry.address}/apps",
-        "KUBEFAL_BUILD_REGISTRY_INSECURE": "true",
-        "KUBEFAL_BUILDER_IMAGE": images.image_ref("kubefal-builder"),
-        "KUBEFAL_BUILD_POD_OVERRIDES": json.dumps(overrides),
-    }
-    app = tmp_path / "greeter" / "app.py"
-    app.parent.mkdir()
-    app.write_text(
-        APP.format(
-            registry=local_registry.address,
-            base=f"{BASE_REPOSITORY}:{BASE_TAG}",
-            greeting=GREETING,
-            secret=SECRET,
-        )
-    )
+    app = _write_app(tmp_path, local_registry, GREETING)
     expected = {"greeting": GREETING, "token_length": len(SECRET), "python": ""}
-    with whole.running_system(
-        cluster.kubeconfig,
-        workdir=tmp_path / "system",
-        namespaces=[namespace],
-        key_namespace=key_namespace,
-        operator_env=operator_env,
-    ) as system:
-        e2e_logs.extend([*system.logs, local_registry.log])
+    # 1. Built in the cluster, pushed, its log on the deployer's terminal.
+    deployed = _deploy(cluster, namespace, app)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    falapp = harness.get_falapp(api_client, namespace=namespace, name="greeter")
+    status = falapp["status"]["build"]
+    assert status["phase"] == v1alpha1.BuildPhase.BUILT, status
+    reference = status["image"]
+    tag = reference.rsplit(":", 1)[1]
+    assert reference == f"{local_registry.address}/{repository}:{tag}"
+    assert re.fullmatch(r"[0-9a-f]{40}", tag)
+    assert local_registry.has(repository, tag)
+    assert "STEP 3/" in deployed.stderr and f"kubefal-build: pushed {reference}" in (
+        deployed.stderr
+    ), deployed.stderr
+    (job,) = _build_jobs(api_client, namespace, "greeter")
+    assert job.status.succeeded == 1
+    (build_pod,) = (
+        k8s.CoreV1Api(api_client)
+        .list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}")
+        .items
+    )
+    assert build_pod.spec.node_name == realnode.NODE_NAME
+    # The secret's value is in no object the build made, only its length in the image.
+    assert SECRET not in json.dumps(api_client.sanitize_for_serialization(job))
 
-        # 1. Built in the cluster, pushed, its log on the deployer's terminal.
-        deployed = _deploy(cluster, namespace, app)
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        falapp = harness.get_falapp(api_client, namespace=namespace, name="greeter")
-        status = falapp["status"]["build"]
-        assert status["phase"] == v1alpha1.BuildPhase.BUILT, status
-        reference = status["image"]
-        tag = reference.rsplit(":", 1)[1]
-        assert reference == f"{local_registry.address}/{repository}:{tag}"
-        assert re.fullmatch(r"[0-9a-f]{40}", tag)
-        assert local_registry.has(repository, tag)
-        assert "STEP 3/" in deployed.stderr and f"kubefal-build: pushed {reference}" in (
-            deployed.stderr
-        ), deployed.stderr
-        (job,) = _build_jobs(api_client, namespace, "greeter")
-        assert job.status.succeeded == 1
-        (build_pod,) = (
-            k8s.CoreV1Api(api_client)
-            .list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}")
-            .items
+    # 2. The runner pod runs that image on the real node; fal_client gets the answer.
+    _serve_on_the_real_node(cluster, api_client, namespace, "greeter")
+    answer = harness.call_app(running, f"{namespace}/greeter", key=key)
+    assert answer == {**expected, "python": "/opt/kubefal-runner/bin/python"}
+    pod = _runner_pod(api_client, namespace, "greeter")
+    assert pod.spec.node_name == realnode.NODE_NAME
+    (container,) = pod.status.container_statuses
+    assert container.image == reference
+    runtime, _, container_id = container.container_id.partition("://")
+    assert runtime == "containerd"
+    assert container_id in node.ctr("containers", "list", "--quiet").split()
+
+    # 3. The same content again (another name): the registry has it, nothing is built.
+    cluster.kubectl("delete", "falapp", "greeter", "-n", namespace, "--wait=true")
+
+    def runner_gone() -> bool:
+        pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
+            namespace, label_selector="kubefal.io/app=greeter"
         )
-        assert build_pod.spec.node_name == realnode.NODE_NAME
-        # The secret's value is in no object the build made, only its length in the image.
-        assert SECRET not in json.dumps(api_client.sanitize_for_serialization(job))
+        return not pods.items
 
-        # 2. The runner pod runs that image on the real node; fal_client gets the answer.
-        _serve_on_the_real_node(cluster, api_client, namespace, "greeter")
-        answer = harness.call_app(system, f"{namespace}/greeter", key=key)
-        assert answer == {**expected, "python": "/opt/kubefal-runner/bin/python"}
-        pod = _runner_pod(api_client, namespace, "greeter")
-        assert pod.spec.node_name == realnode.NODE_NAME
-        (container,) = pod.status.container_statuses
-        assert container.image == reference
-        runtime, _, container_id = container.container_id.partition("://")
-        assert runtime == "containerd"
-        assert container_id in node.ctr("containers", "list", "--quiet").split()
+    waiting.wait_for(runner_gone, timeout=180, description="the first runner pod gone")
+    again = _deploy(cluster, namespace, app, "--name", "greeter-again")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "cache hit" in again.stderr, again.stderr
+    assert "kubefal-build:" not in again.stderr
+    status = harness.get_falapp(api_client, namespace=namespace, name="greeter-again")["status"][
+        "build"
+    ]
+    assert status["phase"] == v1alpha1.BuildPhase.CACHED and status["image"] == reference
+    assert _build_jobs(api_client, namespace, "greeter-again") == []
+    assert local_registry.tags(repository) == [tag]
+    _serve_on_the_real_node(cluster, api_client, namespace, "greeter-again")
+    answer = harness.call_app(running, f"{namespace}/greeter-again", key=key)
+    assert answer == {**expected, "python": "/opt/kubefal-runner/bin/python"}
+    assert _runner_pod(api_client, namespace, "greeter-again").spec.node_name == (
+        realnode.NODE_NAME
+    )
 
-        # 3. The same content again (another name): the registry has it, nothing is built.
-        cluster.kubectl("delete", "falapp", "greeter", "-n", namespace, "--wait=true")
 
-        def runner_gone() -> bool:
-            pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
-                namespace, label_selector="kubefal.io/app=greeter"
-            )
-            return not pods.items
-
-        waiting.wait_for(runner_gone, timeout=180, description="the first runner pod gone")
-        again = _deploy(cluster, namespace, app, "--name", "greeter-again")
-        assert again.returncode == 0, again.stdout + again.stderr
-        assert "cache hit" in again.stderr, again.stderr
-        assert "kubefal-build:" not in again.stderr
-        status = harness.get_falapp(api_client, namespace=namespace, name="greeter-again")[
-            "status"
-        ]["build"]
-        assert status["phase"] == v1alpha1.BuildPhase.CACHED and status["image"] == reference
-        assert _build_jobs(api_client, namespace, "greeter-again") == []
-        assert local_registry.tags(repository) == [tag]
-        _serve_on_the_real_node(cluster, api_client, namespace, "greeter-again")
-        answer = harness.call_app(system, f"{namespace}/greeter-again", key=key)
-        assert answer == {**expected, "python": "/opt/kubefal-runner/bin/python"}
-        assert _runner_pod(api_client, namespace, "greeter-again").spec.node_name == (
-            realnode.NODE_NAME
-        )
+def test_fal_deploy_of_a_container_image_app_builds_it_in_the_cluster(
+    cluster: ClusterHandle,
+    node: realnode.RealNode,
+    local_registry: registry.Registry,
+    running: whole.System,
+    deploying_plane: harness.ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    key: apikeys.ApiKey,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The unmodified ``fal deploy``: the control plane maps the SDK's container environment
+    to spec.containerImage and the build secrets to a Secret, and streams the build's log."""
+    greeting = "hello from fal deploy"
+    app = _write_app(tmp_path, local_registry, greeting)
+    deployed = harness.run_fal(
+        deploying_plane,
+        "deploy",
+        f"{app}::Greeter",
+        "--app-name",
+        "greeter-fal",
+        key=key,
+        home=tmp_path,
+        timeout=900,
+    )
+    output = deployed.stdout + deployed.stderr
+    assert deployed.returncode == 0, output
+    falapp = harness.get_falapp(api_client, namespace=namespace, name="greeter-fal")
+    status = falapp["status"]["build"]
+    assert status["phase"] == v1alpha1.BuildPhase.BUILT, status
+    assert f"kubefal-build: pushed {status['image']}" in output, output
+    assert SECRET not in json.dumps(falapp)
+    tag = status["image"].rsplit(":", 1)[1]
+    assert local_registry.has(f"apps/{namespace}", tag)
+    _serve_on_the_real_node(cluster, api_client, namespace, "greeter-fal")
+    answer = harness.call_app(running, f"{namespace}/greeter-fal", key=key)
+    assert answer == {
+        "greeting": greeting,
+        "token_length": len(SECRET),
+        "python": "/opt/kubefal-runner/bin/python",
+    }

@@ -382,6 +382,23 @@ class Cluster:
             _request_timeout=(self.timeout, 24 * 3600.0),
         )
 
+    def build_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of a build Job of spec.containerImage (kubefal_operator.build)."""
+        listed = self.core.list_namespaced_pod(
+            namespace, label_selector=f"job-name={job}", limit=8, _request_timeout=self.timeout
+        )
+        return self._items(listed, f"the pods of build Job {job}")
+
+    def follow_build_log(self, namespace: str, name: str) -> Any:
+        """A build pod's log as it is written: an open ``urllib3`` response."""
+        return self.core.read_namespaced_pod_log(
+            name,
+            namespace,
+            follow=True,
+            _preload_content=False,
+            _request_timeout=(self.timeout, 24 * 3600.0),
+        )
+
     def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
         """Delete a pod; ``grace_seconds`` None keeps the pod's own grace period."""
         self.core.delete_namespaced_pod(

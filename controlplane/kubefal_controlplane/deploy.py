@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import pickletools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -368,12 +369,7 @@ def requirement_layers(
     for index, environment in enumerate(environments):
         field = f"environments[{index}]"
         if environment.kind == "container":
-            raise errors.failed_precondition(
-                f"{field}: kind='container' (fal.ContainerImage) apps are not built in the "
-                "cluster yet; build the image yourself (with the kubefal runner in it) and "
-                "deploy it as a FalApp with spec.image set to it, e.g. "
-                "`kubefal deploy app.py::MyApp --image <image>`"
-            )
+            continue  # built in the cluster (container_image); its requirements are fal's own
         if environment.kind not in ("virtualenv", "conda", "pip"):
             raise errors.invalid_argument(f"{field}.kind", f"{environment.kind!r} is unknown")
         config = json_format.MessageToDict(environment.configuration)
@@ -410,6 +406,74 @@ def requirement_layers(
             if wanted:
                 layers.append(wanted)
     return layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerImage:
+    """A ``fal.ContainerImage`` as the SDK sends it: built in the cluster by the operator."""
+
+    dockerfile: str
+    build_args: dict[str, str]
+    secrets: dict[str, str]
+    """Build secrets (name to value); they go into a Secret, never into the FalApp."""
+
+
+def container_image(
+    environments: Sequence[isolate_proto.EnvironmentDefinition],
+) -> ContainerImage | None:
+    """The app's ``fal.ContainerImage`` (``kind="container"``), or None; what kubefal cannot
+    build is refused naming the field."""
+    for index, environment in enumerate(environments):
+        if environment.kind != "container":
+            continue
+        field = f"environments[{index}].image"
+        image = json_format.MessageToDict(environment.configuration).get("image")
+        if not isinstance(image, dict):
+            raise errors.invalid_argument(field, "kind='container' needs a fal.ContainerImage")
+        dockerfile = image.get("dockerfile_str")
+        if not isinstance(dockerfile, str) or not dockerfile.strip():
+            raise errors.invalid_argument(f"{field}.dockerfile_str", "empty")
+        if len(dockerfile.encode()) > v1alpha1.MAX_DOCKERFILE_BYTES:
+            raise errors.invalid_argument(
+                f"{field}.dockerfile_str", f"larger than {v1alpha1.MAX_DOCKERFILE_BYTES} bytes"
+            )
+        copied = [str(source) for source in image.get("docker_files_list") or []]
+        if copied:
+            raise errors.failed_precondition(
+                f"{field}: the Dockerfile copies files from the build context "
+                f"({', '.join(copied[:5])}), which kubefal does not carry yet: fetch them in a "
+                "RUN step, or build the image yourself and deploy it with "
+                "`kubefal deploy app.py::MyApp --image <image>`"
+            )
+        pairs: dict[str, dict[str, str]] = {}
+        for name in ("build_args", "secrets"):
+            given = image.get(name) or {}
+            if not isinstance(given, dict) or not all(
+                isinstance(value, str) for value in given.values()
+            ):
+                raise errors.invalid_argument(f"{field}.{name}", "a map of strings")
+            pairs[name] = {str(key): value for key, value in given.items()}
+        try:
+            v1alpha1.ContainerImageSpec(dockerfile=dockerfile, build_args=pairs["build_args"])
+        except ValueError as error:
+            raise errors.invalid_argument(f"{field}.build_args", str(error)) from error
+        for key in pairs["secrets"]:
+            if not BUILD_SECRET_ID.match(key):
+                raise errors.invalid_argument(
+                    f"{field}.secrets", f"{key[:64]!r} is not a secret id ([-._a-zA-Z0-9]+)"
+                )
+        return ContainerImage(
+            dockerfile=dockerfile, build_args=pairs["build_args"], secrets=pairs["secrets"]
+        )
+    return None
+
+
+BUILD_SECRET_ID: Final = re.compile(v1alpha1.BUILD_SECRET_ID_PATTERN)
+
+
+def build_secret_name(app_name: str) -> str:
+    """The Secret holding an app's build secrets (what ``kubefal deploy`` names it too)."""
+    return f"{app_name[: 63 - 14]}-build-secrets"
 
 
 def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
@@ -526,6 +590,10 @@ def falapp_spec(
         ),
         "envFrom": [{"secretRef": {"name": secrets_name, "optional": True}}],
     }
+    image = container_image(list(request.environments))
+    if image is not None:
+        # secretRef, when the image has secrets, is the service's (it writes the Secret).
+        spec["containerImage"] = {"dockerfile": image.dockerfile, "buildArgs": image.build_args}
     scaling: dict[str, Any] = {}
     if request.HasField("machine_requirements"):
         machine = request.machine_requirements

@@ -344,6 +344,12 @@ class LocalRun:
     def replace_falapp(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         raise self._no_deploy()
 
+    def build_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        raise self._no_deploy()  # no deploy, so no image build either
+
+    def follow_build_log(self, namespace: str, name: str) -> Any:
+        raise self._no_deploy()
+
     def ensure_config_map(self, namespace: str, body: dict[str, Any]) -> None:
         raise self._no_deploy()
 

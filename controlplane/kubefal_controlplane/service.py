@@ -141,6 +141,20 @@ def _environment(request: Any) -> str | None:
     return request.environment_name if request.HasField("environment_name") else None
 
 
+BUILD_POD_WAIT_SECONDS: Final = 300.0
+"""How long a deploy waits for a build Job's pod to start before it stops waiting for its
+log (the first pull of the builder image takes a while)."""
+
+
+def _log_readable(pod: Mapping[str, Any]) -> bool:
+    """A build pod's container runs or ran: its log can be read."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        if state.get("running") or state.get("terminated"):
+            return True
+    return False
+
+
 def _log(message: str, *, level: Any = isolate_proto.LogLevel.INFO) -> isolate_proto.Log:
     entry = isolate_proto.Log(message=message, source=isolate_proto.LogSource.BRIDGE, level=level)
     entry.timestamp.CopyFrom(isolate_proto.timestamp_from_datetime(_now()))
@@ -664,6 +678,9 @@ class Controller(IsolateControllerServicer):
             secrets_name=APP_SECRETS_NAME,
             app_path=sources.app_path,
         )
+        image = deploy.container_image(list(request.environments))
+        if image is not None and image.secrets:
+            spec["containerImage"]["secretRef"] = {"name": deploy.build_secret_name(name)}
         verb = "Updating" if existing is not None else "Creating"
         yield isolate_proto.RegisterApplicationResult(
             logs=[_log(f"{verb} FalApp {namespace}/{name} serving {spec['app']}")]
@@ -694,6 +711,8 @@ class Controller(IsolateControllerServicer):
         app = self._write_app(namespace, name, spec, existing, caller)
         for config_map in sources.config_maps:
             self.cluster.adopt_config_map(namespace, config_map["metadata"]["name"], app)
+        if image is not None and image.secrets:
+            self._write_build_secret(namespace, name, image.secrets, app)
         self.cluster.record_event(
             namespace=namespace,
             involved=_involved(app),
@@ -754,6 +773,78 @@ class Controller(IsolateControllerServicer):
                 existing = fresh
         raise AssertionError("unreachable")
 
+    def _write_build_secret(
+        self, namespace: str, name: str, secrets: Mapping[str, str], app: Mapping[str, Any]
+    ) -> None:
+        """The fal.ContainerImage's build secrets, in a Secret owned by the FalApp (the build
+        Job mounts it; docs/packaging.md)."""
+        secret_name = deploy.build_secret_name(name)
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret_name,
+                "namespace": namespace,
+                "labels": {"kubefal.io/build-of": name},
+                "ownerReferences": [
+                    {
+                        "apiVersion": v1alpha1.API_VERSION,
+                        "kind": v1alpha1.KIND,
+                        "name": name,
+                        "uid": app["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "type": "Opaque",
+            "data": {
+                key: base64.b64encode(value.encode()).decode() for key, value in secrets.items()
+            },
+        }
+        current = self.cluster.get_secret(namespace, secret_name)
+        if current is None:
+            self.cluster.create_secret(namespace, body)
+            return
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        self.cluster.replace_secret(namespace, secret_name, body)
+
+    def _build_logs(
+        self, namespace: str, job: str, context: grpc.ServicerContext
+    ) -> Iterator[isolate_proto.RegisterApplicationResult]:
+        """The build Job's log as deploy logs, line by line, until the build ends."""
+        deadline = time.monotonic() + BUILD_POD_WAIT_SECONDS
+        pod: dict[str, Any] | None = None
+        while context.is_active() and time.monotonic() < deadline:
+            pods = self.cluster.build_pods(namespace, job)
+            pod = next((p for p in pods if _log_readable(p)), None)
+            if pod is not None:
+                break
+            time.sleep(0.5)
+        if pod is None:
+            return
+        yield isolate_proto.RegisterApplicationResult(
+            logs=[_log(f"Building the app's image in Job {namespace}/{job}:")]
+        )
+        stream = self.cluster.follow_build_log(namespace, pod["metadata"]["name"])
+        try:
+            pending = b""
+            for chunk in stream.stream(4096):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    yield isolate_proto.RegisterApplicationResult(
+                        logs=[_log(line.decode("utf-8", "replace")) for line in lines]
+                    )
+                if not context.is_active():
+                    return
+            if pending:
+                yield isolate_proto.RegisterApplicationResult(
+                    logs=[_log(pending.decode("utf-8", "replace"))]
+                )
+        finally:
+            stream.release_conn()
+
     def _wait_ready(
         self, app: dict[str, Any], context: grpc.ServicerContext
     ) -> Generator[isolate_proto.RegisterApplicationResult, None, dict[str, Any]]:
@@ -762,6 +853,7 @@ class Controller(IsolateControllerServicer):
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
         deadline = time.monotonic() + self.settings.deploy_timeout
         reported = ""
+        followed: set[str] = set()
         while context.is_active():
             current = self.cluster.get_falapp(namespace, name)
             if current is None:
@@ -772,6 +864,24 @@ class Controller(IsolateControllerServicer):
             phase = str(status.get("phase") or "Pending")
             observed = status.get("observedGeneration") or 0
             conditions = {c.get("type"): c for c in status.get("conditions") or []}
+            build = status.get("build") or {}
+            if build and int(build.get("observedGeneration") or 0) >= generation:
+                job = str(build.get("job") or "")
+                if build.get("phase") == v1alpha1.BuildPhase.FAILED:
+                    raise errors.failed_precondition(
+                        f"the image of {namespace}/{name} could not be built: "
+                        f"{build.get('message', '')}"
+                    )
+                if build.get("phase") == v1alpha1.BuildPhase.BUILDING and job not in followed:
+                    followed.add(job)
+                    yield from self._build_logs(namespace, job, context)
+                    deadline = time.monotonic() + self.settings.deploy_timeout
+                    continue
+                if build.get("phase") == v1alpha1.BuildPhase.CACHED and "" not in followed:
+                    followed.add("")
+                    yield isolate_proto.RegisterApplicationResult(
+                        logs=[_log(f"image {build.get('image')}: already built (cache hit)")]
+                    )
             if observed >= generation:
                 if phase in (v1alpha1.Phase.READY, v1alpha1.Phase.SCALED_TO_ZERO):
                     return current

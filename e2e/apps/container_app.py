@@ -1,5 +1,5 @@
-"""A fal.ContainerImage app: kubefal does not build images in the cluster yet, so `fal deploy`
-must fail with what to do instead of running it on the generic runner."""
+"""A fal.ContainerImage app: kubefal builds it in the cluster when the operator has a build
+registry (docs/packaging.md); without one, `fal deploy` fails saying so."""
 
 import fal
 from fal.container import ContainerImage

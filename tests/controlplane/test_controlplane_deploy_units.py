@@ -145,13 +145,10 @@ def test_a_mix_of_strings_and_layers_is_invalid_argument() -> None:
     assert raised.value.message.startswith("environments[0].requirements: ")
 
 
-def test_a_container_app_fails_with_what_to_do() -> None:
-    with pytest.raises(errors.RpcFailure) as raised:
-        deploy.requirement_layers([_environment("container", image="x")])
-
-    assert raised.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert "spec.image" in raised.value.message
-    assert "kubefal deploy app.py::MyApp --image" in raised.value.message
+def test_a_container_apps_requirements_are_fals_own_and_left_out() -> None:
+    # fal.ContainerImage apps are built in the cluster (test_controlplane_container_image.py).
+    container = _environment("container", requirements=["fastapi"], image={"dockerfile_str": "x"})
+    assert deploy.requirement_layers([container]) == []
 
 
 def _request(**fields: Any) -> isolate_proto.RegisterApplicationRequest:
