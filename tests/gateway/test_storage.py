@@ -430,9 +430,10 @@ def test_another_namespace_and_a_tampered_url_are_refused(stack: Stack) -> None:
         assert refused.status_code == 403 and "team" in refused.json()["detail"]
         assert http.get(unsigned).status_code == 401
         moved = http.get(f"{stack.rest_url}/files/other/{object_id}/{token}/{name}")
-        assert moved.status_code == 403 and refused.json()["detail"]
+        assert moved.status_code == 403 and moved.json()["detail"]
         renamed = http.get(f"{stack.rest_url}/files/team/{object_id}/{token}/x{name}")
-        assert renamed.status_code == 403
+        assert renamed.status_code == 403 and renamed.json()["detail"]
+        assert http.get(url).content == b"secret"  # nothing else affected
 
 
 def test_expired_url_is_403(stack: Stack) -> None:
@@ -444,6 +445,8 @@ def test_expired_url_is_403(stack: Stack) -> None:
         response = http.get(f"{stack.rest_url}/files/{namespace}/{object_id}/{past}/{name}")
     assert response.status_code == 403
     assert response.json()["detail"] == "This file URL has expired"
+    with stack.http() as http:
+        assert http.get(url).content == b"old"  # the file and its unexpired URL are untouched
 
 
 def test_path_traversal_in_a_file_name_stays_inside_the_store(stack: Stack) -> None:
