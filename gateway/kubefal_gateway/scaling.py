@@ -35,7 +35,8 @@ that do not overshoot") changes only ``needed`` in the growth term, through
 until then the runners the app has or has asked for take work off the queue (a ready runner
 ``m`` slots now and ``m * H / t`` more, a starting runner first seen ``age`` seconds ago ``m``
 slots and ``m * min(age, H) / t`` more, since it will be ready that much earlier than a new
-one; ``t`` is the mean request time). ``H`` is the app's mean cold start, stretched to the age
+one, ``age`` counting from when it was asked for if its pod is not seen yet or appeared later;
+``t`` is the mean request time). ``H`` is the app's mean cold start, stretched to the age
 of the oldest starting runner (at most twice the mean) while cold starts run late. Only demand
 beyond that asks for new runners. It never asks for more than fal's formula, and it is fal's
 formula until both ``t`` and ``H`` are known.
@@ -97,6 +98,10 @@ class Capacity:
     """How long one request holds a runner slot, on average (None: not measured yet)."""
     cold_start_seconds: float | None = None
     """How long a new runner takes from first seen to ready, on average (None: not measured)."""
+    asked_ages: tuple[float, ...] = ()
+    """Seconds since the scaler was asked for each runner of the last decision that is not
+    ready (newest asks; `ScalingSignal` fills it in). A runner asked for earlier is ready that
+    much earlier than one asked for now, whose pod takes as long to appear."""
 
     @property
     def starting(self) -> int:
@@ -114,9 +119,22 @@ def covered_requests(capacity: Capacity, *, committed: int, max_multiplexing: in
     if seconds is None or horizon is None or seconds <= 0:
         return slots
     head_start = capacity.ready * horizon + sum(
-        min(max(0.0, age), horizon) for age in capacity.starting_ages
+        min(max(0.0, age), horizon) for age in head_start_ages(capacity)
     )
     return slots + max_multiplexing * head_start / seconds
+
+
+def head_start_ages(capacity: Capacity) -> list[float]:
+    """The age of each runner on its way: its pod's age since first seen or, when longer (or no
+    pod is seen yet), the time since it was asked for; oldest with oldest. Runners not
+    scheduled or backing off take the place of the newest asks and get no head start."""
+    seen = sorted(capacity.starting_ages, reverse=True)
+    asked = sorted(capacity.asked_ages, reverse=True)
+    asked = asked[: max(0, len(asked) - capacity.starting_untimed)]
+    return [
+        max(seen[index] if index < len(seen) else 0.0, asked[index] if index < len(asked) else 0.0)
+        for index in range(max(len(seen), len(asked)))
+    ]
 
 
 def cold_start_horizon(capacity: Capacity) -> float | None:
@@ -190,6 +208,8 @@ class ScalingSignal:
         """The last decision (``minConcurrency`` before the first observation)."""
         self.last_decision: ScalingDecision | None = None
         self._holds: list[tuple[float, int]] = []
+        self._asks: list[float] = []
+        """When each runner of ``desired`` was first asked for, oldest first."""
         """(time, hold) at each change of ``hold``, oldest first, pruned to the window."""
 
     def waiting_since(self, now: float) -> float:
@@ -226,6 +246,15 @@ class ScalingSignal:
         multiplexing = self.spec.max_multiplexing
         committed = max(self.desired, capacity.ready + capacity.starting)
         if self.spec.policy is v1alpha1.ScalingPolicy.COUNT_STARTING:
+            on_the_way = max(0, self.desired - capacity.ready)
+            capacity = dataclasses.replace(
+                capacity,
+                asked_ages=tuple(
+                    now - asked for asked in self._asks[max(0, len(self._asks) - on_the_way) :]
+                )
+                if on_the_way
+                else (),
+            )
             needed = needed_counting_starting(
                 queued_waiting + in_flight,
                 capacity,
@@ -253,6 +282,10 @@ class ScalingSignal:
         decision = ScalingDecision(
             desired=desired, growth=growth, hold=hold, held_for_keep_alive=held, covered=covered
         )
+        if desired > len(self._asks):
+            self._asks.extend([now] * (desired - len(self._asks)))
+        else:
+            del self._asks[desired:]
         self.desired = desired
         self.last_decision = decision
         return decision

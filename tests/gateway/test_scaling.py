@@ -424,3 +424,32 @@ def test_the_buffer_goes_on_top_of_what_the_policy_needs() -> None:
     )
 
     assert decision.desired == 3  # the 2 starting runners cover 2 x (1 + 2) = 6; + buffer
+
+
+def test_a_runner_asked_for_but_not_seen_yet_has_a_head_start_from_the_ask() -> None:
+    # The pods of the runners asked for take a while to appear (operator, ReplicaSet, watch);
+    # a new runner asked for now would take as long, so the head start counts from the ask.
+    signal = scaling.ScalingSignal(counting(keep_alive=10))
+    unseen = known(ages=())
+    signal.decide(queued=1, queued_waiting=1, in_flight=0, now=0.0, capacity=unseen)
+
+    second = signal.decide(queued=3, queued_waiting=3, in_flight=0, now=0.67, capacity=unseen)
+    # asked at 0 and 0.67: 2 slots + (1.0 + 0.33) / 0.5 = 4.67 requests covered
+    held = signal.decide(queued=4, queued_waiting=4, in_flight=0, now=1.0, capacity=unseen)
+    # the first pod is seen now, 0.2 s old: the ask, 1.0 s ago, counts
+    seen = signal.decide(
+        queued=4, queued_waiting=4, in_flight=0, now=1.0, capacity=known(ages=(0.2,))
+    )
+
+    assert second.desired == 2  # 1 + 0.67 / 0.5 = 2.34 covered: one more runner for 3
+    assert held.desired == 2
+    assert held.covered == pytest.approx(2 + (1.0 + 0.33) / 0.5)
+    assert seen.covered == pytest.approx(held.covered)
+
+
+def test_head_start_ages_pair_the_oldest_pod_with_the_oldest_ask() -> None:
+    capacity = scaling.Capacity(starting_ages=(0.5, 3.0), asked_ages=(2.0, 1.0, 0.1))
+    stuck = scaling.Capacity(starting_untimed=1, asked_ages=(2.0, 1.0))
+
+    assert scaling.head_start_ages(capacity) == [3.0, 1.0, 0.1]
+    assert scaling.head_start_ages(stuck) == [2.0]  # the unscheduled one takes the newest ask
