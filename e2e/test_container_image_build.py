@@ -45,6 +45,10 @@ from kubefal_api import apikeys, v1alpha1
 from kubefal_operator import build
 from testkit import waiting
 
+# A build pulls the base, copies the runner's packages and pushes (1-2 min on a loaded 2-core
+# machine), then a runner pulls the image: more than the suite's 300 s per test.
+pytestmark = pytest.mark.timeout(1200)
+
 key_namespace = harness.key_namespace
 key = harness.key
 cp_tls = harness.cp_tls
