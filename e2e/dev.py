@@ -103,6 +103,9 @@ def _start_controlplane(
         f"--kubeconfig={kubeconfig}",
         f"--key-namespace={KEY_NAMESPACE}",
         f"--gateway-admin-url=http://127.0.0.1:{system.ports.admin}",
+        # fal files, fal.sync_dir and app_files sent to FAL_GRPC_HOST go on to the gateway.
+        f"--gateway-rest-url=https://127.0.0.1:{system.rest_port}",
+        f"--gateway-rest-ca={system.ca}",
         f"--public-run-url=https://127.0.0.1:{system.ports.run}",
         f"--public-queue-url=https://127.0.0.1:{system.ports.queue}",
     ]
@@ -194,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         fal_cli = pathlib.Path(sys.executable).parent / "fal"
         print(f"# fal CLI: set -a; source {env_file}; set +a; {fal_cli} apps list")
+        print(f"#          {fal_cli} runners list; {fal_cli} files list /data (same lines)")
         print(
             "# Ctrl-C removes the examples and stops the gateway, operator, control plane "
             "and runners",

@@ -127,6 +127,13 @@ def test_make_dev_serves_fal_deploy_fal_client_and_fal_apps_scale_from_its_env_f
         assert [a["keep_alive"] for a in listed["apps"] if a["alias"].endswith("/sleepy-dev")] == [
             120
         ]
+
+        # fal files goes to FAL_GRPC_HOST's REST half; the control plane relays it to the
+        # gateway's /data (make dev passes --gateway-rest-url).
+        weights = tmp_path / "weights.txt"
+        weights.write_text(f"weights of {namespace}\n")
+        _run([str(FAL_CLI), "files", "upload", str(weights), "/data/dev/weights.txt"], env)
+        assert "weights.txt" in _run([str(FAL_CLI), "files", "list", "/data/dev"], env)
     finally:
         dev.send_signal(signal.SIGINT)
         try:
