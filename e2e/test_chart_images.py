@@ -14,7 +14,7 @@ import pytest
 
 from e2e import cluster as local_cluster
 from e2e import images
-from e2e.test_chart import Helm
+from tests.charthelm import Helm
 
 
 @pytest.fixture(scope="module")

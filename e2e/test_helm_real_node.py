@@ -37,10 +37,10 @@ from e2e import images, podrunner, realnode
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
 from e2e.system import RUNNER_SELECTOR
-from e2e.test_chart import CHART, Helm
 from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
 from kubefal_api import apikeys
 from testkit import waiting
+from tests.charthelm import CHART, Helm
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
