@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import pathlib
 import resource
 import uuid
@@ -86,12 +87,19 @@ async def test_write_stat_read_delete(store: blobs.BlobStore) -> None:
 
 
 async def test_20_mb_round_trip(store: blobs.BlobStore) -> None:
-    data = hashlib.sha256(b"x").digest() * (20 * 1024 * 1024 // 32) + b"tail"
+    # No repeating pattern: blocks or parts written out of order would change the bytes.
+    data = os.urandom(20 * 1024 * 1024) + b"tail"
     assert await store.write("ns/big/w.bin", _chunks(data), limit=len(data), meta={}) == len(data)
     assert (await store.stat("ns/big/w.bin")).size == len(data)
     assert (
         hashlib.sha256(await _read(store, "ns/big/w.bin")).digest() == hashlib.sha256(data).digest()
     )
+    # A reader that stops early (a client gone mid-download) leaves the store usable.
+    reader = store.read("ns/big/w.bin")
+    first = await reader.__anext__()
+    assert first == data[: len(first)]
+    await reader.aclose()
+    assert (await store.stat("ns/big/w.bin")).size == len(data)
 
 
 async def test_over_the_limit_or_a_broken_stream_leaves_nothing(store: blobs.BlobStore) -> None:
@@ -213,6 +221,36 @@ async def test_local_full_disk_is_store_full_and_leaves_nothing(tmp_path: pathli
     with pytest.raises(blobs.BlobNotFound):
         await store.stat("ns/full/b")
     assert await _read(store, "ns/ok/a") == b"kept"
+
+
+async def test_local_write_is_on_disk_before_it_returns_and_a_late_failure_fails_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A volume that reports its failure only when flushed (NFS: ENOSPC at fsync) fails the
+    write with StoreFull and keeps nothing; an acknowledged write was flushed."""
+    store = local.LocalBlobStore(tmp_path / "store")
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(descriptor: int) -> None:
+        flushed.append(descriptor)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(local.os, "fsync", counting)
+    await store.write("ns/ok/a", _chunks(b"kept" * 1000), limit=1 << 20, meta={})
+    assert len(flushed) >= 3  # the data, the metadata, the directories renamed into
+
+    def full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local.os, "fsync", full)
+    with pytest.raises(blobs.StoreFull):
+        await store.write("ns/late/b", _chunks(b"y" * (5 * 1024 * 1024)), limit=1 << 30, meta={})
+    monkeypatch.setattr(local.os, "fsync", real_fsync)
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+    with pytest.raises(blobs.BlobNotFound):
+        await store.stat("ns/late/b")
+    assert await _read(store, "ns/ok/a") == b"kept" * 1000
 
 
 async def test_unreachable_s3_is_store_unavailable(

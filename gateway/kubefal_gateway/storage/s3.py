@@ -6,9 +6,12 @@ s3://bucket[/prefix]?endpoint=URL&region=R&addressing=path|virtual` selects it; 
 come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, IRSA).
 Signatures are always SigV4 (boto3 otherwise presigns SigV2 on custom endpoints in us-east-1,
 which some servers refuse). A write of up to `PART_BYTES` is one PutObject; a longer one is a
-multipart upload of `PART_BYTES` parts, aborted when the stream fails or exceeds its limit, so
-nothing partial becomes visible. Connection failures map to StoreUnavailable after
-`CONNECT_RETRIES` attempts of `CONNECT_TIMEOUT` seconds each, quota errors to StoreFull.
+multipart upload of parts of at least `PART_BYTES`, aborted when the stream fails or exceeds
+its limit, so nothing partial becomes visible. One part is uploaded while the next is received
+(at most three parts of an upload in memory), and a read keeps the next `READ_BYTES` in flight
+while the caller sends the current one, so the two network legs overlap (bench/storage.py).
+Connection failures map to StoreUnavailable after `CONNECT_RETRIES` attempts of
+`CONNECT_TIMEOUT` seconds each, quota errors to StoreFull.
 """
 
 from __future__ import annotations
@@ -104,29 +107,42 @@ class S3BlobStore:
             "Metadata": dict(meta),
             "ContentType": meta.get("type", "application/octet-stream"),
         }
-        buffer = bytearray()
+        pending: list[bytes] = []
+        pending_bytes = 0
         size = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
+        uploading: asyncio.Future[dict[str, Any]] | None = None  # one part in flight
+
+        async def send_part(body: bytes) -> None:
+            nonlocal uploading
+            assert upload_id is not None
+            if uploading is not None:
+                parts.append(await uploading)
+            number = len(parts) + 1
+            uploading = asyncio.ensure_future(self._upload_part(s3_key, upload_id, number, body))
+
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise blobs.BlobTooLarge(f"the file exceeds {limit} bytes")
-                buffer += chunk
-                while len(buffer) >= PART_BYTES:
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= PART_BYTES:
                     if upload_id is None:
                         created = await self._call(self.client.create_multipart_upload, **common)
                         upload_id = str(created["UploadId"])
-                    body, buffer = bytes(buffer[:PART_BYTES]), buffer[PART_BYTES:]
-                    parts.append(await self._upload_part(s3_key, upload_id, len(parts) + 1, body))
+                    body, pending, pending_bytes = b"".join(pending), [], 0
+                    await send_part(body)
             if upload_id is None:
-                await self._call(self.client.put_object, Body=bytes(buffer), **common)
+                await self._call(self.client.put_object, Body=b"".join(pending), **common)
                 return size
-            if buffer or not parts:
-                parts.append(
-                    await self._upload_part(s3_key, upload_id, len(parts) + 1, bytes(buffer))
-                )
+            if pending:
+                await send_part(b"".join(pending))
+            if uploading is not None:
+                parts.append(await uploading)
+                uploading = None
             await self._call(
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
@@ -137,6 +153,10 @@ class S3BlobStore:
             upload_id = None
             return size
         finally:
+            if uploading is not None:
+                uploading.cancel()
+                with contextlib.suppress(BaseException):
+                    await uploading
             if upload_id is not None:
                 # On failure, the bucket's lifecycle rule for incomplete uploads cleans up.
                 with contextlib.suppress(blobs.BlobError):
@@ -170,16 +190,24 @@ class S3BlobStore:
         answer = await self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         body = answer["Body"]
         loop = asyncio.get_running_loop()
+        # The next chunk is read while the caller sends this one (two chunks in memory).
+        ahead: asyncio.Future[bytes] | None = loop.run_in_executor(None, body.read, chunk_size)
         try:
-            while True:
+            while ahead is not None:
                 try:
-                    chunk = await loop.run_in_executor(None, body.read, chunk_size)
+                    chunk = await ahead
                 except _ERRORS as error:
+                    ahead = None
                     raise _classify(error) from error
                 if not chunk:
+                    ahead = None
                     return
+                ahead = loop.run_in_executor(None, body.read, chunk_size)
                 yield chunk
         finally:
+            if ahead is not None:  # closed early: let the read in flight finish first
+                with contextlib.suppress(*_ERRORS):
+                    await ahead
             body.close()
 
     async def delete(self, key: str) -> None:
