@@ -162,6 +162,8 @@ class _Connection:
         self.h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=settings.rest_max_header_bytes
         )
+        self.received = 0
+        """Bytes received since the current request cycle began."""
 
     async def _receive(self, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -172,6 +174,7 @@ class _Connection:
             raise HttpError(408, "The request was not sent in time") from None
         except (ConnectionError, ssl.SSLError, OSError):
             raise _Gone() from None
+        self.received += len(data)
         self.h11.receive_data(data)
 
     async def next_event(self, *, deadline: float | None = None) -> Any:
@@ -287,7 +290,7 @@ class RestApi:
                 try:
                     event = await connection.next_event(deadline=deadline)
                 except HttpError as error:
-                    if error.status == 408 and connection.h11.their_state is h11.IDLE:
+                    if error.status == 408 and connection.received == 0:
                         return  # an idle keep-alive connection: close quietly
                     raise
                 if isinstance(event, h11.ConnectionClosed):
@@ -317,6 +320,7 @@ class RestApi:
                     connection.h11.start_next_cycle()
                 except h11.LocalProtocolError:
                     return
+                connection.received = 0
         except HttpError as error:
             with contextlib.suppress(_Gone):
                 await connection.send_error(error)
