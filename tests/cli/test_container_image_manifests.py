@@ -69,3 +69,20 @@ def test_copy_from_the_build_context_is_refused_with_what_to_do(tmp_path: pathli
     target = manifests.Target(namespace="team-a", name="greeter")
     with pytest.raises(errors.CliError, match=r"requirements\.txt"):
         manifests.manifests(config, target=target)
+
+
+def test_render_prints_the_container_image_so_that_it_applies_as_is(
+    tmp_path: pathlib.Path,
+) -> None:
+    import yaml
+
+    from kubefal_cli import rendering
+
+    dockerfile = 'FROM python:3.11-slim\nARG GREETING\nRUN echo "$GREETING: \\\\ # x" > /g\n'
+    config = _config(tmp_path, dockerfile)
+    target = manifests.Target(namespace="team-a", name="greeter")
+    objects = manifests.manifests(config, target=target)
+    text = rendering.render(config=config, objects=objects, command="kubefal render")
+    assert "fal: image=fal.ContainerImage" in text
+    parsed = [item for item in yaml.safe_load_all(text) if item]
+    assert parsed[-1]["spec"]["containerImage"] == objects[-1]["spec"]["containerImage"]
