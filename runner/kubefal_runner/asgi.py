@@ -51,6 +51,12 @@ Send = collections.abc.Callable[[Message], collections.abc.Awaitable[None]]
 logger = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_kubefal/"
+READY_PATH = "/_kubefal/ready"
+"""200 once setup() finished, 503 before (kubefal_api.naming.RUNNER_READY_PATH: the runner does
+not import kubefal_api, its import time is every cold start's; tests/api/test_shared_contracts.py
+holds the two equal)."""
+HEALTH_PATH = "/_kubefal/health"
+"""The app's health check (kubefal_api.naming.RUNNER_HEALTH_PATH)."""
 LOGS_PREFIX = "/_kubefal/logs/"
 CANCEL_PREFIX = "/_kubefal/cancel/"
 REQUEST_ID_HEADER = b"x-fal-request-id"
@@ -178,6 +184,7 @@ class RunnerASGI:
             return
 
         response_started = False
+        answered = False
         in_flight = cancellation.InFlightRequest(
             request_id=request_id_text, task=asyncio.current_task(), scope=scope
         )
@@ -190,12 +197,17 @@ class RunnerASGI:
         watch = disconnects.DisconnectWatch(receive=receive, on_disconnect=cancel_unless_answering)
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal response_started
+            nonlocal response_started, answered
             if in_flight.cancel_requested:
                 return  # a threadpool endpoint finished after its cancel: the 499 follows
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 watch.response_complete = True
-            elif message["type"] == "http.response.start":
+                await send(message)
+                if not answered:  # the slot admits the next request now (state.py)
+                    answered = True
+                    self._state.answered()
+                return
+            if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), request_id_header]
                 if any(name.lower() == HEALTH_CHECK_REQUEST_HEADER for name, _ in headers):
                     headers = [h for h in headers if h[0].lower() != HEALTH_CHECK_REQUEST_HEADER]
@@ -233,7 +245,7 @@ class RunnerASGI:
         finally:
             watch.close()
             request_logs.CURRENT_REQUEST_ID.reset(token)
-            self._state.release()
+            self._state.release(answered=answered)
             self.in_flight.remove(in_flight)
             self._log_capture.finish_request(request_id_text)
         if in_flight.cancel_requested and not response_started:
@@ -334,9 +346,9 @@ class RunnerASGI:
                 headers=[(b"allow", b"GET")],
             )
             return
-        if path == "/_kubefal/ready":
+        if path == READY_PATH:
             await self._serve_ready(send)
-        elif path == "/_kubefal/health":
+        elif path == HEALTH_PATH:
             await self._serve_health(send)
         elif path == "/_kubefal/info":
             await send_json(send, status=200, payload=self.describe())
@@ -367,6 +379,7 @@ class RunnerASGI:
             "runner": {
                 "state": self._state.phase.value,
                 "in_flight": self._state.in_flight,
+                "finishing": self._state.finishing,
                 "max_multiplexing": self._state.max_multiplexing,
                 "admitted_total": self._state.admitted_total,
                 "rejected_total": {

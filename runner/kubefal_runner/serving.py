@@ -206,17 +206,15 @@ class Runner:
 
     async def _drain_and_stop(self, server_task: asyncio.Task[None]) -> None:
         timeout = self._settings.drain_timeout_seconds
-        if self.state.in_flight:
-            logger.info(
-                "waiting up to %.1f s for %d in-flight requests", timeout, self.state.in_flight
-            )
+        if self.state.busy:
+            logger.info("waiting up to %.1f s for %d in-flight requests", timeout, self.state.busy)
         idle = asyncio.create_task(self.state.wait_idle(timeout))
         interrupted = asyncio.create_task(self._stop_waiting.wait())
         await asyncio.wait({idle, interrupted}, return_when=asyncio.FIRST_COMPLETED)
         interrupted.cancel()
         if not idle.done() or not idle.result():
             idle.cancel()
-            logger.warning("drain ended with %d requests still in flight", self.state.in_flight)
+            logger.warning("drain ended with %d requests still in flight", self.state.busy)
         self._server.should_exit = True
         await server_task
 

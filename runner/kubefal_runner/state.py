@@ -4,6 +4,12 @@ A runner goes ``setup`` → ``ready`` → ``draining`` → ``stopped`` (or ``set
 from ``ready`` to ``unhealthy`` when the app's health check failed (for good: Kubernetes restarts
 it). It admits a request only while ready and below ``max_multiplexing``, which the SDK never
 enforces. All methods run on the event loop thread, so plain integers are enough.
+
+A request's slot is free again as soon as its response is complete (`answered`), as fal counts a
+runner's requests and as the gateway frees its own slot when the answer arrives: a client (or the
+gateway) that sends the next request right after an answer must not be refused as busy because the
+ASGI call is still unwinding (middleware, Starlette background tasks). What the app still does after
+its answer keeps a drain waiting (`finishing`) until the ASGI call returns.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ class RunnerState:
         self.max_multiplexing = max_multiplexing
         self.phase = Phase.SETUP
         self.in_flight = 0
+        """Admitted requests and sessions not answered yet: what ``max_multiplexing`` limits."""
+        self.finishing = 0
+        """Answered requests whose ASGI call has not returned yet (work after the answer)."""
         self.admitted_total = 0
         self.rejected_total: dict[Rejection, int] = dict.fromkeys(Rejection, 0)
         self._idle: asyncio.Event | None = None
@@ -66,11 +75,26 @@ class RunnerState:
         self.rejected_total[rejection] += 1
         return rejection
 
-    def release(self) -> None:
-        """Give back a slot taken by `try_admit`."""
+    def answered(self) -> None:
+        """An admitted request's response is complete: its slot admits the next request; the
+        request stays `finishing` until `release(answered=True)`."""
         self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None:
+        self.finishing += 1
+
+    def release(self, *, answered: bool = False) -> None:
+        """The ASGI call of a request admitted by `try_admit` returned (``answered``: after
+        `answered` gave its slot back already)."""
+        if answered:
+            self.finishing -= 1
+        else:
+            self.in_flight -= 1
+        if self.busy == 0 and self._idle is not None:
             self._idle.set()
+
+    @property
+    def busy(self) -> int:
+        """Requests a drain waits for: in flight, or answered with work still running."""
+        return self.in_flight + self.finishing
 
     def mark_ready(self) -> None:
         """setup() finished: admit requests (unless a drain already began)."""
@@ -94,8 +118,9 @@ class RunnerState:
             self.phase = Phase.DRAINING
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is in flight; False when ``timeout`` seconds passed first."""
-        if self.in_flight == 0:
+        """Wait until nothing is in flight or finishing; False when ``timeout`` seconds passed
+        first."""
+        if self.busy == 0:
             return True
         self._idle = asyncio.Event()
         try:

@@ -103,3 +103,39 @@ def test_websocket_sessions_take_slots_and_the_environment_sets_the_limit(
     assert second_session.value.response.headers["x-kubefal-rejected"] == "busy"
     assert after_close.status_code == 200
     assert after_close.json()["most_inside"] == 1
+
+
+def test_an_answered_request_frees_its_slot_while_the_app_works_on_and_a_drain_waits(
+    start_runner: runners.RunnerFactory, tmp_path: pathlib.Path
+) -> None:
+    """The slot is free once the answer is complete (the gateway frees its own slot then and may
+    send the next request at once); work after the answer (a Starlette background task, middleware
+    unwinding) keeps a drain waiting, not the next request."""
+    release_gate = tmp_path / "release"
+    runner = start_runner(
+        "after_answer_app.py::AfterAnswerApp",
+        extra_env={"KUBEFAL_TEST_RELEASE_GATE": str(release_gate)},
+    )
+    runner.wait_ready()
+    first = httpx.post(f"{runner.base_url}/answer-then-work", timeout=REQUEST_TIMEOUT_SECONDS)
+    # The background task of the first request still runs (until the gate exists), and
+    # max_multiplexing is 1: the next request is admitted all the same.
+    second = httpx.post(f"{runner.base_url}/stats", timeout=REQUEST_TIMEOUT_SECONDS)
+    info = runner.get("/_kubefal/info")
+    assert first.status_code == 200 and first.json() == {"answered": True}
+    assert second.status_code == 200, second.text
+    assert second.json() == {"finished_after_answer": 0}
+    assert info is not None and info.json()["runner"]["finishing"] == 1
+
+    runner.send_signal()
+
+    def draining() -> bool:
+        response = runner.get("/_kubefal/info")
+        return response is not None and response.json()["runner"]["state"] == "draining"
+
+    waiting.wait_for(draining, timeout=60, description="the runner to drain")
+    # The drain waits for the work after the answer: the runner still answers its probes.
+    still = runner.get("/_kubefal/info")
+    assert still is not None and still.json()["runner"]["finishing"] == 1
+    release_gate.touch()
+    assert runner.wait_exit(timeout=120) == 0
