@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from kubefal_api import naming
 from testkit import ports, waiting
 
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 90.0
@@ -120,7 +121,7 @@ class RunnerProcess:
 
         def listening() -> bool:
             self._check_alive()
-            return self.get("/_kubefal/ready") is not None
+            return self.get(naming.RUNNER_READY_PATH) is not None
 
         waiting.wait_for(listening, timeout=timeout, interval=0.05, description="the runner's port")
 
@@ -129,7 +130,7 @@ class RunnerProcess:
 
         def ready() -> bool:
             self._check_alive()
-            response = self.get("/_kubefal/ready")
+            response = self.get(naming.RUNNER_READY_PATH)
             return response is not None and response.status_code == 200
 
         waiting.wait_for(

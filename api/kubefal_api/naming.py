@@ -29,9 +29,6 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 PART_OF: Final = "kubefal"
 COMPONENT_RUNNER: Final = "runner"
-RUNNER_ANNOUNCE_PATH: Final = "/_kubefal/runners/ready"
-"""Path on the gateway's admin listener where a runner that finished setup() announces itself
-(the operator renders the URL into ``KUBEFAL_GATEWAY_ANNOUNCE_URL``)."""
 """``app.kubernetes.io/component`` of runner pods."""
 COMPONENT_GATEWAY: Final = "gateway"
 """``app.kubernetes.io/component`` of gateway pods; the runners' NetworkPolicy admits them."""
@@ -50,6 +47,25 @@ FINALIZER: Final = f"{v1alpha1.GROUP}/cleanup"
 
 RUNNER_CONTAINER: Final = "runner"
 """Name of the container that runs the app in a runner pod."""
+
+DEFAULT_MACHINE_TYPE: Final = v1alpha1.DEFAULT_MACHINE_TYPE
+"""The machine type of a FalApp that names none (``spec.machineTypes`` defaults to it)."""
+
+RESERVED_PATH_PREFIX: Final = "/_kubefal"
+"""Paths of kubefal's own endpoints on a runner and on the gateway's admin listener; a caller's
+request to an app never reaches a runner path under it."""
+RUNNER_READY_PATH: Final = f"{RESERVED_PATH_PREFIX}/ready"
+"""On a runner: 200 once ``setup()`` finished (the startup and readiness probes, and the
+gateway's own readiness probe), 503 before."""
+RUNNER_HEALTH_PATH: Final = f"{RESERVED_PATH_PREFIX}/health"
+"""On a runner: the app's health check as fal runs it (the liveness probe)."""
+RUNNER_ANNOUNCE_PATH: Final = f"{RESERVED_PATH_PREFIX}/runners/ready"
+"""Path on the gateway's admin listener where a runner that finished setup() announces itself
+(the operator renders the URL into ``KUBEFAL_GATEWAY_ANNOUNCE_URL``; the body is
+`kubefal_api.messages.RunnerAnnouncement`)."""
+SCALING_WATCH_PATH: Final = f"{RESERVED_PATH_PREFIX}/scaling/watch"
+"""Path on the gateway's admin listener of the scaling signals (server-sent events, each a
+`kubefal_api.messages.ScalingSignal`), which the operator's builtin actuator follows."""
 
 MACHINE_CATALOGUE_CONFIGMAP: Final = "kubefal-machines"
 """ConfigMap (in the operator's namespace) holding the machine catalogue."""

@@ -382,7 +382,7 @@ class LocalRun:
         return False
 
     def _ready(self, runner: localrun.RunnerProcess) -> bool:
-        request = urllib.request.Request(runner.url + "/_kubefal/ready")
+        request = urllib.request.Request(runner.url + naming.RUNNER_READY_PATH)
         # The runner is on loopback: never through a proxy of the environment.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:

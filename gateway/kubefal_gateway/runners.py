@@ -22,9 +22,10 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from kubefal_gateway import targets, upstream
+from kubefal_api import naming
+from kubefal_gateway import upstream
 
-READY_PATH = targets.RESERVED_PREFIX + "/ready"
+READY_PATH = naming.RUNNER_READY_PATH
 FIRST_PROBE_DELAY = 0.02
 """Seconds before re-probing a runner that is not ready yet; grows by PROBE_BACKOFF."""
 PROBE_BACKOFF = 1.5

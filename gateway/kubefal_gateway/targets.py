@@ -24,9 +24,10 @@ from __future__ import annotations
 import re
 import urllib.parse
 
+from kubefal_api import naming
 from kubefal_gateway import errors
 
-RESERVED_PREFIX = "/_kubefal"
+RESERVED_PREFIX = naming.RESERVED_PATH_PREFIX
 """The runner's control endpoints (`/_kubefal/ready`, `/_kubefal/logs/{id}`,
 `/_kubefal/cancel/{id}`, ...): only the gateway itself calls them, never a caller."""
 

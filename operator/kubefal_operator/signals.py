@@ -3,9 +3,10 @@
 The gateway computes each app's desired runner count (fal's formula plus keep-alive) and
 pushes it on its admin listener (``GET /_kubefal/scaling/watch``, server-sent events, one
 ``event: scaling`` per change; with the gateway's ``--admin-token`` the request carries
-``Authorization: Bearer <token>``, see `admin_headers`). This module turns that wire format into
-:class:`ScalingSignal` and nothing else: no I/O, so the status computation and the
-replicas rule can depend on it and stay pure.
+``Authorization: Bearer <token>``, see `admin_headers`). This module turns that wire format
+(validated by its schema, `kubefal_api.messages.ScalingSignal`) into :class:`ScalingSignal`, the
+operator's view of it, and nothing else: no I/O, so the status computation and the replicas rule
+can depend on it and stay pure.
 
 Server-sent events are parsed line by line (:class:`EventStreamParser`) as the HTML
 standard describes: ``field: value`` lines accumulate, a blank line dispatches, lines
@@ -15,13 +16,16 @@ starting with ``:`` are comments (the gateway's keep-alives).
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
+
+import pydantic
+
+from kubefal_api import messages, naming
 
 SCALING_EVENT: Final = "scaling"
 """The SSE event type carrying one app's signal."""
-WATCH_PATH: Final = "/_kubefal/scaling/watch"
+WATCH_PATH: Final = naming.SCALING_WATCH_PATH
 ADMIN_TOKEN_ENV: Final = "KUBEFAL_GATEWAY_ADMIN_TOKEN"
 """The environment variable holding the gateway's admin token (its ``--admin-token``)."""
 
@@ -77,62 +81,37 @@ class ScalingSignal:
         return None
 
 
-def _count(data: Mapping[str, Any], field: str) -> int:
-    value = data.get(field, 0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise SignalError(f"scaling signal field {field!r} is not a non-negative number: {value!r}")
-    return int(value)
-
-
-def _details(raw: Any) -> tuple[RunnerDetail, ...] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Sequence) or isinstance(raw, str):
-        raise SignalError("scaling signal field 'runnerDetails' is not a list")
-    details: list[RunnerDetail] = []
-    for item in raw:
-        if not isinstance(item, Mapping):
-            raise SignalError("a runnerDetails entry is not an object")
-        idle = item.get("idleSeconds", 0.0)
-        if isinstance(idle, bool) or not isinstance(idle, int | float):
-            raise SignalError(f"runnerDetails idleSeconds is not a number: {idle!r}")
-        details.append(
-            RunnerDetail(
-                pod_name=str(item.get("id", "")),
-                pod_ip=str(item.get("ip") or ""),
-                in_flight=_count(item, "inFlight"),
-                idle_seconds=max(0.0, float(idle)),
-                ready=bool(item.get("ready", True)),
-            )
-        )
-    return tuple(details)
-
-
-def parse_signal(data: str | Mapping[str, Any]) -> ScalingSignal:
+def parse_signal(data: str | bytes | Mapping[str, Any]) -> ScalingSignal:
     """A signal from the JSON the gateway sends (the SSE data or the per-app endpoint)."""
-    if isinstance(data, str):
-        try:
-            decoded = json.loads(data)
-        except ValueError as error:
-            raise SignalError(f"scaling event data is not JSON: {error}") from error
-    else:
-        decoded = data
-    if not isinstance(decoded, Mapping):
-        raise SignalError("scaling event data is not a JSON object")
-    app_id = str(decoded.get("app", ""))
-    namespace, _, name = app_id.partition("/")
-    if not namespace or not name or "/" in name:
-        raise SignalError(f"scaling event names no app as <namespace>/<name>: {app_id!r}")
+    try:
+        if isinstance(data, str | bytes):
+            message = messages.ScalingSignal.model_validate_json(data)
+        else:
+            message = messages.ScalingSignal.model_validate(data)
+    except pydantic.ValidationError as error:
+        raise SignalError(f"not a scaling signal: {error}") from error
+    details = message.runner_details
     return ScalingSignal(
-        namespace=namespace,
-        name=name,
-        queued=_count(decoded, "queued"),
-        in_flight=_count(decoded, "inFlight"),
-        ready_runners=_count(decoded, "readyRunners"),
-        idle_runners=_count(decoded, "idleRunners"),
-        runners=_count(decoded, "runners"),
-        desired_runners=_count(decoded, "desiredRunners"),
-        runner_details=_details(decoded.get("runnerDetails")),
+        namespace=message.namespace,
+        name=message.name,
+        queued=message.queued,
+        in_flight=message.in_flight,
+        ready_runners=message.ready_runners,
+        idle_runners=message.idle_runners,
+        runners=message.runners,
+        desired_runners=message.desired_runners,
+        runner_details=None
+        if details is None
+        else tuple(
+            RunnerDetail(
+                pod_name=detail.id,
+                pod_ip=detail.ip,
+                in_flight=detail.in_flight,
+                idle_seconds=detail.idle_seconds,
+                ready=detail.ready,
+            )
+            for detail in details
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from kubefal_api import naming
 from kubefal_operator import (
     kube,
     livestate,
@@ -184,10 +185,11 @@ async def catalogue_changed(
     changed = op.catalogue.replace(catalogue, source=source)
     if not changed:
         return
+    default = [naming.DEFAULT_MACHINE_TYPE]
     affected = [
         body
         for body in indexes.apps()
-        if changed & set((body.get("spec") or {}).get("machineTypes") or ["S"])
+        if changed & set((body.get("spec") or {}).get("machineTypes") or default)
     ]
     logger.info(
         "machine catalogue from %s changed (%s): re-rendering %d app(s)",

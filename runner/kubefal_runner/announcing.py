@@ -24,6 +24,12 @@ ANNOUNCE_URL_VARIABLE = "KUBEFAL_GATEWAY_ANNOUNCE_URL"
 ANNOUNCE_TIMEOUT_SECONDS = 2.0
 
 
+def announcement(pod_name: str) -> bytes:
+    """The body of an announcement (kubefal_api.messages.RunnerAnnouncement; the runner does not
+    import kubefal_api, tests/api/test_shared_contracts.py holds the two together)."""
+    return json.dumps({"pod": pod_name} if pod_name else {}).encode()
+
+
 def announce(environ: Mapping[str, str] = os.environ) -> bool:
     """POST the announcement if configured; True when the gateway accepted it."""
     url = environ.get(ANNOUNCE_URL_VARIABLE, "").strip()
@@ -37,7 +43,7 @@ def announce(environ: Mapping[str, str] = os.environ) -> bool:
         return False
     source_ip = environ.get("KUBEFAL_POD_IP", "").strip()
     pod_name = environ.get("KUBEFAL_POD_NAME", "").strip()
-    body = json.dumps({"pod": pod_name} if pod_name else {}).encode()
+    body = announcement(pod_name)
     connection = http.client.HTTPConnection(
         parsed.hostname,
         parsed.port or 80,

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from kubefal_api import naming
 from testkit import certs, waiting
 from testkit.ports import free_port
 
@@ -115,7 +116,7 @@ class Runner(Process):
             if not self.alive():
                 pytest.fail(f"runner exited early:\n{self.output()}")
             try:
-                return httpx.get(self.url + "/_kubefal/ready", timeout=2).status_code == 200
+                return httpx.get(self.url + naming.RUNNER_READY_PATH, timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -49,7 +49,7 @@ def falapp_row(falapp: dict[str, Any]) -> tuple[str, ...]:
     spec = falapp.get("spec", {})
     status = falapp.get("status") or {}
     scaling = spec.get("scaling", {})
-    machine_types = spec.get("machineTypes") or ["S"]
+    machine_types = spec.get("machineTypes") or [naming.DEFAULT_MACHINE_TYPE]
     gpu = all(str(machine).startswith("GPU-") for machine in machine_types)
     gpus = str(spec.get("numGpus", 1)) if gpu else "-"
     return (

@@ -60,7 +60,7 @@ import httpx
 import rich.markup
 import rich.progress
 
-from kubefal_api import apikeys, localrun, v1alpha1
+from kubefal_api import apikeys, localrun, naming, v1alpha1
 from kubefal_cli import appref, errors, localca, manifests, paths, processes, ui
 
 LOCAL_NAMESPACE = "local"
@@ -663,7 +663,7 @@ class LocalRun:
             *grpc,
             (
                 runner,
-                f"http://127.0.0.1:{self.ports.runner}/_kubefal/ready",
+                f"http://127.0.0.1:{self.ports.runner}{naming.RUNNER_READY_PATH}",
                 f"runner   {app} (import, setup())",
             ),
             (

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import orjson
+import pydantic
 
+from kubefal_api import messages, naming
 from kubefal_gateway import (
     admin_auth,
     discovery,
@@ -73,7 +74,7 @@ class AdminApi(ApiPart):
             await send({"type": "http.response.body", "body": gateway.metrics.render()})
         elif path == admin_auth.ANNOUNCE_PATH:
             await self._announce(scope, receive, send)
-        elif path == "/_kubefal/scaling/watch":
+        elif path == naming.SCALING_WATCH_PATH:
             await self._scaling_watch(scope, receive, send)
         elif path.startswith("/_kubefal/apps/") and path.endswith("/scaling"):
             parts = path.split("/")  # ["", "_kubefal", "apps", ns, name, "scaling"]
@@ -96,12 +97,10 @@ class AdminApi(ApiPart):
         pod_name: str | None = None
         if body:
             try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise errors.BadRequest("The announcement must be a JSON object") from None
-            if not isinstance(parsed, dict) or not isinstance(parsed.get("pod", ""), str):
-                raise errors.BadRequest('The announcement must be {"pod": "<pod name>"}')
-            pod_name = parsed.get("pod") or None
+                announcement = messages.RunnerAnnouncement.model_validate_json(body)
+            except pydantic.ValidationError:
+                raise errors.BadRequest('The announcement must be {"pod": "<pod name>"}') from None
+            pod_name = announcement.pod or None
         kube = self.gateway.discovery
         peer = client_host(scope)
         if kube is None or peer is None:

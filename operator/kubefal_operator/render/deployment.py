@@ -30,8 +30,8 @@ from kubefal_operator import annotations as operator_annotations
 from kubefal_operator.render import common, scheduling
 
 RUNNER_COMMAND: Final = ("python", "-m", "kubefal_runner")
-READY_PATH: Final = "/_kubefal/ready"
-HEALTH_PATH: Final = "/_kubefal/health"
+READY_PATH: Final = naming.RUNNER_READY_PATH
+HEALTH_PATH: Final = naming.RUNNER_HEALTH_PATH
 STARTUP_PROBE_PERIOD_SECONDS: Final = 2
 READINESS_PROBE_PERIOD_SECONDS: Final = 2
 LIVENESS_PROBE_PERIOD_SECONDS: Final = 15
