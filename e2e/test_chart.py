@@ -636,9 +636,16 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
         ("list", "horizontalpodautoscalers.autoscaling"),
         ("patch", "horizontalpodautoscalers.autoscaling"),
         ("delete", "horizontalpodautoscalers.autoscaling"),
+        # each app's runner key (<app>-fal-key): by name only, never listed or watched
+        ("get", "secrets"),
+        ("create", "secrets"),
+        ("patch", "secrets"),
+        ("delete", "secrets"),
     ]
     operator_may_not = [
-        ("get", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("update", "secrets"),
         ("create", "pods"),
         ("delete", "pods"),
         ("update", "pods"),
