@@ -35,6 +35,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -56,6 +57,64 @@ STATE_FILE = "realnode.json"
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods")
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 CONTAINERD_NAMESPACE = "k8s.io"
+HOST_CLAIM = pathlib.Path("/tmp/kubefal-real-node.claim")
+"""Which cluster's real node this machine runs ({"pid", "state_dir"}): one at a time. Two
+kubelets on one host share /var/lib/kubelet and the ``kubepods`` cgroups, and each one's
+orphan cleanup kills the other's pod sandboxes ("cannot start a stopped process")."""
+HOST_CLAIM_WAIT_ENV = "KUBEFAL_REAL_NODE_WAIT"
+"""Seconds a new real node waits for another cluster's to go (default 1800)."""
+
+
+def _claim_host(state_dir: pathlib.Path, *, timeout: float) -> None:
+    """Take ``HOST_CLAIM`` for ``state_dir``, waiting while a live process holds it for another
+    cluster; a claim whose process is gone is taken over."""
+    deadline = time.monotonic() + timeout
+    mine = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)})
+    while True:
+        with contextlib.suppress(FileExistsError):
+            with HOST_CLAIM.open("x") as handle:
+                handle.write(mine)
+            return
+        try:
+            holder = json.loads(HOST_CLAIM.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if holder.get("state_dir") == str(state_dir) or not _pid_alive(int(holder.get("pid", 0))):
+            HOST_CLAIM.unlink(missing_ok=True)
+            continue
+        if time.monotonic() > deadline:
+            raise RealNodeError(
+                f"another cluster's real node runs on this machine ({holder['state_dir']}, "
+                f"pid {holder['pid']}); a machine runs one kubelet. Waited {timeout:.0f}s "
+                f"({HOST_CLAIM_WAIT_ENV}); stop it or remove {HOST_CLAIM} if it is stale"
+            )
+        time.sleep(2)
+
+
+def _hold_host(state_dir: pathlib.Path, pid: int) -> None:
+    """Keep the claim while ``pid`` (the kubelet) lives, also after the starter exits."""
+    HOST_CLAIM.write_text(json.dumps({"pid": pid, "state_dir": str(state_dir)}))
+
+
+def _release_host(state_dir: pathlib.Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(HOST_CLAIM.read_text()).get("state_dir") == str(state_dir):
+            HOST_CLAIM.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        if pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
 
 
 class RealNodeError(RuntimeError):
@@ -323,6 +382,7 @@ def teardown(state_dir: pathlib.Path, stop_pids: Callable[[Sequence[int]], None]
     for created in state.get("created_host_paths", []):
         shutil.rmtree(created, ignore_errors=True)
     state_file.unlink(missing_ok=True)
+    _release_host(state_dir)
 
 
 def _wait(
@@ -372,6 +432,7 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
         "created_host_paths": [p for p in HOST_PATHS if not pathlib.Path(p).exists()],
         "created_cgroups": [str(p) for p in _kubepods_cgroups(exist=False)],
     }
+    _claim_host(cluster.state_dir, timeout=float(os.environ.get(HOST_CLAIM_WAIT_ENV, "1800")))
     containerd = cluster._spawn("containerd", ["containerd", f"--config={config}"])
     state["containerd_pid"] = containerd.pid
     write_state(cluster.state_dir, state)
@@ -436,6 +497,7 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
         ],
     )
     state["kubelet_pid"] = kubelet.pid
+    _hold_host(cluster.state_dir, kubelet.pid)
     write_state(cluster.state_dir, state)
 
     def check() -> None:
