@@ -21,7 +21,6 @@ import aiohttp
 
 from kubefal_api import naming
 from kubefal_operator import kube, livestate
-from kubefal_operator.render import scalers
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +72,7 @@ def ident(body: Mapping[str, Any]) -> Ident:
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
-CHILD_KINDS: Mapping[str, kube.ResourceKind] = {
-    "Deployment": kube.DEPLOYMENTS,
-    "Service": kube.SERVICES,
-    "NetworkPolicy": kube.NETWORK_POLICIES,
-    "PodDisruptionBudget": kube.POD_DISRUPTION_BUDGETS,
-    scalers.SCALED_OBJECT: kube.SCALED_OBJECTS,
-    scalers.HORIZONTAL_POD_AUTOSCALER: kube.HORIZONTAL_POD_AUTOSCALERS,
-}
+CHILD_KINDS: Mapping[str, kube.ResourceKind] = kube.CHILDREN
 """Every child kind the operator keeps in memory, and where it lives in the API."""
 
 
@@ -93,15 +85,7 @@ class Cache:
         self.pods: Store[livestate.Key] = Store()
         self.nodes: Store[str] = Store()
         self.indexes = livestate.Indexes(
-            falapps=self.falapps,
-            deployments=self.children["Deployment"],
-            services=self.children["Service"],
-            network_policies=self.children["NetworkPolicy"],
-            disruption_budgets=self.children["PodDisruptionBudget"],
-            pods=self.pods,
-            nodes=self.nodes,
-            scaled_objects=self.children[scalers.SCALED_OBJECT],
-            autoscalers=self.children[scalers.HORIZONTAL_POD_AUTOSCALER],
+            falapps=self.falapps, children=self.children, pods=self.pods, nodes=self.nodes
         )
 
     # --- watch events ---------------------------------------------------------------

@@ -42,17 +42,6 @@ from kubefal_api import naming, v1alpha1
 from kubefal_operator import actuation, build, cache, kube, livestate, runtime, triggers
 from kubefal_operator import config as operator_config
 
-FALAPPS = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
-DEPLOYMENTS = ("apps", "v1", "deployments")
-SERVICES = ("v1", "services")
-NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
-DISRUPTION_BUDGETS = ("policy", "v1", "poddisruptionbudgets")
-PODS = ("v1", "pods")
-NODES = ("v1", "nodes")
-CONFIG_MAPS = ("v1", "configmaps")
-SCALED_OBJECTS = ("keda.sh", "v1alpha1", "scaledobjects")
-AUTOSCALERS = ("autoscaling", "v2", "horizontalpodautoscalers")
-BUILD_JOBS = ("batch", "v1", "jobs")
 CHILD_LABELS = {naming.LABEL_APP: kopf.PRESENT}
 REGISTRY = kopf.OperatorRegistry()
 """The operator's handlers (kept out of kopf's global default registry)."""
@@ -109,18 +98,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     selector = naming.LABEL_APP
-    for resource in (
-        DEPLOYMENTS,
-        SERVICES,
-        NETWORK_POLICIES,
-        DISRUPTION_BUDGETS,
-        PODS,
-        SCALED_OBJECTS,
-        AUTOSCALERS,
-    ):
-        settings.watching.label_selectors[resource] = selector
-    settings.watching.label_selectors[BUILD_JOBS] = build.LABEL_BUILD_OF
-    settings.watching.field_selectors[CONFIG_MAPS] = (
+    for kind in (*kube.CHILDREN.values(), kube.PODS):
+        settings.watching.label_selectors[kind.selector] = selector
+    settings.watching.label_selectors[kube.JOBS.selector] = build.LABEL_BUILD_OF
+    settings.watching.field_selectors[kube.CONFIG_MAPS.selector] = (
         f"metadata.name={config.catalogue_name},metadata.namespace={config.catalogue_namespace}"
     )
     operator = await runtime.start(config)
@@ -157,7 +138,7 @@ def catalogue_source(memo: kopf.Memo, **_: Any) -> str:
 # --- FalApps ------------------------------------------------------------------------------
 
 
-@kopf.on.event(*FALAPPS, registry=REGISTRY)
+@kopf.on.event(*kube.FALAPPS.selector, registry=REGISTRY)
 async def falapp_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     stores = _cache(memo)
     stores.falapp(event["type"], body)
@@ -167,7 +148,7 @@ async def falapp_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
     await triggers.falapp_changed(_operator(memo), body=body, indexes=stores.indexes)
 
 
-@kopf.on.event(*BUILD_JOBS, labels={build.LABEL_BUILD_OF: kopf.PRESENT}, registry=REGISTRY)
+@kopf.on.event(*kube.JOBS.selector, labels={build.LABEL_BUILD_OF: kopf.PRESENT}, registry=REGISTRY)
 async def build_job_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -190,12 +171,6 @@ async def build_job_changed(
 # --- children, pods, catalogue ------------------------------------------------------------
 
 
-@kopf.on.event(*DEPLOYMENTS, labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event(*SERVICES, labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event(*NETWORK_POLICIES, labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event(*DISRUPTION_BUDGETS, labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event(*SCALED_OBJECTS, labels=CHILD_LABELS, registry=REGISTRY)
-@kopf.on.event(*AUTOSCALERS, labels=CHILD_LABELS, registry=REGISTRY)
 async def child_changed(
     event: kopf.RawEvent,
     body: kopf.Body,
@@ -214,7 +189,12 @@ async def child_changed(
     )
 
 
-@kopf.on.event(*PODS, labels=CHILD_LABELS, registry=REGISTRY)
+# One handler for every child kind (kube.CHILDREN, the one table of them).
+for _kind in kube.CHILDREN.values():
+    kopf.on.event(*_kind.selector, labels=CHILD_LABELS, registry=REGISTRY)(child_changed)
+
+
+@kopf.on.event(*kube.PODS.selector, labels=CHILD_LABELS, registry=REGISTRY)
 async def runner_pod_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -223,7 +203,7 @@ async def runner_pod_changed(
     await triggers.pods_changed(_operator(memo), pod=dict(body), indexes=stores.indexes)
 
 
-@kopf.on.event(*NODES, registry=REGISTRY)
+@kopf.on.event(*kube.NODES.selector, registry=REGISTRY)
 async def node_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Node labels tell which machine type a runner landed on (read by the status)."""
     _cache(memo).node(event["type"], body)
@@ -238,7 +218,7 @@ def _is_catalogue(**kwargs: Any) -> bool:
     )
 
 
-@kopf.on.event(*CONFIG_MAPS, when=_is_catalogue, registry=REGISTRY)
+@kopf.on.event(*kube.CONFIG_MAPS.selector, when=_is_catalogue, registry=REGISTRY)
 async def catalogue_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:

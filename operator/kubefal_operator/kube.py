@@ -60,6 +60,17 @@ class ResourceKind:
     kind: str
     plural: str
 
+    @property
+    def group(self) -> str:
+        """The API group ("" for the core group)."""
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def selector(self) -> tuple[str, str]:
+        """How kopf names the resource (``kopf.on.event(*kind.selector)``, the keys of
+        ``settings.watching``): group/version and plural."""
+        return (self.api_version, self.plural)
+
     def collection(self, *, namespace: str | None) -> str:
         """The path of every object of this kind (in ``namespace``, or cluster-wide)."""
         prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
@@ -95,6 +106,29 @@ JOBS: Final = ResourceKind("batch/v1", "Job", "jobs")
 HORIZONTAL_POD_AUTOSCALERS: Final = ResourceKind(
     "autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"
 )
+
+CHILDREN: Final[Mapping[str, ResourceKind]] = {
+    kind.kind: kind
+    for kind in (
+        DEPLOYMENTS,
+        SERVICES,
+        NETWORK_POLICIES,
+        POD_DISRUPTION_BUDGETS,
+        SCALED_OBJECTS,
+        HORIZONTAL_POD_AUTOSCALERS,
+    )
+}
+"""Every kind of child a FalApp has, by kind: watched, kept in memory, repaired on drift."""
+
+WATCHED: Final[tuple[ResourceKind, ...]] = (
+    FALAPPS,
+    *CHILDREN.values(),
+    PODS,
+    NODES,
+    CONFIG_MAPS,
+    JOBS,
+)
+"""Every kind the operator watches (the chart's RBAC grants list and watch on exactly these)."""
 
 KINDS: Final[Mapping[tuple[str, str], ResourceKind]] = {
     (kind.api_version, kind.kind): kind

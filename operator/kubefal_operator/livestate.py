@@ -69,14 +69,10 @@ class Indexes:
     """The in-memory stores of FalApps, children, runner pods and nodes."""
 
     falapps: IndexView
-    deployments: IndexView
-    services: IndexView
-    network_policies: IndexView
-    disruption_budgets: IndexView
+    children: Mapping[str, IndexView]
+    """A store per child kind (the kinds of `CHILD_NAMES`)."""
     pods: IndexView
     nodes: Mapping[str, Collection[Mapping[str, str]]]
-    scaled_objects: IndexView = dataclasses.field(default_factory=dict)
-    autoscalers: IndexView = dataclasses.field(default_factory=dict)
 
     def app(self, key: Key) -> Mapping[str, Any] | None:
         return next(iter(self.falapps.get(key, ())), None)
@@ -85,17 +81,9 @@ class Indexes:
         return [body for store in self.falapps.values() for body in store]
 
     def live(self, key: Key) -> LiveState:
-        by_kind = {
-            "Deployment": self.deployments,
-            "Service": self.services,
-            "NetworkPolicy": self.network_policies,
-            "PodDisruptionBudget": self.disruption_budgets,
-            scalers.SCALED_OBJECT: self.scaled_objects,
-            scalers.HORIZONTAL_POD_AUTOSCALER: self.autoscalers,
-        }
         found = {
             kind: child
-            for kind, index in by_kind.items()
+            for kind, index in self.children.items()
             if (child := next(iter(index.get(key, ())), None)) is not None
         }
         node_labels = {

@@ -26,7 +26,7 @@ from cryptography import x509
 from kubefal_api import crds, machines, naming
 from kubefal_gateway import settings as gateway_settings
 from kubefal_operator import config as operator_config
-from kubefal_operator import handlers as operator_handlers
+from kubefal_operator import kube as operator_kube
 from kubefal_webhook import settings as webhook_settings
 from tests import charthelm
 
@@ -467,7 +467,8 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(
     helm: charthelm.Helm,
 ) -> None:
     """Every resource kopf watches for the operator can be listed and watched; the role names
-    no other resource than those, their status, Events and kopf's CRD scanning."""
+    no other resource than those, their status, Events, the Secrets of the runners' keys
+    (runner_keys.py, not watched) and kopf's CRD scanning."""
     scoped = helm.template({"operator": {"watchNamespaces": ["team-a"]}})
     role = charthelm.find(scoped, "ClusterRole", "kubefal-operator")
     namespace_role = next(
@@ -475,22 +476,7 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(
         for item in scoped
         if item["kind"] == "Role" and item["metadata"]["namespace"] == "team-a"
     )
-    watched = {
-        (resource[0] if len(resource) == 3 else "", resource[-1])
-        for resource in (
-            operator_handlers.FALAPPS,
-            operator_handlers.DEPLOYMENTS,
-            operator_handlers.SERVICES,
-            operator_handlers.NETWORK_POLICIES,
-            operator_handlers.DISRUPTION_BUDGETS,
-            operator_handlers.PODS,
-            operator_handlers.NODES,
-            operator_handlers.CONFIG_MAPS,
-            operator_handlers.SCALED_OBJECTS,
-            operator_handlers.AUTOSCALERS,
-            operator_handlers.BUILD_JOBS,
-        )
-    }
+    watched = {(kind.group, kind.plural) for kind in operator_kube.WATCHED}
     for group, resource in watched:
         verbs = _verbs(role, group, resource) | _verbs(namespace_role, group, resource)
         assert {"list", "watch"} <= verbs, f"{group}/{resource}"
@@ -502,7 +488,8 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(
     }
     kopf_scanning = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
     per_namespace = {("", "pods")}
-    assert granted == (watched - per_namespace) | kopf_scanning | {
+    runner_keys = {(operator_kube.SECRETS.group, operator_kube.SECRETS.plural)}
+    assert granted == (watched - per_namespace) | kopf_scanning | runner_keys | {
         ("kubefal.io", "falapps/status"),
         ("", "events"),
     }

@@ -36,10 +36,10 @@ def test_a_modified_child_replaces_the_stored_one_and_a_deleted_one_goes() -> No
     stores = cache.Cache()
     stores.child("Service", None, _child("a", "a", version="1"))
     stores.child("Service", "MODIFIED", _child("a", "a", version="2"))
-    services = stores.indexes.services[("ns", "a")]
+    services = stores.indexes.children["Service"][("ns", "a")]
     assert [s["metadata"]["resourceVersion"] for s in services] == ["2"]
     stores.child("Service", "DELETED", _child("a", "a", version="3"))
-    assert ("ns", "a") not in stores.indexes.services
+    assert ("ns", "a") not in stores.indexes.children["Service"]
     assert stores.indexes.live(("ns", "a")).children == {}
 
 
@@ -47,10 +47,10 @@ def test_a_child_whose_label_changes_moves_to_its_new_app_or_out() -> None:
     stores = cache.Cache()
     stores.child("Service", None, _child("x", "a"))
     stores.child("Service", "MODIFIED", _child("x", "b"))
-    assert ("ns", "a") not in stores.indexes.services
-    assert len(stores.indexes.services[("ns", "b")]) == 1
+    assert ("ns", "a") not in stores.indexes.children["Service"]
+    assert len(stores.indexes.children["Service"][("ns", "b")]) == 1
     stores.child("Service", "MODIFIED", _child("x", None))
-    assert len(stores.indexes.services) == 0
+    assert len(stores.indexes.children["Service"]) == 0
 
 
 def test_falapps_pods_and_nodes() -> None:
