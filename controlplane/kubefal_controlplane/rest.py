@@ -619,6 +619,8 @@ class RestApi:
             for name, value in request.headers
             if name.lower() in RELAYED_REQUEST_HEADERS or name.lower().startswith(b"x-fal-")
         ]
+        # The body is relayed as it comes (aiter_raw): ask for it unencoded.
+        headers.append((b"accept-encoding", b"identity"))
         has_body = any(
             name.lower() in (b"content-length", b"transfer-encoding") for name, _ in request.headers
         )
