@@ -215,6 +215,12 @@ class Settings:
     retention ends."""
     storage_retention: float = 30 * 86400.0
     """Seconds an uploaded file is kept (an uploader may ask for less); 0: forever."""
+    storage_upload_ttl: float = 86400.0
+    """Seconds an initiated upload (presigned PUT or multipart) may take; then it is refused
+    (404) and the sweep removes its record and parts."""
+    storage_max_open_uploads: int = 1000
+    """Unfinished initiated uploads one namespace may have at once; one more answers 429 until
+    one is finished or expires."""
     storage_sweep_interval: float = 600.0
     """Seconds between retention sweeps deleting expired files and abandoned uploads; 0: none."""
     storage_signing_key: str = ""
@@ -360,6 +366,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "key_verify_concurrency",
         "data_max_open_uploads",
         "data_max_parts",
+        "storage_max_open_uploads",
     ):
         if getattr(settings, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
@@ -371,6 +378,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "idle_timeout",
         "webhook_timeout",
         "data_upload_ttl",
+        "storage_upload_ttl",
     ):
         if not getattr(settings, name) > 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive number of seconds")

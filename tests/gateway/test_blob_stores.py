@@ -195,10 +195,42 @@ async def test_core_uploads_and_retention(store: blobs.BlobStore) -> None:
         await storage.open(upload.ref)
     await storage.open(ref)
     clock.now += 24 * 3600
-    assert await storage.sweep() == 3  # both files and the abandoned upload
+    assert await storage.sweep() == 4  # both files, the abandoned upload and its open marker
     assert [key async for key in store.list("")] == []
     with pytest.raises(core.NotFound):
         await storage.put_upload(abandoned.ref, abandoned.upload_id, _chunks(b"late"))
+
+
+async def test_open_uploads_per_namespace_are_limited(store: blobs.BlobStore) -> None:
+    clock = Clock()
+    storage = _storage(store, clock, max_open_uploads=2)
+
+    async def begin(namespace: str, kind: str = "put") -> core.Upload:
+        upload, _ = await storage.begin(
+            namespace, file_name="f", content_type="x/y", lifetime=None, kind=kind
+        )
+        return upload
+
+    first = await begin("team")
+    second = await begin("team", kind="multipart")
+    with pytest.raises(core.TooManyUploads, match="2 uploads are already open in 'team'"):
+        await begin("team")
+    await begin("other")  # each namespace has its own allowance
+    # finishing an upload (a presigned PUT, or completing a multipart one) frees its place
+    await storage.put_upload(first.ref, first.upload_id, _chunks(b"done"))
+    third = await begin("team")
+    etag = await storage.put_part(second.ref, second.upload_id, 1, _chunks(b"p"))
+    await storage.complete(second.ref, second.upload_id, [(1, etag)])
+    await begin("team")
+    with pytest.raises(core.TooManyUploads):
+        await begin("team")
+    # abandoned ones count until they expire and the sweep removes them
+    clock.now += 24 * 3600 + 1
+    await storage.sweep()
+    assert [key async for key in store.list(core.OPEN_PREFIX)] == []
+    await begin("team")
+    with pytest.raises(core.NotFound):
+        await storage.put_upload(third.ref, third.upload_id, _chunks(b"late"))
 
 
 # ---- failures ----------------------------------------------------------------------------------

@@ -108,9 +108,12 @@ class Stack:
                 "100000",
                 "--storage-sweep-interval",
                 "0.5",
+                "--storage-max-open-uploads",
+                "2",
             ],
         )
         self.base = f"https://127.0.0.1:{self.rest_port}/files/file/multipart//data"
+        self.rest = f"https://127.0.0.1:{self.rest_port}"
 
     def http(self) -> httpx.Client:
         return httpx.Client(
@@ -160,3 +163,33 @@ def test_gateway_limits_open_uploads_and_sweeps_abandoned_ones(stack: Stack) -> 
         gone = http.put(f"{stack.base}/a.bin/{upload_id}/1", files={"file_upload": ("p", b"x")})
         assert gone.status_code == 404 and gone.json()["detail"]
         assert http.post(f"{stack.base}/c.bin/initiate").status_code == 200
+
+
+@pytest.mark.slow
+def test_gateway_limits_open_initiated_uploads_per_namespace(stack: Stack) -> None:
+    """fal's initiate (presigned PUT) and multipart flows: --storage-max-open-uploads 2."""
+    body = {"file_name": "a.bin", "content_type": "x/y"}
+    with stack.http() as http:
+        first = http.post(
+            f"{stack.rest}/storage/upload/initiate?storage_type=fal-cdn-v3", json=body
+        )
+        assert first.status_code == 200, first.text
+        second = http.post(
+            f"{stack.rest}/storage/upload/initiate-multipart?storage_type=fal-cdn-v3", json=body
+        )
+        assert second.status_code == 200, second.text
+        refused = http.post(
+            f"{stack.rest}/storage/upload/initiate?storage_type=fal-cdn-v3", json=body
+        )
+        assert refused.status_code == 429
+        assert "2 uploads are already open" in refused.json()["detail"]
+        # the presigned PUT finishes the first upload: its place is free again
+        put = http.put(
+            first.json()["upload_url"], content=b"bytes", headers={"Content-Type": "x/y"}
+        )
+        assert put.status_code == 200, put.text
+        assert http.get(first.json()["file_url"]).content == b"bytes"
+        again = http.post(
+            f"{stack.rest}/storage/upload/initiate?storage_type=fal-cdn-v3", json=body
+        )
+        assert again.status_code == 200, again.text

@@ -29,6 +29,10 @@ from kubefal_gateway.storage import blobs, names, signing
 LOGGER = logging.getLogger(__name__)
 
 UPLOADS_PREFIX = "_kubefal/uploads/"
+OPEN_PREFIX = "_kubefal/open/"
+"""`_kubefal/open/<namespace>/<upload id>`: an empty marker per unfinished upload, counted
+against `max_open_uploads` and deleted when the upload ends (or by the sweep, past its
+deadline)."""
 PARTS_PREFIX = "_kubefal/parts/"
 MAX_RECORD_BYTES = 64 * 1024
 MAX_LIFETIME_SECONDS = 100 * 365 * 86400
@@ -45,6 +49,10 @@ class NotFound(StorageError):
 
 class Invalid(StorageError):
     pass
+
+
+class TooManyUploads(StorageError):
+    """The namespace has `max_open_uploads` unfinished uploads (429)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,9 @@ class Limits:
     """Seconds an initiated (presigned or multipart) upload may take before it is dropped."""
     max_parts: int = 10_000
     """Most parts of one multipart upload."""
+    max_open_uploads: int = 1000
+    """Unfinished initiated uploads a namespace may have at once (`--storage-max-open-uploads`);
+    gateway replicas sharing a store may each admit one more at the same moment."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +243,14 @@ class Storage:
         kind: str,
     ) -> tuple[Upload, str]:
         """Record an upload; returns it and the finished file's URL path."""
+        open_count = 0
+        async for _ in self.store.list(f"{OPEN_PREFIX}{names.check_namespace(namespace)}/"):
+            open_count += 1
+            if open_count >= self.limits.max_open_uploads:
+                raise TooManyUploads(
+                    f"{self.limits.max_open_uploads} uploads are already open in {namespace!r}:"
+                    " finish one, or wait until abandoned ones expire"
+                )
         ref = self.new_ref(namespace, file_name)
         upload = Upload(
             upload_id=names.new_id(),
@@ -247,7 +266,17 @@ class Storage:
             limit=MAX_RECORD_BYTES,
             meta={"type": "application/json", "expires": repr(upload.deadline)},
         )
+        await self.store.write(
+            self._open_marker(upload),
+            blobs.one_chunk(b""),
+            limit=0,
+            meta={"type": "text/plain", "expires": repr(upload.deadline)},
+        )
         return upload, self.url_path(ref, object_expires=upload.expires)
+
+    @staticmethod
+    def _open_marker(upload: Upload) -> str:
+        return f"{OPEN_PREFIX}{upload.ref.namespace}/{upload.upload_id}"
 
     async def _upload(self, ref: FileRef, upload_id: str, kind: str) -> Upload:
         try:
@@ -274,6 +303,7 @@ class Storage:
             meta=self._meta(upload.content_type, upload.expires),
         )
         await self.store.delete(UPLOADS_PREFIX + upload_id)
+        await self.store.delete(self._open_marker(upload))
         return size
 
     async def put_part(
@@ -333,6 +363,7 @@ class Storage:
             meta=self._meta(upload.content_type, upload.expires),
         )
         await self._drop_upload(upload_id)
+        await self.store.delete(self._open_marker(upload))
         return self.url_path(ref, object_expires=upload.expires), size
 
     async def _drop_upload(self, upload_id: str) -> None:

@@ -99,6 +99,8 @@ def _to_gateway_error(error: Exception) -> errors.GatewayError | None:
         return StorageUnavailable(f"The file store is unavailable; try again ({error})")
     if isinstance(error, storage_core.NotFound):
         return errors.NotFound(str(error))
+    if isinstance(error, storage_core.TooManyUploads):
+        return errors.TooManyRequests(str(error), retry_after=60)
     if isinstance(error, storage_core.Invalid | names.InvalidName):
         return errors.BadRequest(str(error))
     if isinstance(error, kv.KvUnavailable):

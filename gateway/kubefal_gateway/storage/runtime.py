@@ -93,6 +93,8 @@ def limits_from(config: settings.Settings) -> core.Limits:
         max_file_bytes=config.storage_max_file_bytes,
         url_ttl=config.storage_url_ttl,
         retention=config.storage_retention,
+        upload_ttl=config.storage_upload_ttl,
+        max_open_uploads=config.storage_max_open_uploads,
     )
 
 
