@@ -173,6 +173,11 @@ class Figure:
         return {None: "", True: "met", False: "**not met**"}[self.met]
 
 
+def cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
@@ -251,7 +256,7 @@ def _gateway(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[
         target=Target("<=", 0.6, ISSUE14),
         baseline=cpu(one, "sync"),
         label="sync path, same run",
-        note="each job lasts ≥ 0.1 s, so the gateway's idle wake-ups are charged to it",
+        note=f"{one.get('queue-fal', {}).get('polls_per_request', 0):.1f} status polls per job",
     )
     add(
         "queue path with fal_client's 0.1 s polls: gateway CPU per job, c=32",
@@ -278,7 +283,7 @@ def _queue_store(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> l
         if name not in rows:
             continue
         note = ""
-        if "redis_us_per_job" in rows[name]:
+        if name == "redis" and "redis_us_per_job" in rows[name]:
             note = f"+{rows[name]['redis_us_per_job']:.0f} µs in redis-server"
         figures.append(
             Figure(
@@ -582,6 +587,12 @@ def extract(documents: dict[str, dict[str, Any]]) -> tuple[list[Figure], dict[st
 # -- rendering --
 
 
+def in_run_order(figures: list[Figure], order: Sequence[str]) -> list[Figure]:
+    """The figures grouped by run, in the order the runs ran (stable within a run)."""
+    rank = {run_id: index for index, run_id in enumerate(order)}
+    return sorted(figures, key=lambda figure: rank.get(figure.run, len(rank)))
+
+
 def load_run(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The run's metadata (run.json) and its results documents, keyed by run id."""
     meta_path = directory / "run.json"
@@ -670,6 +681,7 @@ def render(directory: pathlib.Path) -> pathlib.Path:
     runs: list[dict[str, Any]] = meta.get("runs", [])
     by_id = {entry["id"]: entry for entry in runs}
     order = [entry["id"] for entry in runs] + sorted(set(documents) - set(by_id))
+    figures = in_run_order(figures, order)
     lines = ["# kubefal benchmark report", ""]
     cpus = meta.get("cpus") or next((d.get("cpus") for d in documents.values()), None)
     lines.append(
@@ -691,8 +703,8 @@ def render(directory: pathlib.Path) -> pathlib.Path:
         )
         target = figure.target.text() if figure.target else "—"
         lines.append(
-            f"| {figure.what} | {fmt(figure.value, figure.unit)} | {target} | {figure.verdict} "
-            f"| {baseline} | {figure.note} |"
+            f"| {cell(figure.what)} | {fmt(figure.value, figure.unit)} | {cell(target)} "
+            f"| {figure.verdict} | {cell(baseline)} | {cell(figure.note)} |"
         )
     lines += ["", "## Runs and machine load", ""]
     lines.append("| bench | command | exit | seconds | load before → after | results |")
@@ -741,6 +753,7 @@ def readme_table(directory: pathlib.Path) -> str:
     """The README's benchmark table (between the markers) from the run in ``directory``."""
     meta, documents = load_run(directory)
     figures, _ = extract(documents)
+    figures = in_run_order(figures, [entry["id"] for entry in meta.get("runs", [])])
     commands = {
         entry["id"]: display_command(entry["command"])
         for entry in meta.get("runs", [])
@@ -771,7 +784,10 @@ def readme_table(directory: pathlib.Path) -> str:
         )
         target = figure.target.text() if figure.target else "—"
         command = commands.get(figure.run, f"bench/{figure.run}.py")
-        lines.append(f"| {figure.what} | {value} | {target} | {baseline} | `{command}` |")
+        lines.append(
+            f"| {cell(figure.what)} | {cell(value)} | {cell(target)} | {cell(baseline)} "
+            f"| `{command}` |"
+        )
     lines += ["", README_END]
     return "\n".join(lines)
 

@@ -90,6 +90,7 @@ RESULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "scaling": (
         "scaling",
         {
+            "keep_alive": {"max_abs_error_s": 0.2, "mean_abs_error_s": 0.1, "target_s": 1.0},
             "steady_load": {
                 "rate": 3.0,
                 "request_seconds": 0.5,
@@ -227,6 +228,14 @@ def test_scaling_policies_stand_beside_fals_formula_of_the_same_run(rendered: st
     assert p99[3] == "**not met**"  # 2.6 > 1.2 x 2.0
     bursty = table_row(rendered, "bursty load from zero, countStarting policy: peak runners")
     assert bursty[2] == "—" and bursty[4].startswith("8.00 runners")
+
+
+def test_figures_follow_the_run_order_and_pipes_do_not_break_the_table(rendered: str) -> None:
+    figures = rendered.split("## Figures")[1].split("## Runs")[0]
+    assert figures.index("| gateway sync path") < figures.index("| runner vs the fal SDK")
+    assert figures.index("| runner vs the fal SDK") < figures.index("| file upload")
+    rows = [line for line in figures.splitlines() if line.startswith("| ")]
+    assert all(line.replace("\\|", "").count("|") == 7 for line in rows)
 
 
 def test_machine_load_and_failures_are_reported(rendered: str, run_dir: pathlib.Path) -> None:
