@@ -47,9 +47,21 @@ unit: ## Fast tests: no cluster, no server processes (tests marked slow are left
 e2e: testbin ## The rest: tests that start real processes (marked slow) and the e2e suite on the local control plane
 	$(BIN)/pytest tests e2e -q -m "slow or e2e"
 
+# make test also builds the images (images/build.sh), the kubelet and KEDA (e2e/testbin.sh) and runs
+# the image, real-node and real-KEDA tests, all cached outside the repository (~/.cache/kubefal,
+# Go's caches). On a machine that cannot run them (e2e/preflight.py: not root, a Debian package
+# missing, read-only cgroups, no overlayfs) they are skipped with that reason, which -rs prints.
 .PHONY: test
-test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests
-	$(BIN)/pytest tests e2e -q
+test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests, the images, the real node, real KEDA
+	@skip=$$($(BIN)/python -m e2e.preflight); \
+	if [ -z "$$skip" ]; then \
+	  bash images/build.sh && \
+	  KUBEFAL_TESTBIN_REAL_NODE=1 KUBEFAL_TESTBIN_KEDA=1 bash e2e/testbin.sh >/dev/null && \
+	  KUBEFAL_IMAGE_TESTS=1 KUBEFAL_REAL_NODE=1 KUBEFAL_KEDA=1 $(BIN)/pytest tests e2e -q -rs; \
+	else \
+	  echo "make test: the image, real-node and KEDA tests cannot run here: $$skip" >&2; \
+	  KUBEFAL_PREFLIGHT_SKIP="$$skip" $(BIN)/pytest tests e2e -q -rs; \
+	fi
 
 .PHONY: chaos
 chaos: testbin ## Reliability suite: kill -9, stalls, hostile clients; prints lost/wrong/run-twice per case

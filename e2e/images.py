@@ -19,6 +19,8 @@ import subprocess
 
 import pytest
 
+from e2e import preflight
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIST = REPO_ROOT / "dist" / "images"
 REGISTRY = os.environ.get("IMAGE_REGISTRY", "ghcr.io/kubefal")
@@ -48,10 +50,9 @@ def archive(name: str) -> pathlib.Path:
 
 def require_images(*names: str) -> None:
     """Skip unless image tests were asked for; then fail if an image was not built."""
-    if os.environ.get("KUBEFAL_IMAGE_TESTS") != "1":
-        pytest.skip(
-            "image tests run with KUBEFAL_IMAGE_TESTS=1 after `make images` (make test-images)"
-        )
+    preflight.require(
+        "the image tests", "KUBEFAL_IMAGE_TESTS", "after `make images`: make test-images"
+    )
     for name in names:
         if not archive(name).is_file():
             pytest.fail(f"{archive(name)} is missing: run `make images` first")

@@ -28,7 +28,7 @@ import yaml
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
-from e2e import images, podrunner
+from e2e import images, podrunner, preflight
 from e2e.conftest import ClusterHandle
 from e2e.system import RUNNER_SELECTOR
 from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
@@ -55,8 +55,7 @@ def release_overrides() -> dict[str, Any]:
 @pytest.fixture
 def keda(cluster: ClusterHandle, namespace: str, tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
     """KEDA's operator, watching only ``namespace``; yields its log."""
-    if os.environ.get("KUBEFAL_KEDA") != "1":
-        pytest.skip("real KEDA runs with KUBEFAL_KEDA=1 (make test-keda)")
+    preflight.require("real KEDA", "KUBEFAL_KEDA", "make test-keda")
     binary = cluster.testbin / "keda-operator"
     assert binary.is_file(), "run `bash e2e/testbin.sh --keda`"
     crds = [*sorted((cluster.testbin / "crds").glob("keda.sh_*.yaml"))]

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from kubernetes import client as k8s
 
-from e2e import images, realnode
+from e2e import images, preflight, realnode
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
 from testkit import waiting
@@ -31,8 +31,7 @@ TEXT_STATS = images.REPO_ROOT / "examples" / "text-stats"
 
 @pytest.fixture(scope="module")
 def node(cluster: ClusterHandle) -> Iterator[realnode.RealNode]:
-    if os.environ.get("KUBEFAL_REAL_NODE") != "1":
-        pytest.skip("the real node runs with KUBEFAL_REAL_NODE=1 (make test-real-node)")
+    preflight.require("the real node", "KUBEFAL_REAL_NODE", "make test-real-node")
     local = cluster.local
     assert local is not None and local.real_node, "the session's cluster has no real node"
     assert local.testbin is not None
