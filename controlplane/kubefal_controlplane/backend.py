@@ -51,8 +51,18 @@ class Backend(Protocol):
     def find_runner_pods(
         self, pod_name: str, namespaces: tuple[str, ...] | None
     ) -> list[dict[str, Any]]: ...
-    def runner_details(self, *, namespace: str, name: str) -> dict[str, mapping.RunnerDetail]:
-        """Pod name -> what the gateway knows of that runner (in-flight, idle time)."""
+    def runner_details(
+        self, *, namespace: str, name: str
+    ) -> dict[str, mapping.RunnerDetail] | None:
+        """Pod name -> what the gateway knows of that runner (in-flight requests and their
+        leases, idle time); None when the gateway's view is unknown."""
+        ...
+
+    def runner_details_by_app(
+        self, namespaces: tuple[str, ...] | None
+    ) -> dict[str, dict[str, mapping.RunnerDetail]] | None:
+        """:meth:`runner_details` of every app in ``namespaces`` (None: all), by app id, in
+        one call to the gateway."""
         ...
 
     def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None: ...

@@ -326,12 +326,25 @@ class Cluster:
             items += self._items(listed, f"runner pods named {pod_name} in {namespace}")
         return items
 
-    def runner_details(self, *, namespace: str, name: str) -> dict[str, mapping.RunnerDetail]:
-        """Pod name -> the gateway's view of that runner (empty without a gateway URL)."""
+    def runner_details(
+        self, *, namespace: str, name: str
+    ) -> dict[str, mapping.RunnerDetail] | None:
+        """Pod name -> the gateway's view of that runner (None without a gateway URL)."""
         return gateway_admin.runner_details(
             self.settings.gateway_admin_url,
             namespace=namespace,
             name=name,
+            timeout=self.settings.gateway_timeout,
+            token=self.settings.gateway_admin_token,
+        )
+
+    def runner_details_by_app(
+        self, namespaces: tuple[str, ...] | None
+    ) -> dict[str, dict[str, mapping.RunnerDetail]] | None:
+        """App id -> pod name -> the gateway's view, in one call (None without a gateway)."""
+        return gateway_admin.runners(
+            self.settings.gateway_admin_url,
+            namespaces=namespaces,
             timeout=self.settings.gateway_timeout,
             token=self.settings.gateway_admin_token,
         )

@@ -441,7 +441,9 @@ class LocalRun:
             pod for pod in self.list_runner_pods(namespaces) if pod["metadata"]["name"] == pod_name
         ]
 
-    def runner_details(self, *, namespace: str, name: str) -> dict[str, mapping.RunnerDetail]:
+    def runner_details(
+        self, *, namespace: str, name: str
+    ) -> dict[str, mapping.RunnerDetail] | None:
         """The gateway knows the runner by its URL; the control plane shows it by pod name."""
         runner = self._runner()
         if runner is None:
@@ -452,9 +454,20 @@ class LocalRun:
             name=name,
             timeout=self.settings.gateway_timeout,
         )
+        if details is None:
+            return None
         # The gateway names a static runner by its address (host:port).
         detail = details.get(runner.url) or details.get(urllib.parse.urlsplit(runner.url).netloc)
         return {} if detail is None else {self._pod_name(runner): detail}
+
+    def runner_details_by_app(
+        self, namespaces: tuple[str, ...] | None
+    ) -> dict[str, dict[str, mapping.RunnerDetail]] | None:
+        """The one app's :meth:`runner_details` (a local run has one app)."""
+        if namespaces is not None and self.namespace not in namespaces:
+            return {}
+        details = self.runner_details(namespace=self.namespace, name=self.app_name)
+        return None if details is None else {f"{self.namespace}/{self.app_name}": details}
 
     def _replace(self, runner: localrun.RunnerProcess, signum: signal.Signals) -> None:
         """Stop the runner; ``kubefal run`` sees the note and starts a replacement."""

@@ -94,7 +94,8 @@ def parse_app_ref(alias: str, environment_name: str | None, *, field: str) -> Ap
     return AppRef(namespace=namespace or env_namespace, name=name)
 
 
-def _timestamp(text: str | None) -> datetime.datetime | None:
+def timestamp(text: str | None) -> datetime.datetime | None:
+    """An RFC 3339 time as Kubernetes writes it (``...Z``); None when absent or malformed."""
     if not text:
         return None
     try:
@@ -113,15 +114,76 @@ def revision(app: Mapping[str, Any]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lease:
+    """A request a runner works on, as the gateway reports it (fal's runner lease)."""
+
+    request_id: str
+    leased_at_epoch: float
+    caller_id: str | None
+    """The caller's API key id (fal's ``caller_user_id``); None without a key."""
+
+    def to_fal(self) -> dict[str, Any]:
+        """The entry of ``RunnerInfo.external_metadata["leases"]`` the fal CLI reads."""
+        return {
+            "request_id": self.request_id,
+            "leased_at_epoch": self.leased_at_epoch,
+            "caller_user_id": self.caller_id or "",
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class RunnerDetail:
-    """What the gateway knows of one runner (its admin listener's ``runnerDetails`` entry)."""
+    """What the gateway knows of one runner (its admin listener's ``/_kubefal/runners``)."""
 
     in_flight: int
     idle_seconds: float
+    leases: tuple[Lease, ...] = ()
+
+
+MAX_LEASES_PER_RUNNER: Final = 1000
+"""More leases than this on one runner are not shown (maxMultiplexing is at most 1000)."""
+
+
+def _parse_leases(raw: Any) -> tuple[Lease, ...]:
+    if not isinstance(raw, list):
+        return ()
+    leases = []
+    for entry in raw[:MAX_LEASES_PER_RUNNER]:
+        if not isinstance(entry, Mapping):
+            continue
+        request_id, leased_at, caller = (
+            entry.get("requestId"),
+            entry.get("leasedAtEpoch"),
+            entry.get("callerId"),
+        )
+        if (
+            not isinstance(request_id, str)
+            or not request_id
+            or isinstance(leased_at, bool)
+            or not isinstance(leased_at, int | float)
+            or not (caller is None or isinstance(caller, str))
+        ):
+            continue
+        leases.append(
+            Lease(request_id=request_id[:200], leased_at_epoch=float(leased_at), caller_id=caller)
+        )
+    return tuple(leases)
+
+
+def parse_runners(document: Any) -> dict[str, dict[str, RunnerDetail]]:
+    """App id -> pod name -> detail, from the gateway's ``/_kubefal/runners``; bad entries are
+    skipped."""
+    by_app: dict[str, dict[str, RunnerDetail]] = {}
+    if not isinstance(document, Mapping) or not isinstance(document.get("apps"), list):
+        return by_app
+    for entry in document["apps"]:
+        if isinstance(entry, Mapping) and isinstance(entry.get("app"), str):
+            by_app[entry["app"]] = parse_runner_details({"runnerDetails": entry.get("runners")})
+    return by_app
 
 
 def parse_runner_details(document: Any) -> dict[str, RunnerDetail]:
-    """Pod name -> detail, from the gateway's per-app scaling signal; bad entries are skipped."""
+    """Pod name -> detail, from one app's ``runnerDetails`` list; bad entries are skipped."""
     details: dict[str, RunnerDetail] = {}
     if not isinstance(document, Mapping):
         return details
@@ -145,7 +207,11 @@ def parse_runner_details(document: Any) -> dict[str, RunnerDetail]:
             or not isinstance(idle, int | float)
         ):
             continue
-        details[pod_name] = RunnerDetail(in_flight=in_flight, idle_seconds=max(0.0, float(idle)))
+        details[pod_name] = RunnerDetail(
+            in_flight=in_flight,
+            idle_seconds=max(0.0, float(idle)),
+            leases=_parse_leases(entry.get("leases")),
+        )
     return details
 
 
@@ -201,7 +267,7 @@ def runner_state(
 def pod_started(pod: Mapping[str, Any]) -> datetime.datetime | None:
     status = pod.get("status") or {}
     meta = pod.get("metadata") or {}
-    return _timestamp(status.get("startTime")) or _timestamp(meta.get("creationTimestamp"))
+    return timestamp(status.get("startTime")) or timestamp(meta.get("creationTimestamp"))
 
 
 def runner_info(
@@ -210,8 +276,10 @@ def runner_info(
     detail: RunnerDetail | None,
     *,
     now: datetime.datetime,
+    no_gateway: bool = True,
 ) -> isolate_proto.RunnerInfo:
-    """A runner pod as fal's ``RunnerInfo``."""
+    """A runner pod as fal's ``RunnerInfo``. ``no_gateway``: the gateway's view is unknown
+    (no gateway URL, or it did not answer), so a live pod counts as present in its group."""
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace", ""))
     app_name = str((meta.get("labels") or {}).get(naming.LABEL_APP, ""))
@@ -230,8 +298,11 @@ def runner_info(
     metadata = struct_pb2.Struct()
     metadata.update(
         {
-            "leases": [],
-            "present_in_group": not _terminating(pod),
+            "leases": [lease.to_fal() for lease in detail.leases] if detail is not None else [],
+            # fal shows a runner lost from its group in red: here a terminating pod, or a
+            # Ready pod the gateway (when it answered) does not route to.
+            "present_in_group": not _terminating(pod)
+            and (no_gateway or detail is not None or not _ready(pod)),
             "namespace": namespace,
             "pod": str(meta.get("name", "")),
             "node": str((pod.get("spec") or {}).get("nodeName") or ""),
@@ -258,7 +329,7 @@ def runner_selected(
 ) -> bool:
     """``since``: runners started at or after it (the SDK's ``since=``); pending ones optional."""
     if since is not None:
-        started = _timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
+        started = timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
         if started is None or started < since:
             return False
     return list_pending or runner_state(pod, None) != State.PENDING
@@ -324,7 +395,7 @@ def application_info(
         scaling_delay_seconds=alias.scaling_delay_seconds,
         environment_name=alias.environment_name,
     )
-    created = _timestamp((app.get("metadata") or {}).get("creationTimestamp"))
+    created = timestamp((app.get("metadata") or {}).get("creationTimestamp"))
     if created is not None:
         info.created_at.FromDatetime(created)
     return info

@@ -136,6 +136,13 @@ def _stream_rpc(
     return wrapper
 
 
+class _Unfetched:
+    """Marks "the gateway's runner details were not fetched yet" (None means unknown)."""
+
+
+_UNFETCHED: Final = _Unfetched()
+
+
 def _environment(request: Any) -> str | None:
     """The request's ``environment_name`` (kubefal: a namespace), ``None`` when unset."""
     return request.environment_name if request.HasField("environment_name") else None
@@ -261,7 +268,10 @@ class Controller(IsolateControllerServicer):
         *,
         since: datetime.datetime | None,
         list_pending: bool,
+        details: dict[str, mapping.RunnerDetail] | _Unfetched | None = _UNFETCHED,
     ) -> list[isolate_proto.RunnerInfo]:
+        """``details``: the gateway's view of the app's runners when the caller fetched it
+        already (None: the gateway's view is unknown); fetched here otherwise."""
         selected = [
             pod
             for pod in pods
@@ -269,16 +279,22 @@ class Controller(IsolateControllerServicer):
         ]
         if not selected:
             return []
-        details: dict[str, mapping.RunnerDetail] = {}
-        if app is not None:
-            meta = app.get("metadata") or {}
-            details = self.cluster.runner_details(
-                namespace=str(meta.get("namespace")), name=str(meta.get("name"))
-            )
+        if isinstance(details, _Unfetched):
+            details = None
+            if app is not None:
+                meta = app.get("metadata") or {}
+                details = self.cluster.runner_details(
+                    namespace=str(meta.get("namespace")), name=str(meta.get("name"))
+                )
         now = _now()
+        known = details or {}
         return [
             mapping.runner_info(
-                pod, app, details.get(str((pod.get("metadata") or {}).get("name"))), now=now
+                pod,
+                app,
+                known.get(str((pod.get("metadata") or {}).get("name"))),
+                now=now,
+                no_gateway=details is None,
             )
             for pod in selected
         ]
@@ -357,12 +373,18 @@ class Controller(IsolateControllerServicer):
         }
         list_pending = request.list_pending if request.HasField("list_pending") else True
         since = self._since(request)
+        # One call to the gateway for every app's runners (not one per app).
+        by_app = self.cluster.runner_details_by_app(scope)
         runners: list[isolate_proto.RunnerInfo] = []
         for key, pods in sorted(self._pods_by_app(scope).items()):
             if not caller.allows(key[0]):
                 continue
             runners += self._runner_infos(
-                apps.get(key), pods, since=since, list_pending=list_pending
+                apps.get(key),
+                pods,
+                since=since,
+                list_pending=list_pending,
+                details=None if by_app is None else by_app.get(f"{key[0]}/{key[1]}", {}),
             )
         return isolate_proto.ListRunnersResponse(runners=runners)
 
@@ -1010,7 +1032,7 @@ class Controller(IsolateControllerServicer):
             times = _secret_times((secret.get("metadata") or {}).get("annotations") or {})
             for name in sorted(secret.get("data") or {}):
                 entry = isolate_proto.Secret(name=name, environment_name=namespace)
-                created = mapping._timestamp(times.get(name))
+                created = mapping.timestamp(times.get(name))
                 if created is not None:
                     entry.created_time.CopyFrom(isolate_proto.timestamp_from_datetime(created))
                 listed.append(entry)

@@ -28,6 +28,9 @@ worker (queue_worker.py) joins it for each job it is about to lease, so both API
   queued job refused as busy (its runner's slots taken by another gateway replica) is asked
   again up to MAX_BUSY_REJECTIONS times, as it did not run.
 
+Each request a runner works on is a `Lease` (request id, when it was sent, the caller's API key
+id) until its slot is given back: the admin API lists them per runner for `fal runners list`.
+
 An attempt abandoned while the runner may still work on it (its `requestTimeout` ran out, or,
 with `cancel_abandoned`, the caller hung up) is cancelled on the runner with
 `POST /_kubefal/cancel/{request_id}`; a retry waits for that answer first, so the cancel cannot
@@ -55,6 +58,9 @@ REJECTED_HEADER = b"x-kubefal-rejected"
 """On a runner's 503: it did not admit the request (busy, not-ready, draining): it did not run."""
 DEFAULT_RETRY_BUDGET = 30.0
 """Default of `--retry-budget`: seconds after a job's first attempt in which retries may start."""
+CALLER_HEADER = b"x-kubefal-caller"
+"""Stored with a queued job: the caller's API key id, for the request's `Lease`; the gateway
+sets it (a caller's own is dropped on arrival) and never forwards it to a runner."""
 CANCEL_PREFIX = targets.RESERVED_PREFIX + "/cancel/"
 CANCEL_TIMEOUT = 2.0
 """Seconds a cancel sent to a runner may take."""
@@ -261,6 +267,18 @@ class AppSlots:
             self.on_change(self.app_id)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """A request a runner works on (fal's runner lease, shown by ``fal runners list``)."""
+
+    request_id: str
+    runner: runners.Runner
+    leased_at: float
+    """Unix time the attempt was sent to the runner."""
+    caller: str | None
+    """The caller's API key id (None: a public app called without a key)."""
+
+
 @dataclasses.dataclass
 class ForwardResult:
     """A runner's answer, and the slot to give back once the body has been relayed."""
@@ -272,12 +290,16 @@ class ForwardResult:
     started: float
     """Monotonic time the successful attempt was sent."""
     released: bool = False
+    on_release: Callable[[], None] | None = None
+    """Ends the request's lease."""
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.slots.request_seconds.add(time.monotonic() - self.started)
             self.slots.release(self.runner)
+            if self.on_release is not None:
+                self.on_release()
 
 
 def needs_retry(response: upstream.UpstreamResponse, skip: frozenset[str]) -> bool:
@@ -309,6 +331,18 @@ class Forwarder:
         """Set when gateway replicas share runner slots (slot_ledger.py)."""
         self.on_change: Callable[[str], None] | None = None
         self.background: set[asyncio.Task[None]] = set()
+        self.leases: dict[str, Lease] = {}
+        """Request id -> the runner working on it; at most one entry per taken slot."""
+
+    def leases_by_runner(self, app_id: str) -> dict[str, list[Lease]]:
+        """Runner id -> the leases of the app's requests on it, oldest first."""
+        grouped: dict[str, list[Lease]] = {}
+        for lease in self.leases.values():
+            if lease.runner.app_id == app_id:
+                grouped.setdefault(lease.runner.runner_id, []).append(lease)
+        for leases in grouped.values():
+            leases.sort(key=lambda lease: lease.leased_at)
+        return grouped
 
     def slots_for(self, app: apps.AppConfig) -> AppSlots:
         slots = self.slots.get(app.app_id)
@@ -365,6 +399,7 @@ class Forwarder:
         max_body: int | None = None,
         cancel_abandoned: bool = False,
         on_retry: Callable[[int], Awaitable[None]] | None = None,
+        caller: str | None = None,
     ) -> ForwardResult:
         """Send the request to a runner per the module's policy; the caller releases the slot.
 
@@ -373,8 +408,20 @@ class Forwarder:
         a slot the caller already holds (the queue worker's). `max_body` bounds a buffered
         answer (errors.ResultTooLarge). With `cancel_abandoned`, a caller cancelled while a
         runner may work on its request (it hung up) gets the runner told to cancel it.
+        `caller` (the caller's API key id) is recorded in the request's `Lease`.
         """
         slots = self.slots_for(app)
+
+        def unlease() -> None:
+            lease = self.leases.get(request_id)
+            if lease is not None and lease.runner is leased_runner:
+                del self.leases[request_id]
+
+        def release(slot_runner: runners.Runner) -> None:
+            slots.release(slot_runner)
+            unlease()
+
+        leased_runner: runners.Runner | None = None
         skip = app.skip_retry_conditions
         begun = time.monotonic()
         wait_until = None if wait_timeout is None else begun + wait_timeout
@@ -406,6 +453,10 @@ class Forwarder:
                         raise last_error from None
             pool = self.client.pool(runner.host, runner.port)
             started = time.monotonic()
+            leased_runner = runner
+            self.leases[request_id] = Lease(
+                request_id=request_id, runner=runner, leased_at=time.time(), caller=caller
+            )
             try:
                 if app.request_timeout is None:
                     response = await pool.request(
@@ -427,7 +478,7 @@ class Forwarder:
                             max_body=max_body,
                         )
             except upstream.UpstreamError as error:
-                slots.release(runner)
+                release(runner)
                 self.table.mark_unready(runner)
                 avoid = avoid | {runner.runner_id}
                 runner = None
@@ -442,7 +493,7 @@ class Forwarder:
                 await asyncio.sleep(backoff(attempt))
                 continue
             except TimeoutError:
-                slots.release(runner)
+                release(runner)
                 avoid = avoid | {runner.runner_id}
                 last_error = errors.RunnerTimeout()
                 if not retry or "timeout" in skip or time.monotonic() >= resend_until:
@@ -453,13 +504,13 @@ class Forwarder:
                 self.metrics.retries.labels(app.app_id, "timeout").inc()
                 continue
             except upstream.ResponseTooLarge as error:
-                slots.release(runner)
+                release(runner)
                 raise errors.ResultTooLarge(str(error)) from None
             except upstream.InvalidRequest as error:
-                slots.release(runner)
+                release(runner)
                 raise errors.BadRequest(str(error)) from None
             except BaseException:
-                slots.release(runner)
+                release(runner)
                 if cancel_abandoned:
                     self.cancel_later(runner, request_id)
                 raise
@@ -482,6 +533,7 @@ class Forwarder:
                     slots=slots,
                     attempts=attempt,
                     started=started,
+                    on_release=unlease,
                 )
             response.abandon()
             if rejected == b"busy" and busy_rejections < MAX_BUSY_REJECTIONS:
@@ -493,10 +545,10 @@ class Forwarder:
                 try:
                     await asyncio.sleep(backoff(busy_rejections))
                 except BaseException:
-                    slots.release(runner)
+                    release(runner)
                     raise
                 continue
-            slots.release(runner)
+            release(runner)
             if response.status == RETRYABLE_STATUS:
                 self.table.mark_unready(runner)
             avoid = avoid | {runner.runner_id}

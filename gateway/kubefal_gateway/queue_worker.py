@@ -48,11 +48,26 @@ def no_retry(job: queueing.Job) -> bool:
 
 
 def runner_headers(job: queueing.Job) -> list[tuple[bytes, bytes]]:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in job.headers]
+    headers = [
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in job.headers
+        if name != CALLER_HEADER_TEXT
+    ]
     headers.append((b"x-fal-request-id", job.request_id.encode()))
     path = job.path.split("?", 1)[0]
     headers.append((b"x-fal-endpoint", endpoint_name(job.app_id, path).encode()))
     return headers
+
+
+CALLER_HEADER_TEXT = dispatch.CALLER_HEADER.decode()
+
+
+def job_caller(job: queueing.Job) -> str | None:
+    """The API key id the gateway stored with the job (dispatch.CALLER_HEADER), if any."""
+    for name, value in job.headers:
+        if name == CALLER_HEADER_TEXT:
+            return value
+    return None
 
 
 def endpoint_name(app_id: str, path: str) -> str:
@@ -305,6 +320,7 @@ class QueueWorker:
                 attempts_done=min(job.attempts, self.forwarder.max_attempts - 1),
                 max_body=self.max_result_bytes,
                 on_retry=lambda ended: self._note_attempts(request_id, ended),
+                caller=job_caller(job),
             )
             forwarded.release()
             result = result_from_response(

@@ -45,6 +45,7 @@ from kubefal_gateway import (
     apps,
     auth,
     core,
+    dispatch,
     errors,
     queueing,
     targets,
@@ -65,6 +66,7 @@ DROPPED_REQUEST_HEADERS = upstream.HOP_BY_HOP | {
     b"x-fal-runner-hint",
     b"x-fal-request-id",
     b"x-fal-endpoint",
+    dispatch.CALLER_HEADER,
 }
 
 
@@ -317,17 +319,24 @@ class ApiPart:
         self.settings = gateway.settings
 
     async def _app_and_auth(self, scope: Scope, namespace: str, name: str) -> apps.AppConfig:
+        app, _caller = await self._app_and_caller(scope, namespace, name)
+        return app
+
+    async def _app_and_caller(
+        self, scope: Scope, namespace: str, name: str
+    ) -> tuple[apps.AppConfig, str | None]:
+        """The app and the caller's API key id (None: a public app called without a key)."""
         app = self.gateway.registry.get(f"{namespace}/{name}")
         if app is None:
             raise errors.NotFound(f"App {namespace}/{name} not found")
         authorization = header_value(scope, b"authorization")
-        await auth.authorize(
+        record = await auth.authorize(
             self.gateway.keys,
             app=app,
             authorization=None if authorization is None else authorization.decode("latin-1"),
             client=client_host(scope),
         )
-        return app
+        return app, None if record is None else record.id
 
     def _forward_path(self, scope: Scope) -> tuple[str, str, str]:
         """(namespace, name, raw subpath) of a request whose subpath goes to a runner."""

@@ -3,17 +3,20 @@
 Served on the admin listener only (`--admin-port`, never exposed like the queue and run
 listeners; `--admin-token` guards what `admin_auth` says): `/healthz`, `/readyz`, `/metrics`,
 `POST /_kubefal/runners/ready` (a runner that finished setup), `/_kubefal/scaling/watch` (the
-operator's server-sent event stream of scaling signals) and `/_kubefal/apps/{ns}/{name}/scaling`.
+operator's server-sent event stream of scaling signals), `/_kubefal/apps/{ns}/{name}/scaling` and
+`/_kubefal/runners` (every runner with its in-flight requests, for the control plane's
+`fal runners list`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pydantic
 
-from kubefal_api import messages, naming
+from kubefal_api import apikeys, messages, naming
 from kubefal_gateway import (
     admin_auth,
     discovery,
@@ -27,6 +30,7 @@ from kubefal_gateway.http_api import (
     Scope,
     Send,
     client_host,
+    query_params,
     read_body,
     send_json,
     until_disconnect,
@@ -36,8 +40,63 @@ ANNOUNCE_MAX_BYTES = 1024
 """A runner's announcement is `{"pod": "<name>"}`: anything longer is refused (413)."""
 
 
+RUNNERS_PATH = "/_kubefal/runners"
+"""Every runner of the apps asked for, with its leases: ``?app=<ns>/<name>`` for one app,
+``?namespaces=a,b`` for the apps of those namespaces, neither for all."""
+MAX_NAMESPACES_PER_QUERY = 256
+
+
 class AdminApi(ApiPart):
     """The admin listener's handlers."""
+
+    def _runners(self, query: dict[str, str]) -> dict[str, object]:
+        """``{"apps": [{"app", "runners": [{"id", "inFlight", "idleSeconds", "ready",
+        "leases": [{"requestId", "leasedAtEpoch", "callerId"}]}]}]}``."""
+        registry = self.gateway.registry
+        if "app" in query:
+            app = registry.get(query["app"])
+            if app is None:
+                raise errors.NotFound(f"App {query['app'][:300]!r} not found")
+            app_ids = [app.app_id]
+        else:
+            app_ids = sorted(registry.apps)
+            if query.get("namespaces"):
+                wanted = query["namespaces"].split(",")
+                if len(wanted) > MAX_NAMESPACES_PER_QUERY or not all(
+                    apikeys.is_valid_namespace(namespace) for namespace in wanted
+                ):
+                    raise errors.BadRequest(
+                        f"namespaces must be at most {MAX_NAMESPACES_PER_QUERY} comma-separated "
+                        "namespace names"
+                    )
+                app_ids = [i for i in app_ids if i.split("/", 1)[0] in set(wanted)]
+        table, forwarder = self.gateway.runners, self.gateway.forwarder
+        now = time.monotonic()
+        listed: list[dict[str, object]] = []
+        for app_id in app_ids:
+            leases = forwarder.leases_by_runner(app_id)
+            entries: list[dict[str, object]] = []
+            for runner in table.runners(app_id).values():
+                busy = runner.in_flight + runner.elsewhere
+                entries.append(
+                    {
+                        # the pod name (a static runner: its address), as in runnerDetails
+                        "id": runner.runner_id.rsplit("/", 1)[-1],
+                        "inFlight": busy,
+                        "idleSeconds": 0.0 if busy else round(now - runner.last_request_end, 1),
+                        "ready": runner.ready,
+                        "leases": [
+                            {
+                                "requestId": lease.request_id,
+                                "leasedAtEpoch": round(lease.leased_at, 3),
+                                "callerId": lease.caller,
+                            }
+                            for lease in leases.get(runner.runner_id, ())
+                        ],
+                    }
+                )
+            listed.append({"app": app_id, "runners": entries})
+        return {"apps": listed}
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -76,6 +135,8 @@ class AdminApi(ApiPart):
             await self._announce(scope, receive, send)
         elif path == naming.SCALING_WATCH_PATH:
             await self._scaling_watch(scope, receive, send)
+        elif path == RUNNERS_PATH:
+            await send_json(send, 200, self._runners(query_params(scope)))
         elif path.startswith("/_kubefal/apps/") and path.endswith("/scaling"):
             parts = path.split("/")  # ["", "_kubefal", "apps", ns, name, "scaling"]
             if len(parts) != 6:

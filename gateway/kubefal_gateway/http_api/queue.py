@@ -13,6 +13,7 @@ import time
 from kubefal_gateway import (
     apps,
     core,
+    dispatch,
     errors,
     queue_worker,
     queueing,
@@ -79,9 +80,11 @@ class QueueApi(ApiPart):
         # What is stored and forwarded comes from the raw path, checked (`subpath` is decoded).
         namespace, name, subpath = self._forward_path(scope)
         query = targets.without_parameter(self._forward_query(scope), "fal_webhook")
-        app = await self._app_and_auth(scope, namespace, name)
+        app, caller = await self._app_and_caller(scope, namespace, name)
         # Stored headers count against --max-request-bytes with the body, and have a cap.
         stored_headers = forwarded_headers(scope)
+        if caller is not None:
+            stored_headers.append((dispatch.CALLER_HEADER, caller.encode()))
         header_bytes = sum(len(key) + len(value) for key, value in stored_headers)
         if header_bytes > self.settings.max_job_header_bytes:
             raise errors.HeadersTooLarge(

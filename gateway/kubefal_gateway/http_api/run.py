@@ -46,7 +46,7 @@ class RunApi(ApiPart):
         if scope["method"] == "HEAD":
             raise errors.MethodNotAllowed("HEAD is not supported; fal endpoints take POST")
         query = self._forward_query(scope)
-        app = await self._app_and_auth(scope, namespace, name)
+        app, caller = await self._app_and_caller(scope, namespace, name)
         priority = parse_priority(scope)
         wait_timeout = self._run_wait(scope)
         body = await read_body(scope, receive, limit=self.settings.max_request_bytes)
@@ -81,6 +81,7 @@ class RunApi(ApiPart):
                     stream=stream,
                     max_body=None if stream else self.settings.max_result_bytes,
                     cancel_abandoned=True,
+                    caller=caller,
                 )
             except errors.QueueWaitTimeout:
                 metrics.observe_request(
