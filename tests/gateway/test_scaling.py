@@ -453,3 +453,42 @@ def test_head_start_ages_pair_the_oldest_pod_with_the_oldest_ask() -> None:
 
     assert scaling.head_start_ages(capacity) == [3.0, 1.0, 0.1]
     assert scaling.head_start_ages(stuck) == [2.0]  # the unscheduled one takes the newest ask
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=specs,
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.0, 20.0, allow_nan=False),  # seconds since the previous observation
+            st.integers(0, 40),  # queued (all older than the scaling delay)
+            st.integers(0, 40),  # in flight
+            capacities,
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_count_starting_stays_in_bounds_below_fal_and_keeps_runners_for_keep_alive(
+    policy: v1alpha1.ScalingSpec, steps: list[tuple[float, int, int, scaling.Capacity]]
+) -> None:
+    counting_policy = policy.model_copy(update={"policy": COUNT_STARTING})
+    signal = scaling.ScalingSignal(counting_policy)
+    fal = scaling.ScalingSignal(policy)
+    now = 0.0
+    previous = signal.desired
+    for gap, queued, in_flight, capacity in steps:
+        now += gap
+        decision = signal.decide(
+            queued=queued, queued_waiting=queued, in_flight=in_flight, now=now, capacity=capacity
+        )
+        fal_decision = fal.decide(
+            queued=queued, queued_waiting=queued, in_flight=in_flight, now=now
+        )
+
+        assert policy.min_concurrency <= decision.desired <= policy.max_concurrency
+        assert decision.growth <= fal_decision.growth
+        assert decision.desired <= max(previous, fal_decision.growth)
+        if decision.desired < previous:  # shrinking as keep-alive allows, as under fal's policy
+            assert decision.desired >= min(previous, decision.held_for_keep_alive)
+        previous = decision.desired
