@@ -88,7 +88,7 @@ test-images: images ## Run the built images: the runner serves an app, the serve
 .PHONY: test-real-node
 test-real-node: images ## A real kubelet + containerd node: pods are real containers from the images
 	@bash e2e/testbin.sh --real-node >/dev/null
-	KUBEFAL_REAL_NODE=1 $(BIN)/pytest e2e/test_realnode.py e2e/test_helm_real_node.py e2e/test_helm_real_node_runner.py -q
+	KUBEFAL_REAL_NODE=1 $(BIN)/pytest e2e/test_realnode.py e2e/test_helm_real_node.py e2e/test_helm_real_node_runner.py e2e/test_container_image_build.py -q
 
 .PHONY: test-keda
 test-keda: images ## Real KEDA (built from its Go module) scales a keda FalApp of a helm release from zero and back

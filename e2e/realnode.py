@@ -45,6 +45,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from testkit import certs
 
 NODE_NAME = "real-0"
 TAINT = {"key": "kubefal.dev/real-node", "value": "true", "effect": "NoSchedule"}
@@ -187,6 +193,34 @@ def _kubepods_cgroups(*, exist: bool) -> list[pathlib.Path]:
     return found
 
 
+def cgroup_root_name(state_dir: pathlib.Path) -> str:
+    """This node's own cgroup root (the kubelet's ``cgroupRoot``): two real nodes on one host
+    (two e2e sessions) must not share ``/kubepods``, because a kubelet kills the processes of
+    every pod cgroup under its root that it does not know (its orphan cleanup): the other
+    node's sandboxes die ("Pod sandbox changed, it will be killed and re-created")."""
+    return f"kubefal-{state_dir.resolve().name}"
+
+
+def _create_cgroup_root(name: str) -> list[pathlib.Path]:
+    """``name`` in every controller's hierarchy (the kubelet refuses a missing cgroupRoot);
+    cpuset gets its parent's CPUs and memory nodes (a new v1 cpuset has none)."""
+    created = []
+    with contextlib.suppress(OSError):
+        for controller in CGROUP_ROOT.iterdir():
+            if not controller.is_dir() or controller.is_symlink():
+                continue
+            path = controller / name
+            if path.exists():
+                continue
+            path.mkdir()
+            created.append(path)
+            for setting in ("cpuset.cpus", "cpuset.mems"):
+                parent = controller / setting
+                if parent.exists():
+                    (path / setting).write_text(parent.read_text())
+    return created
+
+
 def _remove_cgroup_tree(path: pathlib.Path) -> None:
     """rmdir a cgroup and its children, deepest first (cgroup folders only go with rmdir)."""
     if not path.is_dir():
@@ -307,7 +341,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     # -- kubelet --
 
-    def kubelet_config(self, *, port: int, healthz_port: int) -> dict[str, Any]:
+    def kubelet_config(
+        self, *, port: int, healthz_port: int, cgroup_root: str | None = None
+    ) -> dict[str, Any]:
         return {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -320,6 +356,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
             "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{cgroup_root or cgroup_root_name(self.state_dir)}",
             "failSwapOn": False,
             "makeIPTablesUtilChains": False,
             "protectKernelDefaults": False,
@@ -430,7 +467,9 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
         "sysctls": read_sysctls(),
         "node": NODE_NAME,
         "created_host_paths": [p for p in HOST_PATHS if not pathlib.Path(p).exists()],
-        "created_cgroups": [str(p) for p in _kubepods_cgroups(exist=False)],
+        "created_cgroups": [
+            str(p) for p in _create_cgroup_root(cgroup_root_name(cluster.state_dir))
+        ],
     }
     _claim_host(cluster.state_dir, timeout=float(os.environ.get(HOST_CLAIM_WAIT_ENV, "1800")))
     containerd = cluster._spawn("containerd", ["containerd", f"--config={config}"])
@@ -449,20 +488,19 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
 
     # The kubelet's client certificate: system:node:<name> in system:nodes, from the cluster CA.
     pki = cluster.pki
-    ca_cert = local_cluster.x509.load_pem_x509_certificate(pki.path("ca.crt").read_bytes())
-    ca_key = local_cluster.serialization.load_pem_private_key(
-        pki.path("ca.key").read_bytes(), password=None
-    )
-    key = local_cluster._key()
-    cert = local_cluster._certificate(
-        subject=local_cluster._name(f"system:node:{NODE_NAME}", "system:nodes"),
+    ca_cert = x509.load_pem_x509_certificate(pki.path("ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.path("ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = certs.new_key()
+    cert = certs.certificate(
+        subject=certs.subject_name(f"system:node:{NODE_NAME}", "system:nodes"),
         key=key,
         issuer=(ca_cert, ca_key),
-        usage=local_cluster.ExtendedKeyUsageOID.CLIENT_AUTH,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     kubelet_pki = node.root / "kubelet-pki"
-    (kubelet_pki / "kubelet.crt").write_bytes(local_cluster._pem_cert(cert))
-    (kubelet_pki / "kubelet.key").write_bytes(local_cluster._pem_key(key))
+    (kubelet_pki / "kubelet.crt").write_bytes(certs.pem_cert(cert))
+    (kubelet_pki / "kubelet.key").write_bytes(certs.pem_key(key))
     (kubelet_pki / "kubelet.key").chmod(0o600)
     kubeconfig_document = local_cluster.kubeconfig_document(server=cluster.server, pki=pki)
     kubeconfig_document["users"][0]["user"] = {
