@@ -257,6 +257,10 @@ class PodRunner:
                 found = self._secret_value(pod.metadata.namespace, variable.value_from)
                 if found is not None:
                     env[variable.name] = found
+        if "/tmp" in mounts:
+            # The pod's own /tmp (an emptyDir), not the host's: runners write fixed names there
+            # (the CA bundle), which concurrent pods on one host must not share.
+            env["TMPDIR"] = mounts["/tmp"]
         env["KUBEFAL_RUNNER_HOST"] = pod.status.pod_ip
         env["KUBEFAL_POD_NAME"] = pod.metadata.name
         env["KUBEFAL_POD_IP"] = pod.status.pod_ip

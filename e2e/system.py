@@ -186,6 +186,9 @@ def running_system(
         "KUBEFAL_OPERATOR_METRICS_PORT": str(local_cluster.free_port()),
         "KUBEFAL_RUNNER_FAL_REST_HOST": f"127.0.0.1:{rest_port}",
         "KUBEFAL_RUNNER_DATA_VOLUME": json.dumps({"hostPath": {"path": str(workdir / "data")}}),
+        # as the chart: runner keys where this gateway reads keys, runners trust its CA
+        "KUBEFAL_KEY_NAMESPACE": key_namespace or "*",
+        "KUBEFAL_GATEWAY_CA_FILE": str(ca),
         **(operator_env or {}),
     }
     operator = _spawn(operator_argv, log=operator_log, env=operator_environment)

@@ -70,11 +70,6 @@ def test_runner_key_uploads_without_user_key_and_calls_no_app(
             workdir=tmp_path / "system",
             namespaces=[namespace],
             key_namespace=namespace,
-            operator_env={
-                "KUBEFAL_KEY_NAMESPACE": namespace,
-                # what the chart sets: runners trust the gateway's CA (running_system's)
-                "KUBEFAL_GATEWAY_CA_FILE": str(tmp_path / "system" / "tls" / "ca.crt"),
-            },
         ) as system:
             e2e_logs.extend(system.logs)
             _source(core, namespace)

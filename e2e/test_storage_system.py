@@ -49,10 +49,6 @@ def system_with_files_app(
         workdir=tmp_path / "system",
         namespaces=[namespace],
         key_namespace=namespace,
-        operator_env={
-            "KUBEFAL_KEY_NAMESPACE": namespace,
-            "KUBEFAL_GATEWAY_CA_FILE": str(tmp_path / "system" / "tls" / "ca.crt"),
-        },
     ) as system:
         e2e_logs.extend(system.logs)
         core.create_namespaced_config_map(
