@@ -401,6 +401,14 @@ def requirement_layers(
                     continue
                 if len(text) > 1024:
                     raise errors.invalid_argument(f"{field}.requirements", "an entry is too long")
+                if text.startswith("-"):
+                    # pip reads it as an option (--index-url, -r FILE, -e PATH...), not a
+                    # requirement: it would change where and what every runner installs.
+                    raise errors.invalid_argument(
+                        f"{field}.requirements",
+                        f"{text[:100]!r} is a pip option, not a requirement; kubefal installs "
+                        "requirements only (configure package indexes in the runner image)",
+                    )
                 if text not in wanted:
                     wanted.append(text)
             if wanted:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -191,6 +192,8 @@ class Controller(IsolateControllerServicer):
         self.cluster = cluster
         self.authenticator = authenticator
         self.settings = settings
+        self._deploys = threading.BoundedSemaphore(settings.deploy_slots)
+        """One per ``fal deploy`` in progress (settings.max_deploys)."""
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -330,13 +333,21 @@ class Controller(IsolateControllerServicer):
         """``fal apps list-rev``: kubefal keeps one revision per app (its FalApp)."""
         env = _environment(request)
         if request.HasField("application_name") and request.application_name:
-            apps = [self._resolve(caller, request.application_name, env, field="application_name")]
+            app = self._resolve(caller, request.application_name, env, field="application_name")
+            meta = app["metadata"]
+            apps = [app]
+            # that app's runner pods only, not every pod of its namespace
+            pods = {
+                (meta["namespace"], meta["name"]): self.cluster.list_runner_pods(
+                    (meta["namespace"],), app_name=meta["name"]
+                )
+            }
         else:
             scope = self._scope(caller, env)
             apps = self._visible_apps(caller, scope)
-        pods = self._pods_by_app(
-            tuple(sorted({str(app["metadata"]["namespace"]) for app in apps})) or ()
-        )
+            # the runner pods of the namespaces that hold the apps listed (never the cluster's)
+            namespaces = tuple(sorted({str(app["metadata"]["namespace"]) for app in apps}))
+            pods = self._pods_by_app(namespaces) if namespaces else {}
         infos = []
         for app in sorted(apps, key=mapping.app_id):
             meta = app["metadata"]
@@ -651,6 +662,25 @@ class Controller(IsolateControllerServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[isolate_proto.RegisterApplicationResult]:
         self.cluster.refuse_deploy()
+        # A deploy holds its worker thread until the runners are ready: bounded, so a burst of
+        # deploys cannot take every worker from the other calls.
+        if not self._deploys.acquire(blocking=False):
+            raise errors.RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.settings.deploy_slots} fal deploy calls are in progress on this control "
+                "plane (--max-deploys); try again when one has finished",
+            )
+        try:
+            yield from self._register(request, caller, context)
+        finally:
+            self._deploys.release()
+
+    def _register(
+        self,
+        request: isolate_proto.RegisterApplicationRequest,
+        caller: auth.Caller,
+        context: grpc.ServicerContext,
+    ) -> Iterator[isolate_proto.RegisterApplicationResult]:
         env = _environment(request)
         if not request.application_name:
             raise errors.invalid_argument(

@@ -21,6 +21,7 @@ DEFAULT_GATEWAY_TIMEOUT_SECONDS = 2.0
 DEFAULT_AUTH_CACHE_SECONDS = 60.0
 DEFAULT_MAX_LIST_ITEMS = 5000
 DEFAULT_DEPLOY_TIMEOUT_SECONDS = 900.0
+DEFAULT_MAX_DEPLOYS = 2
 DEFAULT_REST_MAX_CONNECTIONS = 256
 DEFAULT_REST_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_REST_HEADER_TIMEOUT_SECONDS = 10.0
@@ -77,6 +78,16 @@ class Settings:
     """Base URL of the gateway's queue listener as clients reach it."""
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT_SECONDS
     """Longest a ``fal deploy`` waits for its runners to be ready."""
+    max_deploys: int = DEFAULT_MAX_DEPLOYS
+    """``fal deploy`` calls served at once; each holds a worker thread until its runners are
+    ready (up to ``deploy_timeout``), so more are refused with ``RESOURCE_EXHAUSTED`` rather than
+    left to take every worker; at most ``max_workers - 1`` are used, so other calls keep one."""
+
+    @property
+    def deploy_slots(self) -> int:
+        """``fal deploy`` calls served at once: ``max_deploys``, below ``max_workers``."""
+        return max(1, min(self.max_deploys, self.max_workers - 1))
+
     gateway_rest_url: str | None = None
     """The gateway's REST listener (``https://host:port``) as the control plane reaches it:
     ``/files/*`` on the control plane's port is relayed there, and ``fal deploy`` reads the
@@ -106,6 +117,8 @@ class Settings:
             raise ValueError("--tls-cert and --tls-key are required (or --local-credentials)")
         if not 1 <= self.max_workers <= 256:
             raise ValueError("--max-workers must be 1-256")
+        if not 1 <= self.max_deploys <= 256:
+            raise ValueError("--max-deploys must be 1-256")
         if not 1024 <= self.max_message_bytes <= 512 * 1024 * 1024:
             raise ValueError("--max-message-bytes must be 1 KiB - 512 MiB")
         if not 1 <= self.max_list_items <= 100_000:
@@ -257,6 +270,14 @@ def parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_DEPLOY_TIMEOUT_SECONDS})",
     )
     p.add_argument(
+        "--max-deploys",
+        type=int,
+        default=DEFAULT_MAX_DEPLOYS,
+        help="fal deploy calls served at once, each holding a worker until its runners are "
+        f"ready; more get RESOURCE_EXHAUSTED (default {DEFAULT_MAX_DEPLOYS}; at most "
+        "--max-workers minus 1 are used)",
+    )
+    p.add_argument(
         "--gateway-rest-url",
         default=_env("KUBEFAL_GATEWAY_REST_URL"),
         help="the gateway's REST listener, e.g. https://kubefal-gateway:8445, where /files/* "
@@ -354,6 +375,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             public_run_url=args.public_run_url,
             public_queue_url=args.public_queue_url,
             deploy_timeout=args.deploy_timeout,
+            max_deploys=args.max_deploys,
             gateway_rest_url=args.gateway_rest_url,
             gateway_rest_ca=args.gateway_rest_ca,
             rest_max_connections=args.rest_max_connections,
