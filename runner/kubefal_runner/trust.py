@@ -19,7 +19,7 @@ import ssl
 import tempfile
 
 GATEWAY_CA_VARIABLE = "KUBEFAL_GATEWAY_CA"
-BUNDLE_NAME = "kubefal-ca-bundle.pem"
+BUNDLE_PREFIX = "kubefal-ca-bundle-"
 MAX_CA_CHARS = 256 * 1024
 """A larger ``KUBEFAL_GATEWAY_CA`` is refused: it is a configuration mistake."""
 
@@ -62,8 +62,13 @@ def install_gateway_ca(
     roots = default_roots(environ)
     parts = [roots.read_text(errors="replace").strip()] if roots is not None else []
     parts.append(ca)
-    target = (directory or pathlib.Path(tempfile.gettempdir())) / BUNDLE_NAME
-    target.write_text("\n".join(parts) + "\n")
+    # A name of its own (created exclusively, mode 0600): runner processes sharing a temporary
+    # directory (kubefal run, the e2e pod runner) each trust their own gateway's CA, and a file
+    # planted under a fixed name in a shared /tmp is never followed.
+    descriptor, name = tempfile.mkstemp(prefix=BUNDLE_PREFIX, suffix=".pem", dir=directory)
+    with os.fdopen(descriptor, "w") as bundle:
+        bundle.write("\n".join(parts) + "\n")
+    target = pathlib.Path(name)
     environ["SSL_CERT_FILE"] = str(target)
     environ.setdefault("REQUESTS_CA_BUNDLE", str(target))
     return target

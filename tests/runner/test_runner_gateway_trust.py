@@ -87,3 +87,22 @@ def test_the_bundle_keeps_the_default_roots_before_the_gateway_ca(tmp_path: path
     text = bundle.read_text()
     assert text.index("ROOTS") < text.index("GATEWAY")
     assert trust.install_gateway_ca({}, directory=tmp_path) is None
+
+
+def test_runners_sharing_a_temporary_directory_each_trust_their_own_gateway(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two runner processes with one TMPDIR (kubefal run, the e2e pod runner) and different
+    gateway CAs: neither bundle replaces the other, and each is readable by its owner only."""
+    first, second = (
+        {"KUBEFAL_GATEWAY_CA": f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----"}
+        for name in ("GATEWAY-ONE", "GATEWAY-TWO")
+    )
+
+    one = trust.install_gateway_ca(first, directory=tmp_path)
+    two = trust.install_gateway_ca(second, directory=tmp_path)
+
+    assert one is not None and two is not None and one != two
+    assert "GATEWAY-ONE" in one.read_text() and "GATEWAY-TWO" not in one.read_text()
+    assert "GATEWAY-TWO" in two.read_text()
+    assert one.stat().st_mode & 0o077 == 0
