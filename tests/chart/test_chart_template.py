@@ -416,10 +416,7 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(
         gateway_settings.ENV_PREFIX + field.name.upper()
         for field in dataclasses.fields(gateway_settings.Settings)
     }
-    webhook_names = {
-        webhook_settings.ENV_PREFIX + field.name.upper()
-        for field in dataclasses.fields(webhook_settings.Settings)
-    }
+    webhook_names = set(webhook_settings.Settings.env_names().values())
     dead: list[str] = []
     for value_set in charthelm.VALUE_SETS.values():
         objects = helm.template(value_set)

@@ -48,3 +48,17 @@ def test_a_non_numeric_port_names_the_flag() -> None:
 def test_an_unknown_log_level_is_refused_at_start() -> None:
     with pytest.raises(SystemExit, match="--log-level"):
         settings.load([*TLS, "--log-level", "loud"], environ={})
+
+
+def test_a_bad_environment_value_names_the_variable_and_the_flag() -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings.load(TLS, environ={"KUBEFAL_WEBHOOK_CACHE_SECONDS": "-1"})
+    assert "KUBEFAL_WEBHOOK_CACHE_SECONDS='-1'" in str(exited.value)
+    assert "--cache-seconds" in str(exited.value)
+
+
+def test_help_comes_from_the_field_descriptions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag: no wrapping at a hyphen
+    text = " ".join(settings.build_parser().format_help().split())
+    assert "--catalogue-namespace VALUE Namespace of the machine catalogue ConfigMap." in text
+    assert "[env KUBEFAL_WEBHOOK_CATALOGUE_NAMESPACE; default kubefal-system]" in text
