@@ -161,6 +161,19 @@ class KeyRecord:
     def allows_namespace(self, namespace: str) -> bool:
         return self.all_namespaces or namespace in self.namespaces
 
+    def fal_account(self) -> dict[str, str]:
+        """fal's ``GET /users/current`` answer for this key (the fal CLI asks it when
+        ``--team`` is given with a key): ``user_id`` is the key id and the team (``nickname``)
+        the key's namespace when it has exactly one, else the key id; a key acts for its
+        namespaces whatever ``--team`` says (docs/fal-compat.md, "Environments and teams")."""
+        namespaces = () if self.all_namespaces else self.namespaces
+        reach = ", ".join(namespaces) if namespaces else "every namespace"
+        return {
+            "user_id": self.id,
+            "nickname": namespaces[0] if len(namespaces) == 1 else self.id,
+            "full_name": f"kubefal API key {self.id} ({reach})",
+        }
+
     def check(self, *, secret: str, namespace: str | None) -> KeyVerdict:
         """Verify ``secret`` and, when ``namespace`` is given, the key's scope.
 

@@ -11,6 +11,11 @@ Naming (fal's apps, environments and teams on Kubernetes):
 * A fal *environment* is a Kubernetes namespace: ``--env team-a`` (``environment_name``)
   selects namespace ``team-a``. Unset, or fal's default ``main``, means every namespace the key
   may see. The SDK appends ``--<env>`` to the alias it sends; that suffix is removed again.
+* A fal *team* is the namespace a key belongs to: ``GET /users/current`` (what the fal CLI asks
+  when ``--team`` is given with a key) names a key scoped to one namespace by that namespace, so
+  ``--team team-a`` with a key of ``team-a`` is that team, and any other team gets fal's own
+  "Ignoring explicit team" notice. Keys act for their namespaces whatever ``--team`` says
+  (fal's rule for keys).
 * The *revision* of an app is its FalApp's ``metadata.uid``.
 """
 

@@ -356,6 +356,14 @@ class RestApi:
             caller = await self._authenticate(headers)
             await routes[path](connection, caller, _query(query))
             return
+        if path == "/users/current":
+            # The fal CLI's --team check (fal.auth.current_user_info) with a key: who it is.
+            if method != "GET":
+                raise HttpError(405, "Use GET")
+            await connection.read_body(MAX_JSON_BODY)
+            caller = await self._authenticate(headers)
+            await connection.send_json(200, caller.record.fal_account())
+            return
         if path.startswith("/runners/") and path.count("/") == 2:
             if method != "GET":
                 raise HttpError(405, "Use GET")

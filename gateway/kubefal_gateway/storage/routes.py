@@ -174,6 +174,18 @@ class RestApi:
         self.keys.admit(record)
         return record
 
+    async def _key_of_any_scope(self, scope: Scope) -> apikeys.KeyRecord:
+        header = header_value(scope, b"authorization")
+        if not header:
+            raise errors.MissingCredentials(
+                "Missing API key: send 'Authorization: Key <id>:<secret>'"
+            )
+        record = await self.keys.verify(
+            header.decode("latin-1"), client=http_api.client_host(scope)
+        )
+        self.keys.admit(record)
+        return record
+
     async def _uploader(self, scope: Scope) -> str:
         """The namespace an upload goes to, from a CDN token or an API key."""
         header = header_value(scope, b"authorization")
@@ -271,6 +283,10 @@ class RestApi:
             await self._file(scope, receive, send)
         elif path.startswith("/kv/"):
             await self._kv(scope, receive, send)
+        elif path == "/users/current":
+            # The fal CLI's --team check with a key (the REST host is this listener).
+            self._only(method, "GET")
+            await http_api.send_json(send, 200, (await self._key_of_any_scope(scope)).fal_account())
         elif path == "/healthz":
             await http_api.send_json(send, 200, {"status": "ok"})
         else:
