@@ -2,14 +2,13 @@
 
 By default it serves FalApps in every namespace, alone (no kopf peering: the chart runs one
 replica with ``strategy: Recreate``), with kopf's liveness endpoint on
-``http://0.0.0.0:8080/healthz``. Settings that are not flags come from the environment
-(``kubefal_operator.config``).
+``http://0.0.0.0:8080/healthz``. Every setting is a flag and a ``KUBEFAL_*`` environment
+variable (``kubefal_operator.config.OperatorSettings``; ``--help`` lists them).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -20,8 +19,11 @@ from kubefal_operator import config as operator_config
 from kubefal_operator import handlers
 
 
-def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m kubefal_operator", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The settings' flags (``kubefal_operator.config.OperatorSettings``) and the entry point's."""
+    parser = operator_config.OperatorSettings.build_parser(
+        prog="python -m kubefal_operator", description=__doc__
+    )
     parser.add_argument(
         "-n",
         "--namespace",
@@ -29,50 +31,33 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         help="serve FalApps only in this namespace (repeatable; default: all namespaces)",
     )
-    parser.add_argument(
-        "--liveness",
-        default=os.environ.get("KUBEFAL_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
-        help="kopf liveness endpoint URL (env KUBEFAL_OPERATOR_LIVENESS)",
-    )
-    parser.add_argument(
-        "--peering",
-        default=os.environ.get("KUBEFAL_OPERATOR_PEERING") or None,
-        help="kopf peering name for several replicas (default: standalone)",
-    )
-    parser.add_argument(
-        "--gateway-admin-url",
-        default=None,
-        help="follow this gateway's scaling signals with the builtin actuator "
-        "(env KUBEFAL_GATEWAY_ADMIN_URL; default: replicas follow minConcurrency)",
-    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
+    try:
+        settings = operator_config.OperatorSettings.read(vars(arguments), os.environ)
+        config = operator_config.OperatorConfig.from_settings(settings)
+    except operator_config.ConfigError as error:
+        raise SystemExit(str(error)) from None
     kopf.configure(verbose=arguments.verbose, quiet=arguments.quiet)
     if not arguments.verbose:
         # One "Handler ... succeeded" line per watch event buries what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    config = operator_config.OperatorConfig.from_environment()
-    if arguments.gateway_admin_url:
-        config = dataclasses.replace(config, gateway_admin_url=arguments.gateway_admin_url)
-        if config.render.runner_announce_url is None and not os.environ.get(
-            "KUBEFAL_RUNNER_ANNOUNCE_URL"
-        ):
-            announce = operator_config.runner_announce_url(arguments.gateway_admin_url)
-            config = dataclasses.replace(
-                config, render=dataclasses.replace(config.render, runner_announce_url=announce)
-            )
     kopf.run(
         registry=handlers.REGISTRY,
         clusterwide=not arguments.namespace,
         namespaces=arguments.namespace,
-        standalone=arguments.peering is None,
-        peering_name=arguments.peering,
-        liveness_endpoint=arguments.liveness,
+        standalone=settings.operator_peering is None,
+        peering_name=settings.operator_peering,
+        liveness_endpoint=settings.operator_liveness,
         memo=kopf.Memo(config=config, namespaces=tuple(arguments.namespace)),
     )
 

@@ -137,44 +137,9 @@ class BuildSettings:
     runner_user: int = 10001
     """USER of the built image (the runner's, KUBEFAL_RUNNER_RUN_AS_USER)."""
 
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str], *, runner_user: int) -> BuildSettings:
-        registry = env.get("KUBEFAL_BUILD_REGISTRY", "").strip().rstrip("/") or None
-        if registry is not None and not REGISTRY_PATTERN.match(registry):
-            raise BuildSettingsError(
-                f"KUBEFAL_BUILD_REGISTRY={registry!r}: expected host[:port][/path] (lowercase)"
-            )
-        insecure = env.get("KUBEFAL_BUILD_REGISTRY_INSECURE", "").strip().lower()
-        if insecure not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-            raise BuildSettingsError(f"KUBEFAL_BUILD_REGISTRY_INSECURE={insecure!r}: true/false")
-        overrides = env.get("KUBEFAL_BUILD_POD_OVERRIDES", "").strip() or None
-        if overrides is not None:
-            overrides = _pod_overrides(overrides)
-        defaults = cls()
-        return cls(
-            registry=registry,
-            insecure_registry=insecure in ("1", "true", "yes", "on"),
-            builder_image=env.get("KUBEFAL_BUILDER_IMAGE", "").strip() or defaults.builder_image,
-            push_secret=env.get("KUBEFAL_BUILD_PUSH_SECRET", "").strip() or None,
-            timeout_seconds=_seconds(env, "KUBEFAL_BUILD_TIMEOUT", defaults.timeout_seconds),
-            finished_ttl_seconds=_seconds(
-                env, "KUBEFAL_BUILD_JOB_TTL", defaults.finished_ttl_seconds
-            ),
-            pod_overrides=overrides,
-            runner_user=runner_user,
-        )
 
-
-def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= 7 * 86400:
-        raise BuildSettingsError(f"{name}={value!r}: expected seconds, 1..604800")
-    return int(value)
-
-
-def _pod_overrides(value: str) -> str:
+def pod_overrides(value: str) -> str:
+    """``KUBEFAL_BUILD_POD_OVERRIDES``: a JSON object of allowed pod-spec keys, normalised."""
     try:
         overrides = json.loads(value)
     except ValueError:

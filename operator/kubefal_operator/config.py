@@ -1,19 +1,27 @@
-"""The operator's settings, read once from the environment at start and passed down.
+"""The operator's settings: flags and environment variables, read once at start and passed down.
 
-Every knob is an environment variable (what a Helm chart sets) with a default that fits a
-standard install; ``python -m kubefal_operator`` flags override the process-level ones.
+``OperatorSettings`` declares every knob once (flag ``--runner-image``, variable
+``KUBEFAL_RUNNER_IMAGE``: the names the Helm chart sets, a flag winning over its variable) with
+the shared loader of ``kubefal_api.process_settings``; ``OperatorConfig`` is the shape the
+handlers use, built from it (defaults that depend on the operator's namespace are filled in
+there). The defaults live in the dataclasses that use them (``OperatorConfig``,
+``render.common.RenderSettings``, ``build.BuildSettings``); the settings model refers to them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
 from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+import pydantic
+from pydantic import Field
 
 from kubefal_api import naming
+from kubefal_api.process_settings import Env, Flag, ProcessSettings, SettingsError
 from kubefal_operator import build, signals, status
 from kubefal_operator.render import common
 
@@ -76,99 +84,70 @@ class OperatorConfig:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
-        """Read the settings; a malformed value raises `ConfigError` naming the variable.
+        """The configuration from environment variables alone (no flags); a malformed value
+        raises `ConfigError` naming the variable."""
+        return cls.from_settings(OperatorSettings.read({}, environ))
 
-        Runner hardening and the gateway as runners see it (all optional):
-        ``KUBEFAL_RUNNER_RUN_AS_USER`` / ``_RUN_AS_GROUP`` (10001, the runner image's user),
-        ``KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM`` (true), ``KUBEFAL_GATEWAY_NAMESPACE``
-        (the operator's namespace) and ``KUBEFAL_GATEWAY_POD_LABELS`` (``k=v,k=v``; default
-        ``app.kubernetes.io/part-of=kubefal,app.kubernetes.io/component=gateway``) for the
-        runners' NetworkPolicy, ``KUBEFAL_RUNNER_FAL_RUN_HOST`` /
-        ``KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST`` (unset) for fal_client inside runners,
-        ``KUBEFAL_RUNNER_FAL_REST_HOST`` (unset) for fal.toolkit uploads inside runners,
-        ``KUBEFAL_RUNNER_KEYS`` (on when that is set) and ``KUBEFAL_KEY_NAMESPACE`` (the
-        gateway's namespace) for the storage-only key each runner gets (``runner_keys``),
-        ``KUBEFAL_RUNNER_DATA_VOLUME`` (unset; JSON volume source) for persistentData's /data,
-        ``KUBEFAL_RUNNER_ANNOUNCE_URL`` (default: ``KUBEFAL_GATEWAY_ADMIN_URL`` plus
-        ``/_kubefal/runners/ready``; ``off`` disables it) where runners announce readiness, and
-        ``KUBEFAL_GATEWAY_CA_FILE`` (unset; a missing file means no CA) for the CA that
-        signed the gateway's certificate.
-        """
-        env = os.environ if environ is None else environ
-        namespace = env.get("KUBEFAL_OPERATOR_NAMESPACE", "kubefal-system")
-        defaults = common.RenderSettings()
+    @classmethod
+    def from_settings(cls, settings: OperatorSettings) -> OperatorConfig:
+        """The handlers' configuration; fills in the defaults that follow the namespace."""
+        namespace = settings.operator_namespace
+        gateway_namespace = settings.gateway_namespace or namespace
+        announce = settings.runner_announce_url
         return cls(
             namespace=namespace,
-            catalogue_namespace=env.get("KUBEFAL_MACHINES_NAMESPACE", namespace),
-            catalogue_name=env.get(
-                "KUBEFAL_MACHINES_CONFIGMAP", naming.MACHINE_CATALOGUE_CONFIGMAP
-            ),
-            gateway_admin_token=env.get(signals.ADMIN_TOKEN_ENV) or None,
-            metrics_host=env.get("KUBEFAL_OPERATOR_METRICS_HOST", "0.0.0.0"),
-            metrics_port=int(env.get("KUBEFAL_OPERATOR_METRICS_PORT", "8000")),
+            catalogue_namespace=settings.machines_namespace or namespace,
+            catalogue_name=settings.machines_configmap,
+            gateway_admin_token=settings.gateway_admin_token,
+            metrics_host=settings.operator_metrics_host,
+            metrics_port=settings.operator_metrics_port,
             render=common.RenderSettings(
-                runner_image=env.get("KUBEFAL_RUNNER_IMAGE", defaults.runner_image),
-                drain_margin_seconds=int(
-                    env.get("KUBEFAL_DRAIN_MARGIN_SECONDS", str(defaults.drain_margin_seconds))
-                ),
-                keda_scaler_address=env.get(
-                    "KUBEFAL_KEDA_SCALER_ADDRESS",
-                    f"kubefal-gateway-admin.{namespace}.svc:{KEDA_SCALER_PORT}",
-                ),
-                keda_polling_interval_seconds=int(
-                    env.get(
-                        "KUBEFAL_KEDA_POLLING_INTERVAL",
-                        str(defaults.keda_polling_interval_seconds),
-                    )
-                ),
-                runner_run_as_user=_user_id(
-                    env, "KUBEFAL_RUNNER_RUN_AS_USER", defaults.runner_run_as_user
-                ),
-                runner_run_as_group=_user_id(
-                    env, "KUBEFAL_RUNNER_RUN_AS_GROUP", defaults.runner_run_as_group
-                ),
-                runner_read_only_root_filesystem=_boolean(
-                    env,
-                    "KUBEFAL_RUNNER_READ_ONLY_ROOT_FILESYSTEM",
-                    defaults.runner_read_only_root_filesystem,
-                ),
-                gateway_namespace=env.get("KUBEFAL_GATEWAY_NAMESPACE") or namespace,
-                gateway_pod_labels=_labels(
-                    env, "KUBEFAL_GATEWAY_POD_LABELS", defaults.gateway_pod_labels
-                ),
-                fal_run_host=env.get("KUBEFAL_RUNNER_FAL_RUN_HOST") or None,
-                fal_queue_run_host=env.get("KUBEFAL_RUNNER_FAL_QUEUE_RUN_HOST") or None,
-                fal_rest_host=env.get("KUBEFAL_RUNNER_FAL_REST_HOST") or None,
-                data_volume=_data_volume(env.get("KUBEFAL_RUNNER_DATA_VOLUME", "")),
-                gateway_ca_pem=_read_ca(env.get("KUBEFAL_GATEWAY_CA_FILE") or None),
-                runner_announce_url=_announce_url(env),
+                runner_image=settings.runner_image,
+                drain_margin_seconds=settings.drain_margin_seconds,
+                keda_scaler_address=settings.keda_scaler_address
+                or f"kubefal-gateway-admin.{namespace}.svc:{KEDA_SCALER_PORT}",
+                keda_polling_interval_seconds=settings.keda_polling_interval,
+                runner_run_as_user=settings.runner_run_as_user,
+                runner_run_as_group=settings.runner_run_as_group,
+                runner_read_only_root_filesystem=settings.runner_read_only_root_filesystem,
+                gateway_namespace=gateway_namespace,
+                gateway_pod_labels=settings.gateway_pod_labels,
+                fal_run_host=settings.runner_fal_run_host,
+                fal_queue_run_host=settings.runner_fal_queue_run_host,
+                fal_rest_host=settings.runner_fal_rest_host,
+                data_volume=settings.runner_data_volume,
+                gateway_ca_pem=_read_ca(settings.gateway_ca_file),
+                runner_announce_url=None
+                if announce is not None and announce.lower() == "off"
+                else announce or runner_announce_url(settings.gateway_admin_url),
             ),
-            gateway_admin_url=env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None,
-            build=_build_settings(env, runner_user=defaults.runner_run_as_user),
-            runner_keys=_boolean(
-                env, "KUBEFAL_RUNNER_KEYS", bool(env.get("KUBEFAL_RUNNER_FAL_REST_HOST"))
+            gateway_admin_url=settings.gateway_admin_url,
+            build=build.BuildSettings(
+                registry=settings.build_registry,
+                insecure_registry=settings.build_registry_insecure,
+                builder_image=settings.builder_image,
+                push_secret=settings.build_push_secret,
+                timeout_seconds=settings.build_timeout,
+                finished_ttl_seconds=settings.build_job_ttl,
+                pod_overrides=settings.build_pod_overrides,
+                runner_user=settings.runner_run_as_user,
             ),
-            key_namespace=env.get("KUBEFAL_KEY_NAMESPACE")
-            or env.get("KUBEFAL_GATEWAY_NAMESPACE")
-            or namespace,
-            actuator_interval_seconds=float(env.get("KUBEFAL_ACTUATOR_INTERVAL", "0.15")),
+            runner_keys=bool(settings.runner_fal_rest_host)
+            if settings.runner_keys is None
+            else settings.runner_keys,
+            key_namespace=settings.key_namespace or gateway_namespace,
+            actuator_interval_seconds=settings.actuator_interval,
             gateway=status.Gateway(
-                queue_url=env.get(
-                    "KUBEFAL_GATEWAY_QUEUE_URL", f"http://kubefal-gateway-queue.{namespace}.svc"
-                ),
-                run_url=env.get(
-                    "KUBEFAL_GATEWAY_RUN_URL", f"http://kubefal-gateway-run.{namespace}.svc"
-                ),
+                queue_url=settings.gateway_queue_url
+                or f"http://kubefal-gateway-queue.{namespace}.svc",
+                run_url=settings.gateway_run_url or f"http://kubefal-gateway-run.{namespace}.svc",
             ),
         )
 
 
-class ConfigError(ValueError):
-    """An environment variable of the operator has a value it cannot use."""
+ConfigError = SettingsError
+"""A flag or environment variable of the operator has a value it cannot use."""
 
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 LABEL_KEY_PATTERN = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -176,42 +155,15 @@ LABEL_KEY_PATTERN = re.compile(
 LABEL_VALUE_PATTERN = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 MAX_CA_BYTES = 256 * 1024
 """A CA bundle larger than this is a configuration mistake (it lands in every runner pod)."""
+DATA_VOLUME_SOURCES = frozenset(
+    {"nfs", "hostPath", "csi", "persistentVolumeClaim", "cephfs", "glusterfs", "azureFile"}
+)
 
 
-def _build_settings(env: Mapping[str, str], *, runner_user: int) -> build.BuildSettings:
-    user = _user_id(env, "KUBEFAL_RUNNER_RUN_AS_USER", runner_user)
-    try:
-        return build.BuildSettings.from_environment(env, runner_user=user)
-    except build.BuildSettingsError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true or false")
-
-
-def _user_id(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
-        raise ConfigError(f"{name}={value!r}: expected a non-root numeric id (1 or more)")
-    return int(value)
-
-
-def _labels(
-    env: Mapping[str, str], name: str, default: tuple[tuple[str, str], ...]
-) -> tuple[tuple[str, str], ...]:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
+def _labels(value: Any) -> Any:
+    """``k=v,k=v`` to sorted label pairs (a tuple given in code passes through)."""
+    if not isinstance(value, str):
+        return value
     labels: dict[str, str] = {}
     for item in value.split(","):
         key, separator, label_value = item.strip().partition("=")
@@ -220,35 +172,214 @@ def _labels(
             or not LABEL_KEY_PATTERN.match(key)
             or not LABEL_VALUE_PATTERN.match(label_value)
         ):
-            raise ConfigError(f"{name}: {item!r} is not a label key=value")
+            raise ValueError(f"{item!r} is not a label key=value")
         labels[key] = label_value
     return tuple(sorted(labels.items()))
 
 
-DATA_VOLUME_SOURCES = frozenset(
-    {"nfs", "hostPath", "csi", "persistentVolumeClaim", "cephfs", "glusterfs", "azureFile"}
-)
-
-
-def _data_volume(value: str) -> str | None:
-    """``KUBEFAL_RUNNER_DATA_VOLUME``: one volume source as JSON, normalised; None if unset."""
-    if not value.strip():
+def _data_volume(value: str | None) -> str | None:
+    """One volume source as JSON, normalised."""
+    if value is None:
         return None
     try:
         source = json.loads(value)
     except ValueError:
-        raise ConfigError("KUBEFAL_RUNNER_DATA_VOLUME: not JSON") from None
+        raise ValueError("not JSON") from None
     if (
         not isinstance(source, dict)
         or len(source) != 1
         or next(iter(source)) not in DATA_VOLUME_SOURCES
         or not isinstance(next(iter(source.values())), dict)
     ):
-        raise ConfigError(
-            "KUBEFAL_RUNNER_DATA_VOLUME: expected one volume source, one of "
-            + ", ".join(sorted(DATA_VOLUME_SOURCES))
+        raise ValueError(
+            "expected one volume source, one of " + ", ".join(sorted(DATA_VOLUME_SOURCES))
         )
     return json.dumps(source, sort_keys=True)
+
+
+def _registry(value: str | None) -> str | None:
+    registry = None if value is None else value.strip().rstrip("/") or None
+    if registry is not None and not build.REGISTRY_PATTERN.match(registry):
+        raise ValueError("expected host[:port][/path] (lowercase)")
+    return registry
+
+
+def _pod_overrides(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return build.pod_overrides(value.strip())
+    except build.BuildSettingsError as error:
+        raise ValueError(str(error)) from None
+
+
+UserId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+BuildSeconds = Annotated[int, Field(ge=1, le=7 * 86400)]
+_CONFIG = OperatorConfig()
+_RENDER = common.RenderSettings()
+_BUILD = build.BuildSettings()
+
+
+class OperatorSettings(ProcessSettings):
+    """Every flag and environment variable of the operator (``KUBEFAL_<FIELD>``)."""
+
+    env_prefix: ClassVar[str] = "KUBEFAL_"
+
+    operator_namespace: str = Field(
+        default=_CONFIG.namespace, description="The operator's own namespace."
+    )
+    operator_liveness: Annotated[str, Flag("--liveness")] = Field(
+        default="http://0.0.0.0:8080/healthz", description="kopf's liveness endpoint URL."
+    )
+    operator_peering: Annotated[str | None, Flag("--peering")] = Field(
+        default=None,
+        description="kopf peering name for several replicas; unset: standalone (the chart runs "
+        "one replica).",
+    )
+    operator_metrics_host: str = Field(
+        default=_CONFIG.metrics_host, description="Address of the Prometheus endpoint."
+    )
+    operator_metrics_port: int = Field(
+        default=_CONFIG.metrics_port, ge=0, le=65535, description="Port of the Prometheus endpoint."
+    )
+    machines_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the machine catalogue ConfigMap; unset: the operator's.",
+    )
+    machines_configmap: str = Field(
+        default=_CONFIG.catalogue_name, description="Name of the machine catalogue ConfigMap."
+    )
+    gateway_admin_url: str | None = Field(
+        default=None,
+        description="The gateway's admin listener (http://kubefal-gateway-admin.<ns>.svc:9090): "
+        "when set, the builtin actuator follows its scaling signals; unset, replicas follow "
+        "minConcurrency.",
+    )
+    gateway_admin_token: Annotated[str | None, Env(signals.ADMIN_TOKEN_ENV)] = Field(
+        default=None,
+        description="Bearer token of the gateway's admin listener (the gateway's "
+        "--admin-token; the chart puts both in one Secret). Unset: none is sent.",
+    )
+    actuator_interval: float = Field(
+        default=_CONFIG.actuator_interval_seconds,
+        gt=0,
+        description="At most one replicas write per app per this many seconds; bursts of "
+        "signals converge to the latest one.",
+    )
+    gateway_queue_url: str | None = Field(
+        default=None,
+        description="Queue URL reported in FalApp status.endpoints; unset: "
+        "http://kubefal-gateway-queue.<operator namespace>.svc.",
+    )
+    gateway_run_url: str | None = Field(
+        default=None,
+        description="Run URL reported in FalApp status.endpoints; unset: "
+        "http://kubefal-gateway-run.<operator namespace>.svc.",
+    )
+    runner_image: str = Field(
+        default=_RENDER.runner_image,
+        description="Image of the generic runner, used when a FalApp sets no spec.image.",
+    )
+    drain_margin_seconds: int = Field(
+        default=_RENDER.drain_margin_seconds,
+        ge=0,
+        description="Added to requestTimeout for a runner's termination grace period.",
+    )
+    keda_scaler_address: str | None = Field(
+        default=None,
+        description="host:port of the gateway's KEDA external scaler (spec.scaler: keda); "
+        f"unset: kubefal-gateway-admin.<operator namespace>.svc:{KEDA_SCALER_PORT}.",
+    )
+    keda_polling_interval: int = Field(
+        default=_RENDER.keda_polling_interval_seconds,
+        ge=1,
+        description="ScaledObject pollingInterval in seconds.",
+    )
+    runner_run_as_user: UserId = Field(
+        default=_RENDER.runner_run_as_user,
+        description="UID runner containers (and built images) run as; never root.",
+    )
+    runner_run_as_group: UserId = Field(
+        default=_RENDER.runner_run_as_group,
+        description="GID runner containers run as, also their fsGroup; never root.",
+    )
+    runner_read_only_root_filesystem: bool = Field(
+        default=_RENDER.runner_read_only_root_filesystem,
+        description="Mount the runner's root filesystem read-only.",
+    )
+    gateway_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the gateway pods (the runners' NetworkPolicy admits only "
+        "them); unset: the operator's.",
+    )
+    gateway_pod_labels: Annotated[
+        tuple[tuple[str, str], ...], pydantic.BeforeValidator(_labels)
+    ] = Field(
+        default=_RENDER.gateway_pod_labels,
+        description="Labels (k=v,k=v) that select the gateway's pods in its namespace.",
+    )
+    runner_fal_run_host: str | None = Field(
+        default=None, description="FAL_RUN_HOST of runner pods; unset: not set."
+    )
+    runner_fal_queue_run_host: str | None = Field(
+        default=None, description="FAL_QUEUE_RUN_HOST of runner pods; unset: not set."
+    )
+    runner_fal_rest_host: str | None = Field(
+        default=None,
+        description="FAL_REST_HOST of runner pods (the gateway's REST listener); unset: not set.",
+    )
+    runner_keys: bool | None = Field(
+        default=None,
+        description="Give every FalApp without its own key a storage-only key of its "
+        "namespace as FAL_KEY; unset: on when runner FAL_REST_HOST is set.",
+    )
+    key_namespace: str | None = Field(
+        default=None,
+        description="Namespace the gateway reads API-key Secrets from (its --key-namespace), "
+        "where runner key records go; * puts each in its app's namespace; unset: the gateway's "
+        "namespace.",
+    )
+    runner_data_volume: Annotated[str | None, pydantic.AfterValidator(_data_volume)] = Field(
+        default=None,
+        description="JSON of the volume source holding every namespace's /data "
+        '({"nfs": {...}}); unset: /data is an emptyDir.',
+    )
+    runner_announce_url: str | None = Field(
+        default=None,
+        description="Where runners announce readiness; off disables it; unset: the gateway "
+        "admin URL plus /_kubefal/runners/ready.",
+    )
+    gateway_ca_file: pathlib.Path | None = Field(
+        default=None,
+        description="PEM CA that signed the gateway's certificate, handed to runners (a "
+        "missing file means none).",
+    )
+    build_registry: Annotated[str | None, pydantic.AfterValidator(_registry)] = Field(
+        default=_BUILD.registry,
+        description="host[:port]/path images are pushed to; unset: FalApps with "
+        "spec.containerImage are refused.",
+    )
+    build_registry_insecure: bool = Field(
+        default=_BUILD.insecure_registry, description="Plain HTTP to the registry, no TLS."
+    )
+    builder_image: str = Field(default=_BUILD.builder_image, description="The image of build Jobs.")
+    build_push_secret: str | None = Field(
+        default=_BUILD.push_secret,
+        description="A dockerconfigjson Secret in the app's namespace buildah pushes with; "
+        "unset: anonymous.",
+    )
+    build_timeout: BuildSeconds = Field(
+        default=_BUILD.timeout_seconds, description="Seconds a build may run."
+    )
+    build_job_ttl: BuildSeconds = Field(
+        default=_BUILD.finished_ttl_seconds,
+        description="Seconds finished build Jobs (and their logs) are kept.",
+    )
+    build_pod_overrides: Annotated[str | None, pydantic.AfterValidator(_pod_overrides)] = Field(
+        default=_BUILD.pod_overrides,
+        description="JSON object merged into the build pod's spec (nodeSelector, "
+        "tolerations, ...).",
+    )
 
 
 def runner_announce_url(admin_url: str | None) -> str | None:
@@ -256,23 +387,16 @@ def runner_announce_url(admin_url: str | None) -> str | None:
     return None if not admin_url else admin_url.rstrip("/") + naming.RUNNER_ANNOUNCE_PATH
 
 
-def _announce_url(env: Mapping[str, str]) -> str | None:
-    """``KUBEFAL_RUNNER_ANNOUNCE_URL`` (``off`` disables announcing), else derived from
-    ``KUBEFAL_GATEWAY_ADMIN_URL`` (unset too: runners do not announce)."""
-    explicit = env.get("KUBEFAL_RUNNER_ANNOUNCE_URL", "").strip()
-    if explicit.lower() == "off":
-        return None
-    return explicit or runner_announce_url(env.get("KUBEFAL_GATEWAY_ADMIN_URL") or None)
-
-
-def _read_ca(path: str | None) -> str | None:
+def _read_ca(path: pathlib.Path | None) -> str | None:
     """The PEM text of the gateway's CA, or None when no file is configured or present."""
     if path is None:
         return None
-    ca_file = pathlib.Path(path)
+    ca_file = path
     if not ca_file.is_file():
         return None
     text = ca_file.read_bytes()[: MAX_CA_BYTES + 1].decode("ascii", "replace")
     if len(text) > MAX_CA_BYTES or "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigError(f"KUBEFAL_GATEWAY_CA_FILE={path}: not a PEM certificate bundle")
+        raise ConfigError(
+            f"KUBEFAL_GATEWAY_CA_FILE (--gateway-ca-file)={path}: not a PEM certificate bundle"
+        )
     return text.strip() + "\n"

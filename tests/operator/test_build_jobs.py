@@ -85,7 +85,7 @@ def test_the_job_builds_with_args_secrets_and_overrides_and_is_no_runner() -> No
         registry="127.0.0.1:5000/apps",
         insecure_registry=True,
         push_secret="push",
-        pod_overrides=build._pod_overrides(json.dumps({"hostNetwork": True})),
+        pod_overrides=build.pod_overrides(json.dumps({"hostNetwork": True})),
     )
     app = _app(buildArgs={"B": "2", "A": "x y"}, secretRef={"name": "build-secrets"})
     digest = build.content_hash(_spec(app), settings=settings)

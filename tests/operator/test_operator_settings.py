@@ -134,6 +134,47 @@ def test_the_gateway_admin_url_flag_is_parsed() -> None:
     assert arguments.namespace == ["team-a"]
 
 
+def test_a_flag_wins_over_its_variable_and_an_admin_url_flag_derives_the_announce_url() -> None:
+    arguments = entry_point.parse_arguments(
+        [
+            "--runner-image",
+            "flag/runner:1",
+            "--gateway-admin-url",
+            "http://gw:9090",
+            "--peering",
+            "p",
+        ]
+    )
+    settings = config.OperatorSettings.read(
+        vars(arguments),
+        {"KUBEFAL_RUNNER_IMAGE": "env/runner:1", "KUBEFAL_OPERATOR_LIVENESS": "http://0:1/h"},
+    )
+    assert (settings.operator_peering, settings.operator_liveness) == ("p", "http://0:1/h")
+    loaded = config.OperatorConfig.from_settings(settings)
+    assert loaded.render.runner_image == "flag/runner:1"
+    assert loaded.actuated
+    assert loaded.render.runner_announce_url == "http://gw:9090/_kubefal/runners/ready"
+
+
+def test_a_bad_flag_stops_the_operator_naming_the_flag_and_its_variable() -> None:
+    with pytest.raises(SystemExit) as exited:
+        entry_point.main(["--runner-run-as-user", "0"])
+    assert "--runner-run-as-user='0'" in str(exited.value)
+    assert "KUBEFAL_RUNNER_RUN_AS_USER" in str(exited.value)
+
+
+def test_help_lists_every_variable_the_operator_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    text = entry_point.build_parser().format_help()
+    for name in (
+        "KUBEFAL_MACHINES_CONFIGMAP",
+        "KUBEFAL_GATEWAY_ADMIN_TOKEN",
+        "KUBEFAL_BUILD_JOB_TTL",
+    ):
+        assert f"[env {name};" in text
+    assert "--liveness VALUE kopf's liveness endpoint URL." in " ".join(text.split())
+
+
 def _sample(instruments: metrics.Metrics, name: str, **labels: str) -> float:
     value = instruments.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
