@@ -22,6 +22,10 @@ Writes are corked (`CorkedTransport`): uvicorn writes a response's head and its 
 calls, each a send(2) of its own (a TLS record each with TLS); the head is held until the body
 follows in the same step, or until the next loop turn, so a response costs one system call.
 
+On a plain-TCP connection of a listener built with `sendfile=True` (the REST listener), each
+request's scope carries the `kubefal.sendfile` extension (zerocopy.py): file downloads go from
+the page cache to the socket without passing through Python.
+
 The TLS handshake timeout is the event loop's `ssl_handshake_timeout`, set by server.py. Bodies
 are bounded by the handlers (`--max-request-bytes`). On the hot path the guard adds a counter
 update per received chunk and one timer per connection that wakes at most every
@@ -33,13 +37,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import typing
 from typing import Any
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from kubefal_gateway import zerocopy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -185,8 +192,12 @@ class CorkedTransport:
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring."""
 
-    def __init__(self, *args: Any, limiter: ConnectionLimiter, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limiter: ConnectionLimiter, sendfile: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._offer_sendfile = sendfile
+        self._raw_transport: asyncio.Transport | None = None
         self._limiter = limiter
         self._limits = limiter.limits
         self._address: str | None = None
@@ -207,6 +218,8 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(503, "Too many open connections; retry later")
             return
         self._counted = True
+        if self._offer_sendfile and transport.get_extra_info("sslcontext") is None:
+            self._raw_transport = transport  # plain TCP: zero-copy file responses offered
         corked = typing.cast(asyncio.Transport, CorkedTransport(transport, self.loop))
         super().connection_made(corked)
         self._head_started = self.loop.time()
@@ -278,6 +291,13 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(self.headers) > self._limits.max_headers:
             raise _HeadRefused(431, f"More than {self._limits.max_headers} header fields")
         super().on_headers_complete()
+        cycle = self.cycle
+        if self._raw_transport is not None and cycle is not None and cycle.scope is self.scope:
+            # Bound to this request's cycle (a pipelined next request gets its own).
+            extensions: dict[str, Any] = {
+                zerocopy.EXTENSION: functools.partial(self._sendfile, cycle)
+            }
+            self.scope["extensions"] = extensions
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -287,6 +307,30 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, msg)
+
+    async def _sendfile(
+        self, cycle: RequestResponseCycle, fd: int, offset: int, count: int
+    ) -> None:
+        """`zerocopy.EXTENSION`: `count` bytes of the file `fd` as part of `cycle`'s body,
+        counted against its Content-Length like a body message."""
+        transport = self._raw_transport
+        if (
+            transport is None
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.chunked_encoding is not False
+            or count > cycle.expected_content_length
+        ):
+            raise RuntimeError("sendfile needs a started response with room in its Content-Length")
+        if cycle.disconnected:
+            raise zerocopy.SendfileError("the client went away")
+        if count <= 0:
+            return
+        typing.cast(CorkedTransport, cycle.transport).flush()  # the head goes out first
+        await zerocopy.sendfile(
+            transport, fd, offset, count, stall_timeout=float(self.timeout_keep_alive)
+        )
+        cycle.expected_content_length -= count
 
     # ---- refusing ----
     def _arm_head_timer(self, delay: float) -> None:

@@ -109,6 +109,7 @@ def _listener(
     log_level: str,
     ssl_options: dict[str, Any],
     gateway_settings: settings.Settings,
+    sendfile: bool = False,
 ) -> _Listener:
     limiter = limits.ConnectionLimiter(
         limits.ListenerLimits(
@@ -124,7 +125,9 @@ def _listener(
         host=host,
         port=port,
         loop="none",
-        http=functools.partial(limits.GuardedProtocol, limiter=limiter),  # type: ignore[arg-type]
+        http=functools.partial(  # type: ignore[arg-type]
+            limits.GuardedProtocol, limiter=limiter, sendfile=sendfile
+        ),
         ws="websockets-sansio",
         lifespan="off",
         interface="asgi3",
@@ -174,7 +177,10 @@ def build_listeners(gateway: core.Gateway, rest_app: Any = None) -> list[_Listen
         )
     if rest_app is not None:
         listeners.append(
-            _listener(rest_app, port=config.rest_port, ssl_options=ssl_options, **common)
+            # Zero-copy file downloads when this listener is plain TCP (zerocopy.py).
+            _listener(
+                rest_app, port=config.rest_port, ssl_options=ssl_options, sendfile=True, **common
+            )
         )
     return listeners
 

@@ -102,6 +102,25 @@ async def test_20_mb_round_trip(store: blobs.BlobStore) -> None:
     assert (await store.stat("ns/big/w.bin")).size == len(data)
 
 
+async def test_ranged_reads(store: blobs.BlobStore) -> None:
+    """`read(start=, length=)` gives exactly that slice, across block boundaries (the file
+    responses' Range support reads through it)."""
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    await store.write("ns/rng/r.bin", _chunks(data), limit=len(data), meta={})
+
+    async def slice_of(start: int, length: int | None, chunk_size: int = 64 * 1024) -> bytes:
+        reader = store.read("ns/rng/r.bin", chunk_size=chunk_size, start=start, length=length)
+        return b"".join([chunk async for chunk in reader])
+
+    assert await slice_of(0, 10) == data[:10]
+    assert await slice_of(100, 1) == data[100:101]
+    assert await slice_of(65_530, 200_000) == data[65_530:265_530]  # over chunk boundaries
+    assert await slice_of(len(data) - 5, None) == data[-5:]
+    assert await slice_of(1_000_000, None, chunk_size=1024 * 1024) == data[1_000_000:]
+    assert await slice_of(7, 0) == b""
+    assert await slice_of(0, len(data)) == data
+
+
 async def test_over_the_limit_or_a_broken_stream_leaves_nothing(store: blobs.BlobStore) -> None:
     data = b"z" * (9 * 1024 * 1024)  # past one S3 part, so a multipart upload is aborted
     with pytest.raises(blobs.BlobTooLarge):

@@ -71,8 +71,12 @@ class BlobStore(Protocol):
         """Size and metadata; BlobNotFound."""
         ...
 
-    def read(self, key: str, *, chunk_size: int = ...) -> AsyncGenerator[bytes, None]:
-        """The object's bytes; BlobNotFound on the first iteration when it is absent."""
+    def read(
+        self, key: str, *, chunk_size: int = ..., start: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The object's bytes from `start`, `length` of them (None: to the end; the caller
+        keeps the range within the object's size); BlobNotFound on the first iteration when
+        it is absent."""
         ...
 
     async def delete(self, key: str) -> None:

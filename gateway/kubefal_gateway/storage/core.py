@@ -373,9 +373,8 @@ class Storage:
             await self.store.delete(key)
 
     # ---- reads ----
-    async def open(self, ref: FileRef) -> tuple[blobs.BlobInfo, AsyncGenerator[bytes, None]]:
-        """The file's size and metadata and a stream of its bytes; NotFound when absent or
-        past its retention."""
+    async def info(self, ref: FileRef) -> blobs.BlobInfo:
+        """The file's size and metadata; NotFound when absent or past its retention."""
         try:
             info = await self.store.stat(ref.key)
         except blobs.BlobNotFound:
@@ -383,6 +382,12 @@ class Storage:
         expires = float(info.meta.get("expires", "0") or 0)
         if expires and expires <= self.clock():
             raise NotFound("File not found (its retention has passed)")
+        return info
+
+    async def open(self, ref: FileRef) -> tuple[blobs.BlobInfo, AsyncGenerator[bytes, None]]:
+        """The file's size and metadata and a stream of its bytes; NotFound when absent or
+        past its retention."""
+        info = await self.info(ref)
         return info, self.store.read(ref.key)
 
     # ---- retention ----

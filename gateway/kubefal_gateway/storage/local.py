@@ -25,6 +25,7 @@ import os
 import pathlib
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from typing import BinaryIO
 
 from kubefal_gateway.storage import blobs
 
@@ -185,17 +186,36 @@ class LocalBlobStore:
 
         return await asyncio.get_running_loop().run_in_executor(None, load)
 
-    async def read(self, key: str, *, chunk_size: int = BLOCK_BYTES) -> AsyncGenerator[bytes, None]:
+    def data_file(self, key: str) -> pathlib.Path:
+        """Where the object's bytes are (for zero-copy serving: routes open it themselves)."""
+        return self._path("data", key)
+
+    async def read(
+        self, key: str, *, chunk_size: int = BLOCK_BYTES, start: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         path = self._path("data", key)
         loop = asyncio.get_running_loop()
+
+        def open_at() -> BinaryIO:
+            handle = path.open("rb")
+            if start:
+                handle.seek(start)
+            return handle
+
         try:
-            handle = await loop.run_in_executor(None, path.open, "rb")
+            handle = await loop.run_in_executor(None, open_at)
         except FileNotFoundError:
             raise blobs.BlobNotFound(key) from None
         except OSError as error:
             raise _classify(error) from error
+        left = -1 if length is None else length  # -1: to the end
+
+        def next_read() -> asyncio.Future[bytes]:
+            size = chunk_size if left < 0 else min(chunk_size, left)
+            return loop.run_in_executor(None, handle.read, size)
+
         # The next block is read while the caller sends this one (two blocks in memory).
-        ahead: asyncio.Future[bytes] | None = loop.run_in_executor(None, handle.read, chunk_size)
+        ahead: asyncio.Future[bytes] | None = next_read() if left else None
         try:
             while ahead is not None:
                 try:
@@ -206,7 +226,9 @@ class LocalBlobStore:
                 if not chunk:
                     ahead = None
                     return
-                ahead = loop.run_in_executor(None, handle.read, chunk_size)
+                if left > 0:
+                    left -= len(chunk)
+                ahead = next_read() if left else None
                 yield chunk
         finally:
             if ahead is not None:  # closed early: let the read in flight finish first

@@ -37,7 +37,16 @@ from kubefal_api import apikeys
 from kubefal_gateway import core as gateway_core
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
-from kubefal_gateway.storage import app_files, blobs, data_routes, kv, names, realtime, signing
+from kubefal_gateway.storage import (
+    app_files,
+    blobs,
+    data_routes,
+    kv,
+    names,
+    realtime,
+    serving,
+    signing,
+)
 from kubefal_gateway.storage import core as storage_core
 
 LOGGER = logging.getLogger(__name__)
@@ -521,35 +530,7 @@ class RestApi:
     async def _serve(
         self, scope: Scope, send: Send, storage: storage_core.Storage, ref: storage_core.FileRef
     ) -> None:
-        info, chunks = await storage.open(ref)
-        headers = [
-            (b"content-type", info.meta.get("type", "application/octet-stream").encode("latin-1")),
-            (b"content-length", str(info.size).encode()),
-            (b"content-disposition", f'inline; filename="{ref.name}"'.encode()),
-            (b"cache-control", b"private, max-age=3600"),
-            (b"x-content-type-options", b"nosniff"),
-        ]
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            await chunks.aclose()
-            return
-        # The first chunk is read before the status goes out, so a store failure is still a
-        # clean 503; later failures can only cut the body short (the length tells the client).
-        iterator = chunks.__aiter__()
         try:
-            first = await iterator.__anext__()
-        except StopAsyncIteration:
-            first = b""
-        except blobs.BlobNotFound:
-            raise errors.NotFound("File not found") from None
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        try:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for chunk in iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (blobs.BlobError, OSError):
-            LOGGER.warning("file %s broke off while being served", ref.key)
-            await chunks.aclose()
+            await serving.serve(scope, send, storage, ref)
+        except serving.ClientGone:
             raise _ClientGone() from None
-        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -186,8 +186,18 @@ class S3BlobStore:
         meta = {str(k).lower(): str(v) for k, v in (answer.get("Metadata") or {}).items()}
         return blobs.BlobInfo(key=key, size=int(answer["ContentLength"]), meta=meta)
 
-    async def read(self, key: str, *, chunk_size: int = READ_BYTES) -> AsyncGenerator[bytes, None]:
-        answer = await self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+    async def read(
+        self, key: str, *, chunk_size: int = READ_BYTES, start: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        if length == 0:
+            return
+        ranged: dict[str, str] = {}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            ranged["Range"] = f"bytes={start}-{end}"
+        answer = await self._call(
+            self.client.get_object, Bucket=self.bucket, Key=self._key(key), **ranged
+        )
         body = answer["Body"]
         loop = asyncio.get_running_loop()
         # The next chunk is read while the caller sends this one (two chunks in memory).
