@@ -136,16 +136,20 @@ class FrontDoor:
             if self._server is not None:
                 self._server.close()
             if self._tasks:
-                _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    await asyncio.wait(pending, timeout=2.0)
+                await asyncio.wait(set(self._tasks), timeout=grace)
+            # Whatever is left (connections still open, refused ones closing): cut it.
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others, timeout=2.0)
 
         with contextlib.suppress(Exception):
             self.call(drain(), timeout=grace + 10.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10.0)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     # ---- connections ---------------------------------------------------------------------------
 
