@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from kubefal_api import apikeys
 from kubefal_cli import appref, errors, localca
-from kubefal_cli.commands import run
+from kubefal_cli.local import config as local_config
+from kubefal_cli.local import supervise
 
 
 def _handshake(
@@ -152,15 +153,15 @@ def test_a_corrupt_ca_is_replaced_together_with_its_server_certificate(
 def test_the_local_key_is_generated_once_and_kept_private(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "state" / "api-key"
 
-    first = run.load_or_create_local_key(path)
-    second = run.load_or_create_local_key(path)
+    first = local_config.load_or_create_local_key(path)
+    second = local_config.load_or_create_local_key(path)
 
     assert first == second
     assert path.stat().st_mode & 0o077 == 0
 
 
 def test_port_zero_picks_four_distinct_free_ports() -> None:
-    ports = run.choose_ports(0)
+    ports = local_config.choose_ports(0)
 
     assert len({ports.queue, ports.run, ports.admin, ports.runner, ports.rest}) == 5
 
@@ -183,14 +184,14 @@ def _two_consecutive_free_ports() -> int:
 def test_an_explicit_port_gives_the_queue_that_port_and_the_run_api_the_next() -> None:
     free = _two_consecutive_free_ports()
 
-    ports = run.choose_ports(free)
+    ports = local_config.choose_ports(free)
 
     assert (ports.queue, ports.run, ports.rest) == (free, free + 1, free + 2)
 
 
 def test_an_out_of_range_port_is_refused() -> None:
     with pytest.raises(errors.CliError, match="out of range"):
-        run.choose_ports(70000)
+        local_config.choose_ports(70000)
 
 
 def test_the_gateway_config_names_the_app_its_runner_and_only_the_key_hash(
@@ -200,7 +201,9 @@ def test_the_gateway_config_names_the_app_its_runner_and_only_the_key_hash(
     key = apikeys.generate_key()
     record = apikeys.new_record(key=key, namespaces=["local"])
 
-    static = run.static_config(config=config, runner_url="http://127.0.0.1:9999", key_record=record)
+    static = local_config.static_config(
+        config=config, runner_url="http://127.0.0.1:9999", key_record=record
+    )
 
     assert static["apps"] == [
         {
@@ -218,7 +221,7 @@ def test_the_gateway_config_names_the_app_its_runner_and_only_the_key_hash(
 
 
 def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
-    lines = run.EnvLines(
+    lines = local_config.EnvLines(
         run_host="127.0.0.1:2",
         queue_run_host="127.0.0.1:1",
         ssl_cert_file=pathlib.Path("/ca.pem"),
@@ -236,7 +239,7 @@ def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
 
 
 def test_the_env_lines_point_fal_sdk_and_fal_client_uploads_at_the_rest_port() -> None:
-    lines = run.EnvLines(
+    lines = local_config.EnvLines(
         run_host="127.0.0.1:2",
         queue_run_host="127.0.0.1:1",
         ssl_cert_file=pathlib.Path("/ca.pem"),
@@ -315,11 +318,11 @@ _APP_LINE = '{"message": "echoing \'hi\'", "level": "STDOUT", "source": "USER"}'
 def test_the_followed_log_hides_probe_noise_and_unwraps_app_output(
     line: str, shown: str | None
 ) -> None:
-    assert run.readable_log_line(line) == shown
+    assert supervise.readable_log_line(line) == shown
 
 
 def test_the_env_lines_point_the_fal_cli_at_the_control_plane_with_make_devs_names() -> None:
-    lines = run.EnvLines(
+    lines = local_config.EnvLines(
         run_host="127.0.0.1:2",
         queue_run_host="127.0.0.1:1",
         ssl_cert_file=pathlib.Path("/ca.pem"),
@@ -352,11 +355,11 @@ def _four_consecutive_free_ports() -> int:
 def test_with_the_control_plane_an_explicit_port_gives_it_the_fourth_port() -> None:
     free = _four_consecutive_free_ports()
 
-    ports = run.choose_ports(free, control_plane=True)
+    ports = local_config.choose_ports(free, control_plane=True)
 
     assert (ports.queue, ports.run, ports.rest, ports.grpc) == (free, free + 1, free + 2, free + 3)
-    assert run.choose_ports(0).grpc == 0
-    assert run.choose_ports(0, control_plane=True).grpc != 0
+    assert local_config.choose_ports(0).grpc == 0
+    assert local_config.choose_ports(0, control_plane=True).grpc != 0
 
 
 def test_keys_made_with_fal_keys_create_stay_valid_in_the_next_runs_gateway_config(
@@ -366,7 +369,7 @@ def test_keys_made_with_fal_keys_create_stay_valid_in_the_next_runs_gateway_conf
     run_key = apikeys.new_record(key=apikeys.generate_key(), namespaces=["local"])
     made = apikeys.new_record(key=apikeys.generate_key(), namespaces=["local"])
 
-    static = run.static_config(
+    static = local_config.static_config(
         config=config,
         runner_url="http://127.0.0.1:9999",
         key_record=run_key,
