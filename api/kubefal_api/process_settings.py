@@ -42,6 +42,22 @@ class Env:
     name: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """Field marker: the field's flags, instead of `--kebab-name` (flags a chart or a user
+    already passes, e.g. `Flag("--liveness")`)."""
+
+    names: tuple[str, ...]
+
+    def __init__(self, *names: str) -> None:
+        object.__setattr__(self, "names", names)
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value the process cannot use; the message names
+    it and says what the setting is."""
+
+
 class ProcessSettings(BaseSettings):
     """Base of a process's settings: subclass it, set `env_prefix`, declare the fields.
 
@@ -81,9 +97,18 @@ class ProcessSettings(BaseSettings):
         """Every field's environment variable, by field name."""
         return {name: cls.env_name(name) for name in cls.model_fields}
 
-    @staticmethod
-    def flag(field_name: str) -> str:
-        return "--" + field_name.replace("_", "-")
+    @classmethod
+    def flags(cls, field_name: str) -> tuple[str, ...]:
+        """The field's flags: a `Flag` marker's, else `--kebab-name`."""
+        for marker in cls.model_fields[field_name].metadata:
+            if isinstance(marker, Flag):
+                return marker.names
+        return ("--" + field_name.replace("_", "-"),)
+
+    @classmethod
+    def flag(cls, field_name: str) -> str:
+        """The field's (first) flag."""
+        return cls.flags(field_name)[-1]
 
     @classmethod
     def build_parser(
@@ -97,10 +122,13 @@ class ProcessSettings(BaseSettings):
         for name, field in cls.model_fields.items():
             default = field.get_default(call_default_factory=True)
             shown = "unset" if default is None else ("empty" if default == "" else default)
+            switch = field.annotation is bool  # `--flag` alone means true; `--flag false` too
             parser.add_argument(
-                cls.flag(name),
+                *cls.flags(name),
                 dest=name,
                 default=None,
+                nargs="?" if switch else None,
+                const="true" if switch else None,
                 metavar=_metavar(field),
                 help=f"{' '.join((field.description or '').split())} "
                 f"[env {cls.env_name(name)}; default {shown}]".replace("%", "%%"),
@@ -120,17 +148,28 @@ class ProcessSettings(BaseSettings):
         """The settings from flags, then environment variables, then defaults.
 
         `parser` (from `build_parser`, maybe with flags of the process's own added) parses
-        `argv`; flags that are not fields are ignored here. A bad value ends
-        the process (`SystemExit`) with a message naming the flag and the variable.
+        `argv`; flags that are not fields are ignored here. A bad value ends the process
+        (`SystemExit`) with a message naming the flag and the variable.
         """
-        environ = os.environ if environ is None else environ
         if parser is None:
             parser = cls.build_parser(prog=prog or "", description=description)
-        arguments = vars(parser.parse_args(argv))
+        try:
+            return cls.read(vars(parser.parse_args(argv)), environ)
+        except SettingsError as error:
+            raise SystemExit(str(error)) from None
+
+    @classmethod
+    def read(
+        cls, flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Self:
+        """The settings from parsed flags (field name to string, None when not given), then
+        environment variables, then defaults; `SettingsError` when a value is bad."""
+        flags = {} if flags is None else flags
+        environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         origins: dict[str, str] = {}
         for name, field in cls.model_fields.items():
-            raw = arguments.get(name)
+            raw = flags.get(name)
             origin = cls.flag(name)
             if raw is None:
                 env = cls.env_name(name)
@@ -145,7 +184,7 @@ class ProcessSettings(BaseSettings):
         try:
             return cls(**values)
         except pydantic.ValidationError as error:
-            raise SystemExit(cls._explain(error, values, origins)) from None
+            raise SettingsError(cls._explain(error, values, origins)) from None
 
     @classmethod
     def _explain(

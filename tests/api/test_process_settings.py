@@ -60,6 +60,10 @@ def test_booleans_read_the_usual_spellings(raw: str, expected: bool) -> None:
     assert Example.load(["--verbose", raw], environ={}).verbose is expected
 
 
+def test_a_boolean_flag_alone_means_true() -> None:
+    assert Example.load(["--verbose", "--queue-port", "1"], environ={}).verbose is True
+
+
 def test_a_bad_variable_names_the_variable_the_flag_and_what_the_setting_is() -> None:
     with pytest.raises(SystemExit) as exited:
         Example.load([], environ={"KUBEFAL_EXAMPLE_TTL": "soon"})

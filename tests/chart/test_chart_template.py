@@ -24,6 +24,7 @@ import yaml
 from cryptography import x509
 
 from kubefal_api import crds, machines, naming
+from kubefal_controlplane import settings as controlplane_settings
 from kubefal_gateway import settings as gateway_settings
 from kubefal_operator import config as operator_config
 from kubefal_operator import kube as operator_kube
@@ -407,11 +408,8 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(
     no KUBEFAL_DEFAULT_SCALER: spec.scaler defaults to builtin in the CRD, so a cluster-wide
     default could never apply); the gateway's and the webhook's are KUBEFAL_<PROCESS>_<FIELD>
     of a field of their Settings (the gateway's AWS keys are boto3's); the control plane's are
-    read by its settings module."""
+    among its settings' variables."""
     operator_source = _operator_source()
-    controlplane_source = (
-        charthelm.REPO_ROOT / "controlplane" / "kubefal_controlplane" / "settings.py"
-    ).read_text(encoding="utf-8")
     operator_names = set(operator_config.OperatorSettings.env_names().values())
     gateway_names = {
         gateway_settings.ENV_PREFIX + field.name.upper()
@@ -439,7 +437,7 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(
                 for name in charthelm.container_env(
                     charthelm.sole_container(charthelm.deployment(objects, "controlplane"))
                 )
-                if f'"{name}"' not in controlplane_source
+                if name not in controlplane_settings.Settings.env_names().values()
             ]
         if value_set.get("webhook", {}).get("enabled", True):
             dead += [

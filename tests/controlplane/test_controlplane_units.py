@@ -325,3 +325,23 @@ def test_application_info_is_the_apps_one_revision_with_its_creation_time() -> N
         2026, 12, 5, 11, 0, tzinfo=datetime.UTC
     )
     assert info.environment_name == "team-a"
+
+
+def test_every_flag_has_a_variable_and_a_flag_wins_over_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBEFAL_CONTROLPLANE_MAX_WORKERS", "16")
+    monkeypatch.setenv("KUBEFAL_CONTROLPLANE_LOG_STREAMS", "3")
+    monkeypatch.setenv("KUBEFAL_KEY_NAMESPACE", "keys")
+    loaded = settings.from_args(["--local-credentials", "--log-streams", "5"])
+    assert (loaded.max_workers, loaded.log_streams, loaded.key_namespace) == (16, 5, "keys")
+
+
+def test_a_bad_variable_stops_the_control_plane_naming_it_and_its_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBEFAL_CONTROLPLANE_MAX_WORKERS", "1000")
+    with pytest.raises(SystemExit) as exited:
+        settings.from_args(["--local-credentials"])
+    assert "KUBEFAL_CONTROLPLANE_MAX_WORKERS='1000'" in str(exited.value)
+    assert "--max-workers" in str(exited.value)
