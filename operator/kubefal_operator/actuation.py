@@ -60,19 +60,29 @@ async def actuate(
     """Act on the gateway's latest signal for one app: replicas (builtin scaler only, and
     the idle runners marked to go first before a scale-down), an Event, the status."""
     key = signal.key
-    op.scaling_signals[key] = signal
     body = indexes.app(key)
     if body is None:
-        return  # not an app this operator serves (or not known yet: its create will read it)
+        # Not an app this operator serves, or not known yet: its create may read it
+        # (bounded, and never by an app created after it arrived: runtime.UnclaimedSignals).
+        op.unclaimed_signals.put(signal)
+        return
     try:
         await _prepare_scale_down(op, body=body, signal=signal, indexes=indexes)
     except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
         raise runtime.classify(error, doing="marking runners for a scale-down") from error
     async with op.lock(key):
+        body = indexes.app(key)  # the newest spec (bounds), read under the lock
+        if body is None:
+            return  # deleted meanwhile
+        op.unclaimed_signals.drop(key)
         live = op.freshen(indexes.live(key), key=key)
         app = runtime.parse_app(body)
         try:
             live = await _scale(op, app=app, body=body, live=live, signal=signal)
+            # Only now, under the lock, does the reconcile see this count: a drift check
+            # must never apply a signal the actuator has not (it would scale down before
+            # the runners are marked, and report the actuator's write as 'Restored').
+            op.scaling_signals[key] = (str(app.metadata.uid or ""), signal)
             previous = reconcile.previous_status(op, app=app, key=key)
             observed = previous.observed_generation if previous else None
             if observed is None:

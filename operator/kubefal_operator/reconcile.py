@@ -58,6 +58,7 @@ async def reconcile_app(
         if seen is not None:  # under the lock: our own apply responses are recorded first
             op.saw(seen)
         live = op.freshen(live, key=key)
+        op.claim_signal(body)
         with op.instruments.reconciling(trigger) as result:
             app = runtime.parse_app(body)
             if app.spec.container_image is not None:
@@ -247,8 +248,9 @@ async def _apply_children(
 
 
 def signalled(op: runtime.Operator, app: v1alpha1.FalApp) -> int | None:
-    """The gateway's desired runner count for ``app``, when the actuator has one."""
-    signal = op.scaling_signals.get((app.metadata.namespace or "", app.metadata.name or ""))
+    """The gateway's desired runner count for ``app`` as the actuator last applied it."""
+    key = (app.metadata.namespace or "", app.metadata.name or "")
+    signal = op.signal(key, uid=app.metadata.uid)
     return None if signal is None else signal.desired_runners
 
 
@@ -364,7 +366,7 @@ async def write_status(
         now=runtime.now(),
         node_labels=live.node_labels,
         catalogue=op.catalogue.catalogue,
-        signal=op.scaling_signals.get(key),
+        signal=op.signal(key, uid=app.metadata.uid),
     )
     document = status.status_document(computed)
     op.computed_status[key] = document

@@ -10,11 +10,12 @@ responses and watch events, while it is ahead of the indexes). Errors surface as
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import pydantic
 
@@ -39,6 +40,76 @@ class MissingApiError(ReconcileError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry=True)
+
+
+UNCLAIMED_SIGNALS_LIMIT: Final = 1000
+"""Default of :attr:`UnclaimedSignals.limit`: signals held for apps not known yet."""
+UNCLAIMED_SIGNAL_SECONDS: Final = 60.0
+"""Default of :attr:`UnclaimedSignals.max_age_seconds`: how long such a signal is kept."""
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+def created_at(body: Mapping[str, Any]) -> datetime.datetime | None:
+    """A FalApp's ``metadata.creationTimestamp`` (whole seconds), None when absent."""
+    stamp = (body.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+_Held = tuple[datetime.datetime, signals.ScalingSignal]
+
+
+@dataclasses.dataclass
+class UnclaimedSignals:
+    """The gateway's signals for apps this operator does not know (yet): the gateway may see
+    a new FalApp before the operator does, and the app's create then starts at the count the
+    gateway already wants. Bounded in number (the oldest goes first) and in age, dropped
+    when an app of that name is deleted, and never handed to an app created after the
+    signal arrived: a late signal for a deleted app must not size a new app of that name.
+    """
+
+    limit: int = UNCLAIMED_SIGNALS_LIMIT
+    max_age_seconds: float = UNCLAIMED_SIGNAL_SECONDS
+    clock: Callable[[], datetime.datetime] = now
+    held: collections.OrderedDict[livestate.Key, _Held] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
+    """Per app: when the signal arrived, and the signal (oldest first)."""
+
+    def put(self, signal: signals.ScalingSignal) -> None:
+        self.held.pop(signal.key, None)
+        self.held[signal.key] = (self.clock(), signal)
+        while len(self.held) > max(self.limit, 0):
+            self.held.popitem(last=False)
+
+    def drop(self, key: livestate.Key) -> None:
+        self.held.pop(key, None)
+
+    def claim(
+        self, key: livestate.Key, *, created: datetime.datetime | None
+    ) -> signals.ScalingSignal | None:
+        """The held signal for the app ``key`` created at ``created`` (taken out), or None
+        when there is none, it is older than the bound, or it arrived before the app existed
+        (creation timestamps have whole seconds: a signal within the creation second counts
+        as the new app's, which the gateway can only have seen after its creation)."""
+        entry = self.held.pop(key, None)
+        if entry is None:
+            return None
+        received, signal = entry
+        age = (self.clock() - received).total_seconds()
+        if age > self.max_age_seconds:
+            return None
+        if created is not None and received < created:
+            return None
+        return signal
 
 
 @dataclasses.dataclass
@@ -67,10 +138,15 @@ class Operator:
     watch events while it is ahead of the stores (dropped once they catch up)."""
     versions: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     """Newest resourceVersion seen of each child (kept: a few bytes per child)."""
-    scaling_signals: dict[livestate.Key, signals.ScalingSignal] = dataclasses.field(
+    scaling_signals: dict[livestate.Key, tuple[str, signals.ScalingSignal]] = dataclasses.field(
         default_factory=dict
     )
-    """The gateway's latest scaling signal per app (builtin actuator)."""
+    """Per app, with the app's uid: the gateway's signal the actuator last acted on (stored
+    under the app's lock once its replicas are written, so a reconcile never sees a count
+    the actuator has not applied yet: replicas are the actuator's, and drift detection puts
+    back only what someone else changed). Read through :meth:`signal`."""
+    unclaimed_signals: UnclaimedSignals = dataclasses.field(default_factory=UnclaimedSignals)
+    """Signals for apps not known yet (bounded)."""
     handled: dict[livestate.Key, tuple[str, int]] = dataclasses.field(default_factory=dict)
     """(uid, generation) of each FalApp last reconciled from its own events: a later event
     with the same pair (a status write, a label edit) needs no render."""
@@ -116,6 +192,20 @@ class Operator:
                 del self.newest[cache_key]
         return dataclasses.replace(live, children=children)
 
+    def signal(self, key: livestate.Key, *, uid: str | None) -> signals.ScalingSignal | None:
+        """The signal acted on for app ``key`` with that ``uid`` (a new app of the same name
+        never reads an old app's, even when the old one's DELETED event was missed)."""
+        held = self.scaling_signals.get(key)
+        return held[1] if held is not None and held[0] == (uid or "") else None
+
+    def claim_signal(self, body: Mapping[str, Any]) -> None:
+        """Give a known app the signal that arrived while it was unknown (if it is its)."""
+        key = livestate.app_key(body)
+        pending = self.unclaimed_signals.claim(key, created=created_at(body))
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if pending is not None and self.signal(key, uid=uid) is None:
+            self.scaling_signals[key] = (uid, pending)
+
     def cancel_retry(self, key: livestate.Key) -> None:
         pending = self.retries.pop(key, None)
         if pending is not None and pending is not asyncio.current_task():
@@ -130,6 +220,7 @@ class Operator:
         self.written_status.pop(key, None)
         self.computed_status.pop(key, None)
         self.scaling_signals.pop(key, None)
+        self.unclaimed_signals.drop(key)
         self.handled.pop(key, None)
         self.cancel_retry(key)
         if self.runner_key_store is not None:
@@ -181,10 +272,6 @@ async def stop(op: Operator) -> None:
     await op.kube.close()
     if op.metrics_server is not None:
         op.metrics_server.shutdown()
-
-
-def now() -> datetime.datetime:
-    return datetime.datetime.now(tz=datetime.UTC)
 
 
 def parse_app(body: Mapping[str, Any]) -> v1alpha1.FalApp:

@@ -10,6 +10,7 @@ replaced (the e2e suite runs the same code against a real kube-apiserver).
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -437,7 +438,7 @@ async def test_a_scale_down_marks_idle_runners_before_it_lowers_replicas(
     body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
     op = operator(fake, actuated=True)
     up = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 3})
-    op.scaling_signals[KEY] = up
+    op.scaling_signals[KEY] = (str(body["metadata"]["uid"]), up)
     await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 3  # type: ignore[index]
     for index, name in enumerate(("busy", "idle-long", "idle-short")):
@@ -497,3 +498,198 @@ async def test_a_scale_down_marks_idle_runners_before_it_lowers_replicas(
     assert costs_seen == [{name: str(cost) for name, cost in costs.items()}]
     assert [write.verb for write in new[replicas_write:]] == ["apply", "event", "patch_status"]
     assert events(fake)[-1][0] == "ScaledDown"
+
+
+# --- replicas belong to the actuator: drift detection never 'restores' them ---------------
+
+
+def _runner_pod(name: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": naming.runner_selector(NAME)},
+        "spec": {"nodeName": "node-1"},
+        "status": {"phase": "Running", "podIP": ip},
+    }
+
+
+async def _until(predicate: Any, description: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not predicate():
+            await asyncio.sleep(0.005)
+    assert predicate(), description
+
+
+async def test_a_deployment_event_during_a_scale_down_leaves_replicas_to_the_actuator(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    """The actuator marks runners before a scale-down and waits for the pod watch; a
+    Deployment event then (its status moving, as pods come and go) re-reconciles the app.
+    That drift check must not apply the gateway's new count itself: it would scale down
+    before the marks are visible and report the actuator's own write as 'Restored'."""
+    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    op = operator(fake, actuated=True)
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    app_id = f"{NAMESPACE}/{NAME}"
+    up = signals.parse_signal({"app": app_id, "desiredRunners": 1, "queued": 1})
+    await actuation.actuate(op, signal=up, indexes=stores.indexes)
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 1  # type: ignore[index]
+    fake.create(_runner_pod("runner-1", "10.0.0.1"))
+    written = len(fake.writes)
+
+    fake.watch_delay = 0.3  # the pod watch shows the deletion cost 0.3 s after its write
+    down = signals.parse_signal({"app": app_id, "desiredRunners": 0})
+    scaling_down = asyncio.create_task(actuation.actuate(op, signal=down, indexes=stores.indexes))
+    await _until(
+        lambda: any(write.verb == "annotate" for write in fake.writes[written:]),
+        "the actuator marked the runner",
+    )
+    # Meanwhile the Deployment's status moves (the runner became ready): a child event.
+    moved = fake.edit("Deployment", NAMESPACE, NAME, {"status": {"readyReplicas": 1}})
+    await triggers.child_changed(
+        op,
+        kind="Deployment",
+        event_type="MODIFIED",
+        child=livestate.object_view(moved),
+        indexes=stores.indexes,
+    )
+    await scaling_down
+
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
+    new = fake.writes[written:]
+    replicas_writes = [write for write in new if write.verb == "apply"]
+    assert [write.detail["spec"] for write in replicas_writes] == [{"replicas": 0}]
+    assert [write.detail["manager"] for write in replicas_writes] == [kube.REPLICAS_FIELD_MANAGER]
+    reasons = [str(write.detail["reason"]) for write in new if write.verb == "event"]
+    assert reasons == ["ScaledDown"]
+
+
+async def test_hand_edited_replicas_are_put_back_to_the_actuators_count(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    op = operator(fake, actuated=True)
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    up = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2, "queued": 2})
+    await actuation.actuate(op, signal=up, indexes=stores.indexes)
+    edited = fake.edit("Deployment", NAMESPACE, NAME, {"spec": {"replicas": 4}})
+    await triggers.child_changed(
+        op,
+        kind="Deployment",
+        event_type="MODIFIED",
+        child=livestate.object_view(edited),
+        indexes=stores.indexes,
+    )
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 2  # type: ignore[index]
+    assert events(fake)[-1] == ("Restored", "put back: set replicas 4 -> 2 (bounds 0..5)")
+
+
+# --- signals for apps the operator does not know -------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_a_new_app_never_starts_from_a_late_signal_of_a_deleted_app_of_that_name(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    clock = Clock()
+    op = operator(fake, actuated=True)
+    op.unclaimed_signals.clock = clock
+    old = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    await triggers.falapp_changed(op, body=old, indexes=stores.indexes)
+    fake.remove("FalApp", NAMESPACE, NAME)
+    op.forget(KEY)
+    fake.remove("Deployment", NAMESPACE, NAME)
+    # The gateway had not seen the delete yet: a late signal for the old app.
+    late = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 4, "queued": 4})
+    await actuation.actuate(op, signal=late, indexes=stores.indexes)
+
+    clock.now += datetime.timedelta(seconds=5)  # a new app of that name, well within the bound
+    manifest = falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5})
+    manifest["metadata"]["creationTimestamp"] = _stamp(clock.now)
+    new = fake.create(manifest)
+    await triggers.falapp_changed(op, body=new, indexes=stores.indexes)
+
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
+    assert op.signal(KEY, uid=new["metadata"]["uid"]) is None
+    assert len(op.unclaimed_signals.held) == 0
+
+
+async def test_a_signal_that_came_before_its_app_sizes_the_new_deployment(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    """What unknown-app signals are for: the gateway saw the new app first."""
+    clock = Clock()
+    op = operator(fake, actuated=True)
+    op.unclaimed_signals.clock = clock
+    manifest = falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5})
+    manifest["metadata"]["creationTimestamp"] = _stamp(clock.now)  # within the same second
+    early = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2, "queued": 2})
+    await actuation.actuate(op, signal=early, indexes=stores.indexes)
+    body = fake.create(manifest)
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+async def test_an_unknown_apps_signal_expires_and_a_deleted_apps_signal_is_dropped(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    clock = Clock()
+    op = operator(fake, actuated=True)
+    op.unclaimed_signals.clock = clock
+    early = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2})
+    await actuation.actuate(op, signal=early, indexes=stores.indexes)
+    clock.now += datetime.timedelta(seconds=runtime.UNCLAIMED_SIGNAL_SECONDS + 1)
+    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
+
+    await actuation.actuate(
+        op,
+        signal=signals.parse_signal({"app": f"{NAMESPACE}/other", "desiredRunners": 1}),
+        indexes=stores.indexes,
+    )
+    assert list(op.unclaimed_signals.held) == [(NAMESPACE, "other")]
+    op.forget((NAMESPACE, "other"))  # its DELETED event
+    assert len(op.unclaimed_signals.held) == 0
+
+
+async def test_signals_of_unknown_apps_are_held_up_to_the_limit(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    op = operator(fake, actuated=True)
+    op.unclaimed_signals.limit = 3
+    for index in range(5):
+        signal = signals.parse_signal({"app": f"{NAMESPACE}/app-{index}", "desiredRunners": 1})
+        await actuation.actuate(op, signal=signal, indexes=stores.indexes)
+    assert list(op.unclaimed_signals.held) == [(NAMESPACE, f"app-{i}") for i in (2, 3, 4)]
+    assert runtime.UnclaimedSignals().limit == runtime.UNCLAIMED_SIGNALS_LIMIT == 1000
+
+
+async def test_a_signal_acted_on_for_an_app_is_not_read_by_a_new_app_of_that_name(
+    fake: FakeKube, stores: cache.Cache
+) -> None:
+    """Keyed by uid: even when the old app's DELETED event was missed (a watch gap)."""
+    old = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    op = operator(fake, actuated=True)
+    await triggers.falapp_changed(op, body=old, indexes=stores.indexes)
+    up = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 3, "queued": 3})
+    await actuation.actuate(op, signal=up, indexes=stores.indexes)
+    # The app and its children are deleted; the operator's handler misses the FalApp's
+    # DELETED event (no op.forget), the children's events drop them as usual.
+    for kind in ("FalApp", "Deployment", "Service", "NetworkPolicy"):
+        op.dropped(fake.remove(kind, NAMESPACE, NAME))
+    new = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
+    await triggers.falapp_changed(op, body=new, indexes=stores.indexes)
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
+    assert status_writes(fake)[-1].get("desiredRunners", 0) == 0
