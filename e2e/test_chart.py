@@ -616,7 +616,6 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
     operator_may = [
         ("get", "falapps.kubefal.io"),
         ("watch", "falapps.kubefal.io"),
-        ("patch", "falapps.kubefal.io"),
         ("patch", "falapps.kubefal.io/status"),
         ("create", "deployments.apps"),
         ("patch", "deployments.apps"),
@@ -651,6 +650,7 @@ def test_rbac_grants_each_process_what_it_uses_and_nothing_more(
         ("update", "pods"),
         ("update", "deployments.apps"),
         ("update", "falapps.kubefal.io"),
+        ("patch", "falapps.kubefal.io"),  # only its status (no kopf annotations)
         ("create", "configmaps"),
         ("delete", "falapps.kubefal.io"),
         ("patch", "events"),

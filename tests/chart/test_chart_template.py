@@ -492,6 +492,10 @@ def test_the_operator_role_covers_exactly_the_resources_its_handlers_use(
     assert namespace_role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]}
     ]
+    # A FalApp's status is the only part of it the operator writes (no kopf annotations,
+    # no finalizer: raw event handlers only).
+    assert _verbs(role, "kubefal.io", "falapps") == {"get", "list", "watch"}
+    assert _verbs(role, "kubefal.io", "falapps/status") == {"patch"}
     for rules in (role["rules"], namespace_role["rules"]):
         assert not any("update" in rule["verbs"] or "*" in rule["verbs"] for rule in rules)
 
