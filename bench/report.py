@@ -882,8 +882,9 @@ def run_all(arguments: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown bench: {', '.join(sorted(unknown))}")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    directory = pathlib.Path(arguments.out) / stamp
-    directory.mkdir(parents=True)
+    directory = pathlib.Path(arguments.into or pathlib.Path(arguments.out) / stamp)
+    directory.mkdir(parents=True, exist_ok=bool(arguments.into))
+    stamp = directory.name
     meta: dict[str, Any] = {
         "started": now(),
         "profile": "full" if arguments.full else "short",
@@ -892,6 +893,12 @@ def run_all(arguments: argparse.Namespace) -> int:
         "loadavg_before": list(os.getloadavg()),
         "runs": [],
     }
+    if arguments.into and (directory / "run.json").exists():
+        # Re-running some benches into an earlier run: theirs replace the earlier entries.
+        meta = orjson.loads((directory / "run.json").read_bytes())
+        rerun = {run.id for run in selected}
+        meta["runs"] = [entry for entry in meta.get("runs", []) if entry["id"] not in rerun]
+        meta["rerun"] = [*meta.get("rerun", []), {"at": now(), "ids": sorted(rerun)}]
     failed = 0
     needs_cluster = any(run.cluster for run in selected)
     with kubeconfig_for(arguments.kubeconfig, needs_cluster, directory) as kubeconfig:
@@ -933,6 +940,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--only", nargs="+", default=None, help="only these benches (names/ids)")
     run.add_argument("--out", default=str(DEFAULT_OUT), help="reports go under here")
     run.add_argument("--kubeconfig", default=None, help="cluster for the cluster benches")
+    run.add_argument(
+        "--into",
+        default=None,
+        help="re-run the selected benches into this earlier run's directory (replacing them)",
+    )
     render_command = commands.add_parser("render", help="rebuild report.md and plots of a run")
     render_command.add_argument("directory")
     readme = commands.add_parser("readme", help="rewrite README.md's table from a report")
