@@ -13,7 +13,6 @@ e2e/test_chart.py.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import pathlib
 import re
@@ -411,10 +410,7 @@ def test_every_environment_variable_the_chart_sets_is_read_by_its_process(
     among its settings' variables."""
     operator_source = _operator_source()
     operator_names = set(operator_config.OperatorSettings.env_names().values())
-    gateway_names = {
-        gateway_settings.ENV_PREFIX + field.name.upper()
-        for field in dataclasses.fields(gateway_settings.Settings)
-    }
+    gateway_names = set(gateway_settings.Settings.env_names().values())
     webhook_names = set(webhook_settings.Settings.env_names().values())
     dead: list[str] = []
     for value_set in charthelm.VALUE_SETS.values():

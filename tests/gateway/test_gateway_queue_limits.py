@@ -4,7 +4,6 @@ the queued jobs of a removed app (completed with an error, webhooks fired)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import signal
@@ -125,7 +124,7 @@ def test_queued_jobs_of_a_removed_app_complete_with_an_error_and_fire_their_webh
     received: list[dict[str, Any]] = []
 
     extra = ["--removed-app-grace", "1"]
-    if "webhook_allow" in {field.name for field in dataclasses.fields(settings.Settings)}:
+    if "webhook_allow" in settings.Settings.model_fields:
         extra += ["--webhook-allow", "127.0.0.1/32"]
     with webhook_server(lambda _headers, body: received.append(orjson.loads(body))) as hook:
         before = gwharness.Gateway(

@@ -76,7 +76,7 @@ def _gateway(
         ]
     }
     extra = ["--lease-seconds", "2"]
-    if "webhook_allow" in {field.name for field in dataclasses.fields(settings.Settings)}:
+    if "webhook_allow" in settings.Settings.model_fields:
         extra += ["--webhook-allow", "127.0.0.1/32"]
     return gwharness.Gateway(
         workdir=tmp_path,
