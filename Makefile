@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := -p kubefal_api -p kubefal_operator -p kubefal_gateway -p kubefal_runner -p kubefal_webhook -p kubefal_cli -p kubefal_controlplane
+PACKAGES := -p kubefal_api -p kubefal_operator -p kubefal_gateway -p kubefal_runner -p kubefal_webhook -p kubefal_cli -p kubefal_controlplane -p testkit
 
 ##@ General
 .PHONY: help

@@ -46,7 +46,7 @@ def certificate(
     subject: x509.Name,
     key: rsa.RSAPrivateKey,
     issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None,
-    usage: ExtendedKeyUsageOID | None = None,
+    usage: x509.ObjectIdentifier | None = None,
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
 ) -> x509.Certificate:
