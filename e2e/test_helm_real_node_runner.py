@@ -41,7 +41,7 @@ from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
 )
 from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
 from kubefal_api import apikeys
-from testkit import certs
+from testkit import certs, waiting
 
 RUNNER_PORT = free_port()
 RUNNER_METRICS_PORT = free_port()
@@ -242,8 +242,17 @@ def test_a_cpu_falapps_runner_pod_is_a_runner_image_container_on_the_real_node(
     # The operator's rendering, with the chart's runner image.
     assert container.image == images.image_ref("kubefal-runner")
     assert container.command == ["python", "-m", "kubefal_runner"]
-    (status,) = pod.status.container_statuses
-    assert status.ready and status.image == images.image_ref("kubefal-runner")
+
+    # The runner announced itself to the gateway as soon as setup() was done; the kubelet's
+    # probes (at 127.0.0.1 on the patched port) make it Ready in their own time.
+    def ready_status() -> k8s.V1ContainerStatus | None:
+        (status,) = core.read_namespaced_pod(pod.metadata.name, namespace).status.container_statuses
+        return status if status.ready else None
+
+    status = waiting.wait_for(
+        ready_status, timeout=120, description="the kubelet to see the runner container Ready"
+    )
+    assert status.image == images.image_ref("kubefal-runner")
     runtime, _, container_id = status.container_id.partition("://")
     assert runtime == "containerd"
     assert container_id in node.ctr("containers", "list", "--quiet").split()
