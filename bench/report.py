@@ -72,13 +72,6 @@ RUNS: tuple[Run, ...] = (
     Run("runner", "runner", ("--duration", "3", "--rounds", "2")),
     Run("storage", "storage", ("--trials", "5")),
     Run("actuator", "actuator", ("--trials", "10"), cluster=True),
-    Run(
-        "reconcile",
-        "reconcile",
-        ("--n", "200", "--steady-seconds", "5"),
-        ("--n", "1000"),
-        cluster=True,
-    ),
     Run("scale_from_zero", "scale_from_zero", ("--trials", "5"), cluster=True),
     # The baseline of "runner ready → dispatch": readiness from the Pod watch alone.
     Run(
@@ -92,6 +85,14 @@ RUNS: tuple[Run, ...] = (
         "scaling",
         "scaling",
         ("--keep-alive", "2", "--trials", "2", "--load-seconds", "20"),
+        cluster=True,
+    ),
+    # Last: its 1,000 FalApps (--full) load the API server while their namespace goes away.
+    Run(
+        "reconcile",
+        "reconcile",
+        ("--n", "200", "--steady-seconds", "5"),
+        ("--n", "1000"),
         cluster=True,
     ),
 )
