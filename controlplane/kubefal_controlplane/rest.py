@@ -49,7 +49,7 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import naming
-from kubefal_controlplane import app_files, auth, errors, runner_logs, service
+from kubefal_controlplane import app_files, auth, errors, rpc, runner_logs, service
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -387,13 +387,13 @@ class RestApi:
         except errors.RpcFailure as failure:
             raise _from_failure(failure) from None
         except ApiException as error:
-            raise _from_failure(service._api_failure(error, "reading the API key")) from None
+            raise _from_failure(rpc.api_failure(error, "reading the API key")) from None
 
     async def _runner(self, caller: auth.Caller, runner_id: str) -> dict[str, Any]:
         try:
             return await self._call(self.controller._runner_pod, caller, runner_id)
         except ApiException as error:
-            raise _from_failure(service._api_failure(error, f"runner {runner_id}")) from None
+            raise _from_failure(rpc.api_failure(error, f"runner {runner_id}")) from None
 
     # ---- logs ----------------------------------------------------------------------------------
 
@@ -463,7 +463,7 @@ class RestApi:
         if error.status in (400, 404):
             # 400: the container has not started yet (or is gone from its node).
             return HttpError(404, f"No log of runner {job_id} is available (yet)")
-        return _from_failure(service._api_failure(error, f"the log of runner {job_id}"))
+        return _from_failure(rpc.api_failure(error, f"the log of runner {job_id}"))
 
     async def _stream(
         self, connection: _Connection, caller: auth.Caller, params: dict[str, str]
