@@ -5,8 +5,8 @@ Shared by the image tests and the real-node harness: image references as the cha
 ``containers.conf`` that makes podman use runc (crun refuses hosts with hybrid cgroups) with
 default ulimits of at most 16384 (a sandbox without CAP_SYS_RESOURCE cannot raise them).
 
-Image tests run only when asked (``KUBEFAL_IMAGE_TESTS=1``, what ``make test-images`` sets):
-they need ``make images`` first, which takes minutes on a cold machine.
+Image tests run only when asked (``KUBEFAL_IMAGE_TESTS=1``, what ``make test`` sets after
+``make images`` when e2e/preflight.py finds the machine able, and ``make test-images`` too).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ scaler; a fal_client request makes the gateway report the app active and KEDA sc
 Deployment 0 → 1 (the runner pod on a kwok CPU node, played by the e2e pod runner); after
 ``keepAlive`` the gateway reports it inactive and KEDA scales it back to 0.
 
-Runs with ``KUBEFAL_REAL_NODE=1 KUBEFAL_KEDA=1`` (``make test-keda``).
+Runs with ``KUBEFAL_REAL_NODE=1 KUBEFAL_KEDA=1`` (``make test`` when the machine can, see
+e2e/preflight.py; ``make test-keda`` alone).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The opt-in real node: pods there are real containers (containerd + runc) from built images.
+"""The real node: pods there are real containers (containerd + runc) from built images.
 
 Runs only with ``KUBEFAL_REAL_NODE=1`` (the session's cluster then starts the node, see
-e2e/realnode.py; ``make test-real-node``) and needs ``make images`` and
+e2e/realnode.py; ``make test`` sets it when e2e/preflight.py finds the machine able, and
+``make test-real-node`` runs these alone) and needs ``make images`` and
 ``e2e/testbin.sh --real-node``. A runner pod from the kubefal-runner image serves
 examples/text-stats on 127.0.0.1 with the host's network; every connection of the kubelet,
 containerd and the container stays on loopback.
