@@ -38,7 +38,7 @@ import ipaddress
 import pathlib
 import re
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -199,6 +199,8 @@ class Settings(ProcessSettings):
     )
     status_hold_seconds: float = Field(
         default=0.25,
+        ge=0,
+        le=10,
         description=(
             "A status poll (without logs) of a queued or running job waits up to this long "
             "for the job to finish before it answers IN_QUEUE or IN_PROGRESS; a job that "
@@ -267,10 +269,12 @@ class Settings(ProcessSettings):
     )
     webhook_timeout: float = Field(
         default=10.0,
+        gt=0,
         description=("Seconds one webhook attempt may take in total (DNS, connect, send, answer)."),
     )
     webhook_max_attempts: int = Field(
         default=10,
+        ge=1,
         description=("Delivery attempts of one webhook before it is given up."),
     )
     webhook_base_delay: float = Field(
@@ -285,10 +289,12 @@ class Settings(ProcessSettings):
     )
     webhook_concurrency: int = Field(
         default=64,
+        ge=1,
         description=("Webhook attempts in flight at once per gateway, all tenants together."),
     )
     webhook_tenant_concurrency: int = Field(
         default=4,
+        ge=1,
         description=(
             "Webhook attempts in flight at once per tenant (an app's namespace), so a slow "
             "receiver only slows its own tenant's webhooks."
@@ -303,6 +309,7 @@ class Settings(ProcessSettings):
     )
     max_header_bytes: int = Field(
         default=64 * 1024,
+        ge=1,
         description=(
             "Largest request line plus headers of one request, in bytes; larger ones get "
             "431 and the connection is closed (queue, run and admin listeners)."
@@ -310,12 +317,14 @@ class Settings(ProcessSettings):
     )
     max_headers: int = Field(
         default=128,
+        ge=1,
         description=(
             "Most header fields in one request; more get 431 and the connection is closed."
         ),
     )
     header_timeout: float = Field(
         default=10.0,
+        gt=0,
         description=(
             "Seconds from a connection's start (or the first byte of a following request) "
             "to the end of the request's headers; slower connections get 408 and are closed "
@@ -324,14 +333,17 @@ class Settings(ProcessSettings):
     )
     tls_handshake_timeout: float = Field(
         default=10.0,
+        gt=0,
         description=("Seconds a client may take to complete the TLS handshake."),
     )
     idle_timeout: float = Field(
         default=75.0,
+        gt=0,
         description=("Seconds an idle keep-alive connection stays open between requests."),
     )
     max_connections: int = Field(
         default=4096,
+        ge=1,
         description=("Open connections per listener; further ones are closed at once."),
     )
     max_connections_per_ip: int = Field(
@@ -350,6 +362,7 @@ class Settings(ProcessSettings):
     )
     key_verify_concurrency: int = Field(
         default=2,
+        ge=1,
         description=("Threads computing API-key hashes (each costs tens of milliseconds of CPU)."),
     )
     key_verify_queue: int = Field(
@@ -430,6 +443,7 @@ class Settings(ProcessSettings):
     )
     storage_upload_ttl: float = Field(
         default=86400.0,
+        gt=0,
         description=(
             "Seconds an initiated upload (presigned PUT or multipart) may take; then it is "
             "refused (404) and the sweep removes its record and parts."
@@ -437,6 +451,7 @@ class Settings(ProcessSettings):
     )
     storage_max_open_uploads: int = Field(
         default=1000,
+        ge=1,
         description=(
             "Unfinished initiated uploads one namespace may have at once; one more answers "
             "429 until one is finished or expires."
@@ -486,6 +501,7 @@ class Settings(ProcessSettings):
     )
     data_max_open_uploads: int = Field(
         default=64,
+        ge=1,
         description=(
             "Multipart `/data` uploads (`fal files upload` over 10 MB) a namespace may have "
             "open at once; one more answers 429 until one is completed, cancelled or "
@@ -494,6 +510,7 @@ class Settings(ProcessSettings):
     )
     data_upload_ttl: float = Field(
         default=86400.0,
+        gt=0,
         description=(
             "Seconds an open multipart `/data` upload may go without a part before the "
             "storage sweep (`--storage-sweep-interval`) removes it with its parts."
@@ -501,11 +518,12 @@ class Settings(ProcessSettings):
     )
     data_max_parts: int = Field(
         default=10_000,
+        ge=1,
         description=(
             "Highest part number of a multipart `/data` upload (fal's client uses 10 MB parts)."
         ),
     )
-    event_loop: str = Field(
+    event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",
         description=("`uvloop` (default, faster) or `asyncio` (the standard library loop)."),
     )
@@ -545,8 +563,6 @@ def _check_webhook_lists(settings: Settings) -> None:
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags, then environment variables, then defaults."""
     settings = Settings.load(argv, environ, parser=build_parser())
-    if settings.event_loop not in ("uvloop", "asyncio"):
-        raise SystemExit("--event-loop must be uvloop or asyncio")
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise SystemExit("--tls-cert and --tls-key must be given together")
     if settings.external_metrics_port and not settings.tls:
@@ -562,30 +578,4 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "kubeconfig's user can list"
         )
     _check_webhook_lists(settings)
-    for name in (
-        "max_header_bytes",
-        "max_headers",
-        "max_connections",
-        "webhook_concurrency",
-        "webhook_tenant_concurrency",
-        "webhook_max_attempts",
-        "key_verify_concurrency",
-        "data_max_open_uploads",
-        "data_max_parts",
-        "storage_max_open_uploads",
-    ):
-        if getattr(settings, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= settings.status_hold_seconds <= 10:
-        raise SystemExit("--status-hold-seconds must be between 0 and 10")
-    for name in (
-        "header_timeout",
-        "tls_handshake_timeout",
-        "idle_timeout",
-        "webhook_timeout",
-        "data_upload_ttl",
-        "storage_upload_ttl",
-    ):
-        if not getattr(settings, name) > 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be a positive number of seconds")
     return settings

@@ -48,3 +48,20 @@ def test_help_is_each_fields_description_with_its_variable_and_default(
     for name, field in settings.Settings.model_fields.items():
         assert field.description, name
         assert f"[env {settings.ENV_PREFIX}{name.upper()};" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "named"),
+    [
+        ([], {"KUBEFAL_GATEWAY_MAX_HEADERS": "0"}, "KUBEFAL_GATEWAY_MAX_HEADERS='0'"),
+        (["--idle-timeout", "0"], {}, "--idle-timeout='0'"),
+        (["--status-hold-seconds", "11"], {}, "--status-hold-seconds='11'"),
+        ([], {"KUBEFAL_GATEWAY_EVENT_LOOP": "trio"}, "KUBEFAL_GATEWAY_EVENT_LOOP='trio'"),
+    ],
+)
+def test_limits_out_of_range_are_refused_naming_where_the_value_came_from(
+    argv: list[str], environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        settings.load([*LOCAL, *argv], environ=environ)
+    assert named in str(refused.value)
