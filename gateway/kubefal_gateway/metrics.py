@@ -103,6 +103,10 @@ class Metrics:
             self.store_errors.labels(component)
         for state in ("waiting", "in_flight"):
             self.webhook_pending.labels(state)
+        # Every outcome's series from the start: the chart's KubefalWebhookDeliveriesFailing
+        # compares failed with delivered ones, which must exist before the first success.
+        for outcome in ("delivered", "retry", "gave_up", "refused"):
+            self.webhook_deliveries.labels(outcome)
 
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._dispatch_children: dict[tuple[str, str], Any] = {}

@@ -83,3 +83,9 @@ def test_store_errors_are_counted_by_component_and_webhook_backlog_is_served(
         "waiting": 0,
         "in_flight": 0,
     }
+    assert _samples(before, "kubefal_gateway_webhook_deliveries_total") == {
+        "delivered": 0,
+        "retry": 0,
+        "gave_up": 0,
+        "refused": 0,
+    }
