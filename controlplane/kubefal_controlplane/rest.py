@@ -19,7 +19,8 @@ connection that did not negotiate HTTP/2 here. Served:
 Auth is the gRPC side's (:mod:`kubefal_controlplane.auth`), from ``Authorization: Key
 <id>:<secret>`` as fal's REST client sends it: none, malformed, unknown, wrong or revoked →
 401; a runner of a namespace the key may not see is 404, exactly as ``fal runners stop``.
-Every answer that is not 2xx is JSON ``{"detail", "error_type"}``.
+Every answer that is not 2xx is JSON ``{"detail", "error_type"}``; the HTTP/1.1 connection
+layer is :mod:`kubefal_controlplane.http1`.
 
 Limits (each a flag, docs/security.md): request head size (431) and the time to send it
 (408), the time between body chunks, the body size relayed (413), concurrent log streams
@@ -33,14 +34,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
-import http
 import json
 import logging
 import math
-import ssl
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
 
 import grpc
@@ -49,14 +48,13 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import naming
-from kubefal_controlplane import app_files, auth, errors, rpc, runner_logs, service
+from kubefal_controlplane import app_files, auth, errors, http1, rpc, runner_logs, service
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-READ_CHUNK: Final = 64 * 1024
 MAX_JSON_BODY: Final = 64 * 1024
 """The logs endpoints take their arguments in the query; a body is read and dropped."""
 SSE_HEARTBEAT_SECONDS: Final = 15.0
@@ -95,23 +93,6 @@ STATUS_OF: Final = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
-ERROR_TYPE: Final = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    409: "conflict",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    429: "too_many_requests",
-    431: "headers_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    502: "bad_gateway",
-    503: "unavailable",
-}
 
 
 class RunnerLogs(Protocol):
@@ -130,116 +111,8 @@ class RunnerLogs(Protocol):
     def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any: ...
 
 
-class HttpError(Exception):
-    """End the request with ``status`` and a JSON ``detail``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-class _Gone(Exception):
-    """The client went away or broke the protocol; nothing more can be said to it."""
-
-
-def _from_failure(failure: errors.RpcFailure) -> HttpError:
-    return HttpError(STATUS_OF.get(failure.code, 500), failure.message)
-
-
-class _Connection:
-    """One HTTP/1.1 connection: h11 state, the stream, and the time limits."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: settings_module.Settings,
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.timeout = settings.rest_header_timeout
-        self.h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=settings.rest_max_header_bytes
-        )
-        self.received = 0
-        """Bytes received since the current request cycle began."""
-
-    async def _receive(self, deadline: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self.timeout if deadline is None else max(0.0, deadline - loop.time())
-        try:
-            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), wait)
-        except TimeoutError:
-            raise HttpError(408, "The request was not sent in time") from None
-        except (ConnectionError, ssl.SSLError, OSError):
-            raise _Gone() from None
-        self.received += len(data)
-        self.h11.receive_data(data)
-
-    async def next_event(self, *, deadline: float | None = None) -> Any:
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as error:
-                raise HttpError(error.error_status_hint, f"Malformed request: {error}") from None
-            if event is h11.NEED_DATA:
-                await self._receive(deadline)
-                continue
-            return event
-
-    async def send(self, event: Any) -> None:
-        try:
-            data = self.h11.send(event)
-        except h11.LocalProtocolError as error:
-            raise _Gone() from error
-        if data:
-            self.writer.write(data)
-            try:
-                await self.writer.drain()
-            except (ConnectionError, ssl.SSLError, OSError):
-                raise _Gone() from None
-
-    async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:
-        """The request body, each chunk within the timeout, all within ``limit`` bytes."""
-        total = 0
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                total += len(event.data)
-                if total > limit:
-                    raise HttpError(413, f"Request body too large: the limit is {limit} bytes")
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise _Gone()
-
-    async def read_body(self, limit: int) -> bytes:
-        return b"".join([chunk async for chunk in self.body_chunks(limit)])
-
-    async def send_json(
-        self, status: int, payload: Any, *, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        body = json.dumps(payload).encode()
-        await self.send(
-            h11.Response(
-                status_code=status,
-                reason=_reason(status),
-                headers=[
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *(headers or []),
-                ],
-            )
-        )
-        await self.send(h11.Data(data=body))
-        await self.send(h11.EndOfMessage())
-
-    async def send_error(self, error: HttpError) -> None:
-        payload = {"detail": error.detail, "error_type": ERROR_TYPE.get(error.status, "error")}
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await self.send_json(error.status, payload)
+def _from_failure(failure: errors.RpcFailure) -> http1.HttpError:
+    return http1.HttpError(STATUS_OF.get(failure.code, 500), failure.message)
 
 
 class RestApi:
@@ -282,33 +155,33 @@ class RestApi:
     # ---- connection loop ---------------------------------------------------------------------
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(reader, writer, self.settings)
+        connection = http1.Connection(reader, writer, self.settings)
         loop = asyncio.get_running_loop()
         try:
             while True:
                 deadline = loop.time() + self.settings.rest_header_timeout
                 try:
                     event = await connection.next_event(deadline=deadline)
-                except HttpError as error:
+                except http1.HttpError as error:
                     if error.status == 408 and connection.received == 0:
                         return  # an idle keep-alive connection: close quietly
                     raise
                 if isinstance(event, h11.ConnectionClosed):
                     return
                 if not isinstance(event, h11.Request):
-                    raise _Gone()
+                    raise http1.Gone()
                 head = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if head > self.settings.rest_max_header_bytes:
                     # h11 bounds a head that arrives in pieces; one that came whole is
                     # measured here.
-                    raise HttpError(
+                    raise http1.HttpError(
                         431,
                         f"Request head too large: the limit is "
                         f"{self.settings.rest_max_header_bytes} bytes",
                     )
                 try:
                     await self._handle(connection, event)
-                except HttpError as error:
+                except http1.HttpError as error:
                     await connection.send_error(error)
                 except errors.RpcFailure as failure:
                     await connection.send_error(_from_failure(failure))
@@ -321,22 +194,22 @@ class RestApi:
                 except h11.LocalProtocolError:
                     return
                 connection.received = 0
-        except HttpError as error:
-            with contextlib.suppress(_Gone):
+        except http1.HttpError as error:
+            with contextlib.suppress(http1.Gone):
                 await connection.send_error(error)
-        except _Gone:
+        except http1.Gone:
             pass
         except Exception:
             logger.exception("REST connection failed")
-            with contextlib.suppress(_Gone):
-                await connection.send_error(HttpError(500, "Internal error; see the log"))
+            with contextlib.suppress(http1.Gone):
+                await connection.send_error(http1.HttpError(500, "Internal error; see the log"))
 
     # ---- routing -------------------------------------------------------------------------------
 
-    async def _handle(self, connection: _Connection, request: h11.Request) -> None:
+    async def _handle(self, connection: http1.Connection, request: h11.Request) -> None:
         target = request.target.decode("ascii", "replace")
         if len(target) > MAX_TARGET_CHARS:
-            raise HttpError(414, "Request target too long")
+            raise http1.HttpError(414, "Request target too long")
         path, _, query = target.partition("?")
         method = request.method.decode("ascii", "replace")
         headers = {name.lower(): value for name, value in request.headers}
@@ -351,7 +224,7 @@ class RestApi:
         routes = {"/logs/history": self._history, "/logs/stream": self._stream}
         if path in routes:
             if method not in ("GET", "POST"):
-                raise HttpError(405, "Use POST (or GET)")
+                raise http1.HttpError(405, "Use POST (or GET)")
             await connection.read_body(MAX_JSON_BODY)
             caller = await self._authenticate(headers)
             await routes[path](connection, caller, _query(query))
@@ -359,27 +232,29 @@ class RestApi:
         if path == "/users/current":
             # The fal CLI's --team check (fal.auth.current_user_info) with a key: who it is.
             if method != "GET":
-                raise HttpError(405, "Use GET")
+                raise http1.HttpError(405, "Use GET")
             await connection.read_body(MAX_JSON_BODY)
             caller = await self._authenticate(headers)
             await connection.send_json(200, caller.record.fal_account())
             return
         if path.startswith("/runners/") and path.count("/") == 2:
             if method != "GET":
-                raise HttpError(405, "Use GET")
+                raise http1.HttpError(405, "Use GET")
             await connection.read_body(MAX_JSON_BODY)
             caller = await self._authenticate(headers)
             pod = await self._runner(caller, urllib.parse.unquote(path[len("/runners/") :]))
             await connection.send_json(200, runner_logs.runner_times(pod, naming.RUNNER_CONTAINER))
             return
         await connection.read_body(MAX_JSON_BODY)
-        raise HttpError(404, f"Path {path[:200]!r} is not served by the kubefal control plane")
+        raise http1.HttpError(
+            404, f"Path {path[:200]!r} is not served by the kubefal control plane"
+        )
 
     async def _authenticate(self, headers: dict[bytes, bytes]) -> auth.Caller:
         raw = headers.get(b"authorization", b"").decode("latin-1").strip()
         scheme, _, credential = raw.partition(" ")
         if not raw or scheme.lower() != "key":
-            raise HttpError(401, "Missing API key: send 'Authorization: Key <id>:<secret>'")
+            raise http1.HttpError(401, "Missing API key: send 'Authorization: Key <id>:<secret>'")
         key_id, _, secret = credential.strip().partition(":")
         metadata = [(auth.METADATA_KEY_ID, key_id), (auth.METADATA_KEY_SECRET, secret)]
         try:
@@ -413,7 +288,7 @@ class RestApi:
                 runner_logs.parse_search(params.get("search")),
             )
         except runner_logs.BadQuery as error:
-            raise HttpError(400, str(error)) from None
+            raise http1.HttpError(400, str(error)) from None
 
     @staticmethod
     def _since_seconds(since: datetime.datetime | None) -> int | None:
@@ -423,13 +298,13 @@ class RestApi:
         return max(1, math.ceil(seconds) + 1)
 
     async def _history(
-        self, connection: _Connection, caller: auth.Caller, params: dict[str, str]
+        self, connection: http1.Connection, caller: auth.Caller, params: dict[str, str]
     ) -> None:
         job_id, since, until, search = self._window(params)
         try:
             page_size = runner_logs.parse_page_size(params.get("page_size"), 1000)
         except runner_logs.BadQuery as error:
-            raise HttpError(400, str(error)) from None
+            raise http1.HttpError(400, str(error)) from None
         pod = await self._runner(caller, job_id)
         meta = pod["metadata"]
         source = self._log_source()
@@ -455,22 +330,22 @@ class RestApi:
 
     def _log_source(self) -> RunnerLogs:
         if self.logs is None:
-            raise HttpError(501, "Runner logs are not served by this control plane's backend")
+            raise http1.HttpError(501, "Runner logs are not served by this control plane's backend")
         return self.logs
 
     @staticmethod
-    def _log_error(error: ApiException, job_id: str) -> HttpError:
+    def _log_error(error: ApiException, job_id: str) -> http1.HttpError:
         if error.status in (400, 404):
             # 400: the container has not started yet (or is gone from its node).
-            return HttpError(404, f"No log of runner {job_id} is available (yet)")
+            return http1.HttpError(404, f"No log of runner {job_id} is available (yet)")
         return _from_failure(rpc.api_failure(error, f"the log of runner {job_id}"))
 
     async def _stream(
-        self, connection: _Connection, caller: auth.Caller, params: dict[str, str]
+        self, connection: http1.Connection, caller: auth.Caller, params: dict[str, str]
     ) -> None:
         job_id, since, until, search = self._window(params)
         if self._open_streams >= self.settings.log_streams:
-            raise HttpError(429, f"Too many log streams open ({self.settings.log_streams})")
+            raise http1.HttpError(429, f"Too many log streams open ({self.settings.log_streams})")
         pod = await self._runner(caller, job_id)
         meta = pod["metadata"]
         self._open_streams += 1
@@ -489,7 +364,7 @@ class RestApi:
 
     async def _follow(
         self,
-        connection: _Connection,
+        connection: http1.Connection,
         *,
         namespace: str,
         name: str,
@@ -519,7 +394,7 @@ class RestApi:
             """Lines from the Kubernetes stream into the queue (waits while it is full)."""
             pending = b""
             try:
-                for chunk in response.stream(READ_CHUNK, decode_content=True):
+                for chunk in response.stream(http1.READ_CHUNK, decode_content=True):
                     if stop.is_set():
                         return
                     pending += chunk
@@ -604,7 +479,7 @@ class RestApi:
 
     async def _relay(
         self,
-        connection: _Connection,
+        connection: http1.Connection,
         request: h11.Request,
         method: str,
         target: str,
@@ -614,10 +489,10 @@ class RestApi:
         segments = urllib.parse.unquote(path).split("/")
         if any(segment in (".", "..") for segment in segments) or "\\" in path:
             await connection.read_body(MAX_JSON_BODY)
-            raise HttpError(400, "Path segments '.' and '..' are not allowed")
+            raise http1.HttpError(400, "Path segments '.' and '..' are not allowed")
         if self.settings.gateway_rest_url is None:
             await connection.read_body(MAX_JSON_BODY)
-            raise HttpError(
+            raise http1.HttpError(
                 503,
                 "This control plane has no gateway REST address (--gateway-rest-url), so "
                 "fal files, sync_dir and app_files are not served here",
@@ -642,11 +517,13 @@ class RestApi:
         )
         try:
             response = await client.send(outgoing, stream=True)
-        except HttpError:
+        except http1.HttpError:
             raise
         except httpx.HTTPError as error:
             logger.warning("gateway REST relay of %s %r failed: %s", method, path[:200], error)
-            raise HttpError(502, "The gateway's file API cannot be reached; try again") from None
+            raise http1.HttpError(
+                502, "The gateway's file API cannot be reached; try again"
+            ) from None
         try:
             if not has_body:
                 await connection.read_body(MAX_JSON_BODY)
@@ -658,21 +535,14 @@ class RestApi:
                 if name.lower().encode("latin-1") in RELAYED_RESPONSE_HEADERS
             ]
             await connection.send(h11.Response(status_code=response.status_code, headers=relayed))
-            async for chunk in response.aiter_raw(READ_CHUNK):
+            async for chunk in response.aiter_raw(http1.READ_CHUNK):
                 await connection.send(h11.Data(data=chunk))
             await connection.send(h11.EndOfMessage())
         except httpx.HTTPError as error:
             logger.warning("gateway REST relay of %s %r broke off: %s", method, path[:200], error)
-            raise _Gone() from None
+            raise http1.Gone() from None
         finally:
             await response.aclose()
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
 
 
 def _query(query: str) -> dict[str, str]:
@@ -681,7 +551,7 @@ def _query(query: str) -> dict[str, str]:
             query, keep_blank_values=True, strict_parsing=False, max_num_fields=32
         )
     except ValueError:
-        raise HttpError(400, "Too many query parameters") from None
+        raise http1.HttpError(400, "Too many query parameters") from None
     params: dict[str, str] = {}
     for name, value in pairs:
         params.setdefault(name, value)
