@@ -308,3 +308,53 @@ def test_keda_and_hpa_objects_are_accepted_and_switching_scaler_cleans_up(
         "the builtin actuator applying the gateway's count again",
         operator,
     )
+
+
+def test_replicas_the_builtin_actuator_writes_are_never_restored_by_drift_detection(
+    api: Api, namespace: str, operator: OperatorProcess, scaling_stream: ScalingStream
+) -> None:
+    """Signals move replicas 0 → 1 → 0 while the runner pod comes up (the Deployment's status
+    moves: child events, each a drift check) and the FalApp is edited (a reconcile of its
+    own): replicas are the actuator's, so every change is one ScaledUp or ScaledDown Event
+    and drift detection never 'restores' a count the actuator wrote."""
+    name = "steady"
+    api.create_app(
+        namespace, _app(name, scaling={"minConcurrency": 0, "maxConcurrency": 3, "keepAlive": 10})
+    )
+    _wait(lambda: _replicas(api, namespace, name) == 0, "the Deployment at zero", operator)
+    cycles = 3
+    for cycle in range(cycles):
+        scaling_stream.publish(namespace, name, desired=1, queued=1)
+        _wait(lambda: _replicas(api, namespace, name) == 1, f"0 → 1 ({cycle})", operator)
+        _wait(lambda: api.runner_pods(namespace, name), f"a runner pod ({cycle})", operator)
+        # Scale down while the pod starts (Deployment status events) and the spec changes.
+        scaling_stream.publish(namespace, name, desired=0)
+        api.patch_app(namespace, name, {"spec": {"scaling": {"keepAlive": 11 + cycle}}})
+        _wait(lambda: _replicas(api, namespace, name) == 0, f"1 → 0 ({cycle})", operator)
+        _wait(lambda: not api.runner_pods(namespace, name), f"no runner ({cycle})", operator)
+        _wait(
+            lambda: (
+                (api.app(namespace, name).get("status") or {}).get("observedGeneration")
+                == api.app(namespace, name)["metadata"]["generation"]
+            ),
+            f"the edit reconciled ({cycle})",
+            operator,
+        )
+
+    def scale_downs() -> list[str] | None:
+        """Every Event reporting a 1 → 0 write, whoever made it (None until all are there)."""
+        reports = [
+            f"{reason}: {message}"
+            for reason in ("ScaledDown", "Restored", "Applied")
+            for message in _events(api, namespace, name, reason)
+            if message.startswith("1 → 0") or "replicas 1 -> 0" in message
+        ]
+        return reports if len(reports) >= cycles else None
+
+    # Events are posted right after the write they report: wait for the last one.
+    downs = _wait(scale_downs, f"{cycles} Events of a scale-down", operator)
+    assert [down.partition(": ")[0] for down in downs] == ["ScaledDown"] * cycles, downs
+    assert _events(api, namespace, name, "Restored") == []
+    ups = _events(api, namespace, name, "ScaledUp")
+    assert ups == ["0 → 1 runners: 1 queued request"] * cycles
+    assert _replicas(api, namespace, name) == 0
