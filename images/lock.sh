@@ -66,6 +66,6 @@ PY
 # hatchling builds the kubefal wheel from the repository inside the image build.
 lock build 'hatchling>=1.25'
 lock runner "$ROOT[runner]"
-# The kubefal image runs every server process: every extra but the runner's, the CLI's and "all".
-EXTRAS=$("$PY" -c 'import sys, tomllib; extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]; print(",".join(sorted(set(extras) - {"runner", "cli", "all"})))' "$ROOT/pyproject.toml")
+# The kubefal image runs every server process: every extra but the runner's, the CLI's, "bench" and "all".
+EXTRAS=$("$PY" -c 'import sys, tomllib; extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]; print(",".join(sorted(set(extras) - {"runner", "cli", "bench", "all"})))' "$ROOT/pyproject.toml")
 lock kubefal "$ROOT[$EXTRAS]"

@@ -49,10 +49,11 @@ def _image_extras() -> dict[str, set[str]]:
     project = _pyproject()["project"]
     assert isinstance(project, dict)
     extras = set(project["optional-dependencies"])
-    # The kubefal image runs every server process; the runner image only the runner.
+    # The kubefal image runs every server process (no CLI, no benchmarks); the runner image only
+    # the runner.
     return {
         "requirements-runner.txt": {"runner"},
-        "requirements-kubefal.txt": extras - {"runner", "cli", "all"},
+        "requirements-kubefal.txt": extras - {"runner", "cli", "bench", "all"},
     }
 
 
