@@ -25,6 +25,10 @@ deploying caller's key) go into the same bundle at their paths below
 ``app_files_context_dir``, with the app file where the SDK's runtime config says it sits
 below that directory (``app_files_relative_path``, read from the pickle's opcodes).
 
+The environment (requirements, a container image) is :mod:`kubefal_controlplane.deploy_env`,
+the FalApp spec the request becomes :mod:`kubefal_controlplane.deploy_spec`; their names used
+by callers are re-exported here.
+
 What this does not carry, and refuses with a message instead of dropping silently:
 ``entrypoint`` apps, container images (``kind="container"``).
 Requirement layers stay layers (``spec.requirementLayers``; a flat list is ``spec.requirements``);
@@ -39,7 +43,6 @@ import dataclasses
 import hashlib
 import json
 import pickletools
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -48,6 +51,24 @@ from google.protobuf import json_format
 
 from kubefal_api import bundles, naming, v1alpha1
 from kubefal_controlplane import errors
+from kubefal_controlplane.deploy_env import (
+    ContainerImage as ContainerImage,
+)
+from kubefal_controlplane.deploy_env import (
+    build_secret_name as build_secret_name,
+)
+from kubefal_controlplane.deploy_env import (
+    container_image as container_image,
+)
+from kubefal_controlplane.deploy_env import (
+    requirement_fields as requirement_fields,
+)
+from kubefal_controlplane.deploy_env import (
+    requirement_layers as requirement_layers,
+)
+from kubefal_controlplane.deploy_env import (
+    requirements as requirements,
+)
 
 APP_FILE: Final = "app.py"
 MAX_SOURCE_BYTES: Final = 900 * 1024
@@ -55,23 +76,6 @@ MAX_SOURCE_BYTES: Final = 900 * 1024
 MAX_PICKLE_SCAN_BYTES: Final = 32 * 1024 * 1024
 SOURCE_HASH_LENGTH: Final = 10
 LABEL_SOURCE_OF: Final = f"{v1alpha1.GROUP}/source-of"
-FAL_SERVE_REQUIREMENTS: Final = frozenset(
-    {"uvicorn", "starlette_exporter", "packaging", "structlog", "tomli", "tomli-w", "httpx>=0.20"}
-)
-"""What fal's SDK appends to every app's requirements (``fal.api.api.SERVE_REQUIREMENTS``),
-besides the pinned ``fastapi``, ``pydantic`` and ``tblib`` matched by prefix below."""
-FAL_PINNED_PREFIXES: Final = ("fastapi==", "pydantic==", "tblib==")
-
-RETRY_CONDITIONS: Final = {
-    isolate_proto.RetryCondition.TIMEOUT: v1alpha1.RetryCondition.TIMEOUT,
-    isolate_proto.RetryCondition.SERVER_ERROR: v1alpha1.RetryCondition.SERVER_ERROR,
-    isolate_proto.RetryCondition.CONNECTION_ERROR: v1alpha1.RetryCondition.CONNECTION_ERROR,
-}
-AUTH_MODES: Final = {
-    isolate_proto.ApplicationAuthMode.PRIVATE: v1alpha1.AuthMode.PRIVATE,
-    isolate_proto.ApplicationAuthMode.PUBLIC: v1alpha1.AuthMode.PUBLIC,
-    isolate_proto.ApplicationAuthMode.SHARED: v1alpha1.AuthMode.SHARED,
-}
 
 
 def _is_fal_app_base(base: ast.expr, local_apps: set[str]) -> bool:
@@ -360,143 +364,6 @@ def choose_class(source: str, function: bytes) -> str:
     )
 
 
-def requirement_layers(
-    environments: Sequence[isolate_proto.EnvironmentDefinition],
-) -> list[list[str]]:
-    """The user's requirements, layer by layer as the SDK sent them (a flat list is one
-    layer); fal's own serving stack is left out, and a layer left empty by that is dropped."""
-    layers: list[list[str]] = []
-    for index, environment in enumerate(environments):
-        field = f"environments[{index}]"
-        if environment.kind == "container":
-            continue  # built in the cluster (container_image); its requirements are fal's own
-        if environment.kind not in ("virtualenv", "conda", "pip"):
-            raise errors.invalid_argument(f"{field}.kind", f"{environment.kind!r} is unknown")
-        config = json_format.MessageToDict(environment.configuration)
-        raw = config.get("requirements") or []
-        if not isinstance(raw, list):
-            raise errors.invalid_argument(f"{field}.requirements", "not a list")
-        if all(isinstance(item, list) for item in raw):
-            given: list[list[Any]] = list(raw)
-        elif any(isinstance(item, list) for item in raw):
-            raise errors.invalid_argument(
-                f"{field}.requirements", "a list of strings or a list of lists, not a mix"
-            )
-        else:
-            given = [raw]
-        if len(given) > v1alpha1.MAX_REQUIREMENT_LAYERS:
-            raise errors.invalid_argument(
-                f"{field}.requirements",
-                f"{len(given)} layers; kubefal keeps at most {v1alpha1.MAX_REQUIREMENT_LAYERS}",
-            )
-        for layer in given:
-            wanted: list[str] = []
-            for item in layer:
-                text = str(item).strip()
-                if (
-                    not text
-                    or text in FAL_SERVE_REQUIREMENTS
-                    or text.startswith(FAL_PINNED_PREFIXES)
-                ):
-                    continue
-                if len(text) > 1024:
-                    raise errors.invalid_argument(f"{field}.requirements", "an entry is too long")
-                if text.startswith("-"):
-                    # pip reads it as an option (--index-url, -r FILE, -e PATH...), not a
-                    # requirement: it would change where and what every runner installs.
-                    raise errors.invalid_argument(
-                        f"{field}.requirements",
-                        f"{text[:100]!r} is a pip option, not a requirement; kubefal installs "
-                        "requirements only (configure package indexes in the runner image)",
-                    )
-                if text not in wanted:
-                    wanted.append(text)
-            if wanted:
-                layers.append(wanted)
-    return layers
-
-
-@dataclasses.dataclass(frozen=True)
-class ContainerImage:
-    """A ``fal.ContainerImage`` as the SDK sends it: built in the cluster by the operator."""
-
-    dockerfile: str
-    build_args: dict[str, str]
-    secrets: dict[str, str]
-    """Build secrets (name to value); they go into a Secret, never into the FalApp."""
-
-
-def container_image(
-    environments: Sequence[isolate_proto.EnvironmentDefinition],
-) -> ContainerImage | None:
-    """The app's ``fal.ContainerImage`` (``kind="container"``), or None; what kubefal cannot
-    build is refused naming the field."""
-    for index, environment in enumerate(environments):
-        if environment.kind != "container":
-            continue
-        field = f"environments[{index}].image"
-        image = json_format.MessageToDict(environment.configuration).get("image")
-        if not isinstance(image, dict):
-            raise errors.invalid_argument(field, "kind='container' needs a fal.ContainerImage")
-        dockerfile = image.get("dockerfile_str")
-        if not isinstance(dockerfile, str) or not dockerfile.strip():
-            raise errors.invalid_argument(f"{field}.dockerfile_str", "empty")
-        if len(dockerfile.encode()) > v1alpha1.MAX_DOCKERFILE_BYTES:
-            raise errors.invalid_argument(
-                f"{field}.dockerfile_str", f"larger than {v1alpha1.MAX_DOCKERFILE_BYTES} bytes"
-            )
-        copied = [str(source) for source in image.get("docker_files_list") or []]
-        if copied:
-            raise errors.failed_precondition(
-                f"{field}: the Dockerfile copies files from the build context "
-                f"({', '.join(copied[:5])}), which kubefal does not carry yet: fetch them in a "
-                "RUN step, or build the image yourself and deploy it with "
-                "`kubefal deploy app.py::MyApp --image <image>`"
-            )
-        pairs: dict[str, dict[str, str]] = {}
-        for name in ("build_args", "secrets"):
-            given = image.get(name) or {}
-            if not isinstance(given, dict) or not all(
-                isinstance(value, str) for value in given.values()
-            ):
-                raise errors.invalid_argument(f"{field}.{name}", "a map of strings")
-            pairs[name] = {str(key): value for key, value in given.items()}
-        try:
-            v1alpha1.ContainerImageSpec(dockerfile=dockerfile, build_args=pairs["build_args"])
-        except ValueError as error:
-            raise errors.invalid_argument(f"{field}.build_args", str(error)) from error
-        for key in pairs["secrets"]:
-            if not BUILD_SECRET_ID.match(key):
-                raise errors.invalid_argument(
-                    f"{field}.secrets", f"{key[:64]!r} is not a secret id ([-._a-zA-Z0-9]+)"
-                )
-        return ContainerImage(
-            dockerfile=dockerfile, build_args=pairs["build_args"], secrets=pairs["secrets"]
-        )
-    return None
-
-
-BUILD_SECRET_ID: Final = re.compile(v1alpha1.BUILD_SECRET_ID_PATTERN)
-
-
-def build_secret_name(app_name: str) -> str:
-    """The Secret holding an app's build secrets (what ``kubefal deploy`` names it too)."""
-    return f"{app_name[: 63 - 14]}-build-secrets"
-
-
-def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
-    """Every requirement of every layer, in order (what the runner ends up with)."""
-    return [item for layer in requirement_layers(environments) for item in layer]
-
-
-def requirement_fields(layers: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """FalApp spec fields for ``layers``: one layer stays the flat ``requirements``;
-    several become ``requirementLayers``, installed in order."""
-    if len(layers) <= 1:
-        return {"requirements": list(layers[0]) if layers else []}
-    return {"requirementLayers": [list(layer) for layer in layers]}
-
-
 def source_config_map_name(app_name: str, source: str) -> str:
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:SOURCE_HASH_LENGTH]
     return f"{app_name[: 63 - SOURCE_HASH_LENGTH - 5]}-src-{digest}"
@@ -525,169 +392,3 @@ def source_config_map(*, namespace: str, app_name: str, source: str) -> dict[str
         },
         "data": {APP_FILE: source},
     }
-
-
-OWNED_FIELDS: Final = (
-    "app",
-    "source",
-    "requirements",
-    "requirementLayers",
-    "auth",
-    "strategy",
-    "machineTypes",
-    "numGpus",
-    "regions",
-    "requestTimeout",
-    "startupTimeout",
-    "scaling",
-    "healthCheck",
-    "skipRetryConditions",
-)
-"""FalApp spec fields a ``fal deploy`` decides; every other field (image, env, scaler, fields
-added later) is kept as the existing FalApp has it, e.g. from GitOps."""
-
-
-def merged_spec(wanted: Mapping[str, Any], existing: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``wanted`` over an existing app's spec: owned fields replaced (or back to their
-    defaults when the deploy leaves them unset), the rest kept; the fal secrets reference is
-    added to the app's own ``envFrom`` sources."""
-    current = dict((existing or {}).get("spec") or {})
-    for field in OWNED_FIELDS:
-        current.pop(field, None)
-    env_from = list(current.pop("envFrom", []) or [])
-    for source in wanted.get("envFrom") or []:
-        if source not in env_from:
-            env_from.append(source)
-    merged = {**current, **{k: v for k, v in wanted.items() if k != "envFrom"}}
-    if env_from:
-        merged["envFrom"] = env_from
-    return merged
-
-
-def _optional(message: Any, field: str) -> int | None:
-    return int(getattr(message, field)) if message.HasField(field) else None
-
-
-def falapp_spec(
-    request: isolate_proto.RegisterApplicationRequest,
-    *,
-    class_name: str,
-    existing: Mapping[str, Any] | None,
-    secrets_name: str,
-    config_map: str | None = None,
-    source: Mapping[str, Any] | None = None,
-    app_path: str = APP_FILE,
-) -> dict[str, Any]:
-    """The FalApp spec a ``RegisterApplication`` asks for.
-
-    ``scale`` false (``fal deploy`` without ``--reset-scale``) keeps an existing app's
-    ``spec.scaling``; true, or a new app, takes the class's values.
-    """
-    spec: dict[str, Any] = {
-        "app": f"{app_path}::{class_name}",
-        "source": dict(source) if source is not None else {"configMapRef": {"name": config_map}},
-        **requirement_fields(requirement_layers(list(request.environments))),
-        "auth": AUTH_MODES.get(request.auth_mode, v1alpha1.AuthMode.PRIVATE).value
-        if request.HasField("auth_mode")
-        else v1alpha1.AuthMode.PRIVATE.value,
-        "strategy": (
-            v1alpha1.Strategy.RECREATE.value
-            if request.HasField("deployment_strategy")
-            and request.deployment_strategy == isolate_proto.DeploymentStrategy.RECREATE
-            else v1alpha1.Strategy.ROLLING.value
-        ),
-        "envFrom": [{"secretRef": {"name": secrets_name, "optional": True}}],
-    }
-    image = container_image(list(request.environments))
-    if image is not None:
-        # secretRef, when the image has secrets, is the service's (it writes the Secret).
-        spec["containerImage"] = {"dockerfile": image.dockerfile, "buildArgs": image.build_args}
-    scaling: dict[str, Any] = {}
-    if request.HasField("machine_requirements"):
-        machine = request.machine_requirements
-        machine_types = list(machine.machine_types) or (
-            [machine.machine_type] if machine.HasField("machine_type") else []
-        )
-        if machine_types:
-            spec["machineTypes"] = machine_types
-        if machine.HasField("num_gpus") and machine.num_gpus > 0:
-            spec["numGpus"] = machine.num_gpus
-        if machine.valid_regions:
-            spec["regions"] = list(machine.valid_regions)
-        for proto_field, spec_field in (
-            ("request_timeout", "requestTimeout"),
-            ("startup_timeout", "startupTimeout"),
-        ):
-            value = _optional(machine, proto_field)
-            if value is not None:
-                spec[spec_field] = value
-        for proto_field, scaling_field in (
-            ("keep_alive", "keepAlive"),
-            ("max_concurrency", "maxConcurrency"),
-            ("min_concurrency", "minConcurrency"),
-            ("concurrency_buffer", "concurrencyBuffer"),
-            ("concurrency_buffer_perc", "concurrencyBufferPerc"),
-            ("scaling_delay_seconds", "scalingDelay"),
-            ("max_multiplexing", "maxMultiplexing"),
-        ):
-            value = _optional(machine, proto_field)
-            if value is not None:
-                scaling[scaling_field] = value
-    keep_scale = existing is not None and request.HasField("scale") and not request.scale
-    existing_scaling = dict(((existing or {}).get("spec") or {}).get("scaling") or {})
-    if keep_scale:
-        scaling = existing_scaling
-    elif "policy" in existing_scaling:
-        # fal's protocol has no field for the kubefal scaling policy: a deploy keeps it.
-        scaling["policy"] = existing_scaling["policy"]
-    if scaling:
-        spec["scaling"] = scaling
-    if request.HasField("health_check_config"):
-        check = request.health_check_config
-        health: dict[str, Any] = {"path": check.path}
-        for proto_field, spec_field in (
-            ("start_period_seconds", "startPeriodSeconds"),
-            ("timeout_seconds", "timeoutSeconds"),
-            ("failure_threshold", "failureThreshold"),
-        ):
-            value = _optional(check, proto_field)
-            if value is not None:
-                health[spec_field] = value
-        if check.HasField("call_regularly"):
-            health["callRegularly"] = check.call_regularly
-        if check.HasField("method"):
-            health["method"] = "GET" if check.method == check.Method.GET else "POST"
-        spec["healthCheck"] = health
-    conditions = []
-    for condition in request.skip_retry_conditions:
-        if condition not in RETRY_CONDITIONS:
-            raise errors.invalid_argument(
-                "skip_retry_conditions",
-                "kubefal can skip retries on timeout, server_error and connection_error only",
-            )
-        conditions.append(RETRY_CONDITIONS[condition].value)
-    if conditions:
-        spec["skipRetryConditions"] = sorted(set(conditions))
-    spec = merged_spec(spec, existing)
-    try:
-        v1alpha1.FalAppSpec.model_validate(spec)
-    except ValueError as error:
-        entries: list[Any] = getattr(error, "errors", lambda: [])()
-        where = ".".join(str(part) for part in entries[0]["loc"]) if entries else "spec"
-        message = entries[0]["msg"] if entries else str(error)
-        top = str(entries[0]["loc"][0]) if entries and entries[0]["loc"] else ""
-        field = SPEC_REQUEST_FIELDS.get(top, "machine_requirements")
-        raise errors.invalid_argument(field, f"{where}: {message}") from error
-    return spec
-
-
-SPEC_REQUEST_FIELDS: Final = {
-    "requirements": "environments",
-    "requirementLayers": "environments",
-    "requirement_layers": "environments",
-    "healthCheck": "health_check_config",
-    "health_check": "health_check_config",
-    "skipRetryConditions": "skip_retry_conditions",
-    "skip_retry_conditions": "skip_retry_conditions",
-}
-"""The request field a spec validation error comes from (the rest: machine_requirements)."""

@@ -22,7 +22,7 @@ import isolate_proto
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import v1alpha1
-from kubefal_controlplane import app_files, auth, deploy, errors, mapping
+from kubefal_controlplane import app_files, auth, deploy, deploy_spec, errors, mapping
 from kubefal_controlplane import settings as settings_module
 from kubefal_controlplane.rpc import (
     ANNOTATION_CHANGED_BY,
@@ -150,7 +150,7 @@ class DeployRpcs(ControllerBase):
             app_files=carried_files,
             app_dir=deploy.app_files_dir(request.function.definition) if carried_files else ".",
         )
-        spec = deploy.falapp_spec(
+        spec = deploy_spec.falapp_spec(
             request,
             class_name=class_name,
             source=sources.spec_source,

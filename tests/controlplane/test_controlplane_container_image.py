@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from kubefal_api import v1alpha1
-from kubefal_controlplane import deploy, errors
+from kubefal_controlplane import deploy, deploy_spec, errors
 
 DOCKERFILE = "FROM python:3.11-slim\nARG GREETING\nRUN echo $GREETING > /g\n"
 
@@ -37,7 +37,7 @@ def _request(environment: isolate_proto.EnvironmentDefinition) -> Any:
 
 def test_the_container_environment_becomes_spec_container_image() -> None:
     environment = _container(build_args={"GREETING": "hi"}, secrets={"TOKEN": "s3cr3t"})
-    spec = deploy.falapp_spec(
+    spec = deploy_spec.falapp_spec(
         _request(environment),
         class_name="Greeter",
         existing=None,

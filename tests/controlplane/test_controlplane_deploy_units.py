@@ -12,7 +12,7 @@ import isolate_proto
 import pytest
 
 from kubefal_api import bundles
-from kubefal_controlplane import deploy, errors
+from kubefal_controlplane import deploy, deploy_spec, errors
 
 TWO_APPS = """
 import fal
@@ -89,7 +89,7 @@ def test_too_many_requirements_are_refused_naming_environments() -> None:
         environments=[_environment(requirements=[f"pkg{i}" for i in range(600)])]
     )
     with pytest.raises(errors.RpcFailure) as raised:
-        deploy.falapp_spec(
+        deploy_spec.falapp_spec(
             request, class_name="Demo", config_map="c", existing=None, secrets_name="s"
         )
     assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
@@ -165,7 +165,7 @@ def _request(**fields: Any) -> isolate_proto.RegisterApplicationRequest:
 
 
 def test_the_falapp_spec_takes_the_classes_settings() -> None:
-    spec = deploy.falapp_spec(
+    spec = deploy_spec.falapp_spec(
         _request(scale=True),
         class_name="Demo",
         config_map="demo-src-1",
@@ -189,14 +189,14 @@ def test_the_falapp_spec_takes_the_classes_settings() -> None:
 def test_without_reset_scale_a_redeploy_keeps_the_apps_scaling() -> None:
     existing = {"spec": {"scaling": {"keepAlive": 5, "minConcurrency": 1}}}
 
-    kept = deploy.falapp_spec(
+    kept = deploy_spec.falapp_spec(
         _request(scale=False),
         class_name="Demo",
         config_map="c",
         existing=existing,
         secrets_name="s",
     )
-    reset = deploy.falapp_spec(
+    reset = deploy_spec.falapp_spec(
         _request(scale=True),
         class_name="Demo",
         config_map="c",
@@ -212,7 +212,7 @@ def test_a_redeploy_with_reset_scale_keeps_the_kubefal_scaling_policy() -> None:
     # fal's protocol cannot carry spec.scaling.policy, so no fal deploy may drop it.
     existing = {"spec": {"scaling": {"keepAlive": 5, "policy": "countStarting"}}}
 
-    reset = deploy.falapp_spec(
+    reset = deploy_spec.falapp_spec(
         _request(scale=True),
         class_name="Demo",
         config_map="c",
@@ -278,7 +278,7 @@ def test_app_files_and_the_app_file_share_one_bundle() -> None:
     assert objects.app_path == "app/app.py"
     unpacked = bundles.unpack(objects.config_maps, objects.spec_source)
     assert unpacked == {**files, "app/app.py": b"import fal\n"}
-    spec = deploy.falapp_spec(
+    spec = deploy_spec.falapp_spec(
         isolate_proto.RegisterApplicationRequest(),
         class_name="Demo",
         existing=None,
@@ -400,7 +400,7 @@ def test_a_redeploy_keeps_the_fields_fal_deploy_does_not_decide() -> None:
         }
     }
 
-    spec = deploy.falapp_spec(
+    spec = deploy_spec.falapp_spec(
         _request(scale=True),
         class_name="Demo",
         config_map="c",
