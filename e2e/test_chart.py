@@ -521,9 +521,17 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
     assert len(accepted) == len(objects), output
 
 
+_SUBRESOURCES = frozenset({"status", "scale", "log", "exec", "eviction"})
+
+
 def _can(cluster: ClusterHandle, verb: str, resource: str, *, who: str, namespace: str) -> bool:
+    """``resource`` is ``kind``, ``kind/name`` or ``kind/<subresource>`` (``falapps.kubefal.io/
+    status``): kubectl reads ``kind/status`` as an object named status, so a subresource goes
+    to ``--subresource``."""
+    kind, _, rest = resource.partition("/")
+    target = [kind, f"--subresource={rest}"] if rest in _SUBRESOURCES else [resource]
     answer = cluster.kubectl(
-        "auth", "can-i", verb, resource, f"--namespace={namespace}", f"--as={who}", check=False
+        "auth", "can-i", verb, *target, f"--namespace={namespace}", f"--as={who}", check=False
     )
     return answer.strip() == "yes"
 
