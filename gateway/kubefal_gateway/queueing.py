@@ -71,12 +71,15 @@ import collections
 import dataclasses
 import datetime
 import enum
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import orjson
+
+LOG = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
 """HTTP headers as (lower-case name, value) pairs, in order; repeated names allowed."""
@@ -401,6 +404,23 @@ class EventHub:
     def close(self) -> None:
         for subscription in list(self._subscriptions):
             subscription.close()
+
+
+def start_housekeeping(store: QueueStore, interval: float) -> asyncio.Task[None]:
+    """Start the task that runs ``store.expire()`` every ``interval`` seconds (both backends').
+
+    A failed round is logged and the next one runs on time; cancel the task to stop it.
+    """
+
+    async def housekeep() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await store.expire()
+            except QueueError as error:
+                LOG.warning("queue housekeeping failed: %s", error)
+
+    return asyncio.create_task(housekeep(), name="kubefal-queue-housekeeping")
 
 
 @runtime_checkable

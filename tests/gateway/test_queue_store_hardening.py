@@ -98,6 +98,24 @@ async def test_retries_and_lost_leases_share_one_attempt_budget(
     assert view.result is not None and view.result.error_type == "attempts_exhausted"
 
 
+async def test_the_housekeeping_task_returns_a_lost_lease_to_the_queue(
+    open_queue_store: OpenStore, wait_for: WaitFor
+) -> None:
+    """Each backend's housekeeping task (queueing.start_housekeeping) runs expire() on its own:
+    a lease nobody renews goes back to the queue without any caller asking."""
+    store = await open_queue_store(housekeeping_interval=0.05)
+    job = make_job()
+    await store.submit(job)
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=0.2)
+    assert leased is not None and leased.request_id == job.request_id
+
+    async def back_in_queue() -> bool:
+        view = await store.view(job.request_id)
+        return view is not None and view.state is queueing.JobState.IN_QUEUE
+
+    await wait_for(back_in_queue, timeout=30, message="the lost lease back in the queue")
+
+
 async def test_sqlite_housekeeping_with_nothing_due_takes_no_write_lock(
     tmp_path: object,
 ) -> None:

@@ -172,9 +172,7 @@ class RedisQueueStore:
             raise queueing.QueueError(f"cannot open the Redis queue store: {error}") from error
         store._listener = asyncio.create_task(store._listen(pubsub), name="kubefal-queue-events")
         if housekeeping_interval is not None:
-            store._housekeeping = asyncio.create_task(
-                store._housekeep(housekeeping_interval), name="kubefal-queue-housekeeping"
-            )
+            store._housekeeping = queueing.start_housekeeping(store, housekeeping_interval)
         return store
 
     async def _load_scripts(self) -> None:
@@ -633,14 +631,6 @@ class RedisQueueStore:
         return totals[: len(runner_slots)], totals[len(runner_slots) :]
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def _housekeep(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.expire()
-            except queueing.QueueError as error:
-                LOG.warning("queue housekeeping failed: %s", error)
 
     async def flush_key_space(self) -> None:
         """Delete every key of this store's prefix (tests and `kubefal` dev tooling only)."""

@@ -216,9 +216,7 @@ class SqliteQueueStore:
         store._return_leases(now=time.time(), expired_before=None)
         await store._durable()
         if housekeeping_interval is not None:
-            store._housekeeping = asyncio.create_task(
-                store._housekeep(housekeeping_interval), name="kubefal-queue-housekeeping"
-            )
+            store._housekeeping = queueing.start_housekeeping(store, housekeeping_interval)
         return store
 
     def _load_index(self) -> None:
@@ -819,14 +817,6 @@ class SqliteQueueStore:
         await self._durable()
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def _housekeep(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.expire()
-            except queueing.QueueError as error:
-                LOG.warning("queue housekeeping failed: %s", error)
 
     def _check_open(self) -> None:
         if self._closed:
