@@ -693,3 +693,25 @@ async def test_a_signal_acted_on_for_an_app_is_not_read_by_a_new_app_of_that_nam
     await triggers.falapp_changed(op, body=new, indexes=stores.indexes)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
     assert status_writes(fake)[-1].get("desiredRunners", 0) == 0
+
+
+@pytest.mark.parametrize("scaler", ["keda", "hpa"])
+async def test_replicas_another_scaler_writes_within_the_bounds_are_left_alone(
+    fake: FakeKube, stores: cache.Cache, scaler: str
+) -> None:
+    body = fake.create(falapp(scaler=scaler, scaling={"minConcurrency": 1, "maxConcurrency": 5}))
+    op = operator(fake, actuated=True)
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    signal = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2})
+    await actuation.actuate(op, signal=signal, indexes=stores.indexes)
+    written = len(fake.writes)
+    scaled = fake.edit("Deployment", NAMESPACE, NAME, {"spec": {"replicas": 4}})  # its scaler
+    await triggers.child_changed(
+        op,
+        kind="Deployment",
+        event_type="MODIFIED",
+        child=livestate.object_view(scaled),
+        indexes=stores.indexes,
+    )
+    assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 4  # type: ignore[index]
+    assert [write for write in fake.writes[written:] if write.verb in ("apply", "event")] == []
