@@ -44,6 +44,7 @@ from typing import Any
 
 import httptools
 import orjson
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from kubefal_gateway import zerocopy
@@ -298,6 +299,21 @@ class GuardedProtocol(HttpToolsProtocol):
                 zerocopy.EXTENSION: functools.partial(self._sendfile, cycle)
             }
             self.scope["extensions"] = extensions
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if self.parser.should_upgrade() or cycle.body or cycle.response_complete:
+            if cycle is not None and isinstance(cycle.body, bytes):
+                cycle.body = bytearray(cycle.body)
+            super().on_body(body)
+            return
+        # The common case (the handler keeps up): the parser's chunk becomes the next body
+        # message as it is; uvicorn would copy it into a bytearray and out again (two copies
+        # per byte of an upload). `bytes(chunk)` in uvicorn's receive() is the chunk itself.
+        cycle.body = body  # type: ignore[assignment]
+        if len(body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
