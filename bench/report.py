@@ -320,15 +320,17 @@ def _runner(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[F
 
 def _storage(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[Figure]:
     figures = []
-    for direction in ("upload", "download"):
+    for direction in ("upload", "download", "upload_plain", "download_plain"):
         if direction not in r:
             continue
         row = r[direction]
+        name, _, plain = direction.partition("_")
+        listener = "plain TCP" if plain else "TLS"
         figures.append(
             Figure(
                 run,
-                f"file {direction} through the gateway ({r['size_mb']} MB, {r['backend']}, "
-                f"{r['client']})",
+                f"file {name} through the gateway ({r['size_mb']} MB, {r['backend']}, "
+                f"{r['client']}, {listener})",
                 float(row["gateway_mb_per_s"]),
                 "MB/s",
                 Target(">=", 0.8, "issue 11", relative=True),

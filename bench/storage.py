@@ -1,16 +1,20 @@
 """How fast is the gateway's file path compared with writing and reading the backend directly?
 
-The gateway (``python -m kubefal_gateway``, a subprocess as it ships, TLS, REST listener on the
-embedded store or on S3) takes 20 MB uploads on ``POST /files/upload`` and serves them back on
-the returned URL; the baseline, measured in the same run on the same kind of backend, is this
+Two gateways (``python -m kubefal_gateway``, subprocesses as they ship, REST listener on the
+embedded store or on S3): one serving TLS (what fal_client reaches) and one on plain TCP (a
+gateway behind a TLS-terminating proxy, where downloads from the embedded store are zero-copy
+``sendfile``). Each takes 20 MB uploads on ``POST /files/upload`` and serves them back on the
+returned URL; the baseline, measured in the same run on the same kind of backend, is this
 script writing and reading the same bytes through the same ``BlobStore`` class in-process (no
-HTTP, no TLS). The trials alternate between the two paths (and which goes first), and every
-object is deleted after its trial, so both see the same machine: load, page cache, dirty-page
-writeback. Reported per direction: median MB/s of each, the ratio gateway / direct (target
->= 0.8 for 20 MB files), the same for the client's whole run (``wall``: curl's process start
-and TLS handshake included), the gateway process's CPU per MB moved (user + system) and the
-load average before and after. Gateway MB/s is curl's transfer time (``time_total -
-time_appconnect``): the file path, not the connection set-up (which ``wall`` includes).
+HTTP, no TLS). The trials rotate between the three paths (and which goes first), and every
+object is deleted after its trial, so all see the same machine: load, page cache, dirty-page
+writeback. Reported per direction and listener: median MB/s, the ratio gateway / direct
+(target >= 0.8 for 20 MB files), the same for the client's whole run (``wall``: curl's
+process start and connection set-up included), the gateway process's CPU per MB moved (user +
+system), curl's CPU per MB, and the load average before and after. Gateway MB/s is curl's
+transfer time (``time_total - time_pretransfer``): the file path, not the connection set-up
+(which ``wall`` includes). Last, what TLS alone costs on this CPU: Python's ``ssl`` (the
+gateway's TLS) encrypting and decrypting 20 MB in-process, without sockets.
 
     python bench/storage.py                         # embedded store (local disk)
     python bench/storage.py --backend s3            # s3proxy on 127.0.0.1 (Java; jar cached)
@@ -22,16 +26,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import resource
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import psutil
@@ -95,9 +103,10 @@ async def delete_uploads(store: blobs.BlobStore) -> None:
 
 @dataclasses.dataclass
 class GatewayTrial:
-    """One upload and download through the gateway: transfer seconds (from the end of the TLS
-    handshake to the last byte, curl's ``time_total - time_appconnect``), wall seconds (the
-    whole client run, process start and handshake included) and gateway CPU seconds."""
+    """One upload and download through a gateway: transfer seconds (from the end of the
+    connection set-up to the last byte, curl's ``time_total - time_pretransfer``), wall seconds
+    (the whole client run, process start and handshake included), gateway CPU seconds and the
+    client's CPU seconds (curl's; 0 with httpx)."""
 
     up: float
     up_wall: float
@@ -105,6 +114,8 @@ class GatewayTrial:
     down_wall: float
     cpu_up: float
     cpu_down: float
+    client_cpu_up: float = 0.0
+    client_cpu_down: float = 0.0
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -112,32 +123,52 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass
+class Gateway:
+    """A gateway process of the bench: its REST base URL and its process (for CPU)."""
+
+    name: str
+    base: str
+    process: subprocess.Popen[bytes]
+    admin_port: int
+    storage_spec: str
+
+    @property
+    def stats(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+
 def through_gateway_curl(
-    base: str, ca: pathlib.Path, token: str, source: pathlib.Path, size: int,
-    gateway: psutil.Process,
-) -> GatewayTrial:  # fmt: skip
+    gateway: Gateway, ca: pathlib.Path, token: str, source: pathlib.Path, size: int
+) -> GatewayTrial:
     """curl as the client (native TLS: the client costs little CPU, so the figures are the
     gateway's); curl reports its own phase times."""
     common = ["curl", "-sS", "--fail", "--cacert", str(ca), "--noproxy", "*"]
-    timing = "\n%{time_appconnect} %{time_total}"
-    before = _cpu(gateway)
+    timing = "\n%{time_pretransfer} %{time_total}"
+    process = gateway.stats
+    before, client_before = _cpu(process), _children_cpu()
     started = time.perf_counter()
     answer = subprocess.run(
         [
             *common, "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: x/y",
             "-H", "Expect:", "--data-binary", f"@{source}", "-w", timing,
-            f"{base}/files/upload",
+            f"{gateway.base}/files/upload",
         ],
         capture_output=True, check=True, text=True,
     )  # fmt: skip
     up_wall = time.perf_counter() - started
-    middle = _cpu(gateway)
+    middle, client_middle = _cpu(process), _children_cpu()
     body, _, times = answer.stdout.rpartition("\n")
     connected, total = (float(value) for value in times.split())
     url = json.loads(body)["access_url"]
     started = time.perf_counter()
     got = subprocess.run(
-        [*common, "-o", "/dev/null", "-w", "%{size_download} %{time_appconnect} %{time_total}",
+        [*common, "-o", "/dev/null", "-w", "%{size_download} %{time_pretransfer} %{time_total}",
          url],
         capture_output=True, check=True, text=True,
     )  # fmt: skip
@@ -150,20 +181,23 @@ def through_gateway_curl(
         down=float(down_total) - float(down_connected),
         down_wall=down_wall,
         cpu_up=middle - before,
-        cpu_down=_cpu(gateway) - middle,
+        cpu_down=_cpu(process) - middle,
+        client_cpu_up=client_middle - client_before,
+        client_cpu_down=_children_cpu() - client_middle,
     )
 
 
 def through_gateway_httpx(
-    http: httpx.Client, base: str, token: str, data: bytes, gateway: psutil.Process
+    http: httpx.Client, gateway: Gateway, token: str, data: bytes
 ) -> GatewayTrial:
     """httpx as the client (what fal_client uses), on one kept-alive connection."""
     auth = {"Authorization": f"Bearer {token}", "Content-Type": "x/y"}
-    before = _cpu(gateway)
+    process = gateway.stats
+    before = _cpu(process)
     started = time.perf_counter()
-    answer = http.post(f"{base}/files/upload", content=data, headers=auth)
+    answer = http.post(f"{gateway.base}/files/upload", content=data, headers=auth)
     up = time.perf_counter() - started
-    middle = _cpu(gateway)
+    middle = _cpu(process)
     answer.raise_for_status()
     url = answer.json()["access_url"]
     started = time.perf_counter()
@@ -173,7 +207,91 @@ def through_gateway_httpx(
             size += len(chunk)
     down = time.perf_counter() - started
     assert size == len(data), size
-    return GatewayTrial(up, up, down, down, middle - before, _cpu(gateway) - middle)
+    return GatewayTrial(up, up, down, down, middle - before, _cpu(process) - middle)
+
+
+def start_gateway(
+    name: str,
+    workdir: pathlib.Path,
+    storage_spec: str,
+    config: pathlib.Path,
+    tls: tuple[pathlib.Path, pathlib.Path] | None,
+    max_bytes: int,
+    environment: dict[str, str],
+) -> Gateway:
+    rest_port, admin_port = free_port(), free_port()
+    tls_arguments = [] if tls is None else ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "kubefal_gateway",
+            "--queue-port", str(free_port()), "--run-port", str(free_port()),
+            "--admin-port", str(admin_port), "--rest-port", str(rest_port), *tls_arguments,
+            "--store", f"sqlite:///{workdir / f'queue-{name}.db'}",
+            "--static-config", str(config), "--storage", storage_spec,
+            "--storage-max-file-bytes", str(max_bytes), "--log-level", "warning",
+        ],
+        env=environment,
+    )  # fmt: skip
+    scheme = "http" if tls is None else "https"
+    return Gateway(name, f"{scheme}://127.0.0.1:{rest_port}", process, admin_port, storage_spec)
+
+
+def wait_ready(gateway: Gateway) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{gateway.admin_port}/readyz", trust_env=False)
+            if answer.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or gateway.process.poll() is not None:
+            raise SystemExit(f"the {gateway.name} gateway did not start")
+        time.sleep(0.1)
+
+
+def tls_cost(cert: pathlib.Path, key: pathlib.Path, ca: pathlib.Path, size: int) -> dict[str, Any]:
+    """Python's ssl (OpenSSL, as the gateway's event loop uses it) encrypting `size` bytes on
+    one side and decrypting them on the other, in memory: the CPU time (not wall time: the
+    machine may be loaded) TLS alone costs per MB here, with the cipher a default client
+    negotiates."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(cert), str(key))
+    client_context = ssl.create_default_context(cafile=str(ca))
+    pipes = [ssl.MemoryBIO() for _ in range(4)]
+    server = server_context.wrap_bio(pipes[0], pipes[1], server_side=True)
+    client = client_context.wrap_bio(pipes[2], pipes[3], server_hostname="127.0.0.1")
+    for _ in range(10):  # the handshake, driven by hand
+        for endpoint in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                endpoint.do_handshake()
+        pipes[0].write(pipes[3].read())
+        pipes[2].write(pipes[1].read())
+    block = os.urandom(1024 * 1024)
+    times: dict[str, float] = {}
+    for name, writer, out, into, reader in (
+        ("encrypt", server, pipes[1], pipes[2], client),
+        ("decrypt", client, pipes[3], pipes[0], server),
+    ):
+        encrypt = decrypt = 0.0
+        for _ in range(size // len(block)):
+            started = time.process_time()
+            writer.write(block)
+            records = out.read()
+            middle = time.process_time()
+            into.write(records)
+            got = 0
+            while got < len(block):
+                got += len(reader.read(len(block)))
+            encrypt += middle - started
+            decrypt += time.process_time() - middle
+        times[name] = encrypt if name == "encrypt" else decrypt
+    megabytes = (size // len(block)) * len(block) / 1e6
+    return {
+        "cipher": str((server.cipher() or ("?",))[0]),
+        "encrypt_ms_per_mb": 1000 * times["encrypt"] / megabytes,
+        "decrypt_ms_per_mb": 1000 * times["decrypt"] / megabytes,
+    }
 
 
 def main() -> None:
@@ -191,84 +309,89 @@ def main() -> None:
             s3.create_bucket("bench")
             environment.update(s3.env())
             os.environ.update(s3.env())
-            storage_spec = f"s3://bench/gateway?endpoint={s3.endpoint}"
-            direct_spec = f"s3://bench/direct?endpoint={s3.endpoint}"
+            specs = {
+                name: f"s3://bench/{name}?endpoint={s3.endpoint}"
+                for name in ("tls", "plain", "direct")
+            }
         else:
-            storage_spec = str(workdir / "gateway-files")
-            direct_spec = str(workdir / "direct-files")
+            specs = {name: str(workdir / f"{name}-files") for name in ("tls", "plain", "direct")}
         ca, cert, tls_key = certs.issue_serving_certificate(
             workdir, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
         )
         key = apikeys.generate_key()
         config = workdir / "static.yaml"
         config.write_text(yaml.safe_dump({"apps": [], "keys": [{"key": str(key)}]}))
-        rest_port, admin_port = free_port(), free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "kubefal_gateway",
-                "--queue-port", str(free_port()), "--run-port", str(free_port()),
-                "--admin-port", str(admin_port), "--rest-port", str(rest_port),
-                "--tls-cert", str(cert), "--tls-key", str(tls_key),
-                "--store", f"sqlite:///{workdir / 'queue.db'}",
-                "--static-config", str(config), "--storage", storage_spec,
-                "--storage-max-file-bytes", str(len(data) * 2), "--log-level", "warning",
-            ],
-            env=environment,
-        )  # fmt: skip
+        gateways = [
+            start_gateway(name, workdir, specs[name], config, tls, len(data) * 2, environment)
+            for name, tls in (("tls", (cert, tls_key)), ("plain", None))
+        ]
+        trials: dict[str, list[GatewayTrial]] = {gateway.name: [] for gateway in gateways}
+        direct_times: list[tuple[float, float]] = []
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{admin_port}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("the gateway did not start")
-                time.sleep(0.1)
-            store = runtime.open_store(direct_spec)
-            gateway_store = runtime.open_store(storage_spec)
-            gateway = psutil.Process(process.pid)
-            base = f"https://127.0.0.1:{rest_port}"
+            for gateway in gateways:
+                wait_ready(gateway)
+            store = runtime.open_store(specs["direct"])
+            gateway_stores = {
+                gateway.name: runtime.open_store(specs[gateway.name]) for gateway in gateways
+            }
             source = workdir / "upload.bin"
             source.write_bytes(data)
             http = httpx.Client(verify=str(ca), timeout=300, trust_env=False)
-            token = http.post(
-                f"{base}/storage/auth/token", headers={"Authorization": f"Key {key}"}, json={}
-            ).json()["token"]
+            tokens = {
+                gateway.name: http.post(
+                    f"{gateway.base}/storage/auth/token",
+                    headers={"Authorization": f"Key {key}"},
+                    json={},
+                ).json()["token"]
+                for gateway in gateways
+            }
 
-            def gateway_once() -> GatewayTrial:
+            def gateway_once(gateway: Gateway) -> GatewayTrial:
                 if arguments.client == "curl":
-                    return through_gateway_curl(base, ca, token, source, len(data), gateway)
-                return through_gateway_httpx(http, base, token, data, gateway)
+                    return through_gateway_curl(
+                        gateway, ca, tokens[gateway.name], source, len(data)
+                    )
+                return through_gateway_httpx(http, gateway, tokens[gateway.name], data)
 
             loop = asyncio.new_event_loop()
-            # warm-up of both paths, then the trials interleaved (alternating which path goes
-            # first), so both see the same machine: load, page cache, dirty-page writeback
+
+            def clean() -> None:
+                for gateway_store in gateway_stores.values():
+                    loop.run_until_complete(delete_uploads(gateway_store))
+
+            # warm-up of every path, then the trials with the order rotated, so all see the
+            # same machine: load, page cache, dirty-page writeback
             loop.run_until_complete(direct_once(store, data, 0))
-            gateway_once()
-            loop.run_until_complete(delete_uploads(gateway_store))
-            direct_times: list[tuple[float, float]] = []
-            gateway_trials: list[GatewayTrial] = []
+            for gateway in gateways:
+                gateway_once(gateway)
+            clean()
             load_before = os.getloadavg()[0]
+            paths = ["direct", *(gateway.name for gateway in gateways)]
             for trial in range(arguments.trials):
-                if trial % 2:
-                    gateway_trials.append(gateway_once())
-                    direct_times.append(loop.run_until_complete(direct_once(store, data, trial)))
-                else:
-                    direct_times.append(loop.run_until_complete(direct_once(store, data, trial)))
-                    gateway_trials.append(gateway_once())
-                loop.run_until_complete(delete_uploads(gateway_store))
+                shift = trial % len(paths)
+                for path in paths[shift:] + paths[:shift]:
+                    if path == "direct":
+                        direct_times.append(
+                            loop.run_until_complete(direct_once(store, data, trial))
+                        )
+                    else:
+                        gateway = next(g for g in gateways if g.name == path)
+                        trials[path].append(gateway_once(gateway))
+                clean()
             load_after = os.getloadavg()[0]
             http.close()
             loop.run_until_complete(store.close())
-            loop.run_until_complete(gateway_store.close())
+            for gateway_store in gateway_stores.values():
+                loop.run_until_complete(gateway_store.close())
             loop.close()
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            for gateway in gateways:
+                gateway.process.terminate()
+            for gateway in gateways:
+                gateway.process.wait(timeout=30)
             if s3 is not None:
                 s3.stop()
+        cost = tls_cost(cert, tls_key, ca, len(data))
 
     def rate(seconds: list[float]) -> float:
         return megabytes / statistics.median(seconds)
@@ -280,31 +403,49 @@ def main() -> None:
         f"load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores"
     )
     print(
-        f"{'':10}{'direct MB/s':>13}{'gateway MB/s':>14}{'ratio':>7}"
-        f"{'gw MB/s wall':>14}{'ratio wall':>12}{'gw CPU ms/MB':>14}"
+        f"{'':20}{'direct MB/s':>13}{'gateway MB/s':>14}{'ratio':>7}"
+        f"{'gw MB/s wall':>14}{'ratio wall':>12}{'gw CPU ms/MB':>14}{'client ms/MB':>14}"
     )
     figures: dict[str, dict[str, float]] = {}
-    directions = (
-        ("upload", [t[0] for t in direct_times], [g.up for g in gateway_trials],
-         [g.up_wall for g in gateway_trials], sum(g.cpu_up for g in gateway_trials)),
-        ("download", [t[1] for t in direct_times], [g.down for g in gateway_trials],
-         [g.down_wall for g in gateway_trials], sum(g.cpu_down for g in gateway_trials)),
-    )  # fmt: skip
-    for name, direct_seconds, gateway_seconds, wall_seconds, cpu in directions:
-        ratio = rate(gateway_seconds) / rate(direct_seconds)
-        ratio_wall = rate(wall_seconds) / rate(direct_seconds)
-        print(
-            f"{name:10}{rate(direct_seconds):13.1f}{rate(gateway_seconds):14.1f}{ratio:7.2f}"
-            f"{rate(wall_seconds):14.1f}{ratio_wall:12.2f}{1000 * cpu / total:14.2f}"
-        )
-        figures[name] = {
-            "direct_mb_per_s": rate(direct_seconds),
-            "gateway_mb_per_s": rate(gateway_seconds),
-            "ratio": ratio,
-            "gateway_wall_mb_per_s": rate(wall_seconds),
-            "ratio_wall": ratio_wall,
-            "gateway_cpu_ms_per_mb": 1000 * cpu / total,
-        }
+    for direction in ("upload", "download"):
+        index = 0 if direction == "upload" else 1
+        direct_seconds = [t[index] for t in direct_times]
+        for gateway in gateways:
+            rows = trials[gateway.name]
+            if direction == "upload":
+                seconds = [g.up for g in rows]
+                wall = [g.up_wall for g in rows]
+                cpu = sum(g.cpu_up for g in rows)
+                client_cpu = sum(g.client_cpu_up for g in rows)
+            else:
+                seconds = [g.down for g in rows]
+                wall = [g.down_wall for g in rows]
+                cpu = sum(g.cpu_down for g in rows)
+                client_cpu = sum(g.client_cpu_down for g in rows)
+            ratio = rate(seconds) / rate(direct_seconds)
+            ratio_wall = rate(wall) / rate(direct_seconds)
+            label = f"{direction} ({gateway.name})"
+            print(
+                f"{label:20}{rate(direct_seconds):13.1f}{rate(seconds):14.1f}{ratio:7.2f}"
+                f"{rate(wall):14.1f}{ratio_wall:12.2f}{1000 * cpu / total:14.2f}"
+                f"{1000 * client_cpu / total:14.2f}"
+            )
+            # "upload"/"download" are the TLS rows (what fal_client reaches); "_plain" the
+            # plain-TCP listener's
+            key_name = direction if gateway.name == "tls" else f"{direction}_plain"
+            figures[key_name] = {
+                "direct_mb_per_s": rate(direct_seconds),
+                "gateway_mb_per_s": rate(seconds),
+                "ratio": ratio,
+                "gateway_wall_mb_per_s": rate(wall),
+                "ratio_wall": ratio_wall,
+                "gateway_cpu_ms_per_mb": 1000 * cpu / total,
+                "client_cpu_ms_per_mb": 1000 * client_cpu / total,
+            }
+    print(
+        f"TLS alone (Python ssl in memory, CPU time, {cost['cipher']}): encrypt "
+        f"{cost['encrypt_ms_per_mb']:.2f} ms/MB, decrypt {cost['decrypt_ms_per_mb']:.2f} ms/MB"
+    )
     bench_results.write(
         arguments.json,
         "storage",
@@ -313,6 +454,9 @@ def main() -> None:
             "client": arguments.client,
             "size_mb": arguments.size_mb,
             "trials": arguments.trials,
+            "load_before": load_before,
+            "load_after": load_after,
+            "tls_cost": cost,
             **figures,
         },
     )
