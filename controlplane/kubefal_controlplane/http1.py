@@ -16,8 +16,10 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import grpc
 import h11
 
+from kubefal_controlplane import errors
 from kubefal_controlplane import settings as settings_module
 
 READ_CHUNK: Final = 64 * 1024
@@ -153,3 +155,21 @@ def reason(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+STATUS_OF: Final = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+
+
+def from_failure(failure: errors.RpcFailure) -> HttpError:
+    return HttpError(STATUS_OF.get(failure.code, 500), failure.message)
