@@ -260,13 +260,11 @@ def cp_tls(tmp_path_factory: pytest.TempPathFactory) -> localca.LocalTls:
     reads once per process.
     """
     tls = localca.ensure(tmp_path_factory.getbasetemp() / "controlplane-ca")
-    shared = pathlib.Path(
-        os.environ.setdefault(
-            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
-            str(tmp_path_factory.getbasetemp() / "controlplane-roots.pem"),
-        )
-    )
+    # Always this session's file: a machine that sets the variable already (to the system
+    # bundle, say) would otherwise leave the in-process clients distrusting the control plane.
+    shared = tmp_path_factory.getbasetemp() / "controlplane-roots.pem"
     shared.write_bytes(tls.ca_bundle.read_bytes())
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(shared)
     return tls
 
 
