@@ -324,7 +324,7 @@ def _storage(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[
         if direction not in r:
             continue
         row = r[direction]
-        name, _, plain = direction.partition("_")
+        name, _separator, plain = direction.partition("_")
         listener = "plain TCP" if plain else "TLS"
         figures.append(
             Figure(
@@ -763,13 +763,18 @@ def readme_table(directory: pathlib.Path) -> str:
         if entry.get("command")
     }
     load = f"{_load_text(meta.get('loadavg_before'))} → {_load_text(meta.get('loadavg_after'))}"
+    rerun = "".join(
+        f"; re-run into it: {', '.join(entry['ids'])} at {entry['at']}"
+        for entry in meta.get("rerun", [])
+    )
     lines = [
         README_BEGIN,
         "",
         f"From `make bench` ({meta.get('profile', '?')} profile) at {meta.get('started', '?')}, "
         f"commit `{meta.get('commit', '?')}`, {meta.get('cpus', '?')} cores shared with other "
-        f"work, 1-minute load average {load}. `make bench-readme` rewrites this table from the "
-        "latest report; the report (dist/bench/<time>/report.md) has the plots and the logs.",
+        f"work, 1-minute load average {load}{rerun}. `make bench-readme` rewrites this table "
+        "from the latest report; the report (dist/bench/<time>/report.md) has the plots and "
+        "the logs.",
         "",
         "| what | this run | target | baseline, same run | command |",
         "|---|---|---|---|---|",

@@ -155,6 +155,7 @@ def write_run(directory: pathlib.Path) -> None:
         "finished": "2026-01-01T00:20:00Z",
         "profile": "short",
         "commit": "abc1234",
+        "rerun": [{"at": "2026-01-01T00:30:00Z", "ids": ["scaling"]}],
         "cpus": 2,
         "loadavg_before": [2.5, 2.0, 1.0],
         "loadavg_after": [6.75, 3.0, 2.0],
@@ -201,7 +202,7 @@ def test_each_figure_stands_beside_its_target_verdict_and_same_run_baseline(rend
 def test_relative_targets_compare_against_the_baseline_of_the_same_run(rendered: str) -> None:
     runner = table_row(rendered, "runner vs the fal SDK alone (echo app, c=16): requests/s")
     assert runner[1] == "960 req/s" and runner[3] == "met"  # 0.96 >= 0.95
-    upload = table_row(rendered, "file upload through the gateway (20 MB, local, curl)")
+    upload = table_row(rendered, "file upload through the gateway (20 MB, local, curl, TLS)")
     assert upload[3] == "**not met**"  # 70 < 0.8 x 100
     assert upload[4] == "100 MB/s (the same BlobStore in-process)"
 
@@ -268,6 +269,7 @@ def test_readme_table_replaces_only_the_marked_section(tmp_path: pathlib.Path) -
     assert row[1].startswith("0.450 ms (**not met**)")
     assert row[4] == "`python bench/gateway.py --trials 5`"
     assert "commit `abc1234`" in text and "load average 2.5 → 6.8" in text
+    assert "re-run into it: scaling at 2026-01-01T00:30:00Z" in text
     # Idempotent: a second rewrite from the same report changes nothing.
     report.rewrite_readme(readme, report.readme_table(tmp_path))
     assert readme.read_text() == text
