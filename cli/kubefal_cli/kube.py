@@ -178,18 +178,26 @@ def delete_secret(kube: Kube, *, namespace: str, name: str) -> None:
     )
 
 
+def _apply_options(dry_run: bool) -> dict[str, Any]:
+    """The generated client's keyword arguments for a server-side apply by ``kubefal-cli``
+    (conflicts forced; the raw response kept, see `_json_body`)."""
+    return {
+        "field_manager": FIELD_MANAGER,
+        "force": True,
+        "dry_run": "All" if dry_run else None,
+        "_content_type": "application/apply-patch+yaml",
+        "_request_timeout": REQUEST_TIMEOUT_SECONDS,
+        "_preload_content": False,
+    }
+
+
 def apply_secret(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> None:
     """Server-side apply of a Secret (a ContainerImage's build secrets)."""
     kube.core.patch_namespaced_secret(
         name=manifest["metadata"]["name"],
         namespace=manifest["metadata"]["namespace"],
         body=manifest,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        dry_run="All" if dry_run else None,
-        _content_type="application/apply-patch+yaml",
-        _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        _preload_content=False,
+        **_apply_options(dry_run),
     )
 
 
@@ -208,12 +216,7 @@ def apply_config_map(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> 
         name=manifest["metadata"]["name"],
         namespace=manifest["metadata"]["namespace"],
         body=manifest,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        dry_run="All" if dry_run else None,
-        _content_type="application/apply-patch+yaml",
-        _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        _preload_content=False,
+        **_apply_options(dry_run),
     )
     return _json_body(response)
 
@@ -253,12 +256,7 @@ def apply_falapp(kube: Kube, *, manifest: dict[str, Any], dry_run: bool) -> dict
         plural=v1alpha1.PLURAL,
         name=manifest["metadata"]["name"],
         body=manifest,
-        field_manager=FIELD_MANAGER,
-        force=True,
-        dry_run="All" if dry_run else None,
-        _content_type="application/apply-patch+yaml",
-        _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        _preload_content=False,
+        **_apply_options(dry_run),
     )
     return _json_body(response)
 
