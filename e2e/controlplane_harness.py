@@ -10,6 +10,7 @@ the environment a user would set: ``FAL_GRPC_HOST``, ``FAL_KEY`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -326,19 +327,58 @@ def deploying_plane(
     e2e_logs: list[pathlib.Path],
 ) -> Iterator[ControlPlaneProcess]:
     """A control plane whose deploys reach ``running``'s gateway and name its public URLs."""
+    with plane_for_test(
+        cluster,
+        tls=cp_tls,
+        key_namespace=key_namespace,
+        tmp_path=tmp_path,
+        e2e_logs=e2e_logs,
+        arguments=(*gateway_arguments(running), "--deploy-timeout=180"),
+    ) as process:
+        yield process
+
+
+def gateway_arguments(system: whole.System, *, relay_files: bool = False) -> tuple[str, ...]:
+    """The control plane's flags that point it at ``system``'s gateway: its admin listener (each
+    runner's in-flight requests), the public URLs a deploy prints and, with ``relay_files``, the
+    REST listener ``/files/*`` is relayed to."""
+    relay = (
+        (
+            f"--gateway-rest-url=https://127.0.0.1:{system.rest_port}",
+            f"--gateway-rest-ca={system.ca}",
+        )
+        if relay_files
+        else ()
+    )
+    return (
+        f"--gateway-admin-url=http://127.0.0.1:{system.ports.admin}",
+        *relay,
+        f"--public-run-url=https://127.0.0.1:{system.ports.run}",
+        f"--public-queue-url=https://127.0.0.1:{system.ports.queue}",
+    )
+
+
+@contextlib.contextmanager
+def plane_for_test(
+    cluster: ClusterHandle,
+    *,
+    tls: localca.LocalTls,
+    key_namespace: str,
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
+    arguments: tuple[str, ...] = (),
+) -> Iterator[ControlPlaneProcess]:
+    """A control plane process for one test, its log kept with the test's e2e logs."""
     log_path = tmp_path / "controlplane.log"
     e2e_logs.append(log_path)
     process = ControlPlaneProcess(
         kubeconfig=cluster.kubeconfig,
-        tls=cp_tls,
+        tls=tls,
         key_namespace=key_namespace,
         log_path=log_path,
-        arguments=(
-            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
-            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
-            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
-            "--deploy-timeout=180",
-        ),
+        arguments=arguments,
     ).start()
-    yield process
-    process.stop()
+    try:
+        yield process
+    finally:
+        process.stop()

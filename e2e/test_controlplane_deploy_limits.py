@@ -43,17 +43,15 @@ def limited_plane(
     tmp_path: pathlib.Path,
     e2e_logs: list[pathlib.Path],
 ) -> Iterator[ControlPlaneProcess]:
-    log_path = tmp_path / "controlplane.log"
-    e2e_logs.append(log_path)
-    process = ControlPlaneProcess(
-        kubeconfig=cluster.kubeconfig,
+    with harness.plane_for_test(
+        cluster,
         tls=cp_tls,
         key_namespace=key_namespace,
-        log_path=log_path,
+        tmp_path=tmp_path,
+        e2e_logs=e2e_logs,
         arguments=("--max-deploys=1", "--deploy-timeout=600"),
-    ).start()
-    yield process
-    process.stop()
+    ) as process:
+        yield process
 
 
 def _falapp(api_client: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:

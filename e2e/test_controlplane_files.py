@@ -46,24 +46,18 @@ def files_plane(
     e2e_logs: list[pathlib.Path],
 ) -> Iterator[ControlPlaneProcess]:
     """A control plane that relays /files/* to ``running``'s gateway and deploys there."""
-    log_path = tmp_path / "controlplane.log"
-    e2e_logs.append(log_path)
-    process = ControlPlaneProcess(
-        kubeconfig=cluster.kubeconfig,
+    with harness.plane_for_test(
+        cluster,
         tls=cp_tls,
         key_namespace=key_namespace,
-        log_path=log_path,
+        tmp_path=tmp_path,
+        e2e_logs=e2e_logs,
         arguments=(
-            f"--gateway-admin-url=http://127.0.0.1:{running.ports.admin}",
-            f"--gateway-rest-url=https://127.0.0.1:{running.rest_port}",
-            f"--gateway-rest-ca={running.ca}",
-            f"--public-run-url=https://127.0.0.1:{running.ports.run}",
-            f"--public-queue-url=https://127.0.0.1:{running.ports.queue}",
+            *harness.gateway_arguments(running, relay_files=True),
             "--deploy-timeout=180",
         ),
-    ).start()
-    yield process
-    process.stop()
+    ) as process:
+        yield process
 
 
 def _env(
