@@ -68,6 +68,11 @@ class OperatorConfig:
     actuator_interval_seconds: float = 0.15
     """At most one replicas write per app per this interval (KUBEFAL_ACTUATOR_INTERVAL);
     bursts of signals converge to the latest one."""
+    unclaimed_signals_limit: int = 1000
+    """Scaling signals held for apps the operator does not know yet, at most this many (the
+    oldest goes first; KUBEFAL_UNCLAIMED_SIGNALS_LIMIT)."""
+    unclaimed_signal_seconds: float = 60.0
+    """How long such a signal is held before it is dropped (KUBEFAL_UNCLAIMED_SIGNAL_SECONDS)."""
     runner_keys: bool = False
     """Give every FalApp without its own key a storage-only key of its namespace as FAL_KEY
     (KUBEFAL_RUNNER_KEYS; default: on when KUBEFAL_RUNNER_FAL_REST_HOST is set). See
@@ -137,6 +142,8 @@ class OperatorConfig:
             else settings.runner_keys,
             key_namespace=settings.key_namespace or gateway_namespace,
             actuator_interval_seconds=settings.actuator_interval,
+            unclaimed_signals_limit=settings.unclaimed_signals_limit,
+            unclaimed_signal_seconds=settings.unclaimed_signal_seconds,
             gateway=status.Gateway(
                 queue_url=settings.gateway_queue_url
                 or f"http://kubefal-gateway-queue.{namespace}.svc",
@@ -265,6 +272,17 @@ class OperatorSettings(ProcessSettings):
         gt=0,
         description="At most one replicas write per app per this many seconds; bursts of "
         "signals converge to the latest one.",
+    )
+    unclaimed_signals_limit: int = Field(
+        default=_CONFIG.unclaimed_signals_limit,
+        ge=0,
+        description="Scaling signals held for apps the operator does not know yet (the "
+        "gateway may see a new FalApp first), at most this many; the oldest goes first.",
+    )
+    unclaimed_signal_seconds: float = Field(
+        default=_CONFIG.unclaimed_signal_seconds,
+        gt=0,
+        description="How long a signal for an app the operator does not know is held.",
     )
     gateway_queue_url: str | None = Field(
         default=None,

@@ -42,9 +42,9 @@ class MissingApiError(ReconcileError):
         super().__init__(message, retry=True)
 
 
-UNCLAIMED_SIGNALS_LIMIT: Final = 1000
+UNCLAIMED_SIGNALS_LIMIT: Final = operator_config.OperatorConfig.unclaimed_signals_limit
 """Default of :attr:`UnclaimedSignals.limit`: signals held for apps not known yet."""
-UNCLAIMED_SIGNAL_SECONDS: Final = 60.0
+UNCLAIMED_SIGNAL_SECONDS: Final = operator_config.OperatorConfig.unclaimed_signal_seconds
 """Default of :attr:`UnclaimedSignals.max_age_seconds`: how long such a signal is kept."""
 
 
@@ -249,6 +249,10 @@ async def start(config: operator_config.OperatorConfig) -> Operator:
         kube=client,
         instruments=instruments,
         catalogue=livestate.CatalogueState(catalogue=catalogue, source=source),
+        unclaimed_signals=UnclaimedSignals(
+            limit=config.unclaimed_signals_limit,
+            max_age_seconds=config.unclaimed_signal_seconds,
+        ),
     )
     if config.runner_keys:
         op.runner_key_store = runner_keys.RunnerKeys(client, config.key_namespace)

@@ -205,3 +205,12 @@ def test_each_instance_has_its_own_registry() -> None:
     assert (
         _sample(second, "kubefal_operator_reconciles_total", kind="FalApp", result="unchanged") == 0
     )
+
+
+def test_the_limits_on_signals_for_unknown_apps_are_settings() -> None:
+    defaults = config.OperatorConfig.from_environment({})
+    assert (defaults.unclaimed_signals_limit, defaults.unclaimed_signal_seconds) == (1000, 60.0)
+    settings = config.OperatorConfig.from_environment(
+        {"KUBEFAL_UNCLAIMED_SIGNALS_LIMIT": "5", "KUBEFAL_UNCLAIMED_SIGNAL_SECONDS": "2.5"}
+    )
+    assert (settings.unclaimed_signals_limit, settings.unclaimed_signal_seconds) == (5, 2.5)
