@@ -89,6 +89,12 @@ def test_the_control_plane_runs_the_operator_image_with_the_settings_the_chart_g
     assert loaded.public_run_url == f"https://kubefal-gateway-run.{NAMESPACE}.svc"
     assert loaded.public_queue_url == f"https://kubefal-gateway-queue.{NAMESPACE}.svc"
     assert (loaded.max_workers, loaded.deploy_timeout, loaded.max_list_items) == (8, 900.0, 5000)
+    assert (loaded.max_deploys, loaded.deploy_slots) == (2, 2)
+    scaled = parse_settings(
+        find(render({"controlPlane": {"maxDeploys": 5}}), "Deployment", "kubefal-controlplane"),
+        monkeypatch,
+    )
+    assert scaled.max_deploys == 5
     for probe in ("readinessProbe", "livenessProbe"):
         assert box[probe]["tcpSocket"] == {"port": "grpc"}
     context = box["securityContext"]
