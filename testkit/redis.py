@@ -7,11 +7,13 @@ acknowledged), restarts it on the same port, stalls it with SIGSTOP, and stops i
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 
 from testkit import ports, waiting
 
@@ -103,6 +105,15 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The server stalled (`stall`) for the ``with`` block and resumed however it ends."""
+        self.stall()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def kill(self) -> None:
         """kill -9; with ``durable`` nothing acknowledged is lost."""

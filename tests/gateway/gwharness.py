@@ -242,6 +242,21 @@ async def read_http_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]
     return head, await reader.readexactly(length)
 
 
+def gateway_on_redis(workdir: pathlib.Path, redis_url: str, app_id: str) -> tuple[Gateway, Runner]:
+    """A runner serving ``app_id`` (public, no TLS) behind a gateway whose queue is the Redis at
+    ``redis_url``, with a 0.5 s Redis command timeout so a stalled server shows at once."""
+    runner = Runner(workdir=workdir, max_multiplexing=2)
+    static = {"apps": [{"id": app_id, "auth": "public", "runners": [runner.url]}]}
+    gateway = Gateway(
+        workdir=workdir,
+        static_config=static,
+        tls=None,
+        store=redis_url,
+        extra_args=["--redis-timeout", "0.5"],
+    )
+    return gateway, runner
+
+
 def run_client(script: str, *, env: dict[str, str], timeout: float = 180.0) -> Any:
     """Run `script` with the real fal_client in a fresh interpreter; it prints one JSON value
     through `emit(value)`. Returns that value."""

@@ -4,9 +4,7 @@ the queued jobs of a removed app (completed with an error, webhooks fired)."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
 from typing import Any
 
 import gwharness
@@ -61,23 +59,12 @@ def test_a_submit_beyond_the_queue_depth_limit_gets_429_with_retry_after(
 def test_a_stalled_redis_makes_submits_fail_fast_with_503_and_readyz_not_ready(
     tmp_path: pathlib.Path, redis_server: RedisServer
 ) -> None:
-    runner = gwharness.Runner(workdir=tmp_path, max_multiplexing=2)
-    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
-    gateway = gwharness.Gateway(
-        workdir=tmp_path,
-        static_config=static,
-        tls=None,
-        store=redis_server.url,
-        extra_args=["--redis-timeout", "0.5"],
-    )
-    assert redis_server.process is not None
-    redis_pid = redis_server.process.pid
+    gateway, runner = gwharness.gateway_on_redis(tmp_path, redis_server.url, APP)
     with gwharness.cleanup(gateway, runner), httpx.Client(timeout=30) as client:
         runner.wait_ready()
         gateway.wait_ready([APP])
         before = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "before"})
-        os.kill(redis_pid, signal.SIGSTOP)
-        try:
+        with redis_server.stalled():
             # The client's 30 s timeout bounds these calls; without the fix a submit hangs.
             during = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "during"})
             readyz: list[httpx.Response] = []
@@ -87,8 +74,6 @@ def test_a_stalled_redis_makes_submits_fail_fast_with_503_and_readyz_not_ready(
                 return readyz[-1].status_code == 503
 
             waiting.wait_for(not_ready, timeout=30, description="/readyz reporting 503")
-        finally:
-            os.kill(redis_pid, signal.SIGCONT)
         waiting.wait_for(
             lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 200,
             timeout=30,

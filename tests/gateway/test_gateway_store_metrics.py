@@ -6,9 +6,7 @@ from the start. Real gateway processes and a real redis-server, stalled with SIG
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
 
 import gwharness
 import httpx
@@ -37,23 +35,12 @@ def _samples(text: str, name: str) -> dict[str, float]:
 def test_store_errors_are_counted_by_component_and_webhook_backlog_is_served(
     tmp_path: pathlib.Path, redis_server: RedisServer
 ) -> None:
-    runner = gwharness.Runner(workdir=tmp_path, max_multiplexing=2)
-    static = {"apps": [{"id": APP, "auth": "public", "runners": [runner.url]}]}
-    gateway = gwharness.Gateway(
-        workdir=tmp_path,
-        static_config=static,
-        tls=None,
-        store=redis_server.url,
-        extra_args=["--redis-timeout", "0.5"],
-    )
-    assert redis_server.process is not None
-    redis_pid = redis_server.process.pid
+    gateway, runner = gwharness.gateway_on_redis(tmp_path, redis_server.url, APP)
     with gwharness.cleanup(gateway, runner), httpx.Client(timeout=30) as client:
         runner.wait_ready()
         gateway.wait_ready([APP])
         before = client.get(f"{gateway.admin_url}/metrics").text
-        os.kill(redis_pid, signal.SIGSTOP)
-        try:
+        with redis_server.stalled():
             during = client.post(f"{gateway.queue_url}/{APP}", json={"tag": "during"})
             waiting.wait_for(
                 lambda: client.get(f"{gateway.admin_url}/readyz").status_code == 503,
@@ -61,8 +48,6 @@ def test_store_errors_are_counted_by_component_and_webhook_backlog_is_served(
                 description="/readyz reporting 503",
             )
             scrape = client.get(f"{gateway.admin_url}/metrics")
-        finally:
-            os.kill(redis_pid, signal.SIGCONT)
     assert during.status_code == 503
     assert scrape.status_code == 200, scrape.text
     after = scrape.text

@@ -4,8 +4,6 @@ commits, deleted apps. Real SQLite files and a real redis-server (conftest.py)."
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -272,9 +270,7 @@ async def test_a_stalled_redis_fails_calls_fast_and_the_store_recovers(
     try:
         accepted = make_job("before-the-stall")
         await store.submit(accepted)
-        assert redis_server.process is not None
-        os.kill(redis_server.process.pid, signal.SIGSTOP)
-        try:
+        with redis_server.stalled():
             # A bound, not a timing assertion: without command timeouts these calls hang forever.
             async with asyncio.timeout(30):
                 with pytest.raises(queueing.QueueError):
@@ -283,8 +279,6 @@ async def test_a_stalled_redis_fails_calls_fast_and_the_store_recovers(
                     await store.ping()
                 with pytest.raises(queueing.QueueError):  # reconnecting to a stalled server
                     await store.submit(make_job("still-stalled"))
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
         await wait_for(lambda: _ping_ok(store), message="the store answering again")
         after = await store.submit(make_job("after-the-stall"))
         view = await store.view(accepted.request_id)
