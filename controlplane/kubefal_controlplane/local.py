@@ -33,27 +33,24 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import pathlib
-import re
 import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import pydantic
 
 from kubefal_api import apikeys, localrun, naming, v1alpha1
-from kubefal_controlplane import errors, gateway_admin, mapping
+from kubefal_controlplane import errors, gateway_admin, local_logs, mapping
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -76,110 +73,6 @@ def _merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
         else:
             base[key] = copy.deepcopy(value)
     return base
-
-
-def _process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    return True
-
-
-_ASCTIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) ")
-FOLLOW_POLL_SECONDS = 0.2
-
-
-def _timestamp(text: str) -> datetime.datetime:
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.datetime.now(tz=datetime.UTC)
-
-
-def _rfc3339(at: datetime.datetime) -> str:
-    return at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class LogStamper:
-    """The time of each runner log line: the one it carries (the runner's JSON lines have a
-    ``timestamp``, its Python log lines start with a local ``asctime``), else the previous
-    line's (the first: when the process started)."""
-
-    def __init__(self, start: datetime.datetime) -> None:
-        self.last = start
-
-    def time_of(self, line: str) -> datetime.datetime | None:
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                value = json.loads(line).get("timestamp")
-                if isinstance(value, str):
-                    at = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-                    return at if at.tzinfo else at.replace(tzinfo=datetime.UTC)
-        match = _ASCTIME.match(line)
-        if match is not None:
-            with contextlib.suppress(ValueError):
-                local = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
-                at = local.replace(microsecond=int(match.group(2)) * 1000).astimezone()
-                return at.astimezone(datetime.UTC)
-        return None
-
-    def stamp(self, lines: list[str]) -> list[tuple[datetime.datetime, str]]:
-        stamped = []
-        for line in lines:
-            self.last = max(self.last, self.time_of(line) or self.last)
-            stamped.append((self.last, line))
-        return stamped
-
-
-class _LogTail:
-    """``.stream()`` over a runner's log file: the history, then lines as they are written
-    (time-less ones stamped when read), until the runner exits. Yields an empty chunk every
-    poll, so the reader can stop between chunks."""
-
-    def __init__(self, runner: localrun.RunnerProcess, history: bytes) -> None:
-        self.runner = runner
-        self.history = history
-
-    def stream(self, amount: int, decode_content: bool = True) -> Iterator[bytes]:
-        yield self.history
-        try:
-            file = open(self.runner.log, "rb")  # noqa: SIM115 - closed below
-        except OSError:
-            return
-        with file:
-            file.seek(0, os.SEEK_END)
-            pending = b""
-            while True:
-                chunk = file.read(amount)
-                if chunk:
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
-                    now = datetime.datetime.now(tz=datetime.UTC)
-                    stamper = LogStamper(now)
-                    yield b"".join(
-                        f"{_rfc3339(at)} {line}\n".encode()
-                        for at, line in stamper.stamp(
-                            [raw.decode("utf-8", "replace") for raw in complete if raw]
-                        )
-                    )
-                    continue
-                if not _process_alive(self.runner.pid):
-                    return
-                time.sleep(FOLLOW_POLL_SECONDS)
-                yield b""
-
-    def close(self) -> None:
-        """Nothing held between reads."""
-
-    def release_conn(self) -> None:
-        """As the Kubernetes client's response has it."""
 
 
 class LocalRun:
@@ -323,7 +216,7 @@ class LocalRun:
         after = spec.get("scaling", {}).get("maxMultiplexing")
         if after != before:
             runner = self._runner()
-            if runner is not None and _process_alive(runner.pid):
+            if runner is not None and local_logs.process_alive(runner.pid):
                 self._replace(runner, signal.SIGTERM)
         return app
 
@@ -399,7 +292,7 @@ class LocalRun:
         runner = self._runner()
         if runner is None:
             return None
-        alive = _process_alive(runner.pid)
+        alive = local_logs.process_alive(runner.pid)
         stopping = self._stopping(runner)
         ready = alive and not stopping and self._ready(runner)
         metadata: dict[str, Any] = {
@@ -478,13 +371,17 @@ class LocalRun:
 
     def delete_pod(self, namespace: str, name: str, *, grace_seconds: int | None) -> None:
         runner = self._runner()
-        if runner is None or self._pod_name(runner) != name or not _process_alive(runner.pid):
+        if (
+            runner is None
+            or self._pod_name(runner) != name
+            or not local_logs.process_alive(runner.pid)
+        ):
             raise errors.not_found(f"runner {name} is not running")
         self._replace(runner, signal.SIGKILL if grace_seconds == 0 else signal.SIGTERM)
 
     def restart_runners(self, namespace: str, app_name: str, *, at: str) -> None:
         runner = self._runner()
-        if runner is None or not _process_alive(runner.pid):
+        if runner is None or not local_logs.process_alive(runner.pid):
             raise errors.failed_precondition(
                 f"{namespace}/{app_name} has no runner process right now; kubefal run starts one"
             )
@@ -523,7 +420,7 @@ class LocalRun:
         lines = data.decode("utf-8", "replace").split("\n")
         if start > runner.log_offset:
             lines = lines[1:]  # the first line was cut
-        stamped = LogStamper(_timestamp(runner.started)).stamp(
+        stamped = local_logs.LogStamper(local_logs.timestamp(runner.started)).stamp(
             [line for line in lines if line][-tail_lines:]
         )
         if since_seconds is not None:
@@ -531,7 +428,7 @@ class LocalRun:
                 seconds=since_seconds
             )
             stamped = [(at, line) for at, line in stamped if at >= cutoff]
-        return "".join(f"{_rfc3339(at)} {line}\n" for at, line in stamped).encode()
+        return "".join(f"{local_logs.rfc3339(at)} {line}\n" for at, line in stamped).encode()
 
     def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any:
         """New lines of the runner's log as they come (``.stream()``, like the Kubernetes
@@ -544,7 +441,7 @@ class LocalRun:
             tail_lines=self.settings.log_max_lines,
             limit_bytes=self.settings.log_max_bytes,
         )
-        return _LogTail(runner, history)
+        return local_logs.LogTail(runner, history)
 
     # ---- secrets ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from kubefal_api import apikeys, localrun
-from kubefal_controlplane import errors, local
+from kubefal_controlplane import errors, local, local_logs
 from kubefal_controlplane import settings as settings_module
 
 
@@ -119,7 +119,7 @@ def test_deploy_is_refused_naming_what_to_use_instead(tmp_path: pathlib.Path) ->
 
 def test_log_lines_take_their_own_time_or_the_previous_lines() -> None:
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    stamper = local.LogStamper(start)
+    stamper = local_logs.LogStamper(start)
 
     stamped = stamper.stamp(
         [
