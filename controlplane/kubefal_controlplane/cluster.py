@@ -19,6 +19,10 @@ The Kubernetes permissions this needs, and no more (its ServiceAccount's least p
   ``kubefal-secrets`` in each, so no right to list every Secret of the cluster is needed).
 
 The gateway, on the hot path, needs none of the write permissions.
+
+This module is over 500 lines because it is the one module that talks to the Kubernetes API
+for the control plane (the Backend the servicer uses), so every call, and the RBAC listed
+above, stays in one place to review.
 """
 
 from __future__ import annotations

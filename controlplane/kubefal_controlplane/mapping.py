@@ -17,6 +17,10 @@ Naming (fal's apps, environments and teams on Kubernetes):
   "Ignoring explicit team" notice. Keys act for their namespaces whatever ``--team`` says
   (fal's rule for keys).
 * The *revision* of an app is its FalApp's ``metadata.uid``.
+
+This module is over 500 lines because it is the one translation between fal's messages and
+Kubernetes objects, both ways (aliases, runners with their leases, scaling fields, ids and
+environments); every RPC module reads it, and a split would cut pairs of inverse functions.
 """
 
 from __future__ import annotations

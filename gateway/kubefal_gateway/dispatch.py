@@ -35,6 +35,10 @@ An attempt abandoned while the runner may still work on it (its `requestTimeout`
 with `cancel_abandoned`, the caller hung up) is cancelled on the runner with
 `POST /_kubefal/cancel/{request_id}`; a retry waits for that answer first, so the cancel cannot
 hit the retry, which carries the same request id.
+
+This module is over 500 lines because one attempt's life is in it: the per-app slots that
+admit it, the lease it holds, the forwarder that sends, retries and cancels it; they share the
+slot and lease state under one invariant (a slot is held exactly while a runner may work).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Retries follow dispatch.py (fal's policy within `--retry-budget`); a job submitt
 `x-fal-no-retry: 1` (or `true`) is sent to a runner at most once that may run it. The runner's
 answer is read up to `--max-result-bytes` and no further. A job's path carries its query string
 (`/sub?x=1`), as submitted.
+
+This module is over 500 lines because it is one loop, `QueueWorker`, that owns a job from
+lease to its single ``complete`` (dispatch, retries, cancellation, result and log capture);
+the policies it applies live in ``dispatch`` and ``queueing``.
 """
 
 from __future__ import annotations

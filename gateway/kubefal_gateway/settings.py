@@ -29,6 +29,10 @@ URLs and API keys come from the file instead of the Kubernetes API. `kubefal run
 
 Without `--static-config` the gateway discovers apps (FalApp objects), runners (their Pods) and
 API keys (Secrets labelled `kubefal.io/api-key=true`) through the Kubernetes API.
+
+This module is over 500 lines because it is the gateway's one settings model: every flag
+with the description that is also its ``--help`` text, and the checks that involve more than
+one setting; split, the help and the cross-checks would no longer be read in one place.
 """
 
 from __future__ import annotations

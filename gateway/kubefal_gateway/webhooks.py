@@ -42,6 +42,10 @@ connects to the checked address and follows no redirects. A refused target is gi
 
 Fairness: per tenant (app namespace) concurrency and queue caps, see `WebhookWorker`. The HTTP
 client is httpx: webhooks are off the request hot path; the answer's body is never read.
+
+This module is over 500 lines because the outbox worker is one state machine (claim, deliver,
+back off, give up) with its per-tenant fairness and its signing; the target checks that can
+stand alone are already in ``webhook_targets``.
 """
 
 from __future__ import annotations
