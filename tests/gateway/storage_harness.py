@@ -11,10 +11,37 @@ import sys
 import sysconfig
 from typing import Any
 
+from kubefal_api import apikeys
 from tests.gateway import gwharness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FILES_APP = f"{gwharness.APPS_DIR / 'files_app.py'}::FilesApp"
+
+
+class FileGateway:
+    """A gateway serving files only: its REST listener and file store, no apps, and two keys
+    (``key`` for the namespace ``team``, ``other_key`` for ``other``); TLS when ``tls`` is
+    given, plain TCP otherwise. Not started: the caller starts it (``gwharness.cleanup``)."""
+
+    def __init__(self, workdir: pathlib.Path, *, tls: gwharness.Tls | None) -> None:
+        self.tls = tls
+        self.key = apikeys.generate_key()
+        self.other_key = apikeys.generate_key()
+        self.rest_port = gwharness.free_port()
+        self.gateway = gwharness.Gateway(
+            workdir=workdir,
+            tls=tls,
+            static_config={
+                "apps": [],
+                "keys": [
+                    {"key": str(self.key), "namespaces": "team"},
+                    {"key": str(self.other_key), "namespaces": "other"},
+                ],
+            },
+            extra_args=["--rest-port", str(self.rest_port), "--storage", str(workdir / "files")],
+        )
+        scheme = "https" if tls is not None else "http"
+        self.rest_url = f"{scheme}://127.0.0.1:{self.rest_port}"
 
 
 def hooked_python(directory: pathlib.Path) -> pathlib.Path:

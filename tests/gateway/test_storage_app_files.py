@@ -21,30 +21,15 @@ from tests.gateway import gwharness, storage_harness
 pytestmark = pytest.mark.slow
 
 
-class Stack:
+class Stack(storage_harness.FileGateway):
     def __init__(self, workdir: pathlib.Path) -> None:
-        self.tls = gwharness.Tls(workdir)
-        self.key = apikeys.generate_key()
-        self.other_key = apikeys.generate_key()
-        self.rest_port = gwharness.free_port()
-        self.gateway = gwharness.Gateway(
-            workdir=workdir,
-            tls=self.tls,
-            static_config={
-                "apps": [],
-                "keys": [
-                    {"key": str(self.key), "namespaces": "team"},
-                    {"key": str(self.other_key), "namespaces": "other"},
-                ],
-            },
-            extra_args=["--rest-port", str(self.rest_port), "--storage", str(workdir / "files")],
-        )
-        self.rest_url = f"https://127.0.0.1:{self.rest_port}"
+        self.ca = gwharness.Tls(workdir)
+        super().__init__(workdir, tls=self.ca)
 
     def http(self, key: apikeys.ApiKey | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.rest_url,
-            verify=str(self.tls.ca_path),
+            verify=str(self.ca.ca_path),
             timeout=60,
             headers={"Authorization": f"Key {key}"} if key is not None else {},
         )
@@ -85,7 +70,7 @@ def _sync(stack: Stack, python: pathlib.Path, app_dir: pathlib.Path, entries: li
         env={
             "FAL_REST_HOST": f"127.0.0.1:{stack.rest_port}",
             "FAL_KEY": str(stack.key),
-            "SSL_CERT_FILE": str(stack.tls.ca_path),
+            "SSL_CERT_FILE": str(stack.ca.ca_path),
         },
     )
 

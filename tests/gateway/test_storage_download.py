@@ -19,33 +19,16 @@ import pytest
 
 from kubefal_api import apikeys
 from kubefal_gateway import limits, zerocopy
-from tests.gateway import gwharness
+from tests.gateway import gwharness, storage_harness
 
 pytestmark = pytest.mark.slow
 
 SIZE = 9 * 1024 * 1024 + 333  # larger than a socket's send buffer: sendfile has to wait
 
 
-class Stack:
+class Stack(storage_harness.FileGateway):
     def __init__(self, workdir: pathlib.Path, *, tls: bool) -> None:
-        self.tls = gwharness.Tls(workdir) if tls else None
-        self.key = apikeys.generate_key()
-        self.other_key = apikeys.generate_key()
-        self.rest_port = gwharness.free_port()
-        self.gateway = gwharness.Gateway(
-            workdir=workdir,
-            tls=self.tls,
-            static_config={
-                "apps": [],
-                "keys": [
-                    {"key": str(self.key), "namespaces": "team"},
-                    {"key": str(self.other_key), "namespaces": "other"},
-                ],
-            },
-            extra_args=["--rest-port", str(self.rest_port), "--storage", str(workdir / "files")],
-        )
-        scheme = "https" if tls else "http"
-        self.rest_url = f"{scheme}://127.0.0.1:{self.rest_port}"
+        super().__init__(workdir, tls=gwharness.Tls(workdir) if tls else None)
         self.data = os.urandom(SIZE)
 
     def http(self) -> httpx.Client:
