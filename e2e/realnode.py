@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from testkit import certs
+from testkit import certs, processes
 
 NODE_NAME = "real-0"
 TAINT = {"key": "kubefal.dev/real-node", "value": "true", "effect": "NoSchedule"}
@@ -86,7 +86,9 @@ def _claim_host(state_dir: pathlib.Path, *, timeout: float) -> None:
             holder = json.loads(HOST_CLAIM.read_text() or "{}")
         except (OSError, ValueError):
             holder = {}
-        if holder.get("state_dir") == str(state_dir) or not _pid_alive(int(holder.get("pid", 0))):
+        if holder.get("state_dir") == str(state_dir) or not processes.alive(
+            int(holder.get("pid", 0))
+        ):
             HOST_CLAIM.unlink(missing_ok=True)
             continue
         if time.monotonic() > deadline:
@@ -107,21 +109,6 @@ def _release_host(state_dir: pathlib.Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         if json.loads(HOST_CLAIM.read_text()).get("state_dir") == str(state_dir):
             HOST_CLAIM.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        if pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 class RealNodeError(RuntimeError):
