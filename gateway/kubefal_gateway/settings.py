@@ -343,7 +343,11 @@ class Settings(ProcessSettings):
     idle_timeout: float = Field(
         default=75.0,
         gt=0,
-        description=("Seconds an idle keep-alive connection stays open between requests."),
+        description=(
+            "Seconds an idle keep-alive connection stays open between requests; also how long "
+            "a zero-copy file download (plain-TCP REST listener) waits for a client that reads "
+            "nothing before it disconnects it."
+        ),
     )
     max_connections: int = Field(
         default=4096,
