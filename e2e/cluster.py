@@ -9,7 +9,9 @@ thing from the binaries ``make testbin`` builds (``e2e/testbin.sh``):
   kube-controller-manager (every default controller: garbage collector, HPA, ...),
   kube-scheduler, and kwok, which plays kubelet for fake nodes and gives pods IPs in
   a /16 of 127.64.0.0/10 (one per local cluster: ``claim_pod_cidr``) so that a test can bind a
-  process to "the pod";
+  process to "the pod", and serves their kubelet API over TLS, so that pod logs reach the API
+  server (``kubectl logs``, ``fal runners logs``) from the file each pod's kwok ``Logs`` object
+  names (``e2e/podrunner.py`` writes its processes' output there in the CRI log format);
 * fake nodes: two CPU nodes and GPU nodes labelled like GPU Feature Discovery does
   (``nvidia.com/gpu.product``), tainted ``nvidia.com/gpu=present:NoSchedule`` as GPU
   node pools usually are, with region and zone labels.
@@ -55,6 +57,8 @@ POD_CIDR = "127.64.0.0/16"
 POD_CIDR_CLAIMS = pathlib.Path("/tmp/kubefal-pod-cidrs")
 """One file per /16 of 127.64.0.0/10 a local cluster's kwok uses, holding that kwok's PID."""
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+KWOK_LOGS_CRD = REPO_ROOT / "e2e" / "crds" / "kwok.x-k8s.io" / "kwok.x-k8s.io_logs.yaml"
+"""kwok's ``Logs``: which file holds a pod's container log, for its kubelet API (pods/log)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +152,14 @@ class Pki:
                 ExtendedKeyUsageOID.CLIENT_AUTH,
                 [],
                 [],
+            ),
+            # kwok's kubelet API (pod logs): the API server reaches it at the nodes' InternalIP.
+            "kubelet": (
+                certs.subject_name("kwok-kubelet"),
+                (ca, ca_key),
+                ExtendedKeyUsageOID.SERVER_AUTH,
+                ["localhost"],
+                ["127.0.0.1"],
             ),
             "front-proxy-client": (
                 certs.subject_name("front-proxy-client"),
@@ -364,6 +376,8 @@ class LocalCluster:
         self.components: list[Component] = []
         self.testbin: pathlib.Path | None = None
         self.server = ""
+        self.kubelet_port = 0
+        """kwok's kubelet API (pod logs) on 127.0.0.1; 0 on a cluster started before it had one."""
         self.owned = True
 
     # -- lifecycle --
@@ -382,6 +396,7 @@ class LocalCluster:
         cluster = cls(state_dir)
         cluster.components = components
         cluster.server = state["server"]
+        cluster.kubelet_port = int(state.get("kubelet_port", 0))
         cluster.testbin = pathlib.Path(state["testbin"])
         cluster.owned = False
         cluster.real_node = (state_dir / realnode.STATE_FILE).exists()
@@ -592,7 +607,9 @@ class LocalCluster:
                 "--v=1",
             ],
         )
+        self._install_kwok_logs_crd()
         pod_cidr, claim = claim_pod_cidr()
+        self.kubelet_port = free_port()
         kwok = self._spawn(
             "kwok",
             [
@@ -605,11 +622,25 @@ class LocalCluster:
                 f"--cidr={pod_cidr}",
                 "--node-ip=127.0.0.1",
                 "--node-lease-duration-seconds=40",
+                # The kubelet API of every fake node (kubectl logs, pods/log): each pod's log is
+                # the CRI-format file its Logs object names (e2e/podrunner.py writes both).
+                f"--node-port={self.kubelet_port}",
+                f"--server-address=127.0.0.1:{self.kubelet_port}",
+                f"--tls-cert-file={self.pki.path('kubelet.crt')}",
+                f"--tls-private-key-file={self.pki.path('kubelet.key')}",
+                "--enable-crds=Logs",
                 "-c",
                 str(self.testbin / "kwok-stages.yaml"),
             ],
         )
         claim.write_text(str(kwok.pid))  # claimed while this cluster's kwok lives
+
+    def _install_kwok_logs_crd(self) -> None:
+        """kwok's Logs CRD (vendored from the pinned kwok), Established before kwok watches it."""
+        self.kubectl("apply", "-f", str(KWOK_LOGS_CRD))
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/logs.kwok.x-k8s.io"
+        )
 
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
         result = subprocess.run(
@@ -651,6 +682,7 @@ class LocalCluster:
     def _write_state(self) -> None:
         state = {
             "server": self.server,
+            "kubelet_port": self.kubelet_port,
             "testbin": str(self.testbin),
             "kubeconfig": str(self.kubeconfig),
             "components": [dataclasses.asdict(c) | {"log": str(c.log)} for c in self.components],

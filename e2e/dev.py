@@ -148,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if running is None:
             print("# starting the local control plane …", flush=True)
             running = local_cluster.LocalCluster().start()
+        elif not running.kubelet_port:
+            print(
+                "# this local control plane serves no pod logs (fal runners logs, kubectl logs): "
+                "it predates them; `make cluster-down` and run `make dev` again",
+                flush=True,
+            )
         kubeconfig = running.kubeconfig
     core = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
     _ensure_namespace(core, KEY_NAMESPACE)
@@ -198,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fal_cli = pathlib.Path(sys.executable).parent / "fal"
         print(f"# fal CLI: set -a; source {env_file}; set +a; {fal_cli} apps list")
         print(f"#          {fal_cli} runners list; {fal_cli} files list /data (same lines)")
+        print(f"#          {fal_cli} runners logs <runner id> [--follow] (a runner pod's output)")
         print(
             "# Ctrl-C removes the examples and stops the gateway, operator, control plane "
             "and runners",

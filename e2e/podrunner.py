@@ -8,6 +8,13 @@ materialised in a temporary directory; when the pod is deleted it sends SIGTERM 
 kubelet would) and SIGKILL after the grace period. The gateway then reaches "the pod" at
 its IP exactly as in a cluster.
 
+The process's output (stdout and stderr, merged) goes to ``container.log`` as it is, and to
+``container.cri.log`` in the CRI log format containerd writes (``<RFC 3339 nano> stdout F|P
+<line>``). A kwok ``Logs`` object named after the pod (owned by it, so it goes with it) names
+that file, and the local cluster's kwok serves it as the kubelet would (``e2e/cluster.py``): the
+API server's ``pods/log``, ``kubectl logs`` and ``fal runners logs`` read the pod's real output.
+On a cluster without kwok's Logs CRD, no object is written and pod logs stay unavailable.
+
 Only loopback pod IPs are accepted: traffic never leaves this machine.
 """
 
@@ -27,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
@@ -44,6 +51,7 @@ class PodProcess:
     log: pathlib.Path
     workdir: pathlib.Path
     grace_seconds: float
+    cri_log: pathlib.Path | None = None
 
 
 class PodRunner:
@@ -63,6 +71,7 @@ class PodRunner:
         root: pathlib.Path | None = None,
     ) -> None:
         self.core = k8s.CoreV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
         self.namespace = namespace
         self.label_selector = label_selector
         self.root = root or pathlib.Path(tempfile.mkdtemp(prefix="kubefal-pods-"))
@@ -265,16 +274,25 @@ class PodRunner:
         env["KUBEFAL_POD_NAME"] = pod.metadata.name
         env["KUBEFAL_POD_IP"] = pod.status.pod_ip
         log = workdir / "container.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                cwd=localise(container.working_dir) if container.working_dir else workdir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        cri_log = workdir / "container.cri.log"
+        cri_log.touch()
+        write_logs_object(self.custom, pod, container.name, cri_log)
+        process = subprocess.Popen(
+            argv,
+            cwd=localise(container.working_dir) if container.working_dir else workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        threading.Thread(
+            target=_copy_output,
+            args=(process.stdout, log, cri_log),
+            name=f"pod-log {_key(pod)}",
+            daemon=True,
+        ).start()
         grace = float(pod.spec.termination_grace_period_seconds or 30)
         with self._lock:
             self.processes[_key(pod)] = PodProcess(
@@ -285,6 +303,7 @@ class PodRunner:
                 log=log,
                 workdir=workdir,
                 grace_seconds=grace,
+                cri_log=cri_log,
             )
             self.started_total += 1
 
@@ -304,6 +323,85 @@ class PodRunner:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+KWOK_GROUP = "kwok.x-k8s.io"
+CRI_RECORD_BYTES = 16 * 1024
+"""A longer line is split into partial (``P``) records, as containerd splits at 16 KiB."""
+
+
+def write_logs_object(
+    custom: k8s.CustomObjectsApi, pod: k8s.V1Pod, container: str, path: pathlib.Path
+) -> bool:
+    """kwok's ``Logs`` for ``pod``: its ``container``'s log is the CRI-format file ``path``.
+
+    Owned by the pod, so it goes with it. False when the cluster has no Logs CRD (or this
+    client no right to it): then the pod's log stays unavailable.
+    """
+    name, namespace = pod.metadata.name, pod.metadata.namespace
+    body = {
+        "apiVersion": f"{KWOK_GROUP}/v1alpha1",
+        "kind": "Logs",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod.metadata.uid}
+            ],
+        },
+        "spec": {"logs": [{"containers": [container], "logsFile": str(path)}]},
+    }
+    api = (KWOK_GROUP, "v1alpha1", namespace, "logs")
+    try:
+        custom.create_namespaced_custom_object(*api, body)
+    except k8s.ApiException as error:
+        if error.status in (403, 404):
+            return False
+        if error.status != 409:
+            raise
+        # Left by an earlier pod of this name (garbage collection may not have run yet).
+        custom.patch_namespaced_custom_object(*api, name, body)
+    return True
+
+
+def _cri_time() -> bytes:
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos:09d}Z".encode()
+
+
+def _cri_records(content: bytes, *, ends_line: bool) -> bytes:
+    """``content`` (no newline in it) as CRI records, the last one full (F) if it ends a line."""
+    pieces = [content[i : i + CRI_RECORD_BYTES] for i in range(0, len(content), CRI_RECORD_BYTES)]
+    pieces = pieces or [b""]
+    stamp = _cri_time()
+    return b"".join(
+        stamp
+        + (b" stdout F " if ends_line and i == len(pieces) - 1 else b" stdout P ")
+        + piece
+        + b"\n"
+        for i, piece in enumerate(pieces)
+    )
+
+
+def _copy_output(source: IO[bytes], plain_path: pathlib.Path, cri_path: pathlib.Path) -> None:
+    """Copy a pod process's output, as it comes, to its plain log and as CRI records (one per
+    line, stamped when read) to its CRI log, until the process and its children close it.
+    A line still without its newline waits (at most ``CRI_RECORD_BYTES``) in memory."""
+    pending = b""
+    with source, plain_path.open("ab", buffering=0) as plain, cri_path.open("ab") as cri:
+        while chunk := os.read(source.fileno(), 64 * 1024):
+            plain.write(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            records = [_cri_records(line, ends_line=True) for line in lines]
+            if len(pending) >= CRI_RECORD_BYTES:
+                cut = len(pending) - len(pending) % CRI_RECORD_BYTES
+                records.append(_cri_records(pending[:cut], ends_line=False))
+                pending = pending[cut:]
+            if records:
+                cri.write(b"".join(records))
+                cri.flush()
+        if pending:
+            cri.write(_cri_records(pending, ends_line=True))
 
 
 _BIND_AND_EXEC = (

@@ -4,7 +4,9 @@ using nothing but the lines it writes to its env file.
 ``python -m e2e.dev --kubeconfig`` runs the whole system on the session's cluster (operator,
 gateway, runner pods as processes, control plane); a shell that sources the env file deploys
 with the unmodified ``fal`` CLI, calls the app with ``fal_client``, scales it without
-restarting its runner, and SIGINT stops everything ``make dev`` started.
+restarting its runner, reads and follows the runner's own log with ``fal runners logs`` (the
+runner pod's output, through the local cluster's kwok kubelet API), and SIGINT stops everything
+``make dev`` started.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import uuid
 
 from kubernetes import client as k8s
 
@@ -44,6 +47,55 @@ def _run(argv: list[str], env: dict[str, str]) -> str:
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def _call(namespace: str, tag: str, env: dict[str, str]) -> dict[str, object]:
+    called = _run(
+        [
+            sys.executable,
+            "-c",
+            "import fal_client, json; print(json.dumps(fal_client.subscribe("
+            f"'{namespace}/sleepy-dev', arguments={{'tag': '{tag}'}})))",
+        ],
+        env,
+    )
+    result: dict[str, object] = json.loads(called.strip().splitlines()[-1])
+    return result
+
+
+def _follow_shows(pod: str, namespace: str, env: dict[str, str]) -> None:
+    """``fal runners logs --follow`` prints a line the runner writes after it started."""
+    follower = subprocess.Popen(
+        [str(FAL_CLI), "runners", "logs", pod, "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tag = f"followed-{uuid.uuid4().hex[:8]}"
+    printed: list[str] = []
+    try:
+        assert follower.stdout is not None
+        stdout = follower.stdout
+        os.set_blocking(stdout.fileno(), False)
+
+        def streaming(text: str) -> bool:
+            if follower.poll() is not None:
+                raise AssertionError(f"fal exited with {follower.returncode}: {printed}")
+            while line := stdout.readline():
+                printed.append(line)
+            return any(text in line for line in printed)
+
+        # Written before or after the stream opens: it replays the last minute first.
+        assert _call(namespace, tag, env)["tag"] == tag
+        waiting.wait_for(
+            lambda: streaming(f"sleeping 0.0s for {tag}"),
+            timeout=120,
+            description="the followed line",
+        )
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
 
 
 def _runner_pods(api_client: k8s.ApiClient, namespace: str) -> set[tuple[str, str]]:
@@ -91,16 +143,7 @@ def test_make_dev_serves_fal_deploy_fal_client_and_fal_apps_scale_from_its_env_f
             [str(FAL_CLI), "deploy", f"{APP_FILE}::Sleepy", "--app-name", "sleepy-dev"],
             env,
         )
-        called = _run(
-            [
-                sys.executable,
-                "-c",
-                "import fal_client, json; print(json.dumps(fal_client.subscribe("
-                f"'{namespace}/sleepy-dev', arguments={{'tag': 'dev'}})))",
-            ],
-            env,
-        )
-        assert json.loads(called.strip().splitlines()[-1])["tag"] == "dev"
+        assert _call(namespace, "dev", env)["tag"] == "dev"
         runners = _runner_pods(api_client, namespace)
         assert len(runners) == 1
 
@@ -127,6 +170,13 @@ def test_make_dev_serves_fal_deploy_fal_client_and_fal_apps_scale_from_its_env_f
         assert [a["keep_alive"] for a in listed["apps"] if a["alias"].endswith("/sleepy-dev")] == [
             120
         ]
+
+        # The runner's own log lines (the app's print, as the runner pod wrote it), while the
+        # 120 s keep-alive holds the runner.
+        [(pod, _)] = runners
+        logs = _run([str(FAL_CLI), "runners", "logs", pod], env)
+        assert "sleeping 0.0s for dev" in logs
+        _follow_shows(pod, namespace, env)
 
         # fal files goes to FAL_GRPC_HOST's REST half; the control plane relays it to the
         # gateway's /data (make dev passes --gateway-rest-url).

@@ -4,10 +4,11 @@ fal's CLI sends ``fal runners logs`` to the gRPC host over HTTP/1.1 (``GET /runn
 ``POST /logs/history``, ``POST /logs/stream``); the control plane's TLS front door hands those
 connections to its REST routes, which read the runner pod's log through the Kubernetes API.
 
-Pod logs reach the API server from a kubelet. Here a kwok process of this module plays the
-kubelet of one node: it serves the kubelet API (``--server-address``, the kubelet's own CRI
-log reader) and maps the test's runner pods to a log file the test writes in the CRI format
-containerd writes (``<RFC 3339 nano> stdout F <line>``). So the API server, its
+Pod logs reach the API server from a kubelet. On the local cluster kwok serves the kubelet API
+of its nodes (the kubelet's own CRI log reader, ``e2e/cluster.py``) and reads each pod's log
+from the file its kwok ``Logs`` object names; the pod runner writes one per pod it runs. Here
+the test writes the runner pod's log file itself, in the CRI format containerd writes
+(``<RFC 3339 nano> stdout F <line>``), to choose the lines' times. So the API server, its
 ``pods/log`` path, the control plane and the CLI are all real; only the file's writer stands in
 for the container runtime.
 """
@@ -21,28 +22,23 @@ import os
 import pathlib
 import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client as k8s
 
-from e2e import cluster as local_cluster
 from e2e import controlplane_harness as harness
+from e2e import podrunner
 from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import ControlPlaneProcess, create_falapp, create_key
 from kubefal_api import apikeys, naming
-from kubefal_cli import localca
 from testkit import waiting
 
 cp_tls = harness.cp_tls
 key_namespace = harness.key_namespace
 key = harness.key
 plane = harness.plane
-
-START = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
 
 
 def _stamp(at: datetime.datetime) -> str:
@@ -55,138 +51,38 @@ def _write(path: pathlib.Path, lines: list[tuple[datetime.datetime, str]]) -> No
             out.write(f"{_stamp(at)} stdout F {message}\n")
 
 
-RUNNER_SLOTS = 12
-
-
-class LogNode:
-    """A node played by a kwok of this module; pod ``<prefix>-<i>`` logs to ``files[i]``."""
-
-    def __init__(self, name: str, prefix: str, files: list[pathlib.Path]) -> None:
-        self.name = name
-        self.prefix = prefix
-        self.files = files
-        self.used = 0
-
-    def take(self) -> tuple[str, pathlib.Path]:
-        assert self.used < len(self.files), "raise RUNNER_SLOTS"
-        self.used += 1
-        return f"{self.prefix}-{self.used - 1}", self.files[self.used - 1]
-
-
-@pytest.fixture(scope="module")
-def log_node(
-    cluster: ClusterHandle,
-    api_client: k8s.ApiClient,
-    cp_tls: localca.LocalTls,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[LogNode]:
-    workdir = tmp_path_factory.mktemp("log-node")
-    suffix = uuid.uuid4().hex[:6]
-    name = f"logs-{suffix}"
-    prefix = f"logged-{suffix}"
-    files = [workdir / f"runner-{i}.log" for i in range(RUNNER_SLOTS)]
-    for path in files:
-        path.touch()
-    config = workdir / "logs.yaml"
-    config.write_text(
-        yaml.safe_dump_all(
-            {
-                "apiVersion": "kwok.x-k8s.io/v1alpha1",
-                "kind": "ClusterLogs",
-                "metadata": {"name": f"{prefix}-{i}"},
-                "spec": {
-                    "selector": {"matchNames": [f"{prefix}-{i}"]},
-                    "logs": [
-                        {
-                            "containers": [naming.RUNNER_CONTAINER],
-                            "logsFile": str(path),
-                            "follow": True,
-                        }
-                    ],
-                },
-            }
-            for i, path in enumerate(files)
-        )
-    )
-    port = local_cluster.free_port()
-    log = workdir / "kwok.log"
-    with log.open("wb") as out:
-        kwok = subprocess.Popen(
-            [
-                str(cluster.testbin / "kwok"),
-                f"--kubeconfig={cluster.kubeconfig}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node={name}",
-                "--manage-nodes-with-label-selector=",
-                "--manage-single-node=",
-                f"--cidr={local_cluster.POD_CIDR}",
-                "--node-ip=127.0.0.1",
-                f"--node-port={port}",
-                f"--server-address=127.0.0.1:{port}",
-                f"--tls-cert-file={cp_tls.server_cert}",
-                f"--tls-private-key-file={cp_tls.server_key}",
-                "--node-lease-duration-seconds=40",
-                "-c",
-                str(cluster.testbin / "kwok-stages.yaml"),
-                "-c",
-                str(config),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    core = k8s.CoreV1Api(api_client)
-    core.create_node(
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {"kubernetes.io/hostname": name, "type": "kwok-logs"},
-                "annotations": {"kwok.x-k8s.io/node": name},
-            },
-            "spec": {
-                "taints": [{"key": "kubefal.io/logs-node", "value": name, "effect": "NoSchedule"}]
-            },
-        }
-    )
-    try:
-
-        def ready() -> bool:
-            if kwok.poll() is not None:
-                raise AssertionError(f"kwok exited:\n{log.read_text()[-3000:]}")
-            node = core.read_node(name)
-            endpoint = node.status.daemon_endpoints.kubelet_endpoint.port
-            return endpoint == port and any(
-                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
-            )
-
-        waiting.wait_for(ready, timeout=120, description=f"log node {name} ready")
-        yield LogNode(name, prefix, files)
-    finally:
-        local_cluster.stop_pids([kwok.pid])
-        core.delete_node(name)
-
-
 def _runner_pod(
-    api_client: k8s.ApiClient, node: LogNode, *, namespace: str, app: str
-) -> tuple[str, pathlib.Path]:
-    pod, log_file = node.take()
-    k8s.CoreV1Api(api_client).create_namespaced_pod(
+    api_client: k8s.ApiClient, *, namespace: str, app: str, log_file: pathlib.Path
+) -> str:
+    """A runner pod of ``app`` whose log (to the API server) is ``log_file``."""
+    pod = f"logged-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(api_client)
+    created = core.create_namespaced_pod(
         namespace,
         {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": pod, "labels": naming.child_labels(app)},
             "spec": {
-                "nodeName": node.name,
-                "containers": [{"name": naming.RUNNER_CONTAINER, "image": "kubefal/runner:e2e"}],
-                "tolerations": [{"key": "kubefal.io/logs-node", "operator": "Exists"}],
+                "containers": [{"name": naming.RUNNER_CONTAINER, "image": "kubefal/runner:e2e"}]
             },
         },
     )
+    log_file.touch()
+    assert podrunner.write_logs_object(
+        k8s.CustomObjectsApi(api_client), created, naming.RUNNER_CONTAINER, log_file
+    )
     harness.wait_pod_ready(api_client, namespace=namespace, pod=pod)
-    return pod, log_file
+
+    def served() -> bool:
+        try:
+            core.read_namespaced_pod_log(pod, namespace, container=naming.RUNNER_CONTAINER)
+        except k8s.ApiException:
+            return False  # kwok has not seen the Logs object yet
+        return True
+
+    waiting.wait_for(served, timeout=60, description=f"kwok to serve {pod}'s log")
+    return pod
 
 
 def _env(
@@ -236,10 +132,15 @@ class Runner:
 
 
 @pytest.fixture
-def runner(api_client: k8s.ApiClient, log_node: LogNode, namespace: str) -> Runner:
-    """A runner pod on the log node whose log holds five lines written after it started."""
+def runner(
+    cluster: ClusterHandle, api_client: k8s.ApiClient, namespace: str, tmp_path: pathlib.Path
+) -> Runner:
+    """A runner pod whose log holds five lines written after it started."""
+    if cluster.local is None or not cluster.local.kubelet_port:
+        pytest.skip("pod logs need the local cluster's kwok kubelet API (e2e/cluster.py)")
     create_falapp(api_client, namespace=namespace, name="logged")
-    pod, log_file = _runner_pod(api_client, log_node, namespace=namespace, app="logged")
+    log_file = tmp_path / "runner.log"
+    pod = _runner_pod(api_client, namespace=namespace, app="logged", log_file=log_file)
     tag = uuid.uuid4().hex[:6]
     base = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=1)
     messages = [f"{tag} line {i}" for i in range(5)]

@@ -2,17 +2,24 @@
 
 Full-system tests depend on it: a pod's first container runs on this machine, bound to
 the pod's loopback IP, with the pod's env and its ConfigMap volumes, and stops when the
-pod goes.
+pod goes. Its output is the pod's log, read through the API server from the local cluster's kwok
+kubelet API, whole and followed, as ``kubectl logs`` and ``fal runners logs`` read it.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import signal
 import urllib.request
+import uuid
 from typing import Any
 
+import pytest
 from kubernetes import client as k8s
 
 from e2e import podrunner
+from e2e.conftest import ClusterHandle
 from testkit import waiting
 
 SERVER = """
@@ -95,3 +102,82 @@ def test_each_running_pod_gets_a_process_on_its_ip_until_the_pod_goes(
             description="the processes to stop with their pods",
         )
         assert pods.running() == {}
+
+
+LOGGER = """
+import signal, sys
+print("first line", flush=True)
+print("x" * 40000, flush=True)
+sys.stdout.write("no newline yet"); sys.stdout.flush()
+def poke(*_):
+    print(" then its newline", flush=True)
+    print("poked", file=sys.stderr, flush=True)
+signal.signal(signal.SIGUSR1, poke)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_pod_process_output_is_the_pod_log_through_the_api_server_and_followed(
+    cluster: ClusterHandle, api_client: k8s.ApiClient, namespace: str
+) -> None:
+    if cluster.local is None or not cluster.local.kubelet_port:
+        pytest.skip("pod logs need the local cluster's kwok kubelet API (e2e/cluster.py)")
+    core = k8s.CoreV1Api(api_client)
+    app = f"logger-{uuid.uuid4().hex[:6]}"
+    started = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+    with podrunner.PodRunner(
+        api_client, namespace=namespace, label_selector=f"kubefal.io/app={app}"
+    ) as pods:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": app, "labels": {"kubefal.io/app": app}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "example.invalid/logger:1",
+                            "command": ["python", "-c", LOGGER],
+                        }
+                    ],
+                },
+            },
+        )
+
+        def logged() -> str | None:
+            try:
+                text: str = core.read_namespaced_pod_log(
+                    app, namespace, container="main", timestamps=True
+                )
+            except k8s.ApiException:
+                return None  # not running yet, or kwok has not seen its Logs object yet
+            return text if "x" * 40000 in text else None
+
+        text = waiting.wait_for(logged, timeout=120, description="the pod's log via the API")
+        lines = text.splitlines()
+        # The 40000-byte line went through kwok as three CRI records and comes back whole.
+        assert [line.split(" ", 1)[1] for line in lines] == ["first line", "x" * 40000]
+        for line in lines:
+            seconds = line.split(" ", 1)[0].rstrip("Z").partition(".")[0]  # RFC 3339 nano
+            assert datetime.datetime.fromisoformat(seconds + "+00:00") >= started
+        assert "no newline yet" in (pods.root / f"{namespace}_{app}" / "container.log").read_text()
+
+        stream = core.read_namespaced_pod_log(
+            app, namespace, container="main", follow=True, _preload_content=False,
+            _request_timeout=(30, 120),
+        )  # fmt: skip
+        try:
+            followed = stream.readline()
+            assert followed == b"first line\n"
+            entry = pods.running()[f"{namespace}/{app}"]
+            os.killpg(entry.process.pid, signal.SIGUSR1)
+            assert stream.readline() == b"x" * 40000 + b"\n"
+            # The line that waited for its newline, then stderr's line: new output, streamed.
+            assert stream.readline() == b"no newline yet then its newline\n"
+            assert stream.readline() == b"poked\n"
+        finally:
+            stream.release_conn()
