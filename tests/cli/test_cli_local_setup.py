@@ -220,14 +220,19 @@ def test_the_gateway_config_names_the_app_its_runner_and_only_the_key_hash(
     assert stored["namespaces"] == "local"
 
 
-def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
-    lines = local_config.EnvLines(
+def _env_lines(**extra: str) -> local_config.EnvLines:
+    return local_config.EnvLines(
         run_host="127.0.0.1:2",
         queue_run_host="127.0.0.1:1",
         ssl_cert_file=pathlib.Path("/ca.pem"),
         fal_key="kf0123456789abcdef:s",
         app_id="local/app",
+        **extra,
     )
+
+
+def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
+    lines = _env_lines()
 
     assert lines.render() == (
         "FAL_RUN_HOST=127.0.0.1:2\n"
@@ -239,14 +244,7 @@ def test_the_env_lines_are_exactly_what_fal_client_reads() -> None:
 
 
 def test_the_env_lines_point_fal_sdk_and_fal_client_uploads_at_the_rest_port() -> None:
-    lines = local_config.EnvLines(
-        run_host="127.0.0.1:2",
-        queue_run_host="127.0.0.1:1",
-        ssl_cert_file=pathlib.Path("/ca.pem"),
-        fal_key="kf0123456789abcdef:s",
-        app_id="local/app",
-        rest_host="127.0.0.1:3",
-    )
+    lines = _env_lines(rest_host="127.0.0.1:3")
 
     assert lines.render().splitlines()[2:4] == [
         "FAL_REST_HOST=127.0.0.1:3",
@@ -322,14 +320,7 @@ def test_the_followed_log_hides_probe_noise_and_unwraps_app_output(
 
 
 def test_the_env_lines_point_the_fal_cli_at_the_control_plane_with_make_devs_names() -> None:
-    lines = local_config.EnvLines(
-        run_host="127.0.0.1:2",
-        queue_run_host="127.0.0.1:1",
-        ssl_cert_file=pathlib.Path("/ca.pem"),
-        fal_key="kf0123456789abcdef:s",
-        app_id="local/app",
-        grpc_host="localhost:4",
-    )
+    lines = _env_lines(grpc_host="localhost:4")
 
     assert lines.render().splitlines()[4:6] == [
         "FAL_GRPC_HOST=localhost:4",
