@@ -9,8 +9,12 @@ kubelet API, whole and followed, as ``kubectl logs`` and ``fal runners logs`` re
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import pathlib
+import shutil
 import signal
+import subprocess
 import urllib.request
 import uuid
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from e2e import cluster as local_cluster
 from e2e import podrunner
 from e2e.conftest import ClusterHandle
 from testkit import waiting
@@ -181,3 +186,30 @@ def test_a_pod_process_output_is_the_pod_log_through_the_api_server_and_followed
             assert stream.readline() == b"poked\n"
         finally:
             stream.release_conn()
+
+
+def test_the_vendored_kwok_logs_crd_is_the_pinned_kwok_one(tmp_path: pathlib.Path) -> None:
+    """e2e/crds/kwok.x-k8s.io is kwok's own file at KWOK_VERSION (e2e/versions.env)."""
+    if shutil.which("go") is None:
+        pytest.skip("needs Go (as make testbin does)")
+    pins = dict(
+        line.split("=", 1)
+        for line in (local_cluster.REPO_ROOT / "e2e" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    version = pins["KWOK_VERSION"]
+    downloaded = subprocess.run(
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@v{version}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    module = pathlib.Path(json.loads(downloaded.stdout)["Dir"])
+    upstream = (module / "kustomize" / "crd" / "bases" / "kwok.x-k8s.io_logs.yaml").read_text()
+    vendored = local_cluster.KWOK_LOGS_CRD.read_text()
+    assert vendored.startswith(f"# kwok v{version} (KWOK_VERSION in e2e/versions.env)")
+    assert vendored.endswith(upstream)
+    header = vendored[: -len(upstream)].splitlines()
+    assert all(line.startswith("# ") for line in header), "only comments added"
