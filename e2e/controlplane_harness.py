@@ -151,22 +151,7 @@ def run_fal(
     )
 
 
-def create_key(
-    api_client: k8s.ApiClient,
-    *,
-    key_namespace: str,
-    namespaces: list[str],
-    revoked: bool = False,
-) -> apikeys.ApiKey:
-    """A key stored the way ``kubefal keys create`` stores it (a Secret with its hash)."""
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=namespaces, description="e2e")
-    if revoked:
-        record = dataclasses.replace(record, revoked=True)
-    k8s.CoreV1Api(api_client).create_namespaced_secret(
-        key_namespace, apikeys.secret_manifest(record, namespace=key_namespace)
-    )
-    return key
+create_key = whole.create_key
 
 
 def create_falapp(

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -34,6 +35,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import operator_harness, podrunner
+from kubefal_api import apikeys
 from testkit import certs, waiting
 
 REPO_ROOT = local_cluster.REPO_ROOT
@@ -232,6 +234,61 @@ def wait_for_runners(system: System, count: int, *, timeout: float = 120) -> Non
         timeout=timeout,
         description=f"{count} ready runner processes",
         describe_last=system.describe,
+    )
+
+
+def create_key(
+    api_client: k8s.ApiClient,
+    *,
+    key_namespace: str,
+    namespaces: list[str],
+    description: str = "e2e",
+    revoked: bool = False,
+) -> apikeys.ApiKey:
+    """A key stored the way ``kubefal keys create`` stores it (a Secret with its hash)."""
+    key = apikeys.generate_key()
+    record = apikeys.new_record(key=key, namespaces=namespaces, description=description)
+    if revoked:
+        record = dataclasses.replace(record, revoked=True)
+    k8s.CoreV1Api(api_client).create_namespaced_secret(
+        key_namespace, apikeys.secret_manifest(record, namespace=key_namespace)
+    )
+    return key
+
+
+def deploy_app(
+    api_client: k8s.ApiClient,
+    namespace: str,
+    *,
+    name: str,
+    source: pathlib.Path,
+    app: str,
+    auth: str = "public",
+    **spec: Any,
+) -> None:
+    """The FalApp ``name`` serving ``app.py::<app>`` from the file ``source``, shipped in the
+    ConfigMap ``<name>-source`` (what ``kubefal deploy`` writes, without the CLI); ``spec``
+    adds FalApp spec fields."""
+    k8s.CoreV1Api(api_client).create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=f"{name}-source"),
+            data={"app.py": source.read_text()},
+        ),
+    )
+    body = {
+        "apiVersion": "kubefal.io/v1alpha1",
+        "kind": "FalApp",
+        "metadata": {"name": name},
+        "spec": {
+            "app": f"app.py::{app}",
+            "source": {"configMapRef": {"name": f"{name}-source"}},
+            "auth": auth,
+            **spec,
+        },
+    }
+    k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "kubefal.io", "v1alpha1", namespace, "falapps", body
     )
 
 

@@ -20,7 +20,6 @@ from kubernetes import client as k8s
 
 from e2e import system as whole
 from e2e.conftest import ClusterHandle
-from kubefal_api import apikeys
 from testkit import waiting
 
 APP_SOURCE = pathlib.Path(__file__).with_name("apps") / "data_app.py"
@@ -76,9 +75,9 @@ def test_sync_dir_and_weights_on_data_survive_runners(
 ) -> None:
     data_root = tmp_path / "system" / "data"  # the data volume running_system configures
     core = k8s.CoreV1Api(api_client)
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e /data")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
+    key = whole.create_key(
+        api_client, key_namespace=namespace, namespaces=[namespace], description="e2e /data"
+    )
     with whole.running_system(
         cluster.kubeconfig,
         workdir=tmp_path / "system",
@@ -108,30 +107,14 @@ def test_sync_dir_and_weights_on_data_survive_runners(
         assert synced.returncode == 0, synced.stderr
         assert (data_root / namespace / "models" / "m" / "config.json").exists()
 
-        core.create_namespaced_config_map(
+        whole.deploy_app(
+            api_client,
             namespace,
-            k8s.V1ConfigMap(
-                metadata=k8s.V1ObjectMeta(name="data-app-source"),
-                data={"app.py": APP_SOURCE.read_text()},
-            ),
-        )
-        k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
-            "kubefal.io",
-            "v1alpha1",
-            namespace,
-            "falapps",
-            {
-                "apiVersion": "kubefal.io/v1alpha1",
-                "kind": "FalApp",
-                "metadata": {"name": "data-app"},
-                "spec": {
-                    "app": "app.py::DataApp",
-                    "source": {"configMapRef": {"name": "data-app-source"}},
-                    "auth": "public",
-                    "persistentData": True,
-                    "scaling": {"minConcurrency": 1},
-                },
-            },
+            name="data-app",
+            source=APP_SOURCE,
+            app="DataApp",
+            persistentData=True,
+            scaling={"minConcurrency": 1},
         )
         call = textwrap.dedent(
             f"""

@@ -61,9 +61,9 @@ def test_runner_key_uploads_without_user_key_and_calls_no_app(
     custom = k8s.CustomObjectsApi(api_client)
     other = f"{namespace}-other"[:63]
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=other)))
-    client_key = apikeys.generate_key()
-    record = apikeys.new_record(key=client_key, namespaces=[namespace], description="e2e client")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
+    client_key = whole.create_key(
+        api_client, key_namespace=namespace, namespaces=[namespace], description="e2e client"
+    )
     try:
         with whole.running_system(
             cluster.kubeconfig,

@@ -75,33 +75,20 @@ def running(
 
 
 def _deploy(api_client: k8s.ApiClient, namespace: str, gate: pathlib.Path) -> None:
-    k8s.CoreV1Api(api_client).create_namespaced_config_map(
+    whole.deploy_app(
+        api_client,
         namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name=f"{NAME}-source"),
-            data={"app.py": APP_SOURCE.read_text()},
-        ),
-    )
-    body = {
-        "apiVersion": "kubefal.io/v1alpha1",
-        "kind": "FalApp",
-        "metadata": {"name": NAME},
-        "spec": {
-            "app": "app.py::Gated",
-            "source": {"configMapRef": {"name": f"{NAME}-source"}},
-            "auth": "public",
-            "env": [{"name": "KUBEFAL_TEST_GATE", "value": str(gate)}],
-            "scaling": {
-                "minConcurrency": 0,
-                "maxConcurrency": 10,
-                "maxMultiplexing": 1,
-                "keepAlive": 1,
-                "policy": "countStarting",
-            },
+        name=NAME,
+        source=APP_SOURCE,
+        app="Gated",
+        env=[{"name": "KUBEFAL_TEST_GATE", "value": str(gate)}],
+        scaling={
+            "minConcurrency": 0,
+            "maxConcurrency": 10,
+            "maxMultiplexing": 1,
+            "keepAlive": 1,
+            "policy": "countStarting",
         },
-    }
-    k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        "kubefal.io", "v1alpha1", namespace, "falapps", body
     )
 
 

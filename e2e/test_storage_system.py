@@ -40,10 +40,9 @@ def system_with_files_app(
     tmp_path: pathlib.Path,
     e2e_logs: list[pathlib.Path],
 ) -> Iterator[tuple[whole.System, apikeys.ApiKey]]:
-    core = k8s.CoreV1Api(api_client)
-    client_key = apikeys.generate_key()
-    record = apikeys.new_record(key=client_key, namespaces=[namespace], description="e2e client")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
+    client_key = whole.create_key(
+        api_client, key_namespace=namespace, namespaces=[namespace], description="e2e client"
+    )
     with whole.running_system(
         cluster.kubeconfig,
         workdir=tmp_path / "system",
@@ -51,27 +50,15 @@ def system_with_files_app(
         key_namespace=namespace,
     ) as system:
         e2e_logs.extend(system.logs)
-        core.create_namespaced_config_map(
+        whole.deploy_app(
+            api_client,
             namespace,
-            k8s.V1ConfigMap(
-                metadata=k8s.V1ObjectMeta(name="files-source"),
-                data={"app.py": APP_SOURCE.read_text()},
-            ),
+            name="files",
+            source=APP_SOURCE,
+            app="FilesApp",
+            auth="private",
+            scaling={"minConcurrency": 2, "maxConcurrency": 2},
         )
-        k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
-            "kubefal.io", "v1alpha1", namespace, "falapps",
-            {
-                "apiVersion": "kubefal.io/v1alpha1",
-                "kind": "FalApp",
-                "metadata": {"name": "files"},
-                "spec": {
-                    "app": "app.py::FilesApp",
-                    "source": {"configMapRef": {"name": "files-source"}},
-                    "auth": "private",
-                    "scaling": {"minConcurrency": 2, "maxConcurrency": 2},
-                },
-            },
-        )  # fmt: skip
         whole.wait_for_runners(system, 2, timeout=300)
         try:
             yield system, client_key
