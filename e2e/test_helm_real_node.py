@@ -36,13 +36,14 @@ from kubernetes import client as k8s
 from e2e import images, podrunner, realnode
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
-from e2e.system import RUNNER_SELECTOR
+from e2e.system import RUNNER_SELECTOR, create_key
 from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
 from kubefal_api import apikeys
 from testkit import waiting
 from tests.charthelm import CHART, Helm
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TEXT_STATS = images.REPO_ROOT / "examples" / "text-stats"
 
 POST_RENDERER = '''\
 """Adapt the chart's rendered objects to a loopback-only sandbox (see the test's docstring)."""
@@ -232,6 +233,34 @@ def subscribe_through_release(
     )
 
 
+def prepare_text_stats(
+    api_client: k8s.ApiClient,
+    namespace: str,
+    release_name: str,
+    tmp_path: pathlib.Path,
+    *,
+    description: str,
+) -> tuple[pathlib.Path, apikeys.ApiKey]:
+    """What a user sets up before calling the examples/text-stats app through the release: the
+    gateway's CA (from the chart's generated TLS Secret) in a file, an API key for ``namespace``
+    and the app's source ConfigMap; returns (ca.crt, key)."""
+    core = k8s.CoreV1Api(api_client)
+    tls = core.read_namespaced_secret(f"{release_name}-kubefal-gateway-tls", namespace)
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(base64.b64decode(tls.data["ca.crt"]))
+    key = create_key(
+        api_client, key_namespace=namespace, namespaces=[namespace], description=description
+    )
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name="text-stats-source"),
+            data={"app.py": (TEXT_STATS / "app.py").read_text()},
+        ),
+    )
+    return ca, key
+
+
 def _pods(api_client: k8s.ApiClient, namespace: str, release: str) -> list[k8s.V1Pod]:
     return list(
         k8s.CoreV1Api(api_client)
@@ -295,25 +324,11 @@ def test_fal_client_gets_a_result_through_the_gateway_container_of_the_release(
     the chart's generated CA, gets the app's result from the gateway container."""
     name = release["name"]
     _wait_ready(cluster, api_client, namespace, name)
-    core = k8s.CoreV1Api(api_client)
-    tls = core.read_namespaced_secret(f"{name}-kubefal-gateway-tls", namespace)
-    ca = tmp_path / "ca.crt"
-    ca.write_bytes(base64.b64decode(tls.data["ca.crt"]))
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e helm")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
-    example = images.REPO_ROOT / "examples" / "text-stats"
-    core.create_namespaced_config_map(
-        namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name="text-stats-source"),
-            data={"app.py": (example / "app.py").read_text()},
-        ),
-    )
+    ca, key = prepare_text_stats(api_client, namespace, name, tmp_path, description="e2e helm")
     with podrunner.PodRunner(
         api_client, namespace=namespace, label_selector=RUNNER_SELECTOR, root=tmp_path / "pods"
     ) as pods:
-        cluster.kubectl("apply", "-n", namespace, "-f", str(example / "falapp.yaml"))
+        cluster.kubectl("apply", "-n", namespace, "-f", str(TEXT_STATS / "falapp.yaml"))
         result = subscribe_through_release(
             release,
             ca=ca,

@@ -35,12 +35,13 @@ from e2e import images, realnode
 from e2e.cluster import free_port
 from e2e.conftest import ClusterHandle
 from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
+    TEXT_STATS,
     _wait_ready,
+    prepare_text_stats,
     release,
     subscribe_through_release,
 )
 from e2e.test_realnode import node  # noqa: F401  (the real-node fixture)
-from kubefal_api import apikeys
 from testkit import certs, waiting
 
 RUNNER_PORT = free_port()
@@ -190,21 +191,10 @@ def test_a_cpu_falapps_runner_pod_is_a_runner_image_container_on_the_real_node(
     name = release["name"]
     _wait_ready(cluster, api_client, namespace, name)
     core = k8s.CoreV1Api(api_client)
-    tls = core.read_namespaced_secret(f"{name}-kubefal-gateway-tls", namespace)
-    ca = tmp_path / "ca.crt"
-    ca.write_bytes(base64.b64decode(tls.data["ca.crt"]))
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e real runner")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
-    example = images.REPO_ROOT / "examples" / "text-stats"
-    core.create_namespaced_config_map(
-        namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name="text-stats-source"),
-            data={"app.py": (example / "app.py").read_text()},
-        ),
+    ca, key = prepare_text_stats(
+        api_client, namespace, name, tmp_path, description="e2e real runner"
     )
-    falapp = yaml.safe_load((example / "falapp.yaml").read_text())
+    falapp = yaml.safe_load((TEXT_STATS / "falapp.yaml").read_text())
     # XS (0.5 CPU): the real node is this 2-core machine, beside the release's own pods.
     falapp["spec"]["machineTypes"] = ["XS"]
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(falapp))

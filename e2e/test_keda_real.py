@@ -15,7 +15,6 @@ e2e/preflight.py; ``make test-keda`` alone).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pathlib
@@ -29,16 +28,17 @@ import yaml
 from kubernetes import client as k8s
 
 from e2e import cluster as local_cluster
-from e2e import images, podrunner, preflight
+from e2e import podrunner, preflight
 from e2e.conftest import ClusterHandle
 from e2e.system import RUNNER_SELECTOR
 from e2e.test_helm_real_node import (  # noqa: F401  (release: a fixture)
+    TEXT_STATS,
     _wait_ready,
+    prepare_text_stats,
     release,
     subscribe_through_release,
 )
 from e2e.test_realnode import node  # noqa: F401  (fixture)
-from kubefal_api import apikeys
 from testkit import waiting
 from testkit.certs import issue_serving_certificate
 
@@ -140,23 +140,9 @@ def test_real_keda_scales_a_keda_falapp_from_zero_and_back_through_the_gateway(
 ) -> None:
     name = release["name"]
     _wait_ready(cluster, api_client, namespace, name)
-    core = k8s.CoreV1Api(api_client)
     apps = k8s.AppsV1Api(api_client)
-    tls = core.read_namespaced_secret(f"{name}-kubefal-gateway-tls", namespace)
-    ca = tmp_path / "ca.crt"
-    ca.write_bytes(base64.b64decode(tls.data["ca.crt"]))
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=[namespace], description="e2e keda")
-    core.create_namespaced_secret(namespace, apikeys.secret_manifest(record, namespace=namespace))
-    example = images.REPO_ROOT / "examples" / "text-stats"
-    core.create_namespaced_config_map(
-        namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name="text-stats-source"),
-            data={"app.py": (example / "app.py").read_text()},
-        ),
-    )
-    falapp = yaml.safe_load((example / "falapp.yaml").read_text())
+    ca, key = prepare_text_stats(api_client, namespace, name, tmp_path, description="e2e keda")
+    falapp = yaml.safe_load((TEXT_STATS / "falapp.yaml").read_text())
     falapp["spec"]["scaler"] = "keda"
     falapp["spec"]["scaling"]["keepAlive"] = 5
     with podrunner.PodRunner(
