@@ -26,14 +26,11 @@ import click
 import rich.markup
 import yaml
 
-from kubefal_api import bundles, v1alpha1
+from kubefal_api import builds, bundles, v1alpha1
 from kubefal_cli import appref, errors, kube, manifests, rendering, ui
 from kubefal_cli.commands import keys
 
 POLL_SECONDS = 1.0
-BUILD_POD_WAIT_SECONDS = 300.0
-"""How long ``kubefal deploy`` waits for a build Job's pod to start before it stops waiting
-for the log (pulling the builder image the first time takes a while)."""
 _CAPACITY_REASONS = {"WaitingForGPUCapacity", "WaitingForCapacity", "Unschedulable"}
 
 namespace_option = click.option(
@@ -239,32 +236,25 @@ def follow_build(client: kube.Kube, *, namespace: str, job: str) -> None:
     """Print the build Job's log on stderr as it comes, until the build ends."""
     ui.note(f"Building the app's image in Job {namespace}/{job}:")
     selector = f"job-name={job}"
-    deadline = time.monotonic() + BUILD_POD_WAIT_SECONDS
+    deadline = time.monotonic() + builds.BUILD_POD_WAIT_SECONDS
     pod: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         with kube.translated(client, action=f"reading the pods of Job {namespace}/{job}"):
             pods = kube.list_pods(client, namespace=namespace, label_selector=selector)
-        pod = next((p for p in pods if _log_ready(p)), None)
+        pod = next((p for p in pods if builds.log_readable(p)), None)
         if pod is not None:
             break
         time.sleep(POLL_SECONDS)
     if pod is None:
-        ui.note(f"No build pod started within {BUILD_POD_WAIT_SECONDS} s; waiting for the status")
+        ui.note(
+            f"No build pod started within {builds.BUILD_POD_WAIT_SECONDS} s; waiting for the status"
+        )
         return
     try:
         for line in kube.follow_pod_log(client, namespace=namespace, name=pod["metadata"]["name"]):
             ui.stderr.print(f"[dim]build |[/dim] {rich.markup.escape(line)}", highlight=False)
     except Exception as error:  # the log is a courtesy: the status decides
         ui.note(f"The build log stopped ({type(error).__name__}: {error}); waiting for the status")
-
-
-def _log_ready(pod: dict[str, Any]) -> bool:
-    """The build container runs or ran: its log can be read."""
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        state = status.get("state") or {}
-        if state.get("running") or state.get("terminated"):
-            return True
-    return False
 
 
 @click.command("deploy")
