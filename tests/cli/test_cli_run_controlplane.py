@@ -68,6 +68,42 @@ def _sdk(env: dict[str, str], home: pathlib.Path, body: str) -> Any:
     return run_client(script, {**env, "HOME": str(home)})
 
 
+def _follow_until(
+    env: dict[str, str], home: pathlib.Path, runner_id: str, wait_for: WaitFor, text: str
+) -> list[str]:
+    """``fal runners logs --follow``: call the app with ``text`` while it streams, and return
+    what it printed once the runner's line for that call came (new output, followed)."""
+    follower = subprocess.Popen(
+        [str(FAL_CLI), "runners", "logs", runner_id, "--follow"],
+        env=_clean_environment(**env, HOME=str(home), COLUMNS="250"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    printed: list[str] = []
+    try:
+        assert follower.stdout is not None
+        stdout = follower.stdout
+        os.set_blocking(stdout.fileno(), False)
+        run_client(
+            "import json, os, fal_client\n"
+            f"print(json.dumps(fal_client.run(os.environ['KUBEFAL_APP'], {{'text': {text!r}}})))",
+            env,
+        )
+
+        def shown() -> bool:
+            assert follower.poll() is None, printed
+            while line := stdout.readline():
+                printed.append(line)
+            return any(f"echoing {text!r}" in line for line in printed)
+
+        wait_for(shown, timeout=60, description="the followed line")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
+    return printed
+
+
 def _run_dir(workdir: pathlib.Path) -> pathlib.Path:
     (run_dir,) = (workdir / "home" / "runs").iterdir()
     return run_dir
@@ -158,6 +194,7 @@ def test_sdk_and_fal_cli_list_scale_and_manage_keys_of_the_app_of_kubefal_run(
         {**env, "FAL_KEY": new_key},
     )
     logs = _ok(_fal(env, home, "runners", "logs", runner_id))
+    _follow_until(env, home, runner_id, wait_for, "followed")
     deploy = _fal(env, home, "deploy", str(apps_dir / "echo_app.py") + "::CliEchoApp")
     delete = _fal(env, home, "apps", "delete", APP)
 
