@@ -11,6 +11,7 @@ against a cluster with environment settings only. One concern per module:
 * `local` / `s3`: the embedded (local disk or volume) and the S3-compatible backends;
 * `core`: uploads, multipart uploads, reads and retention, knowing nothing of HTTP;
 * `routes`: the raw-ASGI REST listener mapping fal's protocol onto the core;
+* `forms`: one file field out of a multipart/form-data body (app-file and `/data` parts);
 * `runtime`: opening the backend from the settings and the retention sweeper.
 
 The protocol itself is recorded in docs/fal-storage.md.

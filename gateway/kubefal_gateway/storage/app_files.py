@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from kubefal_gateway import errors, http_api
 from kubefal_gateway.http_api import Receive, Scope, Send, header_value
-from kubefal_gateway.storage import blobs
+from kubefal_gateway.storage import blobs, forms
 from kubefal_gateway.storage import core as storage_core
 
 FILES_PREFIX: Final = "_kubefal/appfiles"
@@ -86,29 +86,13 @@ def _part_key(namespace: str, upload_id: str, number: int) -> str:
 
 def form_file(body: bytes, content_type: str, field: str = "file_upload") -> bytes:
     """The content of the file field `field` of a multipart/form-data body held in memory."""
-    boundary = ""
-    for parameter in content_type.split(";")[1:]:
-        key, _, value = parameter.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not content_type.lower().startswith("multipart/form-data") or not 0 < len(boundary) < 200:
+    delimiter = forms.delimiter(content_type)
+    if delimiter is None:
         raise errors.BadRequest("Send the part as multipart/form-data")
-    delimiter = b"--" + boundary.encode("latin-1")
-    position = body.find(delimiter)
-    while position != -1:
-        headers_start = position + len(delimiter) + 2
-        headers_end = body.find(b"\r\n\r\n", headers_start, headers_start + 16384)
-        if headers_end == -1:
-            break
-        headers = body[headers_start:headers_end].decode("latin-1").lower()
-        content_start = headers_end + 4
-        following = body.find(b"\r\n" + delimiter, content_start)
-        if following == -1:
-            break
-        if f'name="{field}"' in headers:
-            return body[content_start:following]
-        position = following + 2
-    raise errors.BadRequest(f"The form has no {field!r} file")
+    found = forms.field_range(body, delimiter, field)
+    if found is None:
+        raise errors.BadRequest(f"The form has no {field!r} file")
+    return body[found[0] : found[1]]
 
 
 def fal_hash(data: bytes, mode: int) -> str:

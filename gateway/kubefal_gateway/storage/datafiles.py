@@ -36,7 +36,7 @@ import time
 import zipfile
 from typing import IO
 
-from kubefal_gateway.storage import names
+from kubefal_gateway.storage import forms, names
 
 MAX_PATH_CHARS = 1024
 MAX_DEPTH = 32
@@ -332,30 +332,14 @@ class DataFiles:
 def form_file(path: pathlib.Path, content_type: str, field: str = "file_upload") -> tuple[int, int]:
     """The byte range of the file field `field` in a multipart/form-data body stored at
     `path`; DataInvalid when the body is not such a form."""
-    boundary = ""
-    for parameter in content_type.split(";")[1:]:
-        key, _, value = parameter.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not content_type.lower().startswith("multipart/form-data") or not 0 < len(boundary) < 200:
+    delimiter = forms.delimiter(content_type)
+    if delimiter is None:
         raise DataInvalid("send the file as multipart/form-data")
-    delimiter = b"--" + boundary.encode("latin-1")
     size = path.stat().st_size
     if size == 0:
         raise DataInvalid("empty form")
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as body:
-        position = body.find(delimiter)
-        while position != -1:
-            headers_start = position + len(delimiter) + 2
-            headers_end = body.find(b"\r\n\r\n", headers_start, headers_start + 16384)
-            if headers_end == -1:
-                break
-            headers = body[headers_start:headers_end].decode("latin-1").lower()
-            content_start = headers_end + 4
-            following = body.find(b"\r\n" + delimiter, content_start)
-            if following == -1:
-                break
-            if f'name="{field}"' in headers:
-                return content_start, following
-            position = following + 2
-    raise DataInvalid(f"the form has no {field!r} file")
+        found = forms.field_range(body, delimiter, field)
+    if found is None:
+        raise DataInvalid(f"the form has no {field!r} file")
+    return found
