@@ -35,6 +35,17 @@ from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAL_CLI = pathlib.Path(sys.executable).parent / "fal"
+BUNDLED = REPO_ROOT / "tests" / "cli" / "apps" / "bundled"
+"""An app with app_files, a local package and modules beside it (tests/cli/apps/bundled)."""
+BUNDLED_ANSWER = {
+    "greeting": "hello from helpers",
+    "package": "localpkg (sub.inner)",
+    "text": "notes for the app\n",
+    "binary": [0, 1, 2, 255, 254],
+    "skipped": False,
+    "relative": "notes for the app\n",
+}
+"""What ``BUNDLED``'s app answers on a runner that got every file it reads."""
 
 
 @dataclasses.dataclass

@@ -44,8 +44,7 @@ key = harness.key
 running = harness.running
 deploying_plane = harness.deploying_plane
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "tests" / "cli" / "apps" / "bundled"
+BUNDLED = harness.BUNDLED
 APPS = pathlib.Path(__file__).with_name("apps")
 
 
@@ -105,14 +104,7 @@ def test_kubefal_deploy_carries_app_files_and_local_packages_to_the_runner(
 
     answer = call_app(running, f"{namespace}/bundled-app", key=key)
 
-    assert answer == {
-        "greeting": "hello from helpers",
-        "package": "localpkg (sub.inner)",
-        "text": "notes for the app\n",
-        "binary": [0, 1, 2, 255, 254],
-        "skipped": False,
-        "relative": "notes for the app\n",
-    }
+    assert answer == harness.BUNDLED_ANSWER
     spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
     assert spec["app"] == "app/bundled_app.py::BundledApp"
     assert {part["name"] for part in spec["source"]["configMaps"]} == first_maps

@@ -32,8 +32,7 @@ key_namespace = harness.key_namespace
 key = harness.key
 running = harness.running
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "tests" / "cli" / "apps" / "bundled"
+BUNDLED = harness.BUNDLED
 
 
 @pytest.fixture
@@ -151,14 +150,7 @@ def test_fal_deploy_carries_app_files_to_the_runner(
 
     answer = call_app(running, f"{namespace}/bundled-app", key=key, timeout=240)
 
-    assert answer == {
-        "greeting": "hello from helpers",
-        "package": "localpkg (sub.inner)",
-        "text": "notes for the app\n",
-        "binary": [0, 1, 2, 255, 254],
-        "skipped": False,
-        "relative": "notes for the app\n",
-    }
+    assert answer == harness.BUNDLED_ANSWER
     spec = get_falapp(api_client, namespace=namespace, name="bundled-app")["spec"]
     assert spec["app"] == "app/app.py::BundledApp"
     paths = {
