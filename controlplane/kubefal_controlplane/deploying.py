@@ -15,13 +15,13 @@ import base64
 import hashlib
 import time
 from collections.abc import Generator, Iterator, Mapping
-from typing import Any, Final
+from typing import Any
 
 import grpc
 import isolate_proto
 from kubernetes.client.exceptions import ApiException
 
-from kubefal_api import v1alpha1
+from kubefal_api import builds, v1alpha1
 from kubefal_controlplane import app_files, auth, deploy, deploy_spec, errors, mapping
 from kubefal_controlplane import settings as settings_module
 from kubefal_controlplane.rpc import (
@@ -34,19 +34,6 @@ from kubefal_controlplane.rpc import (
     log,
     stream_rpc,
 )
-
-BUILD_POD_WAIT_SECONDS: Final = 300.0
-"""How long a deploy waits for a build Job's pod to start before it stops waiting for its
-log (the first pull of the builder image takes a while)."""
-
-
-def _log_readable(pod: Mapping[str, Any]) -> bool:
-    """A build pod's container runs or ran: its log can be read."""
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        state = status.get("state") or {}
-        if state.get("running") or state.get("terminated"):
-            return True
-    return False
 
 
 class DeployRpcs(ControllerBase):
@@ -293,11 +280,11 @@ class DeployRpcs(ControllerBase):
         self, namespace: str, job: str, context: grpc.ServicerContext
     ) -> Iterator[isolate_proto.RegisterApplicationResult]:
         """The build Job's log as deploy logs, line by line, until the build ends."""
-        deadline = time.monotonic() + BUILD_POD_WAIT_SECONDS
+        deadline = time.monotonic() + builds.BUILD_POD_WAIT_SECONDS
         pod: dict[str, Any] | None = None
         while context.is_active() and time.monotonic() < deadline:
             pods = self.cluster.build_pods(namespace, job)
-            pod = next((p for p in pods if _log_readable(p)), None)
+            pod = next((p for p in pods if builds.log_readable(p)), None)
             if pod is not None:
                 break
             time.sleep(0.5)
