@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from e2e import realnode
-from testkit import certs, ports
+from testkit import certs, ports, processes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubefal" / "cluster"
@@ -301,27 +301,13 @@ def claim_pod_cidr() -> tuple[str, pathlib.Path]:
                 handle.write(str(os.getpid()))
             return f"127.{octet}.0.0/16", claim
         with contextlib.suppress(OSError, ValueError):
-            if not _alive(int(claim.read_text() or "0")):
+            holder = claim.read_text()  # empty: its claimer has not written its pid yet
+            if holder and not processes.alive(int(holder)):
                 claim.unlink()
                 with claim.open("x") as handle:
                     handle.write(str(os.getpid()))
                 return f"127.{octet}.0.0/16", claim
     raise ClusterError(f"every pod range of 127.64.0.0/10 is claimed in {POD_CIDR_CLAIMS}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is not alive either.
-    with contextlib.suppress(OSError):
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _tail(path: pathlib.Path, lines: int = 40) -> str:
@@ -336,13 +322,13 @@ def stop_pids(pids: Sequence[int], *, timeout: float = 20.0) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(processes.alive(pid) for pid in pids):
         for pid in pids:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if processes.alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError, OSError):
@@ -391,7 +377,7 @@ class LocalCluster:
         components = [
             Component(c["name"], c["pid"], pathlib.Path(c["log"])) for c in state["components"]
         ]
-        if not components or not all(_alive(c.pid) for c in components):
+        if not components or not all(processes.alive(c.pid) for c in components):
             return None
         cluster = cls(state_dir)
         cluster.components = components
@@ -465,7 +451,7 @@ class LocalCluster:
         return component
 
     def _check_alive(self, component: Component) -> None:
-        if not _alive(component.pid):
+        if not processes.alive(component.pid):
             raise ClusterError(f"{component.name} exited; last log lines:\n{_tail(component.log)}")
 
     def _wait_http(
@@ -741,7 +727,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     pids = [c["pid"] for c in reversed(state["components"])]
     realnode.teardown(pathlib.Path(args.state_dir), stop_pids)
     stop_pids(pids)
-    left = [pid for pid in pids if _alive(pid)]
+    left = [pid for pid in pids if processes.alive(pid)]
     state_file.unlink(missing_ok=True)
     if left:
         print(f"processes still alive: {left}", file=sys.stderr)

@@ -36,6 +36,10 @@ def test_each_cluster_claims_its_own_pod_range_and_takes_over_a_dead_ones(
     claim.write_text(str(_dead_pid()))
     assert cluster.claim_pod_cidr() == (cidr, claim)
     assert claim.read_text() == str(os.getpid())
+    # A claim just created, its claimer's pid not written yet, is held: not taken over.
+    claims[20][1].write_text("")
+    with pytest.raises(cluster.ClusterError, match="every pod range"):
+        cluster.claim_pod_cidr()
 
 
 def test_one_real_node_per_machine_waits_then_names_the_holder(
