@@ -170,26 +170,8 @@ def use_fal_client(system: whole.System) -> Any:
 def deploy(
     api_client: k8s.ApiClient, namespace: str, *, name: str, scaling: dict[str, Any]
 ) -> None:
-    k8s.CoreV1Api(api_client).create_namespaced_config_map(
-        namespace,
-        k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name=f"{name}-source"),
-            data={"app.py": APP_SOURCE.read_text()},
-        ),
-    )
-    body = {
-        "apiVersion": "kubefal.io/v1alpha1",
-        "kind": "FalApp",
-        "metadata": {"name": name},
-        "spec": {
-            "app": "app.py::Sleepy",
-            "source": {"configMapRef": {"name": f"{name}-source"}},
-            "auth": "public",
-            "scaling": scaling,
-        },
-    }
-    k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        "kubefal.io", "v1alpha1", namespace, "falapps", body
+    whole.deploy_app(
+        api_client, namespace, name=name, source=APP_SOURCE, app="Sleepy", scaling=scaling
     )
 
 
