@@ -23,7 +23,6 @@ from kubefal_operator import (
     reconcile,
     runtime,
     signals,
-    status,
 )
 from kubefal_operator.render import replicas, scaledown
 
@@ -83,18 +82,7 @@ async def actuate(
             # must never apply a signal the actuator has not (it would scale down before
             # the runners are marked, and report the actuator's write as 'Restored').
             op.scaling_signals[key] = (str(app.metadata.uid or ""), signal)
-            previous = reconcile.previous_status(op, app=app, key=key)
-            observed = previous.observed_generation if previous else None
-            if observed is None:
-                observed = status.applied_generation(live.deployment)
-            await reconcile.write_status(
-                op,
-                app=app,
-                body=body,
-                live=live,
-                observed_generation=observed,
-                problem=status.carried_problem(previous),
-            )
+            await reconcile.rewrite_status(op, app=app, body=body, live=live, key=key)
         except (kube.ApiError, aiohttp.ClientError, TimeoutError) as error:
             if isinstance(error, kube.ApiError) and error.namespace_terminating:
                 return

@@ -320,19 +320,31 @@ async def refresh_status(
     key = livestate.app_key(body)
     async with op.lock(key):
         live = op.freshen(live, key=key)
-        app = runtime.parse_app(body)
-        previous = previous_status(op, app=app, key=key)
-        observed = previous.observed_generation if previous else None
-        if observed is None:
-            observed = status.applied_generation(live.deployment)
-        await write_status(
-            op,
-            app=app,
-            body=body,
-            live=live,
-            observed_generation=observed,
-            problem=status.carried_problem(previous),
-        )
+        await rewrite_status(op, app=runtime.parse_app(body), body=body, live=live, key=key)
+
+
+async def rewrite_status(
+    op: runtime.Operator,
+    *,
+    app: v1alpha1.FalApp,
+    body: Mapping[str, Any],
+    live: livestate.LiveState,
+    key: livestate.Key,
+) -> None:
+    """Recompute the status from ``live`` without a reconcile: the observed generation and the
+    problem the last status carried stay (a child's event, an actuator's write)."""
+    previous = previous_status(op, app=app, key=key)
+    observed = previous.observed_generation if previous else None
+    if observed is None:
+        observed = status.applied_generation(live.deployment)
+    await write_status(
+        op,
+        app=app,
+        body=body,
+        live=live,
+        observed_generation=observed,
+        problem=status.carried_problem(previous),
+    )
 
 
 def previous_status(
