@@ -51,10 +51,15 @@ MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 
 def write_json(path: pathlib.Path, document: Any) -> None:
     """Replace ``path`` with ``document`` as JSON, atomically, mode 0600."""
+    write_private(path, json.dumps(document, indent=2, sort_keys=True))
+
+
+def write_private(path: pathlib.Path, text: str) -> None:
+    """Replace ``path`` with ``text``, atomically (a temporary file renamed), mode 0600."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(document, file, indent=2, sort_keys=True)
+            file.write(text)
         os.chmod(temporary, 0o600)
         os.replace(temporary, path)
     except BaseException:

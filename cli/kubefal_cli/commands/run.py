@@ -51,6 +51,7 @@ import threading
 import click
 import rich.markup
 
+from kubefal_api import localrun
 from kubefal_cli import errors, paths, processes, ui
 from kubefal_cli.local import config, supervise
 from kubefal_cli.local import plan as local_plan
@@ -83,7 +84,7 @@ def _announce(plan: local_plan.LocalRun, *, env_file: pathlib.Path | None) -> No
     """Print the env lines on stdout (and write them), and how to use them on stderr."""
     lines = plan.env_lines().render()
     if env_file is not None:
-        config.write_private_atomically(env_file, lines)
+        localrun.write_private(env_file, lines)
     click.echo(lines, nl=False)
     ui.stderr.print()
     if env_file is not None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 import socket
-import tempfile
 from collections.abc import Sequence
 
 from kubefal_api import apikeys, localrun
@@ -136,21 +134,8 @@ def load_or_create_local_key(path: pathlib.Path) -> apikeys.ApiKey:
         return apikeys.parse_key(path.read_text(encoding="utf-8"))
     key = apikeys.generate_key()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private_atomically(path, str(key) + "\n")
+    localrun.write_private(path, str(key) + "\n")
     return key
-
-
-def write_private_atomically(path: pathlib.Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def static_config(
