@@ -49,6 +49,23 @@ MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 """Largest shared file read (the secrets file is the only one that can grow)."""
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` (one these files record) runs; a zombie (exited, not yet reaped)
+    counts as gone, and so do pids 0 and below (``kill(0, 0)`` signals our own group)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
 def write_json(path: pathlib.Path, document: Any) -> None:
     """Replace ``path`` with ``document`` as JSON, atomically, mode 0600."""
     write_private(path, json.dumps(document, indent=2, sort_keys=True))

@@ -216,7 +216,7 @@ class LocalRun:
         after = spec.get("scaling", {}).get("maxMultiplexing")
         if after != before:
             runner = self._runner()
-            if runner is not None and local_logs.process_alive(runner.pid):
+            if runner is not None and localrun.process_alive(runner.pid):
                 self._replace(runner, signal.SIGTERM)
         return app
 
@@ -292,7 +292,7 @@ class LocalRun:
         runner = self._runner()
         if runner is None:
             return None
-        alive = local_logs.process_alive(runner.pid)
+        alive = localrun.process_alive(runner.pid)
         stopping = self._stopping(runner)
         ready = alive and not stopping and self._ready(runner)
         metadata: dict[str, Any] = {
@@ -374,14 +374,14 @@ class LocalRun:
         if (
             runner is None
             or self._pod_name(runner) != name
-            or not local_logs.process_alive(runner.pid)
+            or not localrun.process_alive(runner.pid)
         ):
             raise errors.not_found(f"runner {name} is not running")
         self._replace(runner, signal.SIGKILL if grace_seconds == 0 else signal.SIGTERM)
 
     def restart_runners(self, namespace: str, app_name: str, *, at: str) -> None:
         runner = self._runner()
-        if runner is None or not local_logs.process_alive(runner.pid):
+        if runner is None or not localrun.process_alive(runner.pid):
             raise errors.failed_precondition(
                 f"{namespace}/{app_name} has no runner process right now; kubefal run starts one"
             )

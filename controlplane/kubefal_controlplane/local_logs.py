@@ -13,27 +13,11 @@ import contextlib
 import datetime
 import json
 import os
-import pathlib
 import re
 import time
 from collections.abc import Iterator
 
 from kubefal_api import localrun
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    return True
-
 
 _ASCTIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) ")
 FOLLOW_POLL_SECONDS = 0.2
@@ -113,7 +97,7 @@ class LogTail:
                         )
                     )
                     continue
-                if not process_alive(self.runner.pid):
+                if not localrun.process_alive(self.runner.pid):
                     return
                 time.sleep(FOLLOW_POLL_SECONDS)
                 yield b""
