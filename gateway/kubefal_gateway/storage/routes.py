@@ -169,8 +169,9 @@ class RestApi:
         return self.public_url or http_api.base_url(scope)
 
     async def _api_key(
-        self, scope: Scope, *, needs: str = apikeys.SCOPE_STORAGE
+        self, scope: Scope, *, needs: str | None = apikeys.SCOPE_STORAGE
     ) -> apikeys.KeyRecord:
+        """The caller's verified key, which must hold the scope ``needs`` (None: any)."""
         header = header_value(scope, b"authorization")
         if not header:
             raise errors.MissingCredentials(
@@ -179,19 +180,8 @@ class RestApi:
         record = await self.keys.verify(
             header.decode("latin-1"), client=http_api.client_host(scope)
         )
-        _require_scope(record, needs)
-        self.keys.admit(record)
-        return record
-
-    async def _key_of_any_scope(self, scope: Scope) -> apikeys.KeyRecord:
-        header = header_value(scope, b"authorization")
-        if not header:
-            raise errors.MissingCredentials(
-                "Missing API key: send 'Authorization: Key <id>:<secret>'"
-            )
-        record = await self.keys.verify(
-            header.decode("latin-1"), client=http_api.client_host(scope)
-        )
+        if needs is not None:
+            _require_scope(record, needs)
         self.keys.admit(record)
         return record
 
@@ -295,7 +285,8 @@ class RestApi:
         elif path == "/users/current":
             # The fal CLI's --team check with a key (the REST host is this listener).
             self._only(method, "GET")
-            await http_api.send_json(send, 200, (await self._key_of_any_scope(scope)).fal_account())
+            account = (await self._api_key(scope, needs=None)).fal_account()
+            await http_api.send_json(send, 200, account)
         elif path == "/healthz":
             await http_api.send_json(send, 200, {"status": "ok"})
         else:
