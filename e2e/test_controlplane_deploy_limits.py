@@ -11,6 +11,7 @@ No operator runs here, so a deploy waits for readiness until its client goes awa
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import subprocess
 from collections.abc import Iterator
@@ -66,17 +67,38 @@ def _falapp(api_client: k8s.ApiClient, namespace: str, name: str) -> dict[str, A
     return found
 
 
-def _deploy_in_background(
-    plane: ControlPlaneProcess, key: apikeys.ApiKey, home: pathlib.Path, name: str
-) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _deploy_waiting(
+    plane: ControlPlaneProcess,
+    key: apikeys.ApiKey,
+    home: pathlib.Path,
+    name: str,
+    *,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    description: str,
+) -> Iterator[None]:
+    """A ``fal deploy`` of ``name`` in the background, inside the block once it wrote its
+    FalApp (it then waits for runners no operator starts, holding a slot); its client is
+    killed when the block ends."""
     home.mkdir(exist_ok=True)
-    return subprocess.Popen(
+    deploy = subprocess.Popen(
         [str(harness.FAL_CLI), "deploy", f"{APP_FILE}::Sleepy", "--app-name", name],
         env=client_environment(plane, key=key, home=home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    try:
+        waiting.wait_for(
+            lambda: _falapp(api_client, namespace, name) is not None,
+            timeout=180,
+            description=description,
+        )
+        yield
+    finally:
+        deploy.kill()
+        deploy.wait(timeout=60)
 
 
 def test_deploys_beyond_max_deploys_are_resource_exhausted_until_one_ends(
@@ -86,14 +108,16 @@ def test_deploys_beyond_max_deploys_are_resource_exhausted_until_one_ends(
     tmp_path: pathlib.Path,
     key: apikeys.ApiKey,
 ) -> None:
-    first = _deploy_in_background(limited_plane, key, tmp_path / "first", "sleepy-one")
-    try:
-        # Written, then waiting for runners no operator will start: it holds the one slot.
-        waiting.wait_for(
-            lambda: _falapp(api_client, namespace, "sleepy-one") is not None,
-            timeout=180,
-            description="the first deploy to write its FalApp",
-        )
+    # Written, then waiting for runners no operator will start: it holds the one slot.
+    with _deploy_waiting(
+        limited_plane,
+        key,
+        tmp_path / "first",
+        "sleepy-one",
+        api_client=api_client,
+        namespace=namespace,
+        description="the first deploy to write its FalApp",
+    ):
         refused = run_fal(
             limited_plane,
             "deploy",
@@ -103,25 +127,22 @@ def test_deploys_beyond_max_deploys_are_resource_exhausted_until_one_ends(
             key=key,
             home=tmp_path / "second",
         )
-    finally:
-        first.kill()
-        first.wait(timeout=60)
 
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0, output
     assert "1 fal deploy calls are in progress" in output and "--max-deploys" in output
     assert _falapp(api_client, namespace, "sleepy-two") is None
     # The first client is gone: its deploy stops waiting and gives the slot back.
-    third = _deploy_in_background(limited_plane, key, tmp_path / "third", "sleepy-three")
-    try:
-        waiting.wait_for(
-            lambda: _falapp(api_client, namespace, "sleepy-three") is not None,
-            timeout=180,
-            description="a later deploy to get the freed slot",
-        )
-    finally:
-        third.kill()
-        third.wait(timeout=60)
+    with _deploy_waiting(
+        limited_plane,
+        key,
+        tmp_path / "third",
+        "sleepy-three",
+        api_client=api_client,
+        namespace=namespace,
+        description="a later deploy to get the freed slot",
+    ):
+        pass
 
 
 def test_a_pip_option_as_a_requirement_is_invalid_argument_naming_the_field(
