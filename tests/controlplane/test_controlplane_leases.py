@@ -8,26 +8,13 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from kubefal_api import naming
 from kubefal_controlplane import mapping
+from tests.controlplane import runner_pods
 
 NOW = datetime.datetime(2026, 12, 5, 12, 0, tzinfo=datetime.UTC)
 
 
-def _pod(*, ready: bool = True, deleting: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": "demo-abc",
-        "namespace": "team-a",
-        "labels": naming.child_labels("demo"),
-        "creationTimestamp": "2026-12-05T11:00:00Z",
-    }
-    if deleting:
-        meta["deletionTimestamp"] = "2026-12-05T11:59:00Z"
-    status = {
-        "phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    return {"metadata": meta, "spec": {"nodeName": "cpu-0"}, "status": status}
+_pod = runner_pods.runner_pod
 
 
 def test_the_gateway_answer_is_parsed_by_app_and_pod_and_bad_leases_are_skipped() -> None:

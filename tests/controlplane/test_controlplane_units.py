@@ -11,8 +11,9 @@ import grpc
 import isolate_proto
 import pytest
 
-from kubefal_api import apikeys, naming
+from kubefal_api import apikeys
 from kubefal_controlplane import auth, errors, mapping, settings
+from tests.controlplane import runner_pods
 
 State = isolate_proto.RunnerInfo.State
 NOW = datetime.datetime(2026, 12, 5, 12, 0, tzinfo=datetime.UTC)
@@ -61,30 +62,7 @@ def test_a_bad_app_name_is_invalid_argument_naming_the_field(
 # ---- runners ---------------------------------------------------------------------------------
 
 
-def _pod(
-    *,
-    node: str | None = "cpu-0",
-    phase: str = "Running",
-    ready: bool = True,
-    deleting: bool = False,
-    waiting: str | None = None,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": "demo-abc",
-        "namespace": "team-a",
-        "labels": naming.child_labels("demo"),
-        "creationTimestamp": "2026-12-05T11:00:00Z",
-    }
-    if deleting:
-        meta["deletionTimestamp"] = "2026-12-05T11:59:00Z"
-    status: dict[str, Any] = {
-        "phase": phase,
-        "startTime": "2026-12-05T11:00:00Z",
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    if waiting:
-        status["containerStatuses"] = [{"state": {"waiting": {"reason": waiting}}}]
-    return {"metadata": meta, "spec": {"nodeName": node}, "status": status}
+_pod = runner_pods.runner_pod
 
 
 @pytest.mark.parametrize(
