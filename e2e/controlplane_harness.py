@@ -18,7 +18,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -142,6 +142,39 @@ def client_environment(
     if key is not None:
         env["FAL_KEY"] = str(key)
     return env
+
+
+@contextlib.contextmanager
+def fal_following(
+    *args: str, env: dict[str, str], merge_stderr: bool = False
+) -> Iterator[Callable[[], list[str]]]:
+    """The ``fal`` CLI following something (``fal runners logs --follow``) in the background;
+    yields a function that returns the lines it printed so far, read without blocking (it
+    raises once fal has exited); fal is terminated when the block ends."""
+    follower = subprocess.Popen(
+        [str(FAL_CLI), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+    )
+    printed: list[str] = []
+    assert follower.stdout is not None
+    stdout = follower.stdout
+    os.set_blocking(stdout.fileno(), False)
+
+    def lines() -> list[str]:
+        if follower.poll() is not None:
+            raise AssertionError(f"fal exited with {follower.returncode}: {printed}")
+        while line := stdout.readline():
+            printed.append(line)
+        return printed
+
+    try:
+        yield lines
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
 
 
 def run_fal(

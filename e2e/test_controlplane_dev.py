@@ -22,7 +22,7 @@ import uuid
 from kubernetes import client as k8s
 
 from e2e.conftest import ClusterHandle
-from e2e.controlplane_harness import FAL_CLI, get_falapp
+from e2e.controlplane_harness import FAL_CLI, fal_following, get_falapp
 from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -65,37 +65,15 @@ def _call(namespace: str, tag: str, env: dict[str, str]) -> dict[str, object]:
 
 def _follow_shows(pod: str, namespace: str, env: dict[str, str]) -> None:
     """``fal runners logs --follow`` prints a line the runner writes after it started."""
-    follower = subprocess.Popen(
-        [str(FAL_CLI), "runners", "logs", pod, "--follow"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     tag = f"followed-{uuid.uuid4().hex[:8]}"
-    printed: list[str] = []
-    try:
-        assert follower.stdout is not None
-        stdout = follower.stdout
-        os.set_blocking(stdout.fileno(), False)
-
-        def streaming(text: str) -> bool:
-            if follower.poll() is not None:
-                raise AssertionError(f"fal exited with {follower.returncode}: {printed}")
-            while line := stdout.readline():
-                printed.append(line)
-            return any(text in line for line in printed)
-
+    with fal_following("runners", "logs", pod, "--follow", env=env, merge_stderr=True) as lines:
         # Written before or after the stream opens: it replays the last minute first.
         assert _call(namespace, tag, env)["tag"] == tag
         waiting.wait_for(
-            lambda: streaming(f"sleeping 0.0s for {tag}"),
+            lambda: any(f"sleeping 0.0s for {tag}" in line for line in lines()),
             timeout=120,
             description="the followed line",
         )
-    finally:
-        follower.terminate()
-        follower.wait(timeout=30)
 
 
 def _runner_pods(api_client: k8s.ApiClient, namespace: str) -> set[tuple[str, str]]:

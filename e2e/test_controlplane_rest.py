@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import pathlib
 import subprocess
 import uuid
@@ -227,33 +226,25 @@ def test_logs_history_pages_backwards_with_next_until(
 def test_fal_runners_logs_follow_streams_new_lines(
     plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey, tmp_path: pathlib.Path
 ) -> None:
-    follower = subprocess.Popen(
-        [str(harness.FAL_CLI), "runners", "logs", runner.pod, "--follow", "--output", "json"],
-        env=_env(plane, key, tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     fresh = f"followed {uuid.uuid4().hex[:8]}"
     seen: list[str] = []
-    try:
-        assert follower.stdout is not None
-        stdout = follower.stdout
-        os.set_blocking(stdout.fileno(), False)
+    with harness.fal_following(
+        "runners",
+        "logs",
+        runner.pod,
+        "--follow",
+        "--output",
+        "json",
+        env=_env(plane, key, tmp_path),
+    ) as lines:
 
         def shown() -> bool:
             # Written again on each poll: the stream may open after an earlier write.
             _write(runner.log_file, [(datetime.datetime.now(tz=datetime.UTC), fresh)])
-            if follower.poll() is not None:
-                raise AssertionError(f"fal exited with {follower.returncode}")
-            while line := stdout.readline():
-                seen.append(json.loads(line)["message"])
+            seen[:] = [json.loads(line)["message"] for line in lines()]
             return fresh in seen
 
         waiting.wait_for(shown, timeout=120, interval=1.0, description="the followed line")
-    finally:
-        follower.terminate()
-        follower.wait(timeout=30)
     # Lines older than the follow window (one minute back) came first, then the new ones.
     assert set(runner.messages) <= set(seen)
     assert seen.index(runner.messages[0]) < seen.index(fresh)
