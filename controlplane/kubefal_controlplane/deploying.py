@@ -331,23 +331,22 @@ class DeployRpcs(ControllerBase):
             phase = str(status.get("phase") or "Pending")
             observed = status.get("observedGeneration") or 0
             conditions = {c.get("type"): c for c in status.get("conditions") or []}
-            build = status.get("build") or {}
-            if build and int(build.get("observedGeneration") or 0) >= generation:
-                job = str(build.get("job") or "")
-                if build.get("phase") == v1alpha1.BuildPhase.FAILED:
+            build = builds.build_of(status, generation)
+            if build is not None:
+                job = build.job
+                if build.phase == v1alpha1.BuildPhase.FAILED:
                     raise errors.failed_precondition(
-                        f"the image of {namespace}/{name} could not be built: "
-                        f"{build.get('message', '')}"
+                        f"the image of {namespace}/{name} could not be built: {build.message}"
                     )
-                if build.get("phase") == v1alpha1.BuildPhase.BUILDING and job not in followed:
+                if build.phase == v1alpha1.BuildPhase.BUILDING and job not in followed:
                     followed.add(job)
                     yield from self._build_logs(namespace, job, context)
                     deadline = time.monotonic() + self.settings.deploy_timeout
                     continue
-                if build.get("phase") == v1alpha1.BuildPhase.CACHED and "" not in followed:
+                if build.phase == v1alpha1.BuildPhase.CACHED and "" not in followed:
                     followed.add("")
                     yield isolate_proto.RegisterApplicationResult(
-                        logs=[log(f"image {build.get('image')}: already built (cache hit)")]
+                        logs=[log(f"image {build.image}: already built (cache hit)")]
                     )
             if observed >= generation:
                 if phase in (v1alpha1.Phase.READY, v1alpha1.Phase.SCALED_TO_ZERO):

@@ -162,18 +162,18 @@ def _wait(
             with kube.translated(client, action=f"reading FalApp {namespace}/{name}"):
                 falapp = kube.read_falapp(client, namespace=namespace, name=name)
             status = falapp.get("status") or {}
-            build = status.get("build") or {}
-            if build and int(build.get("observedGeneration") or 0) >= generation:
-                job = str(build.get("job") or "")
-                if build.get("phase") == v1alpha1.BuildPhase.FAILED:
+            build = builds.build_of(status, generation)
+            if build is not None:
+                job = build.job
+                if build.phase == v1alpha1.BuildPhase.FAILED:
                     raise errors.CliError(
                         f"the image of FalApp {namespace}/{name} could not be built: "
-                        f"{build.get('message', '')}",
+                        f"{build.message}",
                         hint=f"the build log: kubectl logs -n {namespace} job/{job}"
                         if job
                         else "see the operator's settings (build.* in the chart's values)",
                     )
-                if build.get("phase") == v1alpha1.BuildPhase.BUILDING and job not in followed:
+                if build.phase == v1alpha1.BuildPhase.BUILDING and job not in followed:
                     followed.add(job)
                     status_line.stop()
                     follow_build(client, namespace=namespace, job=job)
@@ -181,9 +181,9 @@ def _wait(
                     # The build's own time does not count against --timeout.
                     deadline = time.monotonic() + timeout_seconds
                     continue
-                if build.get("phase") == v1alpha1.BuildPhase.CACHED and "cached" not in followed:
+                if build.phase == v1alpha1.BuildPhase.CACHED and "cached" not in followed:
                     followed.add("cached")
-                    ui.note(f"Image {build.get('image')}: already built (cache hit), no build")
+                    ui.note(f"Image {build.image}: already built (cache hit), no build")
             phase = str(status.get("phase", "Pending"))
             ready = status.get("readyReplicas", 0)
             desired = status.get("desiredRunners", 0)
