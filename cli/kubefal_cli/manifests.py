@@ -343,7 +343,7 @@ def build_secret_manifest(
         "namespace": target.namespace,
         "labels": {
             "app.kubernetes.io/managed-by": "kubefal-cli",
-            "kubefal.io/build-of": target.name,
+            naming.LABEL_BUILD_OF: target.name,
         },
     }
     if owner_uid is not None:

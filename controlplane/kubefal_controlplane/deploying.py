@@ -21,7 +21,7 @@ import grpc
 import isolate_proto
 from kubernetes.client.exceptions import ApiException
 
-from kubefal_api import builds, v1alpha1
+from kubefal_api import builds, naming, v1alpha1
 from kubefal_controlplane import app_files, auth, deploy, deploy_spec, errors, mapping
 from kubefal_controlplane import settings as settings_module
 from kubefal_controlplane.rpc import (
@@ -252,7 +252,7 @@ class DeployRpcs(ControllerBase):
             "metadata": {
                 "name": secret_name,
                 "namespace": namespace,
-                "labels": {"kubefal.io/build-of": name},
+                "labels": {naming.LABEL_BUILD_OF: name},
                 "ownerReferences": [
                     {
                         "apiVersion": v1alpha1.API_VERSION,

@@ -35,13 +35,12 @@ from typing import Any, Final
 
 import aiohttp
 
-from kubefal_api import v1alpha1
+from kubefal_api import naming, v1alpha1
 from kubefal_operator import kube
 
 logger = logging.getLogger(__name__)
 
-LABEL_BUILD_OF: Final = f"{v1alpha1.GROUP}/build-of"
-"""On build Jobs and their pods: the FalApp the image is for."""
+LABEL_BUILD_OF: Final = naming.LABEL_BUILD_OF
 LABEL_BUILD_HASH: Final = f"{v1alpha1.GROUP}/build"
 """On build Jobs and their pods: the content hash (the image tag)."""
 BUILD_CONTAINER: Final = "build"
