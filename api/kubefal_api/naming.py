@@ -110,6 +110,21 @@ def horizontal_pod_autoscaler_name(app_name: str) -> str:
     return app_name
 
 
+def owner_reference(app_name: str, uid: str, *, controller: bool = False) -> dict[str, object]:
+    """An owner reference to the FalApp ``app_name``: the garbage collector deletes the object
+    with the app. ``controller``: the app is its managing controller (the operator's children,
+    the build secrets), which also blocks the app's foreground deletion until it is gone."""
+    reference: dict[str, object] = {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "name": app_name,
+        "uid": uid,
+    }
+    if controller:
+        reference.update(controller=True, blockOwnerDeletion=True)
+    return reference
+
+
 def runner_selector(app_name: str) -> dict[str, str]:
     """Labels that select the runner pods of a FalApp (the Deployment's immutable selector)."""
     return {LABEL_APP: app_name, LABEL_COMPONENT: COMPONENT_RUNNER}

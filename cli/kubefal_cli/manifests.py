@@ -348,14 +348,7 @@ def build_secret_manifest(
     }
     if owner_uid is not None:
         metadata["ownerReferences"] = [
-            {
-                "apiVersion": v1alpha1.API_VERSION,
-                "kind": v1alpha1.KIND,
-                "name": target.name,
-                "uid": owner_uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
+            naming.owner_reference(target.name, owner_uid, controller=True)
         ]
     return {
         "apiVersion": "v1",
@@ -416,14 +409,7 @@ def config_map_manifest(
         },
     }
     if owner_uid is not None:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": v1alpha1.API_VERSION,
-                "kind": v1alpha1.KIND,
-                "name": target.name,
-                "uid": owner_uid,
-            }
-        ]
+        metadata["ownerReferences"] = [naming.owner_reference(target.name, owner_uid)]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -445,12 +431,7 @@ def source_config_maps(
     if owner_uid is not None:
         for config_map in config_maps:
             config_map["metadata"]["ownerReferences"] = [
-                {
-                    "apiVersion": v1alpha1.API_VERSION,
-                    "kind": v1alpha1.KIND,
-                    "name": target.name,
-                    "uid": owner_uid,
-                }
+                naming.owner_reference(target.name, owner_uid)
             ]
     return config_maps
 

@@ -259,12 +259,7 @@ class Cluster:
     def adopt_config_map(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
         """Make the FalApp own its source ConfigMap, so deleting the app removes it."""
         meta = owner["metadata"]
-        reference = {
-            "apiVersion": v1alpha1.API_VERSION,
-            "kind": v1alpha1.KIND,
-            "name": meta["name"],
-            "uid": meta["uid"],
-        }
+        reference = naming.owner_reference(meta["name"], meta["uid"])
         self.core.patch_namespaced_config_map(
             name,
             namespace,

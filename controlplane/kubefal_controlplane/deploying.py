@@ -254,14 +254,7 @@ class DeployRpcs(ControllerBase):
                 "namespace": namespace,
                 "labels": {naming.LABEL_BUILD_OF: name},
                 "ownerReferences": [
-                    {
-                        "apiVersion": v1alpha1.API_VERSION,
-                        "kind": v1alpha1.KIND,
-                        "name": name,
-                        "uid": app["metadata"]["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
+                    naming.owner_reference(name, app["metadata"]["uid"], controller=True)
                 ],
             },
             "type": "Opaque",

@@ -55,3 +55,14 @@ def test_app_names_are_dns_1035_labels(name: str, valid: bool) -> None:
 def test_label_values_fit_kubernetes_limits() -> None:
     for key, value in naming.child_labels("a" * naming.MAX_APP_NAME_LENGTH).items():
         assert len(value) <= 63, key
+
+
+def test_an_owner_reference_names_the_falapp_and_only_a_controller_blocks_deletion() -> None:
+    plain = {"apiVersion": "kubefal.io/v1alpha1", "kind": "FalApp", "name": "demo", "uid": "u-1"}
+
+    assert naming.owner_reference("demo", "u-1") == plain
+    assert naming.owner_reference("demo", "u-1", controller=True) == {
+        **plain,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

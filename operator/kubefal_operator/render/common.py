@@ -102,14 +102,7 @@ class Owner:
 
     def reference(self) -> Manifest:
         """A controller owner reference: the garbage collector deletes the child with us."""
-        return {
-            "apiVersion": v1alpha1.API_VERSION,
-            "kind": v1alpha1.KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        return naming.owner_reference(self.name, self.uid, controller=True)
 
 
 def metadata(owner: Owner, *, name: str, annotations: dict[str, str] | None = None) -> Manifest:
