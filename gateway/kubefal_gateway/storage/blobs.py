@@ -9,10 +9,12 @@ Metadata is a small str→str mapping stored with the object (content type, expi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Protocol, TypeVar
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MAX_KEY_SEGMENTS = 6
@@ -104,3 +106,47 @@ async def read_all(store: BlobStore, key: str, *, limit: int) -> bytes:
 
 async def one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
+
+
+E = TypeVar("E", bound=Exception)
+
+
+async def read_ahead(
+    read: Callable[[int], bytes],
+    *,
+    chunk_size: int,
+    length: int | None,
+    errors: tuple[type[E], ...],
+    classify: Callable[[E], BlobError],
+) -> AsyncGenerator[bytes, None]:
+    """A backend's blocking ``read(size)`` as an async stream: called in the default executor
+    until it returns nothing (or ``length`` bytes came), the next block read while the caller
+    sends this one (two blocks in memory); a read failing with one of ``errors`` raises
+    ``classify(error)``. Closed early (``aclose``), it waits for the read in flight, so the
+    caller may then close the source."""
+    loop = asyncio.get_running_loop()
+    left = -1 if length is None else length  # -1: to the end
+
+    def next_read() -> asyncio.Future[bytes]:
+        size = chunk_size if left < 0 else min(chunk_size, left)
+        return loop.run_in_executor(None, read, size)
+
+    ahead: asyncio.Future[bytes] | None = next_read() if left else None
+    try:
+        while ahead is not None:
+            try:
+                chunk = await ahead
+            except errors as error:
+                ahead = None
+                raise classify(error) from error
+            if not chunk:
+                ahead = None
+                return
+            if left > 0:
+                left -= len(chunk)
+            ahead = next_read() if left else None
+            yield chunk
+    finally:
+        if ahead is not None:  # closed early: let the read in flight finish first
+            with contextlib.suppress(*errors):
+                await ahead

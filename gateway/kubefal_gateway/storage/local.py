@@ -208,32 +208,18 @@ class LocalBlobStore:
             raise blobs.BlobNotFound(key) from None
         except OSError as error:
             raise _classify(error) from error
-        left = -1 if length is None else length  # -1: to the end
-
-        def next_read() -> asyncio.Future[bytes]:
-            size = chunk_size if left < 0 else min(chunk_size, left)
-            return loop.run_in_executor(None, handle.read, size)
-
-        # The next block is read while the caller sends this one (two blocks in memory).
-        ahead: asyncio.Future[bytes] | None = next_read() if left else None
+        reads = blobs.read_ahead(
+            handle.read,
+            chunk_size=chunk_size,
+            length=length,
+            errors=(OSError,),
+            classify=_classify,
+        )
         try:
-            while ahead is not None:
-                try:
-                    chunk = await ahead
-                except OSError as error:
-                    ahead = None
-                    raise _classify(error) from error
-                if not chunk:
-                    ahead = None
-                    return
-                if left > 0:
-                    left -= len(chunk)
-                ahead = next_read() if left else None
-                yield chunk
+            async with contextlib.aclosing(reads):
+                async for chunk in reads:
+                    yield chunk
         finally:
-            if ahead is not None:  # closed early: let the read in flight finish first
-                with contextlib.suppress(OSError):
-                    await ahead
             await loop.run_in_executor(None, handle.close)
 
     async def delete(self, key: str) -> None:

@@ -199,25 +199,15 @@ class S3BlobStore:
             self.client.get_object, Bucket=self.bucket, Key=self._key(key), **ranged
         )
         body = answer["Body"]
-        loop = asyncio.get_running_loop()
-        # The next chunk is read while the caller sends this one (two chunks in memory).
-        ahead: asyncio.Future[bytes] | None = loop.run_in_executor(None, body.read, chunk_size)
+        # The Range header bounds the body: read it to its end.
+        reads = blobs.read_ahead(
+            body.read, chunk_size=chunk_size, length=None, errors=_ERRORS, classify=_classify
+        )
         try:
-            while ahead is not None:
-                try:
-                    chunk = await ahead
-                except _ERRORS as error:
-                    ahead = None
-                    raise _classify(error) from error
-                if not chunk:
-                    ahead = None
-                    return
-                ahead = loop.run_in_executor(None, body.read, chunk_size)
-                yield chunk
+            async with contextlib.aclosing(reads):
+                async for chunk in reads:
+                    yield chunk
         finally:
-            if ahead is not None:  # closed early: let the read in flight finish first
-                with contextlib.suppress(*_ERRORS):
-                    await ahead
             body.close()
 
     async def delete(self, key: str) -> None:
