@@ -236,6 +236,7 @@ def test_apps_scale_writes_the_falapp_spec_and_leaves_omitted_fields_alone(
         "concurrencyBufferPerc": 10,
         "scalingDelay": 3,
         "maxMultiplexing": 2,
+        "policy": "fal",  # the CRD's default; fal's protocol has no field for it
     }
     assert spec["machineTypes"] == ["GPU-H200"]
     assert spec["regions"] == ["us-west"]

@@ -402,6 +402,7 @@ def test_a_minimal_falapp_gets_the_sdk_defaults_from_the_api_server(
         "concurrencyBufferPerc": 0,
         "scalingDelay": 0,
         "maxMultiplexing": 1,
+        "policy": v1alpha1.ScalingPolicy.FAL.value,
     }
     assert "numGpus" not in spec
     assert "healthCheck" not in spec
