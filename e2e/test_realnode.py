@@ -136,9 +136,16 @@ def test_a_runner_pod_on_the_real_node_is_a_real_container_serving_over_loopback
     assert response.status_code == 200, response.text
     assert response.json() == {"words": 3, "distinct_words": 2, "top_words": [["a", 2]]}
 
-    status = core.read_namespaced_pod("runner", namespace).status
-    (container,) = status.container_statuses
-    runtime, _, container_id = container.container_id.partition("://")
+    def reported_container_id() -> str | None:
+        # The kubelet reports the container's id in its next status update, which may come
+        # after the container already answers.
+        statuses = core.read_namespaced_pod("runner", namespace).status.container_statuses or []
+        return statuses[0].container_id if len(statuses) == 1 else None
+
+    reported = waiting.wait_for(
+        reported_container_id, timeout=60, description="the kubelet to report the container id"
+    )
+    runtime, _, container_id = reported.partition("://")
     assert runtime == "containerd" and re.fullmatch(r"[0-9a-f]{64}", container_id)
     assert container_id in node.ctr("containers", "list", "--quiet").split()
     task = {line.split()[0]: line.split() for line in node.ctr("tasks", "list").splitlines()[1:]}[
