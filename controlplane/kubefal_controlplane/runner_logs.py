@@ -67,7 +67,10 @@ def parse_time(raw: str, *, field: str) -> datetime.datetime:
         raise BadQuery(f"{field}: expected an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.astimezone(datetime.UTC)
+    try:
+        return parsed.astimezone(datetime.UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves datetime's range
+        raise BadQuery(f"{field}: the time is out of range") from None
 
 
 def parse_page_size(raw: str | None, default: int) -> int:

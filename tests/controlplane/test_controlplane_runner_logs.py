@@ -33,6 +33,13 @@ def test_a_bad_time_names_its_field(raw: str) -> None:
         runner_logs.parse_time(raw, field="since")
 
 
+@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_out_of_range_in_utc_names_its_field(raw: str) -> None:
+    # fromisoformat takes these; converting them to UTC overflows (was a 500 on the REST side).
+    with pytest.raises(runner_logs.BadQuery, match="since"):
+        runner_logs.parse_time(raw, field="since")
+
+
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "10001", "1e3", "²"])
 def test_a_bad_page_size_is_refused(raw: str) -> None:
     with pytest.raises(runner_logs.BadQuery, match="page_size"):
