@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -42,7 +43,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import orjson
 import psutil
@@ -133,6 +135,26 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def process_group(command: list[str], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` in its own process group, stopped (TERM, then KILL after 30 s) on the way out.
+
+    Each process the bench starts is entered on one ExitStack, so a failure anywhere after it
+    starts (a certificate that cannot be made, a later process that does not start, a gateway
+    that never gets ready) stops it too.
+    """
+    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -285,86 +307,86 @@ def main() -> None:
             }
         )
     )
-    python = sys.executable
-    log = (workdir / "processes.log").open("wb")
-    runner = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "kubefal_runner",
-            "--app",
-            ECHO_APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(runner_port),
-            "--metrics-port",
-            "0",
-            "--max-multiplexing",
-            "64",
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    gateway = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "kubefal_gateway",
-            "--host",
-            "127.0.0.1",
-            "--queue-port",
-            str(queue_port),
-            "--run-port",
-            str(run_port),
-            "--admin-port",
-            str(admin_port),
-            "--store",
-            f"sqlite:///{workdir / 'queue.db'}",
-            "--static-config",
-            str(config),
-            "--log-level",
-            "warning",
-            *args.gateway_arg,
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    ca_path, cert_path, key_path = make_tls(workdir)
-    tls_run_port, tls_queue_port, tls_admin_port = (free_port() for _ in range(3))
-    tls_gateway = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "kubefal_gateway",
-            "--host",
-            "127.0.0.1",
-            "--queue-port",
-            str(tls_queue_port),
-            "--run-port",
-            str(tls_run_port),
-            "--admin-port",
-            str(tls_admin_port),
-            "--tls-cert",
-            str(cert_path),
-            "--tls-key",
-            str(key_path),
-            "--store",
-            f"sqlite:///{workdir / 'queue-tls.db'}",
-            "--static-config",
-            str(config),
-            "--log-level",
-            "warning",
-            *args.gateway_arg,
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    tls_context = ssl.create_default_context(cafile=str(ca_path))
-    try:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context((workdir / "processes.log").open("wb"))
+        python = sys.executable
+        stack.enter_context(
+            process_group(
+                [
+                    python,
+                    "-m",
+                    "kubefal_runner",
+                    "--app",
+                    ECHO_APP,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(runner_port),
+                    "--metrics-port",
+                    "0",
+                    "--max-multiplexing",
+                    "64",
+                ],
+                log,
+            )
+        )
+        gateway = stack.enter_context(
+            process_group(
+                [
+                    python,
+                    "-m",
+                    "kubefal_gateway",
+                    "--host",
+                    "127.0.0.1",
+                    "--queue-port",
+                    str(queue_port),
+                    "--run-port",
+                    str(run_port),
+                    "--admin-port",
+                    str(admin_port),
+                    "--store",
+                    f"sqlite:///{workdir / 'queue.db'}",
+                    "--static-config",
+                    str(config),
+                    "--log-level",
+                    "warning",
+                    *args.gateway_arg,
+                ],
+                log,
+            )
+        )
+        ca_path, cert_path, key_path = make_tls(workdir)
+        tls_run_port, tls_queue_port, tls_admin_port = (free_port() for _ in range(3))
+        tls_gateway = stack.enter_context(
+            process_group(
+                [
+                    python,
+                    "-m",
+                    "kubefal_gateway",
+                    "--host",
+                    "127.0.0.1",
+                    "--queue-port",
+                    str(tls_queue_port),
+                    "--run-port",
+                    str(tls_run_port),
+                    "--admin-port",
+                    str(tls_admin_port),
+                    "--tls-cert",
+                    str(cert_path),
+                    "--tls-key",
+                    str(key_path),
+                    "--store",
+                    f"sqlite:///{workdir / 'queue-tls.db'}",
+                    "--static-config",
+                    str(config),
+                    "--log-level",
+                    "warning",
+                    *args.gateway_arg,
+                ],
+                log,
+            )
+        )
+        tls_context = ssl.create_default_context(cafile=str(ca_path))
         wait_http(f"http://127.0.0.1:{runner_port}/_kubefal/ready")
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
         wait_http(f"http://127.0.0.1:{tls_admin_port}/readyz")
@@ -465,14 +487,6 @@ def main() -> None:
                 "by_concurrency": collected,
             },
         )
-    finally:
-        for process in (gateway, tls_gateway, runner):
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in (gateway, tls_gateway, runner):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
