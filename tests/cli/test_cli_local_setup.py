@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import pathlib
 import random
 import socket
 import ssl
+import subprocess
 import threading
 
 import pytest
@@ -371,3 +373,40 @@ def test_keys_made_with_fal_keys_create_stay_valid_in_the_next_runs_gateway_conf
         (run_key.id, run_key.hash),
         (made.id, made.hash),
     ]
+
+
+def test_a_hostile_state_path_in_the_env_file_stays_one_value_when_a_shell_sources_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    # $KUBEFAL_HOME (where the CA lives) may hold spaces, `$(...)` or a newline: sourcing the
+    # env file must give back the path, run nothing and define no other variable.
+    marker = tmp_path / "ran"
+    ca = pathlib.Path(f"/home/a b/$(touch {marker})/`touch {marker}`\nINJECTED=1/ca.pem")
+    env_file = tmp_path / "kubefal.env"
+    lines = local_config.EnvLines(
+        run_host="127.0.0.1:2",
+        queue_run_host="127.0.0.1:1",
+        ssl_cert_file=ca,
+        fal_key="kf0123456789abcdef:s",
+        app_id="local/app",
+        grpc_host="localhost:4",
+    )
+    env_file.write_text(lines.render())
+
+    sourced = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'set -a; . "$1"; set +a; printf "%s|%s|%s|%s" "$SSL_CERT_FILE" '
+            '"$GRPC_DEFAULT_SSL_ROOTS_FILE_PATH" "${INJECTED-unset}" "$FAL_KEY"',
+            "sh",
+            str(env_file),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+
+    assert sourced.stdout == f"{ca}|{ca}|unset|kf0123456789abcdef:s"
+    assert not marker.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import shlex
 import socket
 from collections.abc import Sequence
 
@@ -44,31 +45,39 @@ class EnvLines:
     grpc_host: str = ""
 
     def render(self) -> str:
+        """The ``NAME=value`` lines, each value shell-quoted when it needs it (a path under a
+        ``$KUBEFAL_HOME`` with spaces, ``$`` or a newline), since the file is sourced by a shell
+        (``set -a; . FILE``): a value never runs as a command or spills into another line."""
+        return "".join(f"{name}={shlex.quote(value)}\n" for name, value in self._pairs())
+
+    def _pairs(self) -> list[tuple[str, str]]:
         # FAL_REST_HOST points the fal SDK (fal.toolkit uploads) at the gateway; the
         # kubefal_hosts hook does the same for fal_client from KUBEFAL_REST_HOST
         # (docs/fal-storage.md).
         rest = (
-            f"FAL_REST_HOST={self.rest_host}\nKUBEFAL_REST_HOST={self.rest_host}\n"
+            [("FAL_REST_HOST", self.rest_host), ("KUBEFAL_REST_HOST", self.rest_host)]
             if self.rest_host
-            else ""
+            else []
         )
         # The fal CLI and SyncServerlessClient: gRPC to the control plane, trusting the local
         # CA through gRPC's own roots variable (the names `make dev` writes).
         grpc = (
-            f"FAL_GRPC_HOST={self.grpc_host}\n"
-            f"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={self.ssl_cert_file}\n"
+            [
+                ("FAL_GRPC_HOST", self.grpc_host),
+                ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", str(self.ssl_cert_file)),
+            ]
             if self.grpc_host
-            else ""
+            else []
         )
-        return (
-            f"FAL_RUN_HOST={self.run_host}\n"
-            f"FAL_QUEUE_RUN_HOST={self.queue_run_host}\n"
-            f"{rest}"
-            f"SSL_CERT_FILE={self.ssl_cert_file}\n"
-            f"FAL_KEY={self.fal_key}\n"
-            f"{grpc}"
-            f"KUBEFAL_APP={self.app_id}\n"
-        )
+        return [
+            ("FAL_RUN_HOST", self.run_host),
+            ("FAL_QUEUE_RUN_HOST", self.queue_run_host),
+            *rest,
+            ("SSL_CERT_FILE", str(self.ssl_cert_file)),
+            ("FAL_KEY", self.fal_key),
+            *grpc,
+            ("KUBEFAL_APP", self.app_id),
+        ]
 
 
 def _port_is_free(port: int) -> bool:
