@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from kubefal_api import apikeys
+from kubefal_gateway.storage import app_files
 from tests.gateway import gwharness, storage_harness
 
 pytestmark = pytest.mark.slow
@@ -165,3 +166,63 @@ def test_app_file_uploads_refuse_bad_input_with_json_detail(stack: Stack) -> Non
         assert http.post("/files/missing_hashes", json={"hashes": [file_hash]}).json() == [
             file_hash
         ]
+
+
+def test_app_file_limits_and_hostile_numbers_are_4xx_with_detail(stack: Stack) -> None:
+    """Every limit of the app-files API answers 4xx with a JSON detail, never 500: non-ASCII
+    digits in the metadata, too many hashes, a part number past MAX_PARTS, a part or a whole
+    file over MAX_APP_FILE_BYTES, too many parts listed on complete."""
+    data = b"limits\n"
+    digest = hashlib.sha256(data)
+    digest.update(b"33188")
+    file_hash = digest.hexdigest()
+    limit = app_files.MAX_APP_FILE_BYTES
+    with stack.http(stack.key) as http:
+        initiate = f"/files/app/multipart/{file_hash}/initiate"
+        # "²" is str.isdigit() but no int(): a 400 naming the field, not a 500.
+        for metadata, field in (
+            ({"mode": "²"}, "metadata.mode"),
+            ({"mode": "33188", "size": "²"}, "metadata.size"),
+        ):
+            refused = http.post(initiate, json=metadata)
+            assert refused.status_code == 400, refused.text
+            assert field in refused.json()["detail"]
+        many = http.post(
+            "/files/missing_hashes", json={"hashes": [file_hash] * (app_files.MAX_HASHES + 1)}
+        )
+        assert many.status_code == 400 and str(app_files.MAX_HASHES) in many.json()["detail"]
+
+        upload_id = http.post(initiate, json={"mode": "33188"}).json()["upload_id"]
+        parts = f"/files/app/multipart/{file_hash}/{upload_id}"
+        body, content_type = _form(b"x")
+        past = http.put(
+            f"{parts}/{app_files.MAX_PARTS + 1}",
+            content=body,
+            headers={"Content-Type": content_type},
+        )
+        assert past.status_code == 413 and "/data" in past.json()["detail"]
+        body, content_type = _form(b"x" * (limit + 1))
+        one_too_big = http.put(f"{parts}/1", content=body, headers={"Content-Type": content_type})
+        assert one_too_big.status_code == 413 and "/data" in one_too_big.json()["detail"]
+        huge = http.put(f"{parts}/1", content=b"x" * (limit + app_files.FORM_OVERHEAD + 1))
+        assert huge.status_code == 413 and huge.json()["detail"]
+
+        # Two parts each within the limit, together over it: refused on complete.
+        listed = []
+        for number in (1, 2):
+            body, content_type = _form(b"y" * (limit // 2 + 1))
+            part = http.put(
+                f"{parts}/{number}", content=body, headers={"Content-Type": content_type}
+            )
+            assert part.status_code == 200, part.text
+            listed.append(part.json())
+        together = http.post(f"{parts}/complete", json={"parts": listed})
+        assert together.status_code == 413 and "/data" in together.json()["detail"]
+        too_many = http.post(
+            f"{parts}/complete",
+            json={"parts": [{"part_number": 1}] * (app_files.MAX_PARTS + 1)},
+        )
+        assert too_many.status_code == 400 and too_many.json()["detail"]
+        not_sent = http.post(f"{parts}/complete", json={"parts": [{"part_number": 3}]})
+        assert not_sent.status_code == 400 and "3" in not_sent.json()["detail"]
+        assert http.get(f"/files/app/{file_hash}").status_code == 404

@@ -102,9 +102,14 @@ def fal_hash(data: bytes, mode: int) -> str:
     return digest.hexdigest()
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²", which `int` refuses (a 500)."""
+    return text.isascii() and text.isdigit()
+
+
 def _mode(metadata: object) -> int:
     raw = metadata.get("mode") if isinstance(metadata, dict) else None
-    if not isinstance(raw, str | int) or isinstance(raw, bool) or not str(raw).isdigit():
+    if not isinstance(raw, str | int) or isinstance(raw, bool) or not _is_decimal(str(raw)):
         raise errors.BadRequest("metadata.mode: the file's mode as a decimal number")
     mode = int(str(raw)[:12])
     if not 0 <= mode < 2**32:
@@ -184,7 +189,7 @@ class AppFiles:
         mode = _mode(metadata)
         size_raw = metadata.get("size") if isinstance(metadata, dict) else None
         if size_raw is not None:
-            if not str(size_raw).isdigit():
+            if not _is_decimal(str(size_raw)):
                 raise errors.BadRequest("metadata.size: the file's size in bytes")
             if int(str(size_raw)[:15]) > MAX_APP_FILE_BYTES:
                 raise errors.PayloadTooLarge(TOO_LARGE.format(limit=MAX_APP_FILE_BYTES))
