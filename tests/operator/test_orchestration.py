@@ -103,6 +103,48 @@ async def settle(op: runtime.Operator) -> None:
             await asyncio.gather(*op.retries.values(), return_exceptions=True)
 
 
+async def reconciled(
+    fake: FakeKube, stores: cache.Cache, *, actuated: bool = False, **spec: Any
+) -> runtime.Operator:
+    """A new operator that has reconciled a new FalApp with ``spec`` once."""
+    body = fake.create(falapp(**spec))
+    op = operator(fake, actuated=actuated)
+    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    return op
+
+
+async def modified(
+    op: runtime.Operator, stores: cache.Cache, kind: str, child: dict[str, Any]
+) -> None:
+    """The watch event of a changed child of the app."""
+    await triggers.child_changed(
+        op,
+        kind=kind,
+        event_type="MODIFIED",
+        child=livestate.object_view(child),
+        indexes=stores.indexes,
+    )
+
+
+def runner_pod(name: str, ip: str) -> dict[str, Any]:
+    """A running runner pod of the app."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": naming.runner_selector(NAME)},
+        "spec": {"nodeName": "node-1"},
+        "status": {"phase": "Running", "podIP": ip},
+    }
+
+
+async def send(
+    op: runtime.Operator, stores: cache.Cache, fields: dict[str, Any], *, app: str = NAME
+) -> None:
+    """The gateway's scaling signal for ``app`` (the builtin actuator's input)."""
+    signal = signals.parse_signal({"app": f"{NAMESPACE}/{app}", **fields})
+    await actuation.actuate(op, signal=signal, indexes=stores.indexes)
+
+
 # --- a new app, and an app that did not change ---------------------------------------------
 
 
@@ -132,9 +174,7 @@ async def test_a_new_app_gets_its_children_then_one_event_then_its_status(
 async def test_the_echo_of_our_own_status_write_renders_nothing(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp())
-    op = operator(fake)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores)
     written = len(fake.writes)
 
     echo = fake.live("FalApp", NAMESPACE, NAME)  # the status write's watch event: same generation
@@ -185,13 +225,7 @@ async def test_a_stale_child_event_is_ignored_and_a_newer_drifted_one_is_put_bac
 
     # The watch delivers an event older than our apply response (our own create's echo).
     stale = {**service, "metadata": {**service["metadata"], "resourceVersion": "1"}}
-    await triggers.child_changed(
-        op,
-        kind="Service",
-        event_type="MODIFIED",
-        child=livestate.object_view(stale),
-        indexes=stores.indexes,
-    )
+    await modified(op, stores, "Service", stale)
     assert fake.writes[written:] == []
 
     # Someone edits the Service by hand: a newer version that drifted.
@@ -199,13 +233,7 @@ async def test_a_stale_child_event_is_ignored_and_a_newer_drifted_one_is_put_bac
         "Service", NAMESPACE, NAME, {"spec": {"ports": [{"name": "http", "port": 1}]}}
     )
     fake.deliver()
-    await triggers.child_changed(
-        op,
-        kind="Service",
-        event_type="MODIFIED",
-        child=livestate.object_view(edited),
-        indexes=stores.indexes,
-    )
+    await modified(op, stores, "Service", edited)
 
     assert [(w.verb, w.kind) for w in fake.writes[written:]] == [
         ("apply", "Service"),
@@ -284,9 +312,9 @@ async def test_a_permanent_error_is_reported_once_as_degraded_and_not_retried(
 async def test_a_conflict_on_the_actuators_replicas_write_claims_no_scale_and_is_retried(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(
+        fake, stores, actuated=True, scaling={"minConcurrency": 0, "maxConcurrency": 5}
+    )
     written = len(fake.writes)
     signal = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2, "queued": 4})
 
@@ -308,9 +336,7 @@ async def test_a_conflict_on_the_actuators_replicas_write_claims_no_scale_and_is
 async def test_a_deleted_child_is_put_back_after_reading_the_app_from_the_api(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp())
-    op = operator(fake)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores)
     written = len(fake.writes)
 
     gone = fake.remove("NetworkPolicy", NAMESPACE, NAME)
@@ -331,9 +357,7 @@ async def test_children_deleted_with_their_app_are_not_put_back(
 ) -> None:
     """The garbage collector deletes children after their FalApp: the index may still show the
     app, the API does not."""
-    body = fake.create(falapp())
-    op = operator(fake)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores)
     written = len(fake.writes)
     fake.watching = False  # the FalApp's DELETED event has not arrived yet
     fake.remove("FalApp", NAMESPACE, NAME)
@@ -350,9 +374,7 @@ async def test_children_deleted_with_their_app_are_not_put_back(
 async def test_a_child_of_a_new_app_with_the_same_name_is_left_to_that_apps_own_event(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp())
-    op = operator(fake)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores)
     written = len(fake.writes)
     fake.watching = False
     fake.remove("FalApp", NAMESPACE, NAME)
@@ -369,9 +391,7 @@ async def test_a_child_of_a_new_app_with_the_same_name_is_left_to_that_apps_own_
 async def test_an_unwanted_child_already_gone_is_no_error_and_not_reported_as_deleted(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp(scaling={"minConcurrency": 2, "maxConcurrency": 4}))
-    op = operator(fake)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores, scaling={"minConcurrency": 2, "maxConcurrency": 4})
     assert fake.live("PodDisruptionBudget", NAMESPACE, NAME) is not None
     written = len(fake.writes)
 
@@ -413,9 +433,7 @@ async def test_a_status_write_for_an_app_deleted_meanwhile_is_dropped_quietly(
 async def test_a_signal_for_an_app_that_is_gone_writes_nothing(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp())
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
+    op = await reconciled(fake, stores, actuated=True)
     written = len(fake.writes)
     # The FalApp is deleted: its DELETED event drops it from the stores and the operator.
     gone = fake.remove("FalApp", NAMESPACE, NAME)
@@ -423,10 +441,8 @@ async def test_a_signal_for_an_app_that_is_gone_writes_nothing(
     for kind in ("Deployment", "Service", "NetworkPolicy"):
         fake.remove(kind, NAMESPACE, NAME)
 
-    late = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 3})
-    await actuation.actuate(op, signal=late, indexes=stores.indexes)
-    never = signals.parse_signal({"app": f"{NAMESPACE}/never-existed", "desiredRunners": 1})
-    await actuation.actuate(op, signal=never, indexes=stores.indexes)
+    await send(op, stores, {"desiredRunners": 3})
+    await send(op, stores, {"desiredRunners": 1}, app="never-existed")
 
     assert fake.writes[written:] == []
     assert fake.objects == {}
@@ -442,19 +458,7 @@ async def test_a_scale_down_marks_idle_runners_before_it_lowers_replicas(
     await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 3  # type: ignore[index]
     for index, name in enumerate(("busy", "idle-long", "idle-short")):
-        fake.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": name,
-                    "namespace": NAMESPACE,
-                    "labels": naming.runner_selector(NAME),
-                },
-                "spec": {"nodeName": "node-1"},
-                "status": {"phase": "Running", "podIP": f"10.0.0.{index + 1}"},
-            }
-        )
+        fake.create(runner_pod(name, f"10.0.0.{index + 1}"))
     written = len(fake.writes)
     fake.watch_delay = 0.2  # the pod watch shows the new deletion costs 0.2 s after the writes
     costs_seen: list[dict[str, str]] = []
@@ -503,16 +507,6 @@ async def test_a_scale_down_marks_idle_runners_before_it_lowers_replicas(
 # --- replicas belong to the actuator: drift detection never 'restores' them ---------------
 
 
-def _runner_pod(name: str, ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": naming.runner_selector(NAME)},
-        "spec": {"nodeName": "node-1"},
-        "status": {"phase": "Running", "podIP": ip},
-    }
-
-
 async def _until(predicate: Any, description: str) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not predicate():
@@ -527,32 +521,23 @@ async def test_a_deployment_event_during_a_scale_down_leaves_replicas_to_the_act
     Deployment event then (its status moving, as pods come and go) re-reconciles the app.
     That drift check must not apply the gateway's new count itself: it would scale down
     before the marks are visible and report the actuator's own write as 'Restored'."""
-    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
-    app_id = f"{NAMESPACE}/{NAME}"
-    up = signals.parse_signal({"app": app_id, "desiredRunners": 1, "queued": 1})
-    await actuation.actuate(op, signal=up, indexes=stores.indexes)
+    op = await reconciled(
+        fake, stores, actuated=True, scaling={"minConcurrency": 0, "maxConcurrency": 5}
+    )
+    await send(op, stores, {"desiredRunners": 1, "queued": 1})
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 1  # type: ignore[index]
-    fake.create(_runner_pod("runner-1", "10.0.0.1"))
+    fake.create(runner_pod("runner-1", "10.0.0.1"))
     written = len(fake.writes)
 
     fake.watch_delay = 0.3  # the pod watch shows the deletion cost 0.3 s after its write
-    down = signals.parse_signal({"app": app_id, "desiredRunners": 0})
-    scaling_down = asyncio.create_task(actuation.actuate(op, signal=down, indexes=stores.indexes))
+    scaling_down = asyncio.create_task(send(op, stores, {"desiredRunners": 0}))
     await _until(
         lambda: any(write.verb == "annotate" for write in fake.writes[written:]),
         "the actuator marked the runner",
     )
     # Meanwhile the Deployment's status moves (the runner became ready): a child event.
     moved = fake.edit("Deployment", NAMESPACE, NAME, {"status": {"readyReplicas": 1}})
-    await triggers.child_changed(
-        op,
-        kind="Deployment",
-        event_type="MODIFIED",
-        child=livestate.object_view(moved),
-        indexes=stores.indexes,
-    )
+    await modified(op, stores, "Deployment", moved)
     await scaling_down
 
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
@@ -567,19 +552,12 @@ async def test_a_deployment_event_during_a_scale_down_leaves_replicas_to_the_act
 async def test_hand_edited_replicas_are_put_back_to_the_actuators_count(
     fake: FakeKube, stores: cache.Cache
 ) -> None:
-    body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
-    up = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2, "queued": 2})
-    await actuation.actuate(op, signal=up, indexes=stores.indexes)
-    edited = fake.edit("Deployment", NAMESPACE, NAME, {"spec": {"replicas": 4}})
-    await triggers.child_changed(
-        op,
-        kind="Deployment",
-        event_type="MODIFIED",
-        child=livestate.object_view(edited),
-        indexes=stores.indexes,
+    op = await reconciled(
+        fake, stores, actuated=True, scaling={"minConcurrency": 0, "maxConcurrency": 5}
     )
+    await send(op, stores, {"desiredRunners": 2, "queued": 2})
+    edited = fake.edit("Deployment", NAMESPACE, NAME, {"spec": {"replicas": 4}})
+    await modified(op, stores, "Deployment", edited)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 2  # type: ignore[index]
     assert events(fake)[-1] == ("Restored", "put back: set replicas 4 -> 2 (bounds 0..5)")
 
@@ -611,8 +589,7 @@ async def test_a_new_app_never_starts_from_a_late_signal_of_a_deleted_app_of_tha
     op.forget(KEY)
     fake.remove("Deployment", NAMESPACE, NAME)
     # The gateway had not seen the delete yet: a late signal for the old app.
-    late = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 4, "queued": 4})
-    await actuation.actuate(op, signal=late, indexes=stores.indexes)
+    await send(op, stores, {"desiredRunners": 4, "queued": 4})
 
     clock.now += datetime.timedelta(seconds=5)  # a new app of that name, well within the bound
     manifest = falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5})
@@ -634,8 +611,7 @@ async def test_a_signal_that_came_before_its_app_sizes_the_new_deployment(
     op.unclaimed_signals.clock = clock
     manifest = falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5})
     manifest["metadata"]["creationTimestamp"] = _stamp(clock.now)  # within the same second
-    early = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2, "queued": 2})
-    await actuation.actuate(op, signal=early, indexes=stores.indexes)
+    await send(op, stores, {"desiredRunners": 2, "queued": 2})
     body = fake.create(manifest)
     await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 2  # type: ignore[index]
@@ -647,18 +623,13 @@ async def test_an_unknown_apps_signal_expires_and_a_deleted_apps_signal_is_dropp
     clock = Clock()
     op = operator(fake, actuated=True)
     op.unclaimed_signals.clock = clock
-    early = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2})
-    await actuation.actuate(op, signal=early, indexes=stores.indexes)
+    await send(op, stores, {"desiredRunners": 2})
     clock.now += datetime.timedelta(seconds=runtime.UNCLAIMED_SIGNAL_SECONDS + 1)
     body = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
     await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 0  # type: ignore[index]
 
-    await actuation.actuate(
-        op,
-        signal=signals.parse_signal({"app": f"{NAMESPACE}/other", "desiredRunners": 1}),
-        indexes=stores.indexes,
-    )
+    await send(op, stores, {"desiredRunners": 1}, app="other")
     assert list(op.unclaimed_signals.held) == [(NAMESPACE, "other")]
     op.forget((NAMESPACE, "other"))  # its DELETED event
     assert len(op.unclaimed_signals.held) == 0
@@ -670,8 +641,7 @@ async def test_signals_of_unknown_apps_are_held_up_to_the_limit(
     op = operator(fake, actuated=True)
     op.unclaimed_signals.limit = 3
     for index in range(5):
-        signal = signals.parse_signal({"app": f"{NAMESPACE}/app-{index}", "desiredRunners": 1})
-        await actuation.actuate(op, signal=signal, indexes=stores.indexes)
+        await send(op, stores, {"desiredRunners": 1}, app=f"app-{index}")
     assert list(op.unclaimed_signals.held) == [(NAMESPACE, f"app-{i}") for i in (2, 3, 4)]
     assert runtime.UnclaimedSignals().limit == runtime.UNCLAIMED_SIGNALS_LIMIT == 1000
 
@@ -680,11 +650,10 @@ async def test_a_signal_acted_on_for_an_app_is_not_read_by_a_new_app_of_that_nam
     fake: FakeKube, stores: cache.Cache
 ) -> None:
     """Keyed by uid: even when the old app's DELETED event was missed (a watch gap)."""
-    old = fake.create(falapp(scaling={"minConcurrency": 0, "maxConcurrency": 5}))
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=old, indexes=stores.indexes)
-    up = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 3, "queued": 3})
-    await actuation.actuate(op, signal=up, indexes=stores.indexes)
+    op = await reconciled(
+        fake, stores, actuated=True, scaling={"minConcurrency": 0, "maxConcurrency": 5}
+    )
+    await send(op, stores, {"desiredRunners": 3, "queued": 3})
     # The app and its children are deleted; the operator's handler misses the FalApp's
     # DELETED event (no op.forget), the children's events drop them as usual.
     for kind in ("FalApp", "Deployment", "Service", "NetworkPolicy"):
@@ -699,19 +668,16 @@ async def test_a_signal_acted_on_for_an_app_is_not_read_by_a_new_app_of_that_nam
 async def test_replicas_another_scaler_writes_within_the_bounds_are_left_alone(
     fake: FakeKube, stores: cache.Cache, scaler: str
 ) -> None:
-    body = fake.create(falapp(scaler=scaler, scaling={"minConcurrency": 1, "maxConcurrency": 5}))
-    op = operator(fake, actuated=True)
-    await triggers.falapp_changed(op, body=body, indexes=stores.indexes)
-    signal = signals.parse_signal({"app": f"{NAMESPACE}/{NAME}", "desiredRunners": 2})
-    await actuation.actuate(op, signal=signal, indexes=stores.indexes)
+    op = await reconciled(
+        fake,
+        stores,
+        actuated=True,
+        scaler=scaler,
+        scaling={"minConcurrency": 1, "maxConcurrency": 5},
+    )
+    await send(op, stores, {"desiredRunners": 2})
     written = len(fake.writes)
     scaled = fake.edit("Deployment", NAMESPACE, NAME, {"spec": {"replicas": 4}})  # its scaler
-    await triggers.child_changed(
-        op,
-        kind="Deployment",
-        event_type="MODIFIED",
-        child=livestate.object_view(scaled),
-        indexes=stores.indexes,
-    )
+    await modified(op, stores, "Deployment", scaled)
     assert fake.live("Deployment", NAMESPACE, NAME)["spec"]["replicas"] == 4  # type: ignore[index]
     assert [write for write in fake.writes[written:] if write.verb in ("apply", "event")] == []
