@@ -6,6 +6,7 @@ caller of `fal files upload` sees (status, JSON detail, the sweep running by its
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pathlib
@@ -163,6 +164,47 @@ def test_gateway_limits_open_uploads_and_sweeps_abandoned_ones(stack: Stack) -> 
         gone = http.put(f"{stack.base}/a.bin/{upload_id}/1", files={"file_upload": ("p", b"x")})
         assert gone.status_code == 404 and gone.json()["detail"]
         assert http.post(f"{stack.base}/c.bin/initiate").status_code == 200
+
+
+@pytest.mark.slow
+def test_app_file_uploads_count_against_open_uploads(stack: Stack) -> None:
+    """fal deploy's app-file uploads (`/files/app/multipart/<hash>/initiate`) count against
+    --storage-max-open-uploads 2 like fal's other initiated uploads; complete and cancel free
+    their place (this test leaves none open)."""
+    data = b"an app file\n"
+    digest = hashlib.sha256(data)
+    digest.update(b"33188")
+    initiate = f"{stack.rest}/files/app/multipart/{digest.hexdigest()}/initiate"
+    form = {"file_upload": ("chunk", data)}
+    with stack.http() as http:
+        first, second = (http.post(initiate, json={"mode": "33188"}) for _ in range(2))
+        assert first.status_code == 200 and second.status_code == 200, second.text
+        refused = http.post(initiate, json={"mode": "33188"})
+        assert refused.status_code == 429, refused.text
+        assert "2 uploads are already open" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        parts = initiate.removesuffix("initiate") + first.json()["upload_id"]
+        part = http.put(f"{parts}/1", files=form)
+        assert part.status_code == 200, part.text
+        done = http.post(f"{parts}/complete", json={"parts": [part.json()]})
+        assert done.status_code == 200, done.text
+        # the completed upload's place is free; the file is now held, so initiate says 409
+        assert http.post(initiate, json={"mode": "33188"}).status_code == 409
+        other = hashlib.sha256(b"another").hexdigest()
+        third = http.post(
+            f"{stack.rest}/files/app/multipart/{other}/initiate", json={"mode": "33188"}
+        )
+        assert third.status_code == 200, third.text
+        for upload, file_hash in ((second, digest.hexdigest()), (third, other)):
+            upload_id = upload.json()["upload_id"]
+            cancel = f"{stack.rest}/files/app/multipart/{file_hash}/{upload_id}/cancel"
+            assert http.post(cancel).status_code == 200
+        again = http.post(
+            f"{stack.rest}/files/app/multipart/{other}/initiate", json={"mode": "33188"}
+        )
+        assert again.status_code == 200, again.text
+        cancel = f"{stack.rest}/files/app/multipart/{other}/{again.json()['upload_id']}/cancel"
+        assert http.post(cancel).status_code == 200
 
 
 @pytest.mark.slow

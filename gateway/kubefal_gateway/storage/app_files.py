@@ -18,8 +18,10 @@ relays `/files/*` here):
 The namespace is the caller's key's, as for every upload (routes.py). Objects live in the
 file store under `_kubefal/appfiles/<namespace>/<hash>`, with the store's retention (the
 control plane copies them into the app's ConfigMaps at deploy time); upload records and parts
-under `_kubefal/appuploads/` expire after `UPLOAD_TTL`. An app file travels in a ConfigMap,
-so one is at most `MAX_APP_FILE_BYTES` (413 naming `/data` and images instead).
+under `_kubefal/appuploads/` expire after `UPLOAD_TTL`; until then an upload counts against
+the namespace's `--storage-max-open-uploads` like every initiated upload (core.py, 429 beyond).
+An app file travels in a ConfigMap, so one is at most `MAX_APP_FILE_BYTES` (413 naming `/data`
+and images instead).
 """
 
 from __future__ import annotations
@@ -195,14 +197,17 @@ class AppFiles:
                 raise errors.PayloadTooLarge(TOO_LARGE.format(limit=MAX_APP_FILE_BYTES))
         if await self._exists(file_key(namespace, file_hash)):
             raise Conflict("This file is already uploaded")
+        await self.storage.admit_upload(namespace)
         upload_id = secrets.token_hex(16)
         record = {"hash": file_hash, "mode": mode}
+        deadline = self.storage.clock() + UPLOAD_TTL
         await self.store.write(
             _record_key(namespace, upload_id),
             _one(json.dumps(record).encode()),
             limit=4096,
-            meta={"expires": repr(self.storage.clock() + UPLOAD_TTL)},
+            meta={"expires": repr(deadline)},
         )
+        await self.storage.mark_open(namespace, upload_id, deadline=deadline)
         await http_api.send_json(send, 200, {"upload_id": upload_id})
 
     async def _record(self, namespace: str, upload_id: str, file_hash: str) -> dict[str, Any]:
@@ -308,6 +313,7 @@ class AppFiles:
         for number in range(1, MAX_PARTS + 1):
             await self.store.delete(_part_key(namespace, upload_id, number))
         await self.store.delete(_record_key(namespace, upload_id))
+        await self.store.delete(self.storage.open_marker(namespace, upload_id))
 
     async def _download(self, send: Send, namespace: str, file_hash: str) -> None:
         key = file_key(namespace, file_hash)

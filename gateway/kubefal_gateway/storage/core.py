@@ -243,14 +243,7 @@ class Storage:
         kind: str,
     ) -> tuple[Upload, str]:
         """Record an upload; returns it and the finished file's URL path."""
-        open_count = 0
-        async for _ in self.store.list(f"{OPEN_PREFIX}{names.check_namespace(namespace)}/"):
-            open_count += 1
-            if open_count >= self.limits.max_open_uploads:
-                raise TooManyUploads(
-                    f"{self.limits.max_open_uploads} uploads are already open in {namespace!r}:"
-                    " finish one, or wait until abandoned ones expire"
-                )
+        await self.admit_upload(namespace)
         ref = self.new_ref(namespace, file_name)
         upload = Upload(
             upload_id=names.new_id(),
@@ -266,17 +259,34 @@ class Storage:
             limit=MAX_RECORD_BYTES,
             meta={"type": "application/json", "expires": repr(upload.deadline)},
         )
-        await self.store.write(
-            self._open_marker(upload),
-            blobs.one_chunk(b""),
-            limit=0,
-            meta={"type": "text/plain", "expires": repr(upload.deadline)},
-        )
+        await self.mark_open(namespace, upload.upload_id, deadline=upload.deadline)
         return upload, self.url_path(ref, object_expires=upload.expires)
 
+    async def admit_upload(self, namespace: str) -> None:
+        """TooManyUploads when `namespace` has `max_open_uploads` open-upload markers (these
+        uploads' and fal deploy's app-file uploads', app_files.py)."""
+        open_count = 0
+        async for _ in self.store.list(f"{OPEN_PREFIX}{names.check_namespace(namespace)}/"):
+            open_count += 1
+            if open_count >= self.limits.max_open_uploads:
+                raise TooManyUploads(
+                    f"{self.limits.max_open_uploads} uploads are already open in {namespace!r}:"
+                    " finish one, or wait until abandoned ones expire"
+                )
+
+    async def mark_open(self, namespace: str, upload_id: str, *, deadline: float) -> None:
+        """Count the upload against `max_open_uploads` until its `open_marker` is deleted or
+        `deadline` passes (the sweep)."""
+        await self.store.write(
+            self.open_marker(namespace, upload_id),
+            blobs.one_chunk(b""),
+            limit=0,
+            meta={"type": "text/plain", "expires": repr(deadline)},
+        )
+
     @staticmethod
-    def _open_marker(upload: Upload) -> str:
-        return f"{OPEN_PREFIX}{upload.ref.namespace}/{upload.upload_id}"
+    def open_marker(namespace: str, upload_id: str) -> str:
+        return f"{OPEN_PREFIX}{namespace}/{upload_id}"
 
     async def _upload(self, ref: FileRef, upload_id: str, kind: str) -> Upload:
         try:
@@ -303,7 +313,7 @@ class Storage:
             meta=self._meta(upload.content_type, upload.expires),
         )
         await self.store.delete(UPLOADS_PREFIX + upload_id)
-        await self.store.delete(self._open_marker(upload))
+        await self.store.delete(self.open_marker(upload.ref.namespace, upload.upload_id))
         return size
 
     async def put_part(
@@ -363,7 +373,7 @@ class Storage:
             meta=self._meta(upload.content_type, upload.expires),
         )
         await self._drop_upload(upload_id)
-        await self.store.delete(self._open_marker(upload))
+        await self.store.delete(self.open_marker(upload.ref.namespace, upload.upload_id))
         return self.url_path(ref, object_expires=upload.expires), size
 
     async def _drop_upload(self, upload_id: str) -> None:
