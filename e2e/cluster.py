@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from e2e import realnode
-from testkit import certs, ports, processes
+from testkit import certs, claims, ports, processes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubefal" / "cluster"
@@ -283,6 +283,11 @@ class Component:
     log: pathlib.Path
 
 
+def _pid_gone(holder: str) -> bool:
+    """A pod-range claim's holder is gone (empty: an older claimer has not written its pid yet)."""
+    return holder.isdigit() and not processes.alive(int(holder))
+
+
 def claim_pod_cidr() -> tuple[str, pathlib.Path]:
     """A /16 of 127.64.0.0/10 no live local cluster on this machine uses, and its claim file.
 
@@ -296,17 +301,8 @@ def claim_pod_cidr() -> tuple[str, pathlib.Path]:
     random.shuffle(octets)
     for octet in octets:
         claim = POD_CIDR_CLAIMS / str(octet)
-        with contextlib.suppress(FileExistsError):
-            with claim.open("x") as handle:
-                handle.write(str(os.getpid()))
+        if claims.take(claim, str(os.getpid()), stale=_pid_gone):
             return f"127.{octet}.0.0/16", claim
-        with contextlib.suppress(OSError, ValueError):
-            holder = claim.read_text()  # empty: its claimer has not written its pid yet
-            if holder and not processes.alive(int(holder)):
-                claim.unlink()
-                with claim.open("x") as handle:
-                    handle.write(str(os.getpid()))
-                return f"127.{octet}.0.0/16", claim
     raise ClusterError(f"every pod range of 127.64.0.0/10 is claimed in {POD_CIDR_CLAIMS}")
 
 
@@ -619,7 +615,7 @@ class LocalCluster:
                 str(self.testbin / "kwok-stages.yaml"),
             ],
         )
-        claim.write_text(str(kwok.pid))  # claimed while this cluster's kwok lives
+        claims.hold(claim, str(kwok.pid))  # claimed while this cluster's kwok lives
 
     def _install_kwok_logs_crd(self) -> None:
         """kwok's Logs CRD (vendored from the pinned kwok), Established before kwok watches it."""

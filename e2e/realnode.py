@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from testkit import certs, processes
+from testkit import certs, claims, processes
 
 NODE_NAME = "real-0"
 TAINT = {"key": "kubefal.dev/real-node", "value": "true", "effect": "NoSchedule"}
@@ -72,29 +72,33 @@ HOST_CLAIM_WAIT_ENV = "KUBEFAL_REAL_NODE_WAIT"
 300 s timeout, so the error naming the other cluster is what a test reports)."""
 
 
+def _host_holder(text: str) -> dict[str, Any]:
+    """The claim's {"pid", "state_dir"} ({} when unreadable: a holder that is gone)."""
+    with contextlib.suppress(ValueError):
+        found = json.loads(text or "{}")
+        if isinstance(found, dict):
+            return found
+    return {}
+
+
 def _claim_host(state_dir: pathlib.Path, *, timeout: float) -> None:
     """Take ``HOST_CLAIM`` for ``state_dir``, waiting while a live process holds it for another
-    cluster; a claim whose process is gone is taken over."""
+    cluster; a claim whose process is gone is taken over (testkit.claims: one taker wins)."""
     deadline = time.monotonic() + timeout
     mine = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)})
-    while True:
-        with contextlib.suppress(FileExistsError):
-            with HOST_CLAIM.open("x") as handle:
-                handle.write(mine)
-            return
-        try:
-            holder = json.loads(HOST_CLAIM.read_text() or "{}")
-        except (OSError, ValueError):
-            holder = {}
-        if holder.get("state_dir") == str(state_dir) or not processes.alive(
+
+    def stale(text: str) -> bool:
+        holder = _host_holder(text)
+        return holder.get("state_dir") == str(state_dir) or not processes.alive(
             int(holder.get("pid", 0))
-        ):
-            HOST_CLAIM.unlink(missing_ok=True)
-            continue
+        )
+
+    while not claims.take(HOST_CLAIM, mine, stale=stale):
         if time.monotonic() > deadline:
+            holder = _host_holder(HOST_CLAIM.read_text() if HOST_CLAIM.exists() else "")
             raise RealNodeError(
-                f"another cluster's real node runs on this machine ({holder['state_dir']}, "
-                f"pid {holder['pid']}); a machine runs one kubelet. Waited {timeout:.0f}s "
+                f"another cluster's real node runs on this machine ({holder.get('state_dir')}, "
+                f"pid {holder.get('pid')}); a machine runs one kubelet. Waited {timeout:.0f}s "
                 f"({HOST_CLAIM_WAIT_ENV}); stop it or remove {HOST_CLAIM} if it is stale"
             )
         time.sleep(2)
@@ -102,13 +106,13 @@ def _claim_host(state_dir: pathlib.Path, *, timeout: float) -> None:
 
 def _hold_host(state_dir: pathlib.Path, pid: int) -> None:
     """Keep the claim while ``pid`` (the kubelet) lives, also after the starter exits."""
-    HOST_CLAIM.write_text(json.dumps({"pid": pid, "state_dir": str(state_dir)}))
+    claims.hold(HOST_CLAIM, json.dumps({"pid": pid, "state_dir": str(state_dir)}))
 
 
 def _release_host(state_dir: pathlib.Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(HOST_CLAIM.read_text()).get("state_dir") == str(state_dir):
-            HOST_CLAIM.unlink()
+    claims.release(
+        HOST_CLAIM, mine=lambda text: _host_holder(text).get("state_dir") == str(state_dir)
+    )
 
 
 class RealNodeError(RuntimeError):
