@@ -454,6 +454,8 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
     )
     config = node.root / "containerd" / "config.toml"
     config.write_text(node.containerd_config())
+    # Claimed first: a node that waits in vain has created nothing (host paths, cgroups).
+    _claim_host(cluster.state_dir, timeout=float(os.environ.get(HOST_CLAIM_WAIT_ENV, "240")))
     state: dict[str, Any] = {
         "testbin": str(testbin),
         "sysctls": read_sysctls(),
@@ -463,7 +465,6 @@ def start(cluster: Any, *, image_archives: Sequence[pathlib.Path] = ()) -> dict[
             str(p) for p in _create_cgroup_root(cgroup_root_name(cluster.state_dir))
         ],
     }
-    _claim_host(cluster.state_dir, timeout=float(os.environ.get(HOST_CLAIM_WAIT_ENV, "240")))
     containerd = cluster._spawn("containerd", ["containerd", f"--config={config}"])
     state["containerd_pid"] = containerd.pid
     write_state(cluster.state_dir, state)
