@@ -293,8 +293,8 @@ def claim_pod_cidr() -> tuple[str, pathlib.Path]:
 
     Concurrent e2e sessions each start their own cluster; with one shared range their kwoks
     handed out the same pod IPs, and one session's gateway reached another session's runner
-    bound there. The claim file holds this process's PID until ``hold_pod_cidr`` records
-    kwok's; a claim whose process is gone is taken over.
+    bound there. The claim file holds this process's PID until kwok runs, then kwok's
+    (testkit.claims); a claim whose process is gone is taken over.
     """
     POD_CIDR_CLAIMS.mkdir(parents=True, exist_ok=True)
     octets = list(range(65, 128))  # 127.64/16: clusters started before the claims, and POD_CIDR
