@@ -78,7 +78,7 @@ bench-readme: ## Rewrite README.md's benchmark table from the latest report (dis
 
 ##@ Images
 .PHONY: images
-images: ## Build the kubefal and kubefal-runner images without Docker (dist/images/*.oci.tar)
+images: ## Build the kubefal, kubefal-runner and kubefal-builder images without Docker (dist/images/*.oci.tar)
 	@bash images/build.sh
 
 .PHONY: test-images
