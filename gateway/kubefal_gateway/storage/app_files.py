@@ -130,14 +130,15 @@ class AppFiles:
         self.storage = storage
         self.store = storage.store
 
-    async def _exists(self, key: str) -> bool:
-        """Held and not past its retention (the sweep deletes it later)."""
+    async def _held(self, key: str) -> blobs.BlobInfo | None:
+        """The object's size and metadata when held and not past its retention (the sweep
+        deletes it later); None otherwise."""
         try:
             info = await self.store.stat(key)
         except blobs.BlobNotFound:
-            return False
+            return None
         expires = float(info.meta.get("expires", "0") or 0)
-        return not (expires and expires <= self.storage.clock())
+        return None if expires and expires <= self.storage.clock() else info
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, namespace: str) -> None:
         path: str = scope["path"]
@@ -164,7 +165,7 @@ class AppFiles:
             await self._cancel(scope, receive, send, namespace, parts[1])
         elif len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() and len(parts[2]) < 4:
             self._only(method, "PUT")
-            await self._part(scope, receive, send, namespace, parts[1], int(parts[2]))
+            await self._part(scope, receive, send, namespace, file_hash, parts[1], int(parts[2]))
         else:
             raise errors.NotFound("Unknown app-files request")
 
@@ -180,7 +181,7 @@ class AppFiles:
             raise errors.BadRequest(f"Send {{'hashes': [...]}} with at most {MAX_HASHES} hashes")
         wanted = [check_hash(value) for value in hashes]
         missing = [
-            h for h in dict.fromkeys(wanted) if not await self._exists(file_key(namespace, h))
+            h for h in dict.fromkeys(wanted) if await self._held(file_key(namespace, h)) is None
         ]
         await http_api.send_json(send, 200, missing)
 
@@ -195,7 +196,7 @@ class AppFiles:
                 raise errors.BadRequest("metadata.size: the file's size in bytes")
             if int(str(size_raw)[:15]) > MAX_APP_FILE_BYTES:
                 raise errors.PayloadTooLarge(TOO_LARGE.format(limit=MAX_APP_FILE_BYTES))
-        if await self._exists(file_key(namespace, file_hash)):
+        if await self._held(file_key(namespace, file_hash)) is not None:
             raise Conflict("This file is already uploaded")
         await self.storage.admit_upload(namespace)
         upload_id = secrets.token_hex(16)
@@ -228,16 +229,13 @@ class AppFiles:
         receive: Receive,
         send: Send,
         namespace: str,
+        file_hash: str,
         upload_id: str,
         number: int,
     ) -> None:
         if not 1 <= number <= MAX_PARTS:
             raise errors.PayloadTooLarge(TOO_LARGE.format(limit=MAX_APP_FILE_BYTES))
-        _check_upload_id(upload_id)
-        try:
-            await blobs.read_all(self.store, _record_key(namespace, upload_id), limit=4096)
-        except blobs.BlobNotFound:
-            raise errors.NotFound("Unknown or finished upload") from None
+        await self._record(namespace, upload_id, file_hash)
         body = await http_api.read_body(scope, receive, limit=MAX_APP_FILE_BYTES + FORM_OVERHEAD)
         content_type = (header_value(scope, b"content-type") or b"").decode("latin-1")
         data = form_file(body, content_type)
@@ -317,9 +315,9 @@ class AppFiles:
 
     async def _download(self, send: Send, namespace: str, file_hash: str) -> None:
         key = file_key(namespace, file_hash)
-        if not await self._exists(key):
+        info = await self._held(key)
+        if info is None:
             raise errors.NotFound(f"No app file {file_hash} in this namespace")
-        info = await self.store.stat(key)
         data = await blobs.read_all(self.store, key, limit=MAX_APP_FILE_BYTES)
         await send(
             {
