@@ -53,7 +53,7 @@ e2e: testbin ## The rest: tests that start real processes (marked slow) and the 
 # missing, read-only cgroups, no overlayfs) they are skipped with that reason, which -rs prints.
 .PHONY: test
 test: lint testbin ## Everything: lint, types, import contracts, unit and e2e tests, the images, the real node, real KEDA
-	@skip=$$($(BIN)/python -m e2e.preflight); \
+	@skip=$$($(BIN)/python -m e2e.preflight) || exit 1; \
 	if [ -z "$$skip" ]; then \
 	  bash images/build.sh && \
 	  KUBEFAL_TESTBIN_REAL_NODE=1 KUBEFAL_TESTBIN_KEDA=1 bash e2e/testbin.sh >/dev/null && \
