@@ -105,14 +105,16 @@ class Gateway:
         return None
 
     def _load_static(self, path: pathlib.Path) -> None:
+        """Read and check the whole file first, then apply it: an error anywhere applies none."""
         data = load_static_config(path)
-        for entry in data.get("apps") or ():
-            config = apps.from_static_entry(entry)
+        configs = [apps.from_static_entry(entry) for entry in data.get("apps") or ()]
+        addresses = [runners.static_runner_addresses(config.runner_urls) for config in configs]
+        records = [auth.record_from_static_entry(entry) for entry in data.get("keys") or ()]
+        for config, app_runners in zip(configs, addresses, strict=True):
             self.registry.put(config)
-            runners.add_static_runners(self.runners, app_id=config.app_id, urls=config.runner_urls)
-        self.keys.replace_all(
-            [auth.record_from_static_entry(entry) for entry in data.get("keys") or ()]
-        )
+            for url, host, port in app_runners:
+                self.runners.upsert(app_id=config.app_id, runner_id=url, host=host, port=port)
+        self.keys.replace_all(records)
 
     def reload_static(self) -> None:
         """SIGHUP with a static config: read the file again (``kubefal run``'s control plane
@@ -124,7 +126,7 @@ class Gateway:
             return
         try:
             self._load_static(path)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as error:
             LOGGER.error("static config %s not reloaded: %s", path, error)
             return
         LOGGER.info("static config %s reloaded", path)

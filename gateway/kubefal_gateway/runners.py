@@ -268,10 +268,13 @@ class RunnerTable:
         self.ever_ready.clear()
 
 
-def add_static_runners(table: RunnerTable, *, app_id: str, urls: tuple[str, ...]) -> None:
-    """Register the static file's runner URLs of one app."""
+def static_runner_addresses(urls: tuple[str, ...]) -> list[tuple[str, str, int]]:
+    """(url, host, port) of each of the static file's runner URLs of one app; ValueError when
+    one is not ``http://host[:port]``."""
+    addresses = []
     for url in urls:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or parsed.hostname is None:
             raise ValueError(f"runner URL must be http://host:port, got {url!r}")
-        table.upsert(app_id=app_id, runner_id=url, host=parsed.hostname, port=parsed.port or 80)
+        addresses.append((url, parsed.hostname, parsed.port or 80))
+    return addresses
