@@ -221,6 +221,22 @@ def _gateway(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[
         if value is not None:
             figures.append(Figure(run, what, value, "ms", target, baseline, label, note))
 
+    def against_sync(
+        what: str, rows: dict[str, Any], path: str, *, target: Target | None = None, note: str = ""
+    ) -> None:
+        """The gateway CPU per job of ``path``, beside the sync path's of the same run."""
+        add(
+            what,
+            cpu(rows, path),
+            target=target,
+            baseline=cpu(rows, "sync"),
+            label="sync path, same run",
+            note=note,
+        )
+
+    def polls(rows: dict[str, Any], path: str) -> str:
+        return f"{rows.get(path, {}).get('polls_per_request', 0):.1f} status polls per job"
+
     add(
         "gateway sync path: gateway CPU per request, c=32",
         cpu(many, "sync"),
@@ -236,34 +252,28 @@ def _gateway(run: str, r: dict[str, Any], _: dict[str, dict[str, Any]]) -> list[
             baseline=float(one["direct"]["p50"]),
             label="direct call p50",
         )
-    add(
+    against_sync(
         "queue path (submit → result, 2 ms polls): gateway CPU per job, c=32",
-        cpu(many, "queue"),
+        many,
+        "queue",
         target=Target("<=", 0.30, ISSUE14),
-        baseline=cpu(many, "sync"),
-        label="sync path, same run",
-        note=f"{many.get('queue', {}).get('polls_per_request', 0):.1f} status polls per job",
+        note=polls(many, "queue"),
     )
-    add(
+    against_sync(
         "queue path (2 ms polls): gateway CPU per job, c=1",
-        cpu(one, "queue"),
+        one,
+        "queue",
         target=Target("<=", 1.0, "issue 5"),
-        baseline=cpu(one, "sync"),
-        label="sync path, same run",
     )
-    add(
+    against_sync(
         "queue path with fal_client's 0.1 s polls: gateway CPU per job, c=1",
-        cpu(one, "queue-fal"),
+        one,
+        "queue-fal",
         target=Target("<=", 0.6, ISSUE14),
-        baseline=cpu(one, "sync"),
-        label="sync path, same run",
-        note=f"{one.get('queue-fal', {}).get('polls_per_request', 0):.1f} status polls per job",
+        note=polls(one, "queue-fal"),
     )
-    add(
-        "queue path with fal_client's 0.1 s polls: gateway CPU per job, c=32",
-        cpu(many, "queue-fal"),
-        baseline=cpu(many, "sync"),
-        label="sync path, same run",
+    against_sync(
+        "queue path with fal_client's 0.1 s polls: gateway CPU per job, c=32", many, "queue-fal"
     )
     add(
         "sync path over TLS (the gateway terminates it): CPU per request, c=32",
