@@ -225,6 +225,47 @@ INVALID_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("requirement-layer-empty", falapp(requirementLayers=[[]]), "spec.requirementLayers[0]"),
     ("image-empty", falapp(image=""), "spec.image"),
+    (
+        "container-image-and-image",
+        falapp(image="registry/app:1", containerImage={"dockerfile": "FROM x\n"}),
+        "spec.containerImage",
+    ),
+    (
+        "build-arg-name-not-an-arg-name",
+        falapp(containerImage={"dockerfile": "FROM x\n", "buildArgs": {"A-B": "v"}}),
+        "spec.containerImage.buildArgs",
+    ),
+    (
+        "build-arg-name-too-long",
+        falapp(
+            containerImage={
+                "dockerfile": "FROM x\n",
+                "buildArgs": {"A" * (v1alpha1.MAX_BUILD_ARG_NAME_LENGTH + 1): "v"},
+            }
+        ),
+        "spec.containerImage.buildArgs",
+    ),
+    (
+        "build-arg-value-too-long",
+        falapp(
+            containerImage={
+                "dockerfile": "FROM x\n",
+                "buildArgs": {"A": "v" * (v1alpha1.MAX_BUILD_ARG_VALUE_LENGTH + 1)},
+            }
+        ),
+        "spec.containerImage.buildArgs.A",
+    ),
+    (
+        # Few enough characters for maxLength, too many UTF-8 bytes for the build's process.
+        "dockerfile-too-many-bytes",
+        falapp(
+            containerImage={
+                "dockerfile": "FROM x\n#" + "\u00e9" * (v1alpha1.MAX_DOCKERFILE_BYTES // 2)
+            }
+        ),
+        "spec.containerImage.dockerfile",
+    ),
+    ("scaling-policy-unknown", falapp(scaling={"policy": "eager"}), "spec.scaling.policy"),
     ("unknown-field-fal-spelling", falapp(machineType="GPU-H100"), "spec.machineType"),
     ("name-not-dns-1035", falapp(name="1st-app"), "metadata.name"),
     ("name-too-long", falapp(name="a" * 64), "metadata.name"),

@@ -453,9 +453,17 @@ class EnvFromSource(KubeModel):
         return self
 
 
-MAX_DOCKERFILE_BYTES: Final = 256 * 1024
-"""A Dockerfile larger than this is refused (it travels in the FalApp and a ConfigMap)."""
+MAX_DOCKERFILE_BYTES: Final = 120 * 1024
+"""A Dockerfile larger than this (UTF-8 bytes) is refused. The build Job gets it, with the
+runner stage appended, in one environment variable, and Linux refuses to start a process
+with an argument or environment string over 128 KiB (``MAX_ARG_STRLEN``): a larger one
+would fail the build pod with "argument list too long"."""
 MAX_BUILD_ARGS: Final = 64
+MAX_BUILD_ARG_NAME_LENGTH: Final = 255
+MAX_BUILD_ARG_VALUE_LENGTH: Final = 4096
+"""Characters of a build argument's value: each ``NAME=VALUE`` is one argument of the build
+Job's process, so it must stay far below Linux's 128 KiB per argument (``MAX_ARG_STRLEN``),
+and all 64 with the largest Dockerfile below the 2 MiB of all of them (``ARG_MAX``)."""
 BUILD_ARG_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """A build argument's name: what a Dockerfile's ``ARG`` accepts."""
 BUILD_SECRET_ID_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
@@ -479,6 +487,20 @@ class ContainerImageSpec(KubeModel):
                 "([A-Za-z_][A-Za-z0-9_]*)",
                 field_path=".buildArgs",
             ),
+            cel_rule(
+                "!has(self.buildArgs) || self.buildArgs.all(k, size(k) <= "
+                + str(MAX_BUILD_ARG_NAME_LENGTH)
+                + ")",
+                message="spec.containerImage.buildArgs names must be at most "
+                f"{MAX_BUILD_ARG_NAME_LENGTH} characters",
+                field_path=".buildArgs",
+            ),
+            cel_rule(
+                f"size(bytes(self.dockerfile)) <= {MAX_DOCKERFILE_BYTES}",
+                message="spec.containerImage.dockerfile must be at most "
+                f"{MAX_DOCKERFILE_BYTES} bytes (UTF-8)",
+                field_path=".dockerfile",
+            ),
         )
     )
 
@@ -489,7 +511,11 @@ class ContainerImageSpec(KubeModel):
         default_factory=dict,
         json_schema_extra={
             "maxProperties": MAX_BUILD_ARGS,
-            "additionalProperties": {"type": "string", "description": "The argument's value."},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_BUILD_ARG_VALUE_LENGTH,
+                "description": "The argument's value.",
+            },
         },
     )
     """``--build-arg`` values (fal ``build_args``)."""
@@ -510,7 +536,18 @@ class ContainerImageSpec(KubeModel):
         bad = sorted(name for name in values if not re.match(BUILD_ARG_NAME_PATTERN, name))
         if bad:
             raise ValueError(f"not ARG names: {', '.join(bad[:5])}")
+        if any(len(name) > MAX_BUILD_ARG_NAME_LENGTH for name in values):
+            raise ValueError(f"names must be at most {MAX_BUILD_ARG_NAME_LENGTH} characters")
+        if any(len(value) > MAX_BUILD_ARG_VALUE_LENGTH for value in values.values()):
+            raise ValueError(f"values must be at most {MAX_BUILD_ARG_VALUE_LENGTH} characters")
         return values
+
+    @pydantic.field_validator("dockerfile")
+    @classmethod
+    def _dockerfile_bytes(cls, value: str) -> str:
+        if len(value.encode()) > MAX_DOCKERFILE_BYTES:
+            raise ValueError(f"must be at most {MAX_DOCKERFILE_BYTES} bytes (UTF-8)")
+        return value
 
 
 class FalAppSpec(KubeModel):

@@ -150,6 +150,7 @@ def test_cel_rules_name_the_field_they_check(schema: dict[str, Any]) -> None:
         "spec.source",
         "spec.image",
         "spec.containerImage.buildArgs",
+        "spec.containerImage.dockerfile",
     }
     by_message = {rule["message"]: (path, rule) for path, rule in rules}
     path, min_max = by_message["spec.scaling.minConcurrency must be <= spec.scaling.maxConcurrency"]

@@ -5,8 +5,11 @@ e2e/test_container_image_build.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
+import pydantic
 import pytest
 
 from kubefal_api import naming, v1alpha1
@@ -108,6 +111,61 @@ def test_the_job_builds_with_args_secrets_and_overrides_and_is_no_runner() -> No
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["secrets"]["secret"]["secretName"] == "build-secrets"
     assert volumes["auth"]["secret"]["secretName"] == "push"
+
+
+def test_the_largest_build_the_manifest_allows_still_starts_its_process() -> None:
+    """Regression: the Dockerfile reaches the build process in one environment variable and
+    each build argument as one argv string; Linux refuses to start a process with one over
+    128 KiB (a 256 KiB Dockerfile used to be accepted, then failed the build pod). The
+    largest spec the model accepts, in 4-byte characters, is really exec'd here."""
+    wide = "\U0001f600"
+    header = "FROM python:3.11-slim\n#"
+    dockerfile = header + wide * ((v1alpha1.MAX_DOCKERFILE_BYTES - len(header)) // 4)
+    name = "A" * (v1alpha1.MAX_BUILD_ARG_NAME_LENGTH - 2)
+    build_args = {
+        f"{name}{n:02d}": wide * v1alpha1.MAX_BUILD_ARG_VALUE_LENGTH
+        for n in range(v1alpha1.MAX_BUILD_ARGS)
+    }
+    app = _app(dockerfile=dockerfile, buildArgs=build_args)
+    digest = build.content_hash(_spec(app), settings=SETTINGS)
+    reference = build.image_reference("team-a", digest, settings=SETTINGS)
+    (container,) = build.job(app, digest=digest, settings=SETTINGS, reference=reference)["spec"][
+        "template"
+    ]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; print(len(sys.argv), len(os.environ[sys.argv[1]]))",
+            "KUBEFAL_DOCKERFILE",
+            *container["args"],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert finished.stdout.split() == [
+        str(2 + len(container["args"])),
+        str(len(env["KUBEFAL_DOCKERFILE"])),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "image"),
+    [
+        ("dockerfile", {"dockerfile": "FROM x\n#" + "é" * (v1alpha1.MAX_DOCKERFILE_BYTES // 2)}),
+        ("buildArgs", {"buildArgs": {"A" * (v1alpha1.MAX_BUILD_ARG_NAME_LENGTH + 1): "v"}}),
+        ("buildArgs", {"buildArgs": {"A": "v" * (v1alpha1.MAX_BUILD_ARG_VALUE_LENGTH + 1)}}),
+    ],
+)
+def test_a_build_too_large_to_start_is_refused_naming_the_field(
+    field: str, image: dict[str, Any]
+) -> None:
+    with pytest.raises(pydantic.ValidationError) as raised:
+        _app(**image)
+    assert [error["loc"][-1] for error in raised.value.errors()] == [field]
 
 
 @pytest.mark.parametrize(
