@@ -40,6 +40,7 @@ from kubefal_runner import (
     asgi,
     describing,
     exit_codes,
+    http_limits,
     lifespan,
     loading,
     metrics,
@@ -66,15 +67,24 @@ class _RunnerServer(uvicorn.Server):
 
 
 def uvicorn_config(
-    app: Any, *, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    max_header_bytes: int = settings.DEFAULT_MAX_HEADER_BYTES,
+    max_headers: int = settings.DEFAULT_MAX_HEADERS,
 ) -> uvicorn.Config:
     """The runner's uvicorn settings (the bench serves its SDK-alone baseline with them too)."""
+    limited = http_limits.protocol_class(max_header_bytes=max_header_bytes, max_headers=max_headers)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="auto",
-        http="auto",
+        http=limited or "h11",
+        h11_max_incomplete_event_size=max_header_bytes,
         lifespan="off",
         timeout_keep_alive=TIMEOUT_KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=int(UVICORN_SHUTDOWN_GRACE_SECONDS),
@@ -154,6 +164,8 @@ class Runner:
                 port=runner_settings.port,
                 tls_cert=str(runner_settings.tls_cert) if runner_settings.tls_cert else None,
                 tls_key=str(runner_settings.tls_key) if runner_settings.tls_key else None,
+                max_header_bytes=runner_settings.max_header_bytes,
+                max_headers=runner_settings.max_headers,
             )
         )
         self._signals = 0

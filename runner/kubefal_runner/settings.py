@@ -32,6 +32,11 @@ Environment variables (each has the flag named in brackets):
     the pod's ``terminationGracePeriodSeconds`` minus those 5 s and ``teardown()``. Default 25.
 ``KUBEFAL_RUNNER_TLS_CERT`` / ``KUBEFAL_RUNNER_TLS_KEY`` [``--tls-cert`` / ``--tls-key``]
     PEM certificate chain and key: when both are set the app server speaks HTTPS and WSS.
+``KUBEFAL_RUNNER_MAX_HEADER_BYTES`` / ``KUBEFAL_RUNNER_MAX_HEADERS`` [``--max-header-bytes`` /
+``--max-headers``]
+    A request whose request target and headers exceed this many bytes, or that has more header
+    fields, is answered 431 with a JSON ``detail`` and its connection closed. Default 131072
+    (128 KiB) and 256: twice the gateway's limits, so whatever the gateway forwards passes.
 ``KUBEFAL_HEALTH_CHECK`` (no flag)
     The FalApp's ``spec.healthCheck`` as JSON (``{"path": "/healthz", "method": "POST",
     "timeoutSeconds": 5, "callRegularly": true, ...}``), which the operator renders the probes
@@ -56,6 +61,8 @@ DEFAULT_PORT = 8080
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_HOST = "0.0.0.0"  # a pod serves on every interface
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 25.0
+DEFAULT_MAX_HEADER_BYTES = 128 * 1024
+DEFAULT_MAX_HEADERS = 256
 
 
 class SettingsError(ValueError):
@@ -84,6 +91,10 @@ class RunnerSettings:
     tls_key: pathlib.Path | None = None
     health_check: dict[str, object] | None = None
     """The FalApp's health check (snake_case keys), replacing the app class's; None: the app's."""
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    """A request's target plus header names and values; larger: 431 (`http_limits`)."""
+    max_headers: int = DEFAULT_MAX_HEADERS
+    """A request's header fields; more: 431."""
 
 
 HEALTH_CHECK_KEYS = {
@@ -175,6 +186,16 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, help="seconds to drain after SIGTERM")
     parser.add_argument("--tls-cert", help="PEM certificate chain; enables HTTPS/WSS")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        help=f"largest request head in bytes; larger: 431 (default {DEFAULT_MAX_HEADER_BYTES})",
+    )
+    parser.add_argument(
+        "--max-headers",
+        type=int,
+        help=f"most header fields per request; more: 431 (default {DEFAULT_MAX_HEADERS})",
+    )
     return parser
 
 
@@ -232,6 +253,14 @@ def load_settings(
     if drain_timeout is not None and drain_timeout < 0:
         raise SettingsError(f"drain timeout must not be negative, got {drain_timeout}")
 
+    max_header_bytes = _int_setting(
+        "KUBEFAL_RUNNER_MAX_HEADER_BYTES", arguments.max_header_bytes, environ
+    )
+    max_headers = _int_setting("KUBEFAL_RUNNER_MAX_HEADERS", arguments.max_headers, environ)
+    for name, limit in (("max header bytes", max_header_bytes), ("max headers", max_headers)):
+        if limit is not None and limit < 1:
+            raise SettingsError(f"{name} must be at least 1, got {limit}")
+
     tls_cert_text = arguments.tls_cert or environ.get("KUBEFAL_RUNNER_TLS_CERT", "")
     tls_key_text = arguments.tls_key or environ.get("KUBEFAL_RUNNER_TLS_KEY", "")
     if bool(tls_cert_text) != bool(tls_key_text):
@@ -253,4 +282,6 @@ def load_settings(
         tls_cert=pathlib.Path(tls_cert_text) if tls_cert_text else None,
         tls_key=pathlib.Path(tls_key_text) if tls_key_text else None,
         health_check=parse_health_check(environ.get("KUBEFAL_HEALTH_CHECK", "")),
+        max_header_bytes=DEFAULT_MAX_HEADER_BYTES if max_header_bytes is None else max_header_bytes,
+        max_headers=DEFAULT_MAX_HEADERS if max_headers is None else max_headers,
     )
