@@ -25,8 +25,6 @@ import collections
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from kubefal_gateway.stores import redis_store, sqlite_store
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
+from testkit.redis import RedisServer
 
 APP = "bench/echo"
 RESULT = queueing.Result(
@@ -185,13 +184,6 @@ async def measure(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def run(
     args: argparse.Namespace, redis_url: str, redis_process: psutil.Process | None
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -275,35 +267,19 @@ def main() -> None:
     redis_process = None
     redis_url = args.redis_url
     if redis_url is None:
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        redis_process = psutil.Process(server.pid)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        # The same redis-server the tests use (no persistence), answering PING before the run.
+        server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="kubefal-bench-redis-")))
     try:
+        if server is not None:
+            server.start()
+            assert server.process is not None
+            redis_url = server.url
+            redis_process = psutil.Process(server.process.pid)
         collected = uvloop.run(run(args, redis_url, redis_process))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
     print(f"pid {os.getpid()}: CPU is user+system of this process (psutil), loop: uvloop")
     bench_results.write(
         args.json,
