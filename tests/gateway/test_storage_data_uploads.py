@@ -83,6 +83,19 @@ def test_highest_part_number_is_a_setting(tmp_path: pathlib.Path) -> None:
     assert (wide.base("team") / "y.bin").read_bytes() == b"bc"
 
 
+def test_complete_refuses_a_part_listed_twice(tmp_path: pathlib.Path) -> None:
+    """A part listed twice would be joined twice (a file the caller never sent): 400, as the
+    file store's multipart complete answers; the upload stays open for a right listing."""
+    files = _files(tmp_path)
+    upload = files.begin("team", "/data/twice.bin")
+    files.part("team", "/data/twice.bin", upload, 1, io.BytesIO(b"once"), 4)
+    with pytest.raises(datafiles.DataInvalid, match="part 1 is listed twice"):
+        files.complete("team", "/data/twice.bin", upload, [(1, ""), (1, "")])
+    assert not (files.base("team") / "twice.bin").exists()
+    files.complete("team", "/data/twice.bin", upload, [(1, "")])
+    assert (files.base("team") / "twice.bin").read_bytes() == b"once"
+
+
 # ---- through a gateway -------------------------------------------------------------------------
 class Stack:
     def __init__(self, workdir: pathlib.Path) -> None:

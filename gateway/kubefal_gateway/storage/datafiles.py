@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -307,7 +308,11 @@ class DataFiles:
     ) -> str:
         """Join the parts in order; return the MD5 of the whole file (fal compares it)."""
         directory = self._upload(namespace, raw, upload_id)
-        files = [directory / f"{number:09d}.part" for number, _ in sorted(parts)]
+        numbers = sorted(number for number, _ in parts)
+        for previous, number in itertools.pairwise(numbers):
+            if previous == number:
+                raise DataInvalid(f"part {number} is listed twice")
+        files = [directory / f"{number:09d}.part" for number in numbers]
         if not files or not all(file.is_file() for file in files):
             raise DataInvalid("a listed part was not uploaded")
         if sum(file.stat().st_size for file in files) > self.limits.max_file_bytes:
