@@ -169,6 +169,11 @@ class Job:
     attempts: int = 0
     """Dispatch attempts that already ended without a result (retries and lost leases)."""
 
+    def missed_start(self, now: float) -> bool:
+        """Its ``start_deadline`` passed before ``now``: a lease completes it with
+        `start_timeout_result` instead of dispatching it (every backend's ``lease``)."""
+        return self.start_deadline is not None and self.start_deadline < now
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:

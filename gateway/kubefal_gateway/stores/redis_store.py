@@ -356,7 +356,7 @@ class RedisQueueStore:
             request_id_raw, meta, body, attempts = reply
             request_id = request_id_raw.decode()
             job = codec.decode_job(request_id, meta, body or b"", int(attempts))
-            if job.start_deadline is not None and job.start_deadline < now:
+            if job.missed_start(now):
                 await self.complete(
                     request_id,
                     holder=holder,

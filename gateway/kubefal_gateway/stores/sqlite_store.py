@@ -402,7 +402,7 @@ class SqliteQueueStore:
             request_id, meta, body, attempts = row
             self._redo_lease(seq, holder, now + lease_seconds)
             job = codec.decode_job(request_id, meta, body, attempts)
-            if job.start_deadline is not None and job.start_deadline < now:
+            if job.missed_start(now):
                 self._finish(
                     request_id,
                     app_id,
