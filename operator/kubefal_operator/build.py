@@ -63,19 +63,19 @@ MANIFEST_TYPES: Final = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-POD_OVERRIDE_KEYS: Final = frozenset(
-    {
-        "nodeSelector",
-        "tolerations",
-        "hostNetwork",
-        "dnsPolicy",
-        "priorityClassName",
-        "serviceAccountName",
-        "imagePullSecrets",
-        "affinity",
-    }
-)
-"""What ``KUBEFAL_BUILD_POD_OVERRIDES`` may set in the build pod's spec."""
+POD_OVERRIDE_TYPES: Final[Mapping[str, type]] = {
+    "nodeSelector": dict,
+    "tolerations": list,
+    "hostNetwork": bool,
+    "dnsPolicy": str,
+    "priorityClassName": str,
+    "serviceAccountName": str,
+    "imagePullSecrets": list,
+    "affinity": dict,
+}
+"""What ``KUBEFAL_BUILD_POD_OVERRIDES`` may set in the build pod's spec, and the JSON type of
+each (checked at start-up; the API server checks the rest when it gets the first build Job)."""
+POD_OVERRIDE_KEYS: Final = frozenset(POD_OVERRIDE_TYPES)
 REGISTRY_PATTERN: Final = re.compile(
     r"^[a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
 )
@@ -148,6 +148,11 @@ def pod_overrides(value: str) -> str:
             "KUBEFAL_BUILD_POD_OVERRIDES: a JSON object with keys among "
             + ", ".join(sorted(POD_OVERRIDE_KEYS))
         )
+    for key, value in overrides.items():
+        wanted = POD_OVERRIDE_TYPES[key]
+        if not isinstance(value, wanted):
+            kind = {dict: "object", list: "array", bool: "boolean", str: "string"}[wanted]
+            raise BuildSettingsError(f"KUBEFAL_BUILD_POD_OVERRIDES: {key} must be a JSON {kind}")
     return json.dumps(overrides, sort_keys=True)
 
 

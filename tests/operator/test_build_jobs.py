@@ -169,6 +169,26 @@ def test_a_build_too_large_to_start_is_refused_naming_the_field(
 
 
 @pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"nodeSelector": "pool=build"}, "nodeSelector must be a JSON object"),
+        ({"tolerations": {"key": "build"}}, "tolerations must be a JSON array"),
+        ({"hostNetwork": "true"}, "hostNetwork must be a JSON boolean"),
+        ({"serviceAccountName": 7}, "serviceAccountName must be a JSON string"),
+    ],
+)
+def test_pod_overrides_of_the_wrong_json_type_are_refused_at_start_naming_the_key(
+    overrides: dict[str, Any], key: str
+) -> None:
+    """Regression: they used to be accepted, and every build Job was then refused by the API
+    server."""
+    with pytest.raises(operator_config.ConfigError, match=key):
+        operator_config.OperatorConfig.from_environment(
+            {"KUBEFAL_BUILD_POD_OVERRIDES": json.dumps(overrides)}
+        )
+
+
+@pytest.mark.parametrize(
     ("conditions", "outcome"),
     [
         ([], None),
