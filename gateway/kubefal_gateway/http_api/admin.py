@@ -69,7 +69,8 @@ class AdminApi(ApiPart):
                         f"namespaces must be at most {MAX_NAMESPACES_PER_QUERY} comma-separated "
                         "namespace names"
                     )
-                app_ids = [i for i in app_ids if i.split("/", 1)[0] in set(wanted)]
+                namespaces = set(wanted)
+                app_ids = [i for i in app_ids if i.split("/", 1)[0] in namespaces]
         table, forwarder = self.gateway.runners, self.gateway.forwarder
         now = time.monotonic()
         listed: list[dict[str, object]] = []
