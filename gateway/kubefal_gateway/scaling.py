@@ -208,9 +208,9 @@ class ScalingSignal:
         """The last decision (``minConcurrency`` before the first observation)."""
         self.last_decision: ScalingDecision | None = None
         self._holds: list[tuple[float, int]] = []
+        """(time, hold) at each change of ``hold``, oldest first, pruned to the window."""
         self._asks: list[float] = []
         """When each runner of ``desired`` was first asked for, oldest first."""
-        """(time, hold) at each change of ``hold``, oldest first, pruned to the window."""
 
     def waiting_since(self, now: float) -> float:
         """The ``waiting_since`` cutoff to pass to `queueing.QueueStore.stats`."""
