@@ -28,6 +28,9 @@ from kubefal_cli import errors
 
 FIELD_MANAGER = "kubefal-cli"
 REQUEST_TIMEOUT_SECONDS = 30
+MAX_LOG_LINE_BYTES = 16 * 1024
+"""A followed log line longer than this (a progress bar without newlines) comes in pieces of this
+size, so the CLI never holds more than one piece of it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,8 +330,17 @@ def follow_pod_log(kube: Kube, *, namespace: str, name: str) -> Iterator[str]:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                yield line.decode("utf-8", "replace")
+                yield from _pieces(line)
+            while len(pending) >= MAX_LOG_LINE_BYTES:
+                yield pending[:MAX_LOG_LINE_BYTES].decode("utf-8", "replace")
+                pending = pending[MAX_LOG_LINE_BYTES:]
         if pending:
             yield pending.decode("utf-8", "replace")
     finally:
         response.release_conn()
+
+
+def _pieces(line: bytes) -> Iterator[str]:
+    """``line`` decoded, in pieces of at most `MAX_LOG_LINE_BYTES` (an empty line stays one)."""
+    for start in range(0, max(len(line), 1), MAX_LOG_LINE_BYTES):
+        yield line[start : start + MAX_LOG_LINE_BYTES].decode("utf-8", "replace")
