@@ -83,6 +83,21 @@ def test_highest_part_number_is_a_setting(tmp_path: pathlib.Path) -> None:
     assert (wide.base("team") / "y.bin").read_bytes() == b"bc"
 
 
+def test_the_gateways_own_names_are_refused_so_the_sweep_never_removes_a_users_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The sweep removes old `.kubefal-*` entries (the gateway's uploads and temporary files):
+    a caller may not name a file or directory so, at any depth (400), or it would be swept."""
+    files = _files(tmp_path)
+    for raw in ("/data/.kubefal-mine.txt", "/data/.kubefal-upload-x/a.txt", "/data/d/.kubefal-t"):
+        with pytest.raises(datafiles.DataInvalid, match="reserved"):
+            files.place("team", raw, io.BytesIO(b"mine"), 4)
+    files.place("team", "/data/kept.txt", io.BytesIO(b"mine"), 4)
+    with pytest.raises(datafiles.DataInvalid, match="reserved"):
+        files.rename("team", "/data/kept.txt", "/data/.kubefal-kept.txt")
+    assert (files.base("team") / "kept.txt").read_bytes() == b"mine"
+
+
 def test_complete_refuses_a_part_listed_twice(tmp_path: pathlib.Path) -> None:
     """A part listed twice would be joined twice (a file the caller never sent): 400, as the
     file store's multipart complete answers; the upload stays open for a right listing."""

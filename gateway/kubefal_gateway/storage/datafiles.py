@@ -93,6 +93,9 @@ def relative_parts(raw: str) -> list[str]:
         raise DataInvalid("paths may not contain '.' or '..' segments")
     if any(len(part) > 255 or not part.isprintable() for part in parts):
         raise DataInvalid("invalid path segment")
+    if any(part.startswith(HIDDEN_PREFIX) for part in parts):
+        # The gateway's own: uploads in progress and temporary files, which the sweep removes.
+        raise DataInvalid(f"names starting with {HIDDEN_PREFIX!r} are reserved")
     return parts
 
 
