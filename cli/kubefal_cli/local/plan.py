@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -93,6 +94,14 @@ class LocalRun:
     def data_dir(self) -> pathlib.Path | None:
         return None if self.data_root is None else self.data_root / LOCAL_NAMESPACE
 
+    @functools.cached_property
+    def key_record(self) -> apikeys.KeyRecord:
+        """The run key's record (its scrypt hash, made once): in the gateway's config and in
+        the state the control plane reads."""
+        return apikeys.new_record(
+            key=self.key, namespaces=[LOCAL_NAMESPACE], description="kubefal run"
+        )
+
     @property
     def runner_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.runner}"
@@ -123,15 +132,12 @@ class LocalRun:
 
     def write_state(self, *, gateway: processes.Child) -> None:
         """The files the control plane reads (kubefal_api/localrun.py)."""
-        record = apikeys.new_record(
-            key=self.key, namespaces=[LOCAL_NAMESPACE], description="kubefal run"
-        )
         state = localrun.RunState(
             app_id=self.app_id,
             gateway_config=str(self.gateway_config_path),
             gateway_pid=gateway.pid,
             gateway_admin_url=f"http://127.0.0.1:{self.ports.admin}",
-            run_key=apikeys.string_data(record),
+            run_key=apikeys.string_data(self.key_record),
             local_dir=str(paths.local_dir()),
         )
         localrun.write_json(self.run_dir / localrun.RUN_STATE, state.to_json())
@@ -370,11 +376,10 @@ def make_plan(
         data_root=data_root.resolve() if data_root is not None else None,
         mount_data=data_root is not None and can_mount_data(),
     )
-    record = apikeys.new_record(key=key, namespaces=[LOCAL_NAMESPACE], description="kubefal run")
     gateway_config = static_config(
         config=config,
         runner_url=plan.runner_url,
-        key_record=record,
+        key_record=plan.key_record,
         more_keys=localrun.load_keys(paths.local_dir() / localrun.KEYS) if control_plane else (),
     )
     plan.gateway_config_path.write_text(json.dumps(gateway_config, indent=2), encoding="utf-8")
