@@ -422,8 +422,7 @@ class KubernetesDiscovery:
             self._relisting = False
         for app_id, runner_id in set(self._pods) - seen:
             self.table.forget(app_id=app_id, runner_id=runner_id)
-        for key in set(self._pods) - seen:
-            del self._pods[key]
+            del self._pods[app_id, runner_id]
         for key in set(self._announced) - seen:
             del self._announced[key]
         for app_id, known in list(self.table.by_app.items()):
