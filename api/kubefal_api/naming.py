@@ -110,6 +110,12 @@ def horizontal_pod_autoscaler_name(app_name: str) -> str:
     return app_name
 
 
+def build_secret_name(app_name: str) -> str:
+    """The Secret holding a ContainerImage app's build secrets (``kubefal deploy`` and
+    ``fal deploy`` write it; ``spec.containerImage.secretRef`` names it)."""
+    return f"{app_name[: 63 - 14]}-build-secrets"
+
+
 def owner_reference(app_name: str, uid: str, *, controller: bool = False) -> dict[str, object]:
     """An owner reference to the FalApp ``app_name``: the garbage collector deletes the object
     with the app. ``controller``: the app is its managing controller (the operator's children,

@@ -310,10 +310,6 @@ def falapp_spec(config: appref.AppConfig, *, target: Target) -> v1alpha1.FalAppS
         ) from error
 
 
-def build_secret_name(app_name: str) -> str:
-    return f"{app_name[: 63 - 14]}-build-secrets"
-
-
 def container_image_fields(config: appref.AppConfig, *, target: Target) -> dict[str, Any]:
     """``spec.containerImage`` for a ``fal.ContainerImage`` app (built in the cluster)."""
     image = config.container_image
@@ -327,7 +323,7 @@ def container_image_fields(config: appref.AppConfig, *, target: Target) -> dict[
         )
     fields: dict[str, Any] = {"dockerfile": image.dockerfile, "build_args": image.build_args}
     if image.secrets:
-        fields["secret_ref"] = {"name": build_secret_name(target.name)}
+        fields["secret_ref"] = {"name": naming.build_secret_name(target.name)}
     return fields
 
 
@@ -339,7 +335,7 @@ def build_secret_manifest(
     if image is None or not image.secrets or target.image is not None:
         return None
     metadata: dict[str, Any] = {
-        "name": build_secret_name(target.name),
+        "name": naming.build_secret_name(target.name),
         "namespace": target.namespace,
         "labels": {
             "app.kubernetes.io/managed-by": "kubefal-cli",

@@ -18,6 +18,7 @@ import isolate_proto
 from google.protobuf import json_format
 
 from kubefal_api import v1alpha1
+from kubefal_api.naming import build_secret_name as build_secret_name
 from kubefal_controlplane import errors
 
 FAL_SERVE_REQUIREMENTS: Final = frozenset(
@@ -145,11 +146,6 @@ def container_image(
 
 
 BUILD_SECRET_ID: Final = re.compile(v1alpha1.BUILD_SECRET_ID_PATTERN)
-
-
-def build_secret_name(app_name: str) -> str:
-    """The Secret holding an app's build secrets (what ``kubefal deploy`` names it too)."""
-    return f"{app_name[: 63 - 14]}-build-secrets"
 
 
 def requirements(environments: Sequence[isolate_proto.EnvironmentDefinition]) -> list[str]:
