@@ -303,7 +303,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if self.parser.should_upgrade() or cycle.body or cycle.response_complete:
-            if cycle is not None and isinstance(cycle.body, bytes):
+            if isinstance(cycle.body, bytes):  # a chunk handed on as it was: extend a copy
                 cycle.body = bytearray(cycle.body)
             super().on_body(body)
             return
