@@ -411,7 +411,19 @@ async def resolve(
         status = v1alpha1.BuildStatus(phase=v1alpha1.BuildPhase.CACHED, image=reference)
         return Resolution(app=ready, status=status)
     manifest = job(app, digest=digest, settings=settings, reference=reference)
-    await client.apply(manifest)
+    try:
+        await client.apply(manifest)
+    except kube.ApiError as error:
+        if error.status not in (400, 422):
+            raise
+        # Refused as invalid (two context ConfigMaps with one path, a build pod override the
+        # API server rejects): retrying cannot help; the message names the field.
+        status = v1alpha1.BuildStatus(
+            phase=v1alpha1.BuildPhase.FAILED,
+            image=reference,
+            message=f"the API server refused the build Job: {error.message}"[:MAX_MESSAGE_CHARS],
+        )
+        return Resolution(app=None, status=status)
     logger.info("%s/%s: building %s in Job %s", namespace, app.metadata.name, reference, name)
     status = v1alpha1.BuildStatus(phase=v1alpha1.BuildPhase.BUILDING, image=reference, job=name)
     return Resolution(app=None, status=status)
