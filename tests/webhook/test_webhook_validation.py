@@ -179,6 +179,26 @@ def test_every_violation_is_reported_at_once() -> None:
     ]
 
 
+def test_a_missing_build_context_config_map_is_denied_naming_its_index() -> None:
+    """Regression: it was admitted, and the build pod then waited for the volume until the
+    build's timeout (30 minutes by default)."""
+    items = [{"key": "req", "path": "requirements.txt"}]
+    image = {
+        "dockerfile": "FROM python:3.11-slim\n",
+        "context": [{"name": "ctx-0", "items": items}, {"name": "ctx-1", "items": items}],
+        "secretRef": {"name": "written-after-the-falapp"},
+    }
+    app = build.falapp(containerImage=image)
+    assert {"ctx-0", "ctx-1"} <= validation.references(build.request(app)).config_maps
+    verdict = validation.review(build.request(app), build.facts(config_maps={"ctx-0"}))
+    assert not verdict.allowed
+    assert [v.field for v in verdict.violations] == ["spec.containerImage.context[1].name"]
+    assert verdict.violations[0].reason == "FieldValueNotFound"
+    assert "ConfigMap 'ctx-1' not found" in verdict.message
+    allowed = validation.review(build.request(app), build.facts(config_maps={"ctx-0", "ctx-1"}))
+    assert allowed.allowed
+
+
 def test_the_references_to_look_up_are_every_named_config_map_and_secret() -> None:
     app = build.falapp(
         source={"configMapRef": {"name": "files"}},

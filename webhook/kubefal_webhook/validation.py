@@ -240,6 +240,7 @@ def references(request: AdmissionRequest) -> References:
     config_maps: set[str] = set()
     secrets: set[str] = set()
     config_maps.update(name for _, name in _source_config_maps(app.spec))
+    config_maps.update(name for _, name in _build_context_config_maps(app.spec))
     for reference in _environment_references(app.spec):
         if reference.name is not None:
             (secrets if reference.kind == SECRET else config_maps).add(reference.name)
@@ -311,6 +312,35 @@ def _source_config_maps(spec: v1alpha1.FalAppSpec) -> list[tuple[str, str]]:
     return [
         (f"spec.source.configMaps[{index}].name", config_map.name)
         for index, config_map in enumerate(source.config_maps or ())
+    ]
+
+
+def _build_context_config_maps(spec: v1alpha1.FalAppSpec) -> list[tuple[str, str]]:
+    """(field, name) of every ConfigMap the build context of ``spec.containerImage`` names.
+    Not its build Secret: ``fal deploy`` writes that after the FalApp (owned by it)."""
+    image = spec.container_image
+    if image is None:
+        return []
+    return [
+        (f"spec.containerImage.context[{index}].name", config_map.name)
+        for index, config_map in enumerate(image.context or ())
+    ]
+
+
+def _build_context_violations(
+    spec: v1alpha1.FalAppSpec, facts: ClusterFacts, *, namespace: str
+) -> list[Violation]:
+    """A missing context ConfigMap would hold the build pod in ContainerCreating until the
+    build's timeout: refuse it now."""
+    return [
+        Violation(
+            field=field,
+            message=f"{_missing_object_message(CONFIG_MAP, name, namespace)}; create it "
+            "before the FalApp: the build Job mounts it",
+            reason="FieldValueNotFound",
+        )
+        for field, name in _build_context_config_maps(spec)
+        if name not in facts.config_maps
     ]
 
 
@@ -427,6 +457,7 @@ def review(request: AdmissionRequest, facts: ClusterFacts) -> Verdict:
             spec, facts, namespace=namespace, app_name=app.metadata.name or request.name
         ),
         *_environment_violations(spec, facts, namespace),
+        *_build_context_violations(spec, facts, namespace=namespace),
     ]
     warnings = tuple(_warnings(spec, facts))
     if violations:
