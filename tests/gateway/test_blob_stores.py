@@ -102,6 +102,43 @@ async def test_20_mb_round_trip(store: blobs.BlobStore) -> None:
     assert (await store.stat("ns/big/w.bin")).size == len(data)
 
 
+async def test_a_trickled_body_is_gathered_in_bounded_lists(
+    store: blobs.BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client decides how its body is cut: 20,000 pieces of 3 bytes arrive as as many
+    chunks. The bytes round-trip, and the local store hands each write at most a block's worth
+    of MIN_CHUNK_BYTES pieces (a list of every piece made `_write_all` quadratic and held a
+    view per piece)."""
+    data = os.urandom(60_000)
+    largest: list[int] = []
+    if isinstance(store, local.LocalBlobStore):
+        write_all = local._write_all
+
+        def counting(descriptor: int, chunks: list[bytes], sync: bool = False) -> None:
+            largest.append(len(chunks))
+            write_all(descriptor, chunks, sync)
+
+        monkeypatch.setattr(local, "_write_all", counting)
+    written = await store.write("ns/trickle/t.bin", _chunks(data, 3), limit=len(data), meta={})
+    assert written == len(data)
+    assert await _read(store, "ns/trickle/t.bin") == data
+    if isinstance(store, local.LocalBlobStore):
+        assert largest and max(largest) <= local.WRITE_BLOCK_BYTES // blobs.MIN_CHUNK_BYTES + 1
+
+
+async def test_coalesce_joins_small_chunks_and_passes_large_ones() -> None:
+    big = b"b" * blobs.MIN_CHUNK_BYTES
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in (big, b"x" * 10, b"y" * (blobs.MIN_CHUNK_BYTES - 10), big, b"z"):
+            yield chunk
+
+    out = [chunk async for chunk in blobs.coalesce(source())]
+    assert out[0] is big  # passed as it is
+    assert [len(chunk) for chunk in out] == [blobs.MIN_CHUNK_BYTES] * 3 + [1]
+    assert b"".join(out) == b"".join([chunk async for chunk in source()])
+
+
 async def test_ranged_reads(store: blobs.BlobStore) -> None:
     """`read(start=, length=)` gives exactly that slice, across block boundaries (the file
     responses' Range support reads through it)."""

@@ -108,6 +108,30 @@ async def one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
+MIN_CHUNK_BYTES = 16 * 1024
+"""Smallest chunk a backend's write gathers (see `coalesce`)."""
+
+
+async def coalesce(
+    chunks: AsyncIterable[bytes], *, min_bytes: int = MIN_CHUNK_BYTES
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` with runs of small ones joined into chunks of at least ``min_bytes``; chunks
+    that large already pass as they are (no copy). The sender decides how the request body is
+    cut: a writer gathering a block as a list of received chunks holds at most
+    block / ``min_bytes`` entries, however small the pieces a client trickles."""
+    small = bytearray()
+    async for chunk in chunks:
+        if not small and len(chunk) >= min_bytes:
+            yield chunk
+            continue
+        small += chunk
+        if len(small) >= min_bytes:
+            yield bytes(small)
+            small.clear()
+    if small:
+        yield bytes(small)
+
+
 E = TypeVar("E", bound=Exception)
 
 

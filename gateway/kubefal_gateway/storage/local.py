@@ -8,11 +8,12 @@ metadata last, so a reader sees a whole object or none; a failed write (too larg
 client gone) removes its temporary file. File I/O runs in the default thread pool, so the
 event loop never waits on the disk, in few large steps overlapped with the network (measured
 with bench/storage.py, see docs/fal-storage.md): a write hands the received chunks as they are
-to one `os.writev` per `WRITE_BLOCK_BYTES` (no copy into a joined buffer, four thread hops per
-16 MiB) and keeps receiving the next block while that one is written; a read keeps the next
-`BLOCK_BYTES` read in flight while the caller sends the current one. A write is flushed to the
-disk (file, then the directories it was renamed into) before it returns: an acknowledged upload
-survives a crash, and a volume that fails late (NFS reports ENOSPC at fsync) fails the upload.
+(only runs of small ones joined, `blobs.coalesce`) to one `os.writev` per `WRITE_BLOCK_BYTES`
+(no copy into a joined buffer, four thread hops per 16 MiB) and keeps receiving the next
+block while that one is written; a read keeps the next `BLOCK_BYTES` read in flight while
+the caller sends the current one. A write is flushed to the disk (file, then the directories
+it was renamed into) before it returns: an acknowledged upload survives a crash, and a volume
+that fails late (NFS reports ENOSPC at fsync) fails the upload.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class LocalBlobStore:
             try:
                 pending: list[bytes] = []
                 pending_bytes = 0
-                async for chunk in chunks:
+                async for chunk in blobs.coalesce(chunks):
                     size += len(chunk)
                     if size > limit:
                         raise blobs.BlobTooLarge(f"the file exceeds {limit} bytes")

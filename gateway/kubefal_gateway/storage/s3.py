@@ -8,7 +8,8 @@ Signatures are always SigV4 (boto3 otherwise presigns SigV2 on custom endpoints 
 which some servers refuse). A write of up to `PART_BYTES` is one PutObject; a longer one is a
 multipart upload of parts of at least `PART_BYTES`, aborted when the stream fails or exceeds
 its limit, so nothing partial becomes visible. One part is uploaded while the next is received
-(at most three parts of an upload in memory), and a read keeps the next `READ_BYTES` in flight
+(at most three parts of an upload in memory, received as chunks of at least
+`blobs.MIN_CHUNK_BYTES`, `blobs.coalesce`), and a read keeps the next `READ_BYTES` in flight
 while the caller sends the current one, so the two network legs overlap (bench/storage.py).
 Connection failures map to StoreUnavailable after `CONNECT_RETRIES` attempts of
 `CONNECT_TIMEOUT` seconds each, quota errors to StoreFull.
@@ -123,7 +124,7 @@ class S3BlobStore:
             uploading = asyncio.ensure_future(self._upload_part(s3_key, upload_id, number, body))
 
         try:
-            async for chunk in chunks:
+            async for chunk in blobs.coalesce(chunks):
                 size += len(chunk)
                 if size > limit:
                     raise blobs.BlobTooLarge(f"the file exceeds {limit} bytes")
