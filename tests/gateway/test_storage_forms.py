@@ -57,6 +57,11 @@ def test_the_named_fields_content_is_found_in_bytes_and_in_a_mapped_file(
         BODY.replace(b'name="file_upload"', b'name="something"'),
         BODY[: BODY.index(b"\x00payload") + 4],  # the part never ends
         b"no delimiter at all",
+        # part headers longer than MAX_PART_HEADER_BYTES: not searched further
+        BODY.replace(
+            b"Content-Type: application/octet-stream",
+            b"X-Padding: " + b"p" * forms.MAX_PART_HEADER_BYTES,
+        ),
     ],
 )
 def test_a_body_without_the_complete_field_has_none(body: bytes) -> None:
