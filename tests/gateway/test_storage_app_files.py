@@ -201,6 +201,8 @@ def test_app_file_limits_and_hostile_numbers_are_4xx_with_detail(stack: Stack) -
             headers={"Content-Type": content_type},
         )
         assert past.status_code == 413 and "/data" in past.json()["detail"]
+        zero = http.put(f"{parts}/0", content=body, headers={"Content-Type": content_type})
+        assert zero.status_code == 400 and "start at 1" in zero.json()["detail"]
         body, content_type = _form(b"x" * (limit + 1))
         one_too_big = http.put(f"{parts}/1", content=body, headers={"Content-Type": content_type})
         assert one_too_big.status_code == 413 and "/data" in one_too_big.json()["detail"]

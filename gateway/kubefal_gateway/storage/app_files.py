@@ -233,7 +233,9 @@ class AppFiles:
         upload_id: str,
         number: int,
     ) -> None:
-        if not 1 <= number <= MAX_PARTS:
+        if number < 1:
+            raise errors.BadRequest("Part numbers start at 1")
+        if number > MAX_PARTS:  # parts of at least fal's chunk size: over the file limit
             raise errors.PayloadTooLarge(TOO_LARGE.format(limit=MAX_APP_FILE_BYTES))
         await self._record(namespace, upload_id, file_hash)
         body = await http_api.read_body(scope, receive, limit=MAX_APP_FILE_BYTES + FORM_OVERHEAD)
