@@ -164,6 +164,16 @@ def test_values_schema_covers_every_top_level_key_and_forbids_others() -> None:
             "are exclusive",
             id="two-certificate-sources",
         ),
+        pytest.param(
+            {"build": {"registry": "registry.example/apps", "pod": {"nodeSelector": "pool"}}},
+            "at '/build/pod/nodeSelector': got string, want object",
+            id="build-pod-node-selector-not-a-map",
+        ),
+        pytest.param(
+            {"build": {"registry": "registry.example/apps", "pod": {"hostNetwork": "yes"}}},
+            "at '/build/pod/hostNetwork': got string, want boolean",
+            id="build-pod-host-network-not-a-boolean",
+        ),
     ],
 )
 def test_invalid_values_fail_rendering_with_a_message_naming_the_fix(
