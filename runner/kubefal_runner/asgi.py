@@ -60,6 +60,9 @@ HEALTH_PATH = "/_kubefal/health"
 LOGS_PREFIX = "/_kubefal/logs/"
 CANCEL_PREFIX = "/_kubefal/cancel/"
 REQUEST_ID_HEADER = b"x-fal-request-id"
+MAX_REQUEST_ID_BYTES = 256
+"""A longer ``x-fal-request-id`` is refused (400; a WebSocket is closed 1008): the id keys the
+request's kept log lines, so it must not be a caller's megabytes (the gateway sends UUIDs)."""
 LOG_LINES_HEADER = b"x-kubefal-log-lines"
 CONTENT_LENGTH_HEADER = b"content-length"
 HEALTH_CHECK_REQUEST_HEADER = b"x-fal-runner-health-check"
@@ -158,6 +161,15 @@ class RunnerASGI:
         if request_id is None:
             request_id = str(uuid.uuid4()).encode()
             scope = {**scope, "headers": [*scope["headers"], (REQUEST_ID_HEADER, request_id)]}
+        elif len(request_id) > MAX_REQUEST_ID_BYTES:
+            detail = f"x-fal-request-id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+            if scope_type == "http":
+                await send_json(send, status=400, payload={"detail": detail})
+            else:
+                await receive()
+                close = {"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION}
+                await send({**close, "reason": detail})
+            return
         request_id_header = (REQUEST_ID_HEADER, request_id)
 
         rejection = self._state.try_admit()

@@ -13,6 +13,7 @@ import socket
 import httpx
 import pytest
 
+from kubefal_runner import asgi
 from testkit import runners
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
@@ -116,3 +117,23 @@ def test_the_default_limits_pass_what_the_gateway_forwards(
 
     assert served.json() == {"text": "ok"}
     assert refused.status_code == 431
+
+
+def test_a_request_id_longer_than_the_limit_is_refused_and_one_at_the_limit_is_echoed(
+    limited_runner: runners.RunnerProcess,
+) -> None:
+    # The id keys the request's kept log lines: a caller's megabytes must not become one.
+    longest = "i" * asgi.MAX_REQUEST_ID_BYTES
+    url = f"{limited_runner.base_url}/"
+
+    refused = httpx.post(
+        url, json={"text": "x"}, headers={"x-fal-request-id": longest + "i"}, timeout=30
+    )
+    served = httpx.post(url, json={"text": "y"}, headers={"x-fal-request-id": longest}, timeout=30)
+
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "detail": f"x-fal-request-id is longer than {asgi.MAX_REQUEST_ID_BYTES} bytes"
+    }
+    assert served.json() == {"text": "y"}
+    assert served.headers["x-fal-request-id"] == longest
