@@ -113,3 +113,19 @@ def test_the_falapp_health_check_is_read_from_its_json() -> None:
             settings.load_settings(
                 argv=["--app", "app.py::MyApp"], environ={"KUBEFAL_HEALTH_CHECK": bad}
             )
+
+
+def test_the_head_limits_come_from_the_environment_or_flags_and_must_be_positive() -> None:
+    app = ["--app", "a.py::A"]
+    defaults = settings.load_settings(argv=app, environ={})
+    configured = settings.load_settings(
+        argv=[*app, "--max-headers", "7"],
+        environ={"KUBEFAL_RUNNER_MAX_HEADER_BYTES": "2048", "KUBEFAL_RUNNER_MAX_HEADERS": "9"},
+    )
+
+    assert (defaults.max_header_bytes, defaults.max_headers) == (128 * 1024, 256)
+    assert (configured.max_header_bytes, configured.max_headers) == (2048, 7)
+    with pytest.raises(settings.SettingsError, match="max header bytes"):
+        settings.load_settings(argv=[*app, "--max-header-bytes", "0"], environ={})
+    with pytest.raises(settings.SettingsError, match="KUBEFAL_RUNNER_MAX_HEADERS"):
+        settings.load_settings(argv=app, environ={"KUBEFAL_RUNNER_MAX_HEADERS": "many"})
