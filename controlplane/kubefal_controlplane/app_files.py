@@ -68,7 +68,13 @@ def fetch(
     authorization: str,
 ) -> dict[str, bytes]:
     """``relative_path -> bytes`` of every ``(relative_path, hash)``; FAILED_PRECONDITION when
-    a file cannot be had, naming it and what to do."""
+    a file cannot be had, naming it and what to do. No more than a bundle holds is fetched
+    (:data:`kubefal_api.bundles.MAX_FILES` files, :data:`~kubefal_api.bundles.MAX_BUNDLE_BYTES`
+    bytes in all): the list is the caller's, and may name one large file many times."""
+    if len(files) > bundles.MAX_FILES:
+        raise errors.invalid_argument(
+            "files", f"{len(files)} files; an app carries at most {bundles.MAX_FILES}"
+        )
     for relative_path, file_hash in files:
         _check(relative_path, file_hash)
     if len({path for path, _ in files}) != len(files):
@@ -80,6 +86,7 @@ def fetch(
         )
     verify = gateway_verify(settings)
     found: dict[str, bytes] = {}
+    total = 0
     with httpx.Client(
         base_url=settings.gateway_rest_url.rstrip("/"),
         verify=verify,
@@ -89,6 +96,13 @@ def fetch(
     ) as client:
         for relative_path, file_hash in files:
             found[relative_path] = _one(client, relative_path, file_hash)
+            total += len(found[relative_path])
+            if total > bundles.MAX_BUNDLE_BYTES:
+                raise errors.failed_precondition(
+                    f"files: the app_files add up to more than {bundles.MAX_BUNDLE_BYTES} bytes, "
+                    "more than an app's bundle holds; put large files in /data "
+                    "(persistentData) or an image"
+                )
     return found
 
 
