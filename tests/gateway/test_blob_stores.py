@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pathlib
 import resource
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from kubefal_api import apikeys
-from kubefal_gateway.storage import blobs, core, local, signing
+from kubefal_gateway.storage import app_files, blobs, core, local, signing
 from tests.gateway import gwharness, s3server
 
 pytestmark = pytest.mark.slow  # starts real processes; `make unit` leaves it out
@@ -255,6 +256,51 @@ async def test_core_uploads_and_retention(store: blobs.BlobStore) -> None:
     assert [key async for key in store.list("")] == []
     with pytest.raises(core.NotFound):
         await storage.put_upload(abandoned.ref, abandoned.upload_id, _chunks(b"late"))
+
+
+async def test_many_missing_hashes_cost_one_listing_not_a_request_each(
+    store: blobs.BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal deploy's `POST /files/missing_hashes` takes up to MAX_HASHES hashes: past
+    STAT_EACH_UP_TO the namespace's app files are listed once and only held hashes are
+    stat'ed (was: one stat, an S3 request, per hash); the answer is the same."""
+    clock = Clock()
+    files = app_files.AppFiles(_storage(store, clock))
+    held = hashlib.sha256(b"held").hexdigest()
+    expired = hashlib.sha256(b"expired").hexdigest()
+    await store.write(app_files.file_key("team", held), _chunks(b"x"), limit=10, meta={})
+    await store.write(
+        app_files.file_key("team", expired),
+        _chunks(b"x"),
+        limit=10,
+        meta={"expires": repr(clock.now - 1)},
+    )
+    await store.write(app_files.file_key("other", held), _chunks(b"x"), limit=10, meta={})
+    unknown = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(500)]
+    stats: list[str] = []
+    real_stat = store.stat
+
+    async def counting(key: str) -> blobs.BlobInfo:
+        stats.append(key)
+        return await real_stat(key)
+
+    monkeypatch.setattr(store, "stat", counting)
+    for wanted in ([held, expired, *unknown], [held, expired, unknown[0]]):
+        stats.clear()
+        body = json.dumps({"hashes": wanted}).encode()
+        sent: list[dict[str, object]] = []
+
+        async def receive(body: bytes = body) -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, object], sent: list[dict[str, object]] = sent) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/files/missing_hashes", "headers": []}
+        await files.handle(scope, receive, send, "team")
+        assert sent[0]["status"] == 200
+        assert json.loads(sent[1]["body"]) == wanted[1:]  # type: ignore[arg-type]
+        assert len(stats) <= 3
 
 
 async def test_open_uploads_per_namespace_are_limited(store: blobs.BlobStore) -> None:

@@ -44,6 +44,8 @@ MAX_APP_FILE_BYTES: Final = 1024 * 1024
 """What one ConfigMap can carry, roughly (the control plane's bundles are stricter)."""
 MAX_PARTS: Final = 16
 MAX_HASHES: Final = 65_536
+STAT_EACH_UP_TO: Final = 64
+"""Above this many hashes, missing_hashes lists the namespace's files instead of a stat each."""
 MAX_JSON_BYTES: Final = 8 * 1024 * 1024
 FORM_OVERHEAD: Final = 64 * 1024
 UPLOAD_TTL: Final = 3600.0
@@ -179,9 +181,17 @@ class AppFiles:
         hashes = body.get("hashes") if isinstance(body, dict) else None
         if not isinstance(hashes, list) or len(hashes) > MAX_HASHES:
             raise errors.BadRequest(f"Send {{'hashes': [...]}} with at most {MAX_HASHES} hashes")
-        wanted = [check_hash(value) for value in hashes]
+        wanted = list(dict.fromkeys(check_hash(value) for value in hashes))
+        maybe_held = set(wanted)
+        if len(wanted) > STAT_EACH_UP_TO:
+            # One listing of what the namespace holds, then a stat (retention) per held hash
+            # only: a long list of hashes costs no request to the store per hash.
+            prefix = file_key(namespace, "")
+            maybe_held &= {key.removeprefix(prefix) async for key in self.store.list(prefix)}
         missing = [
-            h for h in dict.fromkeys(wanted) if await self._held(file_key(namespace, h)) is None
+            h
+            for h in wanted
+            if h not in maybe_held or await self._held(file_key(namespace, h)) is None
         ]
         await http_api.send_json(send, 200, missing)
 
