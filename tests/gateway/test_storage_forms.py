@@ -51,6 +51,17 @@ def test_the_named_fields_content_is_found_in_bytes_and_in_a_mapped_file(
         assert forms.field_range(body, b"--XyZ", "file_upload") == (start, end)
 
 
+def test_a_file_named_like_the_field_is_not_the_field() -> None:
+    decoy = (
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="other"; filename="file_upload"\r\n\r\n'
+        b"decoy\r\n"
+    )
+    body = decoy + BODY
+    start, end = forms.field_range(body, b"--XyZ", "file_upload") or (0, 0)
+    assert body[start:end] == b"\x00payload\r\n--\r\n"
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -10,6 +10,7 @@ here once; each caller turns "not a form" and "no such field" into its own error
 from __future__ import annotations
 
 import mmap
+import re
 
 MAX_BOUNDARY_CHARS = 200
 MAX_PART_HEADER_BYTES = 16384
@@ -44,7 +45,8 @@ def field_range(body: bytes | mmap.mmap, delimiter: bytes, field: str) -> tuple[
         following = body.find(b"\r\n" + delimiter, content_start)
         if following == -1:
             break
-        if f'name="{field}"' in headers:
+        # The `name` parameter itself: `filename="<field>"` also contains `name="<field>"`.
+        if re.search(rf'(?:^|[;\s])name="{re.escape(field)}"', headers):
             return content_start, following
         position = following + 2
     return None
