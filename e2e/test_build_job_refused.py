@@ -7,6 +7,9 @@ projected volume may not do. Retrying cannot help, so the FalApp's ``status.buil
 ``Failed`` with the API server's reason (the field it names), instead of the operator retrying
 the same refused request forever with nothing in the status. No registry runs: the operator's
 ``HEAD`` of the image fails (connection refused), so it goes on to build.
+
+And a build Job deleted before it finished (by hand, as status.build.message advises for a
+failed one) is made again.
 """
 
 from __future__ import annotations
@@ -90,3 +93,51 @@ def test_a_build_job_the_api_server_refuses_fails_the_build_naming_the_field(
     assert build["image"].startswith("127.0.0.1:")
     assert "job" not in build
     assert k8s.BatchV1Api(api_client).list_namespaced_job(namespace).items == []
+
+
+def test_deleting_the_job_of_an_unfinished_build_builds_again(
+    api_client: k8s.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    """Regression: the Job's deletion was ignored, so an app whose build Job was deleted while
+    Building (or Failed, which status.build.message says to do to build again) stayed so until
+    its spec changed or the operator restarted."""
+    api = Api.of(api_client)
+    jobs = k8s.BatchV1Api(api_client)
+    api.create_app(
+        namespace,
+        {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "metadata": {"name": "rebuilt"},
+            "spec": {
+                "app": "app.py::Demo",
+                "containerImage": {"dockerfile": "FROM python:3.11-slim\n"},
+            },
+        },
+    )
+
+    def building() -> dict[str, Any] | None:
+        build = (api.app(namespace, "rebuilt").get("status") or {}).get("build") or {}
+        return build if build.get("phase") == v1alpha1.BuildPhase.BUILDING.value else None
+
+    build = waiting.wait_for(
+        building, timeout=harness.TIMEOUT, description="Building", describe_last=operator.log_tail
+    )
+    first = jobs.read_namespaced_job(build["job"], namespace).metadata.uid
+    jobs.delete_namespaced_job(build["job"], namespace, propagation_policy="Background")
+
+    def recreated() -> str | None:
+        try:
+            uid = jobs.read_namespaced_job(build["job"], namespace).metadata.uid
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(uid) if uid != first else None
+
+    waiting.wait_for(
+        recreated,
+        timeout=harness.TIMEOUT,
+        description="a new build Job",
+        describe_last=operator.log_tail,
+    )

@@ -153,8 +153,10 @@ async def build_job_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """A finished build Job (spec.containerImage) reconciles its FalApp: the image exists
-    now, or the failure goes into status.build (kubefal_operator.build)."""
-    if event["type"] == "DELETED" or build.job_outcome(body)[0] is None:
+    now, or the failure goes into status.build (kubefal_operator.build). So does the deletion
+    of the Job of a build still Building or Failed: it builds again (status.build.message
+    tells users to delete a failed Job for that)."""
+    if event["type"] != "DELETED" and build.job_outcome(body)[0] is None:
         return
     stores = _cache(memo)
     key = (
@@ -162,10 +164,18 @@ async def build_job_changed(
         str(body["metadata"]["labels"][build.LABEL_BUILD_OF]),
     )
     app = stores.indexes.app(key)
-    if app is not None:
-        operator = _operator(memo)
-        operator.handled.pop(key, None)  # same generation, new outcome: reconcile anyway
-        await triggers.falapp_changed(operator, body=app, indexes=stores.indexes)
+    if app is None:
+        return
+    if event["type"] == "DELETED":
+        current = (app.get("status") or {}).get("build") or {}
+        if current.get("job") != body["metadata"]["name"] or current.get("phase") not in (
+            v1alpha1.BuildPhase.BUILDING,
+            v1alpha1.BuildPhase.FAILED,
+        ):
+            return  # a finished build's Job expired: its image stays
+    operator = _operator(memo)
+    operator.handled.pop(key, None)  # same generation, new outcome: reconcile anyway
+    await triggers.falapp_changed(operator, body=app, indexes=stores.indexes)
 
 
 # --- children, pods, catalogue ------------------------------------------------------------
