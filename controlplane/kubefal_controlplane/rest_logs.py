@@ -139,10 +139,11 @@ class LogRoutes:
         job_id, since, until, search = self._window(params)
         if self._open_streams >= self.settings.log_streams:
             raise http1.HttpError(429, f"Too many log streams open ({self.settings.log_streams})")
-        pod = await self._runner(caller, job_id)
-        meta = pod["metadata"]
+        # Counted before the first await, so that requests arriving together cannot all pass.
         self._open_streams += 1
         try:
+            pod = await self._runner(caller, job_id)
+            meta = pod["metadata"]
             await self._follow(
                 connection,
                 namespace=str(meta["namespace"]),
