@@ -66,7 +66,10 @@ class ProcessSettings(BaseSettings):
     `model_validator(mode="after")` that raises `ValueError` with a message naming the flags.
     """
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan: "inf" would pass a `gt=0` timeout or limit and mean none at all.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     env_prefix: ClassVar[str] = "KUBEFAL_"
     """Prefix of the environment variable of every field without an `Env` marker."""

@@ -73,6 +73,13 @@ def test_a_bad_variable_names_the_variable_the_flag_and_what_the_setting_is() ->
     assert "Seconds a result stays" in message
 
 
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
+def test_a_number_that_is_not_finite_is_refused_naming_the_variable(raw: str) -> None:
+    """Regression: "inf" passed `gt=0` (a timeout or limit of every component meaning none)."""
+    with pytest.raises(SystemExit, match=f"KUBEFAL_EXAMPLE_TTL='{raw}'"):
+        Example.load([], environ={"KUBEFAL_EXAMPLE_TTL": raw})
+
+
 def test_a_bad_flag_is_named_as_the_flag_even_when_the_variable_is_fine() -> None:
     with pytest.raises(SystemExit, match=r"--queue-port='-1': Input should be greater"):
         Example.load(["--queue-port", "-1"], environ={"KUBEFAL_EXAMPLE_QUEUE_PORT": "80"})
