@@ -287,16 +287,7 @@ def job(
             "name": job_name(name, digest),
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": v1alpha1.API_VERSION,
-                    "kind": v1alpha1.KIND,
-                    "name": name,
-                    "uid": uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [naming.owner_reference(name, uid, controller=True)],
         },
         "spec": {
             "backoffLimit": 0,
