@@ -91,7 +91,11 @@ RegionName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=
 Requirement = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=1024)]
 """One pip requirement specifier."""
 MAX_REQUIREMENT_LAYERS: Final = 16
-RequirementLayer = Annotated[list[Requirement], pydantic.Field(min_length=1, max_length=512)]
+MAX_LAYER_REQUIREMENTS: Final = 512
+"""Requirements in one layer (and in the flat ``requirements``)."""
+RequirementLayer = Annotated[
+    list[Requirement], pydantic.Field(min_length=1, max_length=MAX_LAYER_REQUIREMENTS)
+]
 """One layer of pip requirements, installed together."""
 
 
@@ -605,7 +609,9 @@ class FalAppSpec(KubeModel):
     container_image: ContainerImageSpec | None = None
     """An image to build in the cluster from a Dockerfile, with the runner layered in (fal
     ``image=fal.ContainerImage(...)``); exclusive with image."""
-    requirements: list[Requirement] = pydantic.Field(default_factory=list, max_length=512)
+    requirements: list[Requirement] = pydantic.Field(
+        default_factory=list, max_length=MAX_LAYER_REQUIREMENTS
+    )
     """pip requirements installed at runner start (counts against startupTimeout); fal
     ``requirements`` as a flat list (one layer). Exclusive with requirementLayers."""
     requirement_layers: list[RequirementLayer] = pydantic.Field(

@@ -59,6 +59,14 @@ def requirement_layers(
                 f"{len(given)} layers; kubefal keeps at most {v1alpha1.MAX_REQUIREMENT_LAYERS}",
             )
         for layer in given:
+            if len(layer) > v1alpha1.MAX_LAYER_REQUIREMENTS:
+                # Refused before the entries are looked at: the list is the caller's, as long
+                # as a message allows.
+                raise errors.invalid_argument(
+                    "environments",
+                    f"requirements: {len(layer)} in one layer of {field}; kubefal keeps at "
+                    f"most {v1alpha1.MAX_LAYER_REQUIREMENTS}",
+                )
             wanted: list[str] = []
             for item in layer:
                 text = str(item).strip()

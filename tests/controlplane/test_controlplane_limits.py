@@ -30,6 +30,20 @@ def test_a_pip_option_as_a_requirement_is_invalid_argument_naming_the_field(opti
     assert "is a pip option" in raised.value.message
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_layer_of_too_many_requirements_is_refused_before_its_entries_are_read(
+    nested: bool,
+) -> None:
+    # Each entry was compared with every one kept before it: 50,000 took seconds, a 4 MiB
+    # message's worth minutes of a worker.
+    entries: list[object] = [f"p{i}" for i in range(50_000)]
+    with pytest.raises(errors.RpcFailure) as raised:
+        deploy.requirement_layers([_environment([entries] if nested else entries)])
+
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("environments: requirements: 50000 in one layer")
+
+
 def test_requirements_and_layers_without_options_are_kept() -> None:
     layers = deploy.requirement_layers(
         [_environment([["torch==2.5.1"], ["diffusers>=0.30", "pyfiglet"]])]
