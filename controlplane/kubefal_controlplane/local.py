@@ -424,10 +424,13 @@ class LocalRun:
             [line for line in lines if line][-tail_lines:]
         )
         if since_seconds is not None:
-            cutoff = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(
-                seconds=since_seconds
-            )
-            stamped = [(at, line) for at, line in stamped if at >= cutoff]
+            try:
+                cutoff = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(
+                    seconds=since_seconds
+                )
+            except OverflowError:
+                cutoff = None  # before year 1 (the caller's since): every line
+            stamped = [(at, line) for at, line in stamped if cutoff is None or at >= cutoff]
         return "".join(f"{local_logs.rfc3339(at)} {line}\n" for at, line in stamped).encode()
 
     def follow_runner_log(self, namespace: str, name: str, *, since_seconds: int | None) -> Any:

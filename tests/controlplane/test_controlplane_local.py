@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from kubefal_api import apikeys, localrun
-from kubefal_controlplane import errors, local, local_logs
+from kubefal_controlplane import errors, local, local_logs, rest_logs
 from kubefal_controlplane import settings as settings_module
 
 
@@ -115,6 +115,34 @@ def test_deploy_is_refused_naming_what_to_use_instead(tmp_path: pathlib.Path) ->
         _backend(run_dir).refuse_deploy()
 
     assert refused.value.code.name == "FAILED_PRECONDITION"
+
+
+def test_a_since_at_the_start_of_time_reads_the_whole_runner_log(
+    tmp_path: pathlib.Path, gateway_stand_in: subprocess.Popen[bytes]
+) -> None:
+    # /logs/history?since=0001-01-01T00:00:00Z asks for every line; its cutoff (now minus
+    # since_seconds) fell before year 1 and raised OverflowError (a 500).
+    run_dir, _key = _run_dir(tmp_path, gateway_stand_in.pid)
+    log = tmp_path / "runner.log"
+    log.write_text("first\nsecond\n")
+    runner = localrun.RunnerProcess(
+        pid=gateway_stand_in.pid,
+        url="http://127.0.0.1:9",
+        started="2026-01-31T12:00:00+00:00",
+        log=str(log),
+    )
+    localrun.write_json(run_dir / localrun.RUNNER, runner.to_json())
+    backend = _backend(run_dir)
+    since = datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+    raw = backend.read_runner_log(
+        "local",
+        f"app-runner-{runner.pid}",
+        since_seconds=rest_logs.LogRoutes._since_seconds(since),
+        tail_lines=100,
+        limit_bytes=1 << 20,
+    )
+
+    assert [line.split(" ", 1)[1] for line in raw.decode().splitlines()] == ["first", "second"]
 
 
 def test_log_lines_take_their_own_time_or_the_previous_lines() -> None:
