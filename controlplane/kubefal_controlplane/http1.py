@@ -104,8 +104,10 @@ class Connection:
         if data:
             self.writer.write(data)
             try:
-                await self.writer.drain()
-            except (ConnectionError, ssl.SSLError, OSError):
+                # A client that stops reading would otherwise hold the connection (and a log
+                # stream's slot) for as long as it likes.
+                await asyncio.wait_for(self.writer.drain(), self.timeout)
+            except (ConnectionError, ssl.SSLError, OSError, TimeoutError):
                 raise Gone() from None
 
     async def body_chunks(self, limit: int) -> AsyncIterator[bytes]:

@@ -172,8 +172,8 @@ class Settings(ProcessSettings):
         default=DEFAULT_REST_HEADER_TIMEOUT_SECONDS,
         gt=0,
         le=600,
-        description="Seconds for the TLS handshake, for a REST request's head, and between "
-        "body chunks.",
+        description="Seconds for the TLS handshake, for a REST request's head, between "
+        "body chunks, and for the client to take each part of an answer.",
     )
     rest_max_body_bytes: int = Field(
         default=DEFAULT_REST_MAX_BODY_BYTES,
