@@ -32,6 +32,16 @@ def _gateway_runners(workdir: pathlib.Path) -> list[dict[str, Any]]:
     return list(app["runners"])
 
 
+def _in_flight_cells(output: str, runner_id: str) -> list[str]:
+    """The In Flight cell of each row of fal's runners table naming ``runner_id``.
+
+    In that table In Flight follows Runner ID (an Alias column shows only when some runner
+    has one); rows of the four-column requests table below it also start with the runner
+    id, so only rows of more than four cells count."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    return [row[row.index(runner_id) + 1] for row in rows if len(row) > 4 and runner_id in row]
+
+
 def _client(env: dict[str, str], gate: pathlib.Path, call: str) -> subprocess.Popen[str]:
     """A fal_client call held in the app until ``gate`` exists; prints its result."""
     script = textwrap.dedent(
@@ -93,9 +103,11 @@ def test_fal_runners_list_and_apps_runners_show_the_leases_of_requests_in_flight
     for output in (listed, by_app):
         assert "Requests: 2" in output, output
         (row,) = [line for line in output.splitlines() if request_id in line]
-        assert key_id in row  # the Caller ID column
-        # the In Flight column counts the two requests, none of them missing a lease
-        assert "(0)" not in output and "2 (" not in output
+        runner_id, _request, caller_id, _time = [cell.strip() for cell in row.split("│")[1:-1]]
+        assert caller_id == key_id
+        # the runners table's In Flight column counts the two requests, none of them missing
+        # a lease (fal would print "2 (N)" for N in-flight requests without one)
+        assert _in_flight_cells(output, runner_id) == ["2"], output
     assert json.loads(results[0].splitlines()[-1]) == {"label": "submit"}
     assert json.loads(results[1].splitlines()[-1]) == {"label": "run"}
     wait_for(
