@@ -446,6 +446,19 @@ def main() -> None:
         f"TLS alone (Python ssl in memory, CPU time, {cost['cipher']}): encrypt "
         f"{cost['encrypt_ms_per_mb']:.2f} ms/MB, decrypt {cost['decrypt_ms_per_mb']:.2f} ms/MB"
     )
+    # One connection's records are sealed and opened in order on one core, so the gateway's
+    # TLS side alone bounds a TLS transfer (sockets, HTTP and the disk all cost more on top).
+    ceilings: dict[str, dict[str, float]] = {}
+    for direction, work in (("upload", "decrypt"), ("download", "encrypt")):
+        bound = 1000 / cost[f"{work}_ms_per_mb"]
+        ceilings[direction] = {
+            "mb_per_s": bound,
+            "ratio": bound / figures[direction]["direct_mb_per_s"],
+        }
+        print(
+            f"TLS ceiling, {direction} (the gateway's {work} alone, nothing else): "
+            f"{bound:.0f} MB/s, ratio {ceilings[direction]['ratio']:.2f} against the direct path"
+        )
     bench_results.write(
         arguments.json,
         "storage",
@@ -457,6 +470,7 @@ def main() -> None:
             "load_before": load_before,
             "load_after": load_after,
             "tls_cost": cost,
+            "tls_ceiling": ceilings,
             **figures,
         },
     )
