@@ -35,6 +35,27 @@ SECRET_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,252}$")
 MAX_SECRET_VALUE_BYTES: Final = 256 * 1024
 
 
+def check_secret(name: str, value: str | None) -> None:
+    """Refuse what cannot become an environment variable of a runner (INVALID_ARGUMENT naming
+    the field): a name that is not one, a value over the size limit or holding a NUL byte,
+    which no process environment can carry (runner containers, and ``kubefal run``'s runner
+    process, would fail to start)."""
+    if not SECRET_NAME_PATTERN.fullmatch(name):
+        raise errors.invalid_argument(
+            "name",
+            f"{name[:64]!r} is not an environment variable name "
+            "(letters, digits and '_', not starting with a digit, at most 253 characters)",
+        )
+    if value is None:
+        return
+    if len(value.encode("utf-8")) > MAX_SECRET_VALUE_BYTES:
+        raise errors.invalid_argument("value", f"larger than {MAX_SECRET_VALUE_BYTES} bytes")
+    if "\0" in value:
+        raise errors.invalid_argument(
+            "value", "holds a NUL byte, which an environment variable cannot"
+        )
+
+
 class SecretsRpcs(ControllerBase):
     """``fal secrets``'s RPCs (mixed into :class:`kubefal_controlplane.service.Controller`)."""
 
@@ -42,15 +63,8 @@ class SecretsRpcs(ControllerBase):
     def SetSecret(
         self, request: isolate_proto.SetSecretRequest, caller: auth.Caller
     ) -> isolate_proto.SetSecretResponse:
-        if not SECRET_NAME_PATTERN.fullmatch(request.name):
-            raise errors.invalid_argument(
-                "name",
-                f"{request.name[:64]!r} is not an environment variable name "
-                "(letters, digits and '_', not starting with a digit, at most 253 characters)",
-            )
         value = request.value if request.HasField("value") else None
-        if value is not None and len(value.encode("utf-8")) > MAX_SECRET_VALUE_BYTES:
-            raise errors.invalid_argument("value", f"larger than {MAX_SECRET_VALUE_BYTES} bytes")
+        check_secret(request.name, value)
         env = environment(request)
         namespace = self._secret_namespace(caller, env)
         for attempt in range(CONFLICT_RETRIES):

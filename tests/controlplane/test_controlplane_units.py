@@ -12,7 +12,7 @@ import isolate_proto
 import pytest
 
 from kubefal_api import apikeys
-from kubefal_controlplane import auth, errors, mapping, settings
+from kubefal_controlplane import app_secrets, auth, errors, mapping, settings
 from tests.controlplane import runner_pods
 
 State = isolate_proto.RunnerInfo.State
@@ -208,6 +208,42 @@ def test_alias_info_fills_every_field_from_the_falapp_and_its_pods() -> None:
         environment_name="team-a",
         is_rolling=True,
     )
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("1BAD", "x", "name: '1BAD' is not an environment variable name"),
+        ("HF-TOKEN", "x", "name: 'HF-TOKEN' is not an environment variable name"),
+        ("TOKEN", "a\0b", "value: holds a NUL byte"),
+        ("TOKEN", "x" * (app_secrets.MAX_SECRET_VALUE_BYTES + 1), "value: larger than"),
+        ("TOKEN", "é" * (app_secrets.MAX_SECRET_VALUE_BYTES // 2 + 1), "value: larger than"),
+    ],
+)
+def test_a_secret_no_environment_can_carry_is_invalid_argument_naming_the_field(
+    name: str, value: str, message: str
+) -> None:
+    with pytest.raises(errors.RpcFailure) as raised:
+        app_secrets.check_secret(name, value)
+
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HF_TOKEN", "hf_123"),
+        ("_X", ""),
+        ("T", "x" * app_secrets.MAX_SECRET_VALUE_BYTES),
+        ("T", None),
+    ],
+)
+def test_a_secret_an_environment_can_carry_is_accepted(name: str, value: str | None) -> None:
+    app_secrets.check_secret(name, value)
 
 
 # ---- keys ------------------------------------------------------------------------------------
