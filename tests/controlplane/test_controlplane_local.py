@@ -22,8 +22,12 @@ from kubefal_controlplane import settings as settings_module
 
 @pytest.fixture
 def gateway_stand_in() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that exits with SIGHUP's signal number when it gets SIGHUP."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    """A process that exits with SIGHUP's signal number when it gets SIGHUP (its default
+    action restored: a suite started under ``nohup`` passes SIGHUP ignored to its children)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
     yield process
     if process.poll() is None:
         process.kill()
