@@ -224,6 +224,16 @@ INVALID_MANIFESTS: list[tuple[str, dict[str, Any], str]] = [
         "spec.requirementLayers",
     ),
     ("requirement-layer-empty", falapp(requirementLayers=[[]]), "spec.requirementLayers[0]"),
+    (
+        "requirement-is-a-pip-option",
+        falapp(requirements=["numpy", "--index-url=https://elsewhere.invalid/simple"]),
+        "spec.requirements[1]",
+    ),
+    (
+        "layer-requirement-is-a-pip-option",
+        falapp(requirementLayers=[["numpy"], ["-r", "/etc/passwd"]]),
+        "spec.requirementLayers[1][0]",
+    ),
     ("image-empty", falapp(image=""), "spec.image"),
     (
         "container-image-and-image",

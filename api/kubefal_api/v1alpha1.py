@@ -88,8 +88,14 @@ MachineTypeName = Annotated[
 """A machine type of the catalogue, e.g. "S" or "GPU-H100"."""
 RegionName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=63)]
 """A value of the node label topology.kubernetes.io/region."""
-Requirement = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=1024)]
-"""One pip requirement specifier."""
+REQUIREMENT_PATTERN: Final = r"^[^-]"
+Requirement = Annotated[
+    str, pydantic.StringConstraints(min_length=1, max_length=1024, pattern=REQUIREMENT_PATTERN)
+]
+"""One pip requirement specifier, never a pip option: the runner passes each to ``pip install``
+as one argument, where one starting with ``-`` (``--index-url URL``, ``-r FILE``, ``-e PATH``)
+would change where and what every runner of the app installs (``fal deploy`` refuses them
+too)."""
 MAX_REQUIREMENT_LAYERS: Final = 16
 MAX_LAYER_REQUIREMENTS: Final = 512
 """Requirements in one layer (and in the flat ``requirements``)."""
