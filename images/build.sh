@@ -76,7 +76,7 @@ BASE_IMAGE=localhost/kubefal-base:$KEY
 if [ ! -s "$BASE_TAR" ]; then
   log "base: mmdebstrap $SUITE ($INCLUDE)"
   mmdebstrap "${MMDEBSTRAP_ARGS[@]}" \
-    --customize-hook='chroot "$1" dpkg-query -W -f="\${Package}=\${Version}\n" | LC_ALL=C sort > '"$CACHE/base-$SUITE-$KEY.packages" \
+    --customize-hook='chroot "$1" dpkg-query -W -f="\${Package}=\${Version}\n" | LC_ALL=C sort > '"$(printf %q "$CACHE/base-$SUITE-$KEY.packages")" \
     "$SUITE" "$BASE_TAR.part" >"$CACHE/mmdebstrap.log" 2>&1 \
     || { tail -30 "$CACHE/mmdebstrap.log" >&2; exit 1; }
   if [ "${KUBEFAL_IMAGES_RELOCK:-}" = 1 ]; then
