@@ -236,6 +236,15 @@ def start_gateway(
     return Gateway(name, f"{scheme}://127.0.0.1:{rest_port}", process, admin_port, storage_spec)
 
 
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait(timeout=30)
+
+
 def wait_ready(gateway: Gateway) -> None:
     deadline = time.monotonic() + 90
     while True:
@@ -298,14 +307,17 @@ def main() -> None:
     arguments = parse_arguments()
     data = os.urandom(arguments.size_mb * 1024 * 1024)
     megabytes = len(data) / 1e6
-    with tempfile.TemporaryDirectory(prefix="bench-storage-") as temporary:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-storage-") as temporary,
+        contextlib.ExitStack() as cleanup,  # what started is stopped, whatever fails after it
+    ):
         workdir = pathlib.Path(temporary)
-        s3 = None
         environment = dict(os.environ)
         if arguments.backend == "s3":
             from tests.gateway import s3server
 
             s3 = s3server.S3Proxy(workdir).start()
+            cleanup.callback(s3.stop)
             s3.create_bucket("bench")
             environment.update(s3.env())
             os.environ.update(s3.env())
@@ -321,76 +333,68 @@ def main() -> None:
         key = apikeys.generate_key()
         config = workdir / "static.yaml"
         config.write_text(yaml.safe_dump({"apps": [], "keys": [{"key": str(key)}]}))
-        gateways = [
-            start_gateway(name, workdir, specs[name], config, tls, len(data) * 2, environment)
-            for name, tls in (("tls", (cert, tls_key)), ("plain", None))
-        ]
+        gateways: list[Gateway] = []
+        for name, tls in (("tls", (cert, tls_key)), ("plain", None)):
+            gateway = start_gateway(
+                name, workdir, specs[name], config, tls, len(data) * 2, environment
+            )
+            gateways.append(gateway)
+            cleanup.callback(stop_gateway, gateway)
         trials: dict[str, list[GatewayTrial]] = {gateway.name: [] for gateway in gateways}
         direct_times: list[tuple[float, float]] = []
-        try:
-            for gateway in gateways:
-                wait_ready(gateway)
-            store = runtime.open_store(specs["direct"])
-            gateway_stores = {
-                gateway.name: runtime.open_store(specs[gateway.name]) for gateway in gateways
-            }
-            source = workdir / "upload.bin"
-            source.write_bytes(data)
-            http = httpx.Client(verify=str(ca), timeout=300, trust_env=False)
-            tokens = {
-                gateway.name: http.post(
-                    f"{gateway.base}/storage/auth/token",
-                    headers={"Authorization": f"Key {key}"},
-                    json={},
-                ).json()["token"]
-                for gateway in gateways
-            }
+        for gateway in gateways:
+            wait_ready(gateway)
+        store = runtime.open_store(specs["direct"])
+        gateway_stores = {
+            gateway.name: runtime.open_store(specs[gateway.name]) for gateway in gateways
+        }
+        source = workdir / "upload.bin"
+        source.write_bytes(data)
+        http = httpx.Client(verify=str(ca), timeout=300, trust_env=False)
+        tokens = {
+            gateway.name: http.post(
+                f"{gateway.base}/storage/auth/token",
+                headers={"Authorization": f"Key {key}"},
+                json={},
+            ).json()["token"]
+            for gateway in gateways
+        }
 
-            def gateway_once(gateway: Gateway) -> GatewayTrial:
-                if arguments.client == "curl":
-                    return through_gateway_curl(
-                        gateway, ca, tokens[gateway.name], source, len(data)
-                    )
-                return through_gateway_httpx(http, gateway, tokens[gateway.name], data)
+        def gateway_once(gateway: Gateway) -> GatewayTrial:
+            if arguments.client == "curl":
+                return through_gateway_curl(gateway, ca, tokens[gateway.name], source, len(data))
+            return through_gateway_httpx(http, gateway, tokens[gateway.name], data)
 
-            loop = asyncio.new_event_loop()
+        loop = asyncio.new_event_loop()
 
-            def clean() -> None:
-                for gateway_store in gateway_stores.values():
-                    loop.run_until_complete(delete_uploads(gateway_store))
-
-            # warm-up of every path, then the trials with the order rotated, so all see the
-            # same machine: load, page cache, dirty-page writeback
-            loop.run_until_complete(direct_once(store, data, 0))
-            for gateway in gateways:
-                gateway_once(gateway)
-            clean()
-            load_before = os.getloadavg()[0]
-            paths = ["direct", *(gateway.name for gateway in gateways)]
-            for trial in range(arguments.trials):
-                shift = trial % len(paths)
-                for path in paths[shift:] + paths[:shift]:
-                    if path == "direct":
-                        direct_times.append(
-                            loop.run_until_complete(direct_once(store, data, trial))
-                        )
-                    else:
-                        gateway = next(g for g in gateways if g.name == path)
-                        trials[path].append(gateway_once(gateway))
-                clean()
-            load_after = os.getloadavg()[0]
-            http.close()
-            loop.run_until_complete(store.close())
+        def clean() -> None:
             for gateway_store in gateway_stores.values():
-                loop.run_until_complete(gateway_store.close())
-            loop.close()
-        finally:
-            for gateway in gateways:
-                gateway.process.terminate()
-            for gateway in gateways:
-                gateway.process.wait(timeout=30)
-            if s3 is not None:
-                s3.stop()
+                loop.run_until_complete(delete_uploads(gateway_store))
+
+        # warm-up of every path, then the trials with the order rotated, so all see the
+        # same machine: load, page cache, dirty-page writeback
+        loop.run_until_complete(direct_once(store, data, 0))
+        for gateway in gateways:
+            gateway_once(gateway)
+        clean()
+        load_before = os.getloadavg()[0]
+        paths = ["direct", *(gateway.name for gateway in gateways)]
+        for trial in range(arguments.trials):
+            shift = trial % len(paths)
+            for path in paths[shift:] + paths[:shift]:
+                if path == "direct":
+                    direct_times.append(loop.run_until_complete(direct_once(store, data, trial)))
+                else:
+                    gateway = next(g for g in gateways if g.name == path)
+                    trials[path].append(gateway_once(gateway))
+            clean()
+        load_after = os.getloadavg()[0]
+        http.close()
+        loop.run_until_complete(store.close())
+        for gateway_store in gateway_stores.values():
+            loop.run_until_complete(gateway_store.close())
+        loop.close()
+        cleanup.close()  # the gateways (and s3proxy) stopped before TLS is timed alone
         cost = tls_cost(cert, tls_key, ca, len(data))
 
     def rate(seconds: list[float]) -> float:
