@@ -38,6 +38,8 @@ class Stack:
         self.key_a = str(apikeys.generate_key())
         self.key_b = str(apikeys.generate_key())
         self.key_revoked = str(apikeys.generate_key())
+        # A runner's key (docs/fal-storage.md): team-a's files, no app calls.
+        self.key_storage = str(apikeys.generate_key())
         env = {"GATEWAY_TEST_EXEC_DIR": str(self.exec_dir)}
         self.main = gwharness.Runner(workdir=workdir, env=env, max_multiplexing=16)
         self.serial = gwharness.Runner(workdir=workdir, env=env, max_multiplexing=1)
@@ -81,6 +83,7 @@ class Stack:
                 {"key": self.key_a, "namespaces": "team-a"},
                 {"key": self.key_b, "namespaces": ["team-b"]},
                 {"key": self.key_revoked, "namespaces": "*", "revoked": True},
+                {"key": self.key_storage, "namespaces": "team-a", "scopes": "storage"},
             ],
         }
         self.webhook_secret = "webhook-test-secret"
@@ -545,3 +548,66 @@ def test_requests_after_an_app_500_succeed_on_the_reconnected_runner_connection(
         """
     )
     assert outcome == [500, "0", 500, "1", 500, "2"]
+
+
+ISOLATION_SCRIPT = """
+import uuid
+owner = fal_client.SyncClient(key=KEYS["owner"])
+handle = owner.submit("team-a/probe", arguments={"text": "a's secret", "sleep": 8, "log_lines": 1})
+missing = str(uuid.uuid4())
+
+
+def attempt(key, app, request_id):
+    client = fal_client.SyncClient(key=key)
+    answers = {}
+    calls = {
+        "status": lambda: client.status(app, request_id, with_logs=False),
+        "logs": lambda: client.status(app, request_id, with_logs=True),
+        "result": lambda: client.result(app, request_id),
+        "cancel": lambda: client.cancel(app, request_id),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            answers[name] = "answered"
+        except fal_client.client.FalClientHTTPError as error:
+            body = error.response.content.decode().replace(request_id, "<id>")
+            answers[name] = [error.status_code, body]
+    return answers
+
+
+outcome = {}
+for caller, key, app in (
+    ("other-namespace", KEYS["other-namespace"], "team-a/probe"),
+    ("storage-only", KEYS["storage-only"], "team-a/probe"),
+    ("other-app", KEYS["owner"], "team-a/serial"),
+):
+    outcome[caller] = {
+        "existing": attempt(key, app, handle.request_id),
+        "missing": attempt(key, app, missing),
+    }
+outcome["status_after"] = type(handle.status()).__name__
+outcome["result"] = handle.get()
+outcome["final_error"] = handle.status().error
+emit(outcome)
+"""
+
+
+def test_another_callers_request_is_refused_as_if_it_did_not_exist(stack: Stack) -> None:
+    """Status, logs, result and cancel of caller A's queued request by a key of another
+    namespace, by a storage-only key of A's namespace and under another app of A's namespace
+    (A's own key) get exactly the answer a request id nobody submitted gets, and change
+    nothing: A's request still completes with A's answer."""
+    keys = {"owner": stack.key_a, "other-namespace": stack.key_b, "storage-only": stack.key_storage}
+    outcome = stack.client(f"KEYS = {keys!r}\n" + ISOLATION_SCRIPT)
+    expected_status = {"other-namespace": 403, "storage-only": 403, "other-app": 404}
+    for caller, status in expected_status.items():
+        answers = outcome[caller]
+        assert answers["existing"] == answers["missing"], caller
+        for name, answer in answers["existing"].items():
+            assert answer != "answered", (caller, name)
+            assert answer[0] == status, (caller, name, answer)
+            assert json.loads(answer[1])["detail"], (caller, name, answer)
+    assert outcome["status_after"] in ("Queued", "InProgress"), "B's cancel came too late"
+    assert outcome["result"]["text"] == "a's secret"
+    assert outcome["final_error"] is None
