@@ -611,3 +611,44 @@ def test_another_callers_request_is_refused_as_if_it_did_not_exist(stack: Stack)
     assert outcome["status_after"] in ("Queued", "InProgress"), "B's cancel came too late"
     assert outcome["result"]["text"] == "a's secret"
     assert outcome["final_error"] is None
+
+
+CONCURRENT_SCRIPT = """
+import concurrent.futures, threading, uuid
+
+start = threading.Barrier(len(CALLERS))
+
+
+def caller(index, key, app):
+    client = fal_client.SyncClient(key=key)
+    start.wait(timeout=120)
+    wrong = []
+    for round in range(3):
+        text = f"{index}-{round}-{uuid.uuid4().hex}"
+        handle = client.submit(app, arguments={"text": text, "tag": text})
+        queued = client.result(app, handle.request_id)
+        ran = client.run(app, arguments={"text": text + "-run", "tag": text})
+        if (queued["text"], queued["tag"]) != (text, text):
+            wrong.append(["queue", text, queued])
+        if (ran["text"], ran["tag"]) != (text + "-run", text):
+            wrong.append(["run", text, ran])
+    return wrong
+
+
+with concurrent.futures.ThreadPoolExecutor(len(CALLERS)) as pool:
+    futures = [pool.submit(caller, index, *pair) for index, pair in enumerate(CALLERS)]
+    emit([problem for future in futures for problem in future.result()])
+"""
+
+
+def test_concurrent_callers_with_different_keys_each_get_their_own_answers(stack: Stack) -> None:
+    """Twelve callers at once, with the keys of two namespaces on a private and a shared app
+    served by one runner, each submit, fetch by request id and run; every answer carries the
+    caller's own text (no answer crosses callers on the queue or the run path)."""
+    callers = [
+        (stack.key_a, "team-a/probe"),
+        (stack.key_b, "team-a/shared-probe"),
+        (stack.key_a, "team-a/shared-probe"),
+    ] * 4
+    outcome = stack.client(f"CALLERS = {callers!r}\n" + CONCURRENT_SCRIPT, timeout=300)
+    assert outcome == []
