@@ -11,9 +11,11 @@ import datetime
 from collections.abc import Iterator
 
 import grpc
+import isolate_proto
 import pytest
 from fal.api import SyncServerlessClient
 from fal.sdk import AliasInfo, RunnerState
+from google.protobuf import timestamp_pb2
 from kubernetes import client as k8s
 
 from e2e import controlplane_harness as harness
@@ -201,6 +203,41 @@ def test_runners_list_shows_the_runners_of_every_app_the_key_may_see(
         ("mine-0", f"{namespace}/mine", RunnerState.RUNNING)
     ]
     assert later == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(253_402_300_800, 0), (-62_135_596_801, 0), (2**62, 0), (0, -1), (0, 1_000_000_000)],
+)
+def test_a_runner_listing_since_a_time_no_timestamp_holds_is_invalid_argument(
+    plane: ControlPlaneProcess,
+    api_client: k8s.ApiClient,
+    namespace: str,
+    key: apikeys.ApiKey,
+    seconds: int,
+    nanos: int,
+) -> None:
+    """start_time beyond year 9999 (or nanos beyond a second) was INTERNAL, with a traceback."""
+    create_falapp(api_client, namespace=namespace, name="timed")
+    start = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    metadata = [("auth-key-id", key.id), ("auth-key", key.secret)]
+    credentials = grpc.ssl_channel_credentials(plane.tls.ca_bundle.read_bytes())
+    refused = []
+    with grpc.secure_channel(plane.host, credentials) as channel:
+        stub = isolate_proto.IsolateControllerStub(channel)
+        for call, request in (
+            (stub.ListRunners, isolate_proto.ListRunnersRequest(start_time=start)),
+            (
+                stub.ListAliasRunners,
+                isolate_proto.ListAliasRunnersRequest(alias=f"{namespace}/timed", start_time=start),
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                call(request, metadata=metadata, timeout=30)
+            refused.append((raised.value.code(), raised.value.details()))  # type: ignore[attr-defined]
+
+    assert [code for code, _ in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert all(details.startswith("start_time: ") for _, details in refused)
 
 
 def test_apps_scale_writes_the_falapp_spec_and_leaves_omitted_fields_alone(

@@ -333,6 +333,21 @@ def runner_info(
     return message
 
 
+def runners_since(request: Any) -> datetime.datetime | None:
+    """A runner listing's ``start_time`` (the SDK's ``since=``) in UTC; None when unset. A
+    time outside what a protobuf Timestamp may hold (years 1-9999, nanos below a second) is
+    INVALID_ARGUMENT naming the field."""
+    if not request.HasField("start_time"):
+        return None
+    try:
+        started: datetime.datetime = isolate_proto.datetime_from_timestamp(request.start_time)
+        return started.astimezone(datetime.UTC)
+    except (ValueError, OverflowError):
+        raise errors.invalid_argument(
+            "start_time", "not a valid time (years 1-9999, nanos 0-999999999)"
+        ) from None
+
+
 def runner_selected(
     pod: Mapping[str, Any], *, since: datetime.datetime | None, list_pending: bool
 ) -> bool:

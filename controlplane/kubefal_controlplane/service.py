@@ -137,13 +137,6 @@ class Controller(deploying.DeployRpcs, app_secrets.SecretsRpcs):
             for pod in selected
         ]
 
-    @staticmethod
-    def _since(request: Any) -> datetime.datetime | None:
-        if not request.HasField("start_time"):
-            return None
-        started: datetime.datetime = isolate_proto.datetime_from_timestamp(request.start_time)
-        return started.astimezone(datetime.UTC)
-
     # ---- apps ------------------------------------------------------------------------------
 
     @rpc
@@ -204,7 +197,7 @@ class Controller(deploying.DeployRpcs, app_secrets.SecretsRpcs):
         pods = self.cluster.list_runner_pods((meta["namespace"],), app_name=meta["name"])
         list_pending = request.list_pending if request.HasField("list_pending") else True
         runners = self._runner_infos(
-            app, pods, since=self._since(request), list_pending=list_pending
+            app, pods, since=mapping.runners_since(request), list_pending=list_pending
         )
         return isolate_proto.ListAliasRunnersResponse(runners=runners)
 
@@ -218,7 +211,7 @@ class Controller(deploying.DeployRpcs, app_secrets.SecretsRpcs):
             for app in self.cluster.list_falapps(scope)
         }
         list_pending = request.list_pending if request.HasField("list_pending") else True
-        since = self._since(request)
+        since = mapping.runners_since(request)
         # One call to the gateway for every app's runners (not one per app).
         by_app = self.cluster.runner_details_by_app(scope)
         runners: list[isolate_proto.RunnerInfo] = []
