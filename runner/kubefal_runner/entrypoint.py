@@ -68,7 +68,15 @@ def main(argv: collections.abc.Sequence[str] | None = None) -> int:
         return exit_codes.BAD_SETTINGS
     if bundle is not None:
         logger.info("trusting the gateway's CA besides the default roots (%s)", bundle)
+    try:
+        return _install_and_serve(runner_settings, started_at=started_at)
+    finally:
+        # the bundle lives in the shared temporary directory (kubefal run: the host's /tmp)
+        if bundle is not None:
+            bundle.unlink(missing_ok=True)
 
+
+def _install_and_serve(runner_settings: settings.RunnerSettings, *, started_at: float) -> int:
     requirements_seconds = 0.0
     if runner_settings.requirement_layers:
         try:

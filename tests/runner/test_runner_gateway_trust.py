@@ -2,8 +2,9 @@
 
 We test these aspects, with real runners and the real fal_client: a runner given
 ``KUBEFAL_GATEWAY_CA`` (and ``FAL_RUN_HOST``) calls another app through a TLS endpoint whose
-certificate comes from that private CA; without the CA the same call fails verification; the
-bundle keeps the default roots before the gateway's CA (pure logic).
+certificate comes from that private CA, and removes the bundle it wrote when it stops; without
+the CA the same call fails verification; the bundle keeps the default roots before the
+gateway's CA (pure logic).
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ def test_fal_client_in_a_runner_trusts_the_gateway_ca_it_is_given(
         },
     )
     caller.wait_ready()
+    (bundle,) = tmp_path.glob(f"{trust.BUNDLE_PREFIX}*.pem")
 
     assert _call(caller) == {"result": {"greeting": "hello ada"}}
+    # the runner removes its bundle when it stops
+    caller.send_signal()
+    assert caller.wait_exit() == 0
+    assert not bundle.exists()
 
 
 def test_without_the_gateway_ca_the_call_is_not_trusted(
