@@ -228,3 +228,60 @@ def test_app_file_limits_and_hostile_numbers_are_4xx_with_detail(stack: Stack) -
         not_sent = http.post(f"{parts}/complete", json={"parts": [{"part_number": 3}]})
         assert not_sent.status_code == 400 and "3" in not_sent.json()["detail"]
         assert http.get(f"/files/app/{file_hash}").status_code == 404
+
+
+def test_another_namespaces_key_cannot_see_or_touch_an_app_file_upload(stack: Stack) -> None:
+    """A key of another namespace that knows the hash and upload id of an app-file upload in
+    `team` gets for its part, complete and cancel exactly the answers of an upload id nobody
+    issued, is told the held file is missing, and changes nothing: the owner completes the
+    upload and reads back its own bytes."""
+    data = b"team's app file\n"
+    digest = hashlib.sha256(data)
+    digest.update(b"33188")
+    file_hash = digest.hexdigest()
+    body, content_type = _form(data)
+    form = {"Content-Type": content_type}
+    with stack.http(stack.key) as owner, stack.http(stack.other_key) as other:
+        upload_id = owner.post(
+            f"/files/app/multipart/{file_hash}/initiate", json={"mode": "33188"}
+        ).json()["upload_id"]
+
+        def attempts(target_id: str) -> list[tuple[int, object]]:
+            base = f"/files/app/multipart/{file_hash}/{target_id}"
+            answers = [
+                other.put(f"{base}/1", content=body, headers=form),
+                other.post(
+                    f"{base}/complete",
+                    json={"parts": [{"part_number": 1}], "metadata": {"mode": "33188"}},
+                ),
+                other.post(f"{base}/cancel", json={}),
+                other.put(
+                    f"{base}/1", content=body, headers={**form, "X-Kubefal-Namespace": "team"}
+                ),
+            ]
+            return [(answer.status_code, answer.json()) for answer in answers]
+
+        existing = attempts(upload_id)
+        assert existing == attempts("f" * 32)
+        assert [status for status, _ in existing] == [404, 404, 200, 403]
+        part = owner.put(
+            f"/files/app/multipart/{file_hash}/{upload_id}/1", content=body, headers=form
+        )
+        assert part.status_code == 200, part.text
+        done = owner.post(
+            f"/files/app/multipart/{file_hash}/{upload_id}/complete",
+            json={"parts": [part.json()], "metadata": {"mode": "33188"}},
+        )
+        assert done.status_code == 200, done.text
+        assert owner.get(f"/files/app/{file_hash}").content == data
+        assert other.post("/files/missing_hashes", json={"hashes": [file_hash]}).json() == [
+            file_hash
+        ]
+        unknown_hash = "0" * 64
+        held = other.get(f"/files/app/{file_hash}")
+        unknown = other.get(f"/files/app/{unknown_hash}")
+        assert held.status_code == 404
+        assert (held.status_code, held.text.replace(file_hash, "<hash>")) == (
+            unknown.status_code,
+            unknown.text.replace(unknown_hash, "<hash>"),
+        )
