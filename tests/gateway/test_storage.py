@@ -436,6 +436,79 @@ def test_another_namespace_and_a_tampered_url_are_refused(stack: Stack) -> None:
         assert http.get(url).content == b"secret"  # nothing else affected
 
 
+def test_another_callers_upload_id_gets_the_answer_of_an_id_nobody_issued(stack: Stack) -> None:
+    """A key of another namespace that knows the upload ids of team's presigned and multipart
+    uploads (not their signed URLs) gets, on its own signed URLs or on team's files with `-`,
+    exactly the answers of an upload id nobody issued; the owner then finishes both uploads
+    and reads back its own bytes."""
+    rest = stack.rest_url
+    with stack.http() as http:
+
+        def begin(key: apikeys.ApiKey, path: str) -> dict[str, str]:
+            answer = http.post(
+                f"{rest}{path}",
+                headers=stack.auth(key),
+                json={"file_name": "up.bin", "content_type": "application/octet-stream"},
+            )
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        put = begin(stack.key, "/storage/upload/initiate")
+        multi = begin(stack.key, "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3")
+        own_put = begin(stack.other_key, "/storage/upload/initiate")["file_url"]
+        own_multi = begin(
+            stack.other_key, "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3"
+        )["file_url"]
+        put_id = put["upload_url"].rsplit("/", 1)[1]
+        multi_id = multi["upload_url"].rsplit("/", 1)[1]
+
+        def unsigned(file_url: str) -> str:
+            _, _, namespace, object_id, _, name = file_url.removeprefix(rest).split("/")
+            return f"{rest}/files/{namespace}/{object_id}/-/{name}"
+
+        def attempts(put_target: str, multi_target: str) -> list[tuple[int, object]]:
+            other = stack.auth(stack.other_key)
+            answers = [
+                http.put(f"{own_put}/upload/{put_target}", content=b"B's bytes"),
+                http.put(f"{own_multi}/multipart/{multi_target}/1", content=b"B's bytes"),
+                http.post(
+                    f"{own_multi}/multipart/{multi_target}/complete",
+                    json={"parts": [{"partNumber": 1, "etag": "x"}]},
+                ),
+                http.put(
+                    f"{unsigned(put['file_url'])}/upload/{put_target}",
+                    content=b"B's bytes",
+                    headers=other,
+                ),
+                http.put(
+                    f"{unsigned(multi['file_url'])}/multipart/{multi_target}/1",
+                    content=b"B's bytes",
+                    headers=other,
+                ),
+                http.post(
+                    f"{unsigned(multi['file_url'])}/multipart/{multi_target}/complete",
+                    json={"parts": [{"partNumber": 1, "etag": "x"}]},
+                    headers=other,
+                ),
+            ]
+            return [(answer.status_code, answer.json()) for answer in answers]
+
+        existing = attempts(put_id, multi_id)
+        assert existing == attempts("f" * 22, "g" * 22)
+        assert [status for status, _ in existing] == [404, 404, 404, 403, 403, 403]
+
+        assert http.put(put["upload_url"], content=b"team's bytes").status_code == 200
+        part = http.put(f"{multi['upload_url']}/1", content=b"team's parts")
+        assert part.status_code == 200, part.text
+        done = http.post(
+            f"{multi['upload_url']}/complete",
+            json={"parts": [{"partNumber": 1, "etag": part.json()["etag"]}]},
+        )
+        assert done.status_code == 200, done.text
+        assert http.get(put["file_url"]).content == b"team's bytes"
+        assert http.get(multi["file_url"]).content == b"team's parts"
+
+
 def test_expired_url_is_403(stack: Stack) -> None:
     url = _upload(stack, b"old", name="old.txt").json()["access_url"]
     _, _, namespace, object_id, _, name = url.removeprefix(stack.rest_url).split("/")
