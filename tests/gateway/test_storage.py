@@ -300,6 +300,38 @@ def test_kv_store_is_shared_by_two_runners_and_scoped_to_the_namespace(stack: St
         assert too_big.status_code == 413
 
 
+def test_another_namespaces_kv_calls_never_see_nor_change_a_namespaces_entries(
+    stack: Stack,
+) -> None:
+    """A key of another namespace reading team's KV key gets the answer of a key nobody set,
+    and its set and delete of the same db and key change only its own namespace's entry; a
+    request naming team with `X-Kubefal-Namespace` is 403, for a stored key as for a missing
+    one. The storage-only key of team (a runner's) shares team's entries."""
+    base = f"{stack.rest_url}/kv"
+    team, other = stack.auth(), stack.auth(stack.other_key)
+    with stack.http() as http:
+        assert http.put(f"{base}/set/iso-db/k", content=b"team", headers=team).status_code == 200
+        seen = http.get(f"{base}/get/iso-db/k", headers=other)
+        never_set = http.get(f"{base}/get/iso-db/k2", headers=other)
+        assert seen.status_code == 404
+        assert seen.json() == {**never_set.json(), "detail": "Key 'k' not found"}
+        assert never_set.json()["detail"] == "Key 'k2' not found"
+        assert http.put(f"{base}/set/iso-db/k", content=b"other", headers=other).status_code == 200
+        assert http.get(f"{base}/get/iso-db/k", headers=team).json() == {"value": "team"}
+        assert http.get(f"{base}/get/iso-db/k", headers=other).json() == {"value": "other"}
+        assert http.delete(f"{base}/delete/iso-db/k", headers=other).status_code == 200
+        assert http.get(f"{base}/get/iso-db/k", headers=team).json() == {"value": "team"}
+        runner = http.get(f"{base}/get/iso-db/k", headers=stack.auth(stack.runner_key))
+        assert runner.json() == {"value": "team"}
+        named = {**other, "X-Kubefal-Namespace": "team"}
+        stored = http.get(f"{base}/get/iso-db/k", headers=named)
+        missing = http.get(f"{base}/get/iso-db/k2", headers=named)
+        assert stored.status_code == 403
+        assert (stored.status_code, stored.json()) == (missing.status_code, missing.json())
+        assert http.delete(f"{base}/delete/iso-db/k", headers=named).status_code == 403
+        assert http.get(f"{base}/get/iso-db/k", headers=team).json() == {"value": "team"}
+
+
 # ---- /data: fal.sync_dir and fal files ----------------------------------------------------------
 def _fal_cli(stack: Stack, *arguments: str) -> subprocess.CompletedProcess[str]:
     environment = {
