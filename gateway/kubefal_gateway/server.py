@@ -197,9 +197,16 @@ async def serve(config: settings.Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_exit)
+    reload_asked = asyncio.Event()
+    if config.static_config is not None:
+        # A SIGHUP while the gateway starts (its default action ends the process) is kept and
+        # served once the gateway runs, since the file may have changed after it was read.
+        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     async with gateway.running(), storage_runtime.serving(gateway) as rest_app:
         if config.static_config is not None:
             loop.add_signal_handler(signal.SIGHUP, gateway.reload_static)
+            if reload_asked.is_set():
+                gateway.reload_static()
         listeners.extend(build_listeners(gateway, rest_app))
         async with _keda_scaler(gateway):
             tasks = [loop.create_task(listener.serve()) for listener in listeners]
