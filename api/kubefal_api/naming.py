@@ -112,8 +112,10 @@ def horizontal_pod_autoscaler_name(app_name: str) -> str:
 
 def build_secret_name(app_name: str) -> str:
     """The Secret holding a ContainerImage app's build secrets (``kubefal deploy`` and
-    ``fal deploy`` write it; ``spec.containerImage.secretRef`` names it)."""
-    return f"{app_name[: 63 - 14]}-build-secrets"
+    ``fal deploy`` write it; ``spec.containerImage.secretRef`` names it). A Secret's name may
+    be 253 characters, so the app's whole name fits: two apps sharing a long prefix keep a
+    Secret each."""
+    return f"{app_name}-build-secrets"
 
 
 def owner_reference(app_name: str, uid: str, *, controller: bool = False) -> dict[str, object]:

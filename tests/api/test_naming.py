@@ -57,6 +57,15 @@ def test_label_values_fit_kubernetes_limits() -> None:
         assert len(value) <= 63, key
 
 
+def test_apps_sharing_a_long_prefix_get_a_build_secret_each() -> None:
+    first, second = ("a" * (naming.MAX_APP_NAME_LENGTH - 1) + end for end in "bc")
+    names = {naming.build_secret_name(app) for app in (first, second)}
+
+    assert len(names) == 2
+    for name in names:  # a DNS subdomain: what a Secret's name must be
+        assert len(name) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+
+
 def test_an_owner_reference_names_the_falapp_and_only_a_controller_blocks_deletion() -> None:
     plain = {"apiVersion": "kubefal.io/v1alpha1", "kind": "FalApp", "name": "demo", "uid": "u-1"}
 
