@@ -652,3 +652,56 @@ def test_concurrent_callers_with_different_keys_each_get_their_own_answers(stack
     ] * 4
     outcome = stack.client(f"CALLERS = {callers!r}\n" + CONCURRENT_SCRIPT, timeout=300)
     assert outcome == []
+
+
+REALTIME_SCRIPT = """
+import concurrent.futures, threading, uuid
+
+start = threading.Barrier(len(CALLERS))
+
+
+def session(key, app):
+    client = fal_client.SyncClient(key=key)
+    wrong = []
+    with client.realtime(app, use_jwt=False) as connection:
+        start.wait(timeout=120)
+        for _ in range(5):
+            prompt = uuid.uuid4().hex
+            connection.send({"prompt": prompt})
+            answer = connection.recv()
+            if answer != {"text": prompt[::-1]}:
+                wrong.append([app, prompt, answer])
+    return wrong
+
+
+def refused(key):
+    try:
+        with fal_client.SyncClient(key=key).realtime("team-a/probe", use_jwt=False):
+            return "accepted"
+    except Exception as error:
+        return error.response.status_code
+
+
+with concurrent.futures.ThreadPoolExecutor(len(CALLERS)) as pool:
+    futures = [pool.submit(session, *pair) for pair in CALLERS]
+    wrong = [problem for future in futures for problem in future.result()]
+emit({"wrong": wrong, "refused": {name: refused(key) for name, key in REFUSED.items()}})
+"""
+
+
+def test_concurrent_realtime_sessions_get_their_own_answers_and_other_keys_are_refused(
+    stack: Stack,
+) -> None:
+    """Six realtime sessions at once (keys of two namespaces, a private and a shared app) each
+    get the answers to their own prompts; on the private app a key of another namespace and a
+    storage-only key of the app's namespace are refused 403 before any runner is reached."""
+    callers = [
+        (stack.key_a, "team-a/probe"),
+        (stack.key_b, "team-a/shared-probe"),
+        (stack.key_a, "team-a/shared-probe"),
+    ] * 2
+    refused = {"other-namespace": stack.key_b, "storage-only": stack.key_storage}
+    outcome = stack.client(
+        f"CALLERS = {callers!r}\nREFUSED = {refused!r}\n" + REALTIME_SCRIPT, timeout=300
+    )
+    assert outcome == {"wrong": [], "refused": {"other-namespace": 403, "storage-only": 403}}
