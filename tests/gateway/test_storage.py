@@ -431,6 +431,77 @@ def test_data_is_per_namespace_and_paths_stay_inside(stack: Stack) -> None:
         assert part.status_code == 404 and part.json()["detail"]
 
 
+def test_another_namespaces_data_calls_answer_as_for_paths_and_uploads_that_do_not_exist(
+    stack: Stack,
+) -> None:
+    """A key of another namespace naming team's /data file and multipart upload id (read,
+    list, delete, rename, part, complete, cancel) gets exactly the answers of a path and an
+    upload id that do not exist, and changes nothing: team's file keeps its bytes and team's
+    upload completes."""
+    base = f"{stack.rest_url}/files"
+    team, other = stack.auth(), stack.auth(stack.other_key)
+    with stack.http() as http:
+        stored = http.post(
+            f"{base}/file/local//data/iso/a.txt",
+            files={"file_upload": ("a.txt", b"team's data")},
+            headers=team,
+        )
+        assert stored.status_code == 200, stored.text
+        upload_id = http.post(
+            f"{base}/file/multipart//data/iso/m.bin/initiate", headers=team
+        ).json()["upload_id"]
+
+        def attempts(directory: str, name: str, target_id: str) -> list[tuple[int, str]]:
+            multipart = f"{base}/file/multipart//data/{directory}/m.bin/{target_id}"
+            answers = [
+                http.get(f"{base}/file//data/{directory}/{name}", headers=other),
+                http.get(f"{base}/list//data/{directory}", headers=other),
+                http.delete(f"{base}/file//data/{directory}/{name}", headers=other),
+                http.post(
+                    f"{base}/rename//data/{directory}/{name}",
+                    json={"destination": f"/data/{directory}/moved.txt"},
+                    headers=other,
+                ),
+                http.put(
+                    f"{multipart}/1", files={"file_upload": ("p", b"B's part")}, headers=other
+                ),
+                http.post(
+                    f"{multipart}/complete",
+                    json={"parts": [{"part_number": 1, "etag": "x"}]},
+                    headers=other,
+                ),
+                http.post(f"{multipart}/cancel", headers=other),
+            ]
+            return [
+                (
+                    answer.status_code,
+                    answer.text.replace(directory, "<dir>")
+                    .replace(name, "<name>")
+                    .replace(target_id, "<id>"),
+                )
+                for answer in answers
+            ]
+
+        existing = attempts("iso", "a.txt", upload_id)
+        assert existing == attempts("nowhere", "none.txt", "f" * 22)
+        assert [status for status, _ in existing] == [404, 200, 404, 400, 404, 404, 404]
+        assert existing[1] == (200, "[]")  # a listing shows none of team's files
+        assert http.get(f"{base}/file//data/iso/a.txt", headers=team).content == b"team's data"
+        part = http.put(
+            f"{base}/file/multipart//data/iso/m.bin/{upload_id}/1",
+            files={"file_upload": ("p", b"team's part")},
+            headers=team,
+        )
+        assert part.status_code == 200, part.text
+        done = http.post(
+            f"{base}/file/multipart//data/iso/m.bin/{upload_id}/complete",
+            json={"parts": [part.json()]},
+            headers=team,
+        )
+        assert done.status_code == 200, done.text
+        assert http.get(f"{base}/file//data/iso/m.bin", headers=team).content == b"team's part"
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 def test_upload_over_the_limit_is_413_and_nothing_is_kept(stack: Stack) -> None:
     before = sorted(p.name for p in (stack.files_dir / "data").rglob("*") if p.is_file())
