@@ -705,3 +705,55 @@ def test_concurrent_realtime_sessions_get_their_own_answers_and_other_keys_are_r
         f"CALLERS = {callers!r}\nREFUSED = {refused!r}\n" + REALTIME_SCRIPT, timeout=300
     )
     assert outcome == {"wrong": [], "refused": {"other-namespace": 403, "storage-only": 403}}
+
+
+WEBHOOKS_SCRIPT = """
+import concurrent.futures, uuid
+
+
+def submit(key, app, url):
+    text = uuid.uuid4().hex
+    handle = fal_client.SyncClient(key=key).submit(app, arguments={"text": text}, webhook_url=url)
+    return [url, handle.request_id, text]
+
+
+with concurrent.futures.ThreadPoolExecutor(len(SUBMITS)) as pool:
+    emit([future.result() for future in [pool.submit(submit, *item) for item in SUBMITS]])
+"""
+
+
+def test_concurrent_webhooks_each_reach_only_their_own_receiver_with_their_own_result(
+    stack: Stack,
+) -> None:
+    """Sixteen concurrent submissions by keys of two namespaces, each naming its own caller's
+    webhook receiver: every receiver gets exactly its caller's requests, each with that
+    request's own result, and nothing of the other caller's."""
+    received: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+
+    def recorder(name: str) -> Any:
+        return lambda _headers, body: received[name].append(json.loads(body))
+
+    with webhook_server(recorder("a")) as url_a, webhook_server(recorder("b")) as url_b:
+        submits = [
+            (stack.key_a, "team-a/probe", url_a),
+            (stack.key_b, "team-a/shared-probe", url_b),
+        ] * 8
+        outcome = stack.client(f"SUBMITS = {submits!r}\n" + WEBHOOKS_SCRIPT, timeout=300)
+        expected = {
+            name: {request_id: text for hook, request_id, text in outcome if hook == url}
+            for name, url in (("a", url_a), ("b", url_b))
+        }
+        waiting.wait_for(
+            lambda: all(
+                len({item["request_id"] for item in received[name]}) >= 8 for name in received
+            ),
+            timeout=120,
+            description="all sixteen webhooks delivered",
+        )
+    for name, by_id in expected.items():
+        assert len(by_id) == 8
+        delivered = {item["request_id"]: item for item in received[name]}
+        assert set(delivered) == set(by_id), name
+        for request_id, item in delivered.items():
+            assert item["status"] == "OK", item
+            assert item["payload"]["text"] == by_id[request_id], item
