@@ -3,6 +3,7 @@
 The API server calls admission webhooks over https only, so a certificate is required
 (``--tls-cert``/``--tls-key``, issued for the webhook Service's DNS name); it is loaded once
 here so a wrong path or a key that does not match fails at start with a clear message.
+With ``--metrics-port``, Prometheus metrics are served on a plain-HTTP listener of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from kubefal_webhook import app, settings
+from kubefal_webhook import app, metrics, settings
 
 
 def _check_tls_pair(config: settings.Settings) -> None:
@@ -32,8 +33,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    instruments = metrics.Metrics()
+    metrics_server = None
+    if config.metrics_port:
+        try:
+            metrics_server = instruments.serve(host=config.metrics_host, port=config.metrics_port)
+        except OSError as error:
+            raise SystemExit(
+                f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: {error}"
+            ) from error
+    try:
+        _serve(config, instruments)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+def _serve(config: settings.Settings, instruments: metrics.Metrics) -> None:
     uvicorn.run(
-        app.create_app(config),
+        app.create_app(config, instruments=instruments),
         host=config.host,
         port=config.port,
         ssl_certfile=str(config.tls_cert),

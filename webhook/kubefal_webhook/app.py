@@ -7,7 +7,9 @@ and returns its AdmissionReview. ``GET /healthz`` says the process serves; ``GET
 says it can read the machine catalogue. Errors become HTTP responses in one place
 (:func:`_error_response`): a body that is not an AdmissionReview gets 400 with a JSON
 ``detail``, never a 500, and a review whose facts cannot be read is denied with a 503 status
-inside a well-formed AdmissionReview, so ``kubectl`` shows why.
+inside a well-formed AdmissionReview, so ``kubectl`` shows why. Every answer, a 4xx
+included, is counted in :class:`kubefal_webhook.metrics.Metrics` (served on a port of its own
+by ``__main__``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -28,7 +31,7 @@ import starlette.responses
 import starlette.routing
 
 from kubefal_api import machines
-from kubefal_webhook import cluster, settings, validation
+from kubefal_webhook import cluster, metrics, settings, validation
 
 logger = logging.getLogger(__name__)
 
@@ -45,30 +48,55 @@ class RequestTooLargeError(ValueError):
     """The body is larger than ``Settings.max_body_bytes``."""
 
 
+def metric_kind(request: validation.AdmissionRequest) -> str:
+    """The ``kind`` label of a review: FalApp or other (the caller's kind is never a label)."""
+    if validation.is_falapp(request):
+        return metrics.KIND_FALAPP
+    return metrics.KIND_OTHER
+
+
 class Reviewer:
     """Turns an AdmissionReview body into the AdmissionReview answer (no HTTP in here)."""
 
-    def __init__(self, source: FactsSource) -> None:
+    def __init__(self, source: FactsSource, instruments: metrics.Metrics | None = None) -> None:
         self._source = source
+        self._metrics = metrics.Metrics() if instruments is None else instruments
 
-    async def answer(self, body: bytes) -> dict[str, Any]:
-        """The response document; raises :class:`validation.MalformedReviewError` on bad input."""
+    async def answer(self, body: bytes, *, started: float | None = None) -> dict[str, Any]:
+        """The response document; raises :class:`validation.MalformedReviewError` on bad input.
+
+        Counts the answer, or the refusal, in the metrics; ``started`` is when the request
+        arrived (a :func:`time.perf_counter` value; default: now)."""
+        begun = time.perf_counter() if started is None else started
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise validation.MalformedReviewError(f"the body is not JSON: {error}") from None
-        request = validation.parse_review(document)
+            request = _parse(body)
+        except validation.MalformedReviewError:
+            self._metrics.invalid_request(metrics.INVALID_MALFORMED, started=begun)
+            raise
+        kind, operation = metric_kind(request), request.operation.value
+        result = metrics.RESULT_ERROR
+        try:
+            answer, result = await self._decide(request)
+        finally:
+            # An unexpected exception (a bug) is counted as an error before it propagates.
+            self._metrics.reviewed(kind=kind, operation=operation, result=result, started=begun)
+        return answer
+
+    async def _decide(self, request: validation.AdmissionRequest) -> tuple[dict[str, Any], str]:
+        """The response document and its ``result`` label."""
         if not validation.needs_review(request):
-            return validation.review_response(request, validation.Verdict(allowed=True))
+            allowed = validation.review_response(request, validation.Verdict(allowed=True))
+            return allowed, metrics.RESULT_ALLOWED
         try:
             facts = await anyio.to_thread.run_sync(
                 self._source.facts, validation.references(request)
             )
         except cluster.ClusterStateError as error:
             logger.warning("review %s undecided: %s", request.uid, error)
-            return validation.unavailable_response(
+            unavailable = validation.unavailable_response(
                 request.uid, f"the kubefal webhook cannot check this FalApp now: {error}"
             )
+            return unavailable, metrics.RESULT_ERROR
         verdict = validation.review(request, facts)
         if not verdict.allowed:
             logger.info(
@@ -78,11 +106,30 @@ class Reviewer:
                 request.name,
                 verdict.message,
             )
-        return validation.review_response(request, verdict)
+        result = metrics.RESULT_ALLOWED if verdict.allowed else metrics.RESULT_DENIED
+        return validation.review_response(request, verdict), result
+
+    def refused_too_large(self, *, started: float) -> None:
+        """Count a body refused for its size before it was read whole."""
+        self._metrics.invalid_request(metrics.INVALID_TOO_LARGE, started=started)
 
     async def ready(self) -> None:
         """Raise :class:`cluster.ClusterStateError` when the catalogue cannot be read."""
         await anyio.to_thread.run_sync(self._source.catalogue)
+
+
+def _parse(body: bytes) -> validation.AdmissionRequest:
+    """The AdmissionReview request in ``body``; :class:`validation.MalformedReviewError` if not.
+
+    JSON nested deeper than Python's recursion limit is malformed too (``json.loads`` raises
+    RecursionError on it, which would otherwise be a 500)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise validation.MalformedReviewError(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise validation.MalformedReviewError("the body is JSON nested too deeply") from None
+    return validation.parse_review(document)
 
 
 def _reviewer(request: starlette.requests.Request) -> Reviewer:
@@ -101,8 +148,14 @@ async def _read_body(request: starlette.requests.Request, *, limit: int) -> byte
 
 
 async def validate(request: starlette.requests.Request) -> starlette.responses.Response:
-    body = await _read_body(request, limit=request.app.state.max_body_bytes)
-    return starlette.responses.JSONResponse(await _reviewer(request).answer(body))
+    started = time.perf_counter()
+    reviewer = _reviewer(request)
+    try:
+        body = await _read_body(request, limit=request.app.state.max_body_bytes)
+    except RequestTooLargeError:
+        reviewer.refused_too_large(started=started)
+        raise
+    return starlette.responses.JSONResponse(await reviewer.answer(body, started=started))
 
 
 async def healthz(request: starlette.requests.Request) -> starlette.responses.Response:
@@ -152,15 +205,20 @@ def _api_client(config: settings.Settings) -> kubernetes.client.ApiClient:
 
 
 def create_app(
-    config: settings.Settings, *, source: FactsSource | None = None
+    config: settings.Settings,
+    *,
+    source: FactsSource | None = None,
+    instruments: metrics.Metrics | None = None,
 ) -> starlette.applications.Starlette:
     """The webhook app; ``source`` replaces the API server (unit tests), else the lifespan
-    builds a :class:`cluster.ClusterReader` from ``config``."""
+    builds a :class:`cluster.ClusterReader` from ``config``. Counts go to ``instruments``
+    (default: a registry of its own, on ``app.state.metrics``)."""
+    counted = metrics.Metrics() if instruments is None else instruments
 
     @contextlib.asynccontextmanager
     async def lifespan(app: starlette.applications.Starlette) -> AsyncIterator[None]:
         if source is not None:
-            app.state.reviewer = Reviewer(source)
+            app.state.reviewer = Reviewer(source, counted)
             yield
             return
         api_client = _api_client(config)
@@ -170,8 +228,9 @@ def create_app(
             catalogue_name=config.catalogue_name,
             cache_seconds=config.cache_seconds,
             timeout_seconds=config.api_timeout_seconds,
+            instruments=counted,
         )
-        app.state.reviewer = Reviewer(reader)
+        app.state.reviewer = Reviewer(reader, counted)
         try:
             yield
         finally:
@@ -188,4 +247,5 @@ def create_app(
         exception_handlers=dict.fromkeys(errors, _error_response),
     )
     webhook.state.max_body_bytes = config.max_body_bytes
+    webhook.state.metrics = counted
     return webhook

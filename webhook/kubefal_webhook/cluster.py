@@ -10,6 +10,8 @@ Existence checks read metadata only (``PartialObjectMetadata``): the webhook nee
 Secrets but never holds their data. The catalogue and the node capacity change rarely and are
 cached for a few seconds; when a refresh fails, the last good value is used. Node capacity is
 advisory: if nodes cannot be listed the GPU rules are skipped rather than blocking admission.
+Every failed call (a 404 of a referenced object is an answer, not a failure) is counted in
+``kubefal_webhook_api_errors_total``, whether or not a cached value stood in for it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pydantic
 import urllib3.exceptions
 
 from kubefal_api import machines
-from kubefal_webhook import validation
+from kubefal_webhook import metrics, validation
 
 T = TypeVar("T")
 
@@ -83,8 +85,10 @@ class ClusterReader:
         catalogue_name: str,
         cache_seconds: float,
         timeout_seconds: float,
+        instruments: metrics.Metrics | None = None,
     ) -> None:
         self._core = kubernetes.client.CoreV1Api(api_client)
+        self._metrics = metrics.Metrics() if instruments is None else instruments
         self._catalogue_namespace = catalogue_namespace
         self._catalogue_name = catalogue_name
         self._timeout = timeout_seconds
@@ -130,11 +134,13 @@ class ClusterReader:
             if error.status == 404:
                 logger.info("machine catalogue ConfigMap %s not found: built-in defaults", where)
                 return machines.default_catalogue()
+            self._metrics.api_error("configmap", metrics.api_error_code(error.status))
             raise ClusterStateError(
                 f"cannot read the machine catalogue ConfigMap {where}: {error.status} "
                 f"{error.reason}"
             ) from error
         except _TRANSPORT_ERRORS as error:
+            self._metrics.api_error("configmap", metrics.API_TRANSPORT)
             raise ClusterStateError(f"cannot reach the API server: {error}") from error
         try:
             return machines.load_from_configmap_data(config_map.data or {})
@@ -165,10 +171,12 @@ class ClusterReader:
             except kubernetes.client.exceptions.ApiException as error:
                 if error.status == 404:
                     continue
+                self._metrics.api_error(kind.lower(), metrics.api_error_code(error.status))
                 raise ClusterStateError(
                     f"cannot check {kind} {namespace}/{name}: {error.status} {error.reason}"
                 ) from error
             except _TRANSPORT_ERRORS as error:
+                self._metrics.api_error(kind.lower(), metrics.API_TRANSPORT)
                 raise ClusterStateError(f"cannot reach the API server: {error}") from error
             response.drain_conn()
             response.release_conn()
@@ -179,6 +187,12 @@ class ClusterReader:
         try:
             nodes = self._core.list_node(label_selector=label, _request_timeout=self._timeout)
         except (kubernetes.client.exceptions.ApiException, *_TRANSPORT_ERRORS) as error:
+            code = (
+                metrics.api_error_code(error.status)
+                if isinstance(error, kubernetes.client.exceptions.ApiException)
+                else metrics.API_TRANSPORT
+            )
+            self._metrics.api_error("node", code)
             logger.warning("cannot list GPU nodes, skipping the GPU capacity rules: %s", error)
             return None
         largest: dict[str, int] = {}

@@ -37,6 +37,17 @@ class Settings(ProcessSettings):
     tls_key: pathlib.Path | None = Field(
         default=None, description="PEM private key matching --tls-cert (required)."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the plain-HTTP Prometheus /metrics listener (0.0.0.0 in the pod).",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the plain-HTTP Prometheus /metrics listener; 0: no listener (the "
+        "chart sets webhook.metricsPort, 9090).",
+    )
     kubeconfig: pathlib.Path | None = Field(
         default=None,
         description="Kubeconfig to reach the API; unset: in-cluster service account, else "

@@ -162,7 +162,7 @@ def _dotted(location: tuple[int | str, ...]) -> str:
     return path or "(root)"
 
 
-def _is_falapp(request: AdmissionRequest) -> bool:
+def is_falapp(request: AdmissionRequest) -> bool:
     return (request.kind.group, request.kind.kind) == (v1alpha1.GROUP, v1alpha1.KIND)
 
 
@@ -175,7 +175,7 @@ def needs_review(request: AdmissionRequest) -> bool:
     """True for CREATE, and UPDATE of the spec of a live object, of a FalApp."""
     if request.operation not in (Operation.CREATE, Operation.UPDATE) or request.object is None:
         return False
-    if not _is_falapp(request):
+    if not is_falapp(request):
         return False
     if request.operation is Operation.UPDATE:
         metadata = request.object.get("metadata")
