@@ -201,6 +201,12 @@ class RestApi:
             if record is None or record.revoked:
                 raise errors.MissingCredentials("The upload token's API key is revoked")
             _require_scope(record, apikeys.SCOPE_STORAGE)
+            if not record.allows_namespace(grant.namespace):
+                # The key lost the namespace after the token was issued (docs/fal-storage.md,
+                # "Credentials and namespaces"): the token grants no more than its key now.
+                raise errors.Forbidden(
+                    f"This upload token's API key may no longer store files in {grant.namespace!r}"
+                )
             self.keys.admit(record)
             return grant.namespace
         return self._namespace(scope, await self._api_key(scope))

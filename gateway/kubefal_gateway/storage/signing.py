@@ -4,7 +4,8 @@ All three are stateless: the gateway signs what it grants with HMAC-SHA256 under
 `--storage-signing-key`, or a random key kept in the object store so every replica sharing the
 store verifies what another issued), and checks signature and expiry on use. Nothing is stored
 per token, so a token cannot be revoked on its own: a CDN or realtime token names the API key it
-was issued to, and the gateway re-checks that key (still known, not revoked) on every use.
+was issued to, and the gateway re-checks that key (still known, not revoked, still allowed in
+the namespace or app) on every use.
 
 Formats (every part is validated before it is signed or parsed; none contains a dot):
 
