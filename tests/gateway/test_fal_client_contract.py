@@ -757,3 +757,35 @@ def test_concurrent_webhooks_each_reach_only_their_own_receiver_with_their_own_r
         for request_id, item in delivered.items():
             assert item["status"] == "OK", item
             assert item["payload"]["text"] == by_id[request_id], item
+
+
+STREAMS_SCRIPT = """
+import concurrent.futures, threading, uuid
+
+start = threading.Barrier(len(CALLERS))
+
+
+def streams(key, app):
+    client = fal_client.SyncClient(key=key)
+    start.wait(timeout=120)
+    wrong = []
+    for _ in range(3):
+        text = uuid.uuid4().hex
+        events = list(client.stream(app, arguments={"text": text}))
+        if events != [{"index": index, "text": text} for index in range(3)]:
+            wrong.append([app, text, events])
+    return wrong
+
+
+with concurrent.futures.ThreadPoolExecutor(len(CALLERS)) as pool:
+    futures = [pool.submit(streams, *pair) for pair in CALLERS]
+    emit([problem for future in futures for problem in future.result()])
+"""
+
+
+def test_concurrent_streams_each_carry_only_their_own_events(stack: Stack) -> None:
+    """Eight callers at once (keys of two namespaces) stream from the same runner: each stream
+    carries exactly its own three events, none of another caller's."""
+    callers = [(stack.key_a, "team-a/probe"), (stack.key_b, "team-a/shared-probe")] * 4
+    outcome = stack.client(f"CALLERS = {callers!r}\n" + STREAMS_SCRIPT, timeout=300)
+    assert outcome == []
