@@ -4,18 +4,17 @@
 ValidatingWebhookConfiguration points the API server at ``https://127.0.0.1:<port>/validate``
 for FalApps in the test's namespace only (a label on it is the ``namespaceSelector``), so
 other tests sharing the cluster never meet this webhook. What the user sees is asserted
-through ``kubectl``: the denial naming the field, the next step to take, and warnings.
+through ``kubectl``: the denial naming the field, the next step to take, and warnings. Its
+``/metrics`` (a plain-HTTP port of its own) counts what the API server asked and what a
+hostile caller sent.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import pathlib
 import shlex
-import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +23,12 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import parser as exposition
 
-from e2e import cluster as local_cluster
 from e2e.conftest import ClusterHandle
+from e2e.webhook_process import RunningWebhook, running_webhook
 from kubefal_api import machines, naming, v1alpha1
-from testkit import certs, waiting
+from testkit import waiting
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SELECTOR_LABEL = "kubefal.io/webhook-e2e"
@@ -37,58 +37,17 @@ SELECTOR_LABEL = "kubefal.io/webhook-e2e"
 @pytest.fixture
 def webhook_server(
     cluster: ClusterHandle, namespace: str, tmp_path: pathlib.Path, e2e_logs: list[pathlib.Path]
-) -> Iterator[tuple[int, pathlib.Path]]:
-    """``python -m kubefal_webhook`` on a free loopback port; yields (port, CA file).
+) -> Iterator[RunningWebhook]:
+    """``python -m kubefal_webhook`` on free loopback ports (HTTPS and /metrics).
 
     Its machine catalogue is read from the test's namespace, so a test can install its own
     catalogue without touching the shared cluster's.
     """
-    ca, cert, key = certs.issue_serving_certificate(
-        tmp_path / "tls", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
-    )
-    port = local_cluster.free_port()
-    log_path = tmp_path / "webhook.log"
-    e2e_logs.append(log_path)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubefal_webhook",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                f"--tls-cert={cert}",
-                f"--tls-key={key}",
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--catalogue-namespace={namespace}",
-                "--cache-seconds=2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        tls = ssl.create_default_context(cafile=str(ca))
-
-        def ready_or_exited() -> bool:
-            if process.poll() is not None:
-                return True
-            try:
-                reply = httpx.get(f"https://127.0.0.1:{port}/readyz", verify=tls, timeout=5)
-            except httpx.TransportError:
-                return False
-            return reply.status_code == 200
-
-        waiting.wait_for(ready_or_exited, timeout=60, description="the webhook's /readyz")
-        assert process.poll() is None, f"the webhook exited:\n{log_path.read_text()}"
-        yield port, ca
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+    e2e_logs.append(tmp_path / "webhook.log")
+    with running_webhook(
+        cluster.kubeconfig, workdir=tmp_path, catalogue_namespace=namespace
+    ) as running:
+        yield running
 
 
 def _kubectl(
@@ -129,10 +88,10 @@ def webhook(
     api_client: k8s.ApiClient,
     namespace: str,
     falapp_crd: dict[str, Any],
-    webhook_server: tuple[int, pathlib.Path],
+    webhook_server: RunningWebhook,
 ) -> Iterator[str]:
     """The webhook registered for FalApps in ``namespace`` only; yields its name."""
-    port, ca = webhook_server
+    port, ca = webhook_server.port, webhook_server.ca
     core = k8s.CoreV1Api(api_client)
     core.patch_namespace(namespace, {"metadata": {"labels": {SELECTOR_LABEL: namespace}}})
     name = f"kubefal-e2e-{namespace}"[:253]
@@ -364,3 +323,68 @@ def test_the_catalogue_config_map_replaces_the_built_in_machine_types(
     refused = _apply(cluster, _falapp(namespace, machineTypes=["GPU-H100"]), dry_run=True)
     assert refused.returncode != 0
     assert "(known: GPU-MI300, S)" in refused.stderr
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus scrape, by name and labels."""
+    reply = httpx.get(url, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in exposition.text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def _reviews(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], **labels: str) -> float:
+    key = ("kubefal_webhook_admission_reviews_total", frozenset(labels.items()))
+    return samples.get(key, 0.0)
+
+
+def test_metrics_count_the_allowed_and_denied_reviews_and_a_hostile_request(
+    cluster: ClusterHandle, namespace: str, webhook: str, webhook_server: RunningWebhook
+) -> None:
+    create = {"kind": "FalApp", "operation": "CREATE"}
+    before = _samples(webhook_server.metrics_url)
+
+    allowed = _apply(cluster, _falapp(namespace, "fine", machineTypes=["GPU-H100"]), dry_run=True)
+    assert allowed.returncode == 0, allowed.stderr
+    denied = _apply(cluster, _falapp(namespace, "bad", machineTypes=["GPU-X999"]), dry_run=True)
+    assert denied.returncode != 0 and "GPU-X999" in denied.stderr
+
+    # Not through the API server: a caller that reaches the webhook's port and sends no
+    # AdmissionReview, or one nested past the parser's depth, gets a 400 with a detail.
+    for body in (b"GET / HTTP/1.0", b"[" * 5000 + b"]" * 5000):
+        hostile = httpx.post(
+            f"https://127.0.0.1:{webhook_server.port}/validate",
+            content=body,
+            verify=webhook_server.tls(),
+            timeout=10,
+        )
+        assert hostile.status_code == 400, hostile.text
+        assert hostile.json()["detail"]
+
+    after = _samples(webhook_server.metrics_url)
+    # The API server may call again (its probe of the registration, retries): at least one
+    # each, and the denial is a denial, not an error.
+    assert (
+        _reviews(after, **create, result="allowed")
+        >= _reviews(before, **create, result="allowed") + 1
+    )
+    assert (
+        _reviews(after, **create, result="denied")
+        >= _reviews(before, **create, result="denied") + 1
+    )
+    assert _reviews(after, **create, result="error") == _reviews(before, **create, result="error")
+    unknown = {"kind": "unknown", "operation": "unknown", "result": "error"}
+    assert _reviews(after, **unknown) == _reviews(before, **unknown) + 2
+    invalid = ("kubefal_webhook_invalid_requests_total", frozenset({("reason", "malformed")}))
+    assert after[invalid] == before.get(invalid, 0.0) + 2
+    latency = (
+        "kubefal_webhook_admission_duration_seconds_count",
+        frozenset({("kind", "FalApp"), ("result", "denied")}),
+    )
+    assert after[latency] >= before.get(latency, 0.0) + 1
+    # No label value of the webhook's series comes from the caller.
+    values = {value for _, labels in after for _, value in labels}
+    assert not {namespace, "fine", "bad", "GPU-X999"} & values
