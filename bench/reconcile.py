@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench import results as bench_results  # noqa: E402
 from e2e import cluster as local_cluster  # noqa: E402  (the repository root is not a package)
-from testkit import waiting  # noqa: E402  (the repository root is not a package)
+from testkit import processes, waiting  # noqa: E402  (the repository root is not a package)
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 TARGET_RATIO = 0.5
@@ -306,12 +306,7 @@ class OperatorProcess:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 def main() -> int:

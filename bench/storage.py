@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench import results as bench_results  # noqa: E402
 from kubefal_api import apikeys  # noqa: E402
 from kubefal_gateway.storage import blobs, runtime  # noqa: E402
-from testkit import certs  # noqa: E402  (the repository root is not a package)
+from testkit import certs, processes  # noqa: E402  (the repository root is not a package)
 from testkit.ports import free_port  # noqa: E402  (the repository root is not a package)
 
 CHUNK = 64 * 1024
@@ -236,15 +236,6 @@ def start_gateway(
     return Gateway(name, f"{scheme}://127.0.0.1:{rest_port}", process, admin_port, storage_spec)
 
 
-def stop_gateway(gateway: Gateway) -> None:
-    gateway.process.terminate()
-    try:
-        gateway.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
-        gateway.process.wait(timeout=30)
-
-
 def wait_ready(gateway: Gateway) -> None:
     deadline = time.monotonic() + 90
     while True:
@@ -339,7 +330,7 @@ def main() -> None:
                 name, workdir, specs[name], config, tls, len(data) * 2, environment
             )
             gateways.append(gateway)
-            cleanup.callback(stop_gateway, gateway)
+            cleanup.callback(processes.stop, gateway.process)
         trials: dict[str, list[GatewayTrial]] = {gateway.name: [] for gateway in gateways}
         direct_times: list[tuple[float, float]] = []
         for gateway in gateways:

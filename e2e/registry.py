@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 
 from e2e.cluster import free_port
-from testkit import waiting
+from testkit import processes, waiting
 
 CRANE_VERSION = "v0.22.1"
 CRANE_MODULE = "github.com/google/go-containerregistry/cmd/crane"
@@ -123,9 +123,4 @@ def serving(folder: pathlib.Path) -> Iterator[Registry]:
         waiting.wait_for(up, timeout=60, description=f"the registry on {address}")
         yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        processes.stop(process, timeout=10)

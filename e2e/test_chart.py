@@ -34,7 +34,7 @@ import yaml
 from e2e import controlplane_harness
 from e2e.conftest import ClusterHandle
 from kubefal_api import naming
-from testkit import waiting
+from testkit import processes, waiting
 from testkit.ports import free_ports
 from tests import charthelm
 
@@ -170,7 +170,7 @@ def test_the_real_gateway_starts_with_the_charts_settings_and_serves_its_certifi
             ):
                 assert tls.version() in {"TLSv1.2", "TLSv1.3"}
     finally:
-        _stop(gateway)
+        processes.stop(gateway)
 
 
 def _ready_over_tls(url: str, *, context: ssl.SSLContext) -> bool:
@@ -241,16 +241,7 @@ def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certifi
         ):
             assert tls.version() in {"TLSv1.2", "TLSv1.3"}
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
+        processes.stop(process)
 
 
 def test_the_real_operator_starts_with_the_charts_settings_and_machine_catalogue(
@@ -300,7 +291,7 @@ def test_the_real_operator_starts_with_the_charts_settings_and_machine_catalogue
         assert probe["catalogue"] == f"{namespace}/{config_map['metadata']['name']}"
         assert _ready(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        _stop(operator)
+        processes.stop(operator)
 
 
 def _service_account_kubeconfig(
@@ -397,7 +388,7 @@ def test_the_real_operator_reconciles_as_its_service_account_without_permission_
             )
             assert operator.poll() is None, log_path.read_text(errors="replace")
         finally:
-            _stop(operator)
+            processes.stop(operator)
     log_text = log_path.read_text(errors="replace")
     assert not PERMISSION_ERRORS.search(log_text), log_text
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 
-from testkit import ports, waiting
+from testkit import ports, processes, waiting
 
 STARTUP_TIMEOUT = 30.0
 START_ATTEMPTS = 5
@@ -128,9 +128,4 @@ class RedisServer:
         if process is None:
             return
         process.send_signal(signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        processes.stop(process, timeout=10)

@@ -25,6 +25,7 @@ from isolate_proto import controller_pb2
 from isolate_proto.controller_pb2_grpc import IsolateControllerStub
 
 from kubefal_controlplane import settings as controlplane_settings
+from testkit import processes
 from testkit.ports import free_port
 from tests.charthelm import (
     NAMESPACE,
@@ -260,12 +261,7 @@ def chart_control_plane(
             grpc.channel_ready_future(channel).result(timeout=60)
         yield port, (tmp_path / "ca.crt").read_bytes(), secret
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        processes.stop(process)
         log.close()
 
 

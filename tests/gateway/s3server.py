@@ -16,6 +16,7 @@ import time
 
 import httpx
 
+from testkit import processes
 from testkit.ports import free_port
 
 VERSION = "4.1.0"
@@ -104,12 +105,7 @@ class S3Proxy:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=20)
+            processes.stop(self.process, timeout=20)
 
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}

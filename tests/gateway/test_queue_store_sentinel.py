@@ -14,6 +14,7 @@ import redis
 
 from kubefal_gateway import queueing
 from kubefal_gateway.stores import opener, redis_store
+from testkit import processes
 from testkit.ports import free_port
 from testkit.redis import RedisServer, redis_server_binary
 
@@ -29,12 +30,7 @@ class _Process:
         self.popen = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+        processes.stop(self.popen, timeout=10)
 
 
 def _until(predicate: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
