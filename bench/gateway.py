@@ -330,59 +330,28 @@ def main() -> None:
                 log,
             )
         )
+
+        def gateway_command(
+            queue: int, run: int, admin: int, database: str, *tls: str
+        ) -> list[str]:
+            return [
+                python, "-m", "kubefal_gateway", "--host", "127.0.0.1",
+                "--queue-port", str(queue), "--run-port", str(run), "--admin-port", str(admin),
+                *tls, "--store", f"sqlite:///{workdir / database}",
+                "--static-config", str(config), "--log-level", "warning", *args.gateway_arg,
+            ]  # fmt: skip
+
         gateway = stack.enter_context(
-            process_group(
-                [
-                    python,
-                    "-m",
-                    "kubefal_gateway",
-                    "--host",
-                    "127.0.0.1",
-                    "--queue-port",
-                    str(queue_port),
-                    "--run-port",
-                    str(run_port),
-                    "--admin-port",
-                    str(admin_port),
-                    "--store",
-                    f"sqlite:///{workdir / 'queue.db'}",
-                    "--static-config",
-                    str(config),
-                    "--log-level",
-                    "warning",
-                    *args.gateway_arg,
-                ],
-                log,
-            )
+            process_group(gateway_command(queue_port, run_port, admin_port, "queue.db"), log)
         )
         ca_path, cert_path, key_path = make_tls(workdir)
         tls_run_port, tls_queue_port, tls_admin_port = (free_port() for _ in range(3))
+        tls_files = ["--tls-cert", str(cert_path), "--tls-key", str(key_path)]
         tls_gateway = stack.enter_context(
             process_group(
-                [
-                    python,
-                    "-m",
-                    "kubefal_gateway",
-                    "--host",
-                    "127.0.0.1",
-                    "--queue-port",
-                    str(tls_queue_port),
-                    "--run-port",
-                    str(tls_run_port),
-                    "--admin-port",
-                    str(tls_admin_port),
-                    "--tls-cert",
-                    str(cert_path),
-                    "--tls-key",
-                    str(key_path),
-                    "--store",
-                    f"sqlite:///{workdir / 'queue-tls.db'}",
-                    "--static-config",
-                    str(config),
-                    "--log-level",
-                    "warning",
-                    *args.gateway_arg,
-                ],
+                gateway_command(
+                    tls_queue_port, tls_run_port, tls_admin_port, "queue-tls.db", *tls_files
+                ),
                 log,
             )
         )
