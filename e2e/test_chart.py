@@ -186,10 +186,11 @@ def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certifi
     tmp_path: pathlib.Path,
     e2e_logs: list[pathlib.Path],
 ) -> None:
-    """The webhook process runs here with the Deployment's environment (only its address,
-    port, certificate paths and kubeconfig replaced) and the generated certificate; a client
+    """The webhook process runs here with the Deployment's environment (only its addresses,
+    ports, certificate paths and kubeconfig replaced) and the generated certificate; a client
     trusting the ValidatingWebhookConfiguration's caBundle verifies it under the Service's
-    name, as the API server does, and its readiness probe path answers."""
+    name, as the API server does, its readiness probe path answers, and its metrics port
+    serves /metrics."""
     objects = helm.template({}, namespace="platform")
     secret = charthelm.find(objects, "Secret", "kubefal-webhook-tls")
     for key in ("tls.crt", "tls.key"):
@@ -198,10 +199,13 @@ def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certifi
     (tmp_path / "ca.crt").write_bytes(base64.b64decode(webhook["clientConfig"]["caBundle"]))
     container = charthelm.sole_container(charthelm.deployment(objects, "webhook"))
     environment = charthelm.environment(container, namespace="platform")
-    [port] = free_ports(1)
+    assert environment["KUBEFAL_WEBHOOK_METRICS_PORT"] == "9090"
+    port, metrics_port = free_ports(2)
     environment.update(
         KUBEFAL_WEBHOOK_HOST="127.0.0.1",
         KUBEFAL_WEBHOOK_PORT=str(port),
+        KUBEFAL_WEBHOOK_METRICS_HOST="127.0.0.1",
+        KUBEFAL_WEBHOOK_METRICS_PORT=str(metrics_port),
         KUBEFAL_WEBHOOK_TLS_CERT=str(tmp_path / "tls.crt"),
         KUBEFAL_WEBHOOK_TLS_KEY=str(tmp_path / "tls.key"),
         KUBEFAL_WEBHOOK_KUBECONFIG=str(cluster.kubeconfig),
@@ -240,6 +244,10 @@ def test_the_real_webhook_starts_with_the_charts_settings_and_serves_its_certifi
             ) as tls,
         ):
             assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+        # The metrics listener the chart turns on serves plain-HTTP Prometheus text.
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scrape.status_code == 200
+        assert "kubefal_webhook_admission_reviews_total" in scrape.text
     finally:
         processes.stop(process)
 

@@ -141,7 +141,9 @@ def release(
 ) -> Iterator[dict[str, Any]]:
     assert cluster.local is not None
     apiserver_port = int(cluster.local.server.rsplit(":", 1)[1])
-    queue, run, admin, health, metrics, webhook, rest, grpc_port = (free_port() for _ in range(8))
+    queue, run, admin, health, metrics, webhook, rest, grpc_port, webhook_metrics = (
+        free_port() for _ in range(9)
+    )
     placement = {
         "nodeSelector": {"kubernetes.io/hostname": realnode.NODE_NAME},
         "tolerations": [realnode.TOLERATION],
@@ -164,6 +166,7 @@ def release(
         "webhook": {
             **placement,
             "port": webhook,
+            "metricsPort": webhook_metrics,
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
         },
     }
@@ -175,7 +178,10 @@ def release(
         "webhook_port": webhook,
         "env": {
             "gateway": {"KUBEFAL_GATEWAY_HOST": "127.0.0.1"},
-            "webhook": {"KUBEFAL_WEBHOOK_HOST": "127.0.0.1"},
+            "webhook": {
+                "KUBEFAL_WEBHOOK_HOST": "127.0.0.1",
+                "KUBEFAL_WEBHOOK_METRICS_HOST": "127.0.0.1",
+            },
             "controlplane": {
                 "KUBEFAL_CONTROLPLANE_HOST": "127.0.0.1",
                 "KUBEFAL_GATEWAY_ADMIN_URL": f"http://127.0.0.1:{admin}",

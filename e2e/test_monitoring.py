@@ -2,8 +2,9 @@
 
 * Every metric name in every alert of the PrometheusRule and every query of the Grafana
   dashboard (as the chart renders them) is served on ``/metrics`` by a running gateway,
-  operator or runner: the whole system of e2e/system.py serves a FalApp through the real
-  ``fal_client`` while a GPU FalApp waits for GPUs, and the test reads the three endpoints.
+  operator, runner or admission webhook: the whole system of e2e/system.py serves a FalApp
+  through the real ``fal_client`` while a GPU FalApp waits for GPUs, the real webhook process
+  (e2e/webhook_process.py) runs beside it, and the test reads the four endpoints.
   Expressions are parsed by Prometheus's own PromQL parser (``promql-names``, built by
   ``e2e/testbin.sh``), so one that does not parse fails too.
 * The operator's per-FalApp series follow the FalApp's status (the GPU alert's condition) and
@@ -34,6 +35,7 @@ from prometheus_client import parser as exposition
 from e2e import cluster as local_cluster
 from e2e import system as whole
 from e2e.conftest import ClusterHandle
+from e2e.webhook_process import running_webhook
 from testkit import waiting
 from tests import charthelm
 
@@ -42,6 +44,7 @@ MONITORING_CRDS = pathlib.Path(__file__).with_name("crds") / "monitoring.coreos.
 MONITORING = {
     "serviceMonitor": {"enabled": True},
     "podMonitor": {"enabled": True},
+    "webhookPodMonitor": {"enabled": True},
     "runnerPodMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
@@ -213,6 +216,8 @@ def test_every_alert_and_dashboard_query_uses_metrics_the_components_serve(
     api_client: k8s.ApiClient,
     namespace: str,
     running: tuple[whole.System, int],
+    tmp_path: pathlib.Path,
+    e2e_logs: list[pathlib.Path],
 ) -> None:
     system, operator_metrics = running
     core = k8s.CoreV1Api(api_client)
@@ -274,7 +279,18 @@ def test_every_alert_and_dashboard_query_uses_metrics_the_components_serve(
     pods = system.pods.running()
     runner_pod = next(p for name, p in pods.items() if "/sleepy-" in name)
     runner_text = _scrape(f"http://{runner_pod.ip}:9090/metrics")
-    served = served_names(gateway_text) | served_names(operator_text) | served_names(runner_text)
+    e2e_logs.append(tmp_path / "webhook" / "webhook.log")
+    (tmp_path / "webhook").mkdir()
+    with running_webhook(
+        cluster.kubeconfig, workdir=tmp_path / "webhook", catalogue_namespace=namespace
+    ) as webhook:
+        webhook_text = _scrape(webhook.metrics_url)
+    served = (
+        served_names(gateway_text)
+        | served_names(operator_text)
+        | served_names(runner_text)
+        | served_names(webhook_text)
+    )
 
     promql_names = cluster.testbin / f"promql-names-{_prometheus_version()}"
     alerts, queries = rendered_queries()
@@ -284,7 +300,10 @@ def test_every_alert_and_dashboard_query_uses_metrics_the_components_serve(
         "KubefalWaitingForGPUCapacity",
         "KubefalWebhookBacklog",
         "KubefalStoreErrors",
+        "KubefalAdmissionWebhookErrors",
+        "KubefalAdmissionWebhookDenyingMost",
     } <= alerts.keys()
+    assert any("kubefal_webhook_" in query for query in queries.values())
     problems = []
     where = {**{f"alert {k}": v for k, v in alerts.items()}, **queries}
     for (label, _), (expression, names, error) in zip(
@@ -354,6 +373,7 @@ def test_the_api_server_accepts_the_monitors_and_rules_with_the_prometheus_opera
     assert sorted(d["kind"] for d in documents) == [
         "PodMonitor",
         "PodMonitor",
+        "PodMonitor",
         "PrometheusRule",
         "ServiceMonitor",
     ]
@@ -390,6 +410,10 @@ def test_the_api_server_accepts_the_monitors_and_rules_with_the_prometheus_opera
     )
     assert runners["spec"]["namespaceSelector"] == {"any": True}
     assert runners["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "runner"
+    webhook = stored[("PodMonitor", "kubefal-webhook")]
+    (webhook_endpoint,) = webhook["spec"]["podMetricsEndpoints"]
+    assert (webhook_endpoint["port"], webhook_endpoint["scheme"]) == ("metrics", "http")
+    assert webhook["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"
 
 
 def test_the_monitoring_objects_render_only_when_enabled() -> None:
