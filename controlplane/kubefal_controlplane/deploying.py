@@ -22,7 +22,15 @@ import isolate_proto
 from kubernetes.client.exceptions import ApiException
 
 from kubefal_api import builds, naming, v1alpha1
-from kubefal_controlplane import app_files, auth, deploy, deploy_spec, errors, mapping
+from kubefal_controlplane import (
+    app_files,
+    auth,
+    deploy,
+    deploy_spec,
+    errors,
+    mapping,
+    runner_logs,
+)
 from kubefal_controlplane import settings as settings_module
 from kubefal_controlplane.rpc import (
     ANNOTATION_CHANGED_BY,
@@ -290,8 +298,7 @@ class DeployRpcs(ControllerBase):
         try:
             pending = b""
             for chunk in stream.stream(4096):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
+                lines, pending = runner_logs.split_lines(pending + chunk)
                 if lines:
                     yield isolate_proto.RegisterApplicationResult(
                         logs=[log(line.decode("utf-8", "replace")) for line in lines]

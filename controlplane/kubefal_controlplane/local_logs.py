@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 from kubefal_api import localrun
+from kubefal_controlplane import runner_logs
 
 _ASCTIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3}) ")
 FOLLOW_POLL_SECONDS = 0.2
@@ -86,8 +87,7 @@ class LogTail:
             while True:
                 chunk = file.read(amount)
                 if chunk:
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
+                    complete, pending = runner_logs.split_lines(pending + chunk)
                     now = datetime.datetime.now(tz=datetime.UTC)
                     stamper = LogStamper(now)
                     yield b"".join(

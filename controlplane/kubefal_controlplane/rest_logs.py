@@ -191,11 +191,7 @@ class LogRoutes:
                 for chunk in response.stream(http1.READ_CHUNK, decode_content=True):
                     if stop.is_set():
                         return
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
-                    if len(pending) > runner_logs.MAX_MESSAGE_CHARS * 4:
-                        complete.append(pending)
-                        pending = b""
+                    complete, pending = runner_logs.split_lines(pending + chunk)
                     for line in complete:
                         asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
             except Exception as error:

@@ -24,6 +24,9 @@ from typing import Any
 
 MAX_MESSAGE_CHARS = 64 * 1024
 """A longer log line is cut (the rest is dropped, marked with an ellipsis)."""
+MAX_LINE_BYTES = MAX_MESSAGE_CHARS * 4
+"""A log streamed without a newline for this many bytes (a line of MAX_MESSAGE_CHARS
+characters of up to four UTF-8 bytes each) is passed on in pieces of about this size."""
 MAX_PAGE_SIZE = 10_000
 MAX_SEARCH_CHARS = 1000
 
@@ -104,6 +107,18 @@ def parse_line(raw: str) -> Line | None:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
     return Line(at=at, message=message)
+
+
+def split_lines(pending: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of a log stream's unread bytes, and the rest to keep for the next
+    chunk; a rest over :data:`MAX_LINE_BYTES` is passed on as a line of its own, so a log
+    that never ends its line (a runner's or a build's: the tenant's output) cannot grow the
+    reader's buffer without bound."""
+    *complete, rest = pending.split(b"\n")
+    if len(rest) > MAX_LINE_BYTES:
+        complete.append(rest)
+        rest = b""
+    return complete, rest
 
 
 def parse_lines(text: str) -> list[Line]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ import isolate_proto
 import pytest
 
 from kubefal_api import bundles
-from kubefal_controlplane import deploy, deploy_spec, errors
+from kubefal_controlplane import auth, deploy, deploy_spec, errors, runner_logs, service, settings
 
 TWO_APPS = """
 import fal
@@ -417,3 +418,57 @@ def test_a_redeploy_keeps_the_fields_fal_deploy_does_not_decide() -> None:
     ]
     assert spec["app"] == "app.py::Demo"
     assert "healthCheck" not in spec  # the class has none now
+
+
+class _BuildLog:
+    """A build pod's followed log (the Kubernetes client's open response), as chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def stream(self, amount: int) -> Iterator[bytes]:
+        yield from self.chunks
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _BuildCluster:
+    """The two backend calls a deploy's build log makes: the build pod, then its log."""
+
+    def __init__(self, log: _BuildLog) -> None:
+        self.log = log
+
+    def build_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return [{"metadata": {"name": f"{job}-pod"}, "status": _RUNNING}]
+
+    def follow_build_log(self, namespace: str, name: str) -> _BuildLog:
+        return self.log
+
+
+_RUNNING = {"containerStatuses": [{"state": {"running": {"startedAt": "2026-12-05T12:00:00Z"}}}]}
+
+
+class _Active:
+    def is_active(self) -> bool:
+        return True
+
+
+def test_a_build_log_that_never_ends_its_line_reaches_the_deploy_in_bounded_pieces() -> None:
+    # A build's output is the tenant's: 3 MiB without a newline was held whole in the control
+    # plane and then sent as one log message (over the 4 MiB gRPC limit with a little more).
+    endless = b"x" * (3 * 1024 * 1024)
+    chunks = [endless[i : i + 4096] for i in range(0, len(endless), 4096)] + [b"!\ndone\n"]
+    controller = service.Controller(
+        cluster=_BuildCluster(_BuildLog(chunks)),  # type: ignore[arg-type]
+        authenticator=auth.Authenticator(lambda _key_id: None, cache_seconds=1.0),
+        settings=settings.Settings(local_credentials=True),
+    )
+
+    results = list(controller._build_logs("team-a", "demo-build", _Active()))  # type: ignore[arg-type]
+
+    messages = [entry.message for result in results[1:] for entry in result.logs]
+    assert results[0].logs[0].message == "Building the app's image in Job team-a/demo-build:"
+    assert max(len(message) for message in messages) <= runner_logs.MAX_LINE_BYTES + 4096
+    assert "".join(messages[:-1]) == "x" * len(endless) + "!"
+    assert messages[-1] == "done"

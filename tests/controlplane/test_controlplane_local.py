@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from kubefal_api import apikeys, localrun
-from kubefal_controlplane import errors, local, local_logs, rest_logs
+from kubefal_controlplane import errors, local, local_logs, rest_logs, runner_logs
 from kubefal_controlplane import settings as settings_module
+from testkit import waiting
 
 
 @pytest.fixture
@@ -166,3 +167,35 @@ def test_log_lines_take_their_own_time_or_the_previous_lines() -> None:
         start + datetime.timedelta(seconds=5.5),
         start + datetime.timedelta(seconds=5.5),
     ]
+
+
+def test_a_runner_log_line_that_never_ends_reaches_a_follower_in_bounded_pieces(
+    tmp_path: pathlib.Path, gateway_stand_in: subprocess.Popen[bytes]
+) -> None:
+    # The follower kept every byte of an unfinished line (the runner's output: the app's);
+    # a line of 1 MiB came out whole, one of gigabytes filled the control plane's memory.
+    log = tmp_path / "runner.log"
+    log.write_bytes(b"")
+    runner = localrun.RunnerProcess(
+        pid=gateway_stand_in.pid,
+        url="http://127.0.0.1:9",
+        started="2026-01-31T12:00:00+00:00",
+        log=str(log),
+    )
+    chunks = local_logs.LogTail(runner, b"").stream(64 * 1024)
+    assert next(chunks) == b""  # the history
+    assert next(chunks) == b""  # the file is open, at its end
+    size = 1024 * 1024
+    with log.open("ab") as file:
+        file.write(b"x" * size + b"\n")
+    pieces: list[str] = []
+
+    def all_read() -> bool:
+        text = next(chunks).decode()
+        pieces.extend(line.split(" ", 1)[1] for line in text.splitlines())
+        return sum(len(piece) for piece in pieces) >= size
+
+    waiting.wait_for(all_read, timeout=60, interval=0, description="the long line")
+
+    assert "".join(pieces) == "x" * size
+    assert max(len(piece) for piece in pieces) <= runner_logs.MAX_LINE_BYTES + 64 * 1024
