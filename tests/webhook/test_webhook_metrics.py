@@ -3,14 +3,18 @@
 Reviews go through the real app in-process (httpx.ASGITransport) with the cluster replaced by
 facts from memory; the API error counts come from a real :class:`cluster.ClusterReader` calling
 a real HTTP server that fails (or a port nobody listens on). The process-level test, the real
-``python -m kubefal_webhook`` and its ``/metrics`` listener, is e2e/test_webhook.py.
+``python -m kubefal_webhook`` and its ``/metrics`` listener, is e2e/test_webhook.py; here only
+a metrics port in use, which stops the process at start.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import pathlib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,6 +25,7 @@ import webhook_builders as build
 
 from kubefal_api import machines
 from kubefal_webhook import app, cluster, metrics, settings, validation
+from testkit import certs
 
 REVIEWS = "kubefal_webhook_admission_reviews_total"
 DURATION_COUNT = "kubefal_webhook_admission_duration_seconds_count"
@@ -274,3 +279,33 @@ def test_an_unreachable_api_server_is_counted_as_transport(instruments: metrics.
     with pytest.raises(cluster.ClusterStateError, match="cannot reach"):
         reader.catalogue()
     assert value(instruments, API_ERRORS, resource="configmap", code="transport") == 1
+
+
+def test_a_metrics_port_in_use_stops_the_webhook_at_start_saying_so(
+    tmp_path: pathlib.Path,
+) -> None:
+    _ca, cert, key = certs.issue_serving_certificate(
+        tmp_path / "tls", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubefal_webhook",
+                f"--tls-cert={cert}",
+                f"--tls-key={key}",
+                "--metrics-host=127.0.0.1",
+                f"--metrics-port={port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert completed.returncode != 0
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in completed.stderr
+    assert "Traceback" not in completed.stderr
