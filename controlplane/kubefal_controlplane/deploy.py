@@ -39,11 +39,12 @@ because kubefal's runner image brings its own.
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 import hashlib
 import json
 import pickletools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import isolate_proto
@@ -183,27 +184,35 @@ _MEMO_GET: Final = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _NOTHING: Final = object()
 
 
-def _pickle_tokens(data: bytes) -> list[object]:
-    """The values a pickle pushes, in order: strings (memo references resolved), ``None``
-    and booleans, and a placeholder for anything else; memo writes are no values."""
-    memo: dict[int, object] = {}
-    tokens: list[object] = []
+def _pickle_tokens(data: bytes) -> Iterator[object]:
+    """The values a pickle pushes, in order: strings (memo references to strings resolved),
+    ``None`` and booleans, and a placeholder for anything else; memo writes are no values.
+    Only strings are kept in the memo (a pickler never memoizes ``None`` or a boolean), so a
+    pickle of memo writes holds no memory here: it is the caller's, as large as a message.
+    Picklers number memo entries 0, 1, 2 ... (``MEMOIZE`` takes the next number), so the
+    next number is one past the highest written."""
+    memo: dict[int, str] = {}
+    size = 0
+    last: object = _NOTHING
     for opcode, argument, _position in pickletools.genops(data):
         name = opcode.name
-        last = tokens[-1] if tokens else _NOTHING
-        if name == "MEMOIZE":
-            memo[len(memo)] = last
-        elif name in _MEMO_PUT and isinstance(argument, int):
-            memo[argument] = last
-        elif name in _MEMO_GET and isinstance(argument, int):
-            tokens.append(memo.get(argument, _NOTHING))
+        if name == "MEMOIZE" or (name in _MEMO_PUT and isinstance(argument, int)):
+            index = size if name == "MEMOIZE" else int(argument)  # type: ignore[arg-type]
+            size = max(size, index + 1)
+            if isinstance(last, str):
+                memo[index] = last
+            else:
+                memo.pop(index, None)
+            continue
+        if name in _MEMO_GET and isinstance(argument, int):
+            last = memo.get(argument, _NOTHING)
         elif name == "NONE":
-            tokens.append(None)
+            last = None
         elif name in ("NEWTRUE", "NEWFALSE"):
-            tokens.append(name == "NEWTRUE")
+            last = name == "NEWTRUE"
         else:
-            tokens.append(argument if isinstance(argument, str) else _NOTHING)
-    return tokens
+            last = argument if isinstance(argument, str) else _NOTHING
+        yield last
 
 
 def app_files_dir(function: bytes) -> str:
@@ -212,21 +221,23 @@ def app_files_dir(function: bytes) -> str:
     runtime config's state; ``.`` when the pickle does not say."""
     if len(function) > MAX_PICKLE_SCAN_BYTES:
         return "."
+    found: object = None
+    window: collections.deque[object] = collections.deque(maxlen=4)
     try:
-        tokens = _pickle_tokens(function)
+        for token in _pickle_tokens(function):
+            window.append(token)
+            # The state of a FunctionRuntimeConfig: {field: value, "include_cwd_in_sys_path":
+            # True|False}. The class's definition names the field too (annotations, fields,
+            # code), never in that shape; its default (None) comes before the instance's state.
+            if (
+                len(window) == 4
+                and window[0] == APP_FILES_DIR_FIELD
+                and window[2] == "include_cwd_in_sys_path"
+                and isinstance(window[3], bool)
+            ):
+                found = window[1]
     except (ValueError, EOFError, KeyError, IndexError, TypeError):
         return "."
-    found: object = None
-    for index in range(len(tokens) - 3):
-        # The state of a FunctionRuntimeConfig: {field: value, "include_cwd_in_sys_path":
-        # True|False}. The class's definition names the field too (annotations, fields,
-        # code), never in that shape; its default (None) comes before the instance's state.
-        if (
-            tokens[index] == APP_FILES_DIR_FIELD
-            and tokens[index + 2] == "include_cwd_in_sys_path"
-            and isinstance(tokens[index + 3], bool)
-        ):
-            found = tokens[index + 1]
     found = found if isinstance(found, str) else None
     return "." if found is None else _checked_app_dir(found)
 

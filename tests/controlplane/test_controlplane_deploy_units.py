@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import pickle
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -253,6 +254,21 @@ def test_the_app_files_dir_is_read_from_the_pickle_without_loading_it(
 ) -> None:
     assert deploy.app_files_dir(_runtime_pickle(relative_path)) == expected
     assert deploy.app_files_dir(b"not a pickle") == "."
+
+
+def test_reading_the_app_files_dir_holds_no_memory_for_a_pickles_memo_writes() -> None:
+    # The pickle is the caller's, as large as a message: 4 MiB of None + MEMOIZE pairs kept
+    # about 170 MB (a memo entry and a token each) for the length of the deploy's scan.
+    hostile = b"\x80\x04" + b"N\x94" * (2 * 1024 * 1024) + b"."
+    tracemalloc.start()
+    try:
+        found = deploy.app_files_dir(hostile)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert found == "."
+    assert peak < 16 * 1024 * 1024
 
 
 def test_an_app_file_outside_the_context_dir_is_refused_naming_the_field() -> None:
