@@ -5,5 +5,6 @@ adds the checks that need cluster state (machine types in the catalogue, referen
 and Secrets that exist, GPU node capacity) and warns about valid but costly specs. It runs as
 its own Deployment so a ``failurePolicy: Fail`` webhook never depends on the operator being up.
 ``validation`` holds the rules (pure), ``cluster`` reads the cluster, ``app`` is the HTTP
-surface, ``settings`` the flags, and ``__main__`` serves it over HTTPS with uvicorn.
+surface, ``settings`` the flags, ``metrics`` its Prometheus counts, and ``__main__`` serves it
+over HTTPS with uvicorn (and ``/metrics`` on a plain-HTTP port of its own).
 """
