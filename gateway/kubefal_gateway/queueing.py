@@ -168,6 +168,10 @@ class Job:
     runner_hint: str | None = None
     attempts: int = 0
     """Dispatch attempts that already ended without a result (retries and lost leases)."""
+    owner: str | None = None
+    """The submitter's API key id (None: a public app called without a key). Stored with the
+    job and returned by `QueueStore.view`, so status, result and cancel answer only the callers
+    `may_act` admits (docs/security.md, "Queued requests, uploads and ids")."""
 
     def missed_start(self, now: float) -> bool:
         """Its ``start_deadline`` passed before ``now``: a lease completes it with
@@ -230,6 +234,16 @@ class JobView:
     """COMPLETED only. Its ``body`` is empty unless asked for (``with_body=True``)."""
     cancel_requested: bool = False
     attempts: int = 0
+    owner: str | None = None
+    """The submitter's API key id, as `Job.owner` (read in the same store round trip)."""
+
+
+def may_act(owner: str | None, caller: str | None, *, caller_owns_app: bool) -> bool:
+    """Whether ``caller`` (an API key id, None without a key) may see or cancel a job submitted
+    by ``owner``: anyone who knows the id of a job submitted without a key, the submitter's key,
+    and a key of the app's own namespace (``caller_owns_app``). Everyone else is answered as for
+    an id nobody submitted (docs/security.md, "Queued requests, uploads and ids")."""
+    return owner is None or owner == caller or caller_owns_app
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ def encode_job_meta(job: queueing.Job) -> bytes:
             "d": job.start_deadline,
             "w": job.webhook_url,
             "r": job.runner_hint,
+            "o": job.owner,
         }
     )
 
@@ -51,7 +52,22 @@ def decode_job(request_id: str, meta: bytes, body: bytes, attempts: int) -> queu
         webhook_url=fields["w"],
         runner_hint=fields["r"],
         attempts=attempts,
+        owner=fields.get("o"),  # absent in jobs stored before owners were
     )
+
+
+LEGACY_CALLER_HEADER = "x-kubefal-caller"
+"""The header in which gateways before `queueing.Job.owner` stored the submitter's key id."""
+
+
+def stored_caller(meta: bytes) -> str | None:
+    """The submitter's key id of a job stored before `queueing.Job.owner` existed (from the
+    caller header in its meta), None if it has none (submitted without a key)."""
+    fields: dict[str, Any] = orjson.loads(meta)
+    for name, value in fields["h"]:
+        if name == LEGACY_CALLER_HEADER:
+            return str(value)
+    return None
 
 
 def encode_result_meta(result: queueing.Result) -> bytes:

@@ -39,7 +39,7 @@ end
 """
 
 _SCRIPTS = {
-    # ARGV: p rid app prio sub dl wh attempts meta body max_queued
+    # ARGV: p rid app prio sub dl wh attempts meta body max_queued owner ('' without a key)
     # -> queue position, -1 if duplicate, -2 if the app has max_queued (> 0) queued jobs
     "submit": """
 local p, rid, app, prio = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -52,7 +52,8 @@ if max_queued > 0 and redis.call('ZCARD', p .. ':q:' .. app .. ':0')
 end
 local seq = redis.call('INCR', p .. ':seq')
 redis.call('HSET', jk, 'state', 0, 'app', app, 'prio', prio, 'seq', seq, 'sub', ARGV[5],
-           'dl', ARGV[6], 'wh', ARGV[7], 'attempts', ARGV[8], 'meta', ARGV[9], 'body', ARGV[10])
+           'dl', ARGV[6], 'wh', ARGV[7], 'attempts', ARGV[8], 'meta', ARGV[9], 'body', ARGV[10],
+           'owner', ARGV[12])
 enqueue(p, rid, jk, app, prio, seq, ARGV[5], ARGV[6])
 local position = redis.call('ZCARD', p .. ':q:' .. app .. ':' .. prio) - 1
 if prio == '1' then position = position + redis.call('ZCARD', p .. ':q:' .. app .. ':0') end
@@ -216,17 +217,30 @@ for prio = 0, 1 do
 end
 return done
 """,
-    # ARGV: p rid with_body -> {state, app, attempts, cancel, position, rmeta, rbody} or nil
+    # ARGV: p rid with_body -> {state, app, attempts, cancel, position, rmeta, rbody, owner} or
+    # nil; owner '' for a job submitted without a key. A job stored before jobs had an owner
+    # field has its submitter in the caller header of its meta.
     "view": """
 local p, rid = ARGV[1], ARGV[2]
 local jk = p .. ':j:' .. rid
 local f
 if ARGV[3] == '1' then
-  f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'attempts', 'cancel', 'rmeta', 'rbody')
+  f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'attempts', 'cancel', 'owner', 'rmeta',
+                 'rbody')
 else
-  f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'attempts', 'cancel', 'rmeta')
+  f = redis.call('HMGET', jk, 'state', 'app', 'prio', 'attempts', 'cancel', 'owner', 'rmeta')
 end
 if not f[1] then return false end
+local owner = f[6]
+if not owner then
+  owner = ''
+  local meta = redis.call('HGET', jk, 'meta')
+  if meta then
+    for _, h in ipairs(cjson.decode(meta)['h']) do
+      if h[1] == 'x-kubefal-caller' then owner = h[2] end
+    end
+  end
+end
 local position = -1
 if f[1] == '0' then
   position = redis.call('ZRANK', p .. ':q:' .. f[2] .. ':' .. f[3], rid) or -1
@@ -234,7 +248,7 @@ if f[1] == '0' then
     position = position + redis.call('ZCARD', p .. ':q:' .. f[2] .. ':0')
   end
 end
-return {f[1], f[2], f[4] or '0', f[5] or '0', position, f[6] or '', f[7] or ''}
+return {f[1], f[2], f[4] or '0', f[5] or '0', position, f[7] or '', f[8] or '', owner}
 """,
     # ARGV: p app waiting_since -> {queued, waiting, in_progress, oldest or ''}
     "stats": """

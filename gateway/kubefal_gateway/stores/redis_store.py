@@ -16,7 +16,7 @@ not supported; use a standalone server, or one with replicas behind Redis Sentin
 ``redis+sentinel://`` URL, see `RedisQueueStore.open`):
 
 * ``P:seq`` sequence counter; ``P:j:<id>`` job hash (state 0/1/2, app, prio, seq, attempts, holder,
-  lease, cancel, sub, dl, wh, meta, body, rmeta, rbody); ``P:logs:<id>`` list of log lines;
+  lease, cancel, sub, dl, wh, meta, body, rmeta, rbody, owner); ``P:logs:<id>`` list of log lines;
 * ``P:q:<app>:0`` / ``P:q:<app>:1`` queued ids by sequence (NORMAL / LOW); ``P:qt:<app>`` queued ids
   by submit time (for the scaling delay); ``P:ip:<app>`` in-progress ids; ``P:apps`` app ids;
 * ``P:leases`` leased ids by lease expiry; ``P:deadlines`` queued ids by start deadline;
@@ -295,6 +295,7 @@ class RedisQueueStore:
             codec.encode_job_meta(job),
             job.body,
             max_queued,
+            job.owner or "",
         )
         if position == -2:
             raise queueing.QueueFullError(job.app_id, max_queued)
@@ -317,7 +318,7 @@ class RedisQueueStore:
             raise queueing.QueueError(f"redis LRANGE failed: {error}") from error
         if fields is None:
             return None
-        state_raw, app_raw, attempts, cancel, position, result_meta, result_body = fields
+        state_raw, app_raw, attempts, cancel, position, result_meta, result_body, owner = fields
         state = _STATES[state_raw]
         result = None
         if state is queueing.JobState.COMPLETED:
@@ -331,6 +332,7 @@ class RedisQueueStore:
             result=result,
             cancel_requested=cancel == b"1",
             attempts=int(attempts),
+            owner=owner.decode() or None,
         )
 
     def _logs_key(self, request_id: str) -> str:

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB,
     result_meta BLOB,
     result_body BLOB,
-    completed_at REAL
+    completed_at REAL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_until) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (start_deadline)
@@ -202,6 +203,7 @@ class SqliteQueueStore:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA busy_timeout=5000")
         connection.executescript(_SCHEMA)
+        _add_owner_column(connection)
         store = cls(
             connection,
             path=path,
@@ -307,8 +309,8 @@ class SqliteQueueStore:
         try:
             cursor = self._db.execute(
                 "INSERT INTO jobs (request_id, app_id, state, priority, submitted_at,"
-                " start_deadline, webhook_url, attempts, meta, body)"
-                " VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
+                " start_deadline, webhook_url, attempts, meta, body, owner)"
+                " VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.request_id,
                     job.app_id,
@@ -319,6 +321,7 @@ class SqliteQueueStore:
                     job.attempts,
                     codec.encode_job_meta(job),
                     job.body,
+                    job.owner,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -336,13 +339,23 @@ class SqliteQueueStore:
     ) -> queueing.JobView | None:
         self._check_open()
         row = self._db.execute(
-            "SELECT app_id, state, priority, seq, attempts, cancel_requested, result_meta,"
+            "SELECT app_id, state, priority, seq, attempts, cancel_requested, owner, result_meta,"
             f" {'result_body' if with_body else 'NULL'} FROM jobs WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
-        app_id, state, priority, seq, attempts, cancel_requested, result_meta, result_body = row
+        (
+            app_id,
+            state,
+            priority,
+            seq,
+            attempts,
+            cancel_requested,
+            owner,
+            result_meta,
+            result_body,
+        ) = row
         position = self._queued.position(app_id, priority, seq) if state == _QUEUED else None
         result = None
         if state == _COMPLETED:
@@ -356,6 +369,7 @@ class SqliteQueueStore:
             result=result,
             cancel_requested=bool(cancel_requested),
             attempts=attempts,
+            owner=owner,
         )
 
     def _logs(self, request_id: str) -> tuple[queueing.LogLine, ...]:
@@ -835,6 +849,23 @@ class SqliteQueueStore:
         self._db.close()
         if self._lock is not None:
             self._lock.close()  # releases the flock
+
+
+def _add_owner_column(connection: sqlite3.Connection) -> None:
+    """Give a database made before jobs had an ``owner`` column that column, filled from the
+    caller header older gateways stored with each job, so its requests stay bound to their
+    submitters across the upgrade (docs/security.md, "Queued requests, uploads and ids")."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    if "owner" in columns:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    rows = connection.execute("SELECT seq, meta FROM jobs").fetchall()
+    for seq, meta in rows:
+        owner = codec.stored_caller(meta)
+        if owner is not None:
+            connection.execute("UPDATE jobs SET owner = ? WHERE seq = ?", (owner, seq))
+    connection.execute("COMMIT")
 
 
 def _lock(path: str) -> typing.IO[bytes] | None:
