@@ -302,6 +302,22 @@ async def authorize(
     return record
 
 
+async def identify(
+    keys: KeyStore, *, authorization: str | None, client: str | None = None
+) -> apikeys.KeyRecord | None:
+    """The record of the key a caller of a `public` app sent, when it is valid and may call
+    apps: its queued requests are then bound to it (docs/security.md, "Queued requests, uploads
+    and ids"). None without a key or with a bad one (a public app serves those anonymously, as
+    before); 429 when the verification is throttled."""
+    if not authorization:
+        return None
+    try:
+        record = await keys.verify(authorization, client=client)
+    except errors.MissingCredentials:
+        return None
+    return record if record.allows_scope(apikeys.SCOPE_APPS) else None
+
+
 def record_from_static_entry(entry: dict[str, object]) -> apikeys.KeyRecord:
     """A `keys` entry of the static file: a full `key`, or a stored `id` + `hash` record."""
     namespaces_raw = entry.get("namespaces", "*")

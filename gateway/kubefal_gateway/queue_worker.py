@@ -67,7 +67,10 @@ CALLER_HEADER_TEXT = dispatch.CALLER_HEADER.decode()
 
 
 def job_caller(job: queueing.Job) -> str | None:
-    """The API key id the gateway stored with the job (dispatch.CALLER_HEADER), if any."""
+    """The submitter's API key id (`queueing.Job.owner`; for a job an older gateway stored, its
+    dispatch.CALLER_HEADER), None for a job submitted without a key."""
+    if job.owner is not None:
+        return job.owner
     for name, value in job.headers:
         if name == CALLER_HEADER_TEXT:
             return value
@@ -182,9 +185,10 @@ class QueueWorker:
         self.fillers: dict[str, asyncio.Task[None]] = {}
         self.dirty: set[str] = set()
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.running_apps: dict[str, str] = {}
-        """App id of each job this gateway is running: its status is IN_PROGRESS in the store
-        (leased here, not yet completed), so a status poll needs no store read."""
+        self.running_apps: dict[str, tuple[str, str | None]] = {}
+        """App id and submitter (`job_caller`) of each job this gateway is running: its status is
+        IN_PROGRESS in the store (leased here, not yet completed), so a status poll needs no
+        store read, and is answered only to the callers `queueing.may_act` admits."""
         self.cancel_requested: set[str] = set()
         self.finished_waiters: dict[str, list[asyncio.Future[None]]] = {}
         """Status polls held until their job completes (`finished_waiter`)."""
@@ -276,7 +280,7 @@ class QueueWorker:
     ) -> None:
         task = asyncio.get_running_loop().create_task(self._run_job(job, app=app, runner=runner))
         self.running[job.request_id] = task
-        self.running_apps[job.request_id] = job.app_id
+        self.running_apps[job.request_id] = (job.app_id, job_caller(job))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

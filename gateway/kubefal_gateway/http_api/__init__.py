@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from kubefal_api import apikeys
 from kubefal_gateway import (
     apps,
     auth,
@@ -318,25 +319,32 @@ class ApiPart:
         self.gateway = gateway
         self.settings = gateway.settings
 
-    async def _app_and_auth(self, scope: Scope, namespace: str, name: str) -> apps.AppConfig:
-        app, _caller = await self._app_and_caller(scope, namespace, name)
-        return app
-
     async def _app_and_caller(
         self, scope: Scope, namespace: str, name: str
     ) -> tuple[apps.AppConfig, str | None]:
         """The app and the caller's API key id (None: a public app called without a key)."""
+        app, record = await self._app_and_key(scope, namespace, name)
+        return app, None if record is None else record.id
+
+    async def _app_and_key(
+        self, scope: Scope, namespace: str, name: str, *, identify: bool = False
+    ) -> tuple[apps.AppConfig, apikeys.KeyRecord | None]:
+        """The app and the caller's checked API key (None: a public app called without a key).
+        With `identify`, a key sent to a public app is verified too (`auth.identify`: the
+        queue binds requests to it); otherwise a public app does not look at keys."""
         app = self.gateway.registry.get(f"{namespace}/{name}")
         if app is None:
             raise errors.NotFound(f"App {namespace}/{name} not found")
-        authorization = header_value(scope, b"authorization")
+        raw = header_value(scope, b"authorization")
+        authorization = None if raw is None else raw.decode("latin-1")
         record = await auth.authorize(
-            self.gateway.keys,
-            app=app,
-            authorization=None if authorization is None else authorization.decode("latin-1"),
-            client=client_host(scope),
+            self.gateway.keys, app=app, authorization=authorization, client=client_host(scope)
         )
-        return app, None if record is None else record.id
+        if record is None and identify:
+            record = await auth.identify(
+                self.gateway.keys, authorization=authorization, client=client_host(scope)
+            )
+        return app, record
 
     def _forward_path(self, scope: Scope) -> tuple[str, str, str]:
         """(namespace, name, raw subpath) of a request whose subpath goes to a runner."""

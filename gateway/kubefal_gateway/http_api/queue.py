@@ -4,16 +4,21 @@
 with its URLs (built from the Host the client called, never containing the subpath);
 `GET .../requests/{id}/status[?logs=1]`, `GET .../requests/{id}` and `PUT .../requests/{id}/cancel`
 follow it (docs/fal-compat.md, "fal_client 1.0.3").
+
+A job is bound to its submitter's key (`queueing.Job.owner`): the by-id calls answer only the
+callers `queueing.may_act` admits (the submitter's key, a key of the app's namespace, anyone for
+a job submitted without a key), and everyone else exactly as for an id nobody submitted
+(docs/security.md, "Queued requests, uploads and ids").
 """
 
 from __future__ import annotations
 
 import time
 
+from kubefal_api import apikeys
 from kubefal_gateway import (
     apps,
     core,
-    dispatch,
     errors,
     queue_worker,
     queueing,
@@ -57,16 +62,17 @@ class QueueApi(ApiPart):
             parts = rest.split("/")  # ["", "requests", id, ("status"|"cancel")?]
             if 3 <= len(parts) <= 4 and parts[2]:
                 suffix = parts[3] if len(parts) == 4 else ""
-                app = await self._app_and_auth(scope, namespace, name)
+                app, key = await self._app_and_key(scope, namespace, name, identify=True)
+                caller = Caller(app, key)
                 request_id = parts[2]
                 if suffix == "status" and method == "GET":
-                    await self._status(scope, send, app=app, request_id=request_id)
+                    await self._status(scope, send, caller=caller, request_id=request_id)
                     return
                 if suffix == "" and method == "GET":
-                    await self._result(send, app=app, request_id=request_id)
+                    await self._result(send, caller=caller, request_id=request_id)
                     return
                 if suffix == "cancel" and method == "PUT":
-                    await self._cancel(send, app=app, request_id=request_id)
+                    await self._cancel(send, caller=caller, request_id=request_id)
                     return
                 if suffix in ("", "status", "cancel"):
                     raise errors.MethodNotAllowed(f"{method} is not allowed on {scope['path']}")
@@ -80,11 +86,9 @@ class QueueApi(ApiPart):
         # What is stored and forwarded comes from the raw path, checked (`subpath` is decoded).
         namespace, name, subpath = self._forward_path(scope)
         query = targets.without_parameter(self._forward_query(scope), "fal_webhook")
-        app, caller = await self._app_and_caller(scope, namespace, name)
+        app, key = await self._app_and_key(scope, namespace, name, identify=True)
         # Stored headers count against --max-request-bytes with the body, and have a cap.
         stored_headers = forwarded_headers(scope)
-        if caller is not None:
-            stored_headers.append((dispatch.CALLER_HEADER, caller.encode()))
         header_bytes = sum(len(key) + len(value) for key, value in stored_headers)
         if header_bytes > self.settings.max_job_header_bytes:
             raise errors.HeadersTooLarge(
@@ -118,6 +122,7 @@ class QueueApi(ApiPart):
             start_deadline=None if start_timeout is None else now + start_timeout,
             webhook_url=webhook,
             runner_hint=parse_hint(scope),
+            owner=None if key is None else key.id,
         )
         try:
             position = await self.gateway.store.submit(
@@ -143,34 +148,28 @@ class QueueApi(ApiPart):
         )
 
     async def _view(
-        self, app: apps.AppConfig, request_id: str, *, with_logs: bool, with_body: bool
+        self, caller: Caller, request_id: str, *, with_logs: bool, with_body: bool
     ) -> queueing.JobView:
         view = await self.gateway.store.view(request_id, with_logs=with_logs, with_body=with_body)
-        if view is None or view.app_id != app.app_id:
+        if view is None or not caller.may_act(view.app_id, view.owner):
             raise errors.NotFound(f"Request {request_id} not found")
         return view
 
-    async def _status(
-        self, scope: Scope, send: Send, *, app: apps.AppConfig, request_id: str
-    ) -> None:
+    async def _status(self, scope: Scope, send: Send, *, caller: Caller, request_id: str) -> None:
         with_logs = bool(scope.get("query_string")) and not falsey(query_params(scope).get("logs"))
         worker = self.gateway.worker
         hold = self.gateway.settings.status_hold_seconds
         if worker is not None and not with_logs and hold > 0:
-            view = await self._held_view(worker, app, request_id, hold)
+            view = await self._held_view(worker, caller, request_id, hold)
             if view is None:
                 await send_prepared(send, IN_PROGRESS_STATUS)
                 return
-        elif (
-            worker is not None
-            and not with_logs
-            and worker.running_apps.get(request_id) == app.app_id
-        ):
+        elif worker is not None and not with_logs and caller.runs_here(worker, request_id):
             # Running here: IN_PROGRESS in the store too (leased by this gateway, not completed).
             await send_prepared(send, IN_PROGRESS_STATUS)
             return
         else:
-            view = await self._view(app, request_id, with_logs=with_logs, with_body=False)
+            view = await self._view(caller, request_id, with_logs=with_logs, with_body=False)
         if view.state is queueing.JobState.IN_PROGRESS and view.logs is None:
             await send_prepared(send, IN_PROGRESS_STATUS)  # most polls: one constant answer
             return
@@ -198,7 +197,7 @@ class QueueApi(ApiPart):
             )
 
     async def _held_view(
-        self, worker: queue_worker.QueueWorker, app: apps.AppConfig, request_id: str, hold: float
+        self, worker: queue_worker.QueueWorker, caller: Caller, request_id: str, hold: float
     ) -> queueing.JobView | None:
         """The job's view after holding the poll up to `hold` s for the job to finish, so a job
         finishing meanwhile is answered COMPLETED at once and a client polling every 0.1 s
@@ -206,21 +205,21 @@ class QueueApi(ApiPart):
         None: still running here (IN_PROGRESS, no store read needed)."""
         waiter = worker.finished_waiter(request_id)
         try:
-            if worker.running_apps.get(request_id) == app.app_id:
+            if caller.runs_here(worker, request_id):
                 # Running here: IN_PROGRESS in the store too (leased here, not completed).
                 if not await worker.wait_finished(request_id, waiter, hold):
                     return None
             else:
-                view = await self._view(app, request_id, with_logs=False, with_body=False)
+                view = await self._view(caller, request_id, with_logs=False, with_body=False)
                 if view.state is queueing.JobState.COMPLETED:
                     return view
                 await worker.wait_finished(request_id, waiter, hold)
         finally:
             worker.drop_waiter(request_id, waiter)
-        return await self._view(app, request_id, with_logs=False, with_body=False)
+        return await self._view(caller, request_id, with_logs=False, with_body=False)
 
-    async def _result(self, send: Send, *, app: apps.AppConfig, request_id: str) -> None:
-        view = await self._view(app, request_id, with_logs=False, with_body=True)
+    async def _result(self, send: Send, *, caller: Caller, request_id: str) -> None:
+        view = await self._view(caller, request_id, with_logs=False, with_body=True)
         if view.state is not queueing.JobState.COMPLETED or view.result is None:
             raise errors.StillInProgress("Request is still in progress")
         result = view.result
@@ -236,9 +235,9 @@ class QueueApi(ApiPart):
         )
         await send({"type": "http.response.body", "body": result.body})
 
-    async def _cancel(self, send: Send, *, app: apps.AppConfig, request_id: str) -> None:
+    async def _cancel(self, send: Send, *, caller: Caller, request_id: str) -> None:
         view = await self.gateway.store.view(request_id)
-        if view is None or view.app_id != app.app_id:
+        if view is None or not caller.may_act(view.app_id, view.owner):
             await send_json(send, 404, {"status": "NOT_FOUND", "detail": "Request not found"})
             return
         outcome = await self.gateway.store.cancel(request_id)
@@ -247,3 +246,27 @@ class QueueApi(ApiPart):
             return
         status = 202 if outcome is queueing.CancelOutcome.CANCELLATION_REQUESTED else 200
         await send_json(send, status, {"status": outcome.value})
+
+
+class Caller:
+    """Who calls a by-id queue route: the app in the path and the caller's checked key."""
+
+    __slots__ = ("app_id", "key_id", "owns_app")
+
+    def __init__(self, app: apps.AppConfig, key: apikeys.KeyRecord | None) -> None:
+        self.app_id = app.app_id
+        self.key_id = None if key is None else key.id
+        self.owns_app = key is not None and key.allows_namespace(app.namespace)
+        """A key of the app's own namespace: the app owner's tenant sees all its requests."""
+
+    def may_act(self, app_id: str, owner: str | None) -> bool:
+        """Whether this caller may see or cancel a job of `app_id` submitted by `owner`; a job
+        of another app is answered as unknown even to its submitter."""
+        return app_id == self.app_id and queueing.may_act(
+            owner, self.key_id, caller_owns_app=self.owns_app
+        )
+
+    def runs_here(self, worker: queue_worker.QueueWorker, request_id: str) -> bool:
+        """The job runs on this gateway and this caller may see it (no store read needed)."""
+        running = worker.running_apps.get(request_id)
+        return running is not None and self.may_act(*running)
