@@ -150,6 +150,13 @@ class RestApi(rest_logs.LogRoutes):
                         f"Request head too large: the limit is "
                         f"{self.settings.rest_max_header_bytes} bytes",
                     )
+                names = {name for name, _ in event.headers}  # h11 lowercases them
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # h11 reads the chunked body and ignores the length, which the /files
+                    # relay would pass on with a body of another size (RFC 9112 6.3: refuse).
+                    raise http1.HttpError(
+                        400, "Content-Length and Transfer-Encoding together: send one of them"
+                    )
                 try:
                     await self._handle(connection, event)
                 except http1.HttpError as error:

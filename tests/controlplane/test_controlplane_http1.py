@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import h11
 
-from kubefal_controlplane import http1
+from kubefal_controlplane import auth, http1, rest, service
 from kubefal_controlplane import settings as settings_module
 
 
@@ -47,3 +48,48 @@ def test_an_answer_the_client_does_not_read_ends_the_connection_in_time() -> Non
         assert isinstance(error, http1.Gone)
 
     asyncio.run(scenario())
+
+
+def test_a_request_with_a_length_and_chunked_framing_is_refused_and_the_connection_closed() -> None:
+    """h11 reads such a body as chunked and ignores Content-Length, which the /files relay
+    passed on to the gateway with a body of another size; the request is 400 instead."""
+    settings = settings_module.Settings(local_credentials=True, rest_header_timeout=30.0)
+    authenticator = auth.Authenticator(lambda _key_id: None, cache_seconds=1.0)
+    api = rest.RestApi(
+        controller=service.Controller(
+            cluster=None,  # type: ignore[arg-type]
+            authenticator=authenticator,
+            settings=settings,
+        ),
+        logs=None,
+        authenticator=authenticator,
+        settings=settings,
+    )
+
+    async def front_door(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await api.serve(reader, writer)
+        finally:
+            writer.close()  # as frontdoor.FrontDoor does once serve returns
+
+    async def scenario() -> bytes:
+        server = await asyncio.start_server(front_door, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        try:
+            # Read to the end: the server closes the connection after its answer.
+            return await asyncio.wait_for(reader.read(), 60)
+        finally:
+            writer.close()
+            server.close()
+            api.close()
+
+    answer = asyncio.run(scenario())
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body)["detail"].startswith("Content-Length and Transfer-Encoding")
