@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import httpx
 
 from e2e import cluster as local_cluster
-from testkit import certs, waiting
+from testkit import certs, processes, waiting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +89,4 @@ def running_webhook(
         assert process.poll() is None, f"the webhook exited:\n{log_path.read_text()}"
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        processes.stop(process)
