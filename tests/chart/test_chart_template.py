@@ -664,7 +664,7 @@ def test_the_webhook_reads_the_settings_the_chart_gives_it(helm: charthelm.Helm)
     settings = webhook_settings.load([], environ=charthelm.environment(container, namespace="ns"))
     assert settings.host == "0.0.0.0"
     assert settings.port == charthelm.container_port(container, "https")
-    # Prometheus scrapes the plain-HTTP metrics port the webhook.monitoring PodMonitor names.
+    # Prometheus scrapes the plain-HTTP port monitoring.webhookPodMonitor names (metrics).
     assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9090)
     assert settings.metrics_port == charthelm.container_port(container, "metrics")
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
