@@ -14,7 +14,8 @@ key). This module accepts TCP connections, counts them against ``--rest-max-conn
 relays the decrypted bytes of an ``h2`` connection to that socket unchanged, both ways, or
 hands an ``http/1.1`` (or no-ALPN) connection to :class:`kubefal_controlplane.rest.RestApi`.
 gRPC keeps its own HTTP/2 implementation, flow control, limits and deadlines; the relay is a
-byte pipe of 64 KiB reads with backpressure (``drain``), on one asyncio loop in its own thread.
+byte pipe of 64 KiB reads with backpressure (``drain``, each within ``--rest-header-timeout``),
+on one asyncio loop in its own thread.
 
 Consequence: a REST client that offers ``h2`` (``curl`` does by default) reaches gRPC, which
 refuses it; use HTTP/1.1 (``curl --http1.1``). The relay's cost is in docs/architecture.md.
@@ -204,7 +205,12 @@ class FrontDoor:
             try:
                 while data := await source.read(READ_CHUNK):
                     sink.write(data)
-                    await sink.drain()
+                    # A side that stops reading would otherwise hold the connection (and its
+                    # place under --rest-max-connections) for ever: as on the REST side, each
+                    # part must be taken within --rest-header-timeout.
+                    await asyncio.wait_for(sink.drain(), self.handshake_timeout)
+            except TimeoutError:
+                sink.transport.abort()  # ends the other direction's read as well
             except (OSError, ssl.SSLError, ConnectionError):
                 pass
             finally:

@@ -7,9 +7,11 @@ here), and real clients: grpcio over TLS, httpx, raw sockets for the misbehaving
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -155,3 +157,61 @@ def test_connections_over_the_cap_are_refused_and_the_port_recovers(
         lambda: door.open_connections == 0, timeout=30, description="the connections to close"
     )
     assert _reverse(door, tls, b"again") == b"niaga"
+
+
+@pytest.fixture
+def flooding_door(tmp_path: pathlib.Path, tls: localca.LocalTls) -> Iterator[frontdoor.FrontDoor]:
+    """A front door whose gRPC side answers every connection with 64 MiB at once (the relay
+    is a byte pipe: what the upstream says does not matter, only that it is more than the
+    buffers on the way hold)."""
+    socket_path = str(tmp_path / "flood.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(4)
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                upstream, _ = listener.accept()
+                with upstream, contextlib.suppress(OSError):
+                    upstream.sendall(b"\0" * (64 * 1024 * 1024))
+
+    threading.Thread(target=flood, name="flood", daemon=True).start()
+    door = frontdoor.FrontDoor(
+        host="127.0.0.1",
+        port=0,
+        context=frontdoor.server_context(str(tls.server_cert), str(tls.server_key)),
+        grpc_socket=socket_path,
+        rest=None,  # type: ignore[arg-type]
+        max_connections=3,
+        handshake_timeout=1.0,
+    )
+    door.start()
+    yield door
+    door.stop(grace=1.0)
+    door.close_socket()
+    listener.close()
+
+
+def test_a_grpc_client_that_stops_reading_is_cut_off_and_frees_its_place(
+    flooding_door: frontdoor.FrontDoor, tls: localca.LocalTls
+) -> None:
+    """It held the connection for ever (the relay waited on ``drain`` without a limit), so
+    --rest-max-connections such clients shut the port for everyone."""
+    context = ssl.create_default_context(cafile=str(tls.ca_bundle))
+    context.set_alpn_protocols(["h2"])
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", flooding_door.port))
+    with context.wrap_socket(raw, server_hostname="localhost") as client:
+        assert client.selected_alpn_protocol() == "h2"
+        waiting.wait_for(
+            lambda: flooding_door.open_connections == 1, timeout=30, description="the connection"
+        )
+        # Never read: the front door must give up on its own.
+        waiting.wait_for(
+            lambda: flooding_door.open_connections == 0,
+            timeout=60,
+            description="the front door to drop the client that does not read",
+        )
