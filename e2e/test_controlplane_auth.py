@@ -158,6 +158,33 @@ def test_an_rpc_not_served_yet_is_unimplemented_naming_the_fal_command(
     assert "`fal environments list` is not supported by kubefal yet" in str(wrapped.value)
 
 
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        # alias "\xff": a string field whose bytes are not UTF-8
+        ("ListAliasRunners", b"\x0a\x01\xff"),
+        ("RegisterApplication", b"\x0a\x01\xff"),  # a server-streaming call
+        ("ListRunners", b"\xff\xff\xff"),  # not protobuf at all
+    ],
+)
+def test_a_request_that_is_not_its_message_is_invalid_argument(
+    plane: ControlPlaneProcess, key: apikeys.ApiKey, method: str, body: bytes
+) -> None:
+    """grpc answered INTERNAL ('Exception deserializing request!') and logged a traceback."""
+    credentials = grpc.ssl_channel_credentials(plane.tls.ca_bundle.read_bytes())
+    metadata = [("auth-key-id", key.id), ("auth-key", key.secret)]
+    with grpc.secure_channel(plane.host, credentials) as channel:
+        path = f"/controller.IsolateController/{method}"
+        with pytest.raises(grpc.RpcError) as raised:
+            if method == "RegisterApplication":
+                list(channel.unary_stream(path)(body, metadata=metadata, timeout=30))
+            else:
+                channel.unary_unary(path)(body, metadata=metadata, timeout=30)
+
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert raised.value.details().startswith("request: Error parsing message")  # type: ignore[attr-defined]
+
+
 def test_the_server_logs_no_traceback(plane: ControlPlaneProcess) -> None:
     log = pathlib.Path(plane.log_path).read_text(errors="replace")
 

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 import isolate_proto
+from google.protobuf import message
 from isolate_proto.controller_pb2_grpc import IsolateControllerServicer
 from kubernetes.client.exceptions import ApiException
 
@@ -71,6 +72,44 @@ def failure_of(error: Exception, rpc: str) -> errors.RpcFailure:
     return errors.RpcFailure(grpc.StatusCode.INTERNAL, f"{rpc} failed; see the control-plane log")
 
 
+class Undecodable:
+    """A request whose bytes are not its message (not protobuf, or a string field that is not
+    UTF-8): what :class:`DecodeRequests` hands the RPC instead, which answers
+    ``INVALID_ARGUMENT`` (grpc's own answer is ``INTERNAL`` and a logged traceback)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+class DecodeRequests(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Every RPC's request deserializer, turning a protobuf ``DecodeError`` into
+    :class:`Undecodable` for the RPC to refuse."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        deserialize = getattr(handler, "request_deserializer", None)
+        if handler is None or deserialize is None or not hasattr(handler, "_replace"):
+            return handler
+
+        def decode(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except message.DecodeError as error:
+                return Undecodable(str(error)[:500])
+
+        replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=decode)
+        return replaced
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise errors.invalid_argument("request", request.problem)
+
+
 Servicer = TypeVar("Servicer", bound="ControllerBase")
 
 
@@ -83,6 +122,7 @@ def rpc(
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            _check_decoded(request)
             return method(self, request, caller)
         except Exception as error:
             failure = failure_of(error, method.__name__)
@@ -100,6 +140,7 @@ def stream_rpc(
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            _check_decoded(request)
             yield from method(self, request, caller, context)
             return
         except Exception as error:

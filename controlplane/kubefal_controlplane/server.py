@@ -26,7 +26,7 @@ from typing import cast
 import grpc
 from isolate_proto.controller_pb2_grpc import add_IsolateControllerServicer_to_server
 
-from kubefal_controlplane import auth, backend, cluster, frontdoor, local, rest, service
+from kubefal_controlplane import auth, backend, cluster, frontdoor, local, rest, rpc, service
 from kubefal_controlplane import settings as settings_module
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class ControlPlane:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
             ],
             maximum_concurrent_rpcs=settings.max_workers * 4,
+            interceptors=[rpc.DecodeRequests()],
         )
         add_IsolateControllerServicer_to_server(self.controller, self.server)  # type: ignore[no-untyped-call]
         self.rest: rest.RestApi | None = None
