@@ -151,7 +151,7 @@ def test_a_shared_apps_request_answers_its_submitter_and_the_apps_namespace_only
 ) -> None:
     """Key C, admitted by the shared app, gets the unknown-id answer for status, logs, result and
     cancel of key A's request, while it runs on this gateway and once it completed, and its cancel
-    changes nothing; A and a key of the app's namespace read it, and the latter may cancel it."""
+    changes nothing; A and a key of the app's namespace read it and may cancel A's requests."""
     outcome = stack.client(
         """
 a = fal_client.SyncClient(key=KEYS["a"])
@@ -164,11 +164,13 @@ outcome["result"] = handle.get()["text"]
 outcome["done"] = refused("c", SHARED, handle.request_id)
 outcome["a"] = attempt("a", SHARED, handle.request_id, cancel=False)
 outcome["o"] = attempt("o", SHARED, handle.request_id, cancel=False)
-doomed = a.submit(SHARED, arguments={"text": "doomed", "sleep": 30})
-fal_client.SyncClient(key=KEYS["o"]).cancel(SHARED, doomed.request_id)
-while type(doomed.status()).__name__ != "Completed":
-    time.sleep(0.05)
-outcome["cancelled"] = doomed.status().error_type
+outcome["cancelled"] = {}
+for canceller in ("o", "a"):
+    doomed = a.submit(SHARED, arguments={"text": "doomed", "sleep": 30})
+    fal_client.SyncClient(key=KEYS[canceller]).cancel(SHARED, doomed.request_id)
+    while type(doomed.status()).__name__ != "Completed":
+        time.sleep(0.05)
+    outcome["cancelled"][canceller] = doomed.status().error_type
 emit(outcome)
 """
     )
@@ -182,7 +184,7 @@ emit(outcome)
             "logs": ["answered", ["log line 0"]],
             "result": ["answered", "a's secret"],
         }, caller
-    assert outcome["cancelled"] == "request_cancelled"
+    assert outcome["cancelled"] == {"o": "request_cancelled", "a": "request_cancelled"}
 
 
 SUBMIT_SCRIPT = """
