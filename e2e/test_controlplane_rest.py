@@ -20,6 +20,7 @@ import datetime
 import json
 import pathlib
 import subprocess
+import time
 import uuid
 from typing import Any
 
@@ -32,6 +33,7 @@ from e2e import podrunner
 from e2e.conftest import ClusterHandle
 from e2e.controlplane_harness import ControlPlaneProcess, create_falapp, create_key
 from kubefal_api import apikeys, naming
+from kubefal_controlplane import rest_logs
 from testkit import waiting
 
 cp_tls = harness.cp_tls
@@ -248,6 +250,39 @@ def test_fal_runners_logs_follow_streams_new_lines(
     # Lines older than the follow window (one minute back) came first, then the new ones.
     assert set(runner.messages) <= set(seen)
     assert seen.index(runner.messages[0]) < seen.index(fresh)
+
+
+def test_a_follow_of_a_quiet_runner_left_by_its_client_leaves_the_port_answering(
+    plane: ControlPlaneProcess, runner: Runner, key: apikeys.ApiKey
+) -> None:
+    """The stream's end (here: its client gone, seen at the next keep-alive) closed the pod
+    log's response on the front door's event loop; close() waits for the read in progress,
+    so every gRPC and REST connection of the port stood still until the runner logged again."""
+    received = b""
+    with (
+        _rest(plane, key) as client,
+        client.stream("POST", "/logs/stream", params={"job_id": runner.pod}) as response,
+    ):
+        assert response.status_code == 200
+        # The five lines written before: the pod log is being read, and then it is quiet.
+        chunks = response.iter_raw()
+        while runner.messages[-1].encode() not in received:
+            received += next(chunks)
+    noticed = time.monotonic() + rest_logs.SSE_HEARTBEAT_SECONDS + 5
+
+    def answering_after_the_keep_alive() -> bool:
+        with _rest(plane, key) as client:
+            health = client.get("/healthz", timeout=10)
+        return time.monotonic() > noticed and health.status_code == 200
+
+    waiting.wait_for(
+        answering_after_the_keep_alive,
+        timeout=120,
+        interval=1.0,
+        description="the port to answer once the abandoned stream has ended",
+    )
+    with _rest(plane, key) as client:
+        assert client.get(f"/runners/{runner.pod}", timeout=10).json()["runner_id"] == runner.pod
 
 
 def test_rest_auth_and_bad_input_get_json_detail(

@@ -105,5 +105,8 @@ class LogTail:
     def close(self) -> None:
         """Nothing held between reads."""
 
+    def shutdown(self) -> None:
+        """Nothing to interrupt: :meth:`stream` yields at every poll, so its reader can stop."""
+
     def release_conn(self) -> None:
         """As the Kubernetes client's response has it."""

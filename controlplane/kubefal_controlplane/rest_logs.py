@@ -198,6 +198,10 @@ class LogRoutes:
                 if not stop.is_set():
                     logger.info("log stream of %s/%s ended: %s", namespace, name, error)
             finally:
+                # Closed here, in the thread that reads it: close() waits for a read in
+                # progress, which on a quiet runner's log is a wait for its next line.
+                with contextlib.suppress(Exception):
+                    response.close()
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(end)
 
@@ -238,8 +242,11 @@ class LogRoutes:
             await connection.send(h11.EndOfMessage())
         finally:
             stop.set()
+            # Ends the pump's read at once (the socket is shut down), without waiting for it:
+            # close() on this loop blocked every connection of the front door until the
+            # runner wrote its next line.
             with contextlib.suppress(Exception):
-                response.close()
+                response.shutdown()
             # The pump may wait on a full queue: drain until it has finished.
             while not reader.done():
                 with contextlib.suppress(asyncio.QueueEmpty):
