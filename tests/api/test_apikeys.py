@@ -207,6 +207,8 @@ def test_invalid_namespace_scopes_are_rejected(namespaces: list[str]) -> None:
             {"id": "kf0123456789abcdef", "hash": "x", "namespaces": "a", "created": "yesterday"},
             "RFC 3339",
         ),
+        ({"id": "kf0123456789abcdef", "hash": "x", "namespaces": " , "}, "at least one namespace"),
+        ({"id": "kf0123456789abcdef", "hash": "x", "namespaces": "a,Team_B"}, "not a valid"),
     ],
 )
 def test_malformed_secrets_are_reported(fields: dict[str, str], complaint: str) -> None:
