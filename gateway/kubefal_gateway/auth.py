@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector as _CollectorBase
 
-from kubefal_api import apikeys
-from kubefal_gateway import apps, errors, ratelimit, settings
+from kubefal_api import apikeys, ratelimit
+from kubefal_gateway import apps, errors, settings
 
 FAILED_CACHE_TTL = 5.0
 MAX_CACHE_ENTRIES = 100_000

@@ -1,7 +1,8 @@
 """Token buckets keyed by a string (an API key id, a client IP), with bounded memory.
 
-Why it exists: the gateway throttles failed API-key verifications per key id and per client IP,
-and rate-limits requests per API key; all three are "N per period, with a burst" per key, and an
+Why it exists (here, in the shared leaf): the gateway and the control plane both throttle
+failed API-key verifications per key id and per client IP, and the gateway rate-limits requests
+per API key; all three are "N per period, with a burst" per key, and an
 attacker controls how many distinct keys it presents, so the table must not grow without bound.
 A bucket holds at most ``burst`` tokens and gains ``rate`` tokens per second. When the table
 reaches ``max_keys``, buckets that have refilled completely are dropped (a full bucket is the
