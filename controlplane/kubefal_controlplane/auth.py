@@ -6,6 +6,14 @@ at once; only the deliberately slow hash check (about 0.1 s of CPU) is remembere
 SHA-256 fingerprint of the full key and the hash it matched, for ``cache_seconds``. Failed
 checks are remembered briefly too, so repeating a wrong key cannot burn CPU.
 
+A *different* wrong secret each time would still cost one hash per call, so hash checks are
+throttled as the gateway throttles them (docs/security.md): token buckets of
+``failures_per_key`` per minute per key id and ``failures_per_ip`` per minute per client IP,
+taken before the hash and given back when it matches, so only failures count. An empty bucket
+refuses the call before any hashing: ``RESOURCE_EXHAUSTED`` (REST: 429). The client IP is the
+TLS connection's peer: for gRPC behind the front door, :class:`PeerAddresses` maps the Unix
+socket the front door connected from to the address it accepted (no caller-set header).
+
 No key, a malformed, unknown, wrong or revoked key: ``UNAUTHENTICATED``. Which namespaces a
 valid key may touch is the caller's business (:class:`Caller`); refusing another namespace is
 ``PERMISSION_DENIED``.
@@ -14,11 +22,12 @@ valid key may touch is the caller's business (:class:`Caller`); refusing another
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-from kubefal_api import apikeys
+from kubefal_api import apikeys, ratelimit
 from kubefal_controlplane import errors
 
 METADATA_KEY_ID = "auth-key-id"
@@ -57,6 +66,57 @@ class Caller:
             )
 
 
+def socket_ip(peername: object) -> str | None:
+    """The IP address of a TCP socket's ``getpeername()``; ``None`` for anything else."""
+    if not isinstance(peername, tuple) or not peername:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(peername[0]).partition("%")[0]))
+    except ValueError:
+        return None
+
+
+class PeerAddresses:
+    """Which client address each relayed gRPC connection belongs to.
+
+    The front door connects to grpcio's Unix socket from a socket it binds to a path of its own
+    private directory, and records that path with the TLS peer's IP; grpcio reports the path as
+    the call's peer (``unix:<path>``). Nothing a caller sends can set it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, str] = {}
+
+    def add(self, path: str, client: str) -> None:
+        with self._lock:
+            self._clients[path] = client
+
+    def remove(self, path: str) -> None:
+        with self._lock:
+            self._clients.pop(path, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def client(self, peer: str) -> str | None:
+        """The client IP of a grpcio peer string (``unix:<path>``, ``ipv4:<ip>:<port>``...)."""
+        kind, _, rest = peer.partition(":")
+        if kind == "unix":
+            with self._lock:
+                return self._clients.get(rest)
+        if kind == "ipv4":
+            host = rest.rpartition(":")[0]
+        elif kind == "ipv6":
+            host = rest.rpartition(":")[0].strip("[]").partition("%")[0]
+        else:
+            return None
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            return None
+
+
 class Authenticator:
     """Turns call metadata into a :class:`Caller`, or refuses the call."""
 
@@ -65,6 +125,10 @@ class Authenticator:
         load_record: Callable[[str], apikeys.KeyRecord | None],
         *,
         cache_seconds: float,
+        failures_per_key: int = 0,
+        failures_per_ip: int = 0,
+        max_tracked: int = MAX_CACHE_ENTRIES,
+        peers: PeerAddresses | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load_record = load_record
@@ -73,8 +137,21 @@ class Authenticator:
         self._lock = threading.Lock()
         self._verified: dict[str, tuple[str, float]] = {}
         self._failed: dict[str, float] = {}
+        self.peers = peers if peers is not None else PeerAddresses()
+        self._per_key = _buckets(failures_per_key, max_tracked, clock)
+        self._per_ip = _buckets(failures_per_ip, max_tracked, clock)
+        self.hash_verifications = 0
+        """Hash checks computed (for tests and the log)."""
+        self.throttled = 0
+        """Calls refused before hashing because a failed-attempt bucket was empty."""
 
-    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
+    def authenticate_call(self, metadata: Iterable[tuple[str, str | bytes]], peer: str) -> Caller:
+        """:meth:`authenticate` for a gRPC call whose grpcio peer string is ``peer``."""
+        return self.authenticate(metadata, client=self.peers.client(peer))
+
+    def authenticate(
+        self, metadata: Iterable[tuple[str, str | bytes]], *, client: str | None = None
+    ) -> Caller:
         values: dict[str, str] = {}
         for name, value in metadata:
             if name in (METADATA_KEY_ID, METADATA_KEY_SECRET) and isinstance(value, str):
@@ -101,12 +178,16 @@ class Authenticator:
         if not verified:
             if failed_until is not None and failed_until > now:
                 raise errors.unauthenticated(f"Invalid API key: wrong secret for key {key.id}")
+            self._take_throttles(key.id, client)
+            with self._lock:
+                self.hash_verifications += 1
             if not apikeys.verify_secret(secret=key.secret, encoded_hash=record.hash):
                 with self._lock:
                     if len(self._failed) >= MAX_CACHE_ENTRIES:
                         self._failed.clear()
                     self._failed[fingerprint] = now + FAILED_CACHE_SECONDS
                 raise errors.unauthenticated(f"Invalid API key: wrong secret for key {key.id}")
+            self._refund_throttles(key.id, client)
             with self._lock:
                 if len(self._verified) >= MAX_CACHE_ENTRIES:
                     self._verified.clear()
@@ -118,3 +199,41 @@ class Authenticator:
                 f"API key {key.id} is a storage-only key (a runner's): it cannot manage apps"
             )
         return Caller(record)
+
+    def _take_throttles(self, key_id: str, client: str | None) -> None:
+        with self._lock:
+            if self._per_ip is not None and client:
+                wait = self._per_ip.take(client)
+                if wait:
+                    self.throttled += 1
+                    raise errors.resource_exhausted(
+                        "Too many failed API-key attempts from this address; retry in "
+                        f"{self._per_ip.retry_after(wait)} s"
+                    )
+            if self._per_key is not None:
+                wait = self._per_key.take(key_id)
+                if wait:
+                    if self._per_ip is not None and client:
+                        self._per_ip.refund(client)
+                    self.throttled += 1
+                    raise errors.resource_exhausted(
+                        f"Too many failed attempts for API key {key_id}; retry in "
+                        f"{self._per_key.retry_after(wait)} s"
+                    )
+
+    def _refund_throttles(self, key_id: str, client: str | None) -> None:
+        with self._lock:
+            if self._per_ip is not None and client:
+                self._per_ip.refund(client)
+            if self._per_key is not None:
+                self._per_key.refund(key_id)
+
+
+def _buckets(
+    per_minute: int, max_keys: int, clock: Callable[[], float]
+) -> ratelimit.TokenBuckets | None:
+    if per_minute <= 0:
+        return None
+    return ratelimit.TokenBuckets(
+        rate=per_minute / 60.0, burst=per_minute, max_keys=max_keys, clock=clock
+    )

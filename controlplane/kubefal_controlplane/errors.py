@@ -39,6 +39,10 @@ def unauthenticated(message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.UNAUTHENTICATED, message)
 
 
+def resource_exhausted(message: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
 def permission_denied(message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.PERMISSION_DENIED, message)
 

@@ -17,6 +17,14 @@ gRPC keeps its own HTTP/2 implementation, flow control, limits and deadlines; th
 byte pipe of 64 KiB reads with backpressure (``drain``, each within ``--rest-header-timeout``),
 on one asyncio loop in its own thread.
 
+Per client: at most ``--max-connections-per-ip`` connections from one IP are open at once (the
+next is closed before the handshake), so one client cannot hold every place under
+``--rest-max-connections``; grpcio closes an h2 connection with no call in progress after
+``--grpc-idle-timeout``. The relay connects to grpcio from a Unix socket bound to a fresh path
+of the socket's private directory and records path -> client IP in
+:class:`kubefal_controlplane.auth.PeerAddresses`: grpcio names that path as the call's peer, so
+the key check's per-IP throttle sees the TLS client's real address, which no caller can set.
+
 Consequence: a REST client that offers ``h2`` (``curl`` does by default) reaches gRPC, which
 refuses it; use HTTP/1.1 (``curl --http1.1``). The relay's cost is in docs/architecture.md.
 """
@@ -25,12 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Final
+
+from kubefal_controlplane import auth
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +76,8 @@ class FrontDoor:
         rest: RestHandler,
         max_connections: int,
         handshake_timeout: float,
+        max_connections_per_ip: int = 0,
+        peers: auth.PeerAddresses | None = None,
     ) -> None:
         self.host = host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -75,6 +89,10 @@ class FrontDoor:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.open_connections = 0
+        self.max_connections_per_ip = max_connections_per_ip
+        self.connections_per_ip: dict[str, int] = {}
+        self.peers = peers if peers is not None else auth.PeerAddresses()
+        self._upstream_names = itertools.count()
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +181,17 @@ class FrontDoor:
             )
             writer.transport.abort()
             return
+        client = auth.socket_ip(writer.get_extra_info("peername")) or "unknown"
+        per_ip = self.connections_per_ip.get(client, 0)
+        if self.max_connections_per_ip and per_ip >= self.max_connections_per_ip:
+            logger.warning(
+                "refused a connection from %s: %d open from it (--max-connections-per-ip)",
+                client,
+                per_ip,
+            )
+            writer.transport.abort()
+            return
+        self.connections_per_ip[client] = per_ip + 1
         self.open_connections += 1
         self._tasks.add(task)
         try:
@@ -174,7 +203,7 @@ class FrontDoor:
             ssl_object = writer.get_extra_info("ssl_object")
             protocol = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
             if protocol == ALPN_GRPC:
-                await self._relay_grpc(reader, writer)
+                await self._relay_grpc(reader, writer, client)
             else:
                 await self.rest(reader, writer)
         except asyncio.CancelledError:
@@ -183,19 +212,36 @@ class FrontDoor:
             logger.exception("front door connection failed")
         finally:
             self.open_connections -= 1
+            left = self.connections_per_ip.pop(client, 1) - 1
+            if left > 0:
+                self.connections_per_ip[client] = left
             self._tasks.discard(task)
             writer.transport.abort() if writer.transport.is_closing() else writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 5.0)
 
     async def _relay_grpc(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        client: str,
     ) -> None:
+        # A fresh name per connection (never reused while this front door runs): grpcio
+        # reports it as the peer, and self.peers maps it to the client's IP.
+        name = os.path.join(os.path.dirname(self.grpc_socket), f"c{next(self._upstream_names)}")
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            upstream.setblocking(False)
+            upstream.bind(name)
+            os.unlink(name)  # the socket keeps its name; the directory keeps no file
+            self.peers.add(name, client)
+            await asyncio.get_running_loop().sock_connect(upstream, self.grpc_socket)
             upstream_reader, upstream_writer = await asyncio.open_unix_connection(
-                self.grpc_socket, limit=READ_CHUNK
+                sock=upstream, limit=READ_CHUNK
             )
         except OSError as error:
+            upstream.close()
+            self.peers.remove(name)
             logger.error("the gRPC server's socket %s is unreachable: %s", self.grpc_socket, error)
             return
 
@@ -227,3 +273,4 @@ class FrontDoor:
             )
         finally:
             upstream_writer.close()
+            self.peers.remove(name)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -196,7 +197,7 @@ class RestApi(rest_logs.LogRoutes):
             await connection.send_json(200, {"status": "ok"})
             return
         if path.startswith("/files/"):
-            caller = await self._authenticate(headers)
+            caller = await self._authenticate(headers, connection)
             await self._relay(connection, request, method, target, caller)
             return
         routes = {"/logs/history": self._history, "/logs/stream": self._stream}
@@ -204,7 +205,7 @@ class RestApi(rest_logs.LogRoutes):
             if method not in ("GET", "POST"):
                 raise http1.HttpError(405, "Use POST (or GET)")
             await connection.read_body(MAX_JSON_BODY)
-            caller = await self._authenticate(headers)
+            caller = await self._authenticate(headers, connection)
             await routes[path](connection, caller, _query(query))
             return
         if path == "/users/current":
@@ -212,14 +213,14 @@ class RestApi(rest_logs.LogRoutes):
             if method != "GET":
                 raise http1.HttpError(405, "Use GET")
             await connection.read_body(MAX_JSON_BODY)
-            caller = await self._authenticate(headers)
+            caller = await self._authenticate(headers, connection)
             await connection.send_json(200, caller.record.fal_account())
             return
         if path.startswith("/runners/") and path.count("/") == 2:
             if method != "GET":
                 raise http1.HttpError(405, "Use GET")
             await connection.read_body(MAX_JSON_BODY)
-            caller = await self._authenticate(headers)
+            caller = await self._authenticate(headers, connection)
             pod = await self._runner(caller, urllib.parse.unquote(path[len("/runners/") :]))
             await connection.send_json(200, runner_logs.runner_times(pod, naming.RUNNER_CONTAINER))
             return
@@ -228,7 +229,9 @@ class RestApi(rest_logs.LogRoutes):
             404, f"Path {path[:200]!r} is not served by the kubefal control plane"
         )
 
-    async def _authenticate(self, headers: dict[bytes, bytes]) -> auth.Caller:
+    async def _authenticate(
+        self, headers: dict[bytes, bytes], connection: http1.Connection
+    ) -> auth.Caller:
         raw = headers.get(b"authorization", b"").decode("latin-1").strip()
         scheme, _, credential = raw.partition(" ")
         if not raw or scheme.lower() != "key":
@@ -236,7 +239,13 @@ class RestApi(rest_logs.LogRoutes):
         key_id, _, secret = credential.strip().partition(":")
         metadata = [(auth.METADATA_KEY_ID, key_id), (auth.METADATA_KEY_SECRET, secret)]
         try:
-            return await self._call(self.authenticator.authenticate, metadata)
+            return await self._call(
+                functools.partial(
+                    self.authenticator.authenticate,
+                    client=auth.socket_ip(connection.writer.get_extra_info("peername")),
+                ),
+                metadata,
+            )
         except errors.RpcFailure as failure:
             raise http1.from_failure(failure) from None
         except ApiException as error:

@@ -121,7 +121,9 @@ def rpc(
     @functools.wraps(method)
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            caller = self.authenticator.authenticate_call(
+                context.invocation_metadata() or (), context.peer()
+            )
             _check_decoded(request)
             return method(self, request, caller)
         except Exception as error:
@@ -139,7 +141,9 @@ def stream_rpc(
     @functools.wraps(method)
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            caller = self.authenticator.authenticate(context.invocation_metadata() or ())
+            caller = self.authenticator.authenticate_call(
+                context.invocation_metadata() or (), context.peer()
+            )
             _check_decoded(request)
             yield from method(self, request, caller, context)
             return

@@ -49,7 +49,11 @@ class ControlPlane:
         else:
             self.cluster = cluster.Cluster(cluster.new_api_client(settings), settings)
         self.authenticator = auth.Authenticator(
-            self.cluster.read_key_record, cache_seconds=settings.auth_cache_seconds
+            self.cluster.read_key_record,
+            cache_seconds=settings.auth_cache_seconds,
+            failures_per_key=settings.auth_failures_per_key,
+            failures_per_ip=settings.auth_failures_per_ip,
+            max_tracked=settings.auth_max_tracked,
         )
         self.controller = service.Controller(
             cluster=self.cluster, authenticator=self.authenticator, settings=settings
@@ -61,6 +65,9 @@ class ControlPlane:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                # A connection with no call in progress is closed (GOAWAY) after this long,
+                # so idle h2 connections cannot hold the front door's places.
+                ("grpc.max_connection_idle_ms", int(settings.grpc_idle_timeout * 1000)),
             ],
             maximum_concurrent_rpcs=settings.max_workers * 4,
             interceptors=[rpc.DecodeRequests()],
@@ -108,6 +115,8 @@ class ControlPlane:
             rest=self.rest.serve,
             max_connections=settings.rest_max_connections,
             handshake_timeout=settings.rest_header_timeout,
+            max_connections_per_ip=settings.max_connections_per_ip,
+            peers=self.authenticator.peers,
         )
         self.port = self.front_door.port
 

@@ -30,6 +30,11 @@ DEFAULT_MAX_LIST_ITEMS = 5000
 DEFAULT_DEPLOY_TIMEOUT_SECONDS = 900.0
 DEFAULT_MAX_DEPLOYS = 2
 DEFAULT_REST_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_IP = 32
+DEFAULT_GRPC_IDLE_TIMEOUT_SECONDS = 300.0
+DEFAULT_AUTH_FAILURES_PER_KEY = 10
+DEFAULT_AUTH_FAILURES_PER_IP = 60
+DEFAULT_AUTH_MAX_TRACKED = 10_000
 DEFAULT_REST_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_REST_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_REST_MAX_BODY_BYTES = 1024 * 1024 * 1024
@@ -115,6 +120,28 @@ class Settings(ProcessSettings):
         description="How long a verified key's hash check is remembered (revocation is read on "
         "every call).",
     )
+    auth_failures_per_key: int = Field(
+        default=DEFAULT_AUTH_FAILURES_PER_KEY,
+        ge=0,
+        le=1_000_000,
+        description="API-key hash checks per minute (burst as large) per key id; a check that "
+        "matches gives its token back, so only failures count; beyond: RESOURCE_EXHAUSTED "
+        "(REST: 429) without hashing; 0: unlimited.",
+    )
+    auth_failures_per_ip: int = Field(
+        default=DEFAULT_AUTH_FAILURES_PER_IP,
+        ge=0,
+        le=1_000_000,
+        description="API-key hash checks per minute (burst as large) per client IP, counted "
+        "like --auth-failures-per-key; 0: unlimited.",
+    )
+    auth_max_tracked: int = Field(
+        default=DEFAULT_AUTH_MAX_TRACKED,
+        ge=16,
+        le=10_000_000,
+        description="Most key ids, and most client IPs, the failed-check throttles remember "
+        "(beyond: refilled entries, then the oldest half, are forgotten).",
+    )
     max_list_items: int = Field(
         default=DEFAULT_MAX_LIST_ITEMS,
         ge=1,
@@ -161,6 +188,21 @@ class Settings(ProcessSettings):
         ge=1,
         le=100_000,
         description="Connections the TLS front door holds open at once (gRPC and REST together).",
+    )
+    max_connections_per_ip: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS_PER_IP,
+        ge=0,
+        le=100_000,
+        description="Connections the TLS front door holds open at once from one client IP "
+        "(further ones are closed before the handshake); 0: no per-IP limit (behind a proxy "
+        "that hides client addresses).",
+    )
+    grpc_idle_timeout: float = Field(
+        default=DEFAULT_GRPC_IDLE_TIMEOUT_SECONDS,
+        gt=0,
+        le=86_400,
+        description="Seconds a gRPC connection may stay open with no call in progress; then "
+        "it is closed (GOAWAY; clients reconnect for their next call).",
     )
     rest_max_header_bytes: int = Field(
         default=DEFAULT_REST_MAX_HEADER_BYTES,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from kubefal_cli import localca
-from kubefal_controlplane import frontdoor, rest, settings
+from kubefal_controlplane import auth, frontdoor, rest, settings
 from testkit import waiting
 
 SERVICE = "kubefal.test.Echo"
@@ -33,16 +33,23 @@ def tls(tmp_path: pathlib.Path) -> localca.LocalTls:
     return localca.ensure(tmp_path / "ca")
 
 
-@pytest.fixture
-def door(tmp_path: pathlib.Path, tls: localca.LocalTls) -> Iterator[frontdoor.FrontDoor]:
+@contextlib.contextmanager
+def _serving(
+    tmp_path: pathlib.Path, tls: localca.LocalTls, **limits: Any
+) -> Iterator[frontdoor.FrontDoor]:
     socket_path = str(tmp_path / "grpc.sock")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2),
         options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
     )
+    peers = auth.PeerAddresses()
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request[::-1])
+    # The client address the key check's per-IP throttle would charge for this call.
+    client = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: str(peers.client(context.peer())).encode()
+    )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Reverse": handler}),)
+        (grpc.method_handlers_generic_handler(SERVICE, {"Reverse": handler, "Client": client}),)
     )
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
@@ -59,15 +66,24 @@ def door(tmp_path: pathlib.Path, tls: localca.LocalTls) -> Iterator[frontdoor.Fr
         context=frontdoor.server_context(str(tls.server_cert), str(tls.server_key)),
         grpc_socket=socket_path,
         rest=api.serve,
-        max_connections=3,
         handshake_timeout=1.0,
+        peers=peers,
+        **({"max_connections": 3} | limits),
     )
     door.start()
-    yield door
-    door.stop(grace=1.0)
-    door.close_socket()
-    api.close()
-    server.stop(0).wait()
+    try:
+        yield door
+    finally:
+        door.stop(grace=1.0)
+        door.close_socket()
+        api.close()
+        server.stop(0).wait()
+
+
+@pytest.fixture
+def door(tmp_path: pathlib.Path, tls: localca.LocalTls) -> Iterator[frontdoor.FrontDoor]:
+    with _serving(tmp_path, tls) as serving:
+        yield serving
 
 
 def _reverse(door: frontdoor.FrontDoor, tls: localca.LocalTls, payload: bytes) -> Any:
@@ -97,11 +113,19 @@ def test_h2_reaches_grpc_and_http1_reaches_rest_on_one_port(
     assert "not served" in unknown.json()["detail"]
 
 
-def _tls_socket(door: frontdoor.FrontDoor, tls: localca.LocalTls) -> ssl.SSLSocket:
+def _tls_socket(
+    door: frontdoor.FrontDoor, tls: localca.LocalTls, *, source: str = "127.0.0.1"
+) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=str(tls.ca_bundle))
     context.set_alpn_protocols(["http/1.1"])
-    raw = socket.create_connection(("127.0.0.1", door.port), timeout=30)
+    raw = socket.create_connection(("127.0.0.1", door.port), timeout=30, source_address=(source, 0))
     return context.wrap_socket(raw, server_hostname="localhost")
+
+
+def _healthz(door: frontdoor.FrontDoor, tls: localca.LocalTls, *, source: str) -> bytes:
+    with _tls_socket(door, tls, source=source) as client:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return _read_all(client)
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -157,6 +181,49 @@ def test_connections_over_the_cap_are_refused_and_the_port_recovers(
         lambda: door.open_connections == 0, timeout=30, description="the connections to close"
     )
     assert _reverse(door, tls, b"again") == b"niaga"
+
+
+def test_the_grpc_side_knows_each_call_s_client_address_from_the_tls_connection(
+    door: frontdoor.FrontDoor, tls: localca.LocalTls
+) -> None:
+    """grpcio behind the relay saw every call come from the Unix socket, so a per-IP throttle of
+    the key check had no client to count: the relay's socket now names the TLS peer."""
+    credentials = grpc.ssl_channel_credentials(tls.ca_bundle.read_bytes())
+    with grpc.secure_channel(f"localhost:{door.port}", credentials) as channel:
+        client = channel.unary_unary(f"/{SERVICE}/Client")(b"", timeout=30)
+        assert len(door.peers) == 1
+        # Metadata is the caller's to set: it does not change the address.
+        spoofed = channel.unary_unary(f"/{SERVICE}/Client")(
+            b"", timeout=30, metadata=[("x-forwarded-for", "10.9.9.9")]
+        )
+    assert client == spoofed == b"127.0.0.1"
+    waiting.wait_for(lambda: len(door.peers) == 0, timeout=30, description="the relay to end")
+
+
+def test_connections_over_the_per_ip_limit_are_refused_while_another_client_connects(
+    tmp_path: pathlib.Path, tls: localca.LocalTls
+) -> None:
+    """One client could hold every place under --rest-max-connections (idle h2 connections,
+    say); --max-connections-per-ip stops it at its own share."""
+    with _serving(tmp_path, tls, max_connections=10, max_connections_per_ip=2) as door:
+        held = [_tls_socket(door, tls) for _ in range(2)]
+        try:
+            waiting.wait_for(
+                lambda: door.connections_per_ip.get("127.0.0.1") == 2,
+                timeout=30,
+                description="two connections from 127.0.0.1",
+            )
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                _tls_socket(door, tls).close()
+            answer = _healthz(door, tls, source="127.0.0.2")
+            assert answer.startswith(b"HTTP/1.1 200") and b'"ok"' in answer
+        finally:
+            for sock in held:
+                sock.close()
+        waiting.wait_for(
+            lambda: door.connections_per_ip == {}, timeout=30, description="the count to drop"
+        )
+        assert _healthz(door, tls, source="127.0.0.1").startswith(b"HTTP/1.1 200")
 
 
 @pytest.fixture
