@@ -25,6 +25,7 @@ import dataclasses
 import ipaddress
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 
 from kubefal_api import apikeys, ratelimit
@@ -102,6 +103,7 @@ class PeerAddresses:
     def client(self, peer: str) -> str | None:
         """The client IP of a grpcio peer string (``unix:<path>``, ``ipv4:<ip>:<port>``...)."""
         kind, _, rest = peer.partition(":")
+        rest = urllib.parse.unquote(rest)  # grpcio writes ipv6:%5B::1%5D:port
         if kind == "unix":
             with self._lock:
                 return self._clients.get(rest)

@@ -295,6 +295,79 @@ def test_a_wrong_secret_is_refused_even_after_the_right_one_was_cached() -> None
     assert raised.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_wrong_secrets_beyond_the_budget_are_refused_without_hashing() -> None:
+    """The seam: ``hash_verifications`` counts hash computations. Once a key id (or an
+    address) has used its failed-check budget, more wrong secrets cost no hash, while a right
+    key of another id, or the same id from another address, is still checked."""
+    victim, other = apikeys.generate_key(), apikeys.generate_key()
+    records = {key.id: apikeys.new_record(key=key, namespaces=["*"]) for key in (victim, other)}
+    now = [0.0]
+    authenticator = auth.Authenticator(
+        records.get,
+        cache_seconds=60,
+        failures_per_key=3,
+        failures_per_ip=5,
+        max_tracked=16,
+        clock=lambda: now[0],
+    )
+    codes = []
+    for attempt in range(6):
+        wrong = apikeys.ApiKey(victim.id, f"wrong-{attempt}")
+        with pytest.raises(errors.RpcFailure) as raised:
+            authenticator.authenticate(_metadata(wrong), client="192.0.2.1")
+        codes.append(raised.value.code)
+
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    assert authenticator.hash_verifications == 3
+    assert authenticator.throttled == 3
+    # Another id from the same address (2 failures left there, and a success refunds).
+    assert authenticator.authenticate(_metadata(other), client="192.0.2.1").key_id == other.id
+    assert authenticator.hash_verifications == 4
+    # The per-address budget: two more failures with the other id, then refused unhashed.
+    for attempt in range(3):
+        with pytest.raises(errors.RpcFailure) as raised:
+            wrong = apikeys.ApiKey(other.id, f"bad-{attempt}")
+            authenticator.authenticate(_metadata(wrong), client="192.0.2.1")
+    assert raised.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "from this address" in raised.value.message
+    assert authenticator.hash_verifications == 6
+    # A minute later the buckets have refilled: the right key is checked again.
+    now[0] += 60.0
+    assert authenticator.authenticate(_metadata(victim), client="192.0.2.1").key_id == victim.id
+
+
+def test_the_failed_check_tables_stay_within_their_limit() -> None:
+    key = apikeys.generate_key()
+    authenticator = auth.Authenticator(
+        {key.id: apikeys.new_record(key=key, namespaces=["*"])}.get,
+        cache_seconds=60,
+        failures_per_key=1,
+        failures_per_ip=1,
+        max_tracked=16,
+    )
+    for number in range(200):
+        with pytest.raises(errors.RpcFailure):
+            authenticator.authenticate(
+                _metadata(apikeys.ApiKey(key.id, f"w{number}")), client=f"10.0.{number}.1"
+            )
+
+    assert 0 < len(authenticator._per_ip or ()) <= 16
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("ipv4:192.0.2.7:4242", "192.0.2.7"),
+        ("ipv6:[2001:db8::1]:4242", "2001:db8::1"),
+        ("ipv6:%5B::1%5D:1", "::1"),
+        ("unix:/run/unknown", None),
+        ("garbage", None),
+    ],
+)
+def test_a_grpc_peer_names_its_client_address(peer: str, client: str | None) -> None:
+    assert auth.PeerAddresses().client(peer) == client
+
+
 # ---- flags -----------------------------------------------------------------------------------
 
 
