@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 
 
 class TokenBuckets:
@@ -77,3 +78,59 @@ class TokenBuckets:
             oldest = sorted(self._buckets, key=lambda key: self._buckets[key][1])
             for key in oldest[: len(oldest) // 2 + 1]:
                 del self._buckets[key]
+
+
+class FailureThrottle:
+    """Failed API-key verifications, budgeted per client address and per key id.
+
+    A caller takes a token from both budgets before it computes a key's hash (``take``) and
+    gives them back when the key was right (``refund``), so only failures use the budgets up.
+    ``per_minute`` of 0 turns that budget off. ``take`` answers None (go on and verify) or the
+    budget that ran out and the whole seconds to wait; the address budget is then not charged
+    for a refusal the key id's budget made.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_key: int,
+        per_ip: int,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._per_key = self._buckets(per_key, max_keys, clock)
+        self._per_ip = self._buckets(per_ip, max_keys, clock)
+
+    @staticmethod
+    def _buckets(per_minute: int, max_keys: int, clock: Callable[[], float]) -> TokenBuckets | None:
+        if per_minute <= 0:
+            return None
+        return TokenBuckets(
+            rate=per_minute / 60.0, burst=per_minute, max_keys=max_keys, clock=clock
+        )
+
+    def take(self, key_id: str, client: str | None) -> tuple[Literal["ip", "key"], int] | None:
+        if self._per_ip is not None and client:
+            wait = self._per_ip.take(client)
+            if wait:
+                return "ip", self._per_ip.retry_after(wait)
+        if self._per_key is not None:
+            wait = self._per_key.take(key_id)
+            if wait:
+                if self._per_ip is not None and client:
+                    self._per_ip.refund(client)
+                return "key", self._per_key.retry_after(wait)
+        return None
+
+    def refund(self, key_id: str, client: str | None) -> None:
+        if self._per_ip is not None and client:
+            self._per_ip.refund(client)
+        if self._per_key is not None:
+            self._per_key.refund(key_id)
+
+    def tracked(self) -> tuple[int, int]:
+        """(key ids, client addresses) held in the tables."""
+        return (
+            0 if self._per_key is None else len(self._per_key),
+            0 if self._per_ip is None else len(self._per_ip),
+        )

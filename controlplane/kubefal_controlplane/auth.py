@@ -140,8 +140,9 @@ class Authenticator:
         self._verified: dict[str, tuple[str, float]] = {}
         self._failed: dict[str, float] = {}
         self.peers = peers if peers is not None else PeerAddresses()
-        self._per_key = _buckets(failures_per_key, max_tracked, clock)
-        self._per_ip = _buckets(failures_per_ip, max_tracked, clock)
+        self._failures = ratelimit.FailureThrottle(
+            per_key=failures_per_key, per_ip=failures_per_ip, max_keys=max_tracked, clock=clock
+        )
         self.hash_verifications = 0
         """Hash checks computed (for tests and the log)."""
         self.throttled = 0
@@ -204,38 +205,24 @@ class Authenticator:
 
     def _take_throttles(self, key_id: str, client: str | None) -> None:
         with self._lock:
-            if self._per_ip is not None and client:
-                wait = self._per_ip.take(client)
-                if wait:
-                    self.throttled += 1
-                    raise errors.resource_exhausted(
-                        "Too many failed API-key attempts from this address; retry in "
-                        f"{self._per_ip.retry_after(wait)} s"
-                    )
-            if self._per_key is not None:
-                wait = self._per_key.take(key_id)
-                if wait:
-                    if self._per_ip is not None and client:
-                        self._per_ip.refund(client)
-                    self.throttled += 1
-                    raise errors.resource_exhausted(
-                        f"Too many failed attempts for API key {key_id}; retry in "
-                        f"{self._per_key.retry_after(wait)} s"
-                    )
+            refused = self._failures.take(key_id, client)
+            if refused is None:
+                return
+            self.throttled += 1
+        budget, retry_after = refused
+        if budget == "ip":
+            raise errors.resource_exhausted(
+                f"Too many failed API-key attempts from this address; retry in {retry_after} s"
+            )
+        raise errors.resource_exhausted(
+            f"Too many failed attempts for API key {key_id}; retry in {retry_after} s"
+        )
 
     def _refund_throttles(self, key_id: str, client: str | None) -> None:
         with self._lock:
-            if self._per_ip is not None and client:
-                self._per_ip.refund(client)
-            if self._per_key is not None:
-                self._per_key.refund(key_id)
+            self._failures.refund(key_id, client)
 
-
-def _buckets(
-    per_minute: int, max_keys: int, clock: Callable[[], float]
-) -> ratelimit.TokenBuckets | None:
-    if per_minute <= 0:
-        return None
-    return ratelimit.TokenBuckets(
-        rate=per_minute / 60.0, burst=per_minute, max_keys=max_keys, clock=clock
-    )
+    def tracked_failures(self) -> tuple[int, int]:
+        """(key ids, client addresses) the failed-check budgets hold."""
+        with self._lock:
+            return self._failures.tracked()

@@ -74,12 +74,6 @@ def limits_from_settings(config: settings.Settings) -> AuthLimits:
     )
 
 
-def _buckets(per_minute: int) -> ratelimit.TokenBuckets | None:
-    if per_minute <= 0:
-        return None
-    return ratelimit.TokenBuckets(rate=per_minute / 60.0, burst=per_minute)
-
-
 class KeyStore:
     """The known key records, a cache of successful verifications, and the throttles."""
 
@@ -103,8 +97,9 @@ class KeyStore:
         # digest of the full key -> resolved when its hash verification ends (single flight)
         self._pending: dict[bytes, asyncio.Future[None]] = {}
         self._dummy_hash = apikeys.hash_secret(secrets.token_urlsafe(32))
-        self._per_key = _buckets(self.limits.failures_per_key)
-        self._per_ip = _buckets(self.limits.failures_per_ip)
+        self._failures = ratelimit.FailureThrottle(
+            per_key=self.limits.failures_per_key, per_ip=self.limits.failures_per_ip
+        )
         self._rate = (
             ratelimit.TokenBuckets(
                 rate=self.limits.rate_limit, burst=max(1, self.limits.rate_burst)
@@ -207,30 +202,20 @@ class KeyStore:
         return record
 
     def _take_throttles(self, key_id: str, client: str | None) -> None:
-        if self._per_ip is not None and client:
-            wait = self._per_ip.take(client)
-            if wait:
-                self.throttled += 1
-                raise errors.TooManyRequests(
-                    "Too many failed API-key attempts from this address",
-                    retry_after=self._per_ip.retry_after(wait),
-                )
-        if self._per_key is not None:
-            wait = self._per_key.take(key_id)
-            if wait:
-                if self._per_ip is not None and client:
-                    self._per_ip.refund(client)
-                self.throttled += 1
-                raise errors.TooManyRequests(
-                    "Too many failed attempts for this API key id",
-                    retry_after=self._per_key.retry_after(wait),
-                )
+        refused = self._failures.take(key_id, client)
+        if refused is None:
+            return
+        self.throttled += 1
+        budget, retry_after = refused
+        raise errors.TooManyRequests(
+            "Too many failed API-key attempts from this address"
+            if budget == "ip"
+            else "Too many failed attempts for this API key id",
+            retry_after=retry_after,
+        )
 
     def _refund_throttles(self, key_id: str, client: str | None) -> None:
-        if self._per_ip is not None and client:
-            self._per_ip.refund(client)
-        if self._per_key is not None:
-            self._per_key.refund(key_id)
+        self._failures.refund(key_id, client)
 
     async def _verify_hash(self, secret: str, encoded_hash: str) -> bool:
         """One hash computation in the key pool; 429 when too many are already waiting."""

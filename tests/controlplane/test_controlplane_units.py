@@ -351,7 +351,8 @@ def test_the_failed_check_tables_stay_within_their_limit() -> None:
                 _metadata(apikeys.ApiKey(key.id, f"w{number}")), client=f"10.0.{number}.1"
             )
 
-    assert 0 < len(authenticator._per_ip or ()) <= 16
+    _keys, addresses = authenticator.tracked_failures()
+    assert 0 < addresses <= 16
 
 
 @pytest.mark.parametrize(
