@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections.abc
 import http.server
-import threading
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from kubefal_api import bundles
 from kubefal_controlplane import app_files, errors
 from kubefal_controlplane import settings as settings_module
+from testkit import httpstub
 
 BLOB = b"w" * app_files.MAX_FILE_BYTES
 MODE = 0o644
@@ -40,14 +40,8 @@ class _Gateway(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def gateway() -> collections.abc.Iterator[str]:
     _Gateway.served = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with httpstub.serving(_Gateway) as url:
+        yield url
 
 
 def test_one_large_file_named_many_times_stops_at_the_bundle_limit(gateway: str) -> None:
