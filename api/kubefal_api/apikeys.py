@@ -446,11 +446,7 @@ def record_from_fields(fields: Mapping[str, str]) -> KeyRecord:
         hash=fields[FIELD_HASH],
         # validated as new_record does: a field of only separators would parse to no namespace
         # at all, which set logic reads as within every caller's scope
-        namespaces=parse_namespaces(
-            format_namespaces(
-                part.strip() for part in fields[FIELD_NAMESPACES].split(",") if part.strip()
-            )
-        ),
+        namespaces=parse_namespaces(format_namespaces(parse_namespaces(fields[FIELD_NAMESPACES]))),
         description=fields.get(FIELD_DESCRIPTION, ""),
         created=created,
         revoked=fields.get(FIELD_REVOKED, "false").strip().lower() == "true",
