@@ -17,44 +17,18 @@ import hypothesis.strategies as st
 import pytest
 import webhook_builders as build
 
-from kubefal_api import machines
-from kubefal_webhook import app, cluster, settings, validation
-
-
-class MemoryFacts:
-    """Facts from memory; records what it was asked and can fail like an unreachable API."""
-
-    def __init__(self, facts: validation.ClusterFacts, *, failure: str | None = None) -> None:
-        self._facts = facts
-        self.failure = failure
-        self.asked: list[validation.References] = []
-
-    def facts(self, references: validation.References) -> validation.ClusterFacts:
-        self.asked.append(references)
-        if self.failure is not None:
-            raise cluster.ClusterStateError(self.failure)
-        return self._facts
-
-    def catalogue(self) -> machines.MachineCatalogue:
-        if self.failure is not None:
-            raise cluster.ClusterStateError(self.failure)
-        return self._facts.catalogue
+from kubefal_webhook import app, settings, validation
 
 
 @pytest.fixture
-def source() -> MemoryFacts:
-    return MemoryFacts(build.facts(config_maps={"files"}, secrets={"keys"}))
+def source() -> build.MemoryFacts:
+    return build.MemoryFacts(build.facts(config_maps={"files"}, secrets={"keys"}))
 
 
 @pytest.fixture
-async def client(source: MemoryFacts) -> AsyncIterator[httpx.AsyncClient]:
+async def client(source: build.MemoryFacts) -> AsyncIterator[httpx.AsyncClient]:
     webhook = app.create_app(settings.Settings(max_body_bytes=64 * 1024), source=source)
-    async with (
-        webhook.router.lifespan_context(webhook),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=webhook), base_url="https://webhook.test"
-        ) as http,
-    ):
+    async with build.in_process(webhook) as http:
         yield http
 
 
@@ -70,7 +44,7 @@ async def _review(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, 
 
 
 async def test_a_valid_falapp_is_allowed_and_the_uid_is_echoed(
-    client: httpx.AsyncClient, source: MemoryFacts
+    client: httpx.AsyncClient, source: build.MemoryFacts
 ) -> None:
     body = build.review_body(
         build.falapp(
@@ -106,7 +80,7 @@ async def test_warnings_reach_the_response(client: httpx.AsyncClient) -> None:
 
 
 async def test_a_delete_is_allowed_without_reading_the_cluster(
-    client: httpx.AsyncClient, source: MemoryFacts
+    client: httpx.AsyncClient, source: build.MemoryFacts
 ) -> None:
     body = build.review_body(None, operation="DELETE", old=build.falapp(machineTypes=["X"]))
     response = await _review(client, body)
@@ -115,7 +89,7 @@ async def test_a_delete_is_allowed_without_reading_the_cluster(
 
 
 async def test_an_unreadable_cluster_denies_with_a_service_unavailable_status(
-    client: httpx.AsyncClient, source: MemoryFacts
+    client: httpx.AsyncClient, source: build.MemoryFacts
 ) -> None:
     source.failure = "secrets is forbidden"
     response = await _review(client, build.review_body(build.falapp()))
@@ -164,7 +138,7 @@ async def test_unknown_paths_and_methods_get_json_details(client: httpx.AsyncCli
 
 
 async def test_health_is_ok_and_readiness_follows_the_catalogue(
-    client: httpx.AsyncClient, source: MemoryFacts
+    client: httpx.AsyncClient, source: build.MemoryFacts
 ) -> None:
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
@@ -211,7 +185,7 @@ async def test_no_mangled_review_gets_a_500(
     operation: str, path: tuple[str, ...], value: object
 ) -> None:
     webhook = app.create_app(
-        settings.Settings(), source=MemoryFacts(build.facts(config_maps={"files"}))
+        settings.Settings(), source=build.MemoryFacts(build.facts(config_maps={"files"}))
     )
     falapp = build.falapp(source={"configMapRef": {"name": "files"}})
     body = build.review_body(falapp, operation=operation, old=falapp)
@@ -219,12 +193,7 @@ async def test_no_mangled_review_gets_a_500(
     for key in path[:-1]:
         parent = parent[key]
     parent[path[-1]] = value
-    async with (
-        webhook.router.lifespan_context(webhook),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=webhook), base_url="https://webhook.test"
-        ) as http,
-    ):
+    async with build.in_process(webhook) as http:
         reply = await http.post("/validate", content=json.dumps(body))
     assert reply.status_code in (200, 400), reply.text
     if reply.status_code == 400:

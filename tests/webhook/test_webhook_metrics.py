@@ -23,7 +23,6 @@ import kubernetes.client
 import pytest
 import webhook_builders as build
 
-from kubefal_api import machines
 from kubefal_webhook import app, cluster, metrics, settings, validation
 from testkit import certs
 
@@ -31,21 +30,6 @@ REVIEWS = "kubefal_webhook_admission_reviews_total"
 DURATION_COUNT = "kubefal_webhook_admission_duration_seconds_count"
 INVALID = "kubefal_webhook_invalid_requests_total"
 API_ERRORS = "kubefal_webhook_api_errors_total"
-
-
-class MemoryFacts:
-    """Facts from memory; fails like an unreachable API server while ``failure`` is set."""
-
-    def __init__(self) -> None:
-        self.failure: str | None = None
-
-    def facts(self, references: validation.References) -> validation.ClusterFacts:
-        if self.failure is not None:
-            raise cluster.ClusterStateError(self.failure)
-        return build.facts(config_maps={"files"})
-
-    def catalogue(self) -> machines.MachineCatalogue:
-        return machines.default_catalogue()
 
 
 def value(instruments: metrics.Metrics, name: str, **labels: str) -> float:
@@ -64,8 +48,8 @@ def label_values(instruments: metrics.Metrics) -> set[str]:
 
 
 @pytest.fixture
-def source() -> MemoryFacts:
-    return MemoryFacts()
+def source() -> build.MemoryFacts:
+    return build.MemoryFacts(build.facts(config_maps={"files"}))
 
 
 @pytest.fixture
@@ -75,17 +59,12 @@ def instruments() -> metrics.Metrics:
 
 @pytest.fixture
 async def client(
-    source: MemoryFacts, instruments: metrics.Metrics
+    source: build.MemoryFacts, instruments: metrics.Metrics
 ) -> AsyncIterator[httpx.AsyncClient]:
     webhook = app.create_app(
         settings.Settings(max_body_bytes=64 * 1024), source=source, instruments=instruments
     )
-    async with (
-        webhook.router.lifespan_context(webhook),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=webhook), base_url="https://webhook.test"
-        ) as http,
-    ):
+    async with build.in_process(webhook) as http:
         yield http
 
 
@@ -121,7 +100,7 @@ async def test_an_allowed_and_a_denied_falapp_are_counted_by_result(
 
 
 async def test_an_undecided_review_is_an_error(
-    client: httpx.AsyncClient, source: MemoryFacts, instruments: metrics.Metrics
+    client: httpx.AsyncClient, source: build.MemoryFacts, instruments: metrics.Metrics
 ) -> None:
     source.failure = "the API server is unreachable"
     reply = await client.post("/validate", json=build.review_body(build.falapp()))

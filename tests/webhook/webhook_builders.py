@@ -1,13 +1,19 @@
-"""Builders of FalApps, AdmissionReviews and cluster facts for the webhook's unit tests."""
+"""Builders of FalApps, AdmissionReviews and cluster facts for the webhook's unit tests, and
+the webhook app run in-process with those facts in place of the API server."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import starlette.applications
+
 from kubefal_api import machines, v1alpha1
-from kubefal_webhook import validation
+from kubefal_webhook import cluster, validation
 
 NAMESPACE = "team-a"
 GPU_NODES = {
@@ -74,3 +80,37 @@ def facts(
         secrets=frozenset(secrets or ()),
         gpus_per_node_by_product=gpus,
     )
+
+
+class MemoryFacts:
+    """Facts from memory; records what it was asked and can fail like an unreachable API."""
+
+    def __init__(self, facts: validation.ClusterFacts, *, failure: str | None = None) -> None:
+        self._facts = facts
+        self.failure = failure
+        self.asked: list[validation.References] = []
+
+    def facts(self, references: validation.References) -> validation.ClusterFacts:
+        self.asked.append(references)
+        if self.failure is not None:
+            raise cluster.ClusterStateError(self.failure)
+        return self._facts
+
+    def catalogue(self) -> machines.MachineCatalogue:
+        if self.failure is not None:
+            raise cluster.ClusterStateError(self.failure)
+        return self._facts.catalogue
+
+
+@contextlib.asynccontextmanager
+async def in_process(
+    webhook: starlette.applications.Starlette,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``webhook`` run in-process (its lifespan included) via httpx.ASGITransport."""
+    async with (
+        webhook.router.lifespan_context(webhook),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=webhook), base_url="https://webhook.test"
+        ) as http,
+    ):
+        yield http
