@@ -54,7 +54,7 @@ from kubefal_gateway import upstream
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
-from testkit import certs
+from testkit import certs, runners
 from testkit.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -312,22 +312,7 @@ def main() -> None:
         python = sys.executable
         stack.enter_context(
             process_group(
-                [
-                    python,
-                    "-m",
-                    "kubefal_runner",
-                    "--app",
-                    ECHO_APP,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(runner_port),
-                    "--metrics-port",
-                    "0",
-                    "--max-multiplexing",
-                    "64",
-                ],
-                log,
+                runners.runner_command(ECHO_APP, port=runner_port, max_multiplexing=64), log
             )
         )
 

@@ -39,6 +39,7 @@ from kubefal_runner import asgi, request_logs, state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import results as bench_results
+from testkit import runners
 from testkit.ports import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -165,21 +166,7 @@ def start_servers(
         "sdk alone": (sdk_port, [sys.executable, "-c", sdk_script]),
         "kubefal runner": (
             runner_port,
-            [
-                sys.executable,
-                "-m",
-                "kubefal_runner",
-                "--app",
-                app,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(runner_port),
-                "--metrics-port",
-                "0",
-                "--max-multiplexing",
-                str(concurrency * 4),
-            ],
+            runners.runner_command(app, port=runner_port, max_multiplexing=concurrency * 4),
         ),
     }
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}

@@ -29,6 +29,16 @@ DEFAULT_EXIT_TIMEOUT_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 10.0
 
 
+def runner_command(app_ref: str, *, port: int, max_multiplexing: int | None = None) -> list[str]:
+    """`python -m kubefal_runner` serving `app_ref` on 127.0.0.1:`port`, metrics off (the
+    benches' runners)."""
+    command = [sys.executable, "-m", "kubefal_runner", "--app", app_ref]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
+    if max_multiplexing is not None:
+        command += ["--max-multiplexing", str(max_multiplexing)]
+    return command
+
+
 class RunnerExited(waiting.GiveUp):
     """The runner process ended while it was expected to serve."""
 
