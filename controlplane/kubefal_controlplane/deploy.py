@@ -56,9 +56,6 @@ from kubefal_controlplane.deploy_env import (
     ContainerImage as ContainerImage,
 )
 from kubefal_controlplane.deploy_env import (
-    build_secret_name as build_secret_name,
-)
-from kubefal_controlplane.deploy_env import (
     container_image as container_image,
 )
 from kubefal_controlplane.deploy_env import (

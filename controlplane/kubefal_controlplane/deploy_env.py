@@ -18,7 +18,6 @@ import isolate_proto
 from google.protobuf import json_format
 
 from kubefal_api import v1alpha1
-from kubefal_api.naming import build_secret_name as build_secret_name
 from kubefal_controlplane import errors
 
 FAL_SERVE_REQUIREMENTS: Final = frozenset(

@@ -155,7 +155,7 @@ class DeployRpcs(ControllerBase):
         )
         image = deploy.container_image(list(request.environments))
         if image is not None and image.secrets:
-            spec["containerImage"]["secretRef"] = {"name": deploy.build_secret_name(name)}
+            spec["containerImage"]["secretRef"] = {"name": naming.build_secret_name(name)}
         verb = "Updating" if existing is not None else "Creating"
         yield isolate_proto.RegisterApplicationResult(
             logs=[log(f"{verb} FalApp {namespace}/{name} serving {spec['app']}")]
@@ -253,7 +253,7 @@ class DeployRpcs(ControllerBase):
     ) -> None:
         """The fal.ContainerImage's build secrets, in a Secret owned by the FalApp (the build
         Job mounts it; docs/packaging.md)."""
-        secret_name = deploy.build_secret_name(name)
+        secret_name = naming.build_secret_name(name)
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",

@@ -12,7 +12,7 @@ import isolate_proto
 import pytest
 from google.protobuf import struct_pb2
 
-from kubefal_api import v1alpha1
+from kubefal_api import naming, v1alpha1
 from kubefal_controlplane import deploy, deploy_spec, errors
 
 DOCKERFILE = "FROM python:3.11-slim\nARG GREETING\nRUN echo $GREETING > /g\n"
@@ -50,7 +50,7 @@ def test_the_container_environment_becomes_spec_container_image() -> None:
     v1alpha1.FalAppSpec.model_validate(spec)
     image = deploy.container_image([environment])
     assert image is not None and image.secrets == {"TOKEN": "s3cr3t"}
-    assert deploy.build_secret_name("greeter") == "greeter-build-secrets"
+    assert naming.build_secret_name("greeter") == "greeter-build-secrets"
 
 
 def test_an_app_without_a_container_has_no_image_to_build() -> None:
