@@ -253,8 +253,10 @@ class FrontDoor:
                     sink.write(data)
                     # A side that stops reading would otherwise hold the connection (and its
                     # place under --rest-max-connections) for ever: as on the REST side, each
-                    # part must be taken within --rest-header-timeout.
-                    await asyncio.wait_for(sink.drain(), self.handshake_timeout)
+                    # part must be taken within --rest-header-timeout. (asyncio.timeout, not
+                    # wait_for: no Task per 64 KiB chunk on Python 3.11.)
+                    async with asyncio.timeout(self.handshake_timeout):
+                        await sink.drain()
             except TimeoutError:
                 sink.transport.abort()  # ends the other direction's read as well
             except (OSError, ssl.SSLError, ConnectionError):

@@ -106,7 +106,8 @@ class Connection:
             try:
                 # A client that stops reading would otherwise hold the connection (and a log
                 # stream's slot) for as long as it likes.
-                await asyncio.wait_for(self.writer.drain(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.writer.drain()
             except (ConnectionError, ssl.SSLError, OSError, TimeoutError):
                 raise Gone() from None
 
