@@ -63,8 +63,9 @@ REJECTED_HEADER = b"x-kubefal-rejected"
 DEFAULT_RETRY_BUDGET = 30.0
 """Default of `--retry-budget`: seconds after a job's first attempt in which retries may start."""
 CALLER_HEADER = b"x-kubefal-caller"
-"""Stored with a queued job: the caller's API key id, for the request's `Lease`; the gateway
-sets it (a caller's own is dropped on arrival) and never forwards it to a runner."""
+"""The caller's API key id, stored as a header of a queued job by gateways before
+`queueing.Job.owner` (the store codec reads it as the owner of such a job); a caller's own is
+dropped on arrival, and it is never forwarded to a runner."""
 CANCEL_PREFIX = targets.RESERVED_PREFIX + "/cancel/"
 CANCEL_TIMEOUT = 2.0
 """Seconds a cancel sent to a runner may take."""

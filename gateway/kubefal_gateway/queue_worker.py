@@ -66,17 +66,6 @@ def runner_headers(job: queueing.Job) -> list[tuple[bytes, bytes]]:
 CALLER_HEADER_TEXT = dispatch.CALLER_HEADER.decode()
 
 
-def job_caller(job: queueing.Job) -> str | None:
-    """The submitter's API key id (`queueing.Job.owner`; for a job an older gateway stored, its
-    dispatch.CALLER_HEADER), None for a job submitted without a key."""
-    if job.owner is not None:
-        return job.owner
-    for name, value in job.headers:
-        if name == CALLER_HEADER_TEXT:
-            return value
-    return None
-
-
 def endpoint_name(app_id: str, path: str) -> str:
     """The `x-fal-endpoint` value: the app id plus the subpath (raw, as the client sent it)."""
     return app_id if path == "/" else app_id + path
@@ -186,9 +175,9 @@ class QueueWorker:
         self.dirty: set[str] = set()
         self.running: dict[str, asyncio.Task[None]] = {}
         self.running_apps: dict[str, tuple[str, str | None]] = {}
-        """App id and submitter (`job_caller`) of each job this gateway is running: its status is
-        IN_PROGRESS in the store (leased here, not yet completed), so a status poll needs no
-        store read, and is answered only to the callers `queueing.may_act` admits."""
+        """App id and submitter (`queueing.Job.owner`) of each job this gateway is running: its
+        status is IN_PROGRESS in the store (leased here, not yet completed), so a status poll
+        needs no store read, and is answered only to the callers `queueing.may_act` admits."""
         self.cancel_requested: set[str] = set()
         self.finished_waiters: dict[str, list[asyncio.Future[None]]] = {}
         """Status polls held until their job completes (`finished_waiter`)."""
@@ -280,7 +269,7 @@ class QueueWorker:
     ) -> None:
         task = asyncio.get_running_loop().create_task(self._run_job(job, app=app, runner=runner))
         self.running[job.request_id] = task
-        self.running_apps[job.request_id] = (job.app_id, job_caller(job))
+        self.running_apps[job.request_id] = (job.app_id, job.owner)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -328,7 +317,7 @@ class QueueWorker:
                 attempts_done=min(job.attempts, self.forwarder.max_attempts - 1),
                 max_body=self.max_result_bytes,
                 on_retry=lambda ended: self._note_attempts(request_id, ended),
-                caller=job_caller(job),
+                caller=job.owner,
             )
             forwarded.release()
             result = result_from_response(

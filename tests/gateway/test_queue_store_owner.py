@@ -96,3 +96,16 @@ async def test_a_job_stored_before_owners_existed_gets_its_owner_from_its_caller
     assert view is not None and view.owner == "kid-old"
     anonymous = await store.view(legacy_anonymous.request_id)
     assert anonymous is not None and anonymous.owner is None
+
+
+async def test_a_job_stored_before_owners_existed_is_leased_with_its_owner(
+    open_queue_store: OpenStore,
+) -> None:
+    """The queue worker runs an older gateway's job as its submitter's (the runner lease's
+    caller, and who may poll it while it runs here): the lease decodes the caller header."""
+    store = await open_queue_store()
+    legacy = make_job(owner=None, headers=(("x-kubefal-caller", "kid-old"),))
+    await store.submit(legacy)
+    leased = await store.lease(APP, holder=HOLDER, lease_seconds=30)
+    assert leased is not None and leased.request_id == legacy.request_id
+    assert leased.owner == "kid-old"

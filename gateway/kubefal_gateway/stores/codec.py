@@ -52,8 +52,14 @@ def decode_job(request_id: str, meta: bytes, body: bytes, attempts: int) -> queu
         webhook_url=fields["w"],
         runner_hint=fields["r"],
         attempts=attempts,
-        owner=fields.get("o"),  # absent in jobs stored before owners were
+        owner=_owner(fields),
     )
+
+
+def _owner(fields: dict[str, Any]) -> str | None:
+    """A job's ``o``; a job stored before owners were has none, its caller header names it."""
+    owner: str | None = fields.get("o")
+    return owner if owner is not None else _legacy_caller(fields["h"])
 
 
 LEGACY_CALLER_HEADER = "x-kubefal-caller"
@@ -64,7 +70,11 @@ def stored_caller(meta: bytes) -> str | None:
     """The submitter's key id of a job stored before `queueing.Job.owner` existed (from the
     caller header in its meta), None if it has none (submitted without a key)."""
     fields: dict[str, Any] = orjson.loads(meta)
-    for name, value in fields["h"]:
+    return _legacy_caller(fields["h"])
+
+
+def _legacy_caller(headers: list[list[str]]) -> str | None:
+    for name, value in headers:
         if name == LEGACY_CALLER_HEADER:
             return str(value)
     return None
