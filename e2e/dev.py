@@ -27,7 +27,6 @@ from kubernetes.client.rest import ApiException
 
 from e2e import cluster as local_cluster
 from e2e import system as whole
-from kubefal_api import apikeys
 from testkit import waiting
 
 KEY_NAMESPACE = "kubefal-system"
@@ -41,15 +40,6 @@ def _ensure_namespace(core: k8s.CoreV1Api, name: str) -> None:
     except ApiException as error:
         if error.status != 409:
             raise
-
-
-def _create_key(core: k8s.CoreV1Api, namespace: str) -> apikeys.ApiKey:
-    key = apikeys.generate_key()
-    record = apikeys.new_record(key=key, namespaces=[namespace], description="make dev")
-    core.create_namespaced_secret(
-        KEY_NAMESPACE, apikeys.secret_manifest(record, namespace=KEY_NAMESPACE)
-    )
-    return key
 
 
 def _apply_examples(kubeconfig: pathlib.Path, namespace: str) -> list[str]:
@@ -166,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         controlplane, grpc_port = _start_controlplane(
             system, kubeconfig=kubeconfig, workdir=workdir
         )
-        key = _create_key(core, args.namespace)
+        key = whole.create_key(
+            core.api_client,
+            key_namespace=KEY_NAMESPACE,
+            namespaces=[args.namespace],
+            description="make dev",
+        )
         apps = _apply_examples(kubeconfig, args.namespace)
         env = system.client_env(str(key))
         env["FAL_GRPC_HOST"] = f"localhost:{grpc_port}"
